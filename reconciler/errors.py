@@ -1,0 +1,89 @@
+"""The one error tree of the project (pure). Messages are written for operators.
+
+    ReconcilerError(message, hint)          root; the CLI prints one line and exits 1
+    ├── UsageError                          bad flag or config value (exit 2)
+    ├── SourceError                         git: fetch, ref, signature          (waiting)
+    ├── InventoryError                      inventory/*.toml refused            (stalling)
+    ├── RenderError                         template or unit validation failed  (stalling)
+    ├── SystemdError(dbus_name)             D-Bus call refused or bus down      (waiting)
+    ├── ApplyError                          a plan could not be applied/health gate failed
+    │   └── LockedError                     another sync holds the lock        (waiting)
+    ├── StateError                          the SQLite store                    (generic)
+    ├── JobError                            a scheduled job (metrics, backup, etl)
+    └── SandboxError                        the disposable systemd host could not boot
+
+Whether to retry follows Flux's split: *stalling* errors need a new commit or an
+operator (retrying the same input cannot help), *waiting* errors may clear by
+themselves. Only ``cli.py`` prints these and picks exit codes.
+"""
+
+from __future__ import annotations
+
+import re
+
+_CREDENTIALS_IN_URL = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
+
+
+def redact(text: str) -> str:
+    """Strip credentials from URLs (``https://user:token@host`` -> ``https://***@host``)."""
+    return _CREDENTIALS_IN_URL.sub(r"\g<scheme>***@", text)
+
+
+class ReconcilerError(Exception):
+    """Root of every error an operator may see; ``hint`` says what to do next."""
+
+    exit_code = 1
+    stalling = False  # True: retrying with the same input cannot succeed
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        self.message = redact(message)
+        self.hint = redact(hint) if hint else None
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        return f"{self.message} (hint: {self.hint})" if self.hint else self.message
+
+
+class UsageError(ReconcilerError):
+    exit_code = 2
+    stalling = True
+
+
+class SourceError(ReconcilerError):
+    pass
+
+
+class InventoryError(ReconcilerError):
+    stalling = True
+
+
+class RenderError(ReconcilerError):
+    stalling = True
+
+
+class SystemdError(ReconcilerError):
+    """A D-Bus error, keeping systemd's error name (``org.freedesktop.systemd1.NoSuchUnit``)."""
+
+    def __init__(self, message: str, hint: str | None = None, dbus_name: str | None = None) -> None:
+        super().__init__(message, hint)
+        self.dbus_name = dbus_name
+
+
+class ApplyError(ReconcilerError):
+    pass
+
+
+class LockedError(ApplyError):
+    exit_code = 75  # EX_TEMPFAIL: another sync runs; the timer will try again
+
+
+class StateError(ReconcilerError):
+    pass
+
+
+class JobError(ReconcilerError):
+    pass
+
+
+class SandboxError(ReconcilerError):
+    pass

@@ -1,0 +1,111 @@
+"""Plain data shared by the pure core and the adapters (pure: no I/O imports).
+
+Adapters turn outside data into these types (``systemd`` -> ``LiveUnit``, ``render`` ->
+``DesiredUnit``); the core (``plan``, ``patterns``) works only on them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class DesiredUnit:
+    """One unit file the inventory wants on this host, as rendered."""
+
+    name: str  # e.g. "web.service", "backup.timer"
+    content: str
+    service: str  # the inventory service it comes from
+    enable: bool = True
+    start: bool = True  # False for a service run by its timer
+    health_timeout_sec: float | None = None  # None: no health gate
+
+
+@dataclass(frozen=True)
+class LiveUnit:
+    """What systemd says of one unit right now."""
+
+    name: str
+    load_state: str = "not-found"  # loaded, not-found, masked, error, ...
+    active_state: str = "inactive"  # active, inactive, failed, activating, ...
+    sub_state: str = "dead"
+    unit_file_state: str = ""  # enabled, disabled, static, masked, "" when unknown
+    result: str = ""  # success, exit-code, signal, start-limit-hit, ...
+    n_restarts: int = 0
+    invocation_id: str = ""
+    exec_main_code: int = 0  # CLD_EXITED=1, CLD_KILLED=2, CLD_DUMPED=3
+    exec_main_status: int = 0
+    memory_current: int | None = None
+    need_daemon_reload: bool = False
+    service_type: str = ""  # simple, oneshot, notify, ... ("" for non-services)
+
+
+# Actions: nouns, executed in order by ``apply``. ``plan`` builds them.
+
+
+@dataclass(frozen=True)
+class WriteUnitFile:
+    name: str
+    content: str
+    previous: str | None = None  # None: a new file
+
+
+@dataclass(frozen=True)
+class RemoveUnitFile:
+    name: str
+    previous: str = ""
+
+
+@dataclass(frozen=True)
+class DaemonReload:
+    pass
+
+
+@dataclass(frozen=True)
+class EnableUnits:
+    names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class DisableUnits:
+    names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class StartUnit:
+    name: str
+
+
+@dataclass(frozen=True)
+class RestartUnit:
+    name: str
+
+
+@dataclass(frozen=True)
+class StopUnit:
+    name: str
+
+
+Action = (
+    WriteUnitFile
+    | RemoveUnitFile
+    | DaemonReload
+    | EnableUnits
+    | DisableUnits
+    | StartUnit
+    | RestartUnit
+    | StopUnit
+)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """An ordered list of actions; empty means the host already matches."""
+
+    actions: tuple[Action, ...] = ()
+    owned_after: frozenset[str] = field(default_factory=frozenset)  # manifest once applied
+    health_checks: tuple[tuple[str, float], ...] = ()  # (unit, timeout_sec) to gate on
+
+    @property
+    def empty(self) -> bool:
+        return not self.actions

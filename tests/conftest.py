@@ -1,0 +1,66 @@
+"""Shared fixtures: the disposable systemd host (one per test session)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from reconciler import sandbox
+from reconciler.errors import SandboxError
+
+REPO = Path(__file__).resolve().parent.parent
+# Inside the host the checkout and the venv are bound read-only at fixed paths outside /tmp.
+SRC_INSIDE = "/opt/reconciler"
+VENV_INSIDE = "/opt/reconciler-venv"
+PYTHON_INSIDE = f"{VENV_INSIDE}/bin/python"
+ENV_INSIDE = {"PYTHONPATH": SRC_INSIDE}
+
+
+@pytest.fixture(scope="session")
+def host() -> Iterator[sandbox.Host]:
+    """A disposable systemd host; CI=true turns 'cannot boot' into a failure, never a skip."""
+    try:
+        h = sandbox.boot(binds={str(REPO): SRC_INSIDE, sys.prefix: VENV_INSIDE})
+    except SandboxError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"disposable systemd host did not boot (CI=true): {exc}")
+        pytest.skip(f"disposable systemd host not available: {exc}")
+    try:
+        yield h
+    finally:
+        h.stop()
+
+
+UnitWriter = Callable[[str, str], str]
+
+
+@pytest.fixture
+def make_unit(host: sandbox.Host) -> Iterator[UnitWriter]:
+    """Write a unit file into the host; stopped, removed and reloaded after the test.
+
+    ``make_unit("crash.service", text)`` returns the unit's real name, made unique per test
+    (``crash-<id>.service``) so tests never see each other's units.
+    """
+    created: list[str] = []
+    tag = uuid.uuid4().hex[:8]
+
+    def write(name: str, content: str) -> str:
+        stem, _, suffix = name.rpartition(".")
+        unique = f"{stem}-{tag}.{suffix}"
+        (host.unit_dir / unique).write_text(content)
+        created.append(unique)
+        return unique
+
+    yield write
+    if created:
+        host.systemctl("stop", *created, check=False)
+        host.systemctl("disable", *created, check=False)
+        for unit in created:
+            (host.unit_dir / unit).unlink(missing_ok=True)
+        host.systemctl("daemon-reload", check=False)
+        host.systemctl("reset-failed", *created, check=False)
