@@ -109,3 +109,12 @@ class Plan:
     @property
     def empty(self) -> bool:
         return not self.actions
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The config repository at one commit: the files under inventory/ and templates/."""
+
+    revision: str  # full commit id
+    files: dict[str, bytes]  # repo-relative path -> content; symlinks are refused by source
+    summary: str = ""  # first line of the commit message

@@ -1,8 +1,8 @@
 """The command-line frame: argument parsing, errors to one line and an exit code.
 
-Commands live in ``reconciler/cli/<name>.py`` and are imported only when run, so that
-``--help`` and ``--version`` stay cheap. A command module provides
-``configure(parser)`` and ``run(args) -> int``; adding a command is one row in COMMANDS.
+Every module ``reconciler/cli/<name>.py`` (not starting with ``_``) is a command: it sets
+``HELP`` (one line), ``configure(parser)`` and ``run(args) -> int``, and imports anything
+heavy inside ``run``. Adding a command means adding a module; this frame never changes.
 """
 
 from __future__ import annotations
@@ -10,69 +10,57 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import pkgutil
 import sys
 from collections.abc import Sequence
-from typing import Any
+from types import ModuleType
 
 from reconciler import __version__
 
-# name -> (module under reconciler.cli, one-line help)
-COMMANDS: dict[str, tuple[str, str]] = {
-    "version": ("version", "print the version"),
-}
+
+def _commands() -> dict[str, str]:
+    """Command name -> module name, from the modules in this package."""
+    return {
+        info.name.replace("_", "-"): info.name
+        for info in pkgutil.iter_modules(__path__)
+        if not info.name.startswith("_")
+    }
 
 
-def _build_parser(chosen: str | None) -> argparse.ArgumentParser:
+def _module(name: str) -> ModuleType:
+    return importlib.import_module(f"{__name__}.{name}")
+
+
+def build_parser(commands: dict[str, str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="reconciler",
         description="GitOps for systemd hosts: git push changes what runs on this host.",
     )
     parser.add_argument("--version", action="version", version=f"reconciler {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    parser.add_argument(
-        "--config",
-        metavar="PATH",
-        help="config file (default /etc/reconciler/config.toml, or $RECONCILER_CONFIG)",
-    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (module, help_text) in COMMANDS.items():
-        cmd = sub.add_parser(name, help=help_text, description=help_text)
-        if name == chosen:
-            _command_module(module).configure(cmd)
+    for name, module_name in sorted(commands.items()):
+        module = _module(module_name)
+        cmd = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.configure(cmd)
     return parser
-
-
-def _command_module(module: str) -> Any:
-    return importlib.import_module(f"reconciler.cli.{module}")
-
-
-def _chosen_command(argv: Sequence[str]) -> str | None:
-    skip_next = False
-    for arg in argv:
-        if skip_next:
-            skip_next = False
-            continue
-        if arg == "--config":
-            skip_next = True
-            continue
-        if not arg.startswith("-"):
-            return arg if arg in COMMANDS else None
-    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    chosen = _chosen_command(argv)
-    parser = _build_parser(chosen)
-    args = parser.parse_args(argv)
+    if argv == ["--version"]:  # the fast path: no parser, no imports
+        print(f"reconciler {__version__}")
+        return 0
+    commands = _commands()
+    args = build_parser(commands).parse_args(argv)
     if not args.command:
-        parser.print_help()
+        build_parser(commands).print_help()
         return 2
     from reconciler.errors import ReconcilerError
 
     debug = args.debug or os.environ.get("RECONCILER_DEBUG") == "1"
     try:
-        code: int = _command_module(COMMANDS[args.command][0]).run(args)
+        code: int = _module(commands[args.command]).run(args)
         return code
     except ReconcilerError as exc:
         if debug:

@@ -1,10 +1,12 @@
-"""``reconciler version``: the version and where the package lives."""
+"""``reconciler version``."""
 
 from __future__ import annotations
 
 import argparse
 
 from reconciler import __version__
+
+HELP = "print the version"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
