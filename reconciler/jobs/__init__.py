@@ -1,0 +1,1 @@
+"""The scheduled oneshot jobs. Each module provides ``run_job(settings) -> int``."""
