@@ -105,6 +105,7 @@ class Plan:
     actions: tuple[Action, ...] = ()
     owned_after: frozenset[str] = field(default_factory=frozenset)  # manifest once applied
     health_checks: tuple[tuple[str, float], ...] = ()  # (unit, timeout_sec) to gate on
+    notes: tuple[str, ...] = ()  # warnings for the operator (e.g. a hand-masked unit left alone)
 
     @property
     def empty(self) -> bool:
