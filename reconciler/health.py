@@ -1,0 +1,100 @@
+"""The health gate: wait for touched units to become healthy (reads systemd over D-Bus).
+
+A long-running unit is healthy once it has stayed active with the same InvocationID and
+NRestarts for a settle period: a crash-looping service is briefly "active" between
+crashes, so one look is not enough. A oneshot is healthy once it finished with success
+(or stays active with RemainAfterExit=yes). A unit that does not get there within its
+``timeout_sec`` fails the gate.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from reconciler.model import LiveUnit
+
+
+class UnitReader(Protocol):
+    def read_units(self, names: Sequence[str]) -> dict[str, LiveUnit]: ...
+
+
+@dataclass
+class _Watch:
+    deadline: float
+    settle: float
+    stable_since: float | None = None
+    identity: tuple[str, int] | None = None
+    last: LiveUnit | None = None
+
+
+def describe_state(live: LiveUnit | None) -> str:
+    if live is None:
+        return "unknown"
+    text = f"{live.active_state}/{live.sub_state}"
+    if live.result and live.result != "success":
+        text += f", result {live.result}"
+    if live.n_restarts:
+        text += f", {live.n_restarts} restarts"
+    return text
+
+
+def wait_healthy(
+    systemd: UnitReader,
+    checks: Sequence[tuple[str, float]],
+    *,
+    settle_sec: float = 2.0,
+    poll_sec: float = 0.2,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[str, str]:
+    """Return ``{unit: reason}`` for every unit that failed its gate (empty: all healthy)."""
+    start = clock()
+    pending = {
+        unit: _Watch(deadline=start + timeout, settle=min(settle_sec, timeout / 3))
+        for unit, timeout in checks
+    }
+    failed: dict[str, str] = {}
+    while pending:
+        now = clock()
+        live = systemd.read_units(sorted(pending))
+        for unit in list(pending):
+            watch = pending[unit]
+            state = live.get(unit)
+            watch.last = state
+            verdict = _judge(watch, state, now)
+            if verdict is True:
+                del pending[unit]
+            elif verdict is not None:
+                failed[unit] = verdict
+                del pending[unit]
+            elif now >= watch.deadline:
+                timeout = watch.deadline - start
+                failed[unit] = f"not healthy after {timeout:g}s ({describe_state(state)})"
+                del pending[unit]
+        if pending:
+            sleep(poll_sec)
+    return failed
+
+
+def _judge(watch: _Watch, live: LiveUnit | None, now: float) -> bool | str | None:
+    """True: healthy; a string: unhealthy for that reason; None: not decided yet."""
+    if live is None or live.load_state != "loaded":
+        return f"not loaded ({live.load_state if live else 'unknown'})"
+    if live.active_state == "failed":
+        return f"failed ({describe_state(live)})"
+    if live.service_type == "oneshot" and live.active_state == "inactive":
+        if live.result == "success" and live.invocation_id:
+            return True
+        return None if not live.invocation_id else f"finished with {live.result}"
+    if live.active_state != "active":
+        watch.stable_since = None
+        return None
+    identity = (live.invocation_id, live.n_restarts)
+    if identity != watch.identity:
+        watch.identity, watch.stable_since = identity, now
+        return None
+    assert watch.stable_since is not None
+    return True if now - watch.stable_since >= watch.settle else None
