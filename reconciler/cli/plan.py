@@ -1,0 +1,52 @@
+"""``reconciler plan``: what a sync would do, with a unified diff; touches nothing."""
+
+from __future__ import annotations
+
+import argparse
+
+from reconciler.cli import _options
+
+HELP = "show the actions and the unit-file diff a sync would apply (touches nothing)"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    _options.add_settings(parser)
+    _options.add_json(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from reconciler import sync
+
+    outcome = sync.run(_options.settings(args), dry_run=True)
+    return show(outcome, as_json=args.json)
+
+
+def show(outcome: object, *, as_json: bool) -> int:
+    from reconciler import plan as plan_mod
+    from reconciler.sync import Outcome
+
+    assert isinstance(outcome, Outcome)
+    if as_json:
+        _options.print_json(
+            {
+                "revision": outcome.revision,
+                "actions": outcome.actions,
+                "notes": list(outcome.plan.notes),
+                "diff": plan_mod.diff(outcome.plan),
+            }
+        )
+        return 0
+    rev = (outcome.revision or "")[:12]
+    if outcome.plan.empty:
+        print(f"revision {rev}: host already matches; nothing to do")
+    else:
+        print(f"revision {rev}: {len(outcome.actions)} actions")
+        for line in outcome.actions:
+            print(f"  {line}")
+    for note in outcome.plan.notes:
+        print(f"note: {note}")
+    text = plan_mod.diff(outcome.plan)
+    if text:
+        print()
+        print(text, end="" if text.endswith("\n") else "\n")
+    return 0

@@ -1,0 +1,57 @@
+"""``reconciler rollback [REV]``: go back to an earlier applied revision, then suspend."""
+
+from __future__ import annotations
+
+import argparse
+
+from reconciler.cli import _options
+
+HELP = "apply an earlier revision (default: the one before the current) and suspend syncs"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    _options.add_settings(parser)
+    parser.add_argument(
+        "revision",
+        nargs="?",
+        metavar="REV",
+        help="a revision from 'reconciler history' (a prefix is enough)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from reconciler import journal, sync
+    from reconciler.errors import UsageError
+
+    journal.setup()
+    settings = _options.settings(args)
+    store = sync.open_store(settings)
+    applied = [r.revision for r in store.history(1000) if r.result in ("applied", "noop")]
+    current = store.applied_revision()
+    if args.revision:
+        matches = sorted({r for r in applied if r.startswith(args.revision)})
+        if len(matches) != 1:
+            raise UsageError(
+                f"cannot roll back to '{args.revision}': "
+                + ("ambiguous" if matches else "not an applied revision"),
+                "pick a revision from 'reconciler history'",
+            )
+        target = matches[0]
+    else:
+        earlier = [r for r in applied if r != current]
+        if not earlier:
+            raise UsageError("cannot roll back: no earlier applied revision")
+        target = earlier[0]
+    outcome = sync.run(settings, revision=target, trigger="rollback", force=True)
+    store.suspend(f"rolled back to {target[:12]}", by="rollback")
+    journal.event(
+        "rollback",
+        f"rolled back to {target[:12]} by operator; automatic syncs suspended",
+        priority=4,
+        revision=target,
+    )
+    print(
+        f"rolled back to {target[:12]} ({len(outcome.actions)} actions); automatic syncs "
+        "suspended: run 'reconciler resume' to follow the branch again"
+    )
+    return 0

@@ -1,0 +1,352 @@
+"""One reconcile, as its steps: fetch → render → observe → plan → apply → verify → record.
+
+Each step returns a value or raises a ReconcilerError. This module wires the adapters
+(source, systemd, state, unit files) to the pure core (inventory, render, plan) and owns
+the crash-safety rules:
+
+* the manifest of owned files is widened to include every file about to be written
+  *before* writing, so a kill half-way never leaves files the next run would take for
+  foreign; it is narrowed only after a successful apply;
+* a revision that fails its health gate is recorded as bad, the last good revision is
+  applied again, and the bad one is not retried until a new commit (or ``--force``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from reconciler import journal
+from reconciler.config import Settings
+from reconciler.errors import ApplyError, SourceError, UsageError
+from reconciler.model import DesiredUnit, LiveUnit, Plan, Snapshot
+
+if TYPE_CHECKING:
+    from reconciler.state import Store
+    from reconciler.systemd import Systemd
+
+log = logging.getLogger("reconciler")
+DESIRED_KEY = "applied_units"
+
+
+@dataclass
+class Outcome:
+    """What a sync did, for the CLI and the record."""
+
+    result: str  # applied | noop | rolled-back | failed | suspended | held | dry-run
+    revision: str | None = None
+    plan: Plan = field(default_factory=Plan)
+    actions: list[str] = field(default_factory=list)
+    failed_units: dict[str, str] = field(default_factory=dict)
+    rolled_back_to: str | None = None
+    message: str = ""
+    dbus_calls: dict[str, int] = field(default_factory=dict)  # D-Bus method -> calls
+    recorded: bool = False
+
+
+# ---- the steps -------------------------------------------------------------------------
+
+
+def fetch(settings: Settings, revision: str | None = None) -> Snapshot:
+    from reconciler import source
+
+    cache = settings.state_dir / "repo"
+    if revision is not None:
+        return source.read_revision(cache, revision)
+    if not settings.repo:
+        raise UsageError(
+            "cannot sync: no config repository configured",
+            "set repo in /etc/reconciler/config.toml, $RECONCILER_REPO or --repo",
+        )
+    verify = source.Verification(settings.gpg_home) if settings.verify_signatures else None
+    if settings.verify_signatures and settings.gpg_home is None:
+        raise UsageError("cannot verify signatures: gpg_home is not set in the config")
+    return source.fetch(settings.repo, settings.ref, cache, verify=verify)
+
+
+def render(snapshot: Snapshot, host: str, *, verify: bool = True) -> list[DesiredUnit]:
+    from reconciler import inventory
+    from reconciler import render as render_mod
+
+    inv = inventory.load(snapshot.files)
+    templates = {
+        path.removeprefix("templates/"): data.decode("utf-8", errors="replace")
+        for path, data in snapshot.files.items()
+        if path.startswith("templates/")
+    }
+    return render_mod.render(inv.select(host), templates)
+
+
+def observe(
+    systemd: Systemd, unit_dir: Path, names: Sequence[str]
+) -> tuple[dict[str, str | None], dict[str, LiveUnit]]:
+    files: dict[str, str | None] = {}
+    for name in names:
+        try:
+            files[name] = (unit_dir / name).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            files[name] = None
+        except UnicodeDecodeError:
+            files[name] = ""  # unreadable as text: differs from anything we render
+    return files, systemd.read_units(sorted(names))
+
+
+def make_plan(
+    desired: Sequence[DesiredUnit],
+    systemd: Systemd,
+    store: Store,
+    settings: Settings,
+) -> Plan:
+    from reconciler import plan as plan_mod
+
+    owned = store.owned()
+    names = sorted({u.name for u in desired} | owned)
+    files, live = observe(systemd, settings.unit_dir, names)
+    foreign = frozenset(n for n in names if n not in owned and files.get(n) is not None)
+    return plan_mod.plan(
+        desired, files, live, owned, allow_empty=settings.allow_empty, foreign=foreign
+    )
+
+
+def check_units(desired: Sequence[DesiredUnit], plan: Plan) -> None:
+    """``systemd-analyze verify`` the units this plan writes; refuse before touching the host."""
+    from reconciler import analyze
+    from reconciler.errors import RenderError
+    from reconciler.model import WriteUnitFile
+
+    written = {a.name for a in plan.actions if isinstance(a, WriteUnitFile)}
+    units = [u for u in desired if u.name in written]
+    if not units:
+        return
+    complaints = analyze.verify_units(units)
+    if complaints:
+        more = f" (and {len(complaints) - 1} more)" if len(complaints) > 1 else ""
+        raise RenderError(f"systemd-analyze refused a rendered unit: {complaints[0]}{more}")
+
+
+def execute(
+    plan: Plan,
+    desired: Sequence[DesiredUnit],
+    systemd: Systemd,
+    store: Store,
+    settings: Settings,
+    revision: str,
+) -> dict[str, str]:
+    """Apply, then gate; returns ``{unit: reason}`` of units that failed (empty: healthy)."""
+    from reconciler import apply as apply_mod
+    from reconciler import health
+    from reconciler import plan as plan_mod
+
+    with store.transaction():
+        store.set_owned(store.owned() | plan.owned_after)  # widen before writing anything
+    apply_mod.clean_temp_files(settings.unit_dir)
+    lines = iter(plan_mod.describe(plan))
+
+    def on_action(_action: object) -> None:
+        journal.event("action", next(lines, str(_action)), revision=revision)
+
+    result = apply_mod.apply(plan, settings.unit_dir, systemd, on_action=on_action)
+    with store.transaction():
+        store.set_owned(plan.owned_after | (store.owned() - result.removed))
+        store.kv_set(DESIRED_KEY, _encode_desired(desired))
+    gated = {unit for unit, _ in plan.health_checks}
+    failed = {u: f"start job {r}" for u, r in result.failed_jobs.items() if u in gated}
+    checks = [(u, t) for u, t in plan.health_checks if u not in failed]
+    failed.update(health.wait_healthy(systemd, checks))
+    for unit, result_text in result.failed_jobs.items():
+        if unit not in gated:
+            log.warning("%s: start job %s (no health gate: not rolled back)", unit, result_text)
+    return failed
+
+
+def _encode_desired(desired: Sequence[DesiredUnit]) -> str:
+    return json.dumps([u.__dict__ for u in desired], sort_keys=True)
+
+
+def decode_desired(text: str | None) -> list[DesiredUnit]:
+    return [DesiredUnit(**item) for item in json.loads(text)] if text else []
+
+
+# ---- one whole sync --------------------------------------------------------------------
+
+
+def open_store(settings: Settings) -> Store:
+    from reconciler.state import Store
+
+    return Store.open(settings.state_dir / "state.db")
+
+
+def connect(settings: Settings) -> Systemd:
+    from reconciler.systemd import Systemd
+
+    return Systemd(settings.bus)
+
+
+def run(
+    settings: Settings,
+    *,
+    dry_run: bool = False,
+    force: bool = False,
+    trigger: str = "manual",
+    revision: str | None = None,
+) -> Outcome:
+    """One reconcile under the sync lock. ``revision``: apply that cached commit (rollback)."""
+    from reconciler import lock
+
+    if dry_run:
+        return _run_locked(settings, dry_run=True, force=force, trigger=trigger, revision=revision)
+    with lock.hold(settings.run_dir / "sync.lock", timeout=settings.lock_timeout_sec):
+        return _run_locked(settings, dry_run=False, force=force, trigger=trigger, revision=revision)
+
+
+def _run_locked(
+    settings: Settings, *, dry_run: bool, force: bool, trigger: str, revision: str | None
+) -> Outcome:
+    started_wall, started = time.time(), time.monotonic()
+    store = open_store(settings)
+    suspended = store.suspended()
+    if suspended and not force and not dry_run and revision is None:
+        msg = f"automatic syncs are suspended ({suspended.reason}); nothing done"
+        journal.event("sync.suspended", msg, priority=5)
+        return Outcome("suspended", message=msg)
+    snapshot = fetch(settings, revision)
+    outcome = Outcome("applied", revision=snapshot.revision)
+    held_from: str | None = None
+    if revision is None and not force and store.is_bad(snapshot.revision):
+        good = store.applied_revision()
+        if good is None or good == snapshot.revision:
+            msg = f"revision {snapshot.revision[:12]} is marked bad; waiting for a new commit"
+            journal.event("sync.noop", msg, priority=4, revision=snapshot.revision)
+            return Outcome("held", revision=snapshot.revision, message=msg)
+        held_from, snapshot = snapshot.revision, fetch(settings, good)
+        outcome.revision = snapshot.revision
+    desired = render(snapshot, settings.host_name)
+    systemd = connect(settings)
+    try:
+        plan = make_plan(desired, systemd, store, settings)
+        outcome.plan = plan
+        from reconciler import plan as plan_mod
+
+        outcome.actions = plan_mod.describe(plan)
+        if dry_run:
+            outcome.result = "dry-run"
+            return outcome
+        if held_from:
+            outcome.message = (
+                f"revision {held_from[:12]} is marked bad; holding at "
+                f"{snapshot.revision[:12]} until a new commit"
+            )
+        if plan.empty:
+            outcome.result = "noop"
+            journal.event(
+                "sync.noop",
+                outcome.message or f"host matches revision {snapshot.revision[:12]}",
+                revision=snapshot.revision,
+            )
+            _record(store, outcome, started_wall, started, trigger)
+            return outcome
+        check_units(desired, plan)
+        failed = execute(plan, desired, systemd, store, settings, snapshot.revision)
+        if failed:
+            _roll_back(settings, store, systemd, outcome, failed, started_wall, started, trigger)
+        else:
+            journal.event(
+                "sync.applied",
+                f"applied revision {snapshot.revision[:12]}: {len(plan.actions)} actions",
+                revision=snapshot.revision,
+                actions=len(plan.actions),
+            )
+            _record(store, outcome, started_wall, started, trigger)
+        return outcome
+    except Exception as exc:
+        if not dry_run and not outcome.recorded:
+            outcome.result, outcome.message = "failed", str(exc)
+            journal.event(
+                "sync.failed", f"sync failed: {exc}", priority=3, revision=outcome.revision
+            )
+            _record(store, outcome, started_wall, started, trigger)
+        raise
+    finally:
+        outcome.dbus_calls = dict(systemd.calls)
+        systemd.close()
+
+
+def _roll_back(
+    settings: Settings,
+    store: Store,
+    systemd: Systemd,
+    outcome: Outcome,
+    failed: dict[str, str],
+    started_wall: float,
+    started: float,
+    trigger: str,
+) -> None:
+    bad = outcome.revision or ""
+    reasons = "; ".join(f"{u}: {r}" for u, r in sorted(failed.items()))
+    store.mark_bad(bad, reasons)
+    outcome.failed_units = failed
+    journal.event(
+        "health.failed",
+        f"revision {bad[:12]} failed its health gate: {reasons}",
+        priority=3,
+        revision=bad,
+    )
+    good = store.last_good()
+    if good is None or good == bad:
+        outcome.result = "failed"
+        _record(store, outcome, started_wall, started, trigger)
+        raise ApplyError(
+            f"revision {bad[:12]} failed its health gate: {reasons}",
+            "no earlier good revision to roll back to; fix and push a new commit",
+        )
+    try:
+        snapshot = fetch(settings, good)
+        desired = render(snapshot, settings.host_name)
+        plan = make_plan(desired, systemd, store, settings)
+        execute(plan, desired, systemd, store, settings, good)
+    except Exception as exc:
+        outcome.result = "failed"
+        _record(store, outcome, started_wall, started, trigger)
+        raise ApplyError(
+            f"revision {bad[:12]} failed its health gate ({reasons}) and the "
+            f"rollback to {good[:12]} failed: {exc}"
+        ) from exc
+    outcome.result, outcome.rolled_back_to = "rolled-back", good
+    outcome.message = f"rolled back to {good[:12]}"
+    journal.event(
+        "rollback",
+        f"revision {bad[:12]} failed its health gate ({reasons}); rolled back to {good[:12]}",
+        priority=3,
+        revision=good,
+        bad_revision=bad,
+    )
+    _record(store, outcome, started_wall, started, trigger)
+    store.record_sync(good, time.time(), 0.0, "applied", ["rollback"], None, "rollback")
+    raise ApplyError(
+        f"revision {bad[:12]} failed its health gate: {reasons}; rolled back to {good[:12]}",
+        "fix the service and push a new commit; the bad revision is not retried",
+    )
+
+
+def _record(
+    store: Store, outcome: Outcome, started_wall: float, started: float, trigger: str
+) -> None:
+    error = outcome.message if outcome.result == "failed" else None
+    outcome.recorded = True
+    store.record_sync(
+        outcome.revision or "",
+        started_wall,
+        time.monotonic() - started,
+        outcome.result,
+        outcome.actions,
+        error,
+        trigger,
+    )
+
+
+__all__ = ["Outcome", "SourceError", "decode_desired", "run"]

@@ -1,0 +1,388 @@
+"""End-to-end syncs: the CLI as a whole process, a real bare git repo, the disposable systemd."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from reconciler import sandbox
+from tests.integration.gitrepo import ConfigRepo
+
+pytestmark = pytest.mark.host
+
+RECONCILER = str(Path(sys.executable).parent / "reconciler")
+MUTATING = {
+    "Reload",
+    "EnableUnitFiles",
+    "DisableUnitFiles",
+    "StartUnit",
+    "StopUnit",
+    "RestartUnit",
+    "TryRestartUnit",
+    "MaskUnitFiles",
+    "UnmaskUnitFiles",
+    "ResetFailedUnit",
+}
+
+HOSTS = """\
+[groups.web]
+vars = { greeting = "hello from the group" }
+
+[hosts.testhost]
+groups = ["web"]
+vars = { greeting = "hello from the host" }
+"""
+
+APP = """\
+[Unit]
+Description={{ service }} on {{ host.name }}
+
+[Service]
+Type=simple
+ExecStart=/bin/sh -c 'echo {{ greeting }}; exec sleep infinity'
+"""
+
+CRASHER = """\
+[Unit]
+Description={{ service }} that crashes
+
+[Service]
+Type=simple
+ExecStart=/bin/sh -c 'sleep 0.3; exit 1'
+Restart=always
+RestartSec=200ms
+"""
+
+SLOW = """\
+[Unit]
+Description={{ service }} slow to start
+
+[Service]
+Type=simple
+ExecStartPre=/bin/sleep {{ delay }}
+ExecStart=/bin/sleep infinity
+"""
+
+
+def services(*entries: str) -> str:
+    return "\n".join(entries)
+
+
+def service(
+    name: str, template: str = "app.service.j2", health: float | None = None, **vars_: str
+) -> str:
+    inline = ", ".join(f'{k} = "{v}"' for k, v in vars_.items())
+    text = f'[services.{name}]\ntemplate = "{template}"\nhosts = ["web"]\nvars = {{ {inline} }}\n'
+    if health:
+        text += f"\n[services.{name}.health]\ntimeout_sec = {health}\n"
+    return text
+
+
+@dataclass
+class Env:
+    host: sandbox.Host
+    repo: ConfigRepo
+    state: Path
+    tag: str
+
+    def name(self, stem: str) -> str:
+        return f"{stem}-{self.tag}"
+
+    def argv(self, *args: str) -> list[str]:
+        return [
+            RECONCILER,
+            *args,
+            "--repo",
+            self.repo.url,
+            "--host",
+            "testhost",
+            "--state-dir",
+            str(self.state),
+            "--unit-dir",
+            str(self.host.unit_dir),
+            "--run-dir",
+            str(self.state / "run"),
+            "--bus",
+            self.host.bus_address,
+        ]
+
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "RECONCILER_JOURNAL_SOCKET": str(self.host.journal_socket),
+            "RECONCILER_CONFIG": str(self.state / "none.toml"),
+        }
+
+    def reconciler(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        argv = (
+            self.argv(*args)
+            if args[0] in ("sync", "plan", "rollback")
+            else [RECONCILER, *args, "--state-dir", str(self.state)]
+        )
+        proc = subprocess.run(
+            argv, capture_output=True, text=True, env=self.env(), timeout=120, check=False
+        )
+        if check:
+            assert proc.returncode == 0, proc.stderr + proc.stdout
+        return proc
+
+    def sync(self, *extra: str) -> dict[str, object]:
+        out = self.reconciler("sync", "--json", *extra).stdout
+        data: dict[str, object] = json.loads(out)
+        return data
+
+    def show(self, unit: str, *props: str) -> dict[str, str]:
+        out = self.host.systemctl("show", "-p", ",".join(props), unit).stdout
+        return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+@pytest.fixture
+def env(host: sandbox.Host, tmp_path: Path) -> Iterator[Env]:
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "none.toml").write_text("")
+    e = Env(host, ConfigRepo(tmp_path / "git"), state, uuid.uuid4().hex[:6])
+    yield e
+    owned = [p.name for p in host.unit_dir.glob(f"*-{e.tag}.*")]
+    if owned:
+        host.systemctl("stop", *owned, check=False)
+        host.systemctl("disable", *owned, check=False)
+        for name in owned:
+            (host.unit_dir / name).unlink(missing_ok=True)
+        host.systemctl("daemon-reload", check=False)
+        host.systemctl("reset-failed", check=False)
+
+
+def base_files(env: Env, *entries: str) -> dict[str, str]:
+    return {
+        "inventory/hosts.toml": HOSTS,
+        "inventory/services.toml": services(*entries),
+        "templates/app.service.j2": APP,
+        "templates/crasher.service.j2": CRASHER,
+        "templates/slow.service.j2": SLOW,
+    }
+
+
+def test_first_sync_then_noop_then_one_change(env: Env) -> None:
+    a, b = env.name("alpha"), env.name("beta")
+    env.repo.commit(base_files(env, service(a), service(b)))
+    first = env.sync()
+    assert first["result"] == "applied"
+    for unit in (f"{a}.service", f"{b}.service"):
+        props = env.show(unit, "ActiveState", "UnitFileState")
+        assert props == {"ActiveState": "active", "UnitFileState": "enabled"}, unit
+    assert "hello from the host" in (env.host.unit_dir / f"{a}.service").read_text()
+
+    ids = {u: env.show(u, "InvocationID")["InvocationID"] for u in (f"{a}.service", f"{b}.service")}
+    second = env.sync()
+    assert second["result"] == "noop"
+    calls = second["dbus_calls"]
+    assert isinstance(calls, dict)
+    assert not MUTATING & set(calls), calls
+    assert {u: env.show(u, "InvocationID")["InvocationID"] for u in ids} == ids
+
+    files = base_files(env, service(a, greeting="changed"), service(b))
+    env.repo.commit(files)
+    third = env.sync()
+    assert third["result"] == "applied"
+    assert env.show(f"{a}.service", "InvocationID")["InvocationID"] != ids[f"{a}.service"]
+    assert env.show(f"{b}.service", "InvocationID")["InvocationID"] == ids[f"{b}.service"]
+    assert f"restart {a}.service" in " ".join(third["actions"])  # type: ignore[arg-type]
+
+    env.host.journal_sync()
+    entries = env.host.journal(
+        "RECONCILER_EVENT=action", f"RECONCILER_REVISION={third['revision']}"
+    )
+    assert entries, "one journald entry per action"
+    history = env.reconciler("history", "--json").stdout
+    assert [r["result"] for r in json.loads(history)][:3] == ["applied", "noop", "applied"]
+
+
+def test_removed_service_is_pruned_and_foreign_unit_untouched(env: Env, make_unit) -> None:  # type: ignore[no-untyped-def]
+    a, b = env.name("keep"), env.name("drop")
+    foreign = make_unit("foreign.service", "[Service]\nExecStart=/bin/sleep infinity\n")
+    env.host.systemctl("daemon-reload")
+    env.host.systemctl("start", foreign)
+    env.repo.commit(base_files(env, service(a), service(b)))
+    env.sync()
+    env.repo.commit(base_files(env, service(a)))
+    out = env.sync()
+    assert f"stop {b}.service" in " ".join(out["actions"])  # type: ignore[arg-type]
+    assert not (env.host.unit_dir / f"{b}.service").exists()
+    assert env.show(f"{b}.service", "LoadState")["LoadState"] == "not-found"
+    assert env.show(foreign, "ActiveState")["ActiveState"] == "active"
+    assert (env.host.unit_dir / foreign).exists()
+
+
+def test_collision_with_foreign_file_is_refused(env: Env, make_unit) -> None:  # type: ignore[no-untyped-def]
+    foreign = make_unit("clash.service", "[Service]\nExecStart=/bin/true\n")
+    stem = foreign.removesuffix(".service")
+    before = (env.host.unit_dir / foreign).read_text()
+    env.repo.commit(base_files(env, service(stem)))
+    proc = env.reconciler("sync", check=False)
+    assert proc.returncode != 0
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert foreign in proc.stderr
+    assert (env.host.unit_dir / foreign).read_text() == before
+
+
+@pytest.mark.parametrize(
+    ("case", "change", "expect"),
+    [
+        (
+            "unknown key",
+            {
+                "inventory/services.toml": "[services.x]\ntemplate='app.service.j2'\n"
+                "hosts=['web']\nbogus=1\n"
+            },
+            "services.x",
+        ),
+        (
+            "missing template",
+            {"inventory/services.toml": "[services.x]\ntemplate='nope.j2'\nhosts=['web']\n"},
+            "nope.j2",
+        ),
+        (
+            "undefined variable",
+            {"templates/app.service.j2": APP.replace("greeting", "nosuch")},
+            "nosuch",
+        ),
+        (
+            "injection",
+            {
+                "inventory/hosts.toml": HOSTS.replace(
+                    'greeting = "hello from the host"', 'greeting = "x\\n[Service]\\nUser=root"'
+                )
+            },
+            "greeting",
+        ),
+    ],
+)
+def test_bad_input_is_one_line_and_host_unchanged(
+    env: Env, case: str, change: dict[str, str], expect: str
+) -> None:
+    a = env.name("good")
+    env.repo.commit(base_files(env, service(a)))
+    env.sync()
+    before = (env.host.unit_dir / f"{a}.service").read_text()
+    invocation = env.show(f"{a}.service", "InvocationID")
+    files = base_files(env, service(a))
+    files.update(change)
+    env.repo.commit(files, message=case)
+    proc = env.reconciler("sync", check=False)
+    assert proc.returncode != 0, case
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and expect in lines[0], (case, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    assert (env.host.unit_dir / f"{a}.service").read_text() == before
+    assert env.show(f"{a}.service", "InvocationID") == invocation
+
+
+def test_failing_health_gate_rolls_back(env: Env) -> None:
+    a = env.name("web")
+    good = env.repo.commit(base_files(env, service(a, health=3)))
+    env.sync()
+    assert env.show(f"{a}.service", "ActiveState")["ActiveState"] == "active"
+    bad_files = base_files(env, service(a, template="crasher.service.j2", health=3))
+    bad = env.repo.commit(bad_files, message="crash")
+    proc = env.reconciler("sync", check=False)
+    assert proc.returncode != 0
+    assert "rolled back" in proc.stderr and bad[:12] in proc.stderr, proc.stderr
+    assert "sleep infinity" in (env.host.unit_dir / f"{a}.service").read_text()
+    assert env.show(f"{a}.service", "ActiveState")["ActiveState"] == "active"
+    # the bad revision is not retried by the next (timer) sync
+    again = env.sync("--trigger", "timer")
+    assert again["revision"] == good
+    assert "marked bad" in str(again["message"])
+    assert env.show(f"{a}.service", "ActiveState")["ActiveState"] == "active"
+
+
+def test_concurrent_sync_waits_then_refuses(env: Env) -> None:
+    a = env.name("slow")
+    env.repo.commit(base_files(env, service(a, template="slow.service.j2", delay="4")))
+    config = env.state / "lock.toml"
+    config.write_text("lock_timeout_sec = 1\n")
+    first = subprocess.Popen(
+        env.argv("sync"), env=env.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        time.sleep(1.5)
+        second = subprocess.run(
+            env.argv("sync", "--config", str(config)),
+            env=env.env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert second.returncode == 75, second.stderr
+        assert "another sync is running" in second.stderr
+    finally:
+        first.communicate(timeout=60)
+    assert first.returncode == 0
+
+
+def test_kill_9_during_apply_then_sync_converges(env: Env) -> None:
+    a, b = env.name("first"), env.name("second")
+    env.repo.commit(base_files(env, service(a, template="slow.service.j2", delay="3"), service(b)))
+    proc = subprocess.Popen(
+        env.argv("sync"), env=env.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 20
+    while not (env.host.unit_dir / f"{a}.service").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    out = env.sync()
+    assert out["result"] in ("applied", "noop")
+    for unit in (f"{a}.service", f"{b}.service"):
+        wait_for(lambda u=unit: env.show(u, "ActiveState")["ActiveState"] == "active", 15)
+        assert env.show(unit, "UnitFileState")["UnitFileState"] == "enabled", unit
+    assert env.sync()["result"] == "noop"
+
+
+def wait_for(condition: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.1)
+
+
+def test_unreachable_remote_leaves_host_as_it_was(env: Env) -> None:
+    a = env.name("steady")
+    env.repo.commit(base_files(env, service(a)))
+    env.sync()
+    invocation = env.show(f"{a}.service", "InvocationID")
+    gone = env.repo.remote.with_name("gone.git")
+    env.repo.remote.rename(gone)
+    proc = env.reconciler("sync", check=False)
+    assert proc.returncode != 0
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert env.show(f"{a}.service", "InvocationID") == invocation
+    assert (env.host.unit_dir / f"{a}.service").exists()
+
+
+def test_suspend_resume_and_rollback(env: Env) -> None:
+    a = env.name("svc")
+    first = env.repo.commit(base_files(env, service(a, greeting="one")))
+    env.sync()
+    env.repo.commit(base_files(env, service(a, greeting="two")))
+    env.reconciler("suspend", "--reason", "incident 42")
+    assert env.sync("--trigger", "timer")["result"] == "suspended"
+    assert "one" in (env.host.unit_dir / f"{a}.service").read_text()
+    assert env.sync("--force")["result"] == "applied"
+    assert "two" in (env.host.unit_dir / f"{a}.service").read_text()
+    env.reconciler("resume")
+    env.reconciler("rollback", first[:8])
+    assert "one" in (env.host.unit_dir / f"{a}.service").read_text()
+    assert env.sync()["result"] == "suspended"  # rollback suspends automatic syncs
