@@ -341,10 +341,8 @@ def setup(verbose: bool = False) -> None:
     """
     logger = logging.getLogger(LOGGER)
     level = logging.DEBUG if verbose else logging.INFO
+    reset()
     with _lock:
-        for handler in _installed:
-            logger.removeHandler(handler)
-        _installed.clear()
         tty, to_journal = _stderr_state()
         if available():
             mirror = tty and not to_journal
@@ -356,6 +354,15 @@ def setup(verbose: bool = False) -> None:
         for handler in _installed:
             logger.addHandler(handler)
         logger.setLevel(level)
+
+
+def reset() -> None:
+    """Remove what setup() installed (for tests, and before a daemon re-execs)."""
+    logger = logging.getLogger(LOGGER)
+    with _lock:
+        for handler in _installed:
+            logger.removeHandler(handler)
+        _installed.clear()
 
 
 def _stderr_handler(level: int, *, timestamps: bool, verbose: bool) -> logging.Handler:
