@@ -1,0 +1,284 @@
+"""Plan a sync (pure: no I/O, no clock): desired units + live state + owned manifest -> actions.
+
+The whole plan is built before anything runs (pyinfra), so ``reconciler plan`` and
+``sync --dry-run`` are free and ``apply`` only executes. Like Flux's inventory, only files
+in the owned manifest are ever overwritten or deleted; a desired unit that collides with
+a foreign file is an error, and an empty inventory does not prune everything (Argo).
+Everything is sorted: the same inputs always give the same plan.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import PurePosixPath
+
+from reconciler.errors import ApplyError
+from reconciler.model import (
+    Action,
+    DaemonReload,
+    DesiredUnit,
+    DisableUnits,
+    EnableUnits,
+    LiveUnit,
+    Plan,
+    RemoveUnitFile,
+    RestartUnit,
+    StartUnit,
+    StopUnit,
+    WriteUnitFile,
+)
+
+RUNNING = frozenset({"active", "activating", "reloading"})
+_STOPPABLE = RUNNING | {"failed"}
+_ENABLED = frozenset({"enabled", "enabled-runtime"})
+# EnableUnitFiles changes nothing for these: asking again on every sync would never converge.
+_NOT_ENABLEABLE = frozenset({"static", "indirect", "generated", "transient", "alias"})
+_MASKED = frozenset({"masked", "masked-runtime"})
+
+
+def plan(
+    desired: Sequence[DesiredUnit],
+    live_files: Mapping[str, str | None],
+    live_units: Mapping[str, LiveUnit],
+    owned: frozenset[str],
+    *,
+    allow_empty: bool = False,
+    foreign: frozenset[str] = frozenset(),
+    interrupted: frozenset[str] = frozenset(),
+    unit_dir: str = "/etc/systemd/system",
+) -> Plan:
+    """The ordered actions that make the host match ``desired``.
+
+    ``live_files``: current content of every file in ``desired`` and ``owned`` (None: absent);
+    ``live_units``: systemd's view of the same names (a missing name: not loaded).
+    ``foreign``: files in the unit dir that reconciler does not own; never touched.
+    ``interrupted``: units whose new file an earlier, killed apply wrote but did not get to
+    (re)start; they are handled as changed so that the next sync converges.
+    """
+    units = _index(desired)
+    if not units and owned and not allow_empty:
+        n = len(owned)
+        raise ApplyError(
+            f"refusing to remove all {n} managed unit{'s' if n != 1 else ''}: "
+            "the inventory selects no service for this host",
+            "pass --allow-empty to prune everything",
+        )
+
+    def live(name: str) -> LiveUnit:
+        return live_units.get(name) or LiveUnit(name)
+
+    masked = {n for n in units if _is_masked(live(n))}
+    managed = [units[n] for n in sorted(units) if n not in masked]
+    _check_collisions(managed, live_files, owned, foreign, unit_dir)
+    changed = {d.name for d in managed if live_files.get(d.name) != d.content}
+    touched = changed | (interrupted & {d.name for d in managed})
+    removed = sorted(owned - units.keys())
+
+    actions: list[Action] = [
+        StopUnit(n)
+        for n in sorted(removed, key=_timers_first)
+        if live(n).active_state in _STOPPABLE
+    ]
+    actions += _batch(DisableUnits, (n for n in removed if live(n).unit_file_state in _ENABLED))
+    actions += [RemoveUnitFile(n, old) for n in removed if (old := live_files.get(n)) is not None]
+    actions += [WriteUnitFile(n, units[n].content, live_files.get(n)) for n in sorted(changed)]
+    files_changed = any(isinstance(a, WriteUnitFile | RemoveUnitFile) for a in actions)
+    stale = any(_needs_reload(live(n), live_files.get(n) is not None) for n in [*units, *removed])
+    if files_changed or stale:
+        actions.append(DaemonReload())
+    disable, enable = _enablement(managed, live, live_files)
+    actions += _batch(DisableUnits, disable) + _batch(EnableUnits, enable)
+
+    timer_driven = _timer_driven(desired)
+    jobs = {
+        d.name: _job(d, live(d.name), d.name in touched, d.name in timer_driven) for d in managed
+    }
+    started = sorted(n for n, job in jobs.items() if job is StartUnit)
+    restarted = sorted(n for n, job in jobs.items() if job is RestartUnit)
+    actions += [StartUnit(n) for n in started] + [RestartUnit(n) for n in restarted]
+
+    gated = set(started) | set(restarted)
+    return Plan(
+        actions=tuple(actions),
+        owned_after=frozenset(units.keys() - (masked - owned)),
+        health_checks=tuple(
+            (d.name, d.health_timeout_sec)
+            for d in managed
+            if d.health_timeout_sec is not None and d.name in gated
+        ),
+        notes=tuple(
+            f"{n} is masked on this host: not written, enabled or started "
+            f"(run 'systemctl unmask {n}' to let reconciler manage it again)"
+            for n in sorted(masked)
+        ),
+    )
+
+
+def describe(plan: Plan) -> list[str]:
+    """One line per action for operators and logs, then one ``note: ...`` line per note."""
+    return [_describe(a) for a in plan.actions] + [f"note: {n}" for n in plan.notes]
+
+
+def diff(plan: Plan) -> str:
+    """A unified diff (``a/NAME`` -> ``b/NAME``, git-style ``/dev/null``) of every file change."""
+    out: list[str] = []
+    for a in plan.actions:
+        if isinstance(a, WriteUnitFile):
+            old = "/dev/null" if a.previous is None else f"a/{a.name}"
+            out += _unified(a.previous or "", a.content, old, f"b/{a.name}")
+        elif isinstance(a, RemoveUnitFile):
+            out += _unified(a.previous, "", f"a/{a.name}", "/dev/null")
+    return "".join(out)
+
+
+def _index(desired: Sequence[DesiredUnit]) -> dict[str, DesiredUnit]:
+    units: dict[str, DesiredUnit] = {}
+    for d in desired:
+        if d.name in units:
+            raise ApplyError(
+                f"cannot plan unit '{d.name}': rendered by both services "
+                f"'{units[d.name].service}' and '{d.service}'",
+                "give the services distinct names in inventory/services.toml",
+            )
+        units[d.name] = d
+    return units
+
+
+def _is_masked(unit: LiveUnit) -> bool:
+    return unit.load_state == "masked" or unit.unit_file_state in _MASKED
+
+
+def _check_collisions(
+    managed: Sequence[DesiredUnit],
+    live_files: Mapping[str, str | None],
+    owned: frozenset[str],
+    foreign: frozenset[str],
+    unit_dir: str,
+) -> None:
+    clashes = [
+        d.name
+        for d in managed
+        if d.name not in owned and (d.name in foreign or live_files.get(d.name) is not None)
+    ]
+    if clashes:
+        path = PurePosixPath(unit_dir) / clashes[0]
+        more = f" (and {len(clashes) - 1} more)" if len(clashes) > 1 else ""
+        raise ApplyError(
+            f"cannot write unit '{clashes[0]}': {path} exists and is not managed by "
+            f"reconciler{more}",
+            "remove or move that file to let reconciler manage the unit (adopt it), "
+            "or rename the service in the inventory",
+        )
+
+
+def _timers_first(name: str) -> tuple[bool, str]:
+    """Stop a timer before its service, so it cannot fire the service during a prune."""
+    return (not name.endswith(".timer"), name)
+
+
+def _batch(kind: type[EnableUnits] | type[DisableUnits], names: Iterable[str]) -> list[Action]:
+    batch = tuple(sorted(set(names)))
+    return [kind(batch)] if batch else []
+
+
+def _needs_reload(unit: LiveUnit, file_present: bool) -> bool:
+    """systemd's view is stale: it says so, or a file is there that it never loaded."""
+    return unit.need_daemon_reload or (file_present and unit.load_state == "not-found")
+
+
+def _enablement(
+    managed: Sequence[DesiredUnit],
+    live: Callable[[str], LiveUnit],
+    live_files: Mapping[str, str | None],
+) -> tuple[list[str], list[str]]:
+    """Units to disable and to enable; an enabled unit whose [Install] changed is re-enabled."""
+    disable: list[str] = []
+    enable: list[str] = []
+    for d in managed:
+        state = live(d.name).unit_file_state
+        old = live_files.get(d.name)
+        if not d.enable:
+            disable += [d.name] if state in _ENABLED else []
+        elif state not in _ENABLED | _NOT_ENABLEABLE:
+            enable.append(d.name)
+        elif state in _ENABLED and old is not None and _install(old) != _install(d.content):
+            disable.append(d.name)  # drop the symlinks of the old WantedBy=/Alias=
+            enable.append(d.name)
+    return disable, enable
+
+
+def _install(content: str) -> list[str]:
+    """The [Install] section's lines: what enabling a unit acts on."""
+    lines: list[str] = []
+    inside = False
+    for raw in content.splitlines():
+        line = raw.strip()
+        if line.startswith("["):
+            inside = line == "[Install]"
+        elif inside and line and not line.startswith(("#", ";")):
+            lines.append(line)
+    return lines
+
+
+def _timer_driven(desired: Sequence[DesiredUnit]) -> set[str]:
+    """Units run by a timer of the same inventory service: the sync never (re)starts them."""
+    with_timer = {d.service for d in desired if d.name.endswith(".timer")}
+    return {d.name for d in desired if d.service in with_timer and not d.name.endswith(".timer")}
+
+
+def _job(
+    d: DesiredUnit, unit: LiveUnit, touched: bool, timer_driven: bool
+) -> type[StartUnit] | type[RestartUnit] | None:
+    """Restart a running unit only if its file changed; start one that should run and doesn't.
+
+    A unit with ``start=False`` is still restarted when changed and running (socket
+    activation, a hand start), except a timer's service: that could kill a long job half-way,
+    and its next run picks the new file up anyway.
+    """
+    if timer_driven:
+        return None
+    if unit.active_state in RUNNING:
+        return RestartUnit if touched else None
+    if d.start and (touched or not _finished_oneshot(unit)):
+        return StartUnit
+    return None
+
+
+def _finished_oneshot(unit: LiveUnit) -> bool:
+    """A oneshot without RemainAfterExit= that already ran fine: starting it reruns it."""
+    return (
+        unit.service_type == "oneshot"
+        and unit.active_state == "inactive"
+        and unit.result == "success"
+        and bool(unit.invocation_id)
+    )
+
+
+def _describe(a: Action) -> str:
+    match a:
+        case WriteUnitFile(name=name, previous=previous):
+            return f"write {name} ({'new' if previous is None else 'changed'})"
+        case RemoveUnitFile(name=name):
+            return f"remove {name}"
+        case DaemonReload():
+            return "reload systemd"
+        case EnableUnits(names=names):
+            return f"enable {', '.join(names)}"
+        case DisableUnits(names=names):
+            return f"disable {', '.join(names)}"
+        case StartUnit(name=name):
+            return f"start {name}"
+        case RestartUnit(name=name):
+            return f"restart {name}"
+        case StopUnit(name=name):
+            return f"stop {name}"
+    raise AssertionError(f"unknown action {a!r}")  # pragma: no cover - closed union
+
+
+def _unified(old: str, new: str, old_label: str, new_label: str) -> list[str]:
+    lines = difflib.unified_diff(
+        old.splitlines(keepends=True), new.splitlines(keepends=True), old_label, new_label
+    )
+    # Like git: a last line without a new line gets its own marker instead of merging.
+    return [ln if ln.endswith("\n") else ln + "\n\\ No newline at end of file\n" for ln in lines]

@@ -1,0 +1,736 @@
+"""Plan tables (pure): facts in (desired units, live files and units, manifest), actions out.
+
+Every case is also replayed through ``simulate`` (a tiny model of what applying does to
+the host) and planned again: the second plan must be empty (pyinfra's idempotence check).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+
+import pytest
+
+from reconciler.errors import ApplyError
+from reconciler.model import (
+    DaemonReload,
+    DesiredUnit,
+    DisableUnits,
+    EnableUnits,
+    LiveUnit,
+    Plan,
+    RemoveUnitFile,
+    RestartUnit,
+    StartUnit,
+    StopUnit,
+    WriteUnitFile,
+)
+from reconciler.plan import RUNNING, describe, diff, plan
+
+Files = dict[str, str | None]
+Units = dict[str, LiveUnit]
+_Setter = Callable[..., None]
+
+
+def service(
+    name: str, body: str = "sleep infinity", *, wanted_by: str = "multi-user.target"
+) -> str:
+    install = f"\n[Install]\nWantedBy={wanted_by}\n" if wanted_by else ""
+    return f"[Unit]\nDescription={name}\n\n[Service]\nExecStart=/bin/{body}\n{install}"
+
+
+def timer(calendar: str = "daily") -> str:
+    return f"[Timer]\nOnCalendar={calendar}\n\n[Install]\nWantedBy=timers.target\n"
+
+
+def svc(name: str, body: str = "sleep infinity", **kw: object) -> DesiredUnit:
+    return DesiredUnit(f"{name}.service", service(name, body), name, **kw)  # type: ignore[arg-type]
+
+
+def job(name: str, calendar: str = "daily", body: str = "true") -> tuple[DesiredUnit, ...]:
+    """A service run by its timer, as render produces it."""
+    return (
+        DesiredUnit(f"{name}.service", service(name, body, wanted_by=""), name, False, False),
+        DesiredUnit(f"{name}.timer", timer(calendar), name),
+    )
+
+
+def live(name: str, active: str = "active", file_state: str = "enabled", **kw: object) -> LiveUnit:
+    sub = {"active": "running", "failed": "failed", "activating": "start"}.get(active, "dead")
+    return LiveUnit(
+        name,
+        "loaded",
+        active,
+        sub,
+        file_state,
+        invocation_id="i0",
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+WEB, API = svc("web"), svc("api")
+WEB2 = svc("web", "sleep 1000")  # web with a new rendered content
+BACKUP = job("backup")
+BACKUP_HOURLY = job("backup", "hourly")
+BACKUP_NEWCMD = job("backup", body="false")
+
+
+def on_host(*units: DesiredUnit) -> Files:
+    return {u.name: u.content for u in units}
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    desired: tuple[DesiredUnit, ...]
+    files: Files
+    units: Units
+    owned: frozenset[str]
+    expect: list[str]  # describe() of the actions
+    foreign: frozenset[str] = frozenset()
+    allow_empty: bool = False
+    interrupted: frozenset[str] = frozenset()
+    health: tuple[tuple[str, float], ...] = ()
+    notes: tuple[str, ...] = ()  # the unit each note is about
+    owned_after: frozenset[str] | None = None  # None: the desired names
+
+
+def owned(*names: str) -> frozenset[str]:
+    return frozenset(names)
+
+
+CASES = [
+    Case(
+        "new service",
+        (WEB,),
+        {"web.service": None},
+        {},
+        owned(),
+        ["write web.service (new)", "reload systemd", "enable web.service", "start web.service"],
+    ),
+    Case(
+        "unchanged: empty plan, no reload",
+        (WEB, API),
+        on_host(WEB, API),
+        {"web.service": live("web.service"), "api.service": live("api.service")},
+        owned("web.service", "api.service"),
+        [],
+    ),
+    Case(
+        "changed running unit: write, reload, restart exactly it",
+        (replace(WEB2, health_timeout_sec=30.0), API),
+        on_host(WEB, API),
+        {"web.service": live("web.service"), "api.service": live("api.service")},
+        owned("web.service", "api.service"),
+        ["write web.service (changed)", "reload systemd", "restart web.service"],
+        health=(("web.service", 30.0),),
+    ),
+    Case(
+        "changed stopped unit with start=False: write and reload only",
+        (replace(WEB2, start=False, health_timeout_sec=5.0),),
+        on_host(WEB),
+        {"web.service": live("web.service", "inactive")},
+        owned("web.service"),
+        ["write web.service (changed)", "reload systemd"],
+    ),
+    Case(
+        "changed running unit with start=False (socket activated): restarted",
+        (replace(WEB2, start=False),),
+        on_host(WEB),
+        {"web.service": live("web.service")},
+        owned("web.service"),
+        ["write web.service (changed)", "reload systemd", "restart web.service"],
+    ),
+    Case(
+        "changed unit that should run but is stopped: started",
+        (WEB2,),
+        on_host(WEB),
+        {"web.service": live("web.service", "inactive")},
+        owned("web.service"),
+        ["write web.service (changed)", "reload systemd", "start web.service"],
+    ),
+    Case(
+        "removed service running and enabled: stop, disable, remove, reload",
+        (API,),
+        on_host(WEB, API),
+        {"web.service": live("web.service"), "api.service": live("api.service")},
+        owned("web.service", "api.service"),
+        ["stop web.service", "disable web.service", "remove web.service", "reload systemd"],
+    ),
+    Case(
+        "removed service failed and disabled: stop, remove, reload",
+        (API,),
+        on_host(WEB, API),
+        {
+            "web.service": live("web.service", "failed", "disabled"),
+            "api.service": live("api.service"),
+        },
+        owned("web.service", "api.service"),
+        ["stop web.service", "remove web.service", "reload systemd"],
+    ),
+    Case(
+        "removed file already gone (killed after remove): reload only",
+        (API,),
+        {"web.service": None, "api.service": API.content},
+        {
+            "web.service": live("web.service", "inactive", "", need_daemon_reload=True),
+            "api.service": live("api.service"),
+        },
+        owned("web.service", "api.service"),
+        ["reload systemd"],
+    ),
+    Case(
+        "foreign files are never touched",
+        (WEB,),
+        {"web.service": None},
+        {"sshd.service": live("sshd.service")},
+        owned(),
+        ["write web.service (new)", "reload systemd", "enable web.service", "start web.service"],
+        foreign=owned("sshd.service", "legacy.service"),
+    ),
+    Case(
+        "empty inventory, nothing owned: nothing to do",
+        (),
+        {},
+        {},
+        owned(),
+        [],
+    ),
+    Case(
+        "empty inventory with allow_empty: prune everything",
+        (),
+        on_host(WEB),
+        {"web.service": live("web.service")},
+        owned("web.service"),
+        ["stop web.service", "disable web.service", "remove web.service", "reload systemd"],
+        allow_empty=True,
+    ),
+    Case(
+        "timer added: the timer is enabled and started, its service is not",
+        BACKUP,
+        {"backup.service": None, "backup.timer": None},
+        {},
+        owned(),
+        [
+            "write backup.service (new)",
+            "write backup.timer (new)",
+            "reload systemd",
+            "enable backup.timer",
+            "start backup.timer",
+        ],
+    ),
+    Case(
+        "timer changed: restart the timer only",
+        BACKUP_HOURLY,
+        on_host(*BACKUP),
+        {
+            "backup.service": live("backup.service", "inactive", "static"),
+            "backup.timer": live("backup.timer"),
+        },
+        owned("backup.service", "backup.timer"),
+        ["write backup.timer (changed)", "reload systemd", "restart backup.timer"],
+    ),
+    Case(
+        "timer removed: stop the timer first, disable, remove both",
+        (),
+        on_host(*BACKUP),
+        {
+            "backup.service": live("backup.service", "activating", "static"),
+            "backup.timer": live("backup.timer"),
+        },
+        owned("backup.service", "backup.timer"),
+        [
+            "stop backup.timer",
+            "stop backup.service",
+            "disable backup.timer",
+            "remove backup.service",
+            "remove backup.timer",
+            "reload systemd",
+        ],
+        allow_empty=True,
+    ),
+    Case(
+        "service changed behind unchanged timer, job running: not restarted",
+        BACKUP_NEWCMD,
+        on_host(*BACKUP),
+        {
+            "backup.service": live("backup.service", "activating", "static"),
+            "backup.timer": live("backup.timer"),
+        },
+        owned("backup.service", "backup.timer"),
+        ["write backup.service (changed)", "reload systemd"],
+    ),
+    Case(
+        "timer stopped by hand: started again",
+        BACKUP,
+        on_host(*BACKUP),
+        {
+            "backup.service": live("backup.service", "inactive", "static"),
+            "backup.timer": live("backup.timer", "inactive"),
+        },
+        owned("backup.service", "backup.timer"),
+        ["start backup.timer"],
+    ),
+    Case(
+        "enable flips: no file change, no reload",
+        (replace(WEB, enable=False), API),
+        on_host(WEB, API),
+        {
+            "web.service": live("web.service"),
+            "api.service": live("api.service", file_state="disabled"),
+        },
+        owned("web.service", "api.service"),
+        ["disable web.service", "enable api.service"],
+    ),
+    Case(
+        "[Install] changed on an enabled unit: re-enabled",
+        (DesiredUnit("web.service", service("web", wanted_by="graphical.target"), "web"),),
+        on_host(WEB),
+        {"web.service": live("web.service")},
+        owned("web.service"),
+        [
+            "write web.service (changed)",
+            "reload systemd",
+            "disable web.service",
+            "enable web.service",
+            "restart web.service",
+        ],
+    ),
+    Case(
+        "static unit (no [Install]) with enable=True: enabled once, then left",
+        (DesiredUnit("helper.service", service("helper", wanted_by=""), "helper"),),
+        {"helper.service": None},
+        {},
+        owned(),
+        [
+            "write helper.service (new)",
+            "reload systemd",
+            "enable helper.service",
+            "start helper.service",
+        ],
+    ),
+    Case(
+        "need_daemon_reload only: reload only",
+        (WEB,),
+        on_host(WEB),
+        {"web.service": live("web.service", need_daemon_reload=True)},
+        owned("web.service"),
+        ["reload systemd"],
+    ),
+    Case(
+        "file written but never loaded (killed before reload): reload and start",
+        (WEB,),
+        on_host(WEB),
+        {"web.service": LiveUnit("web.service")},
+        owned("web.service"),
+        ["reload systemd", "enable web.service", "start web.service"],
+    ),
+    Case(
+        "failed unit unchanged: start, health-gated",
+        (replace(WEB, health_timeout_sec=10.0),),
+        on_host(WEB),
+        {"web.service": live("web.service", "failed", result="exit-code")},
+        owned("web.service"),
+        ["start web.service"],
+        health=(("web.service", 10.0),),
+    ),
+    Case(
+        "activating unit unchanged: left alone",
+        (WEB,),
+        on_host(WEB),
+        {"web.service": live("web.service", "activating")},
+        owned("web.service"),
+        [],
+    ),
+    Case(
+        "oneshot that already ran fine: not run again",
+        (svc("migrate", "true"),),
+        on_host(svc("migrate", "true")),
+        {
+            "migrate.service": live(
+                "migrate.service", "inactive", service_type="oneshot", result="success"
+            )
+        },
+        owned("migrate.service"),
+        [],
+    ),
+    Case(
+        "oneshot changed: run again",
+        (svc("migrate", "false"),),
+        on_host(svc("migrate", "true")),
+        {
+            "migrate.service": live(
+                "migrate.service", "inactive", service_type="oneshot", result="success"
+            )
+        },
+        owned("migrate.service"),
+        ["write migrate.service (changed)", "reload systemd", "start migrate.service"],
+    ),
+    Case(
+        "interrupted apply (killed after reload, before restart): restart",
+        (replace(WEB, health_timeout_sec=3.0),),
+        on_host(WEB),
+        {"web.service": live("web.service")},
+        owned("web.service"),
+        ["restart web.service"],
+        interrupted=owned("web.service", "gone.service"),
+        health=(("web.service", 3.0),),
+    ),
+    Case(
+        "hand-masked managed unit: not written or started, a note",
+        (WEB2, API),
+        on_host(WEB, API),
+        {
+            "web.service": LiveUnit("web.service", "masked", unit_file_state="masked"),
+            "api.service": live("api.service"),
+        },
+        owned("web.service", "api.service"),
+        [],
+        notes=("web.service",),
+    ),
+    Case(
+        "runtime-masked new unit: not written, not owned",
+        (WEB,),
+        {"web.service": None},
+        {"web.service": LiveUnit("web.service", "masked", unit_file_state="masked-runtime")},
+        owned(),
+        [],
+        notes=("web.service",),
+        owned_after=owned(),
+    ),
+    Case(
+        "unit masked by a foreign symlink in the unit dir: left alone, never owned",
+        (WEB,),
+        {"web.service": ""},
+        {"web.service": LiveUnit("web.service", "masked", unit_file_state="masked")},
+        owned(),
+        [],
+        foreign=owned("web.service"),
+        notes=("web.service",),
+        owned_after=owned(),
+    ),
+]
+
+
+def run(case: Case, files: Mapping[str, str | None], units: Units, own: frozenset[str]) -> Plan:
+    return plan(
+        case.desired,
+        files,
+        units,
+        own,
+        allow_empty=case.allow_empty,
+        foreign=case.foreign,
+        interrupted=case.interrupted,
+    )
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_plan_table(case: Case) -> None:
+    p = run(case, case.files, case.units, case.owned)
+    assert describe(p) == case.expect + [f"note: {n}" for n in p.notes]
+    assert p.health_checks == case.health
+    assert tuple(n.split()[0] for n in p.notes) == case.notes
+    expected_owned = case.owned_after
+    if expected_owned is None:
+        expected_owned = frozenset(d.name for d in case.desired)
+    assert p.owned_after == expected_owned
+    check_invariants(case, p)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_plan_is_idempotent(case: Case) -> None:
+    p = run(case, case.files, case.units, case.owned)
+    files, units = simulate(p, case.files, case.units)
+    again = plan(
+        case.desired,
+        files,
+        units,
+        p.owned_after,
+        allow_empty=case.allow_empty,
+        foreign=case.foreign,
+    )
+    assert describe(again) == [f"note: {n}" for n in p.notes]
+    assert again.empty
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_plan_is_deterministic(case: Case) -> None:
+    shuffled = replace(
+        case,
+        desired=tuple(reversed(case.desired)),
+        files=dict(reversed(case.files.items())),
+        units=dict(reversed(case.units.items())),
+    )
+    assert run(shuffled, shuffled.files, shuffled.units, case.owned) == run(
+        case, case.files, case.units, case.owned
+    )
+
+
+def check_invariants(case: Case, p: Plan) -> None:
+    """Files outside the manifest are never touched; one reload, after every file change."""
+    for a in p.actions:
+        if isinstance(a, RemoveUnitFile):
+            assert a.name in case.owned
+        if isinstance(a, WriteUnitFile):
+            new = case.files.get(a.name) is None and a.name not in case.foreign
+            assert a.name in case.owned or new
+    kinds = [type(a) for a in p.actions]
+    assert kinds.count(DaemonReload) <= 1
+    if DaemonReload in kinds:
+        reload_at = kinds.index(DaemonReload)
+        assert all(k not in (WriteUnitFile, RemoveUnitFile, StopUnit) for k in kinds[reload_at:])
+        assert all(k not in (EnableUnits, StartUnit, RestartUnit) for k in kinds[:reload_at])
+
+
+ERRORS = [
+    pytest.param(
+        (WEB,),
+        {"web.service": "[Service]\nExecStart=/usr/bin/legacy\n"},
+        owned(),
+        owned("web.service"),
+        "cannot write unit 'web.service': /etc/systemd/system/web.service exists and is "
+        "not managed by reconciler",
+        id="foreign file collision",
+    ),
+    pytest.param(
+        (WEB, API),
+        {"web.service": None, "api.service": "x"},
+        owned(),
+        owned(),
+        "cannot write unit 'api.service': /etc/systemd/system/api.service exists",
+        id="unowned file present (not listed as foreign) is a collision too",
+    ),
+    pytest.param(
+        (),
+        on_host(WEB, API),
+        owned("web.service", "api.service"),
+        owned(),
+        "refusing to remove all 2 managed units: the inventory selects no service for this host",
+        id="empty inventory guard",
+    ),
+    pytest.param(
+        (WEB, replace(WEB2, service="www")),
+        {"web.service": None},
+        owned(),
+        owned(),
+        "cannot plan unit 'web.service': rendered by both services 'web' and 'www'",
+        id="two services render the same unit",
+    ),
+]
+
+
+@pytest.mark.parametrize(("desired", "files", "own", "foreign", "message"), ERRORS)
+def test_plan_refuses(
+    desired: tuple[DesiredUnit, ...],
+    files: Files,
+    own: frozenset[str],
+    foreign: frozenset[str],
+    message: str,
+) -> None:
+    with pytest.raises(ApplyError) as err:
+        plan(desired, files, {}, own, foreign=foreign)
+    assert err.value.message.startswith(message)
+    assert err.value.hint
+
+
+def test_empty_inventory_hint_names_the_flag() -> None:
+    with pytest.raises(ApplyError) as err:
+        plan((), on_host(WEB), {}, owned("web.service"))
+    assert err.value.message == (
+        "refusing to remove all 1 managed unit: the inventory selects no service for this host"
+    )
+    assert err.value.hint == "pass --allow-empty to prune everything"
+
+
+def test_collision_names_the_configured_unit_dir() -> None:
+    with pytest.raises(ApplyError, match=r"/srv/units/web\.service exists") as err:
+        plan((WEB,), {"web.service": "x"}, {}, owned(), unit_dir="/srv/units")
+    assert "adopt" in (err.value.hint or "")
+
+
+def test_actions_carry_content_and_previous() -> None:
+    p = plan(
+        (WEB2,),
+        {"web.service": WEB.content, "old.service": "[Service]\n"},
+        {"web.service": live("web.service"), "old.service": live("old.service", "inactive", "")},
+        owned("web.service", "old.service"),
+    )
+    assert p.actions == (
+        RemoveUnitFile("old.service", "[Service]\n"),
+        WriteUnitFile("web.service", WEB2.content, WEB.content),
+        DaemonReload(),
+        RestartUnit("web.service"),
+    )
+
+
+def test_masked_note_text() -> None:
+    p = plan((WEB,), on_host(WEB), {"web.service": LiveUnit("web.service", "masked")}, owned())
+    assert p.notes == (
+        "web.service is masked on this host: not written, enabled or started "
+        "(run 'systemctl unmask web.service' to let reconciler manage it again)",
+    )
+
+
+GOLDEN_DESCRIBE = [
+    "stop old.service",
+    "disable old.service",
+    "remove old.service",
+    "write new.service (new)",
+    "write web.service (changed)",
+    "reload systemd",
+    "enable new.service",
+    "start new.service",
+    "restart web.service",
+    "note: db.service is masked on this host: not written, enabled or started "
+    "(run 'systemctl unmask db.service' to let reconciler manage it again)",
+]
+
+GOLDEN_DIFF = """\
+--- a/old.service
++++ /dev/null
+@@ -1,2 +0,0 @@
+-[Service]
+-ExecStart=/bin/old
+--- /dev/null
++++ b/new.service
+@@ -0,0 +1,2 @@
++[Service]
++ExecStart=/bin/new
+\\ No newline at end of file
+--- a/web.service
++++ b/web.service
+@@ -2,7 +2,7 @@
+ Description=web
+ 
+ [Service]
+-ExecStart=/bin/sleep infinity
++ExecStart=/bin/sleep 1000
+ 
+ [Install]
+ WantedBy=multi-user.target
+"""
+
+
+def golden_plan() -> Plan:
+    new = DesiredUnit("new.service", "[Service]\nExecStart=/bin/new", "new")
+    return plan(
+        (WEB2, new, svc("db")),
+        {"web.service": WEB.content, "old.service": "[Service]\nExecStart=/bin/old\n"}
+        | {"new.service": None, "db.service": svc("db").content},
+        {
+            "web.service": live("web.service"),
+            "old.service": live("old.service"),
+            "db.service": LiveUnit("db.service", "masked"),
+        },
+        owned("web.service", "old.service", "db.service"),
+    )
+
+
+def test_describe_golden() -> None:
+    assert describe(golden_plan()) == GOLDEN_DESCRIBE
+
+
+def test_diff_golden() -> None:
+    assert diff(golden_plan()) == GOLDEN_DIFF
+
+
+def test_diff_of_empty_plan_is_empty() -> None:
+    assert diff(Plan()) == ""
+    assert describe(Plan()) == []
+
+
+def test_200_units_deterministic_and_idempotent() -> None:
+    rng = random.Random(200)
+    desired: list[DesiredUnit] = []
+    for i in range(100):
+        desired.append(svc(f"svc{i:03}", f"sleep {i}", health_timeout_sec=float(i % 7) or None))
+    for i in range(50):
+        desired.extend(job(f"job{i:03}", f"*-*-* {i % 24:02}:00:00"))
+    files: Files = {}
+    units: Units = {}
+    for d in desired:  # a host half-way: some files missing, some stale, units in every state
+        roll = rng.random()
+        files[d.name] = None if roll < 0.2 else d.content if roll < 0.7 else d.content + "# old\n"
+        state = rng.choice(["active", "inactive", "failed", "activating"])
+        units[d.name] = live(d.name, state, rng.choice(["enabled", "disabled", "static"]))
+    for i in range(20):  # owned units no longer desired
+        files[f"gone{i:02}.service"] = service(f"gone{i}")
+        units[f"gone{i:02}.service"] = live(f"gone{i:02}.service", rng.choice(["active", "failed"]))
+    own = frozenset(n for n, c in files.items() if c is not None)
+
+    first = plan(desired, files, units, own)
+    for _ in range(5):
+        order = desired[:]
+        rng.shuffle(order)
+        keys = list(files)
+        rng.shuffle(keys)
+        assert plan(order, {k: files[k] for k in keys}, dict(reversed(units.items())), own) == first
+    assert sum(isinstance(a, DaemonReload) for a in first.actions) == 1
+    assert sum(isinstance(a, EnableUnits | DisableUnits) for a in first.actions) <= 3
+    files2, units2 = simulate(first, files, units)
+    assert plan(desired, files2, units2, first.owned_after).empty
+
+
+# --- a tiny model of the host, to check that applying a plan converges ---------------------
+
+
+def simulate(p: Plan, files: Mapping[str, str | None], units: Units) -> tuple[Files, Units]:
+    """What applying ``p`` does to the unit dir and to systemd's view of the units (pure)."""
+    files_after: Files = dict(files)
+    after: Units = dict(units)
+    starts = 0
+
+    def get(name: str) -> LiveUnit:
+        return after.get(name) or LiveUnit(name)
+
+    def set_(name: str, **changes: object) -> None:
+        after[name] = replace(get(name), **changes)  # type: ignore[arg-type]
+
+    for a in p.actions:
+        if isinstance(a, StopUnit):
+            set_(a.name, active_state="inactive", sub_state="dead")
+        elif isinstance(a, DisableUnits):
+            for name in a.names:
+                set_(name, unit_file_state="disabled")
+        elif isinstance(a, RemoveUnitFile | WriteUnitFile):
+            files_after[a.name] = a.content if isinstance(a, WriteUnitFile) else None
+            set_(a.name, need_daemon_reload=get(a.name).load_state != "not-found")
+        elif isinstance(a, DaemonReload):
+            for name in set(after) | set(files_after):
+                _reload(name, get(name), files_after.get(name), set_)
+        elif isinstance(a, EnableUnits):
+            for name in a.names:
+                if "[Install]" in (files_after.get(name) or ""):
+                    set_(name, unit_file_state="enabled")
+        elif isinstance(a, StartUnit | RestartUnit):
+            starts += 1
+            oneshot = get(a.name).service_type == "oneshot"
+            state = "inactive" if oneshot else "active"
+            set_(a.name, active_state=state, result="success", invocation_id=f"run{starts}")
+    return files_after, after
+
+
+def _reload(name: str, unit: LiveUnit, content: str | None, set_: _Setter) -> None:
+    if unit.load_state == "masked":
+        set_(name, need_daemon_reload=False)
+    elif content is not None:
+        fresh = "disabled" if "[Install]" in content else "static"
+        set_(name, load_state="loaded", unit_file_state=unit.unit_file_state or fresh)
+        set_(name, need_daemon_reload=False)
+    elif unit.active_state not in RUNNING:
+        set_(name, load_state="not-found", unit_file_state="", need_daemon_reload=False)
+
+
+def test_simulate_models_a_full_prune() -> None:
+    p = plan(
+        (),
+        on_host(WEB),
+        {"web.service": live("web.service")},
+        owned("web.service"),
+        allow_empty=True,
+    )
+    files, units = simulate(p, on_host(WEB), {"web.service": live("web.service")})
+    assert files == {"web.service": None}
+    assert units["web.service"].load_state == "not-found"
+    assert isinstance(p.actions[0], StopUnit)
