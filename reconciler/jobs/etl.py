@@ -1,0 +1,358 @@
+"""``reconciler job etl``: trigger the ETL sync endpoint (talks HTTP through requests).
+
+One run is one logical call: an ``Idempotency-Key`` shared by its retries lets the server
+drop duplicates. Connection errors, timeouts, 5xx and 429 are retried with exponential
+backoff and jitter (``Retry-After`` honoured up to a cap); other statuses are final. The
+response body is streamed and capped, so a runaway endpoint cannot exhaust memory. The
+bearer token comes from systemd credentials or a file and is scrubbed from everything
+this job writes: stdout, the journal, ``etl-last.json`` and exception text.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import stat
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from reconciler import __version__, journal
+from reconciler.config import Settings
+from reconciler.errors import JobError, redact
+
+if TYPE_CHECKING:
+    import requests
+
+DEFAULT_PATH = "/api/sync/reading"
+CREDENTIAL = "etl-token"  # LoadCredential=etl-token:/etc/reconciler/etl-token
+STATUS_FILE = "etl-last.json"
+SUMMARY_CHARS = 1024
+WHERE = "config.toml: etl"
+_METHODS = ("POST", "PUT", "PATCH", "GET")
+_NUMBERS = {
+    "connect_timeout_sec": 5.0,
+    "read_timeout_sec": 30.0,
+    "backoff_sec": 1.0,
+    "backoff_max_sec": 60.0,
+    "retry_after_max_sec": 300.0,
+}
+_KEYS = {"url", "base_url", "path", "method", "retries", "token_file", "body", "max_body_bytes"}
+_KEYS |= set(_NUMBERS)
+
+
+@dataclass(frozen=True)
+class EtlConfig:
+    url: str
+    method: str = "POST"
+    connect_timeout_sec: float = 5.0
+    read_timeout_sec: float = 30.0
+    retries: int = 3  # after the first attempt
+    backoff_sec: float = 1.0
+    backoff_max_sec: float = 60.0
+    retry_after_max_sec: float = 300.0
+    max_body_bytes: int = 64 * 1024
+    token_file: Path | None = None
+    body: dict[str, Any] | None = None
+
+
+def _fail(key: str, cause: str) -> JobError:
+    return JobError(f"{WHERE}.{key}: {cause}", "fix /etc/reconciler/config.toml")
+
+
+def parse_config(section: Mapping[str, Any]) -> EtlConfig | None:
+    """The validated ``[etl]`` section, or None when no endpoint is configured (pure)."""
+    for key in section:
+        if key not in _KEYS:
+            raise _fail(key, f"unknown key (expected one of {', '.join(sorted(_KEYS))})")
+    if "url" in section and ("base_url" in section or "path" in section):
+        raise _fail("url", "set either url, or base_url and path, not both")
+    if "url" in section:
+        url = section["url"]
+    elif "base_url" in section:
+        path = section.get("path", DEFAULT_PATH)
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise _fail("path", "expected a path starting with '/'")
+        url = str(section["base_url"]).rstrip("/") + path
+    else:
+        return None
+    parts = urlsplit(url) if isinstance(url, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise _fail("url" if "url" in section else "base_url", "expected an http(s):// URL")
+    values: dict[str, Any] = {"url": url}
+    method = str(section.get("method", "POST")).upper()
+    if method not in _METHODS:
+        raise _fail("method", f"expected one of {', '.join(_METHODS)}")
+    values["method"] = method
+    for key, default in _NUMBERS.items():
+        value = section.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise _fail(key, "expected a number of seconds, 0 or more")
+        values[key] = float(value)
+    for key, low in (("retries", 0), ("max_body_bytes", 1)):
+        if key in section:
+            value = section[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise _fail(key, f"expected an integer, {low} or more")
+            values[key] = value
+    if "token_file" in section:
+        token_file = section["token_file"]
+        if not isinstance(token_file, str) or not token_file.startswith("/"):
+            raise _fail("token_file", "expected an absolute path")
+        values["token_file"] = Path(token_file)
+    if "body" in section:
+        if not isinstance(section["body"], dict):
+            raise _fail("body", "expected a table (sent as JSON)")
+        values["body"] = section["body"]
+    return EtlConfig(**values)
+
+
+def backoff_delay(attempt: int, base: float, cap: float, rand: float) -> float:
+    """Seconds before retry ``attempt`` (1, 2, ...): ``base * 2**(attempt-1)`` capped, then
+    jittered into its upper half by ``rand`` in [0, 1) so a fleet does not retry in step."""
+    delay = min(cap, base * 2.0 ** (attempt - 1))
+    return delay / 2 + delay / 2 * rand
+
+
+def parse_retry_after(value: str | None, now: datetime) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta seconds or an HTTP date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - now).total_seconds())
+
+
+def safe_url(url: str) -> str:
+    """The URL as it may be logged: no credentials, no query string."""
+    parts = urlsplit(redact(url))
+    return f"{parts.scheme}://{parts.netloc}{parts.path}"
+
+
+class Scrubber:
+    """Replaces the secret wherever it might show up in text this job writes."""
+
+    def __init__(self, secret: str | None) -> None:
+        self.secret = secret
+
+    def __call__(self, text: str) -> str:
+        text = redact(text)
+        return text.replace(self.secret, "***") if self.secret else text
+
+
+def read_token(config: EtlConfig, environ: Mapping[str, str]) -> tuple[str | None, list[str]]:
+    """The bearer token and warnings; systemd credentials first, then ``token_file``."""
+    warnings: list[str] = []
+    creds = environ.get("CREDENTIALS_DIRECTORY")
+    path = Path(creds) / CREDENTIAL if creds else None
+    if path is None or not path.is_file():
+        path = config.token_file
+    if path is None:
+        return None, warnings
+    try:
+        st = os.stat(path)
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        cause = getattr(exc, "strerror", None) or "not UTF-8 text"
+        raise JobError(f"cannot read ETL token file '{path}': {cause}") from None
+    if path == config.token_file and st.st_mode & stat.S_IROTH:
+        warnings.append(
+            f"ETL token file '{path}' is readable by every user "
+            f"(mode {stat.S_IMODE(st.st_mode):04o}); run chmod 600 on it or use LoadCredential="
+        )
+    token = text.strip()
+    if not token:
+        raise JobError(f"cannot use ETL token file '{path}': it is empty")
+    if any(not 0x21 <= ord(c) <= 0x7E for c in token):
+        raise JobError(
+            f"cannot use ETL token file '{path}': it holds characters not allowed "
+            "in an HTTP header (one line of printable ASCII expected)"
+        )
+    return token, warnings
+
+
+@dataclass
+class Result:
+    ok: bool = False
+    status: int | None = None
+    attempts: int = 0
+    duration_ms: int = 0
+    summary: str = ""
+    body_bytes: int = 0
+    truncated: bool = False
+    error: str | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _read_capped(response: requests.Response, cap: int, seconds: float) -> tuple[bytes, bool]:
+    """At most ``cap`` bytes of the body, within ``seconds``; (data, truncated)."""
+    data = bytearray()
+    deadline = time.monotonic() + seconds
+    for chunk in response.iter_content(16 * 1024):
+        room = cap - len(data)
+        data += chunk[:room]
+        if len(chunk) > room or time.monotonic() > deadline:
+            return bytes(data), True
+    return bytes(data), False
+
+
+def call(
+    config: EtlConfig,
+    token: str | None,
+    key: str,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Result:
+    """Call the endpoint, retrying as the module docstring says; never raises for HTTP."""
+    import requests
+
+    scrub = Scrubber(token)
+    result = Result()
+    headers = {
+        "Idempotency-Key": key,
+        "User-Agent": f"reconciler/{__version__}",
+        "Accept-Encoding": "identity",  # the cap counts bytes as sent: no decompression bombs
+    }
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    started = time.monotonic()
+    with requests.Session() as session:
+        session.trust_env = False  # no ~/.netrc replacing the bearer token, no proxy surprises
+        for attempt in range(1, config.retries + 2):
+            result.attempts = attempt
+            t0 = time.monotonic()
+            entry: dict[str, Any] = {"attempt": attempt}
+            retry_after = None
+            try:
+                response = session.request(
+                    config.method,
+                    config.url,
+                    headers=headers,
+                    json=config.body,
+                    timeout=(config.connect_timeout_sec, config.read_timeout_sec),
+                    stream=True,
+                    allow_redirects=False,
+                )
+                with response:
+                    body, truncated = _read_capped(
+                        response, config.max_body_bytes, config.read_timeout_sec
+                    )
+                result.status = entry["status"] = response.status_code
+                text = " ".join(body.decode("utf-8", "replace").split())
+                result.summary = scrub(text)[:SUMMARY_CHARS]
+                result.body_bytes, result.truncated = len(body), truncated
+                result.error = None
+                if response.status_code in (429, 503):
+                    retry_after = parse_retry_after(
+                        response.headers.get("Retry-After"), datetime.now(UTC)
+                    )
+                retryable = response.status_code >= 500 or response.status_code == 429
+                result.ok = 200 <= response.status_code < 300
+                if not result.ok:
+                    result.error = f"HTTP {response.status_code} {scrub(response.reason or '')}"
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                kind = "timed out" if isinstance(exc, requests.Timeout) else "connection failed"
+                result.status, result.error = None, f"{kind}: {scrub(str(exc))[:300]}"
+                retryable = True
+            except requests.RequestException as exc:
+                result.status, result.error = None, scrub(str(exc))[:300]
+                retryable = False
+            entry.update(error=result.error, duration_ms=_ms(time.monotonic() - t0))
+            result.history.append(entry)
+            if result.ok or not retryable or attempt > config.retries:
+                break
+            delay = backoff_delay(
+                attempt, config.backoff_sec, config.backoff_max_sec, random.random()
+            )
+            if retry_after is not None:
+                delay = min(retry_after, config.retry_after_max_sec)
+            entry["delay_sec"] = round(delay, 3)
+            sleep(delay)
+    result.duration_ms = _ms(time.monotonic() - started)
+    return result
+
+
+def _ms(seconds: float) -> int:
+    return round(seconds * 1000)
+
+
+def write_status(path: Path, data: Mapping[str, Any]) -> None:
+    """Replace ``path`` atomically with ``data`` as JSON, mode 0600."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, json.dumps(data, indent=1, sort_keys=True).encode() + b"\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temp, path)
+
+
+def run_job(settings: Settings, environ: Mapping[str, str] | None = None) -> int:
+    config = parse_config(settings.section("etl"))
+    if config is None:
+        journal.event("job.etl", "etl: no endpoint configured in [etl]", priority=5)
+        return 0
+    token, warnings = read_token(config, os.environ if environ is None else environ)
+    for warning in warnings:
+        journal.event("job.etl", f"etl: warning: {warning}", priority=4)
+    key = str(uuid.uuid4())
+    url = safe_url(config.url)
+    started = datetime.now(UTC)
+    result = call(config, token, key)
+    scrub = Scrubber(token)
+    record = {
+        **asdict(result),
+        "url": url,
+        "method": config.method,
+        "idempotency_key": key,
+        "started": started.isoformat(timespec="seconds"),
+        "token": "sent" if token else "none",
+    }
+    write_status(settings.state_dir / STATUS_FILE, json.loads(scrub(json.dumps(record))))
+    outcome = f"HTTP {result.status}" if result.status is not None else result.error
+    message = (
+        f"etl: {config.method} {url} -> {outcome} after {result.attempts} "
+        f"attempt{'s' if result.attempts != 1 else ''} in {result.duration_ms / 1000:.1f}s"
+    )
+    journal.event(
+        "job.etl",
+        scrub(message),
+        priority=6 if result.ok else 3,
+        url=url,
+        method=config.method,
+        http_status=result.status,
+        attempts=result.attempts,
+        duration_ms=result.duration_ms,
+        idempotency_key=key,
+        summary=result.summary or None,
+        body_bytes=result.body_bytes,
+        truncated=result.truncated,
+        error=result.error,
+    )
+    if not result.ok:
+        raise JobError(
+            scrub(
+                f"cannot trigger ETL sync '{url}': {result.error} "
+                f"after {result.attempts} attempt{'s' if result.attempts != 1 else ''}"
+            ),
+            f"see {settings.state_dir / STATUS_FILE} and the endpoint's logs",
+        )
+    print(scrub(message), flush=True)
+    return 0
