@@ -1,0 +1,538 @@
+"""systemd's Manager and units over D-Bus (talks to systemd: system bus or private socket).
+
+The API the rest of the project uses: unit states and properties of many units at once
+(pipelined), Reload, batched Enable/Disable/Mask/Unmask, jobs that are waited for
+(``Subscribe`` + ``JobRemoved``, listened for before the calls, so none is missed) and a
+stream of ``PropertiesChanged``. The wire format is in ``reconciler.dbus`` (pure), the
+socket and the error mapping in ``reconciler.dbus_socket``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter, deque
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import partial
+
+from reconciler.dbus import (
+    ERROR,
+    MANAGER,
+    MANAGER_PATH,
+    PROPERTIES,
+    UNIT_PATH_PREFIX,
+    MatchRule,
+    Message,
+    build_call,
+    build_get,
+    check_unit_name,
+    unit_name_from_path,
+    unit_path,
+)
+from reconciler.dbus_socket import PRIVATE_SOCKET, SYSTEM_BUS, Connection, dbus_error
+from reconciler.errors import SystemdError
+from reconciler.model import LiveUnit
+
+__all__ = [
+    "JobResult",
+    "PropertyChange",
+    "PropertyStream",
+    "Systemd",
+    "UnitFileChange",
+    "check_unit_name",
+    "dbus_error",
+    "default_address",
+    "unit_name_from_path",
+    "unit_path",
+]
+
+DEFAULT_JOB_TIMEOUT = 300.0  # seconds run_jobs waits when no timeout is given
+UINT64_MAX = 2**64 - 1  # systemd's "unknown" for counters such as MemoryCurrent
+JOB_METHODS = {
+    "start": "StartUnit",
+    "stop": "StopUnit",
+    "restart": "RestartUnit",
+    "try-restart": "TryRestartUnit",
+    "reload-or-restart": "ReloadOrRestartUnit",
+}
+# Errors that mean "this unit has no such thing", not "systemd refused": read_units skips them.
+MISSING = frozenset(
+    {
+        "org.freedesktop.DBus.Error.UnknownObject",
+        "org.freedesktop.DBus.Error.UnknownInterface",
+        "org.freedesktop.DBus.Error.UnknownProperty",
+        "org.freedesktop.systemd1.NoSuchUnit",
+    }
+)
+
+
+@dataclass(frozen=True)
+class JobResult:
+    unit: str
+    job: str  # the job's object path ("" if none was queued)
+    result: str  # done|canceled|timeout|failed|dependency|skipped|wait-timeout (we gave up)
+
+
+@dataclass(frozen=True)
+class UnitFileChange:
+    kind: str  # symlink, unlink, ...
+    path: str  # the file created or removed
+    source: str  # what a symlink points to ("" for unlink)
+
+
+@dataclass(frozen=True)
+class PropertyChange:
+    unit: str
+    interface: str
+    changed: dict[str, object]
+    at: float  # time.monotonic() when the signal was received
+    invalidated: tuple[str, ...] = ()
+
+
+def default_address() -> str:
+    """$RECONCILER_BUS, else (as root) systemd's private socket, else the system bus."""
+    env = os.environ.get("RECONCILER_BUS")
+    if env:
+        return env
+    if os.geteuid() == 0 and os.path.exists(PRIVATE_SOCKET):
+        return f"unix:path={PRIVATE_SOCKET}"
+    return os.environ.get("DBUS_SYSTEM_BUS_ADDRESS") or SYSTEM_BUS
+
+
+# What the monitor reads beyond ListUnitsByNames: (interface suffix, property, LiveUnit field).
+_UNIT_PROPS = (
+    ("Unit", "UnitFileState", "unit_file_state"),
+    ("Unit", "NeedDaemonReload", "need_daemon_reload"),
+    ("Unit", "InvocationID", "invocation_id"),
+)
+_SERVICE_PROPS = (
+    ("Service", "Result", "result"),
+    ("Service", "NRestarts", "n_restarts"),
+    ("Service", "ExecMainCode", "exec_main_code"),
+    ("Service", "ExecMainStatus", "exec_main_status"),
+    ("Service", "MemoryCurrent", "memory_current"),
+    ("Service", "Type", "service_type"),
+)
+_WITH_RESULT = ("socket", "mount", "swap", "timer", "path", "automount", "scope")
+
+
+def monitor_properties(name: str) -> tuple[tuple[str, str, str], ...]:
+    """(interface, property, LiveUnit field) that ``read_units`` fetches for one unit."""
+    kind = name.rpartition(".")[2]
+    specific: tuple[tuple[str, str, str], ...]
+    if kind == "service":
+        specific = _SERVICE_PROPS
+    elif kind in _WITH_RESULT:
+        specific = ((kind.capitalize(), "Result", "result"),)
+    else:
+        specific = ()
+    return tuple((f"org.freedesktop.systemd1.{i}", p, f) for i, p, f in _UNIT_PROPS + specific)
+
+
+def _live_value(field_name: str, value: object) -> object:
+    if field_name == "invocation_id":
+        return bytes(value).hex() if isinstance(value, bytes | bytearray) else str(value)
+    if field_name == "memory_current":
+        return None if value == UINT64_MAX else value
+    return value
+
+
+def _parse_unit_infos(rows: object) -> list[LiveUnit]:
+    """``a(ssssssouso)`` rows of ListUnits* -> LiveUnit (states only)."""
+    return [
+        LiveUnit(name=r[0], load_state=r[2], active_state=r[3], sub_state=r[4])
+        for r in rows  # type: ignore[attr-defined]
+    ]
+
+
+def _parse_changes(rows: object) -> list[UnitFileChange]:
+    return [UnitFileChange(kind=k, path=p, source=s) for k, p, s in rows]  # type: ignore[attr-defined]
+
+
+def _check_names(names: Iterable[str]) -> list[str]:
+    unique = list(dict.fromkeys(names))
+    for name in unique:
+        check_unit_name(name)
+    return unique
+
+
+def _check_files(files: Sequence[str]) -> list[str]:
+    """Unit files for Enable*/Mask*: names are checked; absolute paths go to systemd as-is."""
+    for f in files:
+        if not f.startswith("/"):
+            check_unit_name(f)
+    return list(files)
+
+
+class _BoundedQueue:
+    """A FIFO that refuses (and counts) what arrives while it is full; never blocks."""
+
+    def __init__(self, size: int) -> None:
+        self.items: deque[tuple[Message, float]] = deque()
+        self.size = size
+        self.dropped = 0
+
+    def offer(self, msg: Message) -> None:
+        if len(self.items) >= self.size:
+            self.dropped += 1
+        else:
+            self.items.append((msg, time.monotonic()))
+
+
+class PropertyStream:
+    """``PropertiesChanged`` of units, queued (bounded) as the connection receives them."""
+
+    def __init__(self, conn: Connection, names: Sequence[str] | None, queue_size: int) -> None:
+        self._conn = conn
+        self._queue = _BoundedQueue(queue_size)
+        self._paths = None if names is None else frozenset(unit_path(n) for n in names)
+        if self._paths is None or len(self._paths) > 20:
+            rules = [
+                MatchRule(PROPERTIES, "PropertiesChanged", path_namespace=UNIT_PATH_PREFIX[:-1])
+            ]
+        else:
+            rules = [
+                MatchRule(PROPERTIES, "PropertiesChanged", path=p) for p in sorted(self._paths)
+            ]
+        self._rules = rules
+        self._keys = [conn.listen(rule, self._offer) for rule in rules]
+        self.closed = False
+
+    @property
+    def dropped(self) -> int:
+        """Signals dropped because the queue was full (the caller should re-read state)."""
+        return self._queue.dropped
+
+    def _offer(self, msg: Message) -> None:
+        if self._paths is None or msg.path in self._paths:
+            self._queue.offer(msg)
+
+    def next_change(self, timeout: float | None = None) -> PropertyChange | None:
+        """The next change, waiting up to ``timeout`` seconds (None: forever); None on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._queue.items:
+            if not self._conn.receive(deadline, "watch unit properties"):
+                return None
+        msg, at = self._queue.items.popleft()
+        interface, changed, invalidated = msg.body()
+        return PropertyChange(
+            unit=unit_name_from_path(msg.path),
+            interface=str(interface),
+            changed=dict(changed),  # type: ignore[call-overload]
+            at=at,
+            invalidated=tuple(invalidated),  # type: ignore[arg-type]
+        )
+
+    def __iter__(self) -> Iterator[PropertyChange]:
+        while not self.closed:
+            change = self.next_change()
+            if change is not None:
+                yield change
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            for rule, key in zip(self._rules, self._keys, strict=True):
+                self._conn.unlisten(rule, key)
+
+    def __enter__(self) -> PropertyStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Systemd:
+    """A client of systemd's Manager and units: one blocking connection, not thread-safe."""
+
+    def __init__(self, address: str | None = None, *, timeout: float = 30.0) -> None:
+        self._conn = Connection(address or default_address(), timeout=timeout)
+        self.address = self._conn.address
+        self.timeout = timeout
+        self.calls: Counter[str] = self._conn.calls  # method name -> calls sent
+        self._subscribed = False
+        self._job_rule: MatchRule | None = None
+        self._removed: dict[str, str] = {}  # job path -> result, from JobRemoved
+
+    @property
+    def private(self) -> bool:
+        """True on systemd's peer-to-peer socket (no dbus-daemon in between)."""
+        return self._conn.private
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> Systemd:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _manager(self, what: str, method: str, sig: str = "", *args: object) -> tuple[object, ...]:
+        return self._conn.call(what, MANAGER_PATH, MANAGER, method, sig, args)
+
+    # -- reading ------------------------------------------------------------------------
+
+    def list_units(self, names: Sequence[str]) -> dict[str, LiveUnit]:
+        """Load and active/sub state of ``names`` in one ListUnitsByNames call (loads them)."""
+        unique = _check_names(names)
+        if not unique:
+            return {}
+        (rows,) = self._manager(_units_what(unique), "ListUnitsByNames", "as", unique)
+        infos = _parse_unit_infos(rows)
+        if len(infos) != len(unique):  # systemd answers one row per name, in order
+            return {u.name: u for u in infos}
+        return {
+            n: LiveUnit(n, u.load_state, u.active_state, u.sub_state)
+            for n, u in zip(unique, infos, strict=True)
+        }
+
+    def list_units_by_patterns(
+        self, states: Sequence[str], patterns: Sequence[str]
+    ) -> list[LiveUnit]:
+        """Units in ``states`` (e.g. "failed"; none: any) matching glob ``patterns`` (none: all)."""
+        (rows,) = self._manager(
+            "list units", "ListUnitsByPatterns", "asas", list(states), list(patterns)
+        )
+        return _parse_unit_infos(rows)
+
+    def read_units(self, names: Sequence[str]) -> dict[str, LiveUnit]:
+        """What the monitor needs of ``names``: states in one call, then pipelined Gets."""
+        units = self.list_units(names)
+        requests = [
+            ((name, field), "Get", partial(build_get, path=unit_path(name), interface=i, prop=p))
+            for name, unit in units.items()
+            if unit.load_state != "not-found"
+            for i, p, field in monitor_properties(name)
+        ]
+        values: dict[str, dict[str, object]] = {name: {} for name in units}
+        for (name, field), reply in self._conn.pipeline(_units_what(units), requests):
+            if reply.type == ERROR:
+                if reply.error_name in MISSING:
+                    continue
+                raise dbus_error(f"read unit '{name}'", reply.error_name, reply.error_text())
+            values[name][field] = _live_value(field, reply.body()[0])
+        return {
+            name: LiveUnit(name, unit.load_state, unit.active_state, unit.sub_state, **values[name])  # type: ignore[arg-type]
+            for name, unit in units.items()
+        }
+
+    def get_properties(
+        self, names: Sequence[str], interface: str, props: Sequence[str]
+    ) -> dict[str, dict[str, object]]:
+        """``props`` of ``interface`` for every unit, pipelined Gets; any error raises."""
+        unique = _check_names(names)
+        requests = [
+            ((n, p), "Get", partial(build_get, path=unit_path(n), interface=interface, prop=p))
+            for n in unique
+            for p in props
+        ]
+        out: dict[str, dict[str, object]] = {n: {} for n in unique}
+        for (name, prop), reply in self._conn.pipeline(_units_what(unique), requests):
+            out[name][prop] = _unwrap(f"read property {prop} of unit '{name}'", reply)[0]
+        return out
+
+    def get_all(self, names: Sequence[str], interface: str = "") -> dict[str, dict[str, object]]:
+        """Every property of ``interface`` ("" = all interfaces) per unit, pipelined GetAll."""
+        unique = _check_names(names)
+        requests = [
+            (n, "GetAll", partial(_build_get_all, path=unit_path(n), interface=interface))
+            for n in unique
+        ]
+        out: dict[str, dict[str, object]] = {}
+        for name, reply in self._conn.pipeline(_units_what(unique), requests):
+            out[name] = dict(_unwrap(f"read unit '{name}'", reply)[0])  # type: ignore[call-overload]
+        return out
+
+    def unit_file_states(self, names: Sequence[str]) -> dict[str, str]:
+        """Enablement of unit files (works for units not loaded); "" when there is no file."""
+        unique = _check_names(names)
+        requests = [
+            (n, "GetUnitFileState", partial(_build_manager, method="GetUnitFileState", arg=n))
+            for n in unique
+        ]
+        out: dict[str, str] = {}
+        for name, reply in self._conn.pipeline(_units_what(unique), requests):
+            if reply.type == ERROR and reply.error_name in _NO_FILE:
+                out[name] = ""
+            else:
+                out[name] = str(_unwrap(f"read the unit file state of '{name}'", reply)[0])
+        return out
+
+    # -- changing -----------------------------------------------------------------------
+
+    def reload(self) -> None:
+        """Manager.Reload (daemon-reload); returns once systemd has reloaded."""
+        self._manager("reload systemd", "Reload")
+
+    def enable_unit_files(
+        self, files: Sequence[str], *, runtime: bool = False, force: bool = False
+    ) -> list[UnitFileChange]:
+        what = f"enable {_files_what(files)}"
+        _, changes = self._manager(
+            what, "EnableUnitFiles", "asbb", _check_files(files), runtime, force
+        )
+        return _parse_changes(changes)
+
+    def disable_unit_files(
+        self, files: Sequence[str], *, runtime: bool = False
+    ) -> list[UnitFileChange]:
+        what = f"disable {_files_what(files)}"
+        (changes,) = self._manager(what, "DisableUnitFiles", "asb", _check_files(files), runtime)
+        return _parse_changes(changes)
+
+    def mask_unit_files(
+        self, files: Sequence[str], *, runtime: bool = False, force: bool = False
+    ) -> list[UnitFileChange]:
+        what = f"mask {_files_what(files)}"
+        (changes,) = self._manager(
+            what, "MaskUnitFiles", "asbb", _check_files(files), runtime, force
+        )
+        return _parse_changes(changes)
+
+    def unmask_unit_files(
+        self, files: Sequence[str], *, runtime: bool = False
+    ) -> list[UnitFileChange]:
+        what = f"unmask {_files_what(files)}"
+        (changes,) = self._manager(what, "UnmaskUnitFiles", "asb", _check_files(files), runtime)
+        return _parse_changes(changes)
+
+    def reset_failed(self, name: str) -> None:
+        check_unit_name(name)
+        self._manager(f"reset the failed state of unit '{name}'", "ResetFailedUnit", "s", name)
+
+    # -- jobs ---------------------------------------------------------------------------
+
+    def subscribe(self) -> None:
+        """Manager.Subscribe, once per connection: systemd then sends its signals."""
+        if not self._subscribed:
+            self._manager("subscribe to systemd signals", "Subscribe")
+            self._subscribed = True
+
+    def _listen_for_jobs(self) -> None:
+        if self._job_rule is None:
+            self.subscribe()
+            self._job_rule = MatchRule(MANAGER, "JobRemoved", path=MANAGER_PATH)
+            self._conn.listen(self._job_rule, self._job_removed)
+
+    def _job_removed(self, msg: Message) -> None:
+        _id, job, _unit, result = msg.body()
+        self._removed[str(job)] = str(result)
+
+    def run_jobs(
+        self,
+        jobs: Sequence[tuple[str, str]],
+        *,
+        mode: str = "replace",
+        timeout: float | None = None,
+    ) -> dict[str, JobResult]:
+        """Queue (verb, unit) jobs pipelined and wait for all of them until one deadline.
+
+        Returns a result per unit; "wait-timeout" for jobs still running at the deadline.
+        A job systemd refuses raises SystemdError, after the accepted ones have finished.
+        """
+        for verb, unit in jobs:
+            if verb not in JOB_METHODS:
+                raise SystemdError(
+                    f"cannot run job '{verb}' on unit '{unit}': unknown job type",
+                    f"use one of {', '.join(JOB_METHODS)}",
+                )
+            check_unit_name(unit)
+        if not jobs:
+            return {}
+        self._listen_for_jobs()  # before any call: a fast job's JobRemoved cannot be missed
+        deadline = time.monotonic() + (DEFAULT_JOB_TIMEOUT if timeout is None else timeout)
+        requests = [
+            (
+                (verb, unit),
+                JOB_METHODS[verb],
+                partial(_build_job, method=JOB_METHODS[verb], unit=unit, mode=mode),
+            )
+            for verb, unit in jobs
+        ]
+        queued: dict[str, str] = {}  # unit -> job path
+        errors: list[SystemdError] = []
+        for (verb, unit), reply in self._conn.pipeline(_jobs_what(jobs), requests):
+            try:
+                queued[unit] = str(_unwrap(f"{verb} unit '{unit}'", reply)[0])
+            except SystemdError as exc:
+                errors.append(exc)
+        while any(job not in self._removed for job in queued.values()):
+            if not self._conn.receive(deadline, _jobs_what(jobs)):
+                break
+        results = {
+            unit: JobResult(unit, job, self._removed.pop(job, "wait-timeout"))
+            for unit, job in queued.items()
+        }
+        if errors:
+            raise errors[0]
+        return results
+
+    def _one_job(self, verb: str, name: str, mode: str, timeout: float | None) -> JobResult:
+        return self.run_jobs([(verb, name)], mode=mode, timeout=timeout)[name]
+
+    def start(self, name: str, mode: str = "replace", timeout: float | None = None) -> JobResult:
+        return self._one_job("start", name, mode, timeout)
+
+    def stop(self, name: str, mode: str = "replace", timeout: float | None = None) -> JobResult:
+        return self._one_job("stop", name, mode, timeout)
+
+    def restart(self, name: str, mode: str = "replace", timeout: float | None = None) -> JobResult:
+        return self._one_job("restart", name, mode, timeout)
+
+    def try_restart(
+        self, name: str, mode: str = "replace", timeout: float | None = None
+    ) -> JobResult:
+        return self._one_job("try-restart", name, mode, timeout)
+
+    # -- signals ------------------------------------------------------------------------
+
+    def watch(
+        self, names: Sequence[str] | None = None, *, queue_size: int = 10000
+    ) -> PropertyStream:
+        """PropertiesChanged of ``names`` (None: every unit), queued up to ``queue_size``."""
+        if names is not None:
+            _check_names(names)
+        self.subscribe()
+        return PropertyStream(self._conn, names, queue_size)
+
+
+_NO_FILE = frozenset(
+    {"org.freedesktop.DBus.Error.FileNotFound", "org.freedesktop.systemd1.NoSuchUnit"}
+)
+
+
+def _unwrap(what: str, reply: Message) -> tuple[object, ...]:
+    if reply.type == ERROR:
+        raise dbus_error(what, reply.error_name, reply.error_text())
+    return reply.body()
+
+
+def _build_get_all(serial: int, *, path: str, interface: str) -> bytes:
+    return build_call(serial, path, PROPERTIES, "GetAll", "s", (interface,))
+
+
+def _build_manager(serial: int, *, method: str, arg: str) -> bytes:
+    return build_call(serial, MANAGER_PATH, MANAGER, method, "s", (arg,))
+
+
+def _build_job(serial: int, *, method: str, unit: str, mode: str) -> bytes:
+    return build_call(serial, MANAGER_PATH, MANAGER, method, "ss", (unit, mode))
+
+
+def _units_what(names: Iterable[str]) -> str:
+    names = list(names)
+    if len(names) == 1:
+        return f"read unit '{names[0]}'"
+    return f"read {len(names)} units"
+
+
+def _files_what(files: Sequence[str]) -> str:
+    return f"unit file '{files[0]}'" if len(files) == 1 else f"unit files '{', '.join(files)}'"
+
+
+def _jobs_what(jobs: Sequence[tuple[str, str]]) -> str:
+    if len(jobs) == 1:
+        return f"{jobs[0][0]} unit '{jobs[0][1]}'"
+    return f"run {len(jobs)} jobs"
