@@ -1,0 +1,331 @@
+"""state.Store against real SQLite files: schema, records, corruption, deletion, locks, modes."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from reconciler import state
+from reconciler.errors import StateError
+from reconciler.state import Store, SuspendInfo
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "var" / "reconciler" / "state.db"
+
+
+@pytest.fixture
+def store(db: Path) -> Iterator[Store]:
+    with Store.open(db) as s:
+        yield s
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+# --- schema ------------------------------------------------------------------------------
+
+
+def test_fresh_database_is_migrated_to_the_latest_version(store: Store, db: Path) -> None:
+    conn = sqlite3.connect(db)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(state.MIGRATIONS)
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    finally:
+        conn.close()
+    assert {"sync", "owned", "bad_revision", "suspension", "kv"} <= tables
+
+
+def test_appended_migration_runs_once_and_keeps_data(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Store.open(db) as s:
+        s.kv_set("keep", "me")
+    extra = "CREATE TABLE finding (id INTEGER PRIMARY KEY, text TEXT);\n"
+    extra += "INSERT INTO finding (text) VALUES ('a;b');  -- a ';' inside a string\n"
+    monkeypatch.setattr(state, "MIGRATIONS", [*state.MIGRATIONS, extra])
+    for _ in range(2):  # the second open has nothing to do
+        with Store.open(db) as s:
+            assert s.kv_get("keep") == "me"
+    conn = sqlite3.connect(db)
+    try:
+        assert conn.execute("SELECT text FROM finding").fetchall() == [("a;b",)]
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(state.MIGRATIONS)
+    finally:
+        conn.close()
+
+
+def test_failed_migration_leaves_the_old_version(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    Store.open(db).close()
+    broken = "CREATE TABLE half (x INTEGER);\nTHIS IS NOT SQL;\n"
+    monkeypatch.setattr(state, "MIGRATIONS", [*state.MIGRATIONS, broken])
+    with pytest.raises(StateError, match="cannot open state database"):
+        Store.open(db)
+    conn = sqlite3.connect(db)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(state.MIGRATIONS) - 1
+        assert not conn.execute("SELECT 1 FROM sqlite_master WHERE name='half'").fetchall()
+    finally:
+        conn.close()
+
+
+def test_database_newer_than_the_code_is_refused(db: Path) -> None:
+    Store.open(db).close()
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA user_version = 99")
+    conn.close()
+    with pytest.raises(StateError, match="schema version 99 is newer"):
+        Store.open(db)
+
+
+# --- records -----------------------------------------------------------------------------
+
+
+def test_history_newest_first_with_limit(store: Store) -> None:
+    first = store.record_sync("a" * 40, 100.0, 1.5, "applied", ["write web.service"], None, "timer")
+    second = store.record_sync(
+        "b" * 40, 200.0, 0.2, "failed", [], "cannot fetch", "webhook", summary="msg"
+    )
+    assert second > first
+    records = store.history()
+    assert [r.revision for r in records] == ["b" * 40, "a" * 40]
+    assert records[0] == state.SyncRecord(
+        second, "b" * 40, 200.0, 0.2, "failed", (), "cannot fetch", "webhook", "msg"
+    )
+    assert records[1].actions == ("write web.service",)
+    assert len(store.history(limit=1)) == 1
+
+
+def test_last_good_and_applied_revision(store: Store) -> None:
+    assert store.last_good() is None and store.applied_revision() is None
+    store.record_sync("good1", 1.0, 1.0, "applied", ["x"], None, "timer")
+    store.record_sync("good1", 2.0, 0.1, "noop", [], None, "timer")
+    store.record_sync("bad2", 3.0, 5.0, "rolled-back", ["x"], "health", "timer")
+    store.record_sync("good1", 3.5, 0.0, "applied", ["rollback"], None, "rollback")
+    assert store.last_good() == store.applied_revision() == "good1"
+    store.record_sync("good3", 4.0, 1.0, "applied", ["y"], None, "timer")
+    assert store.last_good() == "good3"
+    store.mark_bad("good3", "crash loop found later")
+    assert store.applied_revision() == "good3"  # what the host runs
+    assert store.last_good() == "good1"  # where a rollback goes
+
+
+def test_manifest_replaced_as_a_whole(store: Store) -> None:
+    assert store.owned() == frozenset()
+    store.set_owned(["web.service", "backup.timer", "web.service"])
+    assert store.owned() == {"web.service", "backup.timer"}
+    store.set_owned(iter(["db.service"]))
+    assert store.owned() == {"db.service"}
+
+
+def test_transaction_is_all_or_nothing(store: Store) -> None:
+    store.set_owned(["old.service"])
+    with pytest.raises(RuntimeError), store.transaction():
+        store.set_owned(["new.service"])
+        store.record_sync("r", 1.0, 1.0, "applied", [], None, "timer")
+        raise RuntimeError("killed half-way")
+    assert store.owned() == {"old.service"}
+    assert store.history() == []
+    with store.transaction():
+        store.set_owned(["new.service"])
+        store.kv_set("pending", "[]")
+    assert store.owned() == {"new.service"}
+
+
+def test_bad_revisions(store: Store) -> None:
+    assert not store.is_bad("r1")
+    store.mark_bad("r1", "web.service: failed", now=10.0)
+    store.mark_bad("r1", "web.service: failed again", now=11.0)
+    assert store.is_bad("r1") and not store.is_bad("r2")
+    assert store.bad_reason("r1") == "web.service: failed again"
+    store.clear_bad("r1")
+    assert not store.is_bad("r1")
+
+
+def test_suspend_and_resume(store: Store) -> None:
+    assert store.suspended() is None
+    store.suspend("incident 42", "alice", now=1000.0)
+    assert store.suspended() == SuspendInfo("incident 42", "alice", 1000.0)
+    store.suspend("still investigating", "bob", now=1001.0)
+    assert store.suspended() == SuspendInfo("still investigating", "bob", 1001.0)
+    store.resume()
+    assert store.suspended() is None
+    store.resume()  # idempotent
+
+
+def test_kv(store: Store) -> None:
+    assert store.kv_get("k") is None
+    store.kv_set("k", "v1")
+    store.kv_set("k", "v2")
+    assert store.kv_get("k") == "v2"
+    store.kv_set("k", None)
+    assert store.kv_get("k") is None
+
+
+def test_data_survives_reopen(db: Path) -> None:
+    with Store.open(db) as s:
+        s.record_sync("r", 1.0, 1.0, "applied", ["a"], None, "timer")
+        s.set_owned(["web.service"])
+        s.suspend("x", "y", now=5.0)
+    with Store.open(db) as s:
+        assert [r.revision for r in s.history()] == ["r"]
+        assert s.owned() == {"web.service"}
+        assert s.suspended() == SuspendInfo("x", "y", 5.0)
+
+
+# --- faults ------------------------------------------------------------------------------
+
+
+def test_modes_0600_file_0700_parent(store: Store, db: Path) -> None:
+    store.record_sync("r", 1.0, 1.0, "applied", [], None, "timer")
+    assert mode(db.parent) == 0o700
+    assert mode(db) == 0o600
+    for suffix in ("-wal", "-shm"):
+        side = Path(f"{db}{suffix}")
+        assert side.exists() and mode(side) == 0o600
+
+
+def test_loose_mode_is_tightened(db: Path) -> None:
+    Store.open(db).close()
+    db.chmod(0o644)
+    Store.open(db).close()
+    assert mode(db) == 0o600
+
+
+def test_garbage_file_is_moved_aside_with_a_warning(
+    db: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    db.parent.mkdir(parents=True)
+    garbage = b"this is not a database at all\n" * 200
+    db.write_bytes(garbage)
+    with caplog.at_level(logging.WARNING, logger="reconciler"), Store.open(db) as s:
+        s.kv_set("fresh", "yes")
+        assert s.kv_get("fresh") == "yes"
+    aside = list(db.parent.glob("state.db.corrupt-*"))
+    assert len(aside) == 1
+    assert aside[0].read_bytes() == garbage  # kept for inspection, never silently lost
+    assert any(
+        "moved aside" in r.getMessage() and str(aside[0]) in r.getMessage() for r in caplog.records
+    )
+
+
+def test_damaged_pages_are_moved_aside(db: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with Store.open(db) as s:
+        for i in range(300):
+            s.record_sync(f"rev{i}", float(i), 1.0, "applied", ["x" * 200], None, "timer")
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    data = bytearray(db.read_bytes())
+    page = 4096
+    data[page : len(data)] = b"\xa5" * (len(data) - page)  # keep the header, ruin every page
+    db.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING, logger="reconciler"), Store.open(db) as s:
+        assert s.history() == []
+    assert len(list(db.parent.glob("state.db.corrupt-*"))) == 1
+    assert "moved aside" in caplog.text
+
+
+def test_corruption_found_later_is_moved_aside(db: Path) -> None:
+    with Store.open(db) as s:
+        s.record_sync("r", 1.0, 1.0, "applied", [], None, "timer")
+        conn = sqlite3.connect(db)
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.close()
+        raw = bytearray(db.read_bytes())
+        raw[4096 * 1 : 4096 * 2] = b"\xff" * 4096  # the sync table's root page
+        db.write_bytes(bytes(raw))
+        Path(f"{db}-shm").unlink(missing_ok=True)
+        with pytest.raises(StateError) as info:
+            for _ in range(3):
+                s.history()
+                s.owned()
+        assert "corrupted" in info.value.message and info.value.hint
+        assert "moved aside" in info.value.hint
+        assert s.history() == []  # the store went on with a fresh file
+    assert list(db.parent.glob("state.db.corrupt-*"))
+
+
+def test_deleted_database_is_recreated(db: Path) -> None:
+    with Store.open(db) as s:
+        s.set_owned(["web.service"])
+        for path in db.parent.iterdir():
+            path.unlink()
+        s.kv_set("after", "delete")  # goes to the new file, not to the deleted inode
+        assert s.kv_get("after") == "delete"
+    with Store.open(db) as s:
+        assert s.kv_get("after") == "delete"
+        assert s.owned() == frozenset()
+
+
+def test_deleted_state_dir_is_recreated(db: Path) -> None:
+    Store.open(db).close()
+    for path in db.parent.iterdir():
+        path.unlink()
+    db.parent.rmdir()
+    with Store.open(db) as s:
+        assert s.history() == []
+
+
+HOLD_LOCK = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN EXCLUSIVE")
+conn.execute("INSERT INTO kv (key, value) VALUES ('held', 'yes')")
+print("locked", flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.fixture
+def locker(db: Path) -> Iterator[subprocess.Popen[str]]:
+    """Another process holding an exclusive transaction on the database."""
+    Store.open(db).close()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(db)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout and proc.stdout.readline().strip() == "locked"
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+        if proc.stdin:
+            proc.stdin.close()
+        if proc.stdout:
+            proc.stdout.close()
+
+
+def test_locked_database_gives_a_clear_error(db: Path, locker: subprocess.Popen[str]) -> None:
+    with Store.open(db, busy_timeout=0.3) as s:
+        assert s.kv_get("held") is None  # WAL: reading never waits for the writer
+        started = time.monotonic()
+        with pytest.raises(StateError) as info:
+            s.record_sync("r", 1.0, 1.0, "applied", [], None, "timer")
+        assert time.monotonic() - started < 3
+    assert info.value.message == f"cannot write state database '{db}': locked by another process"
+    assert info.value.hint
+    assert not list(db.parent.glob("*.corrupt-*"))
+
+
+def test_lock_released_then_writes_work(db: Path, locker: subprocess.Popen[str]) -> None:
+    with Store.open(db, busy_timeout=5) as s:
+        assert locker.stdin
+        locker.stdin.close()  # the holder exits; its transaction rolls back
+        s.kv_set("mine", "1")
+        assert s.kv_get("mine") == "1"
+        assert s.kv_get("held") is None
