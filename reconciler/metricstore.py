@@ -150,13 +150,16 @@ class MetricStore:
                 ids[key] = int(cur.fetchone()[0])
         return ids
 
-    def write(self, cur: _Cursor, host: str, ts: int, samples: Sequence[Sample]) -> None:
+    def write(
+        self, cur: _Cursor, host: str, ts: int, samples: Sequence[Sample], res: int = RAW
+    ) -> None:
+        """Store one sample time; ``res`` other than raw is for imports and tests."""
         ids = self._series_ids(cur, host, samples)
         sql = self._sql(
             "INSERT INTO metric_samples (res, ts, series, value) VALUES (?, ?, ?, ?) "
             "ON CONFLICT (res, ts, series) DO UPDATE SET value = excluded.value"
         )
-        rows = [(RAW, ts, ids[f"{s.metric}\0{s.label}"], s.value) for s in samples]
+        rows = [(res, ts, ids[f"{s.metric}\0{s.label}"], s.value) for s in samples]
         cur.executemany(sql, rows)  # type: ignore[attr-defined]
 
     def maintain(self, cur: _Cursor, now: int, retention: Retention) -> Maintenance:
