@@ -60,6 +60,7 @@ class Archive:
     created: datetime
     size: int
     complete: bool
+    seq: int = 0  # archives made in the same second: 0 (first), then 2, 3, ...
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -242,14 +243,20 @@ def _tarinfo(rel: str, st: os.stat_result, root: Path) -> tarfile.TarInfo:
 
 
 def unique_name(folder: Path, source: str, compression: str, now: datetime) -> str:
-    """``<source>-<stamp><ext>``, with ``-2``, ``-3``... if that second is taken."""
+    """``<source>-<stamp><ext>``; ``-2``, ``-3``... after any archive made that same second.
+
+    Never reuses a sequence number, even after retention deleted that archive, so names
+    keep sorting in the order the archives were made.
+    """
     ext = COMPRESSION[compression][1]
     stamp = now.astimezone(UTC).strftime(STAMP)
-    name, seq = f"{source}-{stamp}{ext}", 1
-    while any((folder / f"{name}{s}").exists() for s in ("", DIGEST, MANIFEST)):
-        seq += 1
-        name = f"{source}-{stamp}-{seq}{ext}"
-    return name
+    taken = [0]
+    for path in _scandir(folder):
+        parsed = parse_name(path.name.removesuffix(DIGEST).removesuffix(MANIFEST))
+        if parsed and parsed[0] == source and parsed[1].strftime(STAMP) == stamp:
+            taken.append(max(parsed[2], 1))
+    seq = max(taken) + 1
+    return f"{source}-{stamp}{ext}" if seq == 1 else f"{source}-{stamp}-{seq}{ext}"
 
 
 def write_archive(

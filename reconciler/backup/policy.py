@@ -138,6 +138,7 @@ class Candidate:
     created: datetime
     size: int
     good: bool = True  # complete and not known to be damaged
+    seq: int = 0  # orders archives made in the same second
 
 
 def plan_retention(
@@ -150,7 +151,7 @@ def plan_retention(
     every older one goes too). The newest good archive is always kept, whatever the
     policy: a backup job failing for weeks must not age out the last usable backup.
     """
-    ordered = sorted(archives, key=lambda a: (a.created, a.name), reverse=True)
+    ordered = sorted(archives, key=lambda a: (a.created, a.seq, a.name), reverse=True)
     protected = next((a.name for a in ordered if a.good), None)
     age_limit = None
     if policy.max_age_days is not None:

@@ -143,7 +143,7 @@ def back_up(
     outcome.bytes_out += written.bytes_out
     outcome.skipped += len(written.skipped)
     existing = archive.list_archives(config.dest, source.name)
-    candidates = [policy.Candidate(a.name, a.created, a.size, a.complete) for a in existing]
+    candidates = [policy.Candidate(a.name, a.created, a.size, a.complete, a.seq) for a in existing]
     doomed = policy.plan_retention(candidates, config.retention, now)
     for name, _reason in doomed:
         archive.delete_archive(folder / name)
