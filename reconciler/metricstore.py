@@ -12,7 +12,9 @@ extra; psycopg is imported only then). Both hold the same narrow schema::
 ``res`` is the resolution: 0 for raw samples, 300 and 3600 for averages. The primary key
 is the index ``--since`` queries, rollups and retention all range over. A run writes its
 samples, rolls up the buckets completed since the last run and deletes what fell out of
-retention in one transaction: a handful of rows, whatever the store's size.
+retention in one transaction: a handful of rows, whatever the store's size. Series are
+per host, so several hosts may share one PostgreSQL database; rollup and retention are
+for the whole store, done by whichever host's run gets there first.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from reconciler.errors import JobError
 from reconciler.hostmetrics import FIVE_MIN, HOURLY, RAW, Counters, Retention, Sample
 
 SCHEMA_VERSION = 1
+MAINTENANCE_LOCK = 0x7265636F6E6D6574  # PostgreSQL advisory lock key ("reconmet")
 
 _SQLITE_SCHEMA = (
     """CREATE TABLE IF NOT EXISTS metric_series (
@@ -73,6 +76,7 @@ class _Cursor(Protocol):
     rowcount: int
 
     def execute(self, sql: str, params: Sequence[Any] = ..., /) -> Any: ...
+    def executemany(self, sql: str, params: Sequence[Sequence[Any]], /) -> Any: ...
     def fetchone(self) -> Any: ...
     def fetchall(self) -> list[Any]: ...
 
@@ -160,7 +164,7 @@ class MetricStore:
             "ON CONFLICT (res, ts, series) DO UPDATE SET value = excluded.value"
         )
         rows = [(res, ts, ids[f"{s.metric}\0{s.label}"], s.value) for s in samples]
-        cur.executemany(sql, rows)  # type: ignore[attr-defined]
+        cur.executemany(sql, rows)
 
     def maintain(self, cur: _Cursor, now: int, retention: Retention) -> Maintenance:
         """Roll up completed buckets (raw -> 5 min -> 1 h), then apply retention."""
@@ -224,6 +228,14 @@ class PostgresStore(MetricStore):
 
     def _begin(self, cur: _Cursor) -> None:
         pass  # psycopg opens a transaction with the first statement
+
+    def maintain(self, cur: _Cursor, now: int, retention: Retention) -> Maintenance:
+        """As for SQLite, by one host at a time: the others skip it (no lock waits, no
+        deadlocks between hosts upserting the same buckets); the next minute catches up."""
+        self._exec(cur, "SELECT pg_try_advisory_xact_lock(?)", (MAINTENANCE_LOCK,))
+        if not cur.fetchone()[0]:
+            return Maintenance()
+        return super().maintain(cur, now, retention)
 
 
 def display_url(url: str) -> str:

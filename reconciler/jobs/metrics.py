@@ -5,11 +5,13 @@ whole process, so this reads a few small /proc files, does one transaction and e
 
 Rates need two readings of the kernel's counters. A run takes the previous run's
 counters from the store when they are from this boot; otherwise (first run, reboot,
-corrupt state) it reads the counters again after a ``WINDOW`` of 100 ms, so that every
-run records CPU %, disk and network rates: the first one over that short window, later
-ones over the minute between runs. A counter that went down gives no rate, never a
-negative one. Then completed 5-minute and hourly buckets are rolled up and rows past
-their retention deleted, in the same transaction (see ``reconciler.metricstore``).
+corrupt state) it reads the counters again 100 ms (``WINDOW``) after the first reading,
+the job's own work overlapping the wait. So every run records CPU %, disk and network
+rates: the first of a boot over that short window, later ones over the minute between
+runs. (Recording counters only would save those 100 ms once per boot, but leave a fresh
+host, or a manual first run, without a CPU value.) A counter that went down gives no
+rate, never a negative one. Then completed 5-minute and hourly buckets are rolled up and
+rows past their retention deleted, in the same transaction (``reconciler.metricstore``).
 """
 
 from __future__ import annotations
@@ -95,8 +97,8 @@ def run_job(settings: Settings) -> int:
         with store.transaction() as tx:
             prev = store.load_counters(tx, host)
             if prev is None or not hostmetrics.same_boot(prev, cur):
-                prev, source = cur, "window"
-                time.sleep(WINDOW)
+                prev, source = cur, "window"  # the window began with the first reading
+                time.sleep(max(0.0, WINDOW - (time.monotonic() - cur.clock)))
                 cur = read_counters(config)
             else:
                 source = "previous run"
