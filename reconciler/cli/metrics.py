@@ -29,6 +29,7 @@ SHOWN = {
     "net.rx_bps": "net rx",
     "net.tx_bps": "net tx",
 }
+PAIRED = {"disk.write_bps": "disk.read_bps", "net.tx_bps": "net.rx_bps"}  # shown together
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -108,8 +109,16 @@ def render_table(
     order = list(SHOWN)
     shown = sorted(
         (s for s in series if s["metric"] in SHOWN),
-        key=lambda s: (order.index(s["metric"]), sorted(s["labels"].values())),
+        key=lambda s: (
+            order.index(PAIRED.get(s["metric"], s["metric"])),
+            sorted(s["labels"].values()),
+            order.index(s["metric"]),
+        ),
     )
+    # The time axis spans the points shown: a young store still gets a whole chart.
+    start = max(start, min((s["points"][0][0] for s in shown), default=start))
+    end = min(end, max((s["points"][-1][0] for s in shown), default=end) + 1)
+    width = min(WIDTH, len({p[0] for s in shown for p in s["points"]}))  # bars <= points
     head = f"{'METRIC':<12} {'OF':<16} {'LAST':>11} {'MIN':>11} {'MAX':>11}"
     lines = [head + ("  TREND" if chart else "")]
     for s in shown:
@@ -119,7 +128,7 @@ def render_table(
         line = f"{SHOWN[metric]:<12} {label:<16} {cells[0]:>11} {cells[1]:>11} {cells[2]:>11}"
         if chart:
             hi = 100.0 if metric.endswith("percent") else max(s["max"], 0.0)
-            values = resample([(p[0], p[1]) for p in s["points"]], start, end, WIDTH)
+            values = resample([(p[0], p[1]) for p in s["points"]], start, end, width)
             line += "  " + sparkline(values, min(0.0, s["min"]), hi)
         lines.append(line.rstrip())
     return lines
