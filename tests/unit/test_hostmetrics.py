@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -354,3 +355,37 @@ def test_resample_averages_into_buckets_and_leaves_gaps() -> None:
 )  # fmt: skip
 def test_human(metric: str, value: float, text: str) -> None:
     assert cli.human(metric, value) == text
+
+
+def test_render_table_orders_pairs_and_charts_the_points_shown() -> None:
+    rows = [
+        _Row(ts, metric, label, value)
+        for ts in (0, 60, 120)
+        for metric, label, value in [
+            ("net.tx_bps", "iface=eth0", ts * 10.0),
+            ("net.rx_bps", "iface=eth0", 2000.0),
+            ("cpu.percent", "", ts / 2),
+            ("mem.total_bytes", "", 1e9),  # JSON only
+        ]
+    ]
+    series = cli.build_series(rows)
+    assert [s["metric"] for s in series] == [
+        "cpu.percent", "mem.total_bytes", "net.rx_bps", "net.tx_bps"
+    ]  # fmt: skip
+    assert series[2]["labels"] == {"iface": "eth0"}
+    plain = cli.render_table(series, -3600, 600, chart=False)
+    assert [line.split()[:2] for line in plain] == [
+        ["METRIC", "OF"], ["cpu", "%"], ["net", "rx"], ["net", "tx"]
+    ]  # fmt: skip
+    charted = cli.render_table(series, -3600, 600, chart=True)
+    assert charted[1].endswith("▁▃▅")  # cpu 0, 30, 60 % on a 0-100 scale, one bar a point
+    assert charted[3].endswith("▁▅█")  # net tx 0, 600, 1200 B/s up to its max
+    assert "1.2 kB/s" in charted[3]
+
+
+@dataclass(frozen=True)
+class _Row:
+    ts: int
+    metric: str
+    label: str
+    value: float
