@@ -27,6 +27,8 @@ TARGET_MEDIAN_MS = 120.0
 TARGET_RSS_MB = 30.0
 
 
+# Installed code has its bytecode cached (pip compiles it); so must the runs measured here.
+CHILD_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 TIME = Path("/usr/bin/time")  # GNU time: a tiny parent, so %M is the child's own peak RSS
 
 
@@ -68,7 +70,7 @@ def _spawn(argv: list[str]) -> tuple[float, float]:
     """
     devnull = [(os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_WRONLY, 0) for fd in (1, 2)]
     started = time.perf_counter()
-    pid = os.posix_spawn(argv[0], argv, dict(os.environ), file_actions=devnull)
+    pid = os.posix_spawn(argv[0], argv, CHILD_ENV, file_actions=devnull)
     _, status, usage = os.wait4(pid, 0)
     elapsed = time.perf_counter() - started
     if os.waitstatus_to_exitcode(status) != 0:
@@ -103,6 +105,7 @@ def importtime(script: Path, args: list[str], top: int = 12) -> list[str]:
         capture_output=True,
         text=True,
         check=False,
+        env=CHILD_ENV,
     )
     rows: list[tuple[int, str]] = []
     for line in proc.stderr.splitlines():
