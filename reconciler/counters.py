@@ -1,0 +1,254 @@
+"""Start/stop/crash counters from successive looks at a unit (pure: no I/O, no clock).
+
+The monitor looks at a unit every pass and on every watch event (an ``Observation``) and
+folds each look into the unit's persistent ``Counters`` with ``update_counters``, which also
+returns the ``Event`` s it inferred. Passes can be minutes apart, so the rules lean on what
+systemd keeps for us rather than on seeing every transition:
+
+- ``InvocationID`` changes on every start, so a new one means at least one start.
+- ``NRestarts`` counts automatic (``Restart=``) restarts since the last start that was not
+  automatic; that start (``systemctl start/restart``, a timer, a dependency, a boot) resets
+  it. A start is taken to be *manual* when the previous look saw the unit dead for good
+  (inactive/failed, no restart pending) or when ``NRestarts`` did not grow; then the
+  automatic restarts since are ``NRestarts`` itself, otherwise the growth of ``NRestarts``.
+- Every run that ended ends in a ``stop`` or a ``crash``. A **crash** is a run that ended on
+  its own: with a non-success ``Result``, or followed by an automatic restart (systemd only
+  restarts runs that ended by themselves). A successful oneshot or a requested stop is a
+  ``stop``. Exit details come from ``ExecMainCode``/``ExecMainStatus`` (CLD_EXITED: exit
+  code; CLD_KILLED/CLD_DUMPED: signal).
+- Runs nobody saw (only known from ``NRestarts``) are spread evenly over the gap between the
+  two looks and marked ``estimated``: counts and rates stay right, their times are guesses.
+- The first look at a unit is a baseline and counts nothing. A look older than the last one
+  (a stale read racing a newer one, up to ``STALE_SEC``) is ignored; a larger step back is
+  taken as a clock change and accepted. Feeding the same look twice changes nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar, Self
+
+from reconciler.model import LiveUnit
+
+CLD_EXITED, CLD_KILLED, CLD_DUMPED = 1, 2, 3
+STALE_SEC = 300.0
+_RUNNING = frozenset({"active", "activating", "deactivating", "reloading", "refreshing"})
+_SIGNALS = (  # Linux numbering (x86, arm, most others); index = signal number
+    "", "SIGHUP", "SIGINT", "SIGQUIT", "SIGILL", "SIGTRAP", "SIGABRT", "SIGBUS", "SIGFPE",
+    "SIGKILL", "SIGUSR1", "SIGSEGV", "SIGUSR2", "SIGPIPE", "SIGALRM", "SIGTERM", "SIGSTKFLT",
+    "SIGCHLD", "SIGCONT", "SIGSTOP", "SIGTSTP", "SIGTTIN", "SIGTTOU", "SIGURG", "SIGXCPU",
+    "SIGXFSZ", "SIGVTALRM", "SIGPROF", "SIGWINCH", "SIGIO", "SIGPWR", "SIGSYS",
+)  # fmt: skip
+_SIGRTMIN, _SIGRTMAX = 34, 64  # as glibc and systemd name them
+
+
+def signal_name(number: int) -> str:
+    """``9`` -> ``"SIGKILL"``, ``37`` -> ``"SIGRTMIN+3"``; unknown numbers -> ``"SIG<n>"``."""
+    if 0 < number < len(_SIGNALS):
+        return _SIGNALS[number]
+    if _SIGRTMIN <= number <= _SIGRTMAX:
+        return "SIGRTMIN" if number == _SIGRTMIN else f"SIGRTMIN+{number - _SIGRTMIN}"
+    return f"SIG{number}"
+
+
+def is_running(active_state: str, sub_state: str) -> bool:
+    """A run is in progress (a unit waiting for its automatic restart is not running)."""
+    return active_state in _RUNNING and "auto-restart" not in sub_state
+
+
+class Record:
+    """Plain rows: ``to_dict`` gives JSON/SQLite-ready values, ``from_dict`` reads them back."""
+
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        """Unknown keys are ignored and missing ones take their defaults (older rows load)."""
+        names = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass(frozen=True)
+class Observation(Record):
+    """One look at a unit: what ``LiveUnit`` says plus when it was read."""
+
+    unit: str
+    at: float
+    active_state: str
+    sub_state: str
+    result: str
+    n_restarts: int
+    invocation_id: str
+    exec_main_code: int = 0
+    exec_main_status: int = 0
+    memory_current: int | None = None
+    exec_main_exit_at: float | None = None  # ExecMainExitTimestamp in seconds; None if unset
+
+    @classmethod
+    def from_live(
+        cls, live: LiveUnit, at: float, exec_main_exit_at: float | None = None
+    ) -> Observation:
+        return cls(
+            unit=live.name,
+            at=at,
+            active_state=live.active_state,
+            sub_state=live.sub_state,
+            result=live.result,
+            n_restarts=live.n_restarts,
+            invocation_id=live.invocation_id,
+            exec_main_code=live.exec_main_code,
+            exec_main_status=live.exec_main_status,
+            memory_current=live.memory_current,
+            exec_main_exit_at=exec_main_exit_at or None,
+        )
+
+    @property
+    def running(self) -> bool:
+        return is_running(self.active_state, self.sub_state)
+
+    @property
+    def failed(self) -> bool:
+        """The run seen here ended on its own (only meaningful when not ``running``)."""
+        return (
+            self.active_state == "failed"
+            or self.result not in ("", "success")
+            or "auto-restart" in self.sub_state
+        )
+
+    @property
+    def exit(self) -> tuple[int | None, str | None]:
+        """(exit code, signal name) of the main process, (None, None) when unknown."""
+        if self.exec_main_code == CLD_EXITED:
+            return self.exec_main_status, None
+        if self.exec_main_code in (CLD_KILLED, CLD_DUMPED):
+            return None, signal_name(self.exec_main_status)
+        return None, None
+
+
+@dataclass(frozen=True)
+class Event(Record):
+    unit: str
+    at: float
+    kind: str  # start | stop | crash
+    exit_code: int | None = None
+    signal: str | None = None
+    estimated: bool = False  # inferred from NRestarts: the count is sure, the time is not
+
+
+@dataclass(frozen=True)
+class Counters(Record):
+    """Per-unit totals kept across monitor runs and reboots, plus what the next look needs."""
+
+    unit: str
+    starts: int = 0
+    stops: int = 0
+    crashes: int = 0
+    last_exit_code: int | None = None
+    last_signal: str | None = None  # e.g. "SIGKILL"
+    last_state: str = ""  # ActiveState at the last look
+    last_change_at: float | None = None
+    last_invocation_id: str = ""
+    last_n_restarts: int = 0
+    last_sub_state: str = ""
+    last_seen_at: float | None = None
+
+
+def update_counters(prev: Counters | None, obs: Observation) -> tuple[Counters, list[Event]]:
+    """Fold one observation into the counters; returns them and the events inferred."""
+    if prev is None:
+        code, sig = (None, None) if obs.running else obs.exit
+        return Counters(
+            unit=obs.unit,
+            last_exit_code=code,
+            last_signal=sig,
+            last_state=obs.active_state,
+            last_change_at=obs.at,
+            last_invocation_id=obs.invocation_id,
+            last_n_restarts=obs.n_restarts,
+            last_sub_state=obs.sub_state,
+            last_seen_at=obs.at,
+        ), []
+    if prev.unit != obs.unit:
+        raise ValueError(f"counters of '{prev.unit}' fed an observation of '{obs.unit}'")
+    if prev.last_seen_at is not None and 0 < prev.last_seen_at - obs.at <= STALE_SEC:
+        return prev, []
+    new_run = bool(obs.invocation_id) and obs.invocation_id != prev.last_invocation_id
+    events = _infer_events(prev, obs, new_run)
+    exits = [e for e in events if e.exit_code is not None or e.signal is not None]
+    moved = events or (obs.active_state, obs.sub_state) != (prev.last_state, prev.last_sub_state)
+    keep_n = not new_run and obs.n_restarts >= prev.last_n_restarts  # see _infer_events
+    return replace(
+        prev,
+        starts=prev.starts + sum(e.kind == "start" for e in events),
+        stops=prev.stops + sum(e.kind == "stop" for e in events),
+        crashes=prev.crashes + sum(e.kind == "crash" for e in events),
+        last_exit_code=exits[-1].exit_code if exits else prev.last_exit_code,
+        last_signal=exits[-1].signal if exits else prev.last_signal,
+        last_state=obs.active_state,
+        last_sub_state=obs.sub_state,
+        last_change_at=(events[-1].at if events else obs.at) if moved else prev.last_change_at,
+        last_invocation_id=obs.invocation_id or prev.last_invocation_id,
+        last_n_restarts=prev.last_n_restarts if keep_n else obs.n_restarts,
+        last_seen_at=obs.at,
+    ), events
+
+
+def _infer_events(prev: Counters, obs: Observation, new_run: bool) -> list[Event]:
+    """The starts and ends between the last look and this one, oldest first.
+
+    ``last_n_restarts`` only moves with a new invocation (or down, on a visible reset): systemd
+    bumps ``NRestarts`` just before the restarted run gets its new ``InvocationID``, and a look
+    in between must not use up the increment.
+    """
+    was_up = is_running(prev.last_state, prev.last_sub_state)
+    lo = prev.last_seen_at if prev.last_seen_at is not None else obs.at
+    end_at = obs.at
+    if obs.exec_main_exit_at is not None:
+        end_at = min(max(obs.exec_main_exit_at, min(lo, obs.at)), obs.at)
+    code, sig = obs.exit
+
+    def end(kind: str, at: float) -> Event:
+        return Event(obs.unit, at, kind, code, sig)
+
+    if not new_run:
+        if was_up and not obs.running:
+            return [end("crash" if obs.failed else "stop", end_at)]
+        if not was_up and obs.running and not obs.invocation_id:  # units without invocations
+            return [Event(obs.unit, obs.at, "start")]
+        return []
+    pending = "auto-restart" in prev.last_sub_state  # the previous run awaited its restart
+    if was_up or pending:  # manual when the counter was reset (a running unit: or did not grow)
+        n, last = obs.n_restarts, prev.last_n_restarts
+        manual = n < last or (was_up and n == last)
+    else:  # dead for good: only a job starts it again, and that resets NRestarts
+        manual = True
+    # A first look taken after the bump but before the new invocation: still one restart.
+    automatic = obs.n_restarts if manual else max(obs.n_restarts - prev.last_n_restarts, 1)
+    runs = automatic + manual  # new invocations, the one seen now included
+    # Start limit: the last automatic restart was refused before it got an invocation.
+    refused = obs.result == "start-limit-hit" and not obs.running and runs > 1
+    runs -= refused
+    unseen: list[str] = []  # kinds of what happened before the run seen now started
+    if was_up:
+        unseen.append("stop" if manual else "crash")
+    unseen += ["start", "crash"] * (runs - 1)
+    start_at = obs.at if obs.running else end_at
+    events = []
+    if runs == 1:
+        events = [Event(obs.unit, start_at, kind) for kind in unseen]
+    else:
+        lo = min(lo, start_at)
+        step = (start_at - lo) / (len(unseen) + 1)
+        events = [
+            Event(obs.unit, lo + step * (i + 1), kind, estimated=True)
+            for i, kind in enumerate(unseen)
+        ]
+    events.append(Event(obs.unit, start_at, "start"))
+    if not obs.running:
+        events.append(end("crash" if obs.failed or refused else "stop", end_at))
+    return events
