@@ -1,0 +1,402 @@
+"""The inventory: ``inventory/hosts.toml`` and ``inventory/services.toml`` (pure; pydantic).
+
+``load`` turns a snapshot's files into a validated ``Inventory``; ``Inventory.select`` picks
+the services one host runs, with their vars merged (groups in the host's order, then the
+host, then the service; later wins, tables are replaced, not deep-merged). Everything is
+refused before anything on a host is touched, with one line naming the file and the key
+path, because an operator reads it in a journal entry, not in a debugger.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import ErrorDetails, PydanticCustomError
+
+from reconciler.errors import InventoryError
+
+HOSTS_FILE = "inventory/hosts.toml"
+SERVICES_FILE = "inventory/services.toml"
+TEMPLATE_DIR = "templates/"
+ALL = "all"
+RESERVED_VARS = frozenset({"service", "host"})  # names the template context sets itself
+MAX_STEM = 255 - len(".service")  # systemd's unit name limit is 255 bytes
+UNIT_TYPES = ("service", "socket", "target", "path", "timer", "mount", "slice", "scope")
+
+_STEM_CHARS = re.compile(r"[A-Za-z0-9:_.@-]+")
+_HOST_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}")
+_VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_TIMESPAN = re.compile(
+    r"\s*(infinity|(\d+(\.\d+)?\s*(usec|us|µs|msec|ms|seconds?|sec|s|minutes?|min|m|hours?|hr|h"
+    r"|days?|d|weeks?|w|months?|M|years?|y)?\s*)+)\s*"
+)
+_TOML_POSITION = re.compile(
+    r"^(?P<msg>.*) \(at (line (?P<line>\d+), column (?P<col>\d+)|end of document)\)$"
+)
+
+
+def _fail(kind: str, message: str) -> PydanticCustomError:
+    return PydanticCustomError(kind, message)
+
+
+def quote(text: str) -> str:
+    """A name as it may appear in a one-line message: ASCII only, look-alikes escaped."""
+    return json.dumps(text, ensure_ascii=True)[1:-1]
+
+
+def check_stem(name: str) -> str | None:
+    """Why ``name`` is no valid unit name stem (``NAME.service``), or None if it is."""
+    if not name:
+        return "the name is empty"
+    bad = sorted({c for c in name if not _STEM_CHARS.fullmatch(c)})
+    if bad:
+        shown = ", ".join(f"'{quote(c)}'" for c in bad)
+        return f"character {shown} not allowed (use ASCII letters, digits and ':_.@-')"
+    if ".." in name:
+        return "'..' is not allowed"
+    if not (name[0].isalnum() or name[0] == "_"):
+        return "it must start with a letter, a digit or '_'"
+    if name.count("@") > 1 or name.endswith("@"):
+        return "at most one '@', followed by an instance name"
+    if len(name) > MAX_STEM:
+        return f"longer than {MAX_STEM} characters"
+    return None
+
+
+def _stem(value: str) -> str:
+    problem = check_stem(value)
+    if problem:
+        raise _fail("service_name", f"invalid service name '{quote(value)}': {problem}")
+    return value
+
+
+def _unit_name(value: str) -> str:
+    stem, _, suffix = value.rpartition(".")
+    problem = check_stem(stem) if suffix in UNIT_TYPES else f"no unit type suffix {UNIT_TYPES}"
+    if problem:
+        raise _fail("unit_name", f"invalid unit name '{quote(value)}': {problem}")
+    return value
+
+
+def _host_name(value: str) -> str:
+    if not _HOST_NAME.fullmatch(value) or value == ALL:
+        raise _fail(
+            "host_name",
+            f"invalid name '{quote(value)}': use ASCII letters, digits and '_.-' "
+            f"(and not '{ALL}', which means every host)",
+        )
+    return value
+
+
+def _var_name(value: str) -> str:
+    if not _VAR_NAME.fullmatch(value):
+        raise _fail(
+            "var_name", f"invalid variable name '{quote(value)}': use letters, digits and '_'"
+        )
+    if value in RESERVED_VARS:
+        raise _fail("var_name", f"variable name '{value}' is reserved by the template context")
+    return value
+
+
+def _safe_text(value: str) -> str:
+    """A string written verbatim into a unit line: no line breaks, no continuation."""
+    if not value.strip():
+        raise _fail("empty", "Value should not be empty")
+    if any(ord(c) < 32 or 127 <= ord(c) < 160 or c in "\u2028\u2029" for c in value):
+        raise _fail("control_char", "Value should not contain line breaks or control characters")
+    if value.rstrip().endswith("\\"):
+        raise _fail("continuation", "Value should not end with a backslash")
+    return value
+
+
+def _timespan(value: object) -> str:
+    if type(value) is int and value >= 0:
+        return str(value)
+    if isinstance(value, str) and _TIMESPAN.fullmatch(value):
+        return _safe_text(value)
+    raise _fail(
+        "timespan", "Input should be a number of seconds or a systemd time span like '30min'"
+    )
+
+
+def _calendar(value: object) -> tuple[str, ...]:
+    items = [value] if isinstance(value, str) else value
+    if (
+        not isinstance(items, list | tuple)
+        or not items
+        or not all(isinstance(i, str) for i in items)
+    ):
+        raise _fail("calendar", "Input should be a string or a non-empty list of strings")
+    return tuple(_safe_text(i) for i in items)
+
+
+HostName = Annotated[str, AfterValidator(_host_name)]
+VarName = Annotated[str, AfterValidator(_var_name)]
+ServiceName = Annotated[str, AfterValidator(_stem)]
+Timespan = Annotated[str, PlainValidator(_timespan)]
+Vars = dict[VarName, Any]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class Timer(_Strict):
+    """``[services.NAME.timer]``: rendered to ``NAME.timer`` (see render.TIMER_KEYS)."""
+
+    on_calendar: Annotated[tuple[str, ...], PlainValidator(_calendar)] | None = None
+    on_active_sec: Timespan | None = None
+    on_boot_sec: Timespan | None = None
+    on_startup_sec: Timespan | None = None
+    on_unit_active_sec: Timespan | None = None
+    on_unit_inactive_sec: Timespan | None = None
+    accuracy_sec: Timespan | None = None
+    randomized_delay_sec: Timespan | None = None
+    fixed_random_delay: bool | None = None
+    persistent: bool | None = None
+    wake_system: bool | None = None
+    remain_after_elapse: bool | None = None
+    unit: Annotated[str, AfterValidator(_unit_name)] | None = None
+
+    @model_validator(mode="after")
+    def _has_trigger(self) -> Timer:
+        triggers = (
+            self.on_calendar,
+            self.on_active_sec,
+            self.on_boot_sec,
+            self.on_startup_sec,
+            self.on_unit_active_sec,
+            self.on_unit_inactive_sec,
+        )
+        if all(t is None for t in triggers):
+            raise _fail(
+                "no_trigger",
+                "a timer needs a trigger: on_calendar, on_boot_sec, on_startup_sec, "
+                "on_active_sec, on_unit_active_sec or on_unit_inactive_sec",
+            )
+        return self
+
+
+class Health(_Strict):
+    timeout_sec: float = Field(gt=0, le=86400)
+
+
+class Service(_Strict):
+    template: str
+    hosts: list[str]
+    vars: Vars = Field(default_factory=dict)
+    enable: bool = True
+    start: bool = True
+    timer: Timer | None = None
+    health: Health | None = None
+
+
+class Host(_Strict):
+    groups: list[HostName] = Field(default_factory=list)
+    vars: Vars = Field(default_factory=dict)
+
+
+class Group(_Strict):
+    vars: Vars = Field(default_factory=dict)
+
+
+class HostsFile(_Strict):
+    hosts: dict[HostName, Host] = Field(default_factory=dict)
+    groups: dict[HostName, Group] = Field(default_factory=dict)
+
+
+class ServicesFile(_Strict):
+    services: dict[ServiceName, Service] = Field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ServiceInstance:
+    """One service as one host runs it: what ``render`` needs, vars already merged."""
+
+    name: str
+    template: str  # path under templates/, e.g. "web.service.j2"
+    vars: Mapping[str, Any]
+    enable: bool
+    start: bool
+    timer: Timer | None
+    health_timeout_sec: float | None
+    host_name: str
+    host_groups: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Inventory:
+    hosts_file: HostsFile
+    services_file: ServicesFile
+
+    @property
+    def services(self) -> Mapping[str, Service]:
+        return self.services_file.services
+
+    def groups_of(self) -> frozenset[str]:
+        """Every group name: declared in ``[groups]`` or used by a host."""
+        used = {g for h in self.hosts_file.hosts.values() for g in h.groups}
+        return frozenset(used | set(self.hosts_file.groups))
+
+    def select(self, host: str) -> list[ServiceInstance]:
+        """The services ``host`` runs, in services.toml order."""
+        found = self.hosts_file.hosts.get(host)
+        if found is None:
+            known = ", ".join(sorted(self.hosts_file.hosts)) or "none"
+            raise InventoryError(
+                f"{HOSTS_FILE}: host '{quote(host)}' is not in the inventory (known: {known})",
+                hint="pass --host NAME or add a [hosts.NAME] table",
+            )
+        targets = {host, ALL, *found.groups}
+        base: dict[str, Any] = {}
+        for group in found.groups:
+            base.update(self.hosts_file.groups.get(group, Group()).vars)
+        base.update(found.vars)
+        return [
+            ServiceInstance(
+                name=name,
+                template=svc.template,
+                vars={**base, **svc.vars},
+                enable=svc.enable,
+                start=svc.start,
+                timer=svc.timer,
+                health_timeout_sec=svc.health.timeout_sec if svc.health else None,
+                host_name=host,
+                host_groups=tuple(found.groups),
+            )
+            for name, svc in self.services_file.services.items()
+            if targets.intersection(svc.hosts)
+        ]
+
+
+def key_path(loc: tuple[str | int, ...]) -> str:
+    """``('services', 'web', 'hosts', 1)`` -> ``services.web.hosts[1]``; odd keys quoted."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part == "[key]":
+            continue
+        else:
+            text = part if _BARE_KEY.fullmatch(part) else f'"{quote(part)}"'
+            out += f".{text}" if out else text
+    return out
+
+
+def _message(error: ErrorDetails) -> str:
+    if error["type"] != "extra_forbidden":
+        return error["msg"]
+    key = str(error["loc"][-1])
+    close = difflib.get_close_matches(key, _KNOWN_KEYS, n=1)
+    return "unknown key" + (f" (did you mean '{close[0]}'?)" if close else "")
+
+
+def _one_line(path: str, problems: list[tuple[str, str]]) -> InventoryError:
+    where, message = problems[0]
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    prefix = f"{path}: {where}: " if where else f"{path}: "
+    return InventoryError(prefix + message + more)
+
+
+_KNOWN_KEYS = sorted(
+    {
+        f
+        for m in (Timer, Health, Service, Host, Group, HostsFile, ServicesFile)
+        for f in m.model_fields
+    }
+)
+
+
+def _parse(files: Mapping[str, bytes], path: str, model: type[_Strict]) -> Any:
+    if path not in files:
+        raise InventoryError(
+            f"{path}: file missing from the config repository",
+            hint="see the example inventory/ folder of the reconciler project",
+        )
+    try:
+        data = tomllib.loads(files[path].decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise InventoryError(f"{path}: not valid UTF-8 at byte {exc.start}") from None
+    except tomllib.TOMLDecodeError as exc:
+        match = _TOML_POSITION.match(str(exc))
+        if not match:
+            raise InventoryError(f"{path}: {exc}") from None
+        where = f"{match['line']}:{match['col']}" if match["line"] else "end of file"
+        raise InventoryError(f"{path}:{where}: {match['msg']}") from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = [(key_path(e["loc"]), _message(e)) for e in exc.errors(include_url=False)]
+        raise _one_line(path, problems) from None
+
+
+def _template_problem(template: str, files: Mapping[str, bytes]) -> str | None:
+    parts = template.split("/")
+    if template.startswith("/") or "\\" in template or any(p in ("", ".", "..") for p in parts):
+        return f"'{quote(template)}' must be a relative path inside {TEMPLATE_DIR}"
+    if TEMPLATE_DIR + template not in files:
+        return f"template '{quote(template)}' not found in {TEMPLATE_DIR}"
+    return None
+
+
+def _check_services(
+    services: ServicesFile, hosts: HostsFile, groups: frozenset[str], files: Mapping[str, bytes]
+) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    known = {ALL, *hosts.hosts, *groups}
+    for name, svc in services.services.items():
+        problem = _template_problem(svc.template, files)
+        if problem:
+            problems.append((key_path(("services", name, "template")), problem))
+        for i, target in enumerate(svc.hosts):
+            if target not in known:
+                listing = ", ".join(sorted(known))
+                problems.append(
+                    (
+                        key_path(("services", name, "hosts", i)),
+                        f"'{quote(target)}' is neither a host nor a group (known: {listing})",
+                    )
+                )
+    return problems
+
+
+def _check_hosts(hosts: HostsFile) -> list[tuple[str, str]]:
+    problems = []
+    for name, host in hosts.hosts.items():
+        seen: set[str] = set()
+        for i, group in enumerate(host.groups):
+            if group in seen:
+                where = key_path(("hosts", name, "groups", i))
+                problems.append((where, f"group '{group}' is listed twice"))
+            seen.add(group)
+    return problems
+
+
+def load(files: Mapping[str, bytes]) -> Inventory:
+    """Validate the inventory of a snapshot (repo-relative path -> bytes)."""
+    hosts: HostsFile = _parse(files, HOSTS_FILE, HostsFile)
+    services: ServicesFile = _parse(files, SERVICES_FILE, ServicesFile)
+    problems = _check_hosts(hosts)
+    if problems:
+        raise _one_line(HOSTS_FILE, problems)
+    inventory = Inventory(hosts, services)
+    problems = _check_services(services, hosts, inventory.groups_of(), files)
+    if problems:
+        raise _one_line(SERVICES_FILE, problems)
+    return inventory

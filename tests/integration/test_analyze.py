@@ -1,0 +1,115 @@
+"""analyze.verify_units against the real ``systemd-analyze verify`` (offline, no host needed)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from reconciler import analyze, inventory, render
+from reconciler.model import DesiredUnit
+
+REPO = Path(__file__).resolve().parents[2]
+GOOD = """\
+[Unit]
+Description=good
+
+[Service]
+Type=simple
+ExecStart=/bin/true
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def example_units(host: str) -> list[DesiredUnit]:
+    paths = [*REPO.glob("inventory/*.toml"), *REPO.glob("templates/*")]
+    files = {str(p.relative_to(REPO)): p.read_bytes() for p in paths}
+    return render.render(inventory.load(files).select(host), render.decode_templates(files))
+
+
+@pytest.mark.parametrize("host", ["sandbox", "web1", "nas1"])
+def test_example_content_is_clean(host: str) -> None:
+    units = example_units(host)
+    assert units
+    assert analyze.verify_units(units) == []
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (
+            GOOD.replace("Type=simple", "Type=bogus"),
+            "broken: broken.service:5: Failed to parse service type, ignoring: bogus",
+        ),
+        (
+            GOOD.replace("Type=simple", "Tpye=simple"),
+            "broken: broken.service:5: Unknown key 'Tpye' in section [Service], ignoring.",
+        ),
+        (
+            GOOD.replace("/bin/true", "/usr/bin/no-such-binary"),
+            "broken: broken.service: Command /usr/bin/no-such-binary is not executable",
+        ),
+    ],
+)
+def test_broken_unit_is_named(content: str, expected: str) -> None:
+    units = [
+        DesiredUnit("fine.service", GOOD, "fine"),
+        DesiredUnit("broken.service", content, "broken"),
+    ]
+    complaints = analyze.verify_units(units)
+    assert len(complaints) == 1, complaints
+    assert complaints[0].startswith(expected), complaints
+    assert "/tmp" not in complaints[0] and "reconciler-verify-" not in complaints[0]
+
+
+def test_timer_without_trigger_is_named() -> None:
+    units = [
+        DesiredUnit("job.service", "[Service]\nType=oneshot\nExecStart=/bin/true\n", "job"),
+        DesiredUnit("job.timer", "[Timer]\nOnCalendar=whenever\n", "job"),
+    ]
+    complaints = analyze.verify_units(units)
+    assert complaints[0] == (
+        "job: job.timer:2: Failed to parse calendar specification, ignoring: whenever"
+    )
+    assert "job: job.timer: Timer unit lacks value setting. Refusing." in complaints
+
+
+def test_missing_binary_only_ignored_when_asked() -> None:
+    missing = GOOD.replace("/bin/true", "/opt/elsewhere/bin/app")
+    units = [DesiredUnit("app.service", missing, "app")]
+    assert analyze.verify_units(units) != []
+    assert analyze.verify_units(units, check_executables=False) == []
+    dash = GOOD.replace("ExecStart=/bin/true", "ExecStart=/bin/true\nExecStartPre=-/opt/nope")
+    assert analyze.verify_units([DesiredUnit("app.service", dash, "app")]) == []
+
+
+def test_noise_about_other_units_is_dropped() -> None:
+    output = (
+        "/lib/systemd/system/other.service:3: Unknown key 'X' in section [Service], ignoring.\n"
+        "multi-user.target: some complaint about a system unit\n"
+        "/tmp/reconciler-verify-abc/web.service:4: Unknown key 'Y' in section [Service]\n"
+    )
+    units = [DesiredUnit("web.service", GOOD, "web")]
+    assert analyze.parse_output(output, "/tmp/reconciler-verify-abc", units) == [
+        "web: web.service:4: Unknown key 'Y' in section [Service]"
+    ]
+
+
+def test_no_units_no_process() -> None:
+    assert analyze.verify_units([]) == []
+
+
+@pytest.mark.parametrize("count", [1, 200])
+def test_verify_is_fast(count: int) -> None:
+    units = [DesiredUnit(f"s{i}.service", GOOD, f"s{i}") for i in range(count)]
+    times = []
+    for _ in range(5):
+        started = time.perf_counter()
+        assert analyze.verify_units(units) == []
+        times.append(time.perf_counter() - started)
+    median = sorted(times)[2]
+    print(f"verify {count} units: median {median * 1000:.0f} ms")
+    assert median < 5

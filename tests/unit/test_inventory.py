@@ -1,0 +1,412 @@
+"""inventory.load and Inventory.select: strict models, one-line errors, vars merge order."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from reconciler import inventory
+from reconciler.errors import InventoryError
+
+REPO = Path(__file__).resolve().parents[2]
+
+HOSTS = b"""
+[groups.base.vars]
+level = "base"
+only_base = 1
+
+[groups.web.vars]
+level = "web"
+only_web = 2
+
+[hosts.h1]
+groups = ["base", "web"]
+vars = { level = "host", only_host = 3 }
+
+[hosts.h2]
+groups = ["web", "base"]
+
+[hosts.h3]
+"""
+
+SERVICES = b"""
+[services.web]
+template = "web.service.j2"
+hosts = ["web"]
+vars = { level = "service" }
+
+[services.web.health]
+timeout_sec = 10
+
+[services.job]
+template = "job.service.j2"
+hosts = ["h3"]
+enable = false
+start = false
+
+[services.job.timer]
+on_calendar = ["*-*-* 01:00:00", "Mon *-*-* 02:00"]
+persistent = true
+randomized_delay_sec = "30min"
+accuracy_sec = 1
+
+[services.metrics]
+template = "job.service.j2"
+hosts = ["all"]
+"""
+
+
+def files(hosts: bytes = HOSTS, services: bytes = SERVICES) -> dict[str, bytes]:
+    return {
+        "inventory/hosts.toml": hosts,
+        "inventory/services.toml": services,
+        "templates/web.service.j2": b"",
+        "templates/job.service.j2": b"",
+    }
+
+
+def svc(body: str, name: str = "web") -> bytes:
+    """services.toml with one service ``name`` made of ``body`` plus the required keys."""
+    head = f'[services.{name}]\ntemplate = "web.service.j2"\nhosts = ["h1"]\n'
+    return (head + body).encode()
+
+
+S = "inventory/services.toml"
+H = "inventory/hosts.toml"
+
+# (what, files, expected message start, must also contain)
+BAD: list[tuple[str, dict[str, bytes], str, str]] = [
+    ("no hosts.toml", {S: SERVICES}, f"{H}: file missing", ""),
+    ("no services.toml", {H: HOSTS}, f"{S}: file missing", ""),
+    ("toml syntax", files(services=b'[services.web]\ntemplate = "x"\nhosts = [\n'), f"{S}:", ""),
+    ("toml bad value", files(services=b"[services.web]\ntemplate = x\n"), f"{S}:2:12: ", ""),
+    ("not utf-8", files(services=b"\xff\xfe"), f"{S}: not valid UTF-8", ""),
+    (
+        "unknown top key",
+        files(services=b"[servicez.web]\n"),
+        f"{S}: servicez: unknown key",
+        "'services'",
+    ),
+    (
+        "unknown service key",
+        files(services=svc("templat = 1\n")),
+        f"{S}: services.web.templat: unknown key",
+        "did you mean 'template'",
+    ),
+    (
+        "unknown timer key",
+        files(services=svc("[services.web.timer]\non_calender = 'daily'\n")),
+        f"{S}: services.web.timer.on_calender: unknown key",
+        "",
+    ),
+    (
+        "unknown health key",
+        files(services=svc("[services.web.health]\ntimeout_sec = 1\nretries = 3\n")),
+        f"{S}: services.web.health.retries: unknown key",
+        "",
+    ),
+    (
+        "unknown host key",
+        files(hosts=b"[hosts.h1]\ngroup = ['web']\n"),
+        f"{H}: hosts.h1.group: unknown key",
+        "'groups'",
+    ),
+    (
+        "unknown group key",
+        files(hosts=b"[groups.web]\nvar = {}\n"),
+        f"{H}: groups.web.var: unknown key",
+        "",
+    ),
+    (
+        "enable not bool",
+        files(services=svc('enable = "yes"\n')),
+        f"{S}: services.web.enable: Input should be a valid boolean",
+        "",
+    ),
+    (
+        "hosts not list",
+        files(services=b'[services.web]\ntemplate = "web.service.j2"\nhosts = "all"\n'),
+        f"{S}: services.web.hosts: Input should be a valid list",
+        "",
+    ),
+    (
+        "hosts item type",
+        files(services=b'[services.web]\ntemplate = "web.service.j2"\nhosts = ["h1", 2]\n'),
+        f"{S}: services.web.hosts[1]: Input should be a valid string",
+        "",
+    ),
+    (
+        "template missing key",
+        files(services=b'[services.web]\nhosts = ["h1"]\n'),
+        f"{S}: services.web.template: Field required",
+        "",
+    ),
+    (
+        "on_calendar type",
+        files(services=svc("[services.web.timer]\non_calendar = 5\n")),
+        f"{S}: services.web.timer.on_calendar: Input should be a string",
+        "",
+    ),
+    (
+        "on_calendar newline",
+        files(services=svc('[services.web.timer]\non_calendar = "daily\\nUnit=evil.service"\n')),
+        f"{S}: services.web.timer.on_calendar: Value should not contain line breaks",
+        "",
+    ),
+    (
+        "timespan bad",
+        files(services=svc('[services.web.timer]\non_boot_sec = "soon"\n')),
+        f"{S}: services.web.timer.on_boot_sec: Input should be a number of seconds",
+        "",
+    ),
+    (
+        "timespan bool",
+        files(services=svc("[services.web.timer]\non_boot_sec = true\n")),
+        f"{S}: services.web.timer.on_boot_sec: Input should be a number",
+        "",
+    ),
+    (
+        "persistent str",
+        files(services=svc("[services.web.timer]\non_calendar = 'daily'\npersistent = 'true'\n")),
+        f"{S}: services.web.timer.persistent: Input should be a valid boolean",
+        "",
+    ),
+    (
+        "timer no trigger",
+        files(services=svc("[services.web.timer]\npersistent = true\n")),
+        f"{S}: services.web.timer: a timer needs a trigger",
+        "",
+    ),
+    (
+        "timer bad unit",
+        files(services=svc("[services.web.timer]\non_calendar = 'daily'\nunit = '../x.service'\n")),
+        f"{S}: services.web.timer.unit: invalid unit name",
+        "",
+    ),
+    (
+        "timeout negative",
+        files(services=svc("[services.web.health]\ntimeout_sec = -1\n")),
+        f"{S}: services.web.health.timeout_sec: Input should be greater than 0",
+        "",
+    ),
+    (
+        "timeout str",
+        files(services=svc("[services.web.health]\ntimeout_sec = '10'\n")),
+        f"{S}: services.web.health.timeout_sec: Input should be a valid number",
+        "",
+    ),
+    (
+        "unknown group",
+        files(services=b'[services.web]\ntemplate = "web.service.j2"\nhosts = ["h1", "dbs"]\n'),
+        f"{S}: services.web.hosts[1]: 'dbs' is neither a host nor a group",
+        "known: all, base, h1",
+    ),
+    (
+        "missing template",
+        files(services=b'[services.web]\ntemplate = "nope.j2"\nhosts = ["h1"]\n'),
+        f"{S}: services.web.template: template 'nope.j2' not found in templates/",
+        "",
+    ),
+    (
+        "template ../",
+        files(services=b'[services.web]\ntemplate = "../inventory/hosts.toml"\nhosts = ["h1"]\n'),
+        f"{S}: services.web.template: '../inventory/hosts.toml' must be a relative path",
+        "",
+    ),
+    (
+        "template absolute",
+        files(services=b'[services.web]\ntemplate = "/etc/shadow"\nhosts = ["h1"]\n'),
+        f"{S}: services.web.template: '/etc/shadow' must be a relative path",
+        "",
+    ),
+    (
+        "name with /",
+        files(services=svc("", '"a/b"')),
+        f"{S}: services.\"a/b\": invalid service name 'a/b'",
+        "'/' not allowed",
+    ),
+    (
+        "name ..",
+        files(services=svc("", '".."')),
+        f'{S}: services."..": invalid service name',
+        "not allowed",
+    ),
+    (
+        "name a..b",
+        files(services=svc("", '"a..b"')),
+        f'{S}: services."a..b": invalid service name',
+        "'..' is not allowed",
+    ),
+    (
+        "name with space",
+        files(services=svc("", '"a b"')),
+        f'{S}: services."a b": invalid service name',
+        "' ' not allowed",
+    ),
+    (
+        "name look-alike",
+        files(services=svc("", '"\u0430pp"')),
+        f'{S}: services."\\u0430pp": invalid service name',
+        "'\\u0430' not allowed",
+    ),
+    (
+        "name newline",
+        files(services=svc("", '"a\\nb"')),
+        f'{S}: services."a\\nb": invalid service name',
+        "",
+    ),
+    (
+        "name leading dash",
+        files(services=svc("", '"-x"')),
+        f"{S}: services.-x: invalid service name",
+        "must start with",
+    ),
+    (
+        "name template unit",
+        files(services=svc("", '"x@"')),
+        f'{S}: services."x@": invalid service name',
+        "'@'",
+    ),
+    (
+        "name too long",
+        files(services=svc("", "a" * 248)),
+        f"{S}: services.{'a' * 248}: invalid service name",
+        "longer than 247",
+    ),
+    (
+        "name empty",
+        files(services=svc("", '""')),
+        f'{S}: services."": invalid service name',
+        "empty",
+    ),
+    (
+        "var name",
+        files(services=svc('vars = { "my-port" = 1 }\n')),
+        f"{S}: services.web.vars.my-port: invalid variable name",
+        "",
+    ),
+    (
+        "var reserved",
+        files(services=svc("vars = { host = 1 }\n")),
+        f"{S}: services.web.vars.host: variable name 'host' is reserved",
+        "",
+    ),
+    ("host named all", files(hosts=b"[hosts.all]\n"), f"{H}: hosts.all: invalid name 'all'", ""),
+    (
+        "group named bad",
+        files(hosts=b"[hosts.h1]\ngroups = ['a b']\n"),
+        f"{H}: hosts.h1.groups[0]: invalid name 'a b'",
+        "",
+    ),
+    (
+        "group twice",
+        files(hosts=b"[hosts.h1]\ngroups = ['a', 'a']\n"),
+        f"{H}: hosts.h1.groups[1]: group 'a' is listed twice",
+        "",
+    ),
+    (
+        "several problems",
+        files(services=svc("foo = 1\nbar = 2\nenable = 3\n")),
+        f"{S}: services.web.enable: Input should be a valid boolean (and 2 more)",
+        "",
+    ),
+]
+
+
+@pytest.mark.parametrize(("what", "given", "start", "contains"), BAD, ids=[b[0] for b in BAD])
+def test_bad_input_is_one_line_naming_file_and_key(
+    what: str, given: dict[str, bytes], start: str, contains: str
+) -> None:
+    with pytest.raises(InventoryError) as info:
+        inventory.load(given)
+    message = str(info.value)
+    assert "\n" not in message and "\r" not in message
+    assert message.startswith(start), message
+    assert contains in message
+    assert message.isascii()
+
+
+def test_toml_syntax_error_names_line() -> None:
+    with pytest.raises(InventoryError, match=r"^inventory/services.toml:3:\d+: "):
+        inventory.load(files(services=b'[services.web]\ntemplate = "x"\nhosts = ]\n'))
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [
+        ("h1", ["web", "metrics"]),  # by group "web", and "all"
+        ("h2", ["web", "metrics"]),
+        ("h3", ["job", "metrics"]),  # by host name, and "all"
+    ],
+)
+def test_select_by_name_group_and_all(host: str, expected: list[str]) -> None:
+    selected = inventory.load(files()).select(host)
+    assert [s.name for s in selected] == expected
+    assert all(s.host_name == host for s in selected)
+
+
+@pytest.mark.parametrize(
+    ("host", "service", "expected"),
+    [
+        # groups in the host's order, then host vars, then service vars; later wins
+        ("h1", "metrics", {"level": "host", "only_base": 1, "only_web": 2, "only_host": 3}),
+        ("h1", "web", {"level": "service", "only_base": 1, "only_web": 2, "only_host": 3}),
+        ("h2", "metrics", {"level": "base", "only_base": 1, "only_web": 2}),
+        ("h3", "metrics", {}),
+    ],
+)
+def test_vars_merge_order(host: str, service: str, expected: dict[str, object]) -> None:
+    selected = {s.name: s for s in inventory.load(files()).select(host)}
+    assert dict(selected[service].vars) == expected
+
+
+def test_instance_fields() -> None:
+    selected = {s.name: s for s in inventory.load(files()).select("h3")}
+    job, metrics = selected["job"], selected["metrics"]
+    assert (job.enable, job.start, job.health_timeout_sec) == (False, False, None)
+    assert job.timer is not None
+    assert job.timer.on_calendar == ("*-*-* 01:00:00", "Mon *-*-* 02:00")
+    assert (job.timer.persistent, job.timer.randomized_delay_sec) == (True, "30min")
+    assert job.timer.accuracy_sec == "1"
+    assert (metrics.enable, metrics.start, metrics.timer) == (True, True, None)
+    assert job.host_groups == ()
+    web = inventory.load(files()).select("h1")[0]
+    assert web.health_timeout_sec == 10.0 and web.host_groups == ("base", "web")
+
+
+def test_unknown_host_names_it_and_lists_known() -> None:
+    with pytest.raises(InventoryError) as info:
+        inventory.load(files()).select("nope")
+    assert str(info.value).startswith(
+        "inventory/hosts.toml: host 'nope' is not in the inventory (known: h1, h2, h3)"
+    )
+
+
+def test_empty_files_are_an_empty_inventory() -> None:
+    inv = inventory.load(files(hosts=b"[hosts.h1]\n", services=b""))
+    assert inv.select("h1") == [] and dict(inv.services) == {}
+
+
+def test_example_content_loads() -> None:
+    paths = [*REPO.glob("inventory/*.toml"), *REPO.glob("templates/*")]
+    inv = inventory.load({str(p.relative_to(REPO)): p.read_bytes() for p in paths})
+    names = [s.name for s in inv.select("sandbox")]
+    assert names == ["web", "reading-sync", "system-metrics", "volume-backup"]
+    assert [s.name for s in inv.select("web1")] == ["web", "system-metrics"]
+    assert [s.name for s in inv.select("nas1")] == ["system-metrics", "volume-backup"]
+    nas = {s.name: s for s in inv.select("nas1")}["volume-backup"]
+    assert nas.vars["memory_max"] == "512M" and nas.vars["source_dir"] == "/srv/volumes"
+
+
+@pytest.mark.parametrize(
+    ("loc", "expected"),
+    [
+        (("services", "web", "timer", "on_calendar"), "services.web.timer.on_calendar"),
+        (("services", "web", "hosts", 2), "services.web.hosts[2]"),
+        (("services", "a b", "[key]"), 'services."a b"'),
+        (("services", "a\nb"), 'services."a\\nb"'),
+    ],
+)
+def test_key_path(loc: tuple[str | int, ...], expected: str) -> None:
+    assert inventory.key_path(loc) == expected
