@@ -1,11 +1,11 @@
 """The config repository (talks to the git CLI): fetch a ref into a bare cache, read one commit.
 
-Files are read straight from the commit's tree (``ls-tree`` + one ``cat-file --batch``), so
+Files are read straight from the commit's tree through one ``cat-file --batch`` process, so
 there is no working copy to be left half-updated. Only ``inventory/`` and ``templates/``
 are read; symlinks, submodules and files over ``MAX_FILE_BYTES`` are refused.
 
 Why the CLI and not gitpython's object model: ``import git`` alone costs 110-170 ms, a third
-of the budget of a no-op sync, and a handful of short git processes is faster. Every git
+of the budget of a no-op sync; a no-change fetch is two git processes (fetch, cat-file). Every git
 process runs in its own session under a deadline; on expiry the whole process group is
 killed, so a hung remote (HTTP, git://, ssh) cannot hang a oneshot.
 """
@@ -15,9 +15,13 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import shutil
 import signal
 import subprocess
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,11 +34,14 @@ _HEX = re.compile(r"[0-9a-f]{4,40}")
 _FULL_SHA = re.compile(r"[0-9a-f]{40}")
 # Characters git never allows in a ref name, plus a leading '-' (option injection).
 _BAD_REF = re.compile(r"^-|[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{")
-_CACHE_CONFIG = (
-    ("gc.pruneExpire", "never"),  # a revision fetched once stays readable for rollback
-    ("gc.autoDetach", "false"),  # no background gc outliving the oneshot
-    ("transfer.fsckObjects", "true"),  # refuse malformed objects from the remote
-)
+_CACHE_CONFIG = """\
+[gc]
+\tpruneExpire = never
+\tautoDetach = false
+[transfer]
+\tfsckObjects = true
+"""  # revisions fetched once stay readable (rollback); no gc outliving the oneshot;
+# malformed objects from the remote are refused.
 _BOILERPLATE = (
     "fatal: could not read from remote repository.",
     "please make sure you have the correct access rights",
@@ -70,21 +77,22 @@ def fetch(
     _check_ref(ref)
     deadline = time.monotonic() + timeout
     _ensure_cache(cache_dir, deadline)
-    revision = _resolve(cache_dir, ref, deadline) if _FULL_SHA.fullmatch(ref) else None
-    if revision is None:
+    full_sha = bool(_FULL_SHA.fullmatch(ref))
+    snapshot = _read(cache_dir, _candidates(ref), verify, deadline) if full_sha else None
+    if snapshot is None:
         with _cache_lock(cache_dir, deadline):
             _fetch(url, cache_dir, deadline)
-        revision = _resolve(cache_dir, ref, deadline)
-        if revision is None and _FULL_SHA.fullmatch(ref):
-            with _cache_lock(cache_dir, deadline):  # a commit no branch or tag points to
-                _fetch(url, cache_dir, deadline, refspecs=(ref,), quiet_fail=True)
-            revision = _resolve(cache_dir, ref, deadline)
-        if revision is None:
-            raise SourceError(
-                f"cannot resolve ref '{ref}' in '{url}': no such branch, tag or commit",
-                hint="check 'ref' in the config file or --ref",
-            )
-    return _read(cache_dir, revision, verify, deadline)
+        snapshot = _read(cache_dir, _candidates(ref), verify, deadline)
+    if snapshot is None and full_sha:
+        with _cache_lock(cache_dir, deadline):  # a commit no branch or tag points to
+            _fetch(url, cache_dir, deadline, refspecs=(ref,), quiet_fail=True)
+        snapshot = _read(cache_dir, _candidates(ref), verify, deadline)
+    if snapshot is None:
+        raise SourceError(
+            f"cannot resolve ref '{ref}' in '{url}': no such branch, tag or commit",
+            hint="check 'ref' in the config file or --ref",
+        )
+    return snapshot
 
 
 def read_revision(
@@ -92,16 +100,15 @@ def read_revision(
 ) -> Snapshot:
     """The files of ``revision`` from the cache only: rollback works while the remote is down."""
     deadline = time.monotonic() + timeout
-    if not (cache_dir / "HEAD").is_file() or not _HEX.fullmatch(revision):
-        resolved = None
-    else:
-        resolved = _resolve(cache_dir, revision, deadline)
-    if resolved is None:
+    snapshot = None
+    if (cache_dir / "HEAD").is_file() and _HEX.fullmatch(revision):
+        snapshot = _read(cache_dir, [f"{revision}^{{commit}}"], verify, deadline)
+    if snapshot is None:
         raise SourceError(
-            f"cannot read revision '{revision[:12]}': not in the cache '{cache_dir}'",
+            f"cannot read revision '{_printable(revision[:12])}': not in the cache '{cache_dir}'",
             hint="only revisions fetched before can be read without the remote",
         )
-    return _read(cache_dir, resolved, verify, deadline)
+    return snapshot
 
 
 # --- steps -------------------------------------------------------------------------------
@@ -126,13 +133,21 @@ def _ensure_cache(cache_dir: Path, deadline: float) -> None:
         )
     cache_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache_dir.with_name(f"{cache_dir.name}.tmp-{os.getpid()}")
-    _git(["init", "--bare", "--quiet", str(tmp)], None, deadline, "create git cache", str(tmp))
-    for key, value in _CACHE_CONFIG:
-        _git(["config", key, value], tmp, deadline, "create git cache", str(tmp))
+    try:
+        proc = _run(["init", "--bare", "--quiet", str(tmp)], None, deadline)
+    except _Timeout:
+        proc = subprocess.CompletedProcess([], 1, b"", b"git init did not finish in time")
+    if proc.returncode != 0:
+        raise SourceError(f"cannot create git cache '{cache_dir}': {_last_line(proc.stderr)}")
+    with open(tmp / "config", "a") as config:
+        config.write(_CACHE_CONFIG)
     tmp.chmod(0o700)
     try:
         tmp.rename(cache_dir)  # replaces an empty directory too
     except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if (cache_dir / "HEAD").is_file():  # another fetch made it meanwhile
+            return
         raise SourceError(f"cannot create git cache '{cache_dir}': {exc.strerror}") from None
 
 
@@ -151,9 +166,8 @@ def _fetch(
     try:
         proc = _run(["-c", "protocol.ext.allow=never", *argv, url, *refspecs], cache_dir, deadline)
     except _Timeout:
-        left = "the remote did not answer in time"
         raise SourceError(
-            f"cannot fetch repository '{url}': {left}",
+            f"cannot fetch repository '{url}': the remote did not answer in time",
             hint="check the remote and the network; nothing on the host was changed",
         ) from None
     if proc.returncode != 0 and not quiet_fail:
@@ -164,74 +178,159 @@ def _fetch(
         )
 
 
-def _resolve(cache_dir: Path, ref: str, deadline: float) -> str | None:
-    """Branch, then tag, then commit id, peeled to a commit, in one ``cat-file`` process."""
-    if ref.startswith("refs/"):
-        names = [ref]
-    else:
-        names = [f"refs/heads/{ref}", f"refs/tags/{ref}"]
-        if _HEX.fullmatch(ref):
-            names.append(ref)
-    data = "".join(f"{name}^{{commit}}\n" for name in names).encode()
-    proc = _git(["cat-file", "--batch-check"], cache_dir, deadline, "resolve ref", ref, data)
-    for line in proc.stdout.decode(errors="replace").splitlines():
-        oid, _, rest = line.partition(" ")
-        if rest.startswith("commit "):
-            return oid
-        if rest == "ambiguous":
-            raise SourceError(
-                f"cannot resolve ref '{ref}': ambiguous commit id",
-                hint="give more digits of the commit id",
-            )
-    return None
+def _candidates(ref: str) -> list[str]:
+    """Branch, then tag, then commit id; each peeled to a commit."""
+    names = [ref] if ref.startswith("refs/") else [f"refs/heads/{ref}", f"refs/tags/{ref}"]
+    if _HEX.fullmatch(ref):
+        names.append(ref)
+    return [f"{name}^{{commit}}" for name in names]
 
 
-def _read(cache_dir: Path, revision: str, verify: Verification | None, deadline: float) -> Snapshot:
-    if verify is not None:
-        _verify(cache_dir, revision, verify, deadline)
-    listing = _git(
-        ["ls-tree", "-r", "-l", "-z", "--full-tree", revision, "--", *READ_DIRS],
-        cache_dir,
-        deadline,
-        "read revision",
-        revision[:12],
-    ).stdout
-    wanted: list[tuple[str, str]] = []  # (path, blob id)
-    for entry in listing.split(b"\0"):
-        if not entry:
-            continue
-        meta, _, raw_path = entry.partition(b"\t")
-        mode, kind, oid, size = meta.decode().split()
-        path = raw_path.decode("utf-8", errors="replace")
-        if mode == "120000":
-            raise _refused(revision, path, "a symlink (symlinks are never followed)")
-        if kind != "blob":
-            raise _refused(revision, path, f"a {kind}, not a file")
-        if int(size) > MAX_FILE_BYTES:
-            raise _refused(revision, path, f"larger than {MAX_FILE_BYTES // 1024} KiB")
-        wanted.append((path, oid))
-    batch = "".join(f"{oid}\n" for oid in [revision, *(oid for _, oid in wanted)]).encode()
-    out = _git(["cat-file", "--batch"], cache_dir, deadline, "read revision", revision[:12], batch)
-    objects = _parse_batch(out.stdout)
-    message = objects[0].decode("utf-8", errors="replace").partition("\n\n")[2]
-    files = {path: body for (path, _), body in zip(wanted, objects[1:], strict=True)}
-    summary = message.strip().partition("\n")[0].strip()
-    return Snapshot(revision=revision, files=files, summary=summary)
+def _read(
+    cache_dir: Path, names: list[str], verify: Verification | None, deadline: float
+) -> Snapshot | None:
+    """Resolve the first of ``names`` that exists and read its files; None: none exists."""
+    with _Objects(cache_dir, deadline) as objects:
+        found = [obj for obj in objects.get(names) if obj is not None]
+        if not found:
+            if objects.ambiguous:
+                raise SourceError(
+                    f"cannot resolve ref '{objects.ambiguous[0].partition('^')[0]}': "
+                    "ambiguous commit id",
+                    hint="give more digits of the commit id",
+                )
+            return None
+        revision, _, commit = found[0]
+        if verify is not None:
+            _verify(cache_dir, revision, verify, deadline)
+        files = _read_files(objects, revision, commit)
+    message = commit.decode("utf-8", errors="replace").partition("\n\n")[2]
+    return Snapshot(revision, files, message.strip().partition("\n")[0].strip())
 
 
-def _parse_batch(data: bytes) -> list[bytes]:
-    """Bodies of ``cat-file --batch`` output (``<oid> <type> <size>\\n<body>\\n`` each)."""
-    bodies: list[bytes] = []
+def _read_files(objects: _Objects, revision: str, commit: bytes) -> dict[str, bytes]:
+    """Walk the commit's tree level by level (one round trip per level), then read blobs."""
+    raw_len = len(revision) // 2  # 20 bytes for SHA-1, 32 for SHA-256 repositories
+    level = [("", commit.split(b"\n", 1)[0].removeprefix(b"tree ").decode())]
+    blobs: list[tuple[str, str]] = []
+    while level:
+        trees = objects.get([oid for _, oid in level])
+        deeper: list[tuple[str, str]] = []
+        for (prefix, oid), tree in zip(level, trees, strict=True):
+            if tree is None or tree[1] != "tree":
+                raise SourceError(f"cannot read revision '{revision[:12]}': tree {oid} missing")
+            for mode, name, child in _tree_entries(tree[2], raw_len):
+                path = prefix + name
+                if not prefix and name not in READ_DIRS:
+                    continue
+                if mode == "40000":
+                    deeper.append((path + "/", child))
+                elif mode == "120000":
+                    raise _refused(revision, path, "a symlink (symlinks are never followed)")
+                elif mode == "160000":
+                    raise _refused(revision, path, "a submodule, not a file")
+                else:
+                    blobs.append((path, child))
+        level = deeper
+    try:
+        bodies = objects.get([oid for _, oid in blobs], max_size=MAX_FILE_BYTES)
+    except _TooLarge as exc:
+        path = blobs[exc.index][0]
+        raise _refused(revision, path, f"larger than {MAX_FILE_BYTES // 1024} KiB") from None
+    files: dict[str, bytes] = {}
+    for (path, oid), blob in zip(blobs, bodies, strict=True):
+        if blob is None or blob[1] != "blob":
+            raise SourceError(f"cannot read '{path}' at revision '{revision[:12]}': {oid} missing")
+        files[path] = blob[2]
+    return dict(sorted(files.items()))
+
+
+def _tree_entries(body: bytes, raw_len: int) -> Iterator[tuple[str, str, str]]:
+    """(mode, name, object id) of a raw tree object: ``<mode> <name>\\0<raw id>`` each."""
     pos = 0
-    while pos < len(data):
-        eol = data.index(b"\n", pos)
-        header = data[pos:eol].split()
-        if len(header) != 3:
-            raise SourceError(f"cannot read object '{header[0].decode()[:12]}': missing in cache")
-        size = int(header[2])
-        bodies.append(data[eol + 1 : eol + 1 + size])
-        pos = eol + 1 + size + 1
-    return bodies
+    while pos < len(body):
+        space = body.index(b" ", pos)
+        nul = body.index(b"\0", space)
+        end = nul + 1 + raw_len
+        name = body[space + 1 : nul].decode("utf-8", errors="replace")
+        yield body[pos:space].decode(), name, body[nul + 1 : end].hex()
+        pos = end
+
+
+class _TooLarge(Exception):
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+
+class _Objects:
+    """One ``git cat-file --batch`` for a whole read; killed (group) at the deadline."""
+
+    def __init__(self, cache_dir: Path, deadline: float) -> None:
+        left = max(deadline - time.monotonic(), 0.1)
+        self.ambiguous: list[str] = []
+        self.timed_out = False
+        self.proc = subprocess.Popen(
+            ["git", "cat-file", "--batch"],
+            cwd=cache_dir,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=_env(left),
+            start_new_session=True,
+        )
+        self.timer = threading.Timer(left, self._kill)
+        self.timer.daemon = True
+        self.timer.start()
+
+    def __enter__(self) -> _Objects:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.timer.cancel()
+        self._kill()
+        self.proc.wait()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe:
+                with suppress(OSError):
+                    pipe.close()
+
+    def _kill(self) -> None:
+        if self.proc.poll() is None:
+            self.timed_out = True
+            with suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+
+    def get(
+        self, names: list[str], max_size: int | None = None
+    ) -> list[tuple[str, str, bytes] | None]:
+        """(object id, type, content) per name, None when missing; chunked so pipes never fill."""
+        assert self.proc.stdin and self.proc.stdout
+        out: list[tuple[str, str, bytes] | None] = []
+        try:
+            for start in range(0, len(names), 256):
+                chunk = names[start : start + 256]
+                self.proc.stdin.write("".join(f"{n}\n" for n in chunk).encode())
+                self.proc.stdin.flush()
+                for name in chunk:
+                    header = self.proc.stdout.readline().split()
+                    if len(header) == 2 and header[1] in (b"missing", b"ambiguous"):
+                        if header[1] == b"ambiguous":
+                            self.ambiguous.append(name)
+                        out.append(None)
+                        continue
+                    if len(header) != 3:
+                        raise OSError("short read")
+                    size = int(header[2])
+                    if max_size is not None and size > max_size:
+                        raise _TooLarge(len(out))
+                    body = self.proc.stdout.read(size + 1)
+                    if len(body) != size + 1:
+                        raise OSError("short read")
+                    out.append((header[0].decode(), header[1].decode(), body[:size]))
+        except (OSError, ValueError):
+            why = "git did not finish in time" if self.timed_out else "git cat-file failed"
+            raise SourceError(f"cannot read objects from the git cache: {why}") from None
+        return out
 
 
 def _verify(cache_dir: Path, revision: str, verify: Verification, deadline: float) -> None:
@@ -295,74 +394,40 @@ def _refused(revision: str, path: str, why: str) -> SourceError:
 # --- processes ---------------------------------------------------------------------------
 
 
-def _cache_lock(cache_dir: Path, deadline: float) -> _Lock:
-    return _Lock(cache_dir / "reconciler-fetch.lock", deadline)
-
-
-class _Lock:
+@contextmanager
+def _cache_lock(cache_dir: Path, deadline: float) -> Iterator[None]:
     """``flock`` on a file in the cache, so two fetches never race on the refs."""
-
-    def __init__(self, path: Path, deadline: float) -> None:
-        self.path, self.deadline, self.fd = path, deadline, -1
-
-    def __enter__(self) -> None:
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd = os.open(cache_dir / "reconciler-fetch.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
         while True:
             try:
-                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
             except BlockingIOError:
-                if time.monotonic() > self.deadline:
-                    os.close(self.fd)
+                if time.monotonic() > deadline:
                     raise SourceError(
-                        f"cannot lock git cache '{self.path.parent}': another fetch runs"
+                        f"cannot lock git cache '{cache_dir}': another fetch runs"
                     ) from None
                 time.sleep(0.05)
-
-    def __exit__(self, *exc: object) -> None:
-        os.close(self.fd)  # closing drops the lock
-
-
-def _git(
-    argv: list[str],
-    cwd: Path | None,
-    deadline: float,
-    verb: str,
-    what: str,
-    data: bytes | None = None,
-) -> subprocess.CompletedProcess[bytes]:
-    """A local git command that must succeed; its failure is one SourceError line."""
-    try:
-        proc = _run(argv, cwd, deadline, data)
-    except _Timeout:
-        raise SourceError(f"cannot {verb} '{what}': git did not finish in time") from None
-    if proc.returncode != 0:
-        raise SourceError(f"cannot {verb} '{what}': {_last_line(proc.stderr)}")
-    return proc
+        yield
+    finally:
+        os.close(fd)  # closing drops the lock
 
 
 def _run(
     argv: list[str],
     cwd: Path | None,
     deadline: float,
-    data: bytes | None = None,
     env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
     """Run git in a new session; past the deadline its whole process group is killed."""
     left = max(deadline - time.monotonic(), 0.1)
-    full_env = {
-        **os.environ,
-        "LC_ALL": "C",
-        "GIT_TERMINAL_PROMPT": "0",  # fail instead of asking for a password
-        "GIT_HTTP_LOW_SPEED_LIMIT": "1000",  # bytes/s: a stalled HTTP transfer gives up
-        "GIT_HTTP_LOW_SPEED_TIME": str(max(1, int(left))),
-        **(env or {}),
-    }
+    full_env = {**_env(left), **(env or {})}
     try:
         proc = subprocess.Popen(
             ["git", *argv],
             cwd=cwd,
-            stdin=subprocess.PIPE if data is not None else subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=full_env,
@@ -371,12 +436,22 @@ def _run(
     except FileNotFoundError:
         raise SourceError("cannot run git: not installed", hint="install git") from None
     try:
-        out, err = proc.communicate(data, timeout=left)
+        out, err = proc.communicate(timeout=left)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
         raise _Timeout from None
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def _env(left: float) -> dict[str, str]:
+    return {
+        **os.environ,
+        "LC_ALL": "C",
+        "GIT_TERMINAL_PROMPT": "0",  # fail instead of asking for a password
+        "GIT_HTTP_LOW_SPEED_LIMIT": "1000",  # bytes/s: a stalled HTTP transfer gives up
+        "GIT_HTTP_LOW_SPEED_TIME": str(max(1, int(left))),
+    }
 
 
 def _last_line(stderr: bytes) -> str:

@@ -151,6 +151,8 @@ def hung_port() -> Iterator[int]:
 @pytest.fixture
 def garbage_port() -> Iterator[int]:
     def answer(conn: socket.socket) -> None:
+        conn.settimeout(5)
+        conn.recv(4096)  # git's request first, so the answer is what fails, not the write
         conn.sendall(b"\x00\xffthis is not git\r\n\r\n")
         conn.close()
 
@@ -250,6 +252,18 @@ def test_full_commit_id_is_fetched_into_an_empty_cache(
 
 def test_local_path_remote(remote: Remote, cache: Path) -> None:
     assert source.fetch(str(remote.bare), "main", cache).summary == "first: add web"
+
+
+def test_many_files_in_nested_directories(remote: Remote, cache: Path) -> None:
+    files: dict[str, str | None] = {
+        f"templates/group{i % 7}/sub{i % 3}/unit{i:04d}.service.j2": f"# {i}\n" for i in range(700)
+    }
+    remote.commit(files, "700 templates")
+    remote.push()
+    snap = source.fetch(str(remote.bare), "main", cache)
+    assert len(snap.files) == 703
+    assert snap.files["templates/group3/sub2/unit0689.service.j2"] == b"# 689\n"
+    assert list(snap.files) == sorted(snap.files)
 
 
 @pytest.mark.parametrize("ref", ["nope", "feature/x", "0123abcd", "a" * 40])
