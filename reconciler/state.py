@@ -135,15 +135,15 @@ class Store:
         self._depth = 1
         try:
             yield
+            with self._errors("write"):
+                self._conn.execute("COMMIT")
         except BaseException:
-            self._depth = 0
             with suppress(sqlite3.Error):  # closed after a corruption: nothing to undo
                 if self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
             raise
-        self._depth = 0
-        with self._errors("write"):
-            self._conn.execute("COMMIT")
+        finally:
+            self._depth = 0
 
     # --- history ---------------------------------------------------------------------
 
@@ -163,8 +163,8 @@ class Store:
             cur = self._conn.execute(
                 "INSERT INTO sync (revision, started_at, duration_sec, result, actions, error,"
                 " trigger, summary) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (revision, started_at, duration_sec, result, json.dumps(actions), error)
-                + (trigger, summary),
+                (revision, started_at, duration_sec, result, json.dumps(actions))
+                + (error, trigger, summary),
             )
             return int(cur.lastrowid or 0)
 
