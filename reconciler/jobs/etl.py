@@ -149,9 +149,22 @@ class Scrubber:
     def __init__(self, secret: str | None) -> None:
         self.secret = secret
 
-    def __call__(self, text: str) -> str:
-        text = redact(text)
-        return text.replace(self.secret, "***") if self.secret else text
+    def __call__(self, text: str, limit: int | None = None) -> str:
+        """``text`` without the secret (nor URL credentials), cut to ``limit`` characters.
+
+        The secret is replaced before cutting, and a tail that starts the secret (a body
+        cut short by the size cap) is replaced too. ``redact`` runs on the short text only:
+        its regex is slow on long runs of letters.
+        """
+        if self.secret:
+            text = text.replace(self.secret, "***")
+        text = text[:limit]
+        if self.secret:
+            for size in range(len(self.secret) - 1, 3, -1):
+                if text.endswith(self.secret[:size]):
+                    text = text[:-size] + "***"
+                    break
+        return redact(text)
 
 
 def read_token(config: EtlConfig, environ: Mapping[str, str]) -> tuple[str | None, list[str]]:
@@ -253,7 +266,7 @@ def call(
                     )
                 result.status = entry["status"] = response.status_code
                 text = " ".join(body.decode("utf-8", "replace").split())
-                result.summary = scrub(text)[:SUMMARY_CHARS]
+                result.summary = scrub(text, SUMMARY_CHARS)
                 result.body_bytes, result.truncated = len(body), truncated
                 result.error = None
                 if response.status_code in (429, 503):
@@ -263,13 +276,15 @@ def call(
                 retryable = response.status_code >= 500 or response.status_code == 429
                 result.ok = 200 <= response.status_code < 300
                 if not result.ok:
-                    result.error = f"HTTP {response.status_code} {scrub(response.reason or '')}"
+                    result.error = (
+                        f"HTTP {response.status_code} {scrub(response.reason or '', 200)}"
+                    )
             except (requests.ConnectionError, requests.Timeout) as exc:
                 kind = "timed out" if isinstance(exc, requests.Timeout) else "connection failed"
-                result.status, result.error = None, f"{kind}: {scrub(str(exc))[:300]}"
+                result.status, result.error = None, f"{kind}: {scrub(str(exc), 300)}"
                 retryable = True
             except requests.RequestException as exc:
-                result.status, result.error = None, scrub(str(exc))[:300]
+                result.status, result.error = None, scrub(str(exc), 300)
                 retryable = False
             entry.update(error=result.error, duration_ms=_ms(time.monotonic() - t0))
             result.history.append(entry)
