@@ -52,6 +52,58 @@ MIGRATIONS: list[str] = [
     );
     CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
     """,
+    # 2: the monitor's tables (queries in reconciler/findings.py)
+    """
+    CREATE TABLE monitor_observation (
+        id INTEGER PRIMARY KEY,
+        unit TEXT NOT NULL,
+        at REAL NOT NULL,
+        active_state TEXT NOT NULL,
+        sub_state TEXT NOT NULL,
+        result TEXT NOT NULL,
+        n_restarts INTEGER NOT NULL,
+        invocation_id TEXT NOT NULL,
+        exec_main_code INTEGER NOT NULL,
+        exec_main_status INTEGER NOT NULL,
+        memory_current INTEGER,
+        exec_main_exit_at REAL
+    );
+    CREATE INDEX monitor_observation_by_unit ON monitor_observation (unit, at);
+    CREATE INDEX monitor_observation_by_time ON monitor_observation (at);
+    CREATE TABLE monitor_event (
+        id INTEGER PRIMARY KEY,
+        unit TEXT NOT NULL,
+        at REAL NOT NULL,
+        kind TEXT NOT NULL,
+        exit_code INTEGER,
+        signal TEXT,
+        estimated INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX monitor_event_by_unit ON monitor_event (unit, id);
+    CREATE INDEX monitor_event_by_time ON monitor_event (at);
+    CREATE TABLE monitor_counters (
+        unit TEXT PRIMARY KEY,
+        first_seen REAL NOT NULL,
+        data TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE monitor_finding (
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL,
+        unit TEXT NOT NULL,
+        severity TEXT NOT NULL,
+        summary TEXT NOT NULL,
+        evidence TEXT NOT NULL,
+        impact TEXT NOT NULL DEFAULT '[]',
+        first_seen REAL NOT NULL,
+        last_seen REAL NOT NULL,
+        resolved_at REAL,
+        bundle TEXT
+    );
+    CREATE UNIQUE INDEX monitor_finding_open ON monitor_finding (kind, unit)
+        WHERE resolved_at IS NULL;
+    CREATE INDEX monitor_finding_by_resolved ON monitor_finding (resolved_at);
+    CREATE TABLE monitor_kv (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+    """,
 ]
 
 
