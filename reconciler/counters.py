@@ -1,4 +1,4 @@
-"""Start/stop/crash counters from successive looks at a unit (pure: no I/O, no clock).
+"""What the monitor carries from one look to the next: counters and open findings (pure).
 
 The monitor looks at a unit every pass and on every watch event (an ``Observation``) and
 folds each look into the unit's persistent ``Counters`` with ``update_counters``, which also
@@ -8,9 +8,10 @@ systemd keeps for us rather than on seeing every transition:
 - ``InvocationID`` changes on every start, so a new one means at least one start.
 - ``NRestarts`` counts automatic (``Restart=``) restarts since the last start that was not
   automatic; that start (``systemctl start/restart``, a timer, a dependency, a boot) resets
-  it. A start is taken to be *manual* when the previous look saw the unit dead for good
-  (inactive/failed, no restart pending) or when ``NRestarts`` did not grow; then the
-  automatic restarts since are ``NRestarts`` itself, otherwise the growth of ``NRestarts``.
+  it. A new run counts as a *manual* start when the last look saw the unit dead for good
+  (inactive/failed, no restart pending), when ``NRestarts`` went down, or when it did not
+  grow although the unit was running; the automatic restarts since are then ``NRestarts``
+  itself, otherwise its growth (at least one after a look that saw a restart pending).
 - Every run that ended ends in a ``stop`` or a ``crash``. A **crash** is a run that ended on
   its own: with a non-success ``Result``, or followed by an automatic restart (systemd only
   restarts runs that ended by themselves). A successful oneshot or a requested stop is a
@@ -21,13 +22,18 @@ systemd keeps for us rather than on seeing every transition:
 - The first look at a unit is a baseline and counts nothing. A look older than the last one
   (a stale read racing a newer one, up to ``STALE_SEC``) is ignored; a larger step back is
   taken as a clock change and accepted. Feeding the same look twice changes nothing.
+
+Findings (made by ``patterns``) are carried the same way: ``reconcile_findings`` folds a new
+result into the open ones, so a finding is alerted when it opens and when it resolves, not
+on every pass. Every type here is a flat dataclass that ``to_dict``/``from_dict`` maps to a
+JSON object or an SQLite row.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Self
 
 from reconciler.model import LiveUnit
@@ -42,6 +48,7 @@ _SIGNALS = (  # Linux numbering (x86, arm, most others); index = signal number
     "SIGXFSZ", "SIGVTALRM", "SIGPROF", "SIGWINCH", "SIGIO", "SIGPWR", "SIGSYS",
 )  # fmt: skip
 _SIGRTMIN, _SIGRTMAX = 34, 64  # as glibc and systemd name them
+Evidence = dict[str, float | int | str]
 
 
 def signal_name(number: int) -> str:
@@ -252,3 +259,34 @@ def _infer_events(prev: Counters, obs: Observation, new_run: bool) -> list[Event
     if not obs.running:
         events.append(end("crash" if obs.failed or refused else "stop", end_at))
     return events
+
+
+@dataclass(frozen=True)
+class Finding(Record):
+    kind: str
+    unit: str
+    severity: str  # critical | warning | info
+    summary: str  # one line for an operator
+    evidence: Evidence = field(default_factory=dict)
+    first_seen: float = 0.0  # kept from the open finding by reconcile_findings
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.kind, self.unit
+
+
+def reconcile_findings(
+    open_: Mapping[tuple[str, str], Finding],
+    current: Sequence[Finding],
+    units: Collection[str] | None = None,
+) -> tuple[list[Finding], list[Finding], list[Finding]]:
+    """(opened, still_open, resolved). Still-open findings keep their ``first_seen``.
+
+    ``units``: the units ``current`` was computed for (a watch event looks at one); open
+    findings of other units are left alone. None: every open finding was re-evaluated.
+    """
+    now = {f.key: f for f in current}
+    opened = [f for k, f in now.items() if k not in open_]
+    still = [replace(f, first_seen=open_[k].first_seen) for k, f in now.items() if k in open_]
+    resolved = [f for k, f in open_.items() if k not in now and (units is None or f.unit in units)]
+    return opened, still, resolved

@@ -1,8 +1,8 @@
 """Restart patterns, findings and dependency impact (pure: no I/O, no clock; ``now`` is passed in).
 
 ``detect`` reads one unit's recorded ``Event`` s (from ``update_counters``) and
-``Observation`` s and says which ``Finding`` s hold *now*; ``reconcile_findings`` turns one
-result after another into opened / still open / resolved, so each finding is alerted once.
+``Observation`` s and says which ``Finding`` s hold *now*; ``counters.reconcile_findings``
+turns one result after another into opened / still open / resolved (alerted once).
 Every number comes from ``Thresholds`` (the ``[monitor]`` config section). The rules:
 
 - crash_loop (critical): at least ``restart_threshold`` **crashes** within
@@ -38,15 +38,17 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, fields
 from operator import attrgetter, mul
 
 from reconciler.counters import (
     Counters,
     Event,
+    Evidence,
+    Finding,
     Observation,
-    Record,
+    reconcile_findings,
     signal_name,
     update_counters,
 )
@@ -124,20 +126,6 @@ class Thresholds:
         return cls(**values)  # type: ignore[arg-type]
 
 
-@dataclass(frozen=True)
-class Finding(Record):
-    kind: str
-    unit: str
-    severity: str  # critical | warning | info
-    summary: str  # one line for an operator
-    evidence: dict[str, float | int | str] = field(default_factory=dict)
-    first_seen: float = 0.0  # kept from the open finding by reconcile_findings
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return self.kind, self.unit
-
-
 def detect(
     unit: str,
     events: Sequence[Event],
@@ -180,18 +168,11 @@ def _crash_loop(unit: str, crashes: list[Event], now: float, th: Thresholds) -> 
         and all(b > a for a, b in zip(gaps, gaps[1:], strict=False))
         and gaps[-1] >= 1.5 * gaps[0]
     )
-    evidence: dict[str, float | int | str] = {
-        "count": len(recent),
-        "threshold": th.restart_threshold,
-        "window_sec": th.restart_window_sec,
-        "span_sec": round(span, 3),
-        "mean_interval_sec": round(mean, 3),
-        "rapid": int(rapid),
-        "escalating": int(escalating),
-        "estimated": sum(e.estimated for e in recent),
-        "first_at": recent[0].at,
-        "last_at": recent[-1].at,
-    }
+    evidence: Evidence = dict(count=len(recent), threshold=th.restart_threshold)
+    evidence.update(window_sec=th.restart_window_sec, span_sec=round(span, 3))
+    evidence.update(mean_interval_sec=round(mean, 3), rapid=int(rapid), escalating=int(escalating))
+    evidence.update(estimated=sum(e.estimated for e in recent), first_at=recent[0].at)
+    evidence.update(last_at=recent[-1].at)
     summary = (
         f"{unit} crashed {len(recent)} times in {_span(span)} "
         f"(threshold {th.restart_threshold} in {_span(th.restart_window_sec)})"
@@ -202,8 +183,8 @@ def _crash_loop(unit: str, crashes: list[Event], now: float, th: Thresholds) -> 
     return Finding("crash_loop", unit, "critical", summary, evidence, now)
 
 
-def _last_exit(events: Iterable[Event], evidence: dict[str, float | int | str]) -> str:
-    for e in sorted(events, key=lambda e: e.at, reverse=True):
+def _last_exit(events: list[Event], evidence: Evidence) -> str:
+    for e in reversed(events):
         if e.exit_code is not None:
             evidence["last_exit_code"] = e.exit_code
             return f"exit code {e.exit_code}"
@@ -221,11 +202,8 @@ def _start_limit(unit: str, obs: list[Observation], now: float) -> Finding | Non
         f"{unit} hit its start limit after {last.n_restarts} automatic restarts and stays "
         f"{last.active_state}; fix it, then run 'systemctl reset-failed {unit}'"
     )
-    evidence: dict[str, float | int | str] = {
-        "n_restarts": last.n_restarts,
-        "active_state": last.active_state,
-        "seen_at": last.at,
-    }
+    evidence: Evidence = dict(n_restarts=last.n_restarts, active_state=last.active_state)
+    evidence.update(seen_at=last.at)
     return Finding("start_limit_hit", unit, "critical", summary, evidence, now)
 
 
@@ -248,11 +226,8 @@ def _flapping(
         f"{unit} went up and down {changes} times in {_span(span)} "
         f"(threshold {th.flap_transitions} in {_span(th.flap_window_sec)})"
     )
-    evidence: dict[str, float | int | str] = {
-        "transitions": changes,
-        "span_sec": round(span, 3),
-        "window_sec": th.flap_window_sec,
-    }
+    evidence: Evidence = dict(transitions=changes, span_sec=round(span, 3))
+    evidence.update(window_sec=th.flap_window_sec)
     return Finding("flapping", unit, "warning", summary, evidence, now)
 
 
@@ -281,13 +256,8 @@ def _periodic(unit: str, times: list[float], now: float, th: Thresholds) -> Find
     summary = f"{unit} crashes every {_span(period)} (last {count} crashes, cv {cv:.2f}); " + (
         f"next expected in {_span(due)}" if due >= 0 else f"next one {_span(-due)} overdue"
     )
-    evidence: dict[str, float | int | str] = {
-        "period_sec": round(period, 3),
-        "cv": round(cv, 4),
-        "events": count,
-        "last_at": episodes[-1],
-        "next_expected_at": episodes[-1] + period,
-    }
+    evidence: Evidence = dict(period_sec=round(period, 3), cv=round(cv, 4), events=count)
+    evidence.update(last_at=episodes[-1], next_expected_at=episodes[-1] + period)
     return Finding("periodic_crash", unit, "warning", summary, evidence, now)
 
 
@@ -295,7 +265,7 @@ def _clustering(unit: str, times: list[float], now: float, th: Thresholds) -> Fi
     if len(times) < th.clustering_min_events:
         return None
     parts: list[str] = []
-    evidence: dict[str, float | int | str] = {}
+    evidence: Evidence = {}
     first_in_hour: dict[int, float] = {}
     for t in times:
         first_in_hour.setdefault(int(t // 3600), t)
@@ -320,11 +290,8 @@ def _clustering(unit: str, times: list[float], now: float, th: Thresholds) -> Fi
         weekday, count = days.most_common(1)[0]
         if count / n_days >= th.clustering_share:
             parts.append(f"{count} of {n_days} failing days are {_WEEKDAYS[weekday]}s (UTC)")
-            evidence.update(
-                day_events=n_days,
-                weekday=_WEEKDAYS[weekday],
-                weekday_share=round(count / n_days, 3),
-            )
+            evidence.update(day_events=n_days, weekday=_WEEKDAYS[weekday])
+            evidence.update(weekday_share=round(count / n_days, 3))
     if not parts:
         return None
     summary = f"{unit} failures cluster: " + "; ".join(parts)
@@ -351,13 +318,8 @@ def _memory(unit: str, obs: list[Observation], now: float, th: Thresholds) -> Fi
         f"{unit} memory grows {_mib(per_hour)}/h over {_span(span)} "
         f"(r² {r2:.2f}, {len(samples)} samples); now {_mib(samples[-1][1])}"
     )
-    evidence: dict[str, float | int | str] = {
-        "slope_bytes_per_hour": round(per_hour, 1),
-        "r2": round(r2, 4),
-        "samples": len(samples),
-        "span_sec": round(span, 3),
-        "memory_current": samples[-1][1],
-    }
+    evidence: Evidence = dict(slope_bytes_per_hour=round(per_hour, 1), r2=round(r2, 4))
+    evidence.update(samples=len(samples), span_sec=round(span, 3), memory_current=samples[-1][1])
     return Finding("memory_growth", unit, "warning", summary, evidence, now)
 
 
@@ -402,13 +364,9 @@ def _anomaly(
         f"{unit} crashed {recent} times in the last {_span(th.anomaly_recent_sec)}: "
         f"{rate / usual:.0f}x its usual {usual:.2f}/h over {_span(baseline_sec)}"
     )
-    evidence: dict[str, float | int | str] = {
-        "recent_count": recent,
-        "recent_rate_per_hour": round(rate, 4),
-        "baseline_rate_per_hour": round(usual, 4),
-        "baseline_days": round(baseline_sec / DAY, 2),
-        "factor": round(rate / usual, 2),
-    }
+    evidence: Evidence = dict(recent_count=recent, recent_rate_per_hour=round(rate, 4))
+    evidence.update(baseline_rate_per_hour=round(usual, 4), factor=round(rate / usual, 2))
+    evidence.update(baseline_days=round(baseline_sec / DAY, 2))
     return Finding("restart_anomaly", unit, "warning", summary, evidence, now)
 
 
@@ -433,7 +391,7 @@ def detect_missed_run(
     if not due or now <= min(due) + th.missed_run_grace_sec:
         return None
     overdue = now - min(due)
-    evidence: dict[str, float | int | str] = {"due_at": min(due), "overdue_sec": round(overdue, 3)}
+    evidence: Evidence = {"due_at": min(due), "overdue_sec": round(overdue, 3)}
     if last_trigger_at is None:
         summary = f"{timer} never ran although a run was due {_span(overdue)} ago"
     else:
@@ -443,23 +401,6 @@ def detect_missed_run(
     if interval_sec is not None:
         evidence["interval_sec"] = interval_sec
     return Finding("missed_run", timer, "warning", summary, evidence, now)
-
-
-def reconcile_findings(
-    open_: Mapping[tuple[str, str], Finding],
-    current: Sequence[Finding],
-    units: Collection[str] | None = None,
-) -> tuple[list[Finding], list[Finding], list[Finding]]:
-    """(opened, still_open, resolved). Still-open findings keep their ``first_seen``.
-
-    ``units``: the units ``current`` was computed for (a watch event looks at one); open
-    findings of other units are left alone. None: every open finding was re-evaluated.
-    """
-    now = {f.key: f for f in current}
-    opened = [f for k, f in now.items() if k not in open_]
-    still = [replace(f, first_seen=open_[k].first_seen) for k, f in now.items() if k in open_]
-    resolved = [f for k, f in open_.items() if k not in now and (units is None or f.unit in units)]
-    return opened, still, resolved
 
 
 def impact(
@@ -472,13 +413,11 @@ def impact(
     """
     if depth < 0:
         raise ValueError(f"cannot walk dependencies of '{unit}': depth {depth} is negative")
-    seen = {unit: 0}
-    frontier = [unit]
+    seen, frontier = {unit: 0}, [unit]
     for level in range(1, depth + 1):
-        frontier = [d for u in frontier for d in reverse_deps.get(u, ()) if d not in seen]
-        for d in frontier:
-            seen.setdefault(d, level)
-        frontier = list(dict.fromkeys(frontier))
+        frontier = list(dict.fromkeys(d for u in frontier for d in reverse_deps.get(u, ())))
+        frontier = [d for d in frontier if d not in seen]
+        seen.update((d, level) for d in frontier)
     hits = [(u, d, is_container_runtime(u)) for u, d in seen.items() if u != unit]
     return sorted(hits, key=lambda hit: (hit[1], hit[0]))
 
