@@ -13,7 +13,7 @@ import difflib
 import json
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -34,8 +34,10 @@ HOSTS_FILE = "inventory/hosts.toml"
 SERVICES_FILE = "inventory/services.toml"
 TEMPLATE_DIR = "templates/"
 ALL = "all"
-RESERVED_VARS = frozenset({"service", "host"})  # names the template context sets itself
+RESERVED = frozenset({"service", "host"})  # names the template context sets itself
 MAX_STEM = 255 - len(".service")  # systemd's unit name limit is 255 bytes
+TRIGGERS: tuple[str, ...] = ("calendar", "active_sec", "boot_sec", "startup_sec")
+TRIGGERS += ("unit_active_sec", "unit_inactive_sec")
 UNIT_TYPES = ("service", "socket", "target", "path", "timer", "mount", "slice", "scope")
 
 _STEM_CHARS = re.compile(r"[A-Za-z0-9:_.@-]+")
@@ -46,18 +48,28 @@ _TIMESPAN = re.compile(
     r"\s*(infinity|(\d+(\.\d+)?\s*(usec|us|µs|msec|ms|seconds?|sec|s|minutes?|min|m|hours?|hr|h"
     r"|days?|d|weeks?|w|months?|M|years?|y)?\s*)+)\s*"
 )
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 _TOML_POSITION = re.compile(
     r"^(?P<msg>.*) \(at (line (?P<line>\d+), column (?P<col>\d+)|end of document)\)$"
 )
 
 
-def _fail(kind: str, message: str) -> PydanticCustomError:
-    return PydanticCustomError(kind, message)
-
-
 def quote(text: str) -> str:
     """A name as it may appear in a one-line message: ASCII only, look-alikes escaped."""
     return json.dumps(text, ensure_ascii=True)[1:-1]
+
+
+def listing(names: Iterable[str], limit: int = 12) -> str:
+    """``a, b, c`` (sorted, at most ``limit``, then ``...``) for a one-line message."""
+    items = sorted(names)
+    shown = ", ".join(quote(n) for n in items[:limit]) or "none"
+    return shown + (f", ... ({len(items)} in all)" if len(items) > limit else "")
+
+
+def template_name_ok(name: str) -> bool:
+    """A plain path inside templates/: no ``..``, no leading ``/``, no backslash, no ``//``."""
+    parts = name.split("/")
+    return not (name.startswith("/") or "\\" in name or any(p in ("", ".", "..") for p in parts))
 
 
 def check_stem(name: str) -> str | None:
@@ -79,49 +91,61 @@ def check_stem(name: str) -> str | None:
     return None
 
 
-def _stem(value: str) -> str:
+def _refusing(kind: str, problem: Callable[[str], str | None]) -> AfterValidator:
+    """A pydantic validator raising ``problem(value)`` when there is one."""
+
+    def check(value: str) -> str:
+        message = problem(value)
+        if message:
+            raise PydanticCustomError(kind, message)
+        return value
+
+    return AfterValidator(check)
+
+
+def _service_problem(value: str) -> str | None:
     problem = check_stem(value)
-    if problem:
-        raise _fail("service_name", f"invalid service name '{quote(value)}': {problem}")
-    return value
+    return problem and f"invalid service name '{quote(value)}': {problem}"
 
 
-def _unit_name(value: str) -> str:
+def _unit_problem(value: str) -> str | None:
     stem, _, suffix = value.rpartition(".")
     problem = check_stem(stem) if suffix in UNIT_TYPES else f"no unit type suffix {UNIT_TYPES}"
-    if problem:
-        raise _fail("unit_name", f"invalid unit name '{quote(value)}': {problem}")
-    return value
+    return problem and f"invalid unit name '{quote(value)}': {problem}"
 
 
-def _host_name(value: str) -> str:
-    if not _HOST_NAME.fullmatch(value) or value == ALL:
-        raise _fail(
-            "host_name",
-            f"invalid name '{quote(value)}': use ASCII letters, digits and '_.-' "
-            f"(and not '{ALL}', which means every host)",
-        )
-    return value
+def _host_problem(value: str) -> str | None:
+    if _HOST_NAME.fullmatch(value) and value != ALL:
+        return None
+    return f"invalid name '{quote(value)}': use ASCII letters, digits and '_.-' (not '{ALL}')"
 
 
-def _var_name(value: str) -> str:
+def _var_problem(value: str) -> str | None:
     if not _VAR_NAME.fullmatch(value):
-        raise _fail(
-            "var_name", f"invalid variable name '{quote(value)}': use letters, digits and '_'"
-        )
-    if value in RESERVED_VARS:
-        raise _fail("var_name", f"variable name '{value}' is reserved by the template context")
-    return value
+        return f"invalid variable name '{quote(value)}': use letters, digits and '_'"
+    return f"variable name '{value}' is set by the template itself" if value in RESERVED else None
+
+
+def line_problem(text: str) -> str | None:
+    """Why ``text`` cannot stay on one unit-file line as it is, or None."""
+    for c in text:
+        code = ord(c)
+        if c in "\n\r\v\f\u0085\u2028\u2029":
+            return "contains a line break"
+        if code < 32 or 127 <= code < 160:
+            return f"contains the control character U+{code:04X}"
+        if c in _BIDI:
+            return f"contains the bidirectional control U+{code:04X}"
+    if text.rstrip().endswith("\\"):
+        return "ends with a backslash (it would continue the line)"
+    return None
 
 
 def _safe_text(value: str) -> str:
-    """A string written verbatim into a unit line: no line breaks, no continuation."""
-    if not value.strip():
-        raise _fail("empty", "Value should not be empty")
-    if any(ord(c) < 32 or 127 <= ord(c) < 160 or c in "\u2028\u2029" for c in value):
-        raise _fail("control_char", "Value should not contain line breaks or control characters")
-    if value.rstrip().endswith("\\"):
-        raise _fail("continuation", "Value should not end with a backslash")
+    """A string written verbatim into a unit line (timer settings)."""
+    problem = "is empty" if not value.strip() else line_problem(value)
+    if problem:
+        raise PydanticCustomError("unsafe_text", f"Value {problem}")
     return value
 
 
@@ -130,7 +154,7 @@ def _timespan(value: object) -> str:
         return str(value)
     if isinstance(value, str) and _TIMESPAN.fullmatch(value):
         return _safe_text(value)
-    raise _fail(
+    raise PydanticCustomError(
         "timespan", "Input should be a number of seconds or a systemd time span like '30min'"
     )
 
@@ -142,13 +166,22 @@ def _calendar(value: object) -> tuple[str, ...]:
         or not items
         or not all(isinstance(i, str) for i in items)
     ):
-        raise _fail("calendar", "Input should be a string or a non-empty list of strings")
+        raise PydanticCustomError(
+            "calendar", "Input should be a string or a non-empty list of strings"
+        )
     return tuple(_safe_text(i) for i in items)
 
 
-HostName = Annotated[str, AfterValidator(_host_name)]
-VarName = Annotated[str, AfterValidator(_var_name)]
-ServiceName = Annotated[str, AfterValidator(_stem)]
+def _unique(names: list[str]) -> list[str]:
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise PydanticCustomError("unique", f"listed twice: {listing(twice)}")
+    return names
+
+
+HostName = Annotated[str, _refusing("host_name", _host_problem)]
+VarName = Annotated[str, _refusing("var_name", _var_problem)]
+ServiceName = Annotated[str, _refusing("service_name", _service_problem)]
 Timespan = Annotated[str, PlainValidator(_timespan)]
 Vars = dict[VarName, Any]
 
@@ -172,24 +205,13 @@ class Timer(_Strict):
     persistent: bool | None = None
     wake_system: bool | None = None
     remain_after_elapse: bool | None = None
-    unit: Annotated[str, AfterValidator(_unit_name)] | None = None
+    unit: Annotated[str, _refusing("unit_name", _unit_problem)] | None = None
 
     @model_validator(mode="after")
     def _has_trigger(self) -> Timer:
-        triggers = (
-            self.on_calendar,
-            self.on_active_sec,
-            self.on_boot_sec,
-            self.on_startup_sec,
-            self.on_unit_active_sec,
-            self.on_unit_inactive_sec,
-        )
-        if all(t is None for t in triggers):
-            raise _fail(
-                "no_trigger",
-                "a timer needs a trigger: on_calendar, on_boot_sec, on_startup_sec, "
-                "on_active_sec, on_unit_active_sec or on_unit_inactive_sec",
-            )
+        if all(getattr(self, f"on_{t}") is None for t in TRIGGERS):
+            names = ", ".join(f"on_{t}" for t in TRIGGERS)
+            raise PydanticCustomError("no_trigger", f"a timer needs a trigger: one of {names}")
         return self
 
 
@@ -199,7 +221,7 @@ class Health(_Strict):
 
 class Service(_Strict):
     template: str
-    hosts: list[str]
+    hosts: Annotated[list[str], AfterValidator(_unique)]
     vars: Vars = Field(default_factory=dict)
     enable: bool = True
     start: bool = True
@@ -208,7 +230,7 @@ class Service(_Strict):
 
 
 class Host(_Strict):
-    groups: list[HostName] = Field(default_factory=list)
+    groups: Annotated[list[HostName], AfterValidator(_unique)] = Field(default_factory=list)
     vars: Vars = Field(default_factory=dict)
 
 
@@ -249,7 +271,7 @@ class Inventory:
     def services(self) -> Mapping[str, Service]:
         return self.services_file.services
 
-    def groups_of(self) -> frozenset[str]:
+    def group_names(self) -> frozenset[str]:
         """Every group name: declared in ``[groups]`` or used by a host."""
         used = {g for h in self.hosts_file.hosts.values() for g in h.groups}
         return frozenset(used | set(self.hosts_file.groups))
@@ -258,7 +280,7 @@ class Inventory:
         """The services ``host`` runs, in services.toml order."""
         found = self.hosts_file.hosts.get(host)
         if found is None:
-            known = ", ".join(sorted(self.hosts_file.hosts)) or "none"
+            known = listing(self.hosts_file.hosts)
             raise InventoryError(
                 f"{HOSTS_FILE}: host '{quote(host)}' is not in the inventory (known: {known})",
                 hint="pass --host NAME or add a [hosts.NAME] table",
@@ -314,13 +336,8 @@ def _one_line(path: str, problems: list[tuple[str, str]]) -> InventoryError:
     return InventoryError(prefix + message + more)
 
 
-_KNOWN_KEYS = sorted(
-    {
-        f
-        for m in (Timer, Health, Service, Host, Group, HostsFile, ServicesFile)
-        for f in m.model_fields
-    }
-)
+_MODELS = (Timer, Health, Service, Host, Group, HostsFile, ServicesFile)
+_KNOWN_KEYS = sorted({field for model in _MODELS for field in model.model_fields})
 
 
 def _parse(files: Mapping[str, bytes], path: str, model: type[_Strict]) -> Any:
@@ -347,8 +364,7 @@ def _parse(files: Mapping[str, bytes], path: str, model: type[_Strict]) -> Any:
 
 
 def _template_problem(template: str, files: Mapping[str, bytes]) -> str | None:
-    parts = template.split("/")
-    if template.startswith("/") or "\\" in template or any(p in ("", ".", "..") for p in parts):
+    if not template_name_ok(template):
         return f"'{quote(template)}' must be a relative path inside {TEMPLATE_DIR}"
     if TEMPLATE_DIR + template not in files:
         return f"template '{quote(template)}' not found in {TEMPLATE_DIR}"
@@ -366,25 +382,9 @@ def _check_services(
             problems.append((key_path(("services", name, "template")), problem))
         for i, target in enumerate(svc.hosts):
             if target not in known:
-                listing = ", ".join(sorted(known))
-                problems.append(
-                    (
-                        key_path(("services", name, "hosts", i)),
-                        f"'{quote(target)}' is neither a host nor a group (known: {listing})",
-                    )
-                )
-    return problems
-
-
-def _check_hosts(hosts: HostsFile) -> list[tuple[str, str]]:
-    problems = []
-    for name, host in hosts.hosts.items():
-        seen: set[str] = set()
-        for i, group in enumerate(host.groups):
-            if group in seen:
-                where = key_path(("hosts", name, "groups", i))
-                problems.append((where, f"group '{group}' is listed twice"))
-            seen.add(group)
+                where = key_path(("services", name, "hosts", i))
+                why = f"'{quote(target)}' is neither a host nor a group (known: {listing(known)})"
+                problems.append((where, why))
     return problems
 
 
@@ -392,11 +392,8 @@ def load(files: Mapping[str, bytes]) -> Inventory:
     """Validate the inventory of a snapshot (repo-relative path -> bytes)."""
     hosts: HostsFile = _parse(files, HOSTS_FILE, HostsFile)
     services: ServicesFile = _parse(files, SERVICES_FILE, ServicesFile)
-    problems = _check_hosts(hosts)
-    if problems:
-        raise _one_line(HOSTS_FILE, problems)
     inventory = Inventory(hosts, services)
-    problems = _check_services(services, hosts, inventory.groups_of(), files)
+    problems = _check_services(services, hosts, inventory.group_names(), files)
     if problems:
         raise _one_line(SERVICES_FILE, problems)
     return inventory

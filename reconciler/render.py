@@ -2,14 +2,21 @@
 
 Templates come only from the snapshot's ``templates/`` files, through a loader that knows
 nothing else (no file system, no ``..``), into Jinja2's immutable sandbox with
-``StrictUndefined``. Injection safety is enforced twice:
+``StrictUndefined`` (``trim_blocks`` on, like Ansible). Injection safety is enforced twice:
 
-* every ``{{ expression }}`` value passes ``_Guard.finalize``: one line, no control
-  characters, no trailing backslash; the value is wrapped in two reserved markers;
+* every ``{{ expression }}`` value passes ``_finalize``: one line, no control characters,
+  no trailing backslash; the value is wrapped in two reserved markers;
 * the marked output is then checked line by line: section headers, directive names, the
   ``=`` and line continuations must all come from template text, never from a value.
 
 The markers are removed before the content is returned. Same input, byte-identical output.
+Values are not rewritten: ``{{ x | arg }}`` quotes one Exec*= argument (spaces, quotes,
+``%``, ``$``) and ``{{ x | literal }}`` keeps ``%`` from being read as a specifier.
+
+A service without a timer and ``enable = true`` needs an ``[Install]`` section (else
+enabling would do nothing, every sync). A timer service is never started by the sync and
+is enabled only if its own ``[Install]`` section asks for it; its timer carries ``enable``
+and ``start``.
 """
 
 from __future__ import annotations
@@ -25,7 +32,14 @@ from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from reconciler.errors import RenderError
-from reconciler.inventory import TEMPLATE_DIR, ServiceInstance, Timer, quote
+from reconciler.inventory import (
+    TEMPLATE_DIR,
+    ServiceInstance,
+    Timer,
+    line_problem,
+    quote,
+    template_name_ok,
+)
 from reconciler.model import DesiredUnit
 
 OPEN, CLOSE = "\ufdd0", "\ufdd1"  # Unicode non-characters: never in legitimate text
@@ -49,7 +63,6 @@ TIMER_KEYS = (
 )
 _KEY = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*")
 _SECTION = re.compile(r"\[[^\[\]]+\]")
-_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
 @dataclass(frozen=True)
@@ -71,17 +84,7 @@ def unsafe_reason(text: str) -> str | None:
     """Why ``text`` may not be substituted into a unit line, or None."""
     if OPEN in text or CLOSE in text:
         return "contains a reserved character (U+FDD0/U+FDD1)"
-    for c in text:
-        code = ord(c)
-        if c in "\n\r\v\f\u0085\u2028\u2029":
-            return "contains a line break"
-        if code < 32 or 127 <= code < 160:
-            return f"contains the control character U+{code:04X}"
-        if c in _BIDI:
-            return f"contains the bidirectional control U+{code:04X}"
-    if text.rstrip().endswith("\\"):
-        return "ends with a backslash (it would continue the line)"
-    return None
+    return line_problem(text)
 
 
 def escape_specifiers(value: object) -> str:
@@ -126,10 +129,21 @@ class _Loader(jinja2.BaseLoader):
         return sorted(self.sources)
 
 
-def template_name_ok(name: str) -> bool:
-    """A plain relative path: no ``..``, no leading ``/``, no backslash, no empty part."""
-    parts = name.split("/")
-    return not (name.startswith("/") or "\\" in name or any(p in ("", ".", "..") for p in parts))
+class _Sandbox(ImmutableSandboxedEnvironment):
+    """Also refuses ``'x' * n`` / ``n ** m`` that would build a huge value before output."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(
+        self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any
+    ) -> Any:
+        sizes = [len(v) for v in (left, right) if isinstance(v, str | list | tuple)]
+        counts = [v for v in (left, right) if isinstance(v, int)]
+        if operator == "*" and sizes and counts and sizes[0] * counts[0] > MAX_UNIT_CHARS:
+            raise SecurityError(f"a repeated value would exceed {MAX_UNIT_CHARS} characters")
+        if operator == "**" and isinstance(right, int) and abs(right) > 64:
+            raise SecurityError("an exponent above 64 is not allowed")
+        return super().call_binop(context, operator, left, right)
 
 
 def build_environment(templates: Mapping[str, str]) -> ImmutableSandboxedEnvironment:
@@ -141,7 +155,7 @@ def build_environment(templates: Mapping[str, str]) -> ImmutableSandboxedEnviron
             raise RenderError(
                 f"{TEMPLATE_DIR}{name}: contains a reserved character (U+FDD0/U+FDD1)"
             )
-    env = ImmutableSandboxedEnvironment(
+    env = _Sandbox(
         loader=_Loader(dict(templates)),
         undefined=jinja2.StrictUndefined,
         autoescape=False,

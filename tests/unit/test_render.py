@@ -250,6 +250,30 @@ BAD: list[tuple[str, str, dict[str, Any], str]] = [
         f"{T}:1: template name '../x' refused",
     ),
     (
+        "huge repeat from a value",
+        "[Unit]\nDescription={{ 'x' * port }}\n",
+        {"port": 10**9},
+        f"{T}:2: refused by the sandbox: a repeated value would exceed 1048576 characters",
+    ),
+    (
+        "huge power",
+        "[Unit]\nDescription={{ 2 ** port }}\n",
+        {"port": 10**9},
+        f"{T}:2: refused by the sandbox: an exponent above 64 is not allowed",
+    ),
+    (
+        "huge range",
+        "[Unit]\nDescription={{ range(port) | list }}\n",
+        {"port": 10**9},
+        f"{T}:2: Range too big.",
+    ),
+    (
+        "filter block",
+        "[Service]\n{% filter upper %}{{ v }}{% endfilter %}\n",
+        {"v": "execstart=/bin/evil"},
+        f"{T}: web.service line 2: a value starts the line",
+    ),
+    (
         "runtime error",
         "[Unit]\nDescription={{ 1 // 0 }}\n",
         VARS,
