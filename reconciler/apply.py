@@ -11,12 +11,12 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from reconciler.errors import ApplyError
+from reconciler.errors import ApplyError, SystemdError
 from reconciler.model import (
     Action,
     DaemonReload,
@@ -32,11 +32,12 @@ from reconciler.model import (
 )
 
 UNIT_FILE_MODE = 0o644
+NO_SUCH_UNIT = "org.freedesktop.systemd1.NoSuchUnit"
 
 
 class JobOutcome(Protocol):
-    unit: str
-    result: str
+    @property
+    def result(self) -> str: ...
 
 
 class SystemdPort(Protocol):
@@ -50,7 +51,7 @@ class SystemdPort(Protocol):
 
     def run_jobs(
         self, jobs: Sequence[tuple[str, str]], *, timeout: float | None = None
-    ) -> dict[str, JobOutcome]: ...
+    ) -> Mapping[str, JobOutcome]: ...
 
     def read_units(self, names: Sequence[str]) -> dict[str, LiveUnit]: ...
 
@@ -133,7 +134,7 @@ def apply(
             verb = {StartUnit: "start", RestartUnit: "restart", StopUnit: "stop"}[type(action)]
             if verb == "start":  # a unit that hit its start limit starts only once reset
                 for a in batch:
-                    systemd.reset_failed(a.name)
+                    _reset_failed(systemd, a.name)
             outcomes = systemd.run_jobs([(verb, a.name) for a in batch], timeout=job_timeout)
             for a in batch:
                 outcome = outcomes.get(a.name)
@@ -149,6 +150,14 @@ def apply(
                 on_action(action)
         i += 1
     return result
+
+
+def _reset_failed(systemd: SystemdPort, name: str) -> None:
+    try:
+        systemd.reset_failed(name)
+    except SystemdError as exc:
+        if exc.dbus_name != NO_SUCH_UNIT:  # not loaded yet: nothing to reset
+            raise
 
 
 def _run_one(action: Action, unit_dir: Path, systemd: SystemdPort, result: ApplyResult) -> None:

@@ -67,7 +67,7 @@ def wait_healthy(
             verdict = _judge(watch, state, now)
             if verdict is True:
                 del pending[unit]
-            elif verdict is not None:
+            elif isinstance(verdict, str):
                 failed[unit] = verdict
                 del pending[unit]
             elif now >= watch.deadline:

@@ -17,7 +17,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("reconciler")
 DESIRED_KEY = "applied_units"
+MARKER = "# Managed by reconciler"  # first line of every unit file a sync writes
 PENDING_KEY = "pending_jobs"  # units an apply is about to (re)start; cleared when it finishes
 
 
@@ -57,16 +58,21 @@ def fetch(settings: Settings, revision: str | None = None) -> Snapshot:
     from reconciler import source
 
     cache = settings.state_dir / "repo"
+    verify = None
+    if settings.verify_signatures:
+        if settings.gpg_home is None:
+            raise UsageError(
+                "cannot verify commit signatures: gpg_home is not set",
+                "set gpg_home in /etc/reconciler/config.toml to a keyring of trusted keys",
+            )
+        verify = source.Verification(settings.gpg_home)
     if revision is not None:
-        return source.read_revision(cache, revision)
+        return source.read_revision(cache, revision, verify=verify)
     if not settings.repo:
         raise UsageError(
             "cannot sync: no config repository configured",
             "set repo in /etc/reconciler/config.toml, $RECONCILER_REPO or --repo",
         )
-    verify = source.Verification(settings.gpg_home) if settings.verify_signatures else None
-    if settings.verify_signatures and settings.gpg_home is None:
-        raise UsageError("cannot verify signatures: gpg_home is not set in the config")
     return source.fetch(settings.repo, settings.ref, cache, verify=verify)
 
 
@@ -80,7 +86,15 @@ def render(snapshot: Snapshot, host: str, *, verify: bool = True) -> list[Desire
         for path, data in snapshot.files.items()
         if path.startswith("templates/")
     }
-    return render_mod.render(inv.select(host), templates)
+    units = render_mod.render(inv.select(host), templates)
+    return [
+        replace(
+            u,
+            content=f"{MARKER} (service {u.service}); edits are reverted by the next "
+            f"sync.\n{u.content}",
+        )
+        for u in units
+    ]
 
 
 def observe(
@@ -108,6 +122,8 @@ def make_plan(
     owned = store.owned()
     names = sorted({u.name for u in desired} | owned)
     files, live = observe(systemd, settings.unit_dir, names)
+    # A file we wrote carries the marker: ownership survives a lost state database.
+    owned |= {n for n, text in files.items() if text and text.startswith(MARKER)}
     foreign = frozenset(n for n in names if n not in owned and files.get(n) is not None)
     interrupted = frozenset(json.loads(store.kv_get(PENDING_KEY) or "[]"))
     return plan_mod.plan(
@@ -150,7 +166,6 @@ def execute(
     from reconciler import apply as apply_mod
     from reconciler import health
     from reconciler import plan as plan_mod
-
     from reconciler.model import RestartUnit, StartUnit
 
     pending = sorted(a.name for a in plan.actions if isinstance(a, StartUnit | RestartUnit))

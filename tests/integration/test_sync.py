@@ -50,6 +50,9 @@ Description={{ service }} on {{ host.name }}
 [Service]
 Type=simple
 ExecStart=/bin/sh -c 'echo {{ greeting }}; exec sleep infinity'
+
+[Install]
+WantedBy=multi-user.target
 """
 
 CRASHER = """\
@@ -61,6 +64,9 @@ Type=simple
 ExecStart=/bin/sh -c 'sleep 0.3; exit 1'
 Restart=always
 RestartSec=200ms
+
+[Install]
+WantedBy=multi-user.target
 """
 
 SLOW = """\
@@ -71,6 +77,9 @@ Description={{ service }} slow to start
 Type=simple
 ExecStartPre=/bin/sleep {{ delay }}
 ExecStart=/bin/sleep infinity
+
+[Install]
+WantedBy=multi-user.target
 """
 
 
