@@ -184,7 +184,7 @@ def send_payload(payload: bytes) -> str | None:
         return "datagram"
     except OSError as exc:
         # EMSGSIZE: bigger than a datagram may be; ENOBUFS: the kernel could not allocate
-        # one that big right now. Either way a memfd carries it (journald reads up to 768 MB).
+        # one that big right now. Either way a sealed memfd carries it, as sd_journal_send does.
         big = exc.errno == errno.EMSGSIZE or (exc.errno == errno.ENOBUFS and len(payload) > 4096)
         if not big:
             return None
