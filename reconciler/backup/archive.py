@@ -84,7 +84,7 @@ def parse_name(name: str) -> tuple[str, datetime, int] | None:
 
 def list_archives(dest: Path, source: str | None = None) -> list[Archive]:
     """Every archive under ``dest`` (optionally of one source), oldest first."""
-    found: list[tuple[datetime, int, Archive]] = []
+    found: list[Archive] = []
     dirs = [dest / source] if source else sorted(p for p in _scandir(dest) if p.is_dir())
     for folder in dirs:
         for path in _scandir(folder):
@@ -92,9 +92,9 @@ def list_archives(dest: Path, source: str | None = None) -> list[Archive]:
             if parsed is None or parsed[0] != folder.name or not path.is_file():
                 continue
             complete = _sidecar(path, DIGEST).is_file() and _sidecar(path, MANIFEST).is_file()
-            archive = Archive(parsed[0], path.name, path, parsed[1], path.stat().st_size, complete)
-            found.append((parsed[1], parsed[2], archive))
-    return [archive for _, _, archive in sorted(found, key=lambda t: (t[0], t[1]))]
+            size = path.stat().st_size
+            found.append(Archive(parsed[0], path.name, path, parsed[1], size, complete, parsed[2]))
+    return sorted(found, key=lambda a: (a.created, a.seq, a.source))
 
 
 def _scandir(path: Path) -> list[Path]:

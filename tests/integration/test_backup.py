@@ -19,6 +19,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -393,6 +394,27 @@ def test_retention_keeps_the_last_n(tmp_path: Path, sink: JournalSink) -> None:
     )
     deleted = [e["RECONCILER_DELETED"] for e in sink.entries()]
     assert deleted == ["0", "0", "1", "1"]
+
+
+def test_same_second_archives_keep_their_order(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    now = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
+    made = []
+    for _ in range(3):
+        written = archive.write_archive(
+            "data", src, tmp_path / "dest", compression="none", now=now, origin={}
+        )
+        made.append(written.path.name)
+        if len(made) == 2:
+            archive.delete_archive(tmp_path / "dest/data" / made[0])  # a number is never reused
+    assert made == [
+        "data-20250102T030405Z.tar",
+        "data-20250102T030405Z-2.tar",
+        "data-20250102T030405Z-3.tar",
+    ]
+    listed = archive.list_archives(tmp_path / "dest")
+    assert [(a.name, a.seq) for a in listed] == [(made[1], 2), (made[2], 3)]
 
 
 def test_a_crash_mid_write_leaves_only_a_temp_file(tmp_path: Path, sink: JournalSink) -> None:
