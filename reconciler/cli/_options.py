@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from reconciler import config
+if TYPE_CHECKING:
+    from reconciler import config
 
 
 def add_settings(parser: argparse.ArgumentParser, *, source: bool = True) -> None:
@@ -35,6 +35,10 @@ def add_json(parser: argparse.ArgumentParser) -> None:
 
 
 def settings(args: argparse.Namespace) -> config.Settings:
+    from pathlib import Path
+
+    from reconciler import config
+
     keys = ("repo", "ref", "host", "state_dir", "unit_dir", "run_dir", "bus")
     overrides = {key: getattr(args, key, None) for key in keys}
     path = getattr(args, "config", None)

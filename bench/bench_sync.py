@@ -1,0 +1,140 @@
+"""Benchmark: whole-process `reconciler sync` with 200 services on a disposable systemd host.
+
+Measures the first full apply, a no-op sync (target: median < 0.5 s, peak RSS < 60 MB) and a
+one-service change including that unit's restart (target < 1.5 s), each with its D-Bus
+calls, against a bare `python -c pass` baseline run interleaved in the same process.
+
+Run (as root): .venv/bin/python -m bench.bench_sync [--services 200] [--repeat 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from bench.machine import describe_machine, run_measured
+from reconciler import sandbox
+from tests.integration.gitrepo import ConfigRepo
+
+RECONCILER = str(Path(sys.executable).parent / "reconciler")
+TEMPLATE = """\
+[Unit]
+Description={{ service }} (bench)
+
+[Service]
+Type=simple
+ExecStart=/bin/sleep infinity
+Environment=VERSION={{ version }}
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def inventory(n: int, changed: int | None = None, version: int = 0) -> dict[str, str]:
+    services = []
+    for i in range(n):
+        v = version if i == changed else 0
+        services.append(
+            f'[services.bench{i:04d}]\ntemplate = "bench.service.j2"\nhosts = ["all"]\n'
+            f"vars = {{ version = {v} }}\n"
+        )
+    return {
+        "inventory/hosts.toml": "[hosts.bench]\ngroups = []\n",
+        "inventory/services.toml": "\n".join(services),
+        "templates/bench.service.j2": TEMPLATE,
+    }
+
+
+def timed(argv: list[str], env: dict[str, str]) -> tuple[float, float, dict[str, object]]:
+    """Wall seconds, peak RSS (MB) of the child, parsed --json output (if any)."""
+    elapsed, rss, proc = run_measured(argv, env)
+    if proc.returncode != 0:
+        raise SystemExit(f"{argv[1:3]} failed: {proc.stderr}")
+    data = json.loads(proc.stdout) if proc.stdout.startswith("{") else {}
+    return elapsed, rss, data
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--services", type=int, default=200)
+    parser.add_argument("--repeat", type=int, default=7)
+    opts = parser.parse_args()
+    host = sandbox.boot(hostname="bench")
+    work = Path(tempfile.mkdtemp(prefix="bench-sync-"))
+    try:
+        repo = ConfigRepo(work / "git")
+        repo.commit(inventory(opts.services))
+        state = work / "state"
+        argv = [
+            RECONCILER,
+            "sync",
+            "--json",
+            "--repo",
+            repo.url,
+            "--host",
+            "bench",
+            "--state-dir",
+            str(state),
+            "--unit-dir",
+            str(host.unit_dir),
+            "--run-dir",
+            str(work / "run"),
+            "--bus",
+            host.bus_address,
+        ]
+        env = {**os.environ, "RECONCILER_CONFIG": str(work / "none.toml")}
+        (work / "none.toml").write_text("")
+        first, _, first_out = timed(argv, env)
+        noop, noop_rss, base = [], [], []
+        change: list[float] = []
+        noop_calls: object = None
+        change_calls: object = None
+        for i in range(opts.repeat):
+            base.append(timed([sys.executable, "-c", "pass"], env)[0])
+            t, rss, out = timed(argv, env)
+            assert out["result"] == "noop", out
+            noop.append(t)
+            noop_rss.append(rss)
+            noop_calls = out["dbus_calls"]
+            repo.commit(inventory(opts.services, changed=i % opts.services, version=i + 1))
+            t, _, out = timed(argv, env)
+            assert out["result"] == "applied", out
+            change.append(t)
+            change_calls = out["dbus_calls"]
+            repo.commit(inventory(opts.services))
+            timed(argv, env)  # back to the baseline revision
+        bare = statistics.median(base)
+        print(f"bench_sync: {opts.services} services, {opts.repeat} repeats")
+        print(describe_machine())
+        print(f"  python -c pass (baseline)  median {bare * 1000:7.1f} ms")
+        print(
+            f"  first full apply           {first * 1000:7.1f} ms  "
+            f"D-Bus calls {first_out.get('dbus_calls')}"
+        )
+        print(
+            f"  no-op sync                 median {statistics.median(noop) * 1000:7.1f} ms  "
+            f"min {min(noop) * 1000:7.1f} ms  x{statistics.median(noop) / bare:.1f} baseline  "
+            f"peak RSS {max(noop_rss):.1f} MB  D-Bus calls {noop_calls}"
+        )
+        print(
+            f"  one-service change         median {statistics.median(change) * 1000:7.1f} ms  "
+            f"min {min(change) * 1000:7.1f} ms  D-Bus calls {change_calls}"
+        )
+        ok = statistics.median(noop) < 0.5 and max(noop_rss) < 60
+        ok = ok and statistics.median(change) < 1.5
+        print("  targets: no-op < 500 ms and < 60 MB, change < 1500 ms:", "met" if ok else "MISSED")
+        return 0 if ok else 1
+    finally:
+        host.stop()
+        subprocess.run(["rm", "-rf", str(work)], check=False)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
