@@ -39,6 +39,7 @@ _NAME_CHARS = re.compile(r"[A-Za-z0-9:_.\\-]*")
 _INSTANCE_CHARS = re.compile(r"[A-Za-z0-9:_.\\@-]*")
 _PLAIN = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
 _DIGITS = frozenset(b"0123456789")
+_ESCAPED = [chr(b) if b in _PLAIN else f"_{b:02x}" for b in range(256)]
 
 
 def unit_path(name: str) -> str:
@@ -46,13 +47,8 @@ def unit_path(name: str) -> str:
     raw = name.encode()
     if not raw:
         return UNIT_PATH_PREFIX + "_"
-    out = []
-    for i, byte in enumerate(raw):
-        if byte in _PLAIN and not (i == 0 and byte in _DIGITS):
-            out.append(chr(byte))
-        else:
-            out.append(f"_{byte:02x}")
-    return UNIT_PATH_PREFIX + "".join(out)
+    head = f"_{raw[0]:02x}" if raw[0] in _DIGITS else _ESCAPED[raw[0]]
+    return UNIT_PATH_PREFIX + head + "".join(map(_ESCAPED.__getitem__, raw[1:]))
 
 
 def unit_name_from_path(path: str) -> str:
@@ -305,16 +301,43 @@ def build_call(
     return head + _U32["<"].pack(fields_len) + fields + bytes(buf)
 
 
-@lru_cache(maxsize=8192)
-def _get_template(path: str, interface: str, prop: str) -> tuple[bytes, bytes]:
-    whole = build_call(0, path, PROPERTIES, "Get", "ss", (interface, prop))
-    return whole[:8], whole[12:]
+@lru_cache(maxsize=65536)
+def _path_field(path: str) -> bytes:
+    return _pad8(_field(_FIELD_PATH, "o", path))
+
+
+@lru_cache(maxsize=1024)
+def _get_body(interface: str, prop: str) -> bytes:
+    buf = bytearray()
+    marshal(buf, "s", interface)
+    marshal(buf, "s", prop)
+    return bytes(buf)
+
+
+_GET_FIELDS = b"".join(
+    _pad8(_field(code, sig, text))
+    for code, sig, text in (
+        (_FIELD_INTERFACE, "s", PROPERTIES),
+        (_FIELD_MEMBER, "s", "Get"),
+        (_FIELD_DESTINATION, "s", SYSTEMD),
+    )
+) + _field(_FIELD_SIGNATURE, "g", "ss")
+_GET_FIELDS_PADDED = _pad8(_GET_FIELDS)
 
 
 def build_get(serial: int, path: str, interface: str, prop: str) -> bytes:
-    """``Properties.Get(interface, prop)``: the hot path of the monitor, from a cached template."""
-    head, tail = _get_template(path, interface, prop)
-    return head + _U32["<"].pack(serial) + tail
+    """``Properties.Get(interface, prop)``, the monitor's hot path, assembled from cached parts."""
+    path_field = _path_field(path)
+    body = _get_body(interface, prop)
+    return b"".join(
+        (
+            _PREAMBLE.pack(b"l", METHOD_CALL, 0, 1, len(body), serial),
+            _U32["<"].pack(len(path_field) + len(_GET_FIELDS)),
+            path_field,
+            _GET_FIELDS_PADDED,
+            body,
+        )
+    )
 
 
 @dataclass(slots=True)
@@ -366,30 +389,54 @@ class Message:
         return ""
 
 
+_HEAD = {"<": struct.Struct("<III"), ">": struct.Struct(">III")}
+
+
 def split_frames(buf: bytearray) -> list[Message]:
     """Take every complete message off the front of ``buf`` (which is consumed)."""
     out: list[Message] = []
-    pos, size = 0, len(buf)
     data = bytes(buf)
+    pos, size = 0, len(data)
     while size - pos >= 16:
         endian = "<" if data[pos] == 0x6C else ">"
-        body_len, serial, fields_len = struct.unpack_from(endian + "III", data, pos + 4)
-        body_start = 16 + fields_len + (-(16 + fields_len) % 8)
+        body_len, serial, fields_len = _HEAD[endian].unpack_from(data, pos + 4)
+        body_start = (16 + fields_len + 7) & ~7
         total = body_start + body_len
         if size - pos < total:
             break
         frame = data[pos : pos + total]
-        fields: dict[int, object] = {}
-        fpos, fend = 16, 16 + fields_len
-        while fpos < fend:
-            fpos += -fpos % 8
-            code = frame[fpos]
-            field_sig = frame[fpos + 2 : fpos + 2 + frame[fpos + 1]].decode()
-            fields[code], fpos = unmarshal(frame, fpos + 3 + frame[fpos + 1], field_sig, endian)
-        out.append(Message(frame[1], serial, fields, frame, body_start, endian))
+        out.append(
+            Message(
+                frame[1], serial, _fields(frame, 16 + fields_len, endian), frame, body_start, endian
+            )
+        )
         pos += total
     del buf[:pos]
     return out
+
+
+def _fields(frame: bytes, end: int, endian: str) -> dict[int, object]:
+    """Header fields: (yv) structs whose variants hold one-letter types."""
+    u32 = _U32[endian]
+    fields: dict[int, object] = {}
+    pos = 16
+    while pos < end:
+        pos = (pos + 7) & ~7
+        code, kind = frame[pos], frame[pos + 2]
+        if kind == 0x73 or kind == 0x6F:  # s, o
+            n = u32.unpack_from(frame, pos + 4)[0]
+            fields[code] = frame[pos + 8 : pos + 8 + n].decode()
+            pos += 9 + n
+        elif kind == 0x75:  # u
+            fields[code] = u32.unpack_from(frame, pos + 4)[0]
+            pos += 8
+        elif kind == 0x67:  # g
+            n = frame[pos + 4]
+            fields[code] = frame[pos + 5 : pos + 5 + n].decode()
+            pos += 6 + n
+        else:
+            fields[code], pos = unmarshal(frame, pos + 4, chr(kind), endian)
+    return fields
 
 
 @dataclass(frozen=True)

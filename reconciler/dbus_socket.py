@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from errno import ECONNRESET
@@ -41,7 +41,7 @@ SYSTEM_BUS = "unix:path=/run/dbus/system_bus_socket"
 PRIVATE_SOCKET = "/run/systemd/private"
 DBUS_NAME, DBUS_PATH = "org.freedesktop.DBus", "/org/freedesktop/DBus"
 WINDOW = 100  # outstanding calls; dbus-daemon refuses more than 128 per connection
-PING_RETRY = 0.02  # first wait for a Ping answer on the private socket; doubles per resend
+PING_RETRY = 0.002  # first wait for a Ping answer on the private socket; doubles per resend
 RECV_SIZE = 1 << 18
 
 ROOT_HINT = "run as root (or via sudo)"
@@ -94,6 +94,7 @@ class Connection:
         self.timeout = timeout
         self.calls: Counter[str] = Counter()  # method name -> calls sent
         self.private = False
+        self.window = WINDOW
         self._serials = count(1)
         self._buf = bytearray()
         self._awaiting: set[int] = set()
@@ -272,21 +273,17 @@ class Connection:
     def pipeline(
         self, what: str, requests: Iterable[tuple[K, str, Callable[[int], bytes]]]
     ) -> Iterator[tuple[K, Message]]:
-        """Send (key, method, build(serial)) calls, at most WINDOW outstanding; yield replies.
+        """Send (key, method, build(serial)) calls, at most ``window`` outstanding; yield replies.
 
-        Replies come in arrival order; error replies are yielded too, for the caller to judge.
+        Replies come in arrival order, error replies included, for the caller to judge.
+        ``requests`` may be a deque the caller extends while consuming replies.
         """
+        todo = requests if isinstance(requests, deque) else deque(requests)
         pending: dict[int, K] = {}
-        todo = iter(requests)
-        exhausted = False
         while True:
             chunks = []
-            while not exhausted and len(pending) < WINDOW:
-                item = next(todo, None)
-                if item is None:
-                    exhausted = True
-                    break
-                key, member, build = item
+            while todo and len(pending) < self.window:
+                key, member, build = todo.popleft()
                 serial = next(self._serials)
                 chunks.append(build(serial))
                 self.calls[member] += 1
@@ -298,12 +295,12 @@ class Connection:
             if not pending:
                 return
             deadline = time.monotonic() + self.timeout
-            while not any(s in pending for s in self._replies):
+            while not (ready := [s for s in self._replies if s in pending]):
                 if not self.receive(deadline, what):
                     self._awaiting.difference_update(pending)
                     with self._io(what):
                         raise TimeoutError
-            for serial in [s for s in self._replies if s in pending]:
+            for serial in ready:
                 yield pending.pop(serial), self._replies.pop(serial)
 
     def listen(self, rule: MatchRule, sink: Callable[[Message], None]) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter, deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -21,6 +21,8 @@ from reconciler.dbus import (
     MANAGER,
     MANAGER_PATH,
     PROPERTIES,
+    SERVICE,
+    UNIT,
     UNIT_PATH_PREFIX,
     MatchRule,
     Message,
@@ -100,34 +102,41 @@ def default_address() -> str:
     return os.environ.get("DBUS_SYSTEM_BUS_ADDRESS") or SYSTEM_BUS
 
 
-# What the monitor reads beyond ListUnitsByNames: (interface suffix, property, LiveUnit field).
-_UNIT_PROPS = (
-    ("Unit", "UnitFileState", "unit_file_state"),
-    ("Unit", "NeedDaemonReload", "need_daemon_reload"),
-    ("Unit", "InvocationID", "invocation_id"),
+# What the monitor reads beyond ListUnitsByNames: (interface, property, LiveUnit field).
+# "Runtime" properties only change when the unit runs; an inactive unit with no
+# InvocationID has never run since it was loaded, so systemd holds their defaults.
+Prop = tuple[str, str, str]
+_IFACE = "org.freedesktop.systemd1."
+_FILE_PROPS: tuple[Prop, ...] = (
+    (UNIT, "InvocationID", "invocation_id"),
+    (UNIT, "UnitFileState", "unit_file_state"),
+    (UNIT, "NeedDaemonReload", "need_daemon_reload"),
 )
-_SERVICE_PROPS = (
-    ("Service", "Result", "result"),
-    ("Service", "NRestarts", "n_restarts"),
-    ("Service", "ExecMainCode", "exec_main_code"),
-    ("Service", "ExecMainStatus", "exec_main_status"),
-    ("Service", "MemoryCurrent", "memory_current"),
-    ("Service", "Type", "service_type"),
+_SERVICE_RUNTIME: tuple[Prop, ...] = (
+    (SERVICE, "Result", "result"),
+    (SERVICE, "NRestarts", "n_restarts"),
+    (SERVICE, "ExecMainCode", "exec_main_code"),
+    (SERVICE, "ExecMainStatus", "exec_main_status"),
+    (SERVICE, "MemoryCurrent", "memory_current"),
 )
+_NEVER_RAN = {
+    "result": "success",
+    "n_restarts": 0,
+    "exec_main_code": 0,
+    "exec_main_status": 0,
+    "memory_current": None,
+}
 _WITH_RESULT = ("socket", "mount", "swap", "timer", "path", "automount", "scope")
 
 
-def monitor_properties(name: str) -> tuple[tuple[str, str, str], ...]:
-    """(interface, property, LiveUnit field) that ``read_units`` fetches for one unit."""
+def monitor_properties(name: str) -> tuple[tuple[Prop, ...], tuple[Prop, ...]]:
+    """(file-level, runtime) properties ``read_units`` fetches for one unit."""
     kind = name.rpartition(".")[2]
-    specific: tuple[tuple[str, str, str], ...]
     if kind == "service":
-        specific = _SERVICE_PROPS
-    elif kind in _WITH_RESULT:
-        specific = ((kind.capitalize(), "Result", "result"),)
-    else:
-        specific = ()
-    return tuple((f"org.freedesktop.systemd1.{i}", p, f) for i, p, f in _UNIT_PROPS + specific)
+        return (*_FILE_PROPS, (SERVICE, "Type", "service_type")), _SERVICE_RUNTIME
+    if kind in _WITH_RESULT:
+        return _FILE_PROPS, ((_IFACE + kind.capitalize(), "Result", "result"),)
+    return _FILE_PROPS, ()
 
 
 def _live_value(field_name: str, value: object) -> object:
@@ -298,21 +307,45 @@ class Systemd:
         return _parse_unit_infos(rows)
 
     def read_units(self, names: Sequence[str]) -> dict[str, LiveUnit]:
-        """What the monitor needs of ``names``: states in one call, then pipelined Gets."""
+        """What the monitor needs of ``names``: states in one call, then pipelined Gets.
+
+        Inactive units go first: when their InvocationID is empty they never ran since
+        systemd loaded them, so their runtime properties are the defaults and are not
+        fetched (systemd unloads unreferenced inactive units, and every Get on one loads
+        it again from disk, which is what makes reading them slow).
+        """
         units = self.list_units(names)
-        requests = [
-            ((name, field), "Get", partial(build_get, path=unit_path(name), interface=i, prop=p))
-            for name, unit in units.items()
-            if unit.load_state != "not-found"
-            for i, p, field in monitor_properties(name)
-        ]
+        order = sorted(
+            (n for n, u in units.items() if u.load_state != "not-found"),
+            key=lambda n: units[n].active_state != "inactive",
+        )
+        queue: deque[tuple[tuple[str, str], str, Callable[[int], bytes]]] = deque()
+
+        def fetch(name: str, props: tuple[Prop, ...]) -> None:
+            path = unit_path(name)
+            for i, p, field in props:
+                queue.append(
+                    ((name, field), "Get", partial(build_get, path=path, interface=i, prop=p))
+                )
+
+        for name in order:
+            file_props, runtime = monitor_properties(name)
+            fetch(
+                name, file_props if units[name].active_state == "inactive" else file_props + runtime
+            )
         values: dict[str, dict[str, object]] = {name: {} for name in units}
-        for (name, field), reply in self._conn.pipeline(_units_what(units), requests):
+        for (name, field), reply in self._conn.pipeline(_units_what(units), queue):
             if reply.type == ERROR:
                 if reply.error_name in MISSING:
                     continue
                 raise dbus_error(f"read unit '{name}'", reply.error_name, reply.error_text())
-            values[name][field] = _live_value(field, reply.body()[0])
+            value = values[name][field] = _live_value(field, reply.body()[0])
+            if field == "invocation_id" and units[name].active_state == "inactive":
+                runtime = monitor_properties(name)[1]
+                if value:
+                    fetch(name, runtime)
+                else:
+                    values[name].update((f, _NEVER_RAN[f]) for _, _, f in runtime)
         return {
             name: LiveUnit(name, unit.load_state, unit.active_state, unit.sub_state, **values[name])  # type: ignore[arg-type]
             for name, unit in units.items()
