@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 
-_CREDENTIALS_IN_URL = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
+_CREDENTIALS_IN_URL = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]{0,31}://)[^/@\s]{1,512}@")
 
 
 def redact(text: str) -> str:
