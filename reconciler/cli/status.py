@@ -1,0 +1,119 @@
+"""``reconciler status``: managed units desired vs live, the revision, last sync, findings."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+from reconciler.cli import _options
+
+HELP = "per managed unit: desired vs live; current revision, last sync, open findings"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    _options.add_settings(parser, source=False)
+    _options.add_json(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from reconciler import findings, monitor, sync
+
+    settings = _options.settings(args)
+    store = sync.open_store(settings)
+    systemd = sync.connect(settings)
+    db = findings.FindingStore(store.path)
+    try:
+        view = monitor.observe(settings, systemd, store)
+        counters = db.counters()
+        open_findings = sorted(db.open_findings().values(), key=lambda f: (f.finding.unit, f.key))
+        history = store.history(1)
+        suspended = store.suspended()
+        data: dict[str, Any] = {
+            "host": settings.host_name,
+            "revision": store.applied_revision(),
+            "last_sync": (
+                {
+                    "started_at": history[0].started_at,
+                    "duration_sec": history[0].duration_sec,
+                    "result": history[0].result,
+                    "revision": history[0].revision,
+                    "trigger": history[0].trigger,
+                    "error": history[0].error,
+                }
+                if history
+                else None
+            ),
+            "suspended": suspended.__dict__ if suspended else None,
+            "units": [u.__dict__ for u in monitor.unit_reports(view, counters)],
+            "drift": [i.to_dict() for items in view.drift.values() for i in items],
+            "findings": [f.to_dict() for f in open_findings],
+        }
+    finally:
+        db.close()
+        systemd.close()
+        store.close()
+    if args.json:
+        _options.print_json(data)
+    else:
+        sys.stdout.write(render_table(data))
+    return 0
+
+
+def _when(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts)) if ts else "-"
+
+
+def render_table(data: dict[str, Any]) -> str:
+    """The terminal view: a header, one row per unit, then the open findings."""
+    lines = [f"host {data['host']}  revision {(data['revision'] or 'none')[:12]}"]
+    last = data["last_sync"]
+    if last:
+        lines.append(
+            f"last sync {_when(last['started_at'])}: {last['result']} in "
+            f"{last['duration_sec']:.1f}s ({last['trigger']})"
+            + (f": {last['error']}" if last["error"] else "")
+        )
+    else:
+        lines.append("last sync: never")
+    sus = data["suspended"]
+    lines.append(
+        f"automatic syncs: SUSPENDED since {_when(sus['since'])} by {sus['by']}: {sus['reason']}"
+        if sus
+        else "automatic syncs: on"
+    )
+    rows = [("UNIT", "FILE", "ENABLED", "ACTIVE", "RESTARTS", "CRASHES", "DRIFT")]
+    for u in data["units"]:
+        want = "enabled" if u["enable"] else "disabled"
+        have = u["unit_file_state"] or "-"
+        rows.append(
+            (
+                u["unit"],
+                u["file"],
+                have if have == want or have == "static" else f"{have} (want {want})",
+                f"{u['active_state']}/{u['sub_state']}",
+                str(u["n_restarts"]),
+                str(u["counters"].get("crashes", 0)),
+                "yes" if u["drift"] else "",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines.append("")
+    for r in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    if len(rows) == 1:
+        lines.append("(no managed units: no sync applied yet)")
+    lines.append("")
+    if not data["findings"]:
+        lines.append("open findings: none")
+    else:
+        lines.append(f"open findings: {len(data['findings'])}")
+        for f in data["findings"]:
+            lines.append(f"  {f['severity']:<8} {f['kind']:<18} {f['summary']}")
+            lines.append(f"  {'':<8} {'':<18} since {_when(f['first_seen'])}")
+            if f["impact"]:
+                lines.append(
+                    f"  {'':<8} {'':<18} impact: {', '.join(i['unit'] for i in f['impact'])}"
+                )
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,157 @@
+"""Optional notification webhook for new and resolved findings (talks HTTP: one signed POST).
+
+Configured in ``[notify]`` of the host config::
+
+    [notify]
+    url = "https://alerts.example/reconciler"   # no url: no webhook
+    secret_file = "/etc/reconciler/notify.secret"
+    timeout_sec = 5
+    retries = 3                                  # attempts after the first one
+
+One POST per monitoring pass carries every event of that pass (so a host with fifty new
+findings sends one request, not fifty), as JSON::
+
+    {"host": "web1", "sent_at": 1790000000.0, "delivery": "<uuid>",
+     "events": [{"event": "finding.opened", "finding": {...}}, ...]}
+
+The body is signed like GitHub's webhooks: ``X-Reconciler-Signature-256: sha256=<hex>``,
+HMAC-SHA256 of the exact body bytes with the secret file's content (stripped). Receivers
+must compare in constant time and may use ``delivery`` (also ``X-Reconciler-Delivery``) to
+drop duplicates: a retry after a timeout can deliver twice. Connection errors, timeouts,
+429 and 5xx are retried with exponential backoff; other 4xx are not (the request is wrong
+and will stay wrong). stdlib ``urllib`` only: the monitor must start cheaply.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from reconciler import __version__
+from reconciler.errors import UsageError, redact
+
+log = logging.getLogger("reconciler")
+SIGNATURE_HEADER = "X-Reconciler-Signature-256"
+DELIVERY_HEADER = "X-Reconciler-Delivery"
+EVENT_HEADER = "X-Reconciler-Event"
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    url: str
+    secret: bytes
+    timeout_sec: float = 5.0
+    retries: int = 3
+    backoff_sec: float = 0.5
+
+
+def load_config(section: Mapping[str, Any]) -> WebhookConfig | None:
+    """``[notify]`` as a WebhookConfig; None when no url is set. Bad values: UsageError."""
+    url = section.get("url")
+    if not url:
+        return None
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        raise UsageError("config: notify.url: expected an http:// or https:// URL")
+    secret_file = section.get("secret_file")
+    if not isinstance(secret_file, str) or not secret_file:
+        raise UsageError(
+            "config: notify.secret_file: required with notify.url",
+            "put the shared HMAC secret in a root-only file and name it here",
+        )
+    try:
+        secret = Path(secret_file).read_bytes().strip()
+    except OSError as exc:
+        raise UsageError(f"cannot read notify secret '{secret_file}': {exc.strerror}") from None
+    if not secret:
+        raise UsageError(f"cannot use notify secret '{secret_file}': the file is empty")
+    try:
+        timeout = float(section.get("timeout_sec", 5.0))
+        retries = int(section.get("retries", 3))
+        backoff = float(section.get("backoff_sec", 0.5))
+    except (TypeError, ValueError):
+        raise UsageError(
+            "config: notify: timeout_sec, retries, backoff_sec must be numbers"
+        ) from None
+    return WebhookConfig(url, secret, timeout, max(0, retries), max(0.0, backoff))
+
+
+def sign(secret: bytes, body: bytes) -> str:
+    """The signature header's value for ``body``."""
+    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+
+def verify(secret: bytes, body: bytes, header: str) -> bool:
+    """What a receiver does (used by the tests): constant-time comparison."""
+    return hmac.compare_digest(sign(secret, body), header)
+
+
+def build_body(
+    host: str, events: Sequence[Mapping[str, Any]], *, now: float, delivery: str
+) -> bytes:
+    payload = {
+        "host": host,
+        "sent_at": now,
+        "delivery": delivery,
+        "events": list(events),
+    }
+    return json.dumps(payload, sort_keys=True, default=str).encode()
+
+
+def send(
+    config: WebhookConfig,
+    host: str,
+    events: Sequence[Mapping[str, Any]],
+    *,
+    now: float | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> bool:
+    """POST the events; True once the receiver answered 2xx. Never raises: logs and gives up."""
+    if not events:
+        return True
+    delivery = str(uuid.uuid4())
+    body = build_body(host, events, now=time.time() if now is None else now, delivery=delivery)
+    kinds = sorted({str(e.get("event", "")) for e in events})
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": f"reconciler/{__version__}",
+        SIGNATURE_HEADER: sign(config.secret, body),
+        DELIVERY_HEADER: delivery,
+        EVENT_HEADER: ",".join(kinds),
+    }
+    where = redact(config.url)
+    for attempt in range(config.retries + 1):
+        if attempt:
+            sleep(config.backoff_sec * 2 ** (attempt - 1))
+        request = urllib.request.Request(config.url, data=body, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=config.timeout_sec) as response:
+                response.read()
+                return True
+        except urllib.error.HTTPError as exc:
+            exc.close()
+            if exc.code != 429 and exc.code < 500:
+                log.warning("notify webhook '%s' refused the delivery: HTTP %s", where, exc.code)
+                return False
+            cause = f"HTTP {exc.code}"
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            cause = str(reason)
+        log.info("notify webhook '%s': attempt %d failed: %s", where, attempt + 1, cause)
+    log.warning(
+        "cannot deliver %d finding event(s) to notify webhook '%s': %s after %d attempts",
+        len(events),
+        where,
+        cause,
+        config.retries + 1,
+    )
+    return False

@@ -1,0 +1,217 @@
+"""Prometheus text format for node_exporter's textfile collector (writes one file atomically).
+
+node_exporter reads every ``*.prom`` file in its ``--collector.textfile.directory`` on each
+scrape; a half-written file would be scraped as garbage, so the file is written to a
+temporary name in the same directory, fsynced and renamed over the old one. Building the
+text (:func:`build`) is pure and table-tested; only :func:`write` touches the disk.
+
+Metric names follow Prometheus conventions: ``reconciler_`` prefix, base units (seconds,
+bytes), ``_total`` for counters. Unit states are one-hot like node_exporter's own systemd
+collector (``state="active"`` is 1, the other states 0), so ``sum by (state)`` works.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+STATES = ("active", "activating", "deactivating", "inactive", "failed", "reloading")
+
+
+@dataclass(frozen=True)
+class UnitSample:
+    """What the textfile says of one managed unit."""
+
+    unit: str
+    active_state: str
+    drifted: bool = False
+    n_restarts: int = 0
+    starts: int = 0
+    stops: int = 0
+    crashes: int = 0
+    memory_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class OpenFinding:
+    kind: str
+    unit: str
+    severity: str
+
+
+@dataclass(frozen=True)
+class LastSync:
+    started_at: float  # unix seconds
+    duration_sec: float
+    result: str  # applied | noop | rolled-back | failed | ...
+    revision: str = ""
+
+
+SUCCESS_RESULTS = frozenset({"applied", "noop", "success"})
+
+
+def escape_label(value: str) -> str:
+    """A label value as the text format wants it: backslash, quote and new line escaped."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _number(value: float) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int):
+        return str(value)
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(float(value))
+
+
+class _Text:
+    """Accumulates metric families: HELP and TYPE once, then the samples."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def family(
+        self,
+        name: str,
+        kind: str,
+        help_text: str,
+        samples: Iterable[tuple[dict[str, str], float]],
+    ) -> None:
+        rows = list(samples)
+        self.lines.append(f"# HELP {name} {help_text}")
+        self.lines.append(f"# TYPE {name} {kind}")
+        for labels, value in rows:
+            inner = ",".join(f'{k}="{escape_label(v)}"' for k, v in labels.items())
+            self.lines.append(
+                f"{name}{{{inner}}} {_number(value)}" if inner else f"{name} {_number(value)}"
+            )
+
+
+def build(
+    units: Sequence[UnitSample],
+    findings: Sequence[OpenFinding],
+    last_sync: LastSync | None,
+    *,
+    pass_at: float,
+    pass_duration_sec: float,
+) -> str:
+    """The whole file's text (ends with a new line)."""
+    out = _Text()
+    ordered = sorted(units, key=lambda u: u.unit)
+    out.family(
+        "reconciler_unit_state",
+        "gauge",
+        "Whether the managed unit is in this ActiveState (one-hot).",
+        (
+            ({"unit": u.unit, "state": s}, int(u.active_state == s))
+            for u in ordered
+            for s in (*STATES, *((u.active_state,) if u.active_state not in STATES else ()))
+        ),
+    )
+    out.family(
+        "reconciler_unit_drifted",
+        "gauge",
+        "1 when the live unit differs from the desired state (file, enablement, state).",
+        (({"unit": u.unit}, int(u.drifted)) for u in ordered),
+    )
+    out.family(
+        "reconciler_unit_restarts",
+        "gauge",
+        "systemd's NRestarts: automatic restarts since the unit was last started by hand.",
+        (({"unit": u.unit}, u.n_restarts) for u in ordered),
+    )
+    for name, attr, text in (
+        ("starts", "starts", "Starts seen by the monitor, kept across runs and reboots."),
+        ("stops", "stops", "Clean stops seen by the monitor, kept across runs and reboots."),
+        ("crashes", "crashes", "Runs that ended on their own with a failure (or were restarted)."),
+    ):
+        out.family(
+            f"reconciler_unit_{name}_total",
+            "counter",
+            text,
+            (({"unit": u.unit}, getattr(u, attr)) for u in ordered),
+        )
+    out.family(
+        "reconciler_unit_memory_bytes",
+        "gauge",
+        "Memory of the unit (MemoryCurrent, else the RSS of its cgroup's processes).",
+        (({"unit": u.unit}, u.memory_bytes) for u in ordered if u.memory_bytes is not None),
+    )
+    out.family(
+        "reconciler_finding_open",
+        "gauge",
+        "An open monitoring finding (1 per finding).",
+        (
+            ({"kind": f.kind, "unit": f.unit, "severity": f.severity}, 1)
+            for f in sorted(findings, key=lambda f: (f.kind, f.unit))
+        ),
+    )
+    by_kind = Counter(f.kind for f in findings)
+    out.family(
+        "reconciler_findings_open",
+        "gauge",
+        "Open findings per kind.",
+        (({"kind": k}, n) for k, n in sorted(by_kind.items())),
+    )
+    if last_sync is not None:
+        out.family(
+            "reconciler_last_sync_timestamp_seconds",
+            "gauge",
+            "When the last sync started (unix time).",
+            [({}, last_sync.started_at)],
+        )
+        out.family(
+            "reconciler_last_sync_duration_seconds",
+            "gauge",
+            "How long the last sync took.",
+            [({}, last_sync.duration_sec)],
+        )
+        out.family(
+            "reconciler_last_sync_success",
+            "gauge",
+            "1 when the last sync left the host at its revision (applied or no-op).",
+            [({}, int(last_sync.result in SUCCESS_RESULTS))],
+        )
+        out.family(
+            "reconciler_last_sync_result",
+            "gauge",
+            "The result of the last sync (1 for the result it had).",
+            [({"result": last_sync.result, "revision": last_sync.revision[:12]}, 1)],
+        )
+    out.family(
+        "reconciler_monitor_last_pass_timestamp_seconds",
+        "gauge",
+        "When the last monitoring pass ran (unix time).",
+        [({}, pass_at)],
+    )
+    out.family(
+        "reconciler_monitor_pass_duration_seconds",
+        "gauge",
+        "How long the last monitoring pass took.",
+        [({}, pass_duration_sec)],
+    )
+    return "\n".join(out.lines) + "\n"
+
+
+def write(path: Path, text: str) -> None:
+    """Replace ``path`` atomically (temp file in the same directory, fsync, rename; 0644)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
