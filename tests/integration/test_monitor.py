@@ -105,9 +105,7 @@ class Mon:
 
 
 @pytest.fixture
-def mon(
-    host: sandbox.Host, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Mon]:
+def mon(host: sandbox.Host, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Mon]:
     state = tmp_path / "state"
     state.mkdir()
     cfg = tmp_path / "config.toml"
@@ -146,7 +144,9 @@ CRASH_FIVE_TIMES = """\
 StartLimitIntervalSec=0
 
 [Service]
-ExecStart=/bin/sh -c 'n=$(cat /run/{tag}.count 2>/dev/null || echo 0); echo $((n+1)) > /run/{tag}.count; echo "crash-test attempt $n"; [ "$n" -ge 5 ] && exec sleep infinity; exit 1'
+ExecStart=/bin/sh -c 'n=$(cat /run/{tag}.count 2>/dev/null || echo 0); \\
+  echo $((n+1)) > /run/{tag}.count; echo "crash-test attempt $n"; \\
+  [ "$n" -ge 5 ] && exec sleep infinity; exit 1'
 Restart=always
 RestartSec=100ms
 """
@@ -206,18 +206,43 @@ def test_crash_loop_counts_bundle_and_counters_survive_a_new_process(mon: Mon, m
     assert entries[0]["PRIORITY"] == "2"
 
 
-def test_killed_unit_records_exit_signal(mon: Mon, make_unit) -> None:  # type: ignore[no-untyped-def]
-    name = make_unit("victim.service", "[Service]\nExecStart=/bin/sleep infinity\n")
-    mon.host.systemctl("daemon-reload")
-    mon.host.systemctl("start", name)
-    mon.desire(mon.unit(name))
-    mon.run()
-    mon.host.systemctl("kill", "-s", "KILL", name)
-    wait_for(lambda: mon.show(name, "ActiveState")["ActiveState"] == "failed", 10, "failed")
-    result = mon.run()
-    counts = mon.counters(name)
-    assert (counts["crashes"], counts["last_signal"], counts["last_state"]) == (1, "SIGKILL", "failed")
-    assert finding(result, "drift", name)["evidence"]["active"] == "failed (signal)"
+def test_killed_unit_records_exit_signal_and_notifies(mon: Mon, make_unit) -> None:  # type: ignore[no-untyped-def]
+    from reconciler import notify_webhook
+    from tests.integration.test_notify_webhook import Receiver
+
+    receiver = Receiver()
+    secret = mon.state / "notify.secret"
+    secret.write_text("hook-secret\n")
+    with mon.config.open("a") as fh:
+        fh.write(f'\n[notify]\nurl = "{receiver.url}"\nsecret_file = "{secret}"\n')
+    try:
+        name = make_unit("victim.service", "[Service]\nExecStart=/bin/sleep infinity\n")
+        mon.host.systemctl("daemon-reload")
+        mon.host.systemctl("start", name)
+        mon.desire(mon.unit(name))
+        mon.run()
+        mon.host.systemctl("kill", "-s", "KILL", name)
+        wait_for(lambda: mon.show(name, "ActiveState")["ActiveState"] == "failed", 10, "failed")
+        result = mon.run()
+        counts = mon.counters(name)
+        assert (counts["crashes"], counts["last_signal"]) == (1, "SIGKILL")
+        assert counts["last_state"] == "failed"
+        assert finding(result, "drift", name)["evidence"]["active"] == "failed (signal)"
+        mon.host.systemctl("start", name)
+        mon.run()
+    finally:
+        receiver.close()
+    for headers, body in receiver.requests:
+        signature = headers[notify_webhook.SIGNATURE_HEADER]
+        assert notify_webhook.verify(b"hook-secret", body, signature)
+    sent = [json.loads(body) for _, body in receiver.requests]
+    events = [
+        (e["event"], e["finding"]["kind"])
+        for p in sent
+        for e in p["events"]
+        if e["finding"]["unit"] == name
+    ]
+    assert events == [("finding.opened", "drift"), ("finding.resolved", "drift")]
 
 
 START_LIMIT = """\
@@ -252,7 +277,8 @@ def test_start_limit_hit(mon: Mon, make_unit) -> None:  # type: ignore[no-untype
 
 LEAK = """\
 [Service]
-ExecStart=/usr/bin/python3 -c "import time\\nkeep = []\\nwhile True:\\n    keep.append(bytearray(200000))\\n    time.sleep(0.1)"
+ExecStart=/usr/bin/python3 -c "import time, itertools; keep = []; \\
+  [keep.append(bytearray(200000)) or time.sleep(0.1) for _ in itertools.count()]"
 """
 
 
