@@ -46,6 +46,10 @@ RECV_SIZE = 1 << 18
 
 ROOT_HINT = "run as root (or via sudo)"
 BUS_HINT = "is systemd running? check --bus / RECONCILER_BUS"
+PRIVATE_HINT = (
+    "systemd's private socket answers only root in systemd's own PID namespace; "
+    f"use the system bus ({SYSTEM_BUS})"
+)
 _INSTALLED_HINT = "check the name; is the unit file installed (e.g. in /etc/systemd/system)?"
 _CAUSES: dict[str, tuple[str, str | None]] = {
     "org.freedesktop.systemd1.NoSuchUnit": ("no such unit", _INSTALLED_HINT),
@@ -137,6 +141,10 @@ class Connection:
             raise SystemdError(
                 f"cannot {what}: authentication refused ({exc})", ROOT_HINT
             ) from None
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            sock.close()
+            hint = PRIVATE_HINT if self.private else BUS_HINT
+            raise SystemdError(f"cannot {what}: connection closed ({exc.strerror})", hint) from None
         except OSError as exc:
             sock.close()
             raise SystemdError(f"cannot {what}: {exc.strerror or exc}", BUS_HINT) from None

@@ -263,6 +263,7 @@ class Systemd:
         self._subscribed = False
         self._job_rule: MatchRule | None = None
         self._removed: dict[str, str] = {}  # job path -> result, from JobRemoved
+        self._collecting = False
 
     @property
     def private(self) -> bool:
@@ -450,8 +451,9 @@ class Systemd:
             self._conn.listen(self._job_rule, self._job_removed)
 
     def _job_removed(self, msg: Message) -> None:
-        _id, job, _unit, result = msg.body()
-        self._removed[str(job)] = str(result)
+        if self._collecting:  # only while run_jobs waits: the dict must not grow forever
+            _id, job, _unit, result = msg.body()
+            self._removed[str(job)] = str(result)
 
     def run_jobs(
         self,
@@ -475,6 +477,16 @@ class Systemd:
         if not jobs:
             return {}
         self._listen_for_jobs()  # before any call: a fast job's JobRemoved cannot be missed
+        self._collecting = True
+        try:
+            return self._wait_jobs(jobs, mode, timeout)
+        finally:
+            self._collecting = False
+            self._removed.clear()
+
+    def _wait_jobs(
+        self, jobs: Sequence[tuple[str, str]], mode: str, timeout: float | None
+    ) -> dict[str, JobResult]:
         deadline = time.monotonic() + (DEFAULT_JOB_TIMEOUT if timeout is None else timeout)
         requests = [
             (
@@ -492,7 +504,7 @@ class Systemd:
             except SystemdError as exc:
                 errors.append(exc)
         while any(job not in self._removed for job in queued.values()):
-            if not self._conn.receive(deadline, _jobs_what(jobs)):
+            if time.monotonic() >= deadline or not self._conn.receive(deadline, _jobs_what(jobs)):
                 break
         results = {
             unit: JobResult(unit, job, self._removed.pop(job, "wait-timeout"))

@@ -1,0 +1,305 @@
+"""The D-Bus client against a real systemd: the host's bus, and its private socket from inside."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from reconciler import sandbox
+from reconciler.errors import SystemdError
+from reconciler.model import LiveUnit
+from reconciler.systemd import Systemd
+from tests.conftest import ENV_INSIDE, PYTHON_INSIDE, UnitWriter
+
+pytestmark = pytest.mark.host
+
+ONESHOT = "[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/true\n"
+ENABLEABLE = ONESHOT + "[Install]\nWantedBy=multi-user.target\n"
+FAILING = "[Service]\nType=oneshot\nExecStart=/bin/sh -c 'exit 1'\n"
+CRASHING = (
+    "[Unit]\nStartLimitIntervalSec=0\n"
+    "[Service]\nExecStart=/bin/sh -c 'exit 3'\nRestart=on-failure\nRestartSec=100ms\n"
+)
+SLOW = "[Service]\nType=oneshot\nExecStart=/bin/sleep 30\n"
+WATCHED = "[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/sleep 0.2\n"
+
+
+@pytest.fixture
+def sd(host: sandbox.Host) -> Iterator[Systemd]:
+    with Systemd(host.bus_address, timeout=20) as client:
+        yield client
+
+
+def wait_for(sd: Systemd, name: str, ok: object, timeout: float = 10.0) -> LiveUnit:
+    deadline = time.monotonic() + timeout
+    while True:
+        unit = sd.read_units([name])[name]
+        if ok(unit) or time.monotonic() > deadline:  # type: ignore[operator]
+            return unit
+        time.sleep(0.05)
+
+
+def test_reads_properties_of_real_units(sd: Systemd) -> None:
+    units = sd.read_units(["dbus.service", "systemd-journald.service", "no-such-x.service"])
+    for name in ("dbus.service", "systemd-journald.service"):
+        unit = units[name]
+        assert (unit.load_state, unit.active_state, unit.sub_state) == (
+            "loaded",
+            "active",
+            "running",
+        )
+        assert len(unit.invocation_id) == 32 and int(unit.invocation_id, 16)
+        assert unit.service_type == "notify"
+        assert unit.unit_file_state == "static"
+        assert unit.result == "success" and unit.exec_main_code == 0
+    assert units["no-such-x.service"].load_state == "not-found"
+    assert sd.calls["ListUnitsByNames"] == 1  # states of all three in one call
+
+    props = sd.get_properties(
+        ["dbus.service"], "org.freedesktop.systemd1.Service", ["MainPID", "Type"]
+    )
+    assert props["dbus.service"]["Type"] == "notify"
+    assert int(props["dbus.service"]["MainPID"]) > 1  # type: ignore[call-overload]
+    everything = sd.get_all(["systemd-journald.service"])["systemd-journald.service"]
+    assert everything["Id"] == "systemd-journald.service"  # Unit interface
+    assert everything["Type"] == "notify"  # Service interface, same GetAll
+    journald = sd.list_units_by_patterns([], ["systemd-journald.*"])
+    assert {u.name for u in journald} >= {"systemd-journald.service", "systemd-journald.socket"}
+
+
+def test_write_reload_enable_start(sd: Systemd, make_unit: UnitWriter) -> None:
+    name = make_unit("web.service", ENABLEABLE)
+    sd.reload()
+    assert sd.unit_file_states([name, "no-such-x.service"]) == {
+        name: "disabled",
+        "no-such-x.service": "",
+    }
+    changes = sd.enable_unit_files([name])
+    assert [(c.kind, c.path, c.source) for c in changes] == [
+        (
+            "symlink",
+            f"/etc/systemd/system/multi-user.target.wants/{name}",
+            f"/etc/systemd/system/{name}",
+        )
+    ]
+    assert sd.unit_file_states([name]) == {name: "enabled"}
+    job = sd.start(name)
+    assert (job.unit, job.result) == (name, "done")
+    assert job.job.startswith("/org/freedesktop/systemd1/job/")
+    unit = sd.read_units([name])[name]
+    assert (unit.active_state, unit.sub_state, unit.unit_file_state) == (
+        "active",
+        "exited",
+        "enabled",
+    )
+    assert unit.service_type == "oneshot" and len(unit.invocation_id) == 32
+    assert sd.calls["EnableUnitFiles"] == 1 and sd.calls["Reload"] == 1
+
+
+def test_crash_loop_shows_rising_restarts_and_exit_status(
+    sd: Systemd, make_unit: UnitWriter
+) -> None:
+    name = make_unit("crash.service", CRASHING)
+    sd.reload()
+    assert sd.start(name).result == "done"  # Type=simple: the job ends once it forked
+    first = wait_for(sd, name, lambda u: u.n_restarts >= 2)
+    # Each restart resets Result to success until the next crash; states and properties
+    # are separate reads, so poll until one sample falls between a crash and its restart.
+    later = wait_for(
+        sd, name, lambda u: u.n_restarts > first.n_restarts and u.result == "exit-code"
+    )
+    assert first.n_restarts >= 2 and later.n_restarts > first.n_restarts
+    assert later.result == "exit-code"
+    assert (later.exec_main_code, later.exec_main_status) == (1, 3)  # CLD_EXITED, status 3
+    sd.stop(name)
+
+
+def test_failing_start_returns_failed_and_reset_failed_clears_it(
+    sd: Systemd, make_unit: UnitWriter
+) -> None:
+    name = make_unit("fail.service", FAILING)
+    sd.reload()
+    assert sd.start(name).result == "failed"
+    unit = sd.read_units([name])[name]
+    assert (unit.active_state, unit.result, unit.exec_main_status) == ("failed", "exit-code", 1)
+    sd.reset_failed(name)
+    assert sd.read_units([name])[name].active_state == "inactive"
+
+
+def test_many_jobs_are_waited_for_together(sd: Systemd, make_unit: UnitWriter) -> None:
+    ok, bad, slow = (
+        make_unit("ok.service", ONESHOT),
+        make_unit("bad.service", FAILING),
+        make_unit("slow.service", SLOW),
+    )
+    sd.reload()
+    results = sd.run_jobs([("start", ok), ("start", bad), ("start", slow)], timeout=1.5)
+    assert {u: r.result for u, r in results.items()} == {
+        ok: "done",
+        bad: "failed",
+        slow: "wait-timeout",  # still starting at the deadline
+    }
+    assert sd.calls["StartUnit"] == 3
+    stopped = sd.run_jobs([("stop", ok), ("stop", slow), ("try-restart", bad)], timeout=20)
+    assert {r.result for r in stopped.values()} == {"done"}
+
+
+def test_missing_unit_is_a_clear_error_keeping_the_dbus_name(sd: Systemd) -> None:
+    with pytest.raises(SystemdError) as info:
+        sd.stop("no-such-x.service")
+    err = info.value
+    assert err.dbus_name == "org.freedesktop.systemd1.NoSuchUnit"
+    assert err.message.startswith("cannot stop unit 'no-such-x.service': no such unit")
+    assert err.hint and "installed" in err.hint
+    with pytest.raises(SystemdError, match="cannot start unit 'no-such-x.service'") as started:
+        sd.start("no-such-x.service")
+    assert started.value.dbus_name == "org.freedesktop.systemd1.NoSuchUnit"
+    with pytest.raises(
+        SystemdError, match="cannot enable unit file 'no-such-x.service'"
+    ) as enabled:
+        sd.enable_unit_files(["no-such-x.service"])
+    assert "does not exist" in enabled.value.message
+
+
+def test_illegal_unit_name_is_refused_before_any_call(sd: Systemd) -> None:
+    before = dict(sd.calls)
+    for call in (
+        lambda: sd.start("web app.service"),
+        lambda: sd.read_units(["ok.service", "../x.service"]),
+        lambda: sd.enable_unit_files(["x;y.service"]),
+        lambda: sd.run_jobs([("start", "web")]),
+    ):
+        with pytest.raises(SystemdError, match="invalid unit name"):
+            call()
+    with pytest.raises(SystemdError, match="unknown job type"):
+        sd.run_jobs([("explode", "web.service")])
+    assert dict(sd.calls) == before
+
+
+def test_mask_and_unmask_report_changes(sd: Systemd) -> None:
+    name = f"masked-{uuid.uuid4().hex[:8]}.service"
+    masked = sd.mask_unit_files([name])
+    try:
+        assert [(c.kind, c.path, c.source) for c in masked] == [
+            ("symlink", f"/etc/systemd/system/{name}", "/dev/null")
+        ]
+        assert sd.unit_file_states([name]) == {name: "masked"}
+    finally:
+        unmasked = sd.unmask_unit_files([name])
+    assert [(c.kind, c.path) for c in unmasked] == [("unlink", f"/etc/systemd/system/{name}")]
+    assert sd.unit_file_states([name]) == {name: ""}
+
+
+def test_watch_yields_property_changes(sd: Systemd, make_unit: UnitWriter) -> None:
+    name = make_unit("watched.service", WATCHED)
+    sd.reload()
+    with sd.watch([name]) as stream:
+        sd.start(name)  # signals queue up while the job is waited for
+        seen = []
+        while (change := stream.next_change(timeout=2)) is not None:
+            assert change.unit == name and change.at <= time.monotonic()
+            seen.append(change.changed.get("ActiveState"))
+            if "active" in seen:
+                break
+        assert "activating" in seen and "active" in seen
+        assert stream.dropped == 0
+    with sd.watch() as everything:  # all units: one match rule on the path namespace
+        sd.stop(name)
+        units = set()
+        while (change := everything.next_change(timeout=2)) is not None and name not in units:
+            units.add(change.unit)
+        assert name in units
+
+
+def test_watch_counts_what_a_full_queue_drops(sd: Systemd, make_unit: UnitWriter) -> None:
+    name = make_unit("burst.service", ONESHOT)
+    sd.reload()
+    with sd.watch([name], queue_size=1) as stream:
+        sd.start(name)
+        sd.stop(name)
+        assert stream.dropped > 0
+        assert stream.next_change(timeout=1) is not None  # the one that fit
+
+
+def test_unreachable_bus_is_one_clear_error(tmp_path: Path) -> None:
+    missing = f"unix:path={tmp_path}/nothing-here"
+    with pytest.raises(SystemdError) as info:
+        Systemd(missing)
+    assert str(info.value.message) == (
+        f"cannot connect to systemd at '{missing}': No such file or directory"
+    )
+    assert info.value.hint and "RECONCILER_BUS" in info.value.hint
+    with pytest.raises(SystemdError, match="not a D-Bus unix socket address"):
+        Systemd("tcp:host=localhost,port=1")
+
+
+def test_silent_peer_gives_a_reply_timeout(tmp_path: Path) -> None:
+    """A server that authenticates but never answers: the Hello times out, clearly."""
+    path = str(tmp_path / "silent")
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(path)
+    server.listen()
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            while data := conn.recv(4096):
+                if b"AUTH" in data:
+                    conn.sendall(b"OK 0123456789abcdef0123456789abcdef\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    with pytest.raises(SystemdError, match="no reply from systemd within 0.5s") as info:
+        Systemd(f"unix:path={path}", timeout=0.5)
+    assert info.value.dbus_name == "org.freedesktop.DBus.Error.Timeout"
+    server.close()
+    thread.join(timeout=5)
+
+
+def test_private_socket_from_outside_the_host_is_refused_clearly(host: sandbox.Host) -> None:
+    with pytest.raises(SystemdError, match="cannot connect to systemd at") as info:
+        Systemd(host.private_bus_address, timeout=5)
+    assert info.value.hint and "PID namespace" in info.value.hint
+
+
+INSIDE = """
+import json
+from reconciler.errors import SystemdError
+from reconciler.systemd import Systemd, default_address
+
+name = {name!r}
+out = {{"default": default_address()}}
+with Systemd("unix:path=/run/systemd/private", timeout=20) as sd:
+    sd.reload()
+    unit = sd.read_units(["dbus.service"])["dbus.service"]
+    out["dbus"] = [unit.active_state, unit.service_type, len(unit.invocation_id)]
+    out["start"] = sd.start(name).result
+    out["state"] = sd.read_units([name])[name].active_state
+    out["stop"] = sd.run_jobs([("stop", name)])[name].result
+    try:
+        sd.stop("no-such-x.service")
+    except SystemdError as exc:
+        out["error"] = [exc.dbus_name, exc.message]
+    out["calls"] = dict(sd.calls)
+print(json.dumps(out))
+"""
+
+
+def test_private_socket_inside_the_host(host: sandbox.Host, make_unit: UnitWriter) -> None:
+    """systemd answers its private socket only to root in its own PID namespace."""
+    name = make_unit("private.service", ONESHOT)
+    proc = host.run([PYTHON_INSIDE, "-c", INSIDE.format(name=name)], env=ENV_INSIDE)
+    out = json.loads(proc.stdout)
+    assert out["default"] == "unix:path=/run/systemd/private"  # as root, where it exists
+    assert out["dbus"] == ["active", "notify", 32]
+    assert (out["start"], out["state"], out["stop"]) == ("done", "active", "done")
+    assert out["error"][0] == "org.freedesktop.systemd1.NoSuchUnit"
+    assert out["error"][1].startswith("cannot stop unit 'no-such-x.service': no such unit")
+    assert out["calls"]["Ping"] >= 1 and "Hello" not in out["calls"]  # peer to peer: no Hello
