@@ -346,3 +346,48 @@ class Connection:
                     (text,),
                     destination=DBUS_NAME,
                 )
+
+
+class SignalQueue:
+    """Signals matching ``rules``, queued as the connection receives them, up to ``size``.
+
+    What arrives while the queue is full is dropped and counted (jeepney's own filter
+    queue silently keeps only one message): a monitor must know it missed something.
+    """
+
+    def __init__(
+        self,
+        conn: Connection,
+        rules: Sequence[MatchRule],
+        size: int,
+        accept: Callable[[Message], bool] | None = None,
+    ) -> None:
+        self.items: deque[tuple[Message, float]] = deque()
+        self.size = size
+        self.dropped = 0
+        self.closed = False
+        self._conn = conn
+        self._accept = accept
+        self._keys = [(rule, conn.listen(rule, self._offer)) for rule in rules]
+
+    def _offer(self, msg: Message) -> None:
+        if self._accept is not None and not self._accept(msg):
+            return
+        if len(self.items) >= self.size:
+            self.dropped += 1
+        else:
+            self.items.append((msg, time.monotonic()))
+
+    def next(self, timeout: float | None, what: str) -> tuple[Message, float] | None:
+        """The next (signal, monotonic time received), waiting up to ``timeout``; None then."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.items:
+            if not self._conn.receive(deadline, what):
+                return None
+        return self.items.popleft()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            for rule, key in self._keys:
+                self._conn.unlisten(rule, key)

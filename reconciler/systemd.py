@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -23,7 +23,6 @@ from reconciler.dbus import (
     PROPERTIES,
     SERVICE,
     UNIT,
-    UNIT_PATH_PREFIX,
     MatchRule,
     Message,
     build_call,
@@ -35,6 +34,7 @@ from reconciler.dbus import (
 from reconciler.dbus_socket import PRIVATE_SOCKET, SYSTEM_BUS, Connection, dbus_error
 from reconciler.errors import SystemdError
 from reconciler.model import LiveUnit
+from reconciler.unitwatch import PropertyChange, PropertyStream
 
 __all__ = [
     "JobResult",
@@ -81,15 +81,6 @@ class UnitFileChange:
     kind: str  # symlink, unlink, ...
     path: str  # the file created or removed
     source: str  # what a symlink points to ("" for unlink)
-
-
-@dataclass(frozen=True)
-class PropertyChange:
-    unit: str
-    interface: str
-    changed: dict[str, object]
-    at: float  # time.monotonic() when the signal was received
-    invalidated: tuple[str, ...] = ()
 
 
 def default_address() -> str:
@@ -155,10 +146,6 @@ def _parse_unit_infos(rows: object) -> list[LiveUnit]:
     ]
 
 
-def _parse_changes(rows: object) -> list[UnitFileChange]:
-    return [UnitFileChange(kind=k, path=p, source=s) for k, p, s in rows]  # type: ignore[attr-defined]
-
-
 def _check_names(names: Iterable[str]) -> list[str]:
     unique = list(dict.fromkeys(names))
     for name in unique:
@@ -172,84 +159,6 @@ def _check_files(files: Sequence[str]) -> list[str]:
         if not f.startswith("/"):
             check_unit_name(f)
     return list(files)
-
-
-class _BoundedQueue:
-    """A FIFO that refuses (and counts) what arrives while it is full; never blocks."""
-
-    def __init__(self, size: int) -> None:
-        self.items: deque[tuple[Message, float]] = deque()
-        self.size = size
-        self.dropped = 0
-
-    def offer(self, msg: Message) -> None:
-        if len(self.items) >= self.size:
-            self.dropped += 1
-        else:
-            self.items.append((msg, time.monotonic()))
-
-
-class PropertyStream:
-    """``PropertiesChanged`` of units, queued (bounded) as the connection receives them."""
-
-    def __init__(self, conn: Connection, names: Sequence[str] | None, queue_size: int) -> None:
-        self._conn = conn
-        self._queue = _BoundedQueue(queue_size)
-        self._paths = None if names is None else frozenset(unit_path(n) for n in names)
-        if self._paths is None or len(self._paths) > 20:
-            rules = [
-                MatchRule(PROPERTIES, "PropertiesChanged", path_namespace=UNIT_PATH_PREFIX[:-1])
-            ]
-        else:
-            rules = [
-                MatchRule(PROPERTIES, "PropertiesChanged", path=p) for p in sorted(self._paths)
-            ]
-        self._rules = rules
-        self._keys = [conn.listen(rule, self._offer) for rule in rules]
-        self.closed = False
-
-    @property
-    def dropped(self) -> int:
-        """Signals dropped because the queue was full (the caller should re-read state)."""
-        return self._queue.dropped
-
-    def _offer(self, msg: Message) -> None:
-        if self._paths is None or msg.path in self._paths:
-            self._queue.offer(msg)
-
-    def next_change(self, timeout: float | None = None) -> PropertyChange | None:
-        """The next change, waiting up to ``timeout`` seconds (None: forever); None on timeout."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not self._queue.items:
-            if not self._conn.receive(deadline, "watch unit properties"):
-                return None
-        msg, at = self._queue.items.popleft()
-        interface, changed, invalidated = msg.body()
-        return PropertyChange(
-            unit=unit_name_from_path(msg.path),
-            interface=str(interface),
-            changed=dict(changed),  # type: ignore[call-overload]
-            at=at,
-            invalidated=tuple(invalidated),  # type: ignore[arg-type]
-        )
-
-    def __iter__(self) -> Iterator[PropertyChange]:
-        while not self.closed:
-            change = self.next_change()
-            if change is not None:
-                yield change
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            for rule, key in zip(self._rules, self._keys, strict=True):
-                self._conn.unlisten(rule, key)
-
-    def __enter__(self) -> PropertyStream:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class Systemd:
@@ -371,7 +280,18 @@ class Systemd:
         """Every property of ``interface`` ("" = all interfaces) per unit, pipelined GetAll."""
         unique = _check_names(names)
         requests = [
-            (n, "GetAll", partial(_build_get_all, path=unit_path(n), interface=interface))
+            (
+                n,
+                "GetAll",
+                partial(
+                    build_call,
+                    path=unit_path(n),
+                    interface=PROPERTIES,
+                    member="GetAll",
+                    signature="s",
+                    body=(interface,),
+                ),
+            )
             for n in unique
         ]
         out: dict[str, dict[str, object]] = {}
@@ -383,7 +303,11 @@ class Systemd:
         """Enablement of unit files (works for units not loaded); "" when there is no file."""
         unique = _check_names(names)
         requests = [
-            (n, "GetUnitFileState", partial(_build_manager, method="GetUnitFileState", arg=n))
+            (
+                n,
+                "GetUnitFileState",
+                partial(_manager_call, member="GetUnitFileState", signature="s", body=(n,)),
+            )
             for n in unique
         ]
         out: dict[str, str] = {}
@@ -400,37 +324,33 @@ class Systemd:
         """Manager.Reload (daemon-reload); returns once systemd has reloaded."""
         self._manager("reload systemd", "Reload")
 
+    def _file_changes(
+        self, verb: str, method: str, files: Sequence[str], *flags: bool
+    ) -> list[UnitFileChange]:
+        what = f"{verb} {_files_what(files)}"
+        sig = "as" + "b" * len(flags)
+        reply = self._manager(what, method, sig, _check_files(files), *flags)
+        return [UnitFileChange(k, p, s) for k, p, s in reply[-1]]  # type: ignore[attr-defined]
+
     def enable_unit_files(
         self, files: Sequence[str], *, runtime: bool = False, force: bool = False
     ) -> list[UnitFileChange]:
-        what = f"enable {_files_what(files)}"
-        _, changes = self._manager(
-            what, "EnableUnitFiles", "asbb", _check_files(files), runtime, force
-        )
-        return _parse_changes(changes)
+        return self._file_changes("enable", "EnableUnitFiles", files, runtime, force)
 
     def disable_unit_files(
         self, files: Sequence[str], *, runtime: bool = False
     ) -> list[UnitFileChange]:
-        what = f"disable {_files_what(files)}"
-        (changes,) = self._manager(what, "DisableUnitFiles", "asb", _check_files(files), runtime)
-        return _parse_changes(changes)
+        return self._file_changes("disable", "DisableUnitFiles", files, runtime)
 
     def mask_unit_files(
         self, files: Sequence[str], *, runtime: bool = False, force: bool = False
     ) -> list[UnitFileChange]:
-        what = f"mask {_files_what(files)}"
-        (changes,) = self._manager(
-            what, "MaskUnitFiles", "asbb", _check_files(files), runtime, force
-        )
-        return _parse_changes(changes)
+        return self._file_changes("mask", "MaskUnitFiles", files, runtime, force)
 
     def unmask_unit_files(
         self, files: Sequence[str], *, runtime: bool = False
     ) -> list[UnitFileChange]:
-        what = f"unmask {_files_what(files)}"
-        (changes,) = self._manager(what, "UnmaskUnitFiles", "asb", _check_files(files), runtime)
-        return _parse_changes(changes)
+        return self._file_changes("unmask", "UnmaskUnitFiles", files, runtime)
 
     def reset_failed(self, name: str) -> None:
         check_unit_name(name)
@@ -492,7 +412,7 @@ class Systemd:
             (
                 (verb, unit),
                 JOB_METHODS[verb],
-                partial(_build_job, method=JOB_METHODS[verb], unit=unit, mode=mode),
+                partial(_manager_call, member=JOB_METHODS[verb], signature="ss", body=(unit, mode)),
             )
             for verb, unit in jobs
         ]
@@ -554,16 +474,7 @@ def _unwrap(what: str, reply: Message) -> tuple[object, ...]:
     return reply.body()
 
 
-def _build_get_all(serial: int, *, path: str, interface: str) -> bytes:
-    return build_call(serial, path, PROPERTIES, "GetAll", "s", (interface,))
-
-
-def _build_manager(serial: int, *, method: str, arg: str) -> bytes:
-    return build_call(serial, MANAGER_PATH, MANAGER, method, "s", (arg,))
-
-
-def _build_job(serial: int, *, method: str, unit: str, mode: str) -> bytes:
-    return build_call(serial, MANAGER_PATH, MANAGER, method, "ss", (unit, mode))
+_manager_call = partial(build_call, path=MANAGER_PATH, interface=MANAGER)
 
 
 def _units_what(names: Iterable[str]) -> str:
