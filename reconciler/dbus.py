@@ -1,11 +1,12 @@
 """D-Bus messages for systemd, built and parsed by pure code (sans-I/O: no sockets, no clock).
 
-``systemd.py`` owns the socket; this module turns calls into bytes and bytes into
-messages. jeepney's own marshalling costs ~130 us per small message, which makes the
-monitor's ~9,000 ``Get`` calls for 1,000 units take over a second, so the wire format
-(little-endian, protocol version 1) is written out here and jeepney is left with the
-authentication state machine. Variants are unwrapped on parsing: a ``Get`` reply is the
-plain value, ``GetAll`` a plain ``dict``. Unit names and object paths live here too.
+``dbus_socket.py`` owns the socket; this module turns calls into bytes and bytes into
+messages. jeepney's marshalling costs ~130 us per small message, which makes the
+monitor's thousands of ``Get`` calls for 1,000 units take over a second, so the wire
+format (little-endian out, either endianness in) is written out here and jeepney is
+used for authentication only. Variants are unwrapped on parsing: a ``Get`` reply is
+the plain value, ``GetAll`` a plain ``dict``. Unit names and object paths live here too,
+so the pure core can validate names without importing any D-Bus machinery.
 """
 
 from __future__ import annotations
