@@ -29,8 +29,9 @@ LOCAL_FSTYPES = frozenset({
 })
 # fmt: on
 SKIP_DISK_PREFIXES = ("loop", "ram", "zram", "sr", "fd", "nbd")
-_PARTITION = re.compile(r"^(?:(?:sd|vd|xvd|hd)[a-z]+\d+|(?:nvme\d+n\d+|mmcblk\d+)p\d+)$")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+# Patterns as strings: compiled (and cached by ``re``) on first use, not at every start.
+_PARTITION = r"^(?:(?:sd|vd|xvd|hd)[a-z]+\d+|(?:nvme\d+n\d+|mmcblk\d+)p\d+)$"
+_DURATION = r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$"
 _UNIT_SEC = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
@@ -227,7 +228,7 @@ def select_mounts(mounts: Sequence[Mount], include: Collection[str] | None) -> l
 
 
 def is_partition(name: str) -> bool:
-    return bool(_PARTITION.match(name))
+    return bool(re.match(_PARTITION, name))
 
 
 def select_disks(
@@ -354,7 +355,7 @@ def parse_duration(value: object, what: str) -> int:
     """``"90s"``, ``"30m"``, ``"1h"``, ``"2d"``, ``"1w"`` or a number of seconds -> seconds."""
     if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
         return int(value)
-    match = _DURATION.match(value) if isinstance(value, str) else None
+    match = re.match(_DURATION, value) if isinstance(value, str) else None
     seconds = float(match.group(1)) * _UNIT_SEC[match.group(2) or "s"] if match else 0
     if seconds < 1:
         raise UsageError(f"{what}: expected a duration such as 30m, 1h or 2d, got {value!r}")
