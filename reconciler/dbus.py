@@ -376,6 +376,20 @@ class Message:
     def error_name(self) -> str:
         return self.fields.get(_FIELD_ERROR_NAME, "")  # type: ignore[return-value]
 
+    def value(self) -> object:
+        """The single value of a ``v`` reply (a ``Get``), with a fast path for basic types."""
+        if self.signature != "v":
+            return self.body()[0]
+        data, pos = self.data, self.body_start
+        kind = data[pos + 2] if data[pos] == 1 else 0  # one-letter inner signature
+        if kind == 0x73 or kind == 0x6F:  # s, o
+            (n,) = _U32[self.endian].unpack_from(data, pos + 4)
+            return data[pos + 8 : pos + 8 + n].decode()
+        if kind in _FAST_FIXED:
+            (v,) = _FIXED_STRUCTS[self.endian, chr(kind)].unpack_from(data, pos + _FAST_FIXED[kind])
+            return bool(v) if kind == 0x62 else v
+        return self.body()[0]
+
     def body(self) -> tuple[object, ...]:
         values, pos = [], self.body_start
         for sig in split_signature(self.signature):
@@ -391,6 +405,9 @@ class Message:
 
 
 _HEAD = {"<": struct.Struct("<III"), ">": struct.Struct(">III")}
+# Where the value of a variant with a one-letter fixed type starts, from the variant's start
+# (1 byte length, letter, NUL, then padding to the type's alignment; bodies start 8-aligned).
+_FAST_FIXED = {ord(c): 8 if c in "xtd" else 4 for c in "biuxtd"}
 
 
 def split_frames(buf: bytearray) -> list[Message]:

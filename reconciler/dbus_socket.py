@@ -239,9 +239,10 @@ class Connection:
         self._buf += data
         for msg in split_frames(self._buf):
             if msg.type == METHOD_RETURN or msg.type == ERROR:
-                if msg.reply_serial in self._awaiting:
-                    self._awaiting.discard(msg.reply_serial)
-                    self._replies[msg.reply_serial] = msg
+                serial = msg.reply_serial
+                if serial in self._awaiting:
+                    self._awaiting.remove(serial)
+                    self._replies[serial] = msg
             elif msg.type == SIGNAL:
                 for listener in list(self._listeners.values()):
                     if listener.rule.matches(msg):

@@ -249,7 +249,7 @@ class Systemd:
                 if reply.error_name in MISSING:
                     continue
                 raise dbus_error(f"read unit '{name}'", reply.error_name, reply.error_text())
-            value = values[name][field] = _live_value(field, reply.body()[0])
+            value = values[name][field] = _live_value(field, reply.value())
             if field == "invocation_id" and units[name].active_state == "inactive":
                 runtime = monitor_properties(name)[1]
                 if value:
@@ -273,7 +273,11 @@ class Systemd:
         ]
         out: dict[str, dict[str, object]] = {n: {} for n in unique}
         for (name, prop), reply in self._conn.pipeline(_units_what(unique), requests):
-            out[name][prop] = _unwrap(f"read property {prop} of unit '{name}'", reply)[0]
+            if reply.type == ERROR:
+                raise dbus_error(
+                    f"read property {prop} of unit '{name}'", reply.error_name, reply.error_text()
+                )
+            out[name][prop] = reply.value()
         return out
 
     def get_all(self, names: Sequence[str], interface: str = "") -> dict[str, dict[str, object]]:

@@ -136,3 +136,28 @@ def test_match_rule_serialises_and_matches() -> None:
     )
     call = dbus.split_frames(bytearray(dbus.build_call(1, P + "x", dbus.PROPERTIES, "Get")))[0]
     assert not rule.matches(call)  # a method call, not a signal
+
+
+VARIANTS = [
+    ("s", "exit-code"),
+    ("o", "/org/freedesktop/systemd1/job/7"),
+    ("b", True),
+    ("b", False),
+    ("i", -3),
+    ("u", 7),
+    ("x", -(2**40)),
+    ("t", 2**64 - 1),
+    ("d", 1.5),
+    ("y", 7),
+    ("n", -2),
+    ("ay", bytes(range(16))),
+    ("as", ["a", "b"]),
+    ("a(sb)", [("x", True)]),
+]
+
+
+@pytest.mark.parametrize(("sig", "value"), VARIANTS)
+def test_variant_value_fast_path_agrees_with_the_parser(sig: str, value: object) -> None:
+    raw = dbus.build_call(3, "/p", "a.b", "M", "v", ((sig, value),))
+    (msg,) = dbus.split_frames(bytearray(raw))
+    assert msg.value() == value == msg.body()[0]
