@@ -222,7 +222,9 @@ class Systemd:
         Inactive units go first: when their InvocationID is empty they never ran since
         systemd loaded them, so their runtime properties are the defaults and are not
         fetched (systemd unloads unreferenced inactive units, and every Get on one loads
-        it again from disk, which is what makes reading them slow).
+        it again from disk, which is what makes reading them slow). States and properties
+        are separate reads: a unit that changes meanwhile may show, say, a restart's
+        ``Result=success`` next to the crash's ``auto-restart`` state.
         """
         units = self.list_units(names)
         order = sorted(
