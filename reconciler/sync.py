@@ -33,11 +33,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("reconciler")
 DESIRED_KEY = "applied_units"
 MARKER = "# Managed by reconciler"  # first line of every unit file a sync writes
-PENDING_KEY = "pending_jobs"
-RENDER_KEY, RENDERED_KEY = (
-    "render_key",
-    "rendered_units",
-)  # the last render, for reuse  # units an apply is about to (re)start; cleared when it finishes
+PENDING_KEY = "pending_jobs"  # units an apply is about to (re)start; cleared when done
+RENDER_KEY = "render_key"  # revision:host:version of the last render
+RENDERED_KEY = "rendered_units"  # its output, reused while the key matches
 
 
 @dataclass
@@ -125,7 +123,7 @@ def observe(
             files[name] = None
         except UnicodeDecodeError:
             files[name] = ""  # unreadable as text: differs from anything we render
-    return files, systemd.read_units(sorted(names))
+    return files, systemd.read_units(sorted(names), runtime=False)
 
 
 def make_plan(

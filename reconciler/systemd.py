@@ -216,8 +216,11 @@ class Systemd:
         )
         return _parse_unit_infos(rows)
 
-    def read_units(self, names: Sequence[str]) -> dict[str, LiveUnit]:
+    def read_units(self, names: Sequence[str], *, runtime: bool = True) -> dict[str, LiveUnit]:
         """What the monitor needs of ``names``: states in one call, then pipelined Gets.
+
+        ``runtime=False`` (what a plan needs) skips the runtime properties of running
+        units (Result, NRestarts, ExecMain*, MemoryCurrent): they keep their defaults.
 
         Inactive units go first: when their InvocationID is empty they never ran since
         systemd loaded them, so their runtime properties are the defaults and are not
@@ -241,10 +244,9 @@ class Systemd:
                 )
 
         for name in order:
-            file_props, runtime = monitor_properties(name)
-            fetch(
-                name, file_props if units[name].active_state == "inactive" else file_props + runtime
-            )
+            file_props, runtime_props = monitor_properties(name)
+            idle = units[name].active_state == "inactive"
+            fetch(name, file_props if idle or not runtime else file_props + runtime_props)
         values: dict[str, dict[str, object]] = {name: {} for name in units}
         for (name, field), reply in self._conn.pipeline(_units_what(units), queue):
             if reply.type == ERROR:
@@ -253,11 +255,11 @@ class Systemd:
                 raise dbus_error(f"read unit '{name}'", reply.error_name, reply.error_text())
             value = values[name][field] = _live_value(field, reply.value())
             if field == "invocation_id" and units[name].active_state == "inactive":
-                runtime = monitor_properties(name)[1]
+                idle_runtime = monitor_properties(name)[1]
                 if value:
-                    fetch(name, runtime)
+                    fetch(name, idle_runtime)
                 else:
-                    values[name].update((f, _NEVER_RAN[f]) for _, _, f in runtime)
+                    values[name].update((f, _NEVER_RAN[f]) for _, _, f in idle_runtime)
         return {
             name: LiveUnit(name, unit.load_state, unit.active_state, unit.sub_state, **values[name])  # type: ignore[arg-type]
             for name, unit in units.items()
