@@ -28,7 +28,7 @@ from typing import Any
 from reconciler import notify
 from reconciler.config import Settings
 from reconciler.errors import UsageError
-from reconciler.webhook_policy import WebhookConfig, parse_config, parse_listen
+from reconciler.webhook_policy import Rejection, WebhookConfig, parse_config, parse_listen
 from reconciler.webhook_service import REPLAY_FILE, Replays, Reply, Starter, Webhook
 
 log = logging.getLogger("reconciler")
@@ -36,6 +36,14 @@ log = logging.getLogger("reconciler")
 CREDENTIAL = "webhook-secret"
 SD_LISTEN_FDS_START = 3
 READ_TIMEOUT_SEC = 10.0  # per socket read: a client that stalls is cut off
+PROTOCOL_ERRORS = {
+    400: "malformed request",
+    408: "request not received in time",
+    414: "request line too long",
+    431: "request headers too large",
+    501: "method not supported",
+    505: "HTTP version not supported",
+}
 DRAIN_BYTES, DRAIN_SEC = 256 * 1024, 1.0  # what is discarded of a refused body, at most
 
 
@@ -103,7 +111,9 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
     timeout = READ_TIMEOUT_SEC
     server_version = "reconciler-webhook"
-    sys_version = ""
+
+    def version_string(self) -> str:
+        return self.server_version
 
     def log_message(self, format: str, *args: Any) -> None:
         """Off: the service logs each refusal and acceptance itself (no header values)."""
@@ -119,14 +129,10 @@ class _Handler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _handle
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        """http.server's own refusals (bad request line, header too long, ...) as JSON."""
-        from reconciler.webhook_policy import Rejection
-
+        """http.server's own refusals as JSON, with a fixed text (its own quotes the request)."""
         remote = self.client_address[0] if self.client_address else "?"
-        reply = self.server.hook.reject(
-            remote, Rejection(code, "protocol", message or "malformed request"), unread=True
-        )
-        self._send(reply)
+        text = PROTOCOL_ERRORS.get(code, "malformed request")
+        self._send(self.server.hook.reject(remote, Rejection(code, "protocol", text), unread=True))
 
     def _send(self, reply: Reply) -> None:
         data = json.dumps(reply.body, sort_keys=True).encode() + b"\n"
@@ -216,14 +222,6 @@ class _Server(ThreadingHTTPServer):
             self._slots.release()
 
 
-class _Stop(Exception):
-    pass
-
-
-def _stop(signum: int, frame: FrameType | None) -> None:
-    raise _Stop
-
-
 def serve(
     settings: Settings,
     *,
@@ -251,12 +249,19 @@ def serve(
     host, port = (str(part) for part in server.server_address[:2])
     where = f"socket from systemd ({host}:{port})" if sock else f"{host}:{port}"
     log.info(f"webhook: listening on {where} for pushes to {hook.ref}")
-    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    stopping = threading.Event()
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        """shutdown() from another thread: serve_forever returns between two requests."""
+        if not stopping.is_set():
+            stopping.set()
+            notify.stopping()
+            threading.Thread(target=server.shutdown, name="webhook-stop", daemon=True).start()
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     notify.ready(f"listening on {where}")
     try:
         server.serve_forever(poll_interval=0.5)
-    except _Stop:
-        notify.stopping()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

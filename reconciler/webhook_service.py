@@ -27,7 +27,9 @@ from typing import Any
 
 from reconciler import journal
 from reconciler.dbus import MANAGER, MANAGER_PATH, PROPERTIES, UNIT, unit_path
+from reconciler.dbus_socket import Connection
 from reconciler.errors import SystemdError
+from reconciler.systemd import default_address
 from reconciler.webhook_policy import (
     QUEUED,
     STARTED,
@@ -62,12 +64,11 @@ class Starter:
     def __init__(self, address: str | None, unit: str = SYNC_UNIT) -> None:
         self.address = address
         self.unit = unit
-        self._conn: Any = None
+        self._conn: Connection | None = None
 
-    def _call(self, what: str, path: str, iface: str, member: str, sig: str, args: Any) -> Any:
-        from reconciler.dbus_socket import Connection
-        from reconciler.systemd import default_address
-
+    def _call(
+        self, what: str, path: str, iface: str, member: str, sig: str, args: tuple[object, ...]
+    ) -> tuple[object, ...]:
         for attempt in (1, 2):
             if self._conn is None:
                 self._conn = Connection(self.address or default_address(), timeout=10.0)

@@ -164,9 +164,13 @@ class Server:
     def stop(self) -> int:
         if self.proc.poll() is None:
             self.proc.terminate()
-        code = self.proc.wait(timeout=10)
-        self.stderr.close()
-        return code
+        try:
+            return self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+        finally:
+            self.stderr.close()
 
 
 @pytest.fixture
@@ -182,6 +186,35 @@ def entries(host: sandbox.Host, message_id: str, deliveries: set[str]) -> list[d
     host.journal_sync()
     found = host.journal(f"MESSAGE_ID={message_id}")
     return [e for e in found if e.get("RECONCILER_DELIVERY") in deliveries]
+
+
+def test_systemd_merges_a_start_into_the_running_oneshot(
+    host: sandbox.Host, sync_unit: SyncUnit
+) -> None:
+    """Why the webhook keeps its own follow-up slot: systemd queues none.
+
+    While a oneshot's start job runs, StartUnit (mode "replace") is merged into that job:
+    the same job path comes back and the unit runs once. A push arriving mid-sync would
+    be lost without the webhook's pending follow-up.
+    """
+    from reconciler.dbus import MANAGER, MANAGER_PATH
+    from reconciler.dbus_socket import Connection
+
+    sync_unit.wait_idle()
+    runs = len(sync_unit.runs())
+    conn = Connection(host.bus_address)
+    try:
+        jobs = []
+        for _ in range(3):
+            (job,) = conn.call("start", MANAGER_PATH, MANAGER, "StartUnit", "ss", (SYNC, "replace"))
+            jobs.append(job)
+            time.sleep(0.3)
+    finally:
+        conn.close()
+    assert len(set(jobs)) == 1
+    sync_unit.wait_idle()
+    time.sleep(0.5)
+    assert len(sync_unit.runs()) == runs + 1
 
 
 def test_signed_push_starts_the_sync(server: Server, sync_unit: SyncUnit) -> None:
@@ -245,6 +278,12 @@ def test_refusals_start_nothing_and_log_no_secret(server: Server, sync_unit: Syn
     assert got[6][1]["status"] == "pong"
     assert request(server.port, "GET", "/hooks/push")[0] == 405
     assert request(server.port, "POST", "/nowhere", b"{}", signed(b"{}"))[0] == 404
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nX-Long: " + b"a" * 70_000 + b"\r\n\r\n")
+        garbage = b""
+        while chunk := s.recv(65536):
+            garbage += chunk
+    assert garbage.startswith(b"HTTP/1.0 431 ") and b'"request headers too large"' in garbage
     answer, seconds = oversized(server.port, 2 * 1024 * 1024)
     assert answer.startswith(b"HTTP/1.0 413 ") and seconds < 1.0, answer
     time.sleep(1.5)  # longer than the debounce: a follow-up would have gone out by now
@@ -382,9 +421,14 @@ def test_socket_activation_needs_a_listening_stream_socket(tmp_path: Path, kind:
         finally:
             if proc.poll() is None:
                 proc.terminate()
-            proc.wait(timeout=10)
-            if proc.stderr is not None:
-                proc.stderr.close()
+            try:
+                assert proc.wait(timeout=10) in (0, 2)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+                if proc.stderr is not None:
+                    proc.stderr.close()
 
 
 def _healthy(port: int) -> bool:
