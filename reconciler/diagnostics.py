@@ -15,7 +15,8 @@ under ``<state_dir>/diagnostics/``, named ``<UTC time>-<kind>-<unit>.tar.gz``, h
 - ``commands.txt``: what ran, its exit status and stderr, so a bundle explains its own gaps.
 
 Collection runs in a small thread pool (``workers``, default 2) with a bounded backlog
-(``max_pending``): a burst of findings never forks a burst of journalctl processes, and
+(``max_pending``), and a pass bundles at most ``max_per_pass`` of its new findings, the
+most severe first: a burst of findings never forks a burst of journalctl processes, and
 what does not fit is dropped and counted. Retention: bundles older than ``max_age_days``
 go, then the oldest until the directory is under ``max_total_mb``.
 
@@ -63,6 +64,7 @@ class DiagnosticsConfig:
     kernel_lines: int = 200
     workers: int = 2
     max_pending: int = 16
+    max_per_pass: int = 10  # a pass opening more findings bundles the most severe ones
     max_total_bytes: int = 256 << 20
     max_age_sec: float = 14 * 86400.0
     command_timeout_sec: float = 30.0
@@ -101,6 +103,7 @@ def load_config(settings: Settings) -> DiagnosticsConfig:
         kernel_lines=int(number("kernel_lines", default.kernel_lines)),
         workers=max(1, int(number("workers", default.workers))),
         max_pending=max(1, int(number("max_pending", default.max_pending))),
+        max_per_pass=int(number("max_per_pass", default.max_per_pass)),
         max_total_bytes=int(number("max_total_mb", default.max_total_bytes / (1 << 20), 1 << 20)),
         max_age_sec=number("max_age_days", default.max_age_sec / 86400, 86400.0),
         command_timeout_sec=number("command_timeout_sec", default.command_timeout_sec),

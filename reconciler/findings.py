@@ -176,7 +176,7 @@ class FindingStore:
             self._conn.executemany(
                 "INSERT INTO monitor_counters (unit, first_seen, data) VALUES (?, ?, ?)"
                 " ON CONFLICT (unit) DO UPDATE SET data = excluded.data",
-                ((c.unit, now, json.dumps(c.to_dict())) for c in counters),
+                ((c.unit, now, json.dumps(vars(c))) for c in counters),  # flat: no asdict
             )
 
     # -- observations and events ---------------------------------------------------------
@@ -205,14 +205,24 @@ class FindingStore:
                 )
 
     def load(
-        self, units: Sequence[str], *, observations_since: float, events_since: float
+        self,
+        units: Sequence[str],
+        *,
+        observations_since: float,
+        memory_since: float,
+        events_since: float,
     ) -> Loaded:
-        """Observations and events of ``units`` in their windows, oldest first."""
+        """Observations and events of ``units`` in their windows, oldest first.
+
+        Looks since ``observations_since`` (flapping, start limit), and the ones with a memory
+        sample since ``memory_since`` (a longer window, for the memory trend).
+        """
         wanted = set(units)
         out = Loaded()
         for row in self._rows(
-            f"SELECT {_OBS_COLUMNS} FROM monitor_observation WHERE at > ? ORDER BY at, id",
-            (observations_since,),
+            f"SELECT {_OBS_COLUMNS} FROM monitor_observation WHERE at > ?"
+            " OR (at > ? AND memory_current IS NOT NULL) ORDER BY at, id",
+            (observations_since, min(memory_since, observations_since)),
         ):
             if row[0] in wanted:
                 out.observations.setdefault(row[0], []).append(Observation(*row))

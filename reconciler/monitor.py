@@ -29,7 +29,7 @@ from reconciler.counters import Counters, Event, Observation, update_counters
 from reconciler.drift import DriftItem, UnitState
 from reconciler.errors import UsageError
 from reconciler.findings import FindingStore, Impacted, Retention, StoredFinding
-from reconciler.model import DesiredUnit
+from reconciler.model import DesiredUnit, LiveUnit
 from reconciler.patterns import Finding, Thresholds, detect, impact, reconcile_findings
 
 if TYPE_CHECKING:
@@ -123,13 +123,32 @@ def desired_units(store: Store) -> list[DesiredUnit]:
     return sync.decode_desired(store.kv_get(sync.DESIRED_KEY))
 
 
-def observe(settings: Settings, systemd: Systemd, store: Store) -> HostView:
+def observe(
+    settings: Settings,
+    systemd: Systemd,
+    store: Store,
+    counters: Mapping[str, Counters] | None = None,
+) -> HostView:
+    """Read the desired units' state; ``counters`` (the last looks) spare unchanged units'
+    exit times. No counters: none are read (``status`` does not count)."""
     from reconciler import unitstate
 
     started = time.monotonic()
     desired = desired_units(store)
     names = [d.name for d in desired]
-    states = unitstate.read_state(systemd, names, settings.unit_dir) if names else {}
+    known = counters or {}
+
+    def changed(u: LiveUnit) -> bool:
+        c = known.get(u.name)
+        return counters is not None and (
+            c is None
+            or (u.invocation_id, u.active_state, u.sub_state, u.n_restarts)
+            != (c.last_invocation_id, c.last_state, c.last_sub_state, c.last_n_restarts)
+        )
+
+    states = (
+        unitstate.read_state(systemd, names, settings.unit_dir, changed=changed) if names else {}
+    )
     drift = {d.name: drift_mod.check(d, states[d.name]) for d in desired}
     return HostView(desired, states, drift, time.monotonic() - started)
 
@@ -172,6 +191,7 @@ class Recorder:
         self.db = db
         self.config = config
         self.counters: dict[str, Counters] = {}
+        self.latest: dict[str, Observation] = {}  # the last look recorded, kept or not
 
     def record(self, looks: Sequence[Observation]) -> dict[str, list[Event]]:
         """Fold looks into the persistent counters (one transaction: never double-counted)."""
@@ -187,9 +207,12 @@ class Recorder:
                 if evs:
                     events.setdefault(obs.unit, []).extend(evs)
             self.db.save_counters(changed.values(), looks[0].at if looks else 0.0)
-            self.db.add(looks, [e for evs in events.values() for e in evs])
+            kept = [o for o in looks if _worth_keeping(o, current.get(o.unit))]
+            self.db.add(kept, [e for evs in events.values() for e in evs])
         self.counters.update(current)
         self.counters.update(changed)
+        for obs in looks:
+            self.latest[obs.unit] = obs
         return events
 
     def evaluate(
@@ -205,12 +228,16 @@ class Recorder:
         th = self.config.thresholds
         history = self.db.load(
             list(units),
-            observations_since=now - max(self.config.detect_window_sec, th.flap_window_sec),
+            observations_since=now - th.flap_window_sec,
+            memory_since=now - self.config.detect_window_sec,
             events_since=now - th.history_days * 86400,
         )
         current = list(extra)
         for unit in units:
             obs = history.observations.get(unit, [])
+            latest = self.latest.get(unit)
+            if latest is not None and (not obs or obs[-1].at < latest.at):
+                obs = [*obs, latest]  # a look equal to the one before is not stored
             first = history.first_seen.get(unit)
             if first is not None and (not obs or obs[0].at > first):
                 # The anomaly baseline starts at the first look ever, not at the window.
@@ -242,9 +269,27 @@ class Recorder:
         return out
 
 
+def _worth_keeping(obs: Observation, last: Counters | None) -> bool:
+    """Store a look only when it says something new: another state, run or restart count,
+    or a memory sample. A unit steady for days costs no rows; ``evaluate`` adds the
+    current look itself, so patterns still see "now"."""
+    if last is None or obs.memory_current is not None:
+        return True
+    return (obs.active_state, obs.sub_state, obs.invocation_id, obs.n_restarts) != (
+        last.last_state,
+        last.last_sub_state,
+        last.last_invocation_id,
+        last.last_n_restarts,
+    )
+
+
 def troubled(changes: Changes) -> list[str]:
-    """Units whose findings call for an impact analysis (failed, crash-looping)."""
-    units = [f.unit for f in changes.opened + [f for _, f in changes.still] if _is_trouble(f)]
+    """Units whose new findings call for an impact analysis (failed, crash-looping).
+
+    A finding still open keeps the impact found when it opened (one D-Bus round per level
+    spared every pass); it is computed again when the finding opens anew.
+    """
+    units = [f.unit for f in changes.opened if _is_trouble(f)]
     return sorted(set(units))
 
 
@@ -364,7 +409,7 @@ def run_pass(
     db = FindingStore(store.path, retention=config.retention)
     try:
         at = time.time() if now is None else now
-        view = observe(settings, systemd, store)
+        view = observe(settings, systemd, store, db.counters())
         recorder = Recorder(db, config)
         recorder.record(observations(view, at))
         extra = [
@@ -375,9 +420,9 @@ def run_pass(
         intervals = monitor_outputs.calendar_intervals(
             db, drift_mod.specs_needing_interval(view.states)
         )
+        starts = {d.name: d.start for d in view.desired}
         for name, state in view.states.items():
-            want = next(d for d in view.desired if d.name == name)
-            if state.timer is not None and want.start:
+            if state.timer is not None and starts[name]:
                 missed = drift_mod.missed_run(name, state.timer, at, config.thresholds, intervals)
                 extra += [missed] if missed else []
         scheduled = _timer_run(view.desired)

@@ -107,12 +107,18 @@ def bundles(
     opened: Sequence[StoredFinding],
 ) -> tuple[dict[int, str], list[str]]:
     """One diagnostics bundle per new (non-info) finding; ({finding id: path}, warnings)."""
+    wanted = [f for f in opened if f.finding.severity != "info"]
+    if not wanted:
+        return {}, []
     from reconciler import diagnostics, unitstate
 
     config = diagnostics.load_config(settings)
-    wanted = [f for f in opened if f.finding.severity != "info"]
-    if not config.enabled or not wanted:
+    if not config.enabled:
         return {}, []
+    rank = {"critical": 0, "warning": 1}
+    wanted.sort(key=lambda f: rank.get(f.finding.severity, 2))
+    skipped = len(wanted) - config.max_per_pass
+    wanted = wanted[: config.max_per_pass]
     collector = diagnostics.Collector(config)
     futures = []
     for f in wanted:
@@ -141,12 +147,15 @@ def bundles(
         if result is not None:
             db.set_bundle(f.id, str(result))
             written[f.id] = str(result)
-    warnings = [f"{collector.dropped} diagnostics bundles dropped"] if collector.dropped else []
+    dropped = collector.dropped + max(skipped, 0)
+    warnings = [f"{dropped} diagnostics bundles not written (limits)"] if dropped else []
     return written, warnings
 
 
 def webhook(settings: Settings, result: PassResult) -> str | None:
     """Send new and resolved findings; a warning text when it could not."""
+    if not settings.section("notify").get("url") or not (result.opened or result.resolved):
+        return None
     from reconciler import notify_webhook
 
     config = notify_webhook.load_config(settings.section("notify"))

@@ -18,9 +18,10 @@ import tempfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
-STATES = ("active", "activating", "deactivating", "inactive", "failed", "reloading")
+STATES = ("active", "activating", "deactivating", "inactive", "failed")  # as node_exporter
 
 
 @dataclass(frozen=True)
@@ -55,8 +56,11 @@ class LastSync:
 SUCCESS_RESULTS = frozenset({"applied", "noop", "success"})
 
 
+@lru_cache(maxsize=8192)
 def escape_label(value: str) -> str:
     """A label value as the text format wants it: backslash, quote and new line escaped."""
+    if "\\" not in value and '"' not in value and "\n" not in value:
+        return value
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
@@ -85,14 +89,18 @@ class _Text:
         help_text: str,
         samples: Iterable[tuple[dict[str, str], float]],
     ) -> None:
-        rows = list(samples)
         self.lines.append(f"# HELP {name} {help_text}")
         self.lines.append(f"# TYPE {name} {kind}")
-        for labels, value in rows:
-            inner = ",".join(f'{k}="{escape_label(v)}"' for k, v in labels.items())
-            self.lines.append(
-                f"{name}{{{inner}}} {_number(value)}" if inner else f"{name} {_number(value)}"
-            )
+        self.lines.extend(
+            f"{name}{{{_labels(labels)}}} {_number(value)}"
+            if labels
+            else f"{name} {_number(value)}"
+            for labels, value in samples
+        )
+
+
+def _labels(labels: dict[str, str]) -> str:
+    return ",".join(f'{k}="{escape_label(v)}"' for k, v in labels.items())
 
 
 def build(

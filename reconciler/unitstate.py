@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from reconciler.drift import TimerInfo, UnitState
@@ -132,13 +132,24 @@ def read_state(
     names: Sequence[str],
     unit_dir: Path,
     *,
+    changed: Callable[[LiveUnit], bool] | None = None,
     cgroup_roots: Sequence[Path] = CGROUP_ROOTS,
 ) -> dict[str, UnitState]:
-    """Every unit in ``names`` (not loaded ones too: their LiveUnit says not-found)."""
+    """Every unit in ``names`` (not loaded ones too: their LiveUnit says not-found).
+
+    ``changed``: whether a unit moved since the caller's last look; only those that did
+    (and are not running) get ``ExecMainExitTimestamp`` read, and ``Restart=`` only failed
+    ones: in a steady state the second round is nearly empty. None: read them for all.
+    """
     live = systemd.read_units(list(names))
     files = read_unit_files(unit_dir, names)
     wall, mono = time.time(), time.monotonic()
-    exited = [n for n, u in live.items() if _is_service(n, u) and u.active_state not in _RUNNING]
+    exited = [
+        n
+        for n, u in live.items()
+        if _is_service(n, u) and u.active_state not in _RUNNING and (changed is None or changed(u))
+    ]
+    failed = [n for n, u in live.items() if _is_service(n, u) and u.active_state == "failed"]
     need_cgroup = [
         n
         for n, u in live.items()
@@ -147,7 +158,8 @@ def read_state(
     timers = [n for n, u in live.items() if n.endswith(".timer") and u.load_state == "loaded"]
     extra: dict[str, dict[str, object]] = {n: {} for n in live}
     rounds: tuple[tuple[list[str], str, tuple[str, ...]], ...] = (
-        (exited, SERVICE_IFACE, ("ExecMainExitTimestamp", "Restart")),
+        (exited, SERVICE_IFACE, ("ExecMainExitTimestamp",)),
+        (failed, SERVICE_IFACE, ("Restart",)),
         (need_cgroup, SERVICE_IFACE, ("ControlGroup",)),
         (timers, TIMER_IFACE, TIMER_PROPS),
     )
