@@ -11,7 +11,7 @@ connection and store). :func:`observe` is the side-effect-free first half, for
 daemon can call it per ``PropertiesChanged`` event: ``record`` folds observations into the
 persistent counters, ``evaluate`` runs the patterns for the units given (leaving other
 units' findings, and kinds it was not asked about, alone), ``apply`` stores the changes.
-Outputs (journald, diagnostics bundles, the webhook, the textfile) are in ``monitor_outputs``.
+Outputs are in ``monitor_outputs`` (``announce``: journald, bundles, webhook, per event too).
 """
 
 from __future__ import annotations

@@ -152,18 +152,23 @@ def bundles(
     return written, warnings
 
 
-def webhook(settings: Settings, result: PassResult) -> str | None:
+def webhook(
+    settings: Settings,
+    opened: Sequence[StoredFinding],
+    resolved: Sequence[StoredFinding],
+    at: float,
+) -> str | None:
     """Send new and resolved findings; a warning text when it could not."""
-    if not settings.section("notify").get("url") or not (result.opened or result.resolved):
+    if not settings.section("notify").get("url") or not (opened or resolved):
         return None
     from reconciler import notify_webhook
 
     config = notify_webhook.load_config(settings.section("notify"))
     if config is None:
         return None
-    events = [{"event": "finding.opened", "finding": f.to_dict()} for f in result.opened]
-    events += [{"event": "finding.resolved", "finding": f.to_dict()} for f in result.resolved]
-    if notify_webhook.send(config, settings.host_name, events, now=result.at):
+    events = [{"event": "finding.opened", "finding": f.to_dict()} for f in opened]
+    events += [{"event": "finding.resolved", "finding": f.to_dict()} for f in resolved]
+    if notify_webhook.send(config, settings.host_name, events, now=at):
         return None
     return f"notify webhook: {len(events)} event(s) not delivered"
 
@@ -201,6 +206,40 @@ def textfile(config: MonitorConfig, store: Store, view: HostView, result: PassRe
     tf.write(config.textfile, text)
 
 
+def announce(
+    settings: Settings,
+    systemd: Systemd,
+    db: FindingStore,
+    opened: Sequence[StoredFinding],
+    resolved: Sequence[StoredFinding],
+    *,
+    revision: str | None,
+    at: float,
+) -> tuple[dict[int, str], list[str]]:
+    """Journal entries, diagnostics bundles and the webhook for findings that opened or
+    resolved: the pass calls it once, the watch daemon per event. Returns the bundles
+    written (finding id -> path) and warnings; an output that fails is a warning."""
+    for f in opened:
+        journal_finding(f, revision)
+    for f in resolved:
+        journal_resolved(f, revision)
+    written: dict[int, str] = {}
+    warnings: list[str] = []
+    try:
+        written, more = bundles(settings, systemd, db, opened)
+        warnings += more
+    except Exception as exc:
+        warnings.append(f"diagnostics: {exc}")
+    try:
+        text = webhook(settings, opened, resolved, at)
+        warnings += [text] if text else []
+    except Exception as exc:
+        warnings.append(f"webhook: {exc}")
+    for text in warnings:
+        log.warning("monitor output: %s", text)
+    return written, warnings
+
+
 def publish(
     settings: Settings,
     config: MonitorConfig,
@@ -212,36 +251,22 @@ def publish(
     started: float,
 ) -> None:
     """Every output of one pass, each on its own: one failing never stops the others."""
-    for f in result.opened:
-        journal_finding(f, result.revision)
-    for f in result.resolved:
-        journal_resolved(f, result.revision)
-    for name in ("diagnostics", "webhook"):
-        try:
-            if name == "diagnostics":
-                _bundles(settings, systemd, db, result)
-            else:
-                _warn(result, webhook(settings, result))
-        except Exception as exc:
-            log.warning("monitor output %s failed: %s", name, exc)
-            result.warnings.append(f"{name}: {exc}")
+    written, warnings = announce(
+        settings,
+        systemd,
+        db,
+        result.opened,
+        result.resolved,
+        revision=result.revision,
+        at=result.at,
+    )
+    result.bundles += written.values()
+    result.warnings += warnings
+    result.opened = [replace(f, bundle=written.get(f.id, f.bundle)) for f in result.opened]
+    result.open = [replace(f, bundle=written.get(f.id, f.bundle)) for f in result.open]
     result.duration_sec = time.monotonic() - started
     try:
         textfile(config, store, view, result)
     except Exception as exc:
         log.warning("cannot write the monitor textfile '%s': %s", config.textfile, exc)
         result.warnings.append(f"textfile: {exc}")
-
-
-def _bundles(settings: Settings, systemd: Systemd, db: FindingStore, result: PassResult) -> None:
-    written, warnings = bundles(settings, systemd, db, result.opened)
-    result.bundles += written.values()
-    result.warnings += warnings
-    result.opened = [replace(f, bundle=written.get(f.id, f.bundle)) for f in result.opened]
-    result.open = [replace(f, bundle=written.get(f.id, f.bundle)) for f in result.open]
-
-
-def _warn(result: PassResult, text: str | None) -> None:
-    if text:
-        log.warning("%s", text)
-        result.warnings.append(text)

@@ -136,7 +136,7 @@ def test_no_sync_no_units_still_valid() -> None:
     ("bad", "why"),
     [
         ("x 1", "sample without TYPE"),
-        ("# TYPE x gauge\nx{a=\"1\"} 1\nx{a=\"1\"} 2", "duplicate"),
+        ('# TYPE x gauge\nx{a="1"} 1\nx{a="1"} 2', "duplicate"),
         ("# TYPE x gauge\nx{a=1} 1", "bad label"),
         ("# TYPE x gauge\n# TYPE y gauge\ny 1\nx 2", "not contiguous"),
         ("# TYPE x gauge\nx 1", "new line"),
