@@ -7,9 +7,9 @@ window; later runs take their rates from the previous run. Target: under 300 ms 
 whole process, interpreter included; exits 1 if the median of either kind misses it.
 
 Processes get the bytecode cache as an installed package has it (``PYTHONDONTWRITEBYTECODE``
-is dropped and a warm-up run writes it); ``--no-bytecode-cache`` measures without it.
+is dropped and a warm-up run writes it). Peak RSS comes from GNU time.
 
-    .venv/bin/python -m bench.bench_metrics_job [-n 15] [--no-bytecode-cache]
+    .venv/bin/python -m bench.bench_metrics_job [-n 15]
 """
 
 from __future__ import annotations
@@ -25,17 +25,19 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bench.machine import cpu_model, run_measured
+
 TARGET_MS = 300.0
 CLI = str(Path(sys.executable).parent / "reconciler")
 
 
-def run(argv: list[str], env: dict[str, str]) -> tuple[float, int]:
-    """Wall time in ms and peak RSS in KiB of one process."""
+def run(argv: list[str], env: dict[str, str]) -> float:
+    """Wall time in ms of one process."""
     started = time.perf_counter()
     proc = subprocess.Popen(
         argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
-    _, status, usage = os.wait4(proc.pid, 0)
+    _, status = os.waitpid(proc.pid, 0)
     elapsed = (time.perf_counter() - started) * 1000
     proc.returncode = os.waitstatus_to_exitcode(status)
     err = proc.stderr.read().decode() if proc.stderr else ""
@@ -43,31 +45,17 @@ def run(argv: list[str], env: dict[str, str]) -> tuple[float, int]:
         proc.stderr.close()
     if proc.returncode != 0:
         raise SystemExit(f"{argv[0]} exited {proc.returncode}: {err.strip()}")
-    return elapsed, usage.ru_maxrss
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    return elapsed
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.bench_metrics_job")
     parser.add_argument("-n", type=int, default=15, help="runs of each (default 15)")
-    parser.add_argument("--no-bytecode-cache", action="store_true")
     opts = parser.parse_args(argv)
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("RECONCILER_")}
     env["RECONCILER_JOURNAL_SOCKET"] = "/nonexistent/journal-socket"  # the entry to stderr
-    if opts.no_bytecode_cache:
-        env["PYTHONDONTWRITEBYTECODE"] = "1"
-    else:
-        env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
 
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-metrics-") as tmp:
@@ -84,27 +72,24 @@ def main(argv: list[str] | None = None) -> int:
         firsts: list[float] = []
         jobs: list[float] = []
         bases: list[float] = []
-        rss: list[int] = []
         for i in range(opts.n):
-            ms, _ = run(baseline, env)
-            bases.append(ms)
-            ms, peak = run(job(f"first{i}"), env)  # a fresh store: the 100 ms window
-            firsts.append(ms)
-            rss.append(peak)
-            ms, peak = run(steady, env)  # rates from the previous run
-            jobs.append(ms)
-            rss.append(peak)
+            bases.append(run(baseline, env))
+            firsts.append(run(job(f"first{i}"), env))  # a fresh store: the 100 ms window
+            jobs.append(run(steady, env))  # rates from the previous run
+        # Peak RSS through GNU time (a tiny parent), in runs of their own.
+        rss = [run_measured(argv, env)[1] for argv in (job("rss"), steady, steady)]
         size = sum(p.stat().st_size for p in Path(tmp, "steady").iterdir())
 
     median, base = statistics.median(jobs), statistics.median(bases)
     first = statistics.median(firsts)
     ok = median < TARGET_MS and first < TARGET_MS
     uname = platform.uname()
-    cache = "off" if opts.no_bytecode_cache else "on (as installed)"
     print(f"## metrics job (`reconciler job metrics`), {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
     print()
-    print(f"- machine: {uname.system} {uname.release} {uname.machine}, {os.cpu_count()} CPUs, ")
-    print(f"  {cpu_model()}; Python {platform.python_version()}; bytecode cache {cache}")
+    print(
+        f"- machine: {uname.system} {uname.release} {uname.machine}, {os.cpu_count()} CPUs, "
+        f"{cpu_model()}; Python {platform.python_version()}; bytecode cache warm"
+    )
     print(f"- load average before: {' '.join(f'{x:.2f}' for x in load_before)}")
     print(f"- runs: {opts.n} x (`python -c pass`, first run, later run) interleaved, SQLite")
     print(
@@ -118,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"- baseline `python -c pass`: median {base:.0f} ms; job over baseline {median - base:.0f}"
     )
-    print(f"- peak RSS: {max(rss) / 1024:.1f} MiB; store after {opts.n + 1} runs: {size} bytes")
+    print(f"- peak RSS: {max(rss):.1f} MB; store after {opts.n + 1} runs: {size} bytes")
     print(
         f"- target: median < {TARGET_MS:.0f} ms for both kinds of run: {'met' if ok else 'MISSED'}"
     )
