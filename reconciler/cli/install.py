@@ -6,7 +6,10 @@ import argparse
 
 from reconciler.cli import _options
 
-HELP = "write /etc/reconciler/config.toml and install, enable and start the own timers"
+HELP = (
+    "write /etc/reconciler/config.toml and the webhook secret (once), and install, enable "
+    "and start the own timers, webhook socket and watch service"
+)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -28,11 +31,23 @@ def run(args: argparse.Namespace) -> int:
     lines = plan_mod.describe(done.plan)
     journal.event("install", f"installed the reconciler's units: {len(lines)} actions")
     if args.json:
-        _options.print_json({"actions": lines, "config_written": done.config_written})
+        _options.print_json(
+            {
+                "actions": lines,
+                "config_written": done.config_written,
+                "secret_written": done.secret_written,  # the path only, never the secret
+                "notes": list(done.notes),
+                "dbus_calls": dict(done.dbus_calls),
+                "mutating_dbus_calls": done.mutating_calls,
+            }
+        )
         return 0
-    if done.config_written:
-        print(f"wrote {done.config_written}")
+    for path, what in ((done.config_written, "config"), (done.secret_written, "webhook secret")):
+        if path:
+            print(f"wrote {what} {path} (mode 0600)")
     print("installed: nothing to do" if not lines else "installed:")
     for line in lines:
         print(f"  {line}")
+    for note in done.notes:
+        print(f"note: {note}")
     return 0
