@@ -295,9 +295,17 @@ def _open_postgres(url: str) -> MetricStore:
     return PostgresStore(conn, where, (psycopg.Error,))
 
 
+def is_postgres(settings: Settings) -> bool:
+    url = settings.database_url
+    return bool(url and url.startswith(("postgresql://", "postgres://")))
+
+
+def sqlite_path(settings: Settings) -> Path:
+    return settings.state_dir / "metrics.db"
+
+
 def open_store(settings: Settings) -> MetricStore:
     """The configured store: PostgreSQL for a ``postgresql://`` URL, else SQLite."""
-    url = settings.database_url
-    if url and url.startswith(("postgresql://", "postgres://")):
-        return _open_postgres(url)
+    if settings.database_url and is_postgres(settings):
+        return _open_postgres(settings.database_url)
     return _open_sqlite(settings.state_dir)

@@ -148,9 +148,11 @@ def test_metrics_table_with_sparklines_on_a_terminal(config: Path) -> None:
     assert any(bar in shown for bar in "▁▂▃▄▅▆▇█")
 
 
-def test_empty_store_and_bad_since(config: Path) -> None:
+def test_empty_store_and_bad_since(config: Path, tmp_path: Path) -> None:
     out = reconciler("metrics", config=config).stdout
     assert "no metrics for test-host" in out
+    assert not (tmp_path / "state").exists()  # reading creates no store
+    assert json.loads(reconciler("metrics", "--json", config=config).stdout)["series"] == []
     bad = reconciler("metrics", "--since", "soon", config=config, check=False)
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == [
