@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from reconciler import sandbox
+from reconciler.errors import ReconcilerError
 
 PROJECT = Path(__file__).resolve().parent.parent
 GIT_ENV = {
@@ -81,8 +82,20 @@ class Demo:
         for line in (proc.stdout + proc.stderr).rstrip().splitlines():
             self.out(f"  {line}")
         if check and proc.returncode != 0:
-            raise RuntimeError(f"'reconciler {shown}' exited {proc.returncode}")
+            raise ReconcilerError(f"demo step 'reconciler {shown}' failed (exit {proc.returncode})")
         return proc
+
+    def journal(self, event: str) -> None:
+        """What an operator on the host would run: journalctl MESSAGE_ID=<the event's id>."""
+        from reconciler.journal import message_id
+
+        assert self.host is not None
+        match = f"MESSAGE_ID={message_id(event)}"
+        self.out(f"$ journalctl -o cat {match}   # on the host")
+        self.host.journal_sync()
+        proc = self.host.run(["journalctl", "--no-pager", "-o", "cat", match], check=False)
+        for line in proc.stdout.rstrip().splitlines():
+            self.out(f"  {line}")
 
     def git(self, *args: str) -> str:
         proc = subprocess.run(
@@ -175,7 +188,8 @@ class Demo:
             fh.write(FLAKY_SERVICE)
         self.push("add flaky, a service that crashes")
         self.run("sync", check=False)
-        self.step("the monitor saw the crash loop before the rollback")
+        self.step("the crash loop was found before the rollback: journald has it by MESSAGE_ID")
+        self.journal("crash_loop")
         self.run("monitor")
         self.step("history: what was applied when")
         self.run("history")

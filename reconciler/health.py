@@ -49,8 +49,13 @@ def wait_healthy(
     poll_sec: float = 0.2,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    on_read: Callable[[dict[str, LiveUnit]], None] | None = None,
 ) -> dict[str, str]:
-    """Return ``{unit: reason}`` for every unit that failed its gate (empty: all healthy)."""
+    """Return ``{unit: reason}`` for every unit that failed its gate (empty: all healthy).
+
+    ``on_read`` sees every read: the sync records them, so the restarts of a unit that
+    crash-loops during the gate are counted before the rollback removes it.
+    """
     start = clock()
     pending = {
         unit: _Watch(deadline=start + timeout, settle=min(settle_sec, timeout / 3))
@@ -60,6 +65,8 @@ def wait_healthy(
     while pending:
         now = clock()
         live = systemd.read_units(sorted(pending))
+        if on_read is not None:
+            on_read(live)
         for unit in list(pending):
             watch = pending[unit]
             state = live.get(unit)

@@ -429,6 +429,8 @@ def run_pass(
         changes = recorder.evaluate(
             list(view.states), at, extra=extra, kinds=PASS_KINDS, scheduled=scheduled
         )
+        # A unit no longer managed (pruned, or rolled back away) has nothing left to fix.
+        changes.resolved += [f for k, f in db.open_findings().items() if k[1] not in view.states]
         impacts = impacts_of(systemd, troubled(changes), config.impact_depth)
         applied = recorder.apply(changes, impacts, at)
         db.prune(at)

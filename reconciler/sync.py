@@ -13,10 +13,11 @@ the crash-safety rules:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -201,11 +202,46 @@ def execute(
     gated = {unit for unit, _ in plan.health_checks}
     failed = {u: f"start job {r}" for u, r in result.failed_jobs.items() if u in gated}
     checks = [(u, t) for u, t in plan.health_checks if u not in failed]
-    failed.update(health.wait_healthy(systemd, checks))
+    if checks:
+        with _recording(settings, store) as on_read:
+            failed.update(health.wait_healthy(systemd, checks, on_read=on_read))
     for unit, result_text in result.failed_jobs.items():
         if unit not in gated:
             log.warning("%s: start job %s (no health gate: not rolled back)", unit, result_text)
     return failed
+
+
+@contextlib.contextmanager
+def _recording(settings: Settings, store: Store) -> Iterator[Callable[[dict[str, LiveUnit]], None]]:
+    """A health-gate callback that folds each read into the monitor's counters."""
+    from reconciler import monitor
+    from reconciler.counters import Observation
+    from reconciler.findings import FindingStore
+
+    config = monitor.load_config(settings)
+    db = FindingStore(store.path, retention=config.retention)
+    recorder = monitor.Recorder(db, config)
+
+    def on_read(live: dict[str, LiveUnit]) -> None:
+        now = time.time()
+        recorder.record([Observation.from_live(u, now) for u in live.values()])
+
+    try:
+        yield on_read
+    finally:
+        db.close()
+
+
+def monitor_pass(settings: Settings, systemd: Systemd | None, store: Store | None) -> object:
+    """The monitoring pass a sync ends with; its failure is logged, never fails the sync."""
+    from reconciler import monitor
+    from reconciler.errors import ReconcilerError
+
+    try:
+        return monitor.run_pass(settings, systemd=systemd, store=store)
+    except (ReconcilerError, OSError) as exc:
+        log.warning("monitoring pass failed: %s", exc)
+        return None
 
 
 def _encode_desired(desired: Sequence[DesiredUnit]) -> str:
@@ -348,6 +384,7 @@ def _roll_back(
             f"revision {bad[:12]} failed its health gate: {reasons}",
             "no earlier good revision to roll back to; fix and push a new commit",
         )
+    monitor_pass(settings, systemd, store)  # findings and bundles of the bad revision
     try:
         snapshot = fetch(settings, good)
         desired = render_cached(snapshot, settings.host_name, store)

@@ -23,6 +23,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="allow an inventory that removes every managed unit",
     )
     parser.add_argument(
+        "--no-monitor",
+        action="store_true",
+        help="skip the monitoring pass a sync ends with",
+    )
+    parser.add_argument(
         "--trigger",
         default="manual",
         choices=["manual", "timer", "webhook"],
@@ -35,18 +40,29 @@ def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from reconciler import journal, sync
+    from reconciler.errors import LockedError, ReconcilerError
 
     journal.setup()
     settings = _options.settings(args)
     if args.allow_empty:
         settings = replace(settings, allow_empty=True)
-    outcome = sync.run(settings, dry_run=args.dry_run, force=args.force, trigger=args.trigger)
+    monitor = not (args.dry_run or args.no_monitor)
+    try:
+        outcome = sync.run(settings, dry_run=args.dry_run, force=args.force, trigger=args.trigger)
+    except LockedError:
+        raise  # the sync holding the lock ends with its own monitoring pass
+    except ReconcilerError:
+        if monitor:  # the remote is down or the apply failed: still look at the units
+            sync.monitor_pass(settings, None, None)
+        raise
+    passed = sync.monitor_pass(settings, None, None) if monitor else None
     if args.dry_run:
         from reconciler.cli import plan as plan_cmd
 
         return plan_cmd.show(outcome, as_json=args.json)
+    findings = _findings(passed)
     if args.json:
-        _options.print_json(_as_dict(outcome))
+        _options.print_json({**_as_dict(outcome), "findings": findings})
         return 0
     rev = (outcome.revision or "")[:12]
     if outcome.result in ("suspended", "held"):
@@ -61,7 +77,21 @@ def run(args: argparse.Namespace) -> int:
         for line in outcome.actions:
             print(f"  {line}")
         print(f"{outcome.result}" + (f": {outcome.message}" if outcome.message else ""))
+    for f in findings:
+        print(f"finding: {f['summary']}")
     return 0
+
+
+def _findings(passed: object) -> list[dict[str, object]]:
+    """The open findings of the monitoring pass (kind, unit, summary), if it ran."""
+    from reconciler.monitor import PassResult
+
+    if not isinstance(passed, PassResult):
+        return []
+    return [
+        {"kind": f.finding.kind, "unit": f.finding.unit, "summary": f.finding.summary}
+        for f in passed.open
+    ]
 
 
 def _as_dict(outcome: object) -> dict[str, object]:
