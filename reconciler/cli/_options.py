@@ -26,7 +26,10 @@ def add_settings(parser: argparse.ArgumentParser, *, source: bool = True) -> Non
     parser.add_argument("--unit-dir", metavar="DIR", help="default /etc/systemd/system")
     parser.add_argument("--run-dir", metavar="DIR", help="default /run/reconciler")
     parser.add_argument(
-        "--bus", metavar="ADDRESS", help="D-Bus address of systemd (default: the system bus)"
+        "--bus",
+        metavar="ADDRESS",
+        help="D-Bus address of systemd (default: $RECONCILER_BUS, else systemd's private "
+        "socket as root, else the system bus)",
     )
 
 
