@@ -125,6 +125,18 @@ CASES = [
         {"ReadWritePaths": ["/var/lib/reconciler", "-/srv/backups"]},
     ),
     Case(
+        "no user namespaces here: PrivateUsers= left out (217/USER otherwise)",
+        "metrics-sample.service",
+        Layout(PY, user_namespaces=False),
+        {"PrivateUsers": []},
+    ),
+    Case(
+        "user namespaces: PrivateUsers= kept",
+        "reading-sync.service",
+        Layout(PY),
+        {"PrivateUsers": ["yes"]},
+    ),
+    Case(
         "timers are copied as they are",
         "metrics-sample.timer",
         Layout(PY, "/opt/src", code_paths=("/root/py",)),
@@ -244,6 +256,7 @@ LAYOUTS = {
         writable=writable_paths(
             Settings(sections={"backup": {"dest": "/srv/b"}, "diagnostics": {"directory": "/d"}})
         ),
+        user_namespaces=False,
     ),
 }
 

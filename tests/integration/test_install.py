@@ -1,0 +1,386 @@
+"""`reconciler install` / `uninstall` inside the disposable systemd host, run as an operator would.
+
+The CLI runs inside the host from the bound checkout and venv (the interpreter is pyenv's,
+under /root: the installed units must cope with ProtectHome=). The config repository is a
+bare repo created inside the host, holding the project's example inventory and templates.
+Every job's service is then started for real: gitops-sync applies the examples,
+volume-backup archives a small tree into a dest outside the state dir, reading-sync calls
+a real HTTP server on 127.0.0.1 (the host shares this machine's network) with the token
+from the credential, metrics-sample and reconciler-monitor record their passes.
+
+Everything is removed again at the end (the examples through a sync of an empty
+inventory), so that the other tests of the session find the host as it was.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reconciler import sandbox
+from tests.conftest import ENV_INSIDE, PYTHON_INSIDE, REPO
+
+pytestmark = pytest.mark.host
+
+BASE = "/srv/reconciler-install-test"
+CONFIG = "/etc/reconciler/config.toml"
+SECRET = "/etc/reconciler/webhook-secret"
+TOKEN_FILE = "/etc/reconciler/etl-token"
+TOKEN = "etl-token-for-the-install-test-0123456789"
+STATE = "/var/lib/reconciler"
+UNITS = sorted(p.name for p in (REPO / "units").iterdir() if p.suffix != ".md")
+TIMERS = [u for u in UNITS if u.endswith(".timer")]
+JOBS = [
+    "gitops-sync.service",
+    "metrics-sample.service",
+    "volume-backup.service",
+    "reading-sync.service",
+    "reconciler-monitor.service",
+]
+# The example services that share a name with the reconciler's own units (they mimic the
+# same seed) are renamed here; as they are, a sync refuses them as foreign files.
+RENAMED = {"reading-sync": "example-reading-sync", "volume-backup": "example-volume-backup"}
+# TODO(watch): drop once reconciler/cli/watch.py lands (another change builds it); until
+# then the only tolerated failure is reconciler-watch.service not starting.
+WATCH_READY = (REPO / "reconciler" / "cli" / "watch.py").exists()
+WATCH = "reconciler-watch.service"
+PASS = "monitor pass:"  # the monitor's one summary line (stdout, into the journal)
+GIT = ["git", "-c", "user.name=Test Operator", "-c", "user.email=ops@example.invalid"]
+GIT += ["-c", "init.defaultBranch=main", "-c", "safe.directory=*"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cli(host: sandbox.Host, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return host.run(
+        [PYTHON_INSIDE, "-m", "reconciler", *args], env=ENV_INSIDE, check=check, timeout=240
+    )
+
+
+def install_json(host: sandbox.Host, *args: str) -> dict[str, Any]:
+    proc = cli(host, "install", "--json", *args, check=False)
+    if proc.returncode != 0:
+        tolerated = not WATCH_READY and f"cannot start the reconciler's units: {WATCH} (" in (
+            proc.stderr
+        )
+        assert tolerated, proc.stderr
+        return {"failed": proc.stderr.strip()}
+    data: dict[str, Any] = json.loads(proc.stdout)
+    return data
+
+
+def show(host: sandbox.Host, unit: str, *props: str) -> dict[str, str]:
+    out = host.systemctl("show", unit, *(f"--property={p}" for p in props)).stdout
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def busctl_u64(host: sandbox.Host, unit: str, interface: str, prop: str) -> int:
+    path = "/org/freedesktop/systemd1/unit/" + "".join(
+        c if c.isalnum() else f"_{ord(c):02x}" for c in unit
+    )
+    out = host.run(
+        ["busctl", "get-property", "org.freedesktop.systemd1", path, interface, prop]
+    ).stdout.split()
+    assert out[0] == "t", out
+    return int(out[1])
+
+
+def since(entries: list[dict[str, Any]], start_us: int) -> list[dict[str, Any]]:
+    # journalctl 252 --after-cursor together with a match returned nothing here: filter.
+    return [e for e in entries if int(e["__REALTIME_TIMESTAMP"]) >= start_us]
+
+
+def wait_for_entries(
+    host: sandbox.Host, unit: str, pid: str, start_us: int
+) -> list[dict[str, Any]]:
+    """What ``unit`` logged since ``start_us`` (through the reconciler), waiting up to 10 s.
+
+    journald fills _SYSTEMD_UNIT from the sender's cgroup, which it may not read once a
+    quick job has exited: entries are matched by the unit and by the run's main PID.
+    """
+    deadline = time.monotonic() + 10
+    while True:
+        host.journal_sync()
+        found = host.journal(f"_SYSTEMD_UNIT={unit}") + host.journal(f"_PID={pid}")
+        ours = [
+            e
+            for e in since(found, start_us)
+            if "RECONCILER_EVENT" in e or str(e.get("MESSAGE", "")).startswith(PASS)
+        ]
+        if ours or time.monotonic() > deadline:
+            return ours
+        time.sleep(0.2)
+
+
+def host_path(host: sandbox.Host, path: str) -> Path:
+    return host.root / path.lstrip("/")
+
+
+@dataclass
+class EtlServer:
+    """The ETL endpoint: answers 200 and remembers each request's path and headers."""
+
+    port: int
+    requests: list[dict[str, str]] = field(default_factory=list)
+
+
+@pytest.fixture(scope="module")
+def etl() -> Iterator[EtlServer]:
+    server_state = EtlServer(0)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            length = int(self.headers.get("Content-Length") or 0)
+            self.rfile.read(length)
+            server_state.requests.append({"path": self.path, **dict(self.headers.items())})
+            body = b'{"synced": 3}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server_state.port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server_state
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def example_repo(host: sandbox.Host, web_port: int) -> None:
+    """A bare repo inside the host with the example inventory/templates, pushed from inside."""
+    work = f"{BASE}/work"
+    for sub in ("inventory", "templates"):
+        for src in (REPO / sub).iterdir():
+            dst = host_path(host, f"{work}/{sub}/{src.name}")
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.write_text(src.read_text())
+    services = host_path(host, f"{work}/inventory/services.toml")
+    text = services.read_text().replace("127.0.0.1:8080", f"127.0.0.1:{web_port}")
+    for old, new in RENAMED.items():
+        assert f"[services.{old}]" in text
+        text = text.replace(f"[services.{old}", f"[services.{new}")
+    services.write_text(text)
+    hosts = host_path(host, f"{work}/inventory/hosts.toml")
+    old_vars = 'vars = { environment = "demo", keep_days = 3 }'
+    assert old_vars in hosts.read_text()
+    hosts.write_text(hosts.read_text().replace(old_vars, old_vars[:-2] + f", port = {web_port} }}"))
+    host.run(["git", "init", "-q", "--bare", "-b", "main", f"{BASE}/config.git"])
+    host.run([*GIT, "-C", work, "init", "-q", "-b", "main"])
+    host.run([*GIT, "-C", work, "add", "-A"])
+    host.run([*GIT, "-C", work, "commit", "-q", "-m", "examples"])
+    host.run([*GIT, "-C", work, "push", "-q", f"{BASE}/config.git", "HEAD:main"])
+
+
+def prune_examples(host: sandbox.Host) -> None:
+    """Push an empty inventory and sync it with --allow-empty: the examples are removed."""
+    work = f"{BASE}/work"
+    host_path(host, f"{work}/inventory/services.toml").write_text("")
+    host.run([*GIT, "-C", work, "commit", "-q", "-am", "nothing"], check=False)
+    host.run([*GIT, "-C", work, "push", "-q", f"{BASE}/config.git", "HEAD:main"], check=False)
+    cli(host, "sync", "--allow-empty", "--no-monitor", "--force", check=False)
+
+
+@dataclass
+class Installed:
+    """The first install's output."""
+
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture(scope="module")
+def installed(host: sandbox.Host) -> Iterator[Installed]:
+    leftovers = [p for p in (CONFIG, SECRET, TOKEN_FILE, BASE) if host_path(host, p).exists()]
+    leftovers += [u for u in UNITS if (host.unit_dir / u).exists()]
+    if leftovers:
+        pytest.fail(f"the shared host is not clean for the install test: {leftovers}")
+    state = host_path(host, STATE)
+    state_existed = state.is_dir()
+    state_before = {p.name for p in state.iterdir()} if state_existed else set()
+    etc_existed = host_path(host, "/etc/reconciler").exists()
+    web_port = free_port()
+    example_repo(host, web_port)
+    proc = cli(host, "install", "--repo", f"{BASE}/config.git", "--host", "sandbox", check=False)
+    try:
+        if proc.returncode != 0:
+            assert not WATCH_READY and f"{WATCH} (" in proc.stderr, proc.stderr
+        yield Installed(proc.stdout, proc.stderr)
+    finally:
+        cli(host, "uninstall", check=False)
+        prune_examples(host)
+        host.systemctl("reset-failed", *UNITS, check=False)
+        host.run(["rm", "-rf", BASE, CONFIG, SECRET, TOKEN_FILE], check=False)
+        if not etc_existed:
+            host.run(["rmdir", "/etc/reconciler"], check=False)
+        if not state_existed:
+            host.run(["rm", "-rf", STATE], check=False)
+        elif state.is_dir():
+            for entry in state.iterdir():
+                if entry.name not in state_before:
+                    host.run(["rm", "-rf", str(Path(STATE) / entry.name)], check=False)
+
+
+def test_install_writes_config_and_secret_and_starts_the_units(
+    host: sandbox.Host, installed: Installed
+) -> None:
+    out = installed.stdout
+    if out or WATCH_READY:  # TODO(watch): a failed install prints only its error
+        assert f"wrote config {CONFIG} (mode 0600)" in out
+        assert f"wrote webhook secret {SECRET} (mode 0600)" in out
+    secret = host_path(host, SECRET).read_text().strip()
+    assert len(secret) == 64 and secret not in out + installed.stderr
+    host.journal_sync()
+    assert not [e for e in host.journal("--grep", secret[:16])]  # never logged either
+    for path in (CONFIG, SECRET):
+        assert host_path(host, path).stat().st_mode & 0o777 == 0o600, path
+    config = host_path(host, CONFIG).read_text()
+    assert f'repo = "{BASE}/config.git"' in config and 'host = "sandbox"' in config
+
+    for unit in UNITS:
+        props = show(host, unit, "LoadState", "ActiveState", "UnitFileState", "FragmentPath")
+        assert props["LoadState"] == "loaded", (unit, props)
+        assert props["FragmentPath"] == f"/etc/systemd/system/{unit}"
+        if unit.endswith((".timer", ".socket")):
+            assert props["ActiveState"] == "active", (unit, props)
+            assert props["UnitFileState"] == "enabled", (unit, props)
+    if WATCH_READY:
+        assert show(host, WATCH, "ActiveState")["ActiveState"] == "active"
+    for timer in TIMERS:
+        iface = "org.freedesktop.systemd1.Timer"
+        realtime = busctl_u64(host, timer, iface, "NextElapseUSecRealtime")
+        monotonic = busctl_u64(host, timer, iface, "NextElapseUSecMonotonic")
+        # OnCalendar= timers elapse on the wall clock; OnBootSec=/OnUnitActiveSec= ones on
+        # the monotonic clock (their NextElapseUSecRealtime stays 0).
+        assert realtime > 0 or monotonic > 0, (timer, realtime, monotonic)
+        if "OnCalendar=" in (REPO / "units" / timer).read_text():
+            assert realtime > time.time() * 1e6 - 60e6, timer
+    # The socket waits for the secret install created; it listens on 9420.
+    assert show(host, "reconciler-webhook.socket", "Listen")["Listen"].endswith("9420 (Stream)")
+
+    installed_files = [f"/etc/systemd/system/{u}" for u in UNITS]
+    proc = host.run(
+        ["systemd-analyze", "verify", "--man=no", *installed_files],
+        env={"SYSTEMD_LOG_LEVEL": "warning"},
+        check=False,
+    )
+    complaints = [
+        line for line in (proc.stderr + proc.stdout).splitlines() if any(u in line for u in UNITS)
+    ]
+    assert complaints == [] and proc.returncode == 0, proc.stderr
+
+
+def test_second_install_is_a_noop(host: sandbox.Host, installed: Installed) -> None:
+    before = {u: show(host, u, "InvocationID")["InvocationID"] for u in UNITS}
+    second = install_json(host)
+    if "failed" in second:  # TODO(watch): see WATCH_READY
+        third = install_json(host)
+        assert "failed" in third and WATCH in third["failed"]
+        return
+    assert second["actions"] == [], second
+    assert second["mutating_dbus_calls"] == 0, second["dbus_calls"]
+    assert second["config_written"] is None and second["secret_written"] is None
+    after = {u: show(host, u, "InvocationID")["InvocationID"] for u in UNITS}
+    assert {u: v for u, v in after.items() if not u.endswith(".service")} == {
+        u: v for u, v in before.items() if not u.endswith(".service")
+    }
+
+
+def test_every_job_runs_and_logs(host: sandbox.Host, installed: Installed, etl: EtlServer) -> None:
+    small = host_path(host, f"{BASE}/small")
+    (small / "sub").mkdir(parents=True)
+    (small / "a.txt").write_text("alpha\n")
+    (small / "sub" / "b.bin").write_bytes(bytes(range(256)))
+    token = host_path(host, TOKEN_FILE)
+    token.write_text(TOKEN + "\n")
+    token.chmod(0o600)
+    with host_path(host, CONFIG).open("a") as fh:
+        fh.write(
+            f'\n[backup]\ndest = "{BASE}/backups"\n'
+            f'[[backup.sources]]\nname = "small"\npath = "{BASE}/small"\n'
+            f'\n[etl]\nurl = "http://127.0.0.1:{etl.port}/api/sync/reading"\nretries = 0\n'
+            # The disposable host hands services an empty credentials directory (systemd
+            # in a chroot; measured), so the job's own fallback reads the same file here.
+            f'token_file = "{TOKEN_FILE}"\n'
+        )
+    # The units follow the config: the dest becomes writable, the token a credential.
+    changed = install_json(host)
+    if "failed" not in changed:
+        assert changed["actions"] == [
+            "write reading-sync.service (changed)",
+            "write volume-backup.service (changed)",
+            "reload systemd",
+        ], changed
+    unit_dir = host.unit_dir
+    assert (
+        f"LoadCredential=etl-token:{TOKEN_FILE}" in (unit_dir / "reading-sync.service").read_text()
+    )
+    assert f"ReadWritePaths=-{BASE}/backups" in (unit_dir / "volume-backup.service").read_text()
+
+    start_us = int(time.time() * 1e6)
+    pids: dict[str, str] = {}
+    for job in JOBS:
+        proc = host.systemctl("start", job, check=False)
+        status = host.systemctl("status", job, "-n", "20", check=False).stdout
+        assert proc.returncode == 0, (job, proc.stderr, status)
+        props = show(host, job, "Result", "ExecMainPID")
+        assert props["Result"] == "success", status
+        pids[job] = props["ExecMainPID"]
+
+    for job in JOBS:
+        entries = wait_for_entries(host, job, pids[job], start_us)
+        assert entries, (job, host.systemctl("status", job, "-n", "20", check=False).stdout)
+        if job != "reconciler-monitor.service":  # a pass without findings logs only its line
+            assert all("MESSAGE_ID" in e for e in entries if "RECONCILER_EVENT" in e)
+            assert any("RECONCILER_EVENT" in e for e in entries), (job, entries)
+    everything = json.dumps(since(host.journal(), start_us))
+    assert TOKEN not in everything
+
+    # gitops-sync applied the example services for host "sandbox".
+    assert show(host, "web.service", "ActiveState")["ActiveState"] == "active"
+    for timer in ("system-metrics.timer", "example-reading-sync.timer"):
+        assert show(host, timer, "ActiveState")["ActiveState"] == "active", timer
+    # volume-backup wrote an archive outside the state dir.
+    assert list(host_path(host, f"{BASE}/backups").rglob("*.tar*"))
+    # reading-sync called the endpoint once, with the token.
+    assert [r["path"] for r in etl.requests] == ["/api/sync/reading"]
+    assert etl.requests[0]["Authorization"] == f"Bearer {TOKEN}"
+    assert etl.requests[0].get("Idempotency-Key")
+    # metrics-sample stored a sample in the state dir's database.
+    samples = json.loads(cli(host, "metrics", "--since", "10m", "--json").stdout)
+    assert samples, samples
+
+
+def test_uninstall_removes_units_and_keeps_state(host: sandbox.Host, installed: Installed) -> None:
+    proc = cli(host, "uninstall", "--json")
+    data = json.loads(proc.stdout)
+    assert any(line.startswith("remove ") for line in data["actions"]), data
+    for unit in UNITS:
+        assert not (host.unit_dir / unit).exists(), unit
+        assert show(host, unit, "LoadState")["LoadState"] == "not-found", unit
+    for kept in (CONFIG, SECRET, f"{STATE}/state.db", f"{BASE}/backups"):
+        assert host_path(host, kept).exists(), kept
+    again = json.loads(cli(host, "uninstall", "--json").stdout)
+    assert again["actions"] == [] and again["mutating_dbus_calls"] == 0, again
