@@ -50,9 +50,6 @@ JOBS = [
 # The example services that share a name with the reconciler's own units (they mimic the
 # same seed) are renamed here; as they are, a sync refuses them as foreign files.
 RENAMED = {"reading-sync": "example-reading-sync", "volume-backup": "example-volume-backup"}
-# TODO(watch): drop once reconciler/cli/watch.py lands (another change builds it); until
-# then the only tolerated failure is reconciler-watch.service not starting.
-WATCH_READY = (REPO / "reconciler" / "cli" / "watch.py").exists()
 WATCH = "reconciler-watch.service"
 PASS = "monitor pass:"  # the monitor's one summary line (stdout, into the journal)
 GIT = ["git", "-c", "user.name=Test Operator", "-c", "user.email=ops@example.invalid"]
@@ -72,14 +69,7 @@ def cli(host: sandbox.Host, *args: str, check: bool = True) -> subprocess.Comple
 
 
 def install_json(host: sandbox.Host, *args: str) -> dict[str, Any]:
-    proc = cli(host, "install", "--json", *args, check=False)
-    if proc.returncode != 0:
-        tolerated = not WATCH_READY and f"cannot start the reconciler's units: {WATCH} (" in (
-            proc.stderr
-        )
-        assert tolerated, proc.stderr
-        return {"failed": proc.stderr.strip()}
-    data: dict[str, Any] = json.loads(proc.stdout)
+    data: dict[str, Any] = json.loads(cli(host, "install", "--json", *args).stdout)
     return data
 
 
@@ -225,8 +215,7 @@ def installed(host: sandbox.Host) -> Iterator[Installed]:
     example_repo(host, web_port)
     proc = cli(host, "install", "--repo", f"{BASE}/config.git", "--host", "sandbox", check=False)
     try:
-        if proc.returncode != 0:
-            assert not WATCH_READY and f"{WATCH} (" in proc.stderr, proc.stderr
+        assert proc.returncode == 0, proc.stderr
         yield Installed(proc.stdout, proc.stderr)
     finally:
         cli(host, "uninstall", check=False)
@@ -247,9 +236,8 @@ def test_install_writes_config_and_secret_and_starts_the_units(
     host: sandbox.Host, installed: Installed
 ) -> None:
     out = installed.stdout
-    if out or WATCH_READY:  # TODO(watch): a failed install prints only its error
-        assert f"wrote config {CONFIG} (mode 0600)" in out
-        assert f"wrote webhook secret {SECRET} (mode 0600)" in out
+    assert f"wrote config {CONFIG} (mode 0600)" in out
+    assert f"wrote webhook secret {SECRET} (mode 0600)" in out
     secret = host_path(host, SECRET).read_text().strip()
     assert len(secret) == 64 and secret not in out + installed.stderr
     host.journal_sync()
@@ -266,8 +254,7 @@ def test_install_writes_config_and_secret_and_starts_the_units(
         if unit.endswith((".timer", ".socket")):
             assert props["ActiveState"] == "active", (unit, props)
             assert props["UnitFileState"] == "enabled", (unit, props)
-    if WATCH_READY:
-        assert show(host, WATCH, "ActiveState")["ActiveState"] == "active"
+    assert show(host, WATCH, "ActiveState")["ActiveState"] == "active"
     for timer in TIMERS:
         iface = "org.freedesktop.systemd1.Timer"
         realtime = busctl_u64(host, timer, iface, "NextElapseUSecRealtime")
@@ -295,10 +282,6 @@ def test_install_writes_config_and_secret_and_starts_the_units(
 def test_second_install_is_a_noop(host: sandbox.Host, installed: Installed) -> None:
     before = {u: show(host, u, "InvocationID")["InvocationID"] for u in UNITS}
     second = install_json(host)
-    if "failed" in second:  # TODO(watch): see WATCH_READY
-        third = install_json(host)
-        assert "failed" in third and WATCH in third["failed"]
-        return
     assert second["actions"] == [], second
     assert second["mutating_dbus_calls"] == 0, second["dbus_calls"]
     assert second["config_written"] is None and second["secret_written"] is None
@@ -327,12 +310,11 @@ def test_every_job_runs_and_logs(host: sandbox.Host, installed: Installed, etl: 
         )
     # The units follow the config: the dest becomes writable, the token a credential.
     changed = install_json(host)
-    if "failed" not in changed:
-        assert changed["actions"] == [
-            "write reading-sync.service (changed)",
-            "write volume-backup.service (changed)",
-            "reload systemd",
-        ], changed
+    assert changed["actions"] == [
+        "write reading-sync.service (changed)",
+        "write volume-backup.service (changed)",
+        "reload systemd",
+    ], changed
     unit_dir = host.unit_dir
     assert (
         f"LoadCredential=etl-token:{TOKEN_FILE}" in (unit_dir / "reading-sync.service").read_text()
