@@ -154,7 +154,7 @@ class Demo:
             services.read_text().replace("127.0.0.1:8080", f"127.0.0.1:{self.port}")
         )
         self.git("checkout", "-q", "-B", "main")
-        self.push("example host: web, reading-sync, system-metrics, volume-backup")
+        self.push("example host: web, readings-etl, system-metrics, srv-backup")
         state = self.work / "state"
         (self.work / "config.toml").write_text(
             f'repo = "{bare}"\nref = "main"\nhost = "sandbox"\n'

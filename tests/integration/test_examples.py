@@ -97,9 +97,9 @@ def test_web_starts_and_serves(host: sandbox.Host, examples: Examples) -> None:
     assert props == {"NRestarts": "0", "SubState": "running"}
 
 
-@pytest.mark.parametrize("service", ["system-metrics", "volume-backup", "reading-sync"])
+@pytest.mark.parametrize("service", ["system-metrics", "srv-backup", "readings-etl"])
 def test_oneshots_succeed(host: sandbox.Host, examples: Examples, service: str) -> None:
-    if service == "reading-sync":  # the ETL trigger calls the example web service
+    if service == "readings-etl":  # the ETL trigger calls the example web service
         _start_web(host, examples)
     unit = examples.units[f"{service}.service"].name
     proc = host.systemctl("start", unit, check=False)  # a oneshot: returns when it finished
@@ -108,7 +108,7 @@ def test_oneshots_succeed(host: sandbox.Host, examples: Examples, service: str) 
         status,
         host.run(["journalctl", "--no-pager", "-u", unit], check=False).stdout[-3000:],
     )
-    if service == "volume-backup":
+    if service == "srv-backup":
         archives = list((host.root / "var/lib" / unit.removesuffix(".service")).glob("*.tar.gz"))
         assert len(archives) == 1, archives
 

@@ -47,9 +47,6 @@ JOBS = [
     "reading-sync.service",
     "reconciler-monitor.service",
 ]
-# The example services that share a name with the reconciler's own units (they mimic the
-# same seed) are renamed here; as they are, a sync refuses them as foreign files.
-RENAMED = {"reading-sync": "example-reading-sync", "volume-backup": "example-volume-backup"}
 WATCH = "reconciler-watch.service"
 PASS = "monitor pass:"  # the monitor's one summary line (stdout, into the journal)
 GIT = ["git", "-c", "user.name=Test Operator", "-c", "user.email=ops@example.invalid"]
@@ -169,9 +166,6 @@ def example_repo(host: sandbox.Host, web_port: int) -> None:
             dst.write_text(src.read_text())
     services = host_path(host, f"{work}/inventory/services.toml")
     text = services.read_text().replace("127.0.0.1:8080", f"127.0.0.1:{web_port}")
-    for old, new in RENAMED.items():
-        assert f"[services.{old}]" in text
-        text = text.replace(f"[services.{old}", f"[services.{new}")
     services.write_text(text)
     hosts = host_path(host, f"{work}/inventory/hosts.toml")
     old_vars = 'vars = { environment = "demo", keep_days = 3 }'
@@ -342,7 +336,7 @@ def test_every_job_runs_and_logs(host: sandbox.Host, installed: Installed, etl: 
 
     # gitops-sync applied the example services for host "sandbox".
     assert show(host, "web.service", "ActiveState")["ActiveState"] == "active"
-    for timer in ("system-metrics.timer", "example-reading-sync.timer"):
+    for timer in ("system-metrics.timer", "readings-etl.timer"):
         assert show(host, timer, "ActiveState")["ActiveState"] == "active", timer
     # volume-backup wrote an archive outside the state dir.
     assert list(host_path(host, f"{BASE}/backups").rglob("*.tar*"))

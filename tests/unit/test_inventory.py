@@ -392,10 +392,10 @@ def test_example_content_loads() -> None:
     paths = [*REPO.glob("inventory/*.toml"), *REPO.glob("templates/*")]
     inv = inventory.load({str(p.relative_to(REPO)): p.read_bytes() for p in paths})
     names = [s.name for s in inv.select("sandbox")]
-    assert names == ["web", "reading-sync", "system-metrics", "volume-backup"]
+    assert names == ["web", "readings-etl", "system-metrics", "srv-backup"]
     assert [s.name for s in inv.select("web1")] == ["web", "system-metrics"]
-    assert [s.name for s in inv.select("nas1")] == ["system-metrics", "volume-backup"]
-    nas = {s.name: s for s in inv.select("nas1")}["volume-backup"]
+    assert [s.name for s in inv.select("nas1")] == ["system-metrics", "srv-backup"]
+    nas = {s.name: s for s in inv.select("nas1")}["srv-backup"]
     assert nas.vars["memory_max"] == "512M" and nas.vars["source_dir"] == "/srv/volumes"
 
 
