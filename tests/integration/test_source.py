@@ -323,11 +323,23 @@ def test_symlink_outside_read_dirs_is_ignored(remote: Remote, cache: Path) -> No
 
 
 def test_oversized_file_refused(remote: Remote, cache: Path) -> None:
-    remote.commit({"inventory/huge.toml": "#" * (source.MAX_FILE_BYTES + 1)}, "huge")
+    remote.commit({"templates/huge.j2": "#" * (source.MAX_FILE_BYTES + 1)}, "huge")
     remote.push()
     err = fetch_error(str(remote.bare), cache)
-    assert "'inventory/huge.toml'" in str(err)
+    assert "'templates/huge.j2'" in str(err)
     assert "larger than 1024 KiB" in str(err)
+
+
+def test_inventory_limit_fits_a_large_fleet(remote: Remote, cache: Path) -> None:
+    """10,000 services are ~1.3 MB of TOML: inventory files may reach 16 MiB, not more."""
+    big = "#" * (source.MAX_FILE_BYTES + 1)
+    remote.commit({"inventory/big.toml": big}, "big")
+    remote.push()
+    assert source.fetch(str(remote.bare), "main", cache).files["inventory/big.toml"] == big.encode()
+    remote.commit({"inventory/big.toml": "#" * (source.MAX_INVENTORY_BYTES + 1)}, "huge")
+    remote.push()
+    err = fetch_error(str(remote.bare), cache)
+    assert "'inventory/big.toml'" in str(err) and "larger than 16384 KiB" in str(err)
 
 
 # --- network faults ----------------------------------------------------------------------
