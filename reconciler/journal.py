@@ -330,6 +330,7 @@ def _stderr_state() -> tuple[bool, bool]:
 
 
 _installed: list[logging.Handler] = []
+_set_up_for = [False]  # whether journald was reachable when setup() last ran
 
 
 def setup(verbose: bool = False) -> None:
@@ -344,7 +345,8 @@ def setup(verbose: bool = False) -> None:
     reset()
     with _lock:
         tty, to_journal = _stderr_state()
-        if available():
+        _set_up_for[0] = available()
+        if _set_up_for[0]:
             mirror = tty and not to_journal
             _installed.append(JournalHandler(level, fallback=not mirror))
             if mirror:
@@ -393,7 +395,7 @@ def event(
         "RECONCILER_REVISION": revision,
     }
     entry.update((field_name(k), v) for k, v in fields.items())
-    if not _installed:
-        setup()
+    if not _installed or _set_up_for[0] != available():
+        setup()  # first use, or journald came or went (e.g. $RECONCILER_JOURNAL_SOCKET changed)
     logger = logging.getLogger(LOGGER)
     logger.log(level_of(priority), message, extra={"fields": entry}, stacklevel=2)

@@ -201,7 +201,14 @@ def test_crash_loop_counts_bundle_and_counters_survive_a_new_process(mon: Mon, m
     mon.cli("monitor")
     assert mon.counters(name)["crashes"] == 6
 
-    entries = mon.host.journal(f"UNIT={name}", "RECONCILER_EVENT=crash_loop")
+    def logged() -> list[dict[str, Any]]:
+        mon.host.journal_sync()
+        return mon.host.journal(f"UNIT={name}", "RECONCILER_EVENT=crash_loop")
+
+    # journald may make an entry readable a moment after --sync returns (seen with 252)
+    wait_for(lambda: bool(logged()), 10, "the crash-loop entry in the journal")
+    time.sleep(0.5)
+    entries = logged()
     assert len(entries) == 1, "a finding is logged once, when opened"
     assert entries[0]["PRIORITY"] == "2"
 
