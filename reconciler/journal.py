@@ -12,6 +12,7 @@ so ``journalctl MESSAGE_ID=...`` finds every sync, rollback or crash loop.
 
 from __future__ import annotations
 
+import atexit
 import errno
 import logging
 import os
@@ -172,6 +173,7 @@ def _shared_socket() -> socket.socket:
                 socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", SEND_TIMEOUT_SEC, 0)
             )
             _socket = sock
+            atexit.register(sock.close)
         return _socket
 
 
