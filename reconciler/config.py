@@ -34,6 +34,7 @@ class Settings:
     verify_signatures: bool = False
     gpg_home: Path | None = None  # keyring with the trusted signing keys
     lock_timeout_sec: float = 60.0
+    fetch_timeout_sec: float = 60.0  # one fetch (and signature check) of the config repo
     allow_empty: bool = False  # allow an inventory that prunes every owned unit
     sections: dict[str, dict[str, Any]] = field(default_factory=dict, compare=False)
 
@@ -47,7 +48,7 @@ class Settings:
 
 _PATHS = {"state_dir", "unit_dir", "run_dir", "webhook_secret_file", "gpg_home"}
 _BOOLS = {"verify_signatures", "allow_empty"}
-_FLOATS = {"lock_timeout_sec"}
+_FLOATS = {"lock_timeout_sec", "fetch_timeout_sec"}
 
 
 def _convert(source: str, key: str, value: Any) -> Any:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from reconciler import journal
 from reconciler.config import Settings
-from reconciler.errors import ApplyError, SourceError, UsageError
+from reconciler.errors import ApplyError, ReconcilerError, SourceError, UsageError
 from reconciler.model import DesiredUnit, LiveUnit, Plan, Snapshot
 
 if TYPE_CHECKING:
@@ -69,14 +69,15 @@ def fetch(settings: Settings, revision: str | None = None) -> Snapshot:
                 "set gpg_home in /etc/reconciler/config.toml to a keyring of trusted keys",
             )
         verify = source.Verification(settings.gpg_home)
+    timeout = settings.fetch_timeout_sec
     if revision is not None:
-        return source.read_revision(cache, revision, verify=verify)
+        return source.read_revision(cache, revision, verify=verify, timeout=timeout)
     if not settings.repo:
         raise UsageError(
             "cannot sync: no config repository configured",
             "set repo in /etc/reconciler/config.toml, $RECONCILER_REPO or --repo",
         )
-    return source.fetch(settings.repo, settings.ref, cache, verify=verify)
+    return source.fetch(settings.repo, settings.ref, cache, timeout=timeout, verify=verify)
 
 
 def render(snapshot: Snapshot, host: str) -> list[DesiredUnit]:
@@ -294,20 +295,22 @@ def _run_locked(
         msg = f"automatic syncs are suspended ({suspended.reason}); nothing done"
         journal.event("sync.suspended", msg, priority=5)
         return Outcome("suspended", message=msg)
-    snapshot = fetch(settings, revision)
-    outcome = Outcome("applied", revision=snapshot.revision)
-    held_from: str | None = None
-    if revision is None and not force and store.is_bad(snapshot.revision):
-        good = store.applied_revision()
-        if good is None or good == snapshot.revision:
-            msg = f"revision {snapshot.revision[:12]} is marked bad; waiting for a new commit"
-            journal.event("sync.noop", msg, priority=4, revision=snapshot.revision)
-            return Outcome("held", revision=snapshot.revision, message=msg)
-        held_from, snapshot = snapshot.revision, fetch(settings, good)
+    outcome = Outcome("applied")
+    systemd: Systemd | None = None
+    try:  # a failed fetch or render is a failed sync too: recorded and logged
+        snapshot = fetch(settings, revision)
         outcome.revision = snapshot.revision
-    desired = render_cached(snapshot, settings.host_name, store)
-    systemd = connect(settings)
-    try:
+        held_from: str | None = None
+        if revision is None and not force and store.is_bad(snapshot.revision):
+            good = store.applied_revision()
+            if good is None or good == snapshot.revision:
+                msg = f"revision {snapshot.revision[:12]} is marked bad; waiting for a new commit"
+                journal.event("sync.noop", msg, priority=4, revision=snapshot.revision)
+                return Outcome("held", revision=snapshot.revision, message=msg)
+            held_from, snapshot = snapshot.revision, fetch(settings, good)
+            outcome.revision = snapshot.revision
+        desired = render_cached(snapshot, settings.host_name, store)
+        systemd = connect(settings)
         plan = make_plan(desired, systemd, store, settings)
         outcome.plan = plan
         from reconciler import plan as plan_mod
@@ -349,11 +352,15 @@ def _run_locked(
             journal.event(
                 "sync.failed", f"sync failed: {exc}", priority=3, revision=outcome.revision
             )
-            _record(store, outcome, started_wall, started, trigger)
+            try:
+                _record(store, outcome, started_wall, started, trigger)
+            except ReconcilerError as record_exc:  # the error the operator needs is exc
+                log.warning("cannot record the failed sync: %s", record_exc)
         raise
     finally:
-        outcome.dbus_calls = dict(systemd.calls)
-        systemd.close()
+        if systemd is not None:
+            outcome.dbus_calls = dict(systemd.calls)
+            systemd.close()
 
 
 def _roll_back(

@@ -1,0 +1,295 @@
+"""Input faults: what an operator can push. Each one is a real commit to a real bare repo and
+a whole ``reconciler sync`` process against the disposable systemd.
+
+Every bad input must be refused in one line naming the file and key (or template and
+line) before anything on the host is touched, recorded in the history and the journal as
+a failed sync, and the host converges as soon as a good commit follows. The unit tests of
+inventory and render (tests/unit/) hold the exhaustive tables; this is the end-to-end run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from reconciler import journal, sandbox
+from tests.faults.conftest import FaultEnv, Report, clean_units, make_env
+from tests.integration.gitrepo import git
+from tests.integration.test_sync import APP, HOSTS, base_files, service
+
+pytestmark = pytest.mark.host
+
+FAILED = journal.message_id("sync.failed")
+Mutation = Callable[[Path, str], None]  # (work tree, a managed service name)
+
+
+@dataclass
+class Applied:
+    env: FaultEnv
+    units: list[str]
+
+
+@pytest.fixture(scope="module")
+def applied(host: sandbox.Host, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Applied]:
+    """Two running services, applied once for the whole module."""
+    env = make_env(host, tmp_path_factory.mktemp("input"))
+    a, b = env.name("alpha"), env.name("beta")
+    env.repo.commit(base_files(env, service(a), service(b)), message="good")
+    assert env.sync()["result"] == "applied"
+    try:
+        yield Applied(env, [f"{a}.service", f"{b}.service"])
+    finally:
+        clean_units(env)
+
+
+def edit(rel: str, old: str, new: str) -> Mutation:
+    def mutate(work: Path, _name: str) -> None:
+        path = work / rel
+        text = path.read_text()
+        assert old in text, (rel, old)
+        path.write_text(text.replace(old, new, 1))
+
+    return mutate
+
+
+def template(text: str) -> Mutation:
+    def mutate(work: Path, _name: str) -> None:
+        (work / "templates/app.service.j2").write_text(text)
+
+    return mutate
+
+
+def append(text: str) -> Mutation:
+    def mutate(work: Path, name: str) -> None:
+        with (work / "inventory/services.toml").open("a") as fh:
+            fh.write("\n" + text.replace("NAME", name) + "\n")
+
+    return mutate
+
+
+def symlink_template(work: Path, name: str) -> None:
+    os.symlink("/etc/shadow", work / "templates/shadow.j2")
+    edit("inventory/services.toml", '"app.service.j2"', '"shadow.j2"')(work, name)
+
+
+SVC = '[services."{}"]\ntemplate = "app.service.j2"\nhosts = ["web"]\nvars = {{ greeting = "x" }}'
+SANDBOX_LINE = "Description={{ service }} on {{ host.name }}"
+
+# (fault, mutation, text the one line must hold)
+CASES: list[tuple[str, Mutation, str]] = [
+    ("unknown key", append("[services.NAME-x]\ntemplate = 'app.service.j2'\nhosts = ['web']\n"
+                           "bogus = 1"), "unknown key"),
+    ("wrong type", edit("inventory/services.toml", 'hosts = ["web"]', 'hosts = "web"'),
+     "Input should be a valid list"),
+    ("missing template", edit("inventory/services.toml", '"app.service.j2"', '"nope.j2"'),
+     "template 'nope.j2' not found"),
+    ("undefined variable", template(APP.replace("greeting", "nosuch")), "'nosuch' is undefined"),
+    ("template syntax error", template(APP + "{% if %}\n"), "templates/app.service.j2:10: Expected an expression"),
+    ("template includes ../", template(APP + "{% include '../inventory/hosts.toml' %}\n"),
+     "must stay inside templates/"),
+    ("template includes /etc/shadow", template(APP + "{% include '/etc/shadow' %}\n"),
+     "must stay inside templates/"),
+    ("service template outside templates/",
+     edit("inventory/services.toml", '"app.service.j2"', '"../inventory/hosts.toml"'),
+     "must be a relative path inside templates/"),
+    ("repo symlink to /etc/shadow", symlink_template, "a symlink (symlinks are never followed)"),
+    ("sandbox: ''.__class__.__mro__",
+     template(APP.replace(SANDBOX_LINE, "Description={{ ''.__class__.__mro__ }}")),
+     "refused by the sandbox"),
+    ("sandbox: cycler.__init__.__globals__",
+     template(APP.replace(SANDBOX_LINE, "Description={{ cycler.__init__.__globals__.os }}")),
+     "refused by the sandbox"),
+    ("sandbox: __subclasses__()",
+     template(APP + "{% set x = ().__class__.__base__.__subclasses__() %}\n"),
+     "refused by the sandbox"),
+    ("sandbox: str.format attribute walk",
+     template(APP.replace(SANDBOX_LINE, "Description={{ '{0.__class__}'.format(service) }}")),
+     "refused by the sandbox"),
+    ("sandbox: 'x' * 10**9",
+     template(APP.replace(SANDBOX_LINE, "Description={{ 'x' * 1000000000 }}")),
+     "refused by the sandbox"),
+    ("unit name with /", append(SVC.format("a/b")), "invalid service name 'a/b'"),
+    ("unit name with ..", append(SVC.format("a..b")), "'..' is not allowed"),
+    ("unit name with a space", append(SVC.format("a b")), "character ' ' not allowed"),
+    ("unit name with a unicode look-alike", append(SVC.format("\u0430pp")),
+     "character '\\u0430' not allowed"),
+    ("value with a new line",
+     edit("inventory/hosts.toml", '"hello from the host"', '"x\\n[Service]\\nUser=root"'),
+     "variable 'greeting' contains a line break"),
+    ("value with a \\ continuation",
+     edit("inventory/hosts.toml", '"hello from the host"', '"x \\\\"'),
+     "variable 'greeting' ends with a backslash"),
+]  # fmt: skip
+
+
+def files_of(env: FaultEnv, units: list[str]) -> dict[str, str]:
+    return {u: (env.host.unit_dir / u).read_text() for u in units}
+
+
+@pytest.mark.parametrize(("fault", "mutate", "expect"), CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_refused_and_the_host_untouched(
+    applied: Applied, fault_report: Report, fault: str, mutate: Mutation, expect: str
+) -> None:
+    env, units = applied.env, applied.units
+    before_files, before_ids = files_of(env, units), env.invocations(*units)
+    before_history = env.history()
+    mutate(env.repo.work, units[0].removesuffix(".service"))
+    bad = env.repo.commit(message=fault)
+    proc = env.run("sync")
+    faulted = time.monotonic()
+    lines = proc.stderr.strip().splitlines()
+    refused = proc.returncode == 1 and len(lines) == 1 and expect in lines[0]
+    refused = refused and "Traceback" not in proc.stderr
+    untouched = files_of(env, units) == before_files and env.invocations(*units) == before_ids
+
+    git(env.repo.work, "revert", "--no-edit", "HEAD")  # the operator pushes the fix
+    git(env.repo.work, "push", "-q", "origin", "HEAD:main")
+    converge = env.converge(faulted)
+    history = env.history()
+    new_rows = [(r["result"], r["revision"]) for r in history[: len(history) - len(before_history)]]
+    recorded = [r for r, _ in new_rows] == ["noop", "failed"]
+    env.host.journal_sync()
+    logged = [e for e in env.host.journal(f"MESSAGE_ID={FAILED}") if expect in e.get("MESSAGE", "")]
+    nothing_lost = (
+        untouched
+        and files_of(env, units) == before_files
+        and env.invocations(*units) == before_ids
+        and recorded
+    )
+    fault_report(
+        fault,
+        f"refused in one line: {lines[0] if lines else proc.stderr!r}",
+        converge,
+        nothing_lost,
+    )
+    assert refused, (fault, proc.returncode, proc.stderr)
+    assert untouched, fault
+    assert recorded, (new_rows, bad)
+    assert logged, "a sync.failed journal entry names the problem"
+    assert nothing_lost
+
+
+def test_ten_thousand_service_inventory(fenv: FaultEnv, fault_report: Report) -> None:
+    """10,000 services (1.3 MB of TOML, over the old 1 MiB limit): 100 run on this host."""
+    mine = 100
+    hosts = HOSTS + '\n[hosts.other]\ngroups = ["db"]\n'
+    entries = [
+        f'[services.s{i:05d}-{fenv.tag}]\ntemplate = "app.service.j2"\n'
+        f'hosts = ["{"web" if i < mine else "db"}"]\nenable = true\nstart = true\n'
+        f'vars = {{ greeting = "hello {i}" }}\n'
+        for i in range(10_000)
+    ]
+    files = {**base_files(fenv), "inventory/hosts.toml": hosts}
+    files["inventory/services.toml"] = "\n".join(entries)
+    assert len(files["inventory/services.toml"]) > 1024 * 1024
+    fenv.repo.commit(files, message="10,000 services")
+    started = time.monotonic()
+    first = fenv.sync()
+    first_sec = time.monotonic() - started
+    units = [f"s{i:05d}-{fenv.tag}.service" for i in range(mine)]
+    ids = fenv.invocations(*units)
+    started = time.monotonic()
+    noop = fenv.sync()
+    noop_sec = time.monotonic() - started
+    nothing_lost = fenv.invocations(*units) == ids and all(ids.values())
+    fault_report(
+        "10,000-service inventory (100 on this host)",
+        f"first sync {first_sec:.1f}s (fetch, validate 10,000, render and start 100), "
+        f"no-op {noop_sec:.1f}s",
+        noop_sec,
+        nothing_lost,
+    )
+    assert first["result"] == "applied" and noop["result"] == "noop"
+    starts = [a for a in first["actions"] if a.startswith("start ")]  # type: ignore[union-attr]
+    assert len(starts) == mine
+    assert first_sec < 60 and noop_sec < 15
+    assert nothing_lost
+
+
+def test_empty_inventory_needs_allow_empty(fenv: FaultEnv, fault_report: Report) -> None:
+    a, b = fenv.name("keep1"), fenv.name("keep2")
+    units = [f"{a}.service", f"{b}.service"]
+    fenv.repo.commit(base_files(fenv, service(a), service(b)), message="good")
+    fenv.sync()
+    ids = fenv.invocations(*units)
+    refusals = []
+    for what, text in (
+        ("empty services.toml", ""),
+        ("no service for this host", service(a).replace('["web"]', '["other"]')),
+    ):
+        other = HOSTS + "\n[hosts.other]\n"
+        fenv.repo.commit({"inventory/services.toml": text, "inventory/hosts.toml": other}, what)
+        proc = fenv.run("sync")
+        refusals.append(proc)
+    faulted = time.monotonic()
+    refused = all(
+        p.returncode == 1 and "refusing to remove all 2 managed units" in p.stderr
+        and "--allow-empty" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+        for p in refusals
+    )  # fmt: skip
+    kept = fenv.invocations(*units) == ids and all((fenv.host.unit_dir / u).exists() for u in units)
+    pruned = fenv.run("sync", "--json", "--allow-empty")
+    gone = not any((fenv.host.unit_dir / u).exists() for u in units)
+    fenv.repo.commit(base_files(fenv, service(a), service(b)), message="back")
+    converge = fenv.converge(faulted)
+    fenv.settled(units)
+    results = [r["result"] for r in fenv.history()]
+    nothing_lost = kept and results[:4] == ["applied", "applied", "failed", "failed"]
+    fault_report(
+        "empty inventory",
+        "refused without --allow-empty (host unchanged); --allow-empty prunes everything",
+        converge,
+        nothing_lost,
+    )
+    assert refused, [p.stderr for p in refusals]
+    assert kept
+    assert pruned.returncode == 0 and json.loads(pruned.stdout)["result"] == "applied"
+    assert gone
+    assert nothing_lost, results
+
+
+def test_force_pushed_branch(fenv: FaultEnv, fault_report: Report) -> None:
+    a = fenv.name("web")
+    unit = f"{a}.service"
+    first = fenv.repo.commit(base_files(fenv, service(a, greeting="one")), message="one")
+    fenv.sync()
+    second = fenv.repo.commit(base_files(fenv, service(a, greeting="two")), message="two")
+    fenv.sync()
+    work = fenv.repo.work
+    git(work, "reset", "-q", "--hard", first)  # rewrite history: "two" is gone from the branch
+    fenv.repo.write(base_files(fenv, service(a, greeting="three")))
+    git(work, "commit", "-q", "-am", "three")
+    third = git(work, "rev-parse", "HEAD")
+    git(work, "push", "-q", "--force", "origin", "HEAD:main")
+    faulted = time.monotonic()
+    out = fenv.sync()
+    converge = time.monotonic() - faulted
+    rewritten = out["result"] == "applied" and out["revision"] == third
+    three = "three" in (fenv.host.unit_dir / unit).read_text()
+    # the commit no branch holds any more is still in the cache: rollback works
+    rolled = fenv.run("rollback", second[:10])
+    two = "two" in (fenv.host.unit_dir / unit).read_text()
+    fenv.reconciler("resume")
+    # back to an older commit of the same branch
+    git(work, "push", "-q", "--force", "origin", f"{first}:main")
+    back = fenv.sync()
+    revisions = [r["revision"] for r in fenv.history() if r["result"] == "applied"]
+    nothing_lost = {first, second, third} <= set(revisions)
+    fault_report(
+        "force-pushed branch (history rewritten)",
+        "the rewritten branch is applied; dropped commits stay rollback targets from the cache",
+        converge,
+        nothing_lost,
+    )
+    assert rewritten and three
+    assert rolled.returncode == 0 and two, rolled.stderr
+    assert back["result"] == "applied" and back["revision"] == first
+    assert "one" in (fenv.host.unit_dir / unit).read_text()
+    fenv.settled([unit])
+    assert nothing_lost, revisions
