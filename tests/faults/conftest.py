@@ -17,6 +17,7 @@ import os
 import select
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -156,9 +157,15 @@ class FaultEnv(Env):
     def env(self) -> dict[str, str]:
         return {**super().env(), "RECONCILER_CONFIG": str(self.config)}
 
-    def run(self, *args: str) -> Any:
-        """The CLI, whatever its exit code."""
-        return self.reconciler(*args, check=False)
+    def run(self, *args: str, repo: str | None = None) -> subprocess.CompletedProcess[str]:
+        """The CLI, whatever its exit code; ``repo`` replaces the repository URL."""
+        if repo is None:
+            return self.reconciler(*args, check=False)
+        argv = self.argv(*args)
+        argv[argv.index("--repo") + 1] = repo
+        return subprocess.run(
+            argv, capture_output=True, text=True, env=self.env(), timeout=120, check=False
+        )
 
     def invocations(self, *units: str) -> dict[str, str]:
         return {u: self.show(u, "InvocationID")["InvocationID"] for u in units}
@@ -209,7 +216,6 @@ def clean_units(env: Env) -> None:
     if owned:
         host.systemctl("stop", *owned, check=False)
         host.systemctl("disable", *owned, check=False)
-        host.run(["systemctl", "unmask", "--runtime", *owned], check=False)
         for name in owned:
             (host.unit_dir / name).unlink(missing_ok=True)
         host.systemctl("daemon-reload", check=False)
@@ -244,6 +250,33 @@ def own_host() -> Iterator[sandbox.Host]:
 @pytest.fixture
 def own_env(own_host: sandbox.Host, tmp_path: Path) -> FaultEnv:
     return make_env(own_host, tmp_path)
+
+
+@contextlib.contextmanager
+def git_daemon(base: Path) -> Iterator[int]:
+    """``git daemon`` serving the repositories under ``base`` on 127.0.0.1; killed by PID."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    proc = subprocess.Popen(
+        ["git", "daemon", "--reuseaddr", "--export-all", f"--base-path={base}"]
+        + ["--listen=127.0.0.1", f"--port={port}", str(base)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "git daemon did not start"
+                time.sleep(0.05)
+        yield port
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 # ---- a D-Bus tap: kill a sync at an exact call --------------------------------------------
@@ -284,8 +317,9 @@ class DBusTap:
     def address(self) -> str:
         return f"unix:path={self.path}"
 
-    def arm(self, victim: int, member: str, when: str) -> None:
-        self.victim, self.trigger = victim, Trigger(member, when)
+    def arm(self, member: str, when: str) -> None:
+        """Kill ``self.victim`` (set it once the process runs) at ``member``'s call or reply."""
+        self.trigger = Trigger(member, when)
 
     def close(self) -> None:
         self._stop.set()
@@ -305,6 +339,9 @@ class DBusTap:
             t.start()
 
     def _fire(self) -> None:
+        deadline = time.monotonic() + 5
+        while self.victim is None and time.monotonic() < deadline:
+            time.sleep(0.01)
         if self.victim is not None and not self.fired.is_set():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.victim, signal.SIGKILL)

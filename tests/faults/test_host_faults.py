@@ -1,0 +1,462 @@
+"""Host faults: the sync process or the host breaks half-way. Real processes, real signals.
+
+``kill -9`` lands at an exact step of the apply through a D-Bus tap (conftest.DBusTap) that
+relays the sync's bus connection and SIGKILLs it on the ``Reload`` call (files written,
+systemd not reloaded), on ``Reload``'s reply (reloaded, nothing enabled or restarted) or on
+a ``RestartUnit`` reply (a restart with a slow ``ExecStartPre`` under way). Faults that
+break a host (a full disk, dbus-daemon restarted, systemd re-executed) run on a host of
+their own. After each fault the next sync must converge with nothing lost: units that the
+change did not touch keep their InvocationID, the history holds every finished sync, and
+what was put aside (a corrupted database) is still there.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from reconciler import sandbox
+from tests.conftest import PYTHON_INSIDE, SRC_INSIDE
+from tests.faults.conftest import DBusTap, FaultEnv, Report, git_daemon
+from tests.integration.gitrepo import ConfigRepo
+from tests.integration.test_sync import base_files, service, wait_for
+
+pytestmark = pytest.mark.host
+
+
+def active_state(env: FaultEnv, unit: str) -> str:
+    return env.show(unit, "ActiveState")["ActiveState"]
+
+
+def popen_sync(argv: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+# ---- kill -9 at each step of the apply ------------------------------------------------------
+
+STEPS = {
+    "after writing files": ("Reload", "call"),
+    "after Reload": ("Reload", "reply"),
+    "during restarts": ("RestartUnit", "reply"),
+}
+
+
+@pytest.mark.parametrize("step", list(STEPS))
+def test_kill_9_at_each_step_of_apply(
+    fenv: FaultEnv, dbus_tap: Callable[[str], DBusTap], fault_report: Report, step: str
+) -> None:
+    keep, slow, new = fenv.name("keep"), fenv.name("slow"), fenv.name("new")
+    units = [f"{keep}.service", f"{slow}.service", f"{new}.service"]
+    slow_svc = "slow.service.j2"
+    fenv.repo.commit(base_files(fenv, service(keep), service(slow, template=slow_svc, delay="1")))
+    fenv.sync()
+    before = fenv.invocations(*units[:2])
+    fenv.repo.commit(
+        base_files(fenv, service(keep), service(slow, template=slow_svc, delay="2"), service(new)),
+        message="change slow, add new",
+    )
+    tap = dbus_tap(fenv.host.bus_address)
+    tap.arm(*STEPS[step])
+    argv = fenv.argv("sync", "--no-monitor")
+    argv[argv.index("--bus") + 1] = tap.address
+    proc = popen_sync(argv, fenv.env())
+    tap.victim = proc.pid
+    proc.communicate(timeout=60)
+    killed_at = time.monotonic()
+    assert tap.fired.is_set() and proc.returncode == -9, (proc.returncode, tap.calls)
+
+    # where exactly the kill landed
+    written = all(
+        "exec sleep infinity" in (fenv.host.unit_dir / u).read_text() for u in (units[2],)
+    )
+    reloaded = fenv.show(units[1], "NeedDaemonReload")["NeedDaemonReload"] == "no"
+    restarting = active_state(fenv, units[1]) == "activating"
+    landed = {
+        "after writing files": written and not reloaded,
+        "after Reload": written and reloaded and not restarting,
+        "during restarts": written and reloaded and restarting,
+    }[step]
+
+    converge = fenv.converge(killed_at)
+    fenv.settled(units)
+    restarted = fenv.invocations(units[1])[units[1]] != before[units[1]]
+    again = fenv.sync()["result"]
+    results = [r["result"] for r in fenv.history()]
+    nothing_lost = (
+        fenv.invocations(units[0]) == {units[0]: before[units[0]]}
+        and restarted
+        and results[:3] == ["noop", "applied", "applied"]
+        and not list(fenv.state.glob("state.db.corrupt-*"))
+    )
+    fault_report(
+        f"kill -9 {step}",
+        "next sync converges: files kept, reload and (re)starts redone from the pending list",
+        converge,
+        nothing_lost,
+    )
+    assert landed, (step, written, reloaded, restarting)
+    assert again == "noop"
+    assert restarted, "the changed unit runs its new file"
+    assert nothing_lost, results
+
+
+# ---- two syncs, suspension, a hand-masked unit ----------------------------------------------
+
+
+def test_two_syncs_at_once(fenv: FaultEnv, fault_report: Report) -> None:
+    keep, slow = fenv.name("keep"), fenv.name("slow")
+    fenv.repo.commit(base_files(fenv, service(keep)))
+    fenv.sync()
+    before = fenv.invocations(f"{keep}.service")
+    fenv.repo.commit(
+        base_files(fenv, service(keep), service(slow, template="slow.service.j2", delay="2"))
+    )
+    started = time.monotonic()
+    procs = [popen_sync(fenv.argv("sync", "--json"), fenv.env()) for _ in range(2)]
+    outs = [p.communicate(timeout=60) for p in procs]
+    converge = time.monotonic() - started
+    results = sorted(json.loads(out)["result"] for out, _ in outs)
+    fenv.settled([f"{keep}.service", f"{slow}.service"])
+    history = [r["result"] for r in fenv.history()]
+    nothing_lost = fenv.invocations(f"{keep}.service") == before and history[:2] == [
+        "noop",
+        "applied",
+    ]
+    fault_report(
+        "two syncs at once",
+        "the second waits for the lock (bounded by lock_timeout_sec), then finds nothing to do",
+        converge,
+        nothing_lost,
+    )
+    assert [p.returncode for p in procs] == [0, 0], [err for _, err in outs]
+    assert results == ["applied", "noop"]
+    assert nothing_lost, history
+
+
+def test_sync_while_suspended(fenv: FaultEnv, fault_report: Report) -> None:
+    a = fenv.name("svc")
+    unit = f"{a}.service"
+    fenv.repo.commit(base_files(fenv, service(a, greeting="one")))
+    fenv.sync()
+    before = fenv.invocations(unit)
+    fenv.reconciler("suspend", "--reason", "fault matrix")
+    fenv.repo.commit(base_files(fenv, service(a, greeting="two")))
+    timer = fenv.sync("--trigger", "timer")
+    webhook = fenv.sync("--trigger", "webhook")
+    held = "one" in (fenv.host.unit_dir / unit).read_text() and fenv.invocations(unit) == before
+    fenv.reconciler("resume")
+    resumed = time.monotonic()
+    converge = fenv.converge(resumed)
+    fenv.settled([unit])
+    nothing_lost = held and [r["result"] for r in fenv.history()][:2] == ["applied", "applied"]
+    fault_report(
+        "sync while suspended",
+        "timer and webhook syncs log 'suspended', exit 0 and touch nothing until resume",
+        converge,
+        nothing_lost,
+    )
+    assert timer["result"] == webhook["result"] == "suspended"
+    assert "two" in (fenv.host.unit_dir / unit).read_text()
+    assert nothing_lost
+
+
+def test_hand_masked_managed_unit(fenv: FaultEnv, fault_report: Report) -> None:
+    """``systemctl mask`` refuses while the unit file is in /etc/systemd/system (and a runtime
+    mask in /run loses to /etc), so an operator masks a managed unit by removing its file
+    and masking it: a /dev/null symlink where the reconciler's file was."""
+    a, b = fenv.name("masked"), fenv.name("other")
+    ua, ub = f"{a}.service", f"{b}.service"
+    fenv.repo.commit(base_files(fenv, service(a, greeting="one"), service(b, greeting="one")))
+    fenv.sync()
+    before = fenv.invocations(ua)
+    fenv.host.run(["sh", "-ec", f"rm /etc/systemd/system/{ua}; systemctl mask {ua}"])
+    fenv.repo.commit(base_files(fenv, service(a, greeting="two"), service(b, greeting="two")))
+    plan = fenv.reconciler("plan")
+    out = fenv.sync()
+    masked_at = time.monotonic()
+    mask = fenv.host.unit_dir / ua
+    kept = mask.is_symlink() and fenv.invocations(ua) == before
+    noted = any(ua in n and "masked" in n for n in out["notes"])  # type: ignore[union-attr]
+    fenv.host.run(["systemctl", "unmask", ua])
+    converge = fenv.converge(masked_at)
+    fenv.settled([ua, ub])
+    results = [r["result"] for r in fenv.history()]
+    nothing_lost = kept and results[:3] == ["applied", "applied", "applied"]
+    fault_report(
+        "hand-masked managed unit",
+        "sync succeeds and notes the mask; the unit is left alone (mask kept, not written, "
+        "restarted or pruned) until unmasked, then converges",
+        converge,
+        nothing_lost,
+    )
+    assert out["result"] == "applied" and noted, out
+    assert f"note: {ua} is masked" in plan.stdout
+    assert "two" in (fenv.host.unit_dir / ub).read_text()
+    assert "two" in (fenv.host.unit_dir / ua).read_text()
+    assert nothing_lost, results
+
+
+# ---- the state database ---------------------------------------------------------------------
+
+LOCKER = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+conn.execute("ROLLBACK")
+"""
+
+
+@pytest.mark.parametrize("fault", ["corrupted", "deleted", "locked"])
+def test_state_database_fault_during_a_sync(
+    fenv: FaultEnv, fault_report: Report, fault: str
+) -> None:
+    keep, slow = fenv.name("keep"), fenv.name("slow")
+    units = [f"{keep}.service", f"{slow}.service"]
+    fenv.repo.commit(base_files(fenv, service(keep)))
+    fenv.sync()
+    before = fenv.invocations(units[0])
+    fenv.repo.commit(
+        base_files(fenv, service(keep), service(slow, template="slow.service.j2", delay="2"))
+    )
+    db = fenv.state / "state.db"
+    proc = popen_sync(fenv.argv("sync"), fenv.env())
+    wait_for(lambda: active_state(fenv, units[1]) == "activating", 20)
+    locker = None
+    if fault == "corrupted":
+        with db.open("r+b") as fh:
+            fh.write(b"this is not a database " * 200)
+    elif fault == "deleted":
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{db}{suffix}").unlink(missing_ok=True)
+    else:
+        locker = subprocess.Popen(
+            [sys.executable, "-c", LOCKER, str(db), "12"], stdout=subprocess.PIPE, text=True
+        )
+        assert locker.stdout and locker.stdout.readline().strip() == "locked"
+    faulted = time.monotonic()
+    _, err = proc.communicate(timeout=60)
+    if locker:
+        locker.communicate(timeout=30)
+    clear = proc.returncode == 0 or (
+        proc.returncode == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    )
+    converge = fenv.converge(faulted)
+    fenv.settled(units)
+    aside = [p for p in fenv.state.glob("state.db.corrupt-*") if not p.name.endswith("-wal")]
+    history = fenv.history()
+    nothing_lost = fenv.invocations(units[0]) == before and history[0]["result"] in (
+        "applied",
+        "noop",
+    )
+    if fault == "corrupted":  # the old history is kept aside, not lost
+        nothing_lost = nothing_lost and len(aside) == 1
+    behaviour = {
+        "corrupted": "moved aside with a warning (kept), a fresh database; unit files carry an "
+        "ownership marker, so nothing is taken for foreign",
+        "deleted": "a fresh database is created; ownership from the marker in each unit file",
+        "locked": "waits busy_timeout (10 s), then one clear 'locked by another process' line",
+    }[fault]
+    fault_report(
+        f"state database {fault} during a sync",
+        f"{behaviour} (sync exit {proc.returncode})",
+        converge,
+        nothing_lost,
+    )
+    assert clear, err
+    if fault == "locked":
+        assert proc.returncode == 1 and "locked by another process" in err, err
+    assert nothing_lost, (history[:3], aside)
+
+
+# ---- faults that break a host: a host of their own ------------------------------------------
+
+
+def mount_small_tmpfs(host: sandbox.Host) -> None:
+    """A 64 KiB tmpfs over /etc/systemd/system inside the host, holding what was there."""
+    host.run(
+        [
+            "sh",
+            "-ec",
+            "mkdir /run/unit-copy && cp -a /etc/systemd/system/. /run/unit-copy/ && "
+            "mount -t tmpfs -o size=64k tmpfs /etc/systemd/system && "
+            "cp -a /run/unit-copy/. /etc/systemd/system/ && rm -rf /run/unit-copy",
+        ]
+    )
+
+
+def test_full_disk_while_writing_unit_files(own_env: FaultEnv, fault_report: Report) -> None:
+    env, host = own_env, own_env.host
+    mount_small_tmpfs(host)
+    a, b = env.name("alpha"), env.name("beta")
+    env.repo.commit(base_files(env, service(a, greeting="one")))
+    env.sync()
+    unit = f"{a}.service"
+    before, before_text = env.invocations(unit), (host.unit_dir / unit).read_text()
+    host.run(["sh", "-c", "dd if=/dev/zero of=/etc/systemd/system/.filler bs=1k 2>/dev/null"],
+             check=False)  # fmt: skip
+    env.repo.commit(base_files(env, service(a, greeting="two" * 500), service(b)))
+    proc = env.run("sync")
+    full_at = time.monotonic()
+    lines = proc.stderr.strip().splitlines()
+    clear = proc.returncode == 1 and len(lines) == 1 and "No space left on device" in lines[0]
+    intact = (host.unit_dir / unit).read_text() == before_text and env.invocations(unit) == before
+    no_temp = not list(host.unit_dir.glob(".*.tmp"))
+    host.run(["rm", "/etc/systemd/system/.filler"])
+    converge = env.converge(full_at)
+    env.settled([unit, f"{b}.service"])
+    results = [r["result"] for r in env.history()]
+    nothing_lost = intact and no_temp and results[:3] == ["applied", "failed", "applied"]
+    fault_report(
+        "full disk while writing unit files",
+        f"one clear line ({lines[0] if lines else ''}); old files intact, temp files removed",
+        converge,
+        nothing_lost,
+    )
+    assert clear, proc.stderr
+    assert "two" in (host.unit_dir / unit).read_text()
+    assert nothing_lost, (intact, no_temp, results)
+
+
+def slow_change(env: FaultEnv) -> tuple[list[str], dict[str, str]]:
+    """v1: one running unit; then v2 adding a unit that takes 3 s to start. Returns units."""
+    keep, slow = env.name("keep"), env.name("slow")
+    units = [f"{keep}.service", f"{slow}.service"]
+    env.repo.commit(base_files(env, service(keep)))
+    env.sync()
+    before = env.invocations(units[0])
+    env.repo.commit(
+        base_files(env, service(keep), service(slow, template="slow.service.j2", delay="3"))
+    )
+    return units, before
+
+
+def test_dbus_daemon_restarted_during_a_sync(own_env: FaultEnv, fault_report: Report) -> None:
+    env = own_env
+    units, before = slow_change(env)
+    proc = popen_sync(env.argv("sync"), env.env())  # over the system bus (dbus-daemon)
+    wait_for(lambda: active_state(env, units[1]) == "activating", 20)
+    env.host.run(["systemctl", "restart", "dbus"])
+    restarted = time.monotonic()
+    _, err = proc.communicate(timeout=60)
+    lines = err.strip().splitlines()
+    clear = proc.returncode == 0 or (
+        proc.returncode == 1 and len(lines) == 1 and "Traceback" not in err
+    )
+    converge = env.converge(restarted)
+    env.settled(units)
+    results = [r["result"] for r in env.history()]
+    nothing_lost = env.invocations(units[0]) == before and results[-1] == "applied"
+    outcome = "recovered" if proc.returncode == 0 else f"failed clearly: {lines[0]}"
+    fault_report(
+        "dbus-daemon restarted during a sync",
+        f"the sync waiting on a start job {outcome}",
+        converge,
+        nothing_lost,
+    )
+    assert clear, err
+    assert nothing_lost, results
+
+
+# -- daemon-reexec: the sync runs inside the host, on its default bus (systemd's private socket)
+
+
+@dataclass
+class Inside:
+    """The reconciler CLI run inside a host as root, with its defaults (private socket)."""
+
+    host: sandbox.Host
+    repo: ConfigRepo  # outside; served by git daemon on 127.0.0.1 (the host shares the network)
+    url: str
+    base: str  # inside path of state and config
+
+    def argv(self, *args: str) -> list[str]:
+        return self.host.nsenter(
+            [
+                "env",
+                "-i",
+                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                f"PYTHONPATH={SRC_INSIDE}",
+                PYTHON_INSIDE,
+                "-m",
+                "reconciler",
+                *args,
+                "--config",
+                f"{self.base}/config.toml",
+                "--state-dir",
+                f"{self.base}/state",
+                *(("--repo", self.url, "--host", "testhost") if args[0] == "sync" else ()),
+            ]
+        )
+
+    def sync(self) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(self.argv("sync", "--json"), capture_output=True, text=True,
+                              timeout=120, check=False)  # fmt: skip
+
+
+@pytest.fixture
+def inside(own_host: sandbox.Host, tmp_path: Path) -> Iterator[Inside]:
+    base = f"/var/tmp/faults-{uuid.uuid4().hex[:6]}"
+    outside = own_host.root / base.lstrip("/")
+    outside.mkdir(parents=True)
+    (outside / "config.toml").write_text("lock_timeout_sec = 30\nfetch_timeout_sec = 5\n")
+    repo = ConfigRepo(tmp_path / "git")
+    with git_daemon(repo.remote.parent) as port:
+        yield Inside(own_host, repo, f"git://127.0.0.1:{port}/{repo.remote.name}", base)
+
+
+def test_daemon_reexec_during_a_sync(inside: Inside, fault_report: Report) -> None:
+    host = inside.host
+    tag = uuid.uuid4().hex[:6]
+    keep, slow = f"keep-{tag}", f"slow-{tag}"
+    units = [f"{keep}.service", f"{slow}.service"]
+    env_like = FaultEnv(host, inside.repo, Path("/nonexistent"), tag)
+    inside.repo.commit(base_files(env_like, service(keep)))
+    assert inside.sync().returncode == 0
+    before = host.systemctl("show", "-p", "InvocationID", "--value", units[0]).stdout.strip()
+    inside.repo.commit(
+        base_files(env_like, service(keep), service(slow, template="slow.service.j2", delay="3"))
+    )
+    proc = popen_sync(inside.argv("sync"), {})
+    state = lambda: host.systemctl("show", "-p", "ActiveState", "--value", units[1]).stdout  # noqa: E731
+    wait_for(lambda: state().strip() == "activating", 30)
+    host.run(["systemctl", "daemon-reexec"])
+    reexec_at = time.monotonic()
+    _, err = proc.communicate(timeout=60)
+    lines = err.strip().splitlines()
+    clear = proc.returncode == 0 or (
+        proc.returncode == 1 and len(lines) == 1 and "Traceback" not in err
+    )
+    deadline = time.monotonic() + 60
+    while (done := inside.sync()).returncode != 0:
+        assert time.monotonic() < deadline, done.stderr
+        time.sleep(0.2)
+    converge = time.monotonic() - reexec_at
+    wait_for(lambda: state().strip() == "active", 20)
+    after = host.systemctl("show", "-p", "InvocationID", "--value", units[0]).stdout.strip()
+    history = json.loads(
+        subprocess.run(inside.argv("history", "--json"), capture_output=True, text=True,
+                       check=True).stdout
+    )  # fmt: skip
+    nothing_lost = after == before and history[0]["result"] in ("applied", "noop")
+    outcome = "recovered" if proc.returncode == 0 else f"failed clearly: {lines[0]}"
+    fault_report(
+        "systemctl daemon-reexec during a sync",
+        f"the sync (private socket) waiting on a start job {outcome}",
+        converge,
+        nothing_lost,
+    )
+    assert clear, err
+    assert nothing_lost, history[:3]
+    assert json.loads(done.stdout)["result"] in ("applied", "noop")
