@@ -5,6 +5,10 @@ there is no working copy to be left half-updated. Only ``inventory/`` and ``temp
 are read; symlinks, submodules and files over their size limit are refused: 1 MiB for a
 template, 16 MiB for an inventory file (10,000 services take about 1.3 MB of TOML).
 
+Credentials in an ``http(s)://user:secret@host/...`` URL never reach a command line (every
+local user can read those in ``ps``): git gets the URL without them and asks a credential
+helper, which reads them from its environment (readable by its owner only).
+
 Why the CLI and not gitpython's object model: ``import git`` alone costs 110-170 ms, a third
 of the budget of a no-op sync; a no-change fetch is two git processes (fetch, cat-file). Every git
 process runs in its own session under a deadline; on expiry the whole process group is
@@ -25,6 +29,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from reconciler.errors import SourceError, redact
 from reconciler.model import Snapshot
@@ -44,6 +49,11 @@ _CACHE_CONFIG = """\
 \tfsckObjects = true
 """  # revisions fetched once stay readable (rollback); no gc outliving the oneshot;
 # malformed objects from the remote are refused.
+# git runs this for HTTP credentials; the values are in its environment, not in any argv.
+_CREDENTIAL_HELPER = (
+    '!f() { test "$1" = get && printf "username=%s\\npassword=%s\\n" '
+    '"$RECONCILER_GIT_USERNAME" "$RECONCILER_GIT_PASSWORD"; }; f'
+)
 _BOILERPLATE = (
     "fatal: could not read from remote repository.",
     "please make sure you have the correct access rights",
@@ -165,8 +175,10 @@ def _fetch(
     argv = ["fetch", "--quiet", "--no-write-fetch-head", "--no-recurse-submodules"]
     if len(refspecs) > 1:
         argv.append("--prune")
+    plain, options, secrets = split_credentials(url)
+    argv = ["-c", "protocol.ext.allow=never", *options, *argv, plain, *refspecs]
     try:
-        proc = _run(["-c", "protocol.ext.allow=never", *argv, url, *refspecs], cache_dir, deadline)
+        proc = _run(argv, cache_dir, deadline, env=secrets)
     except _Timeout:
         raise SourceError(
             f"cannot fetch repository '{url}': the remote did not answer in time",
@@ -178,6 +190,28 @@ def _fetch(
             hint="check the URL, the credentials and that the remote is reachable; "
             "nothing on the host was changed",
         )
+
+
+def split_credentials(url: str) -> tuple[str, list[str], dict[str, str]]:
+    """``http(s)://user:secret@host/x`` -> (the URL without them, git options, environment).
+
+    The options install ``_CREDENTIAL_HELPER`` (and drop other helpers); the environment
+    holds the percent-decoded user and secret. Other URLs are returned as they are.
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url, [], {}
+    if parts.scheme not in ("http", "https") or "@" not in parts.netloc:
+        return url, [], {}
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    options = ["-c", "credential.helper=", "-c", f"credential.helper={_CREDENTIAL_HELPER}"]
+    secrets = {
+        "RECONCILER_GIT_USERNAME": unquote(user),
+        "RECONCILER_GIT_PASSWORD": unquote(password),
+    }
+    return urlunsplit(parts._replace(netloc=host)), options, secrets
 
 
 def _candidates(ref: str) -> list[str]:

@@ -146,23 +146,32 @@ class FaultEnv(Env):
     def config(self) -> Path:
         return self.state / "config.toml"
 
-    def configure(self, extra: str = "") -> None:
+    def configure(self, top: str = "", sections: str = "") -> None:
+        """Short timeouts, a fast monitor, the host's journal for bundles; plus ``top``-level
+        settings and more ``sections``."""
         self.config.write_text(
             "lock_timeout_sec = 30\nfetch_timeout_sec = 3\n"
+            + top
             + FAST_MONITOR
             + f'\n[diagnostics]\njournal_command = ["journalctl", "--root={self.host.root}"]\n'
-            + extra
+            + sections
         )
 
     def env(self) -> dict[str, str]:
         return {**super().env(), "RECONCILER_CONFIG": str(self.config)}
 
-    def run(self, *args: str, repo: str | None = None) -> subprocess.CompletedProcess[str]:
-        """The CLI, whatever its exit code; ``repo`` replaces the repository URL."""
-        if repo is None:
+    def run(self, *args: str, **flags: str | None) -> subprocess.CompletedProcess[str]:
+        """The CLI, whatever its exit code; ``flags`` replace flags (``repo="..."``) or, when
+        None, drop them (the value then comes from the config file)."""
+        if not flags:
             return self.reconciler(*args, check=False)
         argv = self.argv(*args)
-        argv[argv.index("--repo") + 1] = repo
+        for key, value in flags.items():
+            at = argv.index("--" + key.replace("_", "-"))
+            if value is None:
+                del argv[at : at + 2]
+            else:
+                argv[at + 1] = value
         return subprocess.run(
             argv, capture_output=True, text=True, env=self.env(), timeout=120, check=False
         )
@@ -201,11 +210,11 @@ class FaultEnv(Env):
             time.sleep(0.1)
 
 
-def make_env(host: sandbox.Host, base: Path, extra_config: str = "") -> FaultEnv:
+def make_env(host: sandbox.Host, base: Path) -> FaultEnv:
     state = base / "state"
     state.mkdir(parents=True)
     env = FaultEnv(host, ConfigRepo(base / "git"), state, uuid.uuid4().hex[:6])
-    env.configure(extra_config)
+    env.configure()
     return env
 
 

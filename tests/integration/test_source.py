@@ -525,3 +525,26 @@ def test_missing_keyring_refused(remote: Remote, cache: Path, tmp_path: Path) ->
     verify = source.Verification(tmp_path / "no-such-keyring")
     with pytest.raises(SourceError, match="no keyring"):
         source.fetch(str(remote.bare), "main", cache, verify=verify)
+
+
+@pytest.mark.parametrize(
+    ("url", "plain", "user", "password"),
+    [
+        ("https://h/c.git", "https://h/c.git", None, None),
+        ("https://deploy:s3cret@h:8443/c.git", "https://h:8443/c.git", "deploy", "s3cret"),
+        ("http://d%40x:p%3Aw%40rd@h/c.git", "http://h/c.git", "d@x", "p:w@rd"),
+        ("https://tok@h/c.git", "https://h/c.git", "tok", ""),
+        ("ssh://git@h/c.git", "ssh://git@h/c.git", None, None),
+        ("git@h:c.git", "git@h:c.git", None, None),
+    ],
+)
+def test_credentials_go_to_a_helper_not_the_command_line(
+    url: str, plain: str, user: str | None, password: str | None
+) -> None:
+    got, options, env = source.split_credentials(url)
+    assert got == plain
+    assert all(not password or password not in o for o in options)
+    if user is None:
+        assert (options, env) == ([], {})
+    else:
+        assert env == {"RECONCILER_GIT_USERNAME": user, "RECONCILER_GIT_PASSWORD": password}
