@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -27,6 +25,8 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from bench.machine import describe_machine
 
 TARGET_MS = 300.0
 TARGET_RATIO = 3.0
@@ -147,18 +147,6 @@ def prepare(host: object, n: int) -> None:
     host.systemctl("start", *started, check=False)  # type: ignore[attr-defined]
 
 
-def machine() -> str:
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{platform.platform()}, {os.cpu_count()} CPUs, {model or platform.processor()}"
-
-
 def summary(data: dict[str, object], n: int, repeats: int) -> tuple[str, bool]:
     samples: dict[str, list[float]] = data["samples_ms"]  # type: ignore[assignment]
     read_only: dict[str, list[float]] = data["read_only_ms"]  # type: ignore[assignment]
@@ -170,7 +158,7 @@ def summary(data: dict[str, object], n: int, repeats: int) -> tuple[str, bool]:
     lines = [
         f"bench_read_units: {n} loaded units, {repeats} interleaved repeats, "
         f"{datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}",
-        f"machine: {machine()}",
+        describe_machine().strip(),
         f"unit states: {data['states']}",
     ]
     for key, label in (

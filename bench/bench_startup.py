@@ -23,6 +23,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.machine import cpu_model
+
 TARGET_MEDIAN_MS = 120.0
 TARGET_RSS_MB = 30.0
 
@@ -76,16 +78,6 @@ def _spawn(argv: list[str]) -> tuple[float, float]:
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"bench: {' '.join(argv)} exited {status}")
     return elapsed, usage.ru_maxrss / 1024  # Linux reports KiB
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def machine() -> list[str]:
