@@ -47,7 +47,6 @@ restart_window_sec = 120
 ROWS = pytest.StashKey[list[dict[str, Any]]]()
 OUTCOMES = pytest.StashKey[dict[str, str]]()
 JSON_PATH = pytest.StashKey[Path]()
-HERE = Path(__file__).resolve().parent
 
 Report = Callable[[str, str, float | None, bool | None], None]
 
@@ -117,19 +116,23 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
                 }
             )
     for row in rows:
-        row["result"] = {"passed": "pass", "failed": "FAIL"}.get(outcomes.get(row["test"], ""), "?")
+        outcome = outcomes.get(row["test"], "")
+        row["result"] = {"passed": "pass", "failed": "FAIL", "skipped": "skip"}.get(outcome, "?")
     tr = terminalreporter
     tr.section("fault matrix")
-    tr.write_line(f"{'area':<9} {'fault':<44} {'result':<6} {'converge':>8}  lost  test")
+    tr.write_line(f"{'area':<9} {'fault':<52} {'result':<6} {'converge':>8}  lost  test")
     for r in rows:
         conv = "-" if r["converge_sec"] is None else f"{r['converge_sec']:.2f}s"
         lost = {True: "none", False: "LOST", None: "-"}[r["nothing_lost"]]
         test = r["test"].split("::", 1)[1]
         tr.write_line(
-            f"{r['area']:<9} {r['fault'][:44]:<44} {r['result']:<6} {conv:>8}  {lost:<4}  {test}"
+            f"{r['area']:<9} {r['fault'][:52]:<52} {r['result']:<6} {conv:>8}  {lost:<4}  {test}"
         )
-    passed = sum(1 for r in rows if r["result"] == "pass")
-    tr.write_line(f"{len(rows)} faults: {passed} passed, {len(rows) - passed} failed")
+    counts = {k: sum(1 for r in rows if r["result"] == k) for k in ("pass", "FAIL", "skip")}
+    tr.write_line(
+        f"{len(rows)} faults: {counts['pass']} passed, {counts['FAIL']} failed"
+        + (f", {counts['skip']} skipped" if counts["skip"] else "")
+    )
     path = config.stash.get(JSON_PATH, None)
     if path is not None:
         path.write_text(json.dumps(rows, indent=2) + "\n")

@@ -165,7 +165,7 @@ def test_bad_input_is_refused_and_the_host_untouched(
     )
     fault_report(
         fault,
-        f"refused in one line: {lines[0] if lines else proc.stderr!r}",
+        f"refused in one line: {lines[0] if lines else repr(proc.stderr)}",
         converge,
         nothing_lost,
     )

@@ -144,7 +144,7 @@ def test_git_remote_fault(fenv: FaultEnv, fault_report: Report, fault: str) -> N
     nothing_lost = untouched and results[:3] == ["applied", "failed", "applied"]
     fault_report(
         f"git remote {fault}",
-        f"{lines[0] if lines else proc.stderr!r} after {seconds:.1f}s; host untouched, "
+        f"{lines[0] if lines else repr(proc.stderr)} after {seconds:.1f}s; host untouched, "
         "monitoring pass still ran",
         converge,
         nothing_lost,
