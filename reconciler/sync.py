@@ -377,6 +377,7 @@ def _roll_back(
     reasons = "; ".join(f"{u}: {r}" for u, r in sorted(failed.items()))
     store.mark_bad(bad, reasons)
     outcome.failed_units = failed
+    outcome.message = f"health gate failed: {reasons}"  # the record's error if we stop here
     journal.event(
         "health.failed",
         f"revision {bad[:12]} failed its health gate: {reasons}",
