@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from reconciler import monitor, watchstate
@@ -32,8 +32,9 @@ from reconciler.counters import Observation
 from reconciler.findings import FindingStore, StoredFinding
 from reconciler.model import DesiredUnit, LiveUnit
 from reconciler.state import Store
-from reconciler.systemd import PropertyChange, PropertyStream, Systemd
+from reconciler.systemd import PropertyChange, Systemd
 from reconciler.watchstate import UnitView, WatchConfig
+from reconciler.watchwire import LookStream
 
 log = logging.getLogger("reconciler")
 BATCH_MAX = 2048  # signals coalesced into one round of record/evaluate
@@ -79,7 +80,7 @@ class Watcher:
         self._announce = announce
         self.views: dict[str, UnitView] = {}
         self.units: list[str] = []
-        self.stream: PropertyStream | None = None
+        self.stream: LookStream | None = None
         self.events = self.dropped = self.open_findings = 0
         self._dropped_seen = self._dropped_unreported = 0
         self._drop_report = watchstate.Throttle(DROP_REPORT_SEC)
@@ -127,10 +128,15 @@ class Watcher:
         """Subscribe first, then read: no change between the two is missed."""
         assert self.systemd is not None
         self.units = self.select()
-        self.stream = self.systemd.watch(
-            None if self.include else self.units, queue_size=self.config.queue_size
-        )
+        self.stream = self._watch(None if self.include else self.units)
         self.resync(self.units)
+
+    def _watch(self, names: Sequence[str] | None) -> LookStream:
+        """``Systemd.watch`` reading only what a look needs (``watchwire``)."""
+        assert self.systemd is not None
+        self.systemd.subscribe()
+        conn = self.systemd._conn  # Systemd.watch has no way to pass the reader (yet)
+        return LookStream(conn, names, self.config.queue_size, watchstate.WANTED)
 
     def reload(self, settings: Settings) -> tuple[int, int]:
         """New config and desired set: (units added, units removed)."""
@@ -144,9 +150,7 @@ class Watcher:
         added = sorted(set(units) - set(self.units))
         removed = set(self.units) - set(units)
         old = self.stream
-        self.stream = self.systemd.watch(
-            None if self.include else units, queue_size=self.config.queue_size
-        )
+        self.stream = self._watch(None if self.include else units)
         if old is not None:
             batch: list[PropertyChange] = []
             while len(batch) < BATCH_MAX and (c := old.next_change(0)) is not None:
@@ -183,9 +187,11 @@ class Watcher:
         return len(batch)
 
     def handle(self, batch: Sequence[PropertyChange]) -> None:
-        """Merge a batch per unit; one look per unit that moved; record and evaluate them."""
+        """Merge a batch per unit: one look per unit and run (the last state each run was
+        seen in, so a burst never hides a run's end); record them, evaluate those units."""
         offset = time.time() - time.monotonic()
         touched: dict[str, UnitView] = {}
+        looks: list[Observation] = []
         for change in batch:
             self.events += 1
             view = self.views.get(change.unit)
@@ -198,13 +204,15 @@ class Watcher:
                 if view is not None:  # read just now: newer than this change
                     continue
                 view = self.views[change.unit] = UnitView(LiveUnit(change.unit, "loaded"))
-            watchstate.merge(view, change.changed, change.at + offset)
+            if watchstate.merge(view, change.changed, change.at + offset) and watchstate.due(
+                view, end_of_batch=False
+            ):
+                looks.append(watchstate.look(view, view.changed_at))
             touched[change.unit] = view
-        ready = [v for v in touched.values() if v.dirty and watchstate.settled(v)]
-        looks = [watchstate.observation(v, v.changed_at) for v in ready]
-        for v in ready:
-            v.dirty = False
-        self.record(looks, [v.live.name for v in ready])
+        for view in touched.values():
+            if watchstate.due(view, end_of_batch=True):
+                looks.append(watchstate.look(view, view.changed_at))
+        self.record(looks, sorted({o.unit for o in looks}))
 
     def _adopt(self, unit: str) -> UnitView | None:
         """A unit seen for the first time (include patterns): one read, a baseline look."""
@@ -270,6 +278,16 @@ class Watcher:
         self._resync_due = False
         lives = self.systemd.read_units(list(units))
         policies = self._restart_policies([n for n, u in lives.items() if u.load_state == "loaded"])
+        self.take(units, lives, policies, read_at)
+
+    def take(
+        self,
+        units: Sequence[str],
+        lives: Mapping[str, LiveUnit],
+        policies: Mapping[str, str],
+        read_at: float,
+    ) -> None:
+        """Views from a read (monotonic ``read_at``; older signals are stale), one look each."""
         now = time.time()
         looks = []
         for name in units:
@@ -280,7 +298,7 @@ class Watcher:
             view.live, view.job, view.read_at, view.came_from = live, False, read_at, ""
             view.restart_policy = policies.get(name)
             if live.load_state in ("loaded", "masked"):  # not found: nothing to count
-                looks.append(watchstate.observation(view, now, live.memory_current))
+                looks.append(watchstate.look(view, now, live.memory_current))
             view.dirty = False
         self.record(looks, list(units))
 
@@ -344,9 +362,8 @@ class Watcher:
                     mem = unitstate.read_cgroup_memory(str(got.get("ControlGroup") or ""))
             if mem is not None or view.dirty:  # a look left waiting that long is taken now
                 looks.append(
-                    watchstate.observation(view, now if mem is not None else view.changed_at, mem)
+                    watchstate.look(view, now if mem is not None else view.changed_at, mem)
                 )
-                view.dirty = False
         if looks:
             self.recorder.record(looks)
         self.evaluate(self.units, now)

@@ -40,6 +40,7 @@ FIELDS: dict[str, str] = {
     "ExecMainStatus": "exec_main_status",
     "LoadState": "load_state",
 }
+WANTED = (*FIELDS, "ExecMainExitTimestamp", "Job")  # what a signal is read down to
 WATCH_KEYS = frozenset(
     {"watch_include", "watch_exclude", "watch_reread_sec", "watch_pass_sec", "watch_queue_size"}
 )
@@ -57,6 +58,7 @@ class UnitView:
     changed_at: float = 0.0  # wall time of the last relevant change
     read_at: float = 0.0  # monotonic time of the last whole read: older signals are stale
     came_from: str = ""  # SubState of the last settled state before this one ("": a read)
+    looked_run: str = ""  # InvocationID of the last look taken
 
 
 def _usec(value: object) -> float | None:
@@ -80,9 +82,10 @@ def merge(view: UnitView, changed: Mapping[str, object], at: float) -> bool:
     """
     updates: dict[str, Any] = {}
     live = view.live
-    for prop, name in FIELDS.items():
-        if prop in changed:
-            value = _field_value(name, changed[prop])
+    for prop, raw in changed.items():
+        name = FIELDS.get(prop)
+        if name is not None:
+            value = _field_value(name, raw)
             if value != getattr(live, name):
                 updates[name] = value
     if "ExecMainExitTimestamp" in changed:
@@ -113,6 +116,23 @@ def restarts_on(policy: str, result: str) -> bool:
     table, through its start-limit rule: a failed unit whose policy restarts it)."""
     live = LiveUnit("x.service", "loaded", "failed", "failed", result=result, n_restarts=1)
     return effective_result(UnitState(live, None, restart_policy=policy)) == "start-limit-hit"
+
+
+def due(view: UnitView, *, end_of_batch: bool) -> bool:
+    """Whether to take a look now: at the end of a batch when the unit moved, and within a
+    batch when a new run is first seen settled. One look per run (not per signal) keeps
+    what the counters need: a burst that hid a run's first state would make its bumped
+    ``NRestarts`` count a restart that a ``stop`` then cancelled."""
+    if not view.dirty or not settled(view):
+        return False
+    return end_of_batch or view.live.invocation_id != view.looked_run
+
+
+def look(view: UnitView, at: float, memory: int | None = None) -> Observation:
+    """:func:`observation`, marking the view looked at."""
+    view.dirty = False
+    view.looked_run = view.live.invocation_id
+    return observation(view, at, memory)
 
 
 def settled(view: UnitView) -> bool:

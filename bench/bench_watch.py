@@ -1,0 +1,338 @@
+"""Benchmark (boots disposable systemd hosts): the watch daemon's event handling and its memory.
+
+1. Capture: a host runs 40 units crash-looping without a restart delay, 40 oneshots started
+   and stopped in rounds and 20 sleepers restarted in rounds; every ``PropertiesChanged`` of
+   them is captured raw (the bytes off the bus, from outside over the host's dbus-daemon),
+   with the units' state read before the churn (as the daemon's first read).
+2. Replay: the captured bytes are fed through the daemon's own handling path as fast as it
+   goes: ``split_frames`` in a stand-in connection, the daemon's ``LookStream`` (bounded
+   ``SignalQueue``, path filter, body read down to a look's properties), ``Watcher.step``
+   (drain a batch, coalesce per unit, settled looks, ``Recorder.record`` into SQLite,
+   ``evaluate`` of the units that moved, ``apply``).
+   Only the outputs are a counter (journald, bundles and webhook are not event handling).
+   Fresh state database per repeat; median of the repeats. Also with ``BATCH_MAX = 1``
+   (no coalescing: one record/evaluate per signal), for comparison.
+3. Memory: a host with 1,000 loaded, desired units (as in bench_monitor); ``reconciler watch``
+   runs there as a ``Type=notify`` unit (re-read every 2 s, a whole pass every 10 s), the
+   sleepers and a third of the oneshots are restarted twice, and after ~15 s (a full pass and
+   several re-reads included) its ``VmHWM`` is read from ``/proc/PID/status``.
+
+Targets (issue 4): >= 10,000 PropertiesChanged per second, RSS < 40 MB with 1,000 units.
+
+    .venv/bin/python -m bench.bench_watch [--repeats 5] [--units 1000] [--rss-runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench.bench_monitor import SRC_INSIDE, VENV_INSIDE, prepare, unit_names
+from bench.machine import describe_machine
+
+TARGET_RATE, TARGET_RSS_MB = 10_000.0, 40.0
+REPO = Path(__file__).resolve().parent.parent
+LOOPS, ONESHOTS, SLEEPERS = 40, 40, 20
+LOOP = (
+    "[Unit]\nStartLimitIntervalSec=0\n"
+    "[Service]\nExecStart=/bin/false\nRestart=always\nRestartSec=0\n"
+)
+ONESHOT = "[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/true\n"
+SLEEPER = "[Service]\nExecStart=/bin/sleep infinity\n"
+STATE_INSIDE = "/var/lib/reconciler-bench-watch"
+CONFIG_INSIDE = "/etc/reconciler-bench-watch.toml"
+
+
+# -- 1. capture ------------------------------------------------------------------------
+
+
+def capture_units() -> dict[str, str]:
+    units = {f"wloop-{i:02d}.service": LOOP for i in range(LOOPS)}
+    units |= {f"wshot-{i:02d}.service": ONESHOT for i in range(ONESHOTS)}
+    units |= {f"wsleep-{i:02d}.service": SLEEPER for i in range(SLEEPERS)}
+    return units
+
+
+def capture(seconds: float) -> dict[str, Any]:
+    """Boot a host, churn units, return the raw signals and the state read before."""
+    from reconciler import sandbox
+    from reconciler.dbus import PROPERTIES, UNIT_PATH_PREFIX, MatchRule
+    from reconciler.dbus_socket import Connection, SignalQueue
+    from reconciler.systemd import Systemd
+
+    host = sandbox.boot()
+    try:
+        units = capture_units()
+        for name, text in units.items():
+            (host.unit_dir / name).write_text(text)
+        host.systemctl("daemon-reload")
+        names = sorted(units)
+        with Systemd(host.bus_address) as sd:
+            lives = sd.read_units(names)
+            policies = sd.get_properties(names, "org.freedesktop.systemd1.Service", ["Restart"])
+        conn = Connection(host.bus_address)
+        conn.call("subscribe", "/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager",
+                  "Subscribe")  # fmt: skip
+        rule = MatchRule(PROPERTIES, "PropertiesChanged", path_namespace=UNIT_PATH_PREFIX[:-1])
+        queue = SignalQueue(conn, [rule], 10**7)
+        frames: list[bytes] = []
+        loops = [n for n in names if n.startswith("wloop")]
+        shots = [n for n in names if n.startswith("wshot")]
+        sleepers = [n for n in names if n.startswith("wsleep")]
+        host.systemctl("start", "--no-block", *loops)
+        deadline = time.monotonic() + seconds
+        rounds = 0
+        while time.monotonic() < deadline:
+            verb = "start" if rounds % 2 == 0 else "stop"
+            host.systemctl(verb, "--no-block", *shots)
+            host.systemctl("restart", "--no-block", *sleepers)
+            rounds += 1
+            until = time.monotonic() + 0.25
+            while (got := queue.next(max(0.0, until - time.monotonic()), "capture")) is not None:
+                frames.append(got[0].data)
+        host.systemctl("stop", *loops, *shots, *sleepers, check=False)
+        while (got := queue.next(0.5, "capture")) is not None:
+            frames.append(got[0].data)
+        conn.close()
+    finally:
+        host.stop()
+    return {
+        "frames": frames,
+        "lives": lives,
+        "policies": {n: str(p.get("Restart", "")) for n, p in policies.items()},
+        "seconds": seconds,
+        "names": names,
+    }
+
+
+# -- 2. replay -------------------------------------------------------------------------
+
+
+class ReplayConnection:
+    """Stands in for ``dbus_socket.Connection`` as a ``SignalQueue`` uses it: signals come
+    from captured bytes, a socket-read's worth (``RECV_SIZE``) per ``receive``."""
+
+    def __init__(self, frames: list[bytes]) -> None:
+        from reconciler.dbus_socket import RECV_SIZE
+
+        self.chunks: deque[bytes] = deque()
+        chunk: list[bytes] = []
+        size = 0
+        for frame in frames:
+            chunk.append(frame)
+            size += len(frame)
+            if size >= RECV_SIZE:
+                self.chunks.append(b"".join(chunk))
+                chunk, size = [], 0
+        if chunk:
+            self.chunks.append(b"".join(chunk))
+        self.buf = bytearray()
+        self.listeners: dict[int, tuple[Any, Callable[[Any], None]]] = {}
+
+    def listen(self, rule: Any, sink: Callable[[Any], None]) -> int:
+        self.listeners[len(self.listeners)] = (rule, sink)
+        return len(self.listeners) - 1
+
+    def unlisten(self, rule: Any, key: int) -> None:
+        self.listeners.pop(key, None)
+
+    def receive(self, deadline: float | None, what: str) -> bool:
+        from reconciler.dbus import split_frames
+
+        if not self.chunks:
+            return False
+        self.buf += self.chunks.popleft()
+        for msg in split_frames(self.buf):
+            for rule, sink in list(self.listeners.values()):
+                if rule.matches(msg):
+                    sink(msg)
+        return True
+
+
+def replay(data: dict[str, Any], batch_max: int | None = None) -> dict[str, float]:
+    from reconciler import config, sync, watcher
+    from reconciler.model import DesiredUnit
+    from reconciler.state import Store
+    from reconciler.watchstate import WANTED
+    from reconciler.watchwire import LookStream
+
+    names: list[str] = data["names"]
+    if batch_max is not None:
+        watcher.BATCH_MAX = batch_max
+    with tempfile.TemporaryDirectory(prefix="bench-watch-") as tmp:
+        settings = config.load(Path("/dev/null"), {"state_dir": tmp})
+        store = Store.open(Path(tmp) / "state.db")
+        desired = [DesiredUnit(n, capture_units()[n], n[:-8]) for n in names]
+        store.kv_set(sync.DESIRED_KEY, sync._encode_desired(desired))
+        opened = [0, 0]
+
+        def count(o: Any, r: Any, _now: float) -> None:
+            opened[0] += len(o)
+            opened[1] += len(r)
+
+        w = watcher.Watcher(settings, store, None, announce=count)
+        w.units = names
+        w.take(names, data["lives"], data["policies"], 0.0)
+        conn = ReplayConnection(data["frames"])
+        w.stream = LookStream(conn, names, w.config.queue_size, WANTED)  # type: ignore[arg-type]
+        started = time.perf_counter()
+        batches = 0
+        while w.step(0) or conn.chunks:
+            batches += 1
+        elapsed = time.perf_counter() - started
+        assert w.db is not None
+        rows = {
+            t: w.db._rows(f"SELECT count(*) FROM {t}")[0][0]
+            for t in ("monitor_observation", "monitor_event")
+        }
+        crashes = sum(c.crashes for c in w.db.counters().values())
+        w.close()
+        store.close()
+    watcher.BATCH_MAX = 2048
+    return {
+        "seconds": elapsed,
+        "rate": len(data["frames"]) / elapsed,
+        "handled": w.events,
+        "dropped": w.dropped,
+        "batches": batches,
+        "observations": rows["monitor_observation"],
+        "events": rows["monitor_event"],
+        "crashes": crashes,
+        "opened": opened[0],
+        "resolved": opened[1],
+    }
+
+
+# -- 3. memory with 1,000 units ----------------------------------------------------------
+
+DESIRE = """
+import sys
+from pathlib import Path
+from bench.bench_monitor import content, unit_names
+from reconciler import sync
+from reconciler.model import DesiredUnit
+from reconciler.state import Store
+n = int(sys.argv[1])
+units = [DesiredUnit(u, content(i), u[:-8]) for i, u in enumerate(unit_names(n))]
+with Store.open(Path(sys.argv[2]) / "state.db") as store:
+    store.kv_set(sync.DESIRED_KEY, sync._encode_desired(units))
+"""
+
+
+def memory(n: int, runs: int) -> list[dict[str, Any]]:
+    from reconciler import sandbox
+
+    out = []
+    host = sandbox.boot(binds={str(REPO): SRC_INSIDE, sys.prefix: VENV_INSIDE})
+    try:
+        prepare(host, n)
+        (host.root / CONFIG_INSIDE.lstrip("/")).write_text(
+            "[monitor]\nwatch_reread_sec = 2\nwatch_pass_sec = 10\n"
+        )
+        env = {"PYTHONPATH": SRC_INSIDE}
+        host.run([f"{VENV_INSIDE}/bin/python", "-c", DESIRE, str(n), STATE_INSIDE], env=env)
+        names = unit_names(n)
+        restart = [u for i, u in enumerate(names) if i % 10 == 5 or i % 3 == 1]
+        for run in range(runs):
+            unit = f"bench-watch-{run}.service"
+            started = time.monotonic()
+            host.run(
+                ["systemd-run", f"--unit={unit}", "-p", "Type=notify", "-p", "WatchdogSec=30",
+                 f"--setenv=PYTHONPATH={SRC_INSIDE}", f"{VENV_INSIDE}/bin/python", "-m",
+                 "reconciler", "watch", "--state-dir", STATE_INSIDE, "--config", CONFIG_INSIDE],
+            )  # fmt: skip
+            ready = time.monotonic() - started
+            for _ in range(2):
+                host.systemctl("restart", *restart, check=False)
+            time.sleep(15)
+            props = _show(host, unit, "MainPID", "StatusText", "NRestarts", "ActiveState")
+            status = host.run(["cat", f"/proc/{props['MainPID']}/status"]).stdout
+            kb = {
+                k: int(v.split()[0])
+                for k, v in (line.split(":", 1) for line in status.splitlines() if ":" in line)
+                if k in ("VmHWM", "VmRSS")
+            }
+            host.systemctl("stop", unit)
+            result = _show(host, unit, "Result")["Result"] if _loaded(host, unit) else "success"
+            out.append(
+                {
+                    "ready_sec": ready,
+                    "hwm_mb": kb["VmHWM"] / 1024,
+                    "rss_mb": kb["VmRSS"] / 1024,
+                    "status": props["StatusText"],
+                    "active": props["ActiveState"],
+                    "result": result,
+                }
+            )
+    finally:
+        host.stop()
+    return out
+
+
+def _show(host: Any, unit: str, *props: str) -> dict[str, str]:
+    text = host.systemctl("show", "-p", ",".join(props), unit).stdout
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+
+
+def _loaded(host: Any, unit: str) -> bool:
+    return _show(host, unit, "LoadState").get("LoadState") == "loaded"
+
+
+# -- report ------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.bench_watch")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--capture-sec", type=float, default=4.0)
+    parser.add_argument("--units", type=int, default=1000)
+    parser.add_argument("--rss-runs", type=int, default=3)
+    opts = parser.parse_args(argv)
+
+    data = capture(opts.capture_sec)
+    frames: list[bytes] = data["frames"]
+    size = sum(map(len, frames))
+    runs = [replay(data) for _ in range(opts.repeats)]
+    single = [replay(data, batch_max=1) for _ in range(max(1, opts.repeats // 2))]
+    rate = statistics.median(r["rate"] for r in runs)
+    rate_single = statistics.median(r["rate"] for r in single)
+    mem = memory(opts.units, opts.rss_runs)
+    hwm = statistics.median(m["hwm_mb"] for m in mem)
+    ok = rate >= TARGET_RATE and hwm < TARGET_RSS_MB
+    last = runs[-1]
+    hwms = ", ".join(f"{m['hwm_mb']:.1f}" for m in mem)
+    rsss = ", ".join(f"{m['rss_mb']:.1f}" for m in mem)
+    readies = ", ".join(f"{m['ready_sec']:.2f}" for m in mem)
+    lines = [
+        f"bench_watch: {opts.repeats} replays of {len(frames)} captured PropertiesChanged "
+        f"({size / 1e6:.1f} MB, {len(frames) / data['seconds']:.0f}/s captured over "
+        f"{data['seconds']:g}s from {len(data['names'])} units)",
+        describe_machine(),
+        f"  replay (batches of up to 2048, coalesced): median {rate:,.0f} signals/s "
+        f"(min {min(r['rate'] for r in runs):,.0f}, max {max(r['rate'] for r in runs):,.0f}); "
+        f"{last['batches']:.0f} batches, {last['observations']:.0f} looks stored, "
+        f"{last['events']:.0f} start/stop/crash events, {last['crashes']:.0f} crashes counted, "
+        f"{last['opened']:.0f} findings opened, {last['dropped']:.0f} dropped",
+        f"  replay, one signal per batch (no coalescing): median {rate_single:,.0f} signals/s",
+        "  memory with "
+        f"{opts.units} units watched: VmHWM median {hwm:.1f} MB "
+        f"({hwms}), VmRSS {rsss} MB; READY after {readies} s; {mem[-1]['status']!r}; "
+        f"stop: {', '.join(m['result'] for m in mem)}",
+        f"  {rate:,.0f} signals/s (target >= {TARGET_RATE:,.0f}), VmHWM {hwm:.1f} MB "
+        f"(target < {TARGET_RSS_MB:.0f}): " + ("OK" if ok else "MISSED"),
+    ]
+    print("\n".join(lines))
+    print(json.dumps({"replay": runs, "single": single, "memory": mem}), file=sys.stderr)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

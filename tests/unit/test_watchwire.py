@@ -1,0 +1,86 @@
+"""watchwire.read_changed against the full parser, on PropertiesChanged bodies of every shape."""
+
+from __future__ import annotations
+
+import pytest
+
+from reconciler.dbus import Message, build_call, split_frames, unmarshal
+from reconciler.watchwire import read_changed, skip
+
+WANTED = frozenset({b"ActiveState", b"SubState", b"InvocationID", b"NRestarts", b"Job"})
+SPOOF = "\x0b\x00\x00\x00ActiveState\x00\x01s\x00\x06\x00\x00\x00active\x00"
+
+
+def signal(props: dict[str, tuple[str, object]], invalidated: list[str]) -> Message:
+    data = build_call(
+        7,
+        "/org/freedesktop/systemd1/unit/x_2eservice",
+        "org.freedesktop.DBus.Properties",
+        "PropertiesChanged",
+        "sa{sv}as",
+        ("org.freedesktop.systemd1.Service", props, invalidated),
+    )
+    (msg,) = split_frames(bytearray(data))
+    return msg
+
+
+CASES = {
+    "unit": {
+        "ActiveState": ("s", "failed"),
+        "FreezerState": ("s", "running"),
+        "SubState": ("s", "failed"),
+        "StateChangeTimestamp": ("t", 1795309048170327),
+        "Job": ("(uo)", (0, "/")),
+        "ConditionResult": ("b", True),
+        "InvocationID": ("ay", bytes(range(16))),
+        "ActivationDetails": ("a(ss)", [("trigger_unit", "x.timer")]),
+    },
+    "service": {
+        "MainPID": ("u", 0),
+        "StatusText": ("s", SPOOF),  # a service's own text must not pass for a property
+        "StatusErrno": ("i", -5),
+        "NRestarts": ("u", 3),
+        "ExecMainExitTimestamp": ("t", 2**64 - 1),
+        "Nice": ("i", -10),
+        "CPUWeight": ("t", 100),
+        "Percent": ("d", 0.5),
+        "Short": ("n", -2),
+        "Byte": ("y", 9),
+        "Nested": ("v", ("as", ["a", "bb"])),
+        "Env": ("a{sv}", {"A": ("s", "1"), "B": ("u", 2)}),
+        "Sig": ("g", "a{sv}"),
+        "Paths": ("ao", ["/a", "/b/c"]),
+        "Exec": ("a(sasbttttuii)", [("/bin/x", ["x", "-y"], False, 1, 2, 3, 4, 5, 6, 7)]),
+    },
+    "empty": {},
+}
+
+
+@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("wanted", [WANTED, frozenset(), frozenset({b"Exec", b"Env"})])
+def test_read_changed_matches_the_full_parser(name: str, wanted: frozenset[bytes]) -> None:
+    msg = signal(CASES[name], ["ExecStart", "ExecStartPre"])
+    interface, changed, _invalidated = msg.body()
+    got = read_changed(msg, wanted)
+    expected = {k: v for k, v in changed.items() if k.encode() in wanted}  # type: ignore[attr-defined]
+    assert got == (interface, expected)
+
+
+def test_spoofed_property_in_a_string_is_not_read() -> None:
+    msg = signal(CASES["service"], [])
+    assert read_changed(msg, WANTED)[1] == {"NRestarts": 3}
+
+
+@pytest.mark.parametrize(
+    ("sig", "value"),
+    [("u", 1), ("t", 5), ("s", "abc"), ("as", ["a", "b"]), ("(uo)", (1, "/j")), ("v", ("u", 3))],
+)
+def test_skip_lands_where_the_parser_does(sig: str, value: object) -> None:
+    msg = signal({"K": (sig, value)}, [])
+    start = msg.data.index(b"K\x00") + 2
+    inner = msg.data[start + 1 : start + 1 + msg.data[start]].decode()
+    after_sig = start + 2 + msg.data[start]
+    assert inner == sig
+    parsed, end = unmarshal(msg.data, after_sig, sig, "<")
+    assert parsed == (value[1] if sig == "v" else value)  # type: ignore[index]
+    assert skip(msg.data, after_sig, sig, "<") == end
