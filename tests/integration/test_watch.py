@@ -237,43 +237,88 @@ def test_watch_daemon_notify_watchdog_crash_loop_reload_stop(
     assert daemon.counters(steady)["starts"] == 0  # running before the baseline: not counted
 
 
-def test_watch_from_outside_exits_cleanly_on_sigterm(
-    host: sandbox.Host, make_unit: UnitWriter, tmp_path: Path
-) -> None:
-    steady = make_unit("steady.service", STEADY)
-    host.systemctl("daemon-reload")
+def run_outside(
+    host: sandbox.Host, tmp_path: Path, units: list[str], config: str
+) -> tuple[subprocess.Popen[str], Path]:
+    """``reconciler watch`` from outside over the host's bus, as a plain process."""
     state = tmp_path / "state"
-    config = tmp_path / "config.toml"
-    config.write_text(CONFIG)
+    path = tmp_path / "config.toml"
+    path.write_text(config)
     with Store.open(state / "state.db") as store:
-        content = (host.unit_dir / steady).read_text()
-        desired = [DesiredUnit(steady, content, steady.removesuffix(".service"))]
+        desired = [
+            DesiredUnit(u, (host.unit_dir / u).read_text(), u.removesuffix(".service"))
+            for u in units
+        ]
         store.kv_set(sync.DESIRED_KEY, sync._encode_desired(desired))
     env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
     env["RECONCILER_JOURNAL_SOCKET"] = str(host.journal_socket)
     argv = [RECONCILER, "watch", "--state-dir", str(state), "--unit-dir", str(host.unit_dir)]
-    argv += ["--bus", host.bus_address, "--config", str(config)]
+    argv += ["--bus", host.bus_address, "--config", str(path)]
     proc = subprocess.Popen(
         argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
     )
+    return proc, state
+
+
+def starts(state: Path, units: list[str]) -> list[int]:
+    """Starts counted per unit (-1: no counters yet)."""
+    db = FindingStore(state / "state.db")
     try:
+        found = db.counters(units)
+    finally:
+        db.close()
+    return [found[u].starts if u in found else -1 for u in units]
 
-        def starts() -> int:
-            db = FindingStore(state / "state.db")
-            try:
-                found = db.counters([steady])
-            finally:
-                db.close()
-            return found[steady].starts if steady in found else -1
 
-        wait_for(lambda: starts() == 0, 20, "the baseline look")
-        host.systemctl("start", steady)  # a signal through dbus-daemon, seen from outside
-        wait_for(lambda: starts() == 1, 10, "the start counted from the signal")
+def stop(proc: subprocess.Popen[str]) -> str:
+    """SIGTERM; the process must exit 0 without a traceback. Returns its stderr."""
+    try:
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=15)
+        _out, err = proc.communicate(timeout=15)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
     assert proc.returncode == 0, err
     assert "Traceback" not in err, err
+    return err
+
+
+def test_watch_from_outside_exits_cleanly_on_sigterm(
+    host: sandbox.Host, make_unit: UnitWriter, tmp_path: Path
+) -> None:
+    steady = make_unit("steady.service", STEADY)
+    host.systemctl("daemon-reload")
+    proc, state = run_outside(host, tmp_path, [steady], CONFIG)
+    try:
+        wait_for(lambda: starts(state, [steady]) == [0], 20, "the baseline look")
+        host.systemctl("start", steady)  # a signal through dbus-daemon, seen from outside
+        wait_for(lambda: starts(state, [steady]) == [1], 10, "the start counted from the signal")
+    finally:
+        stop(proc)
+
+
+def test_watch_counts_drops_reports_them_once_and_catches_up(
+    host: sandbox.Host, make_unit: UnitWriter, tmp_path: Path
+) -> None:
+    units = [make_unit(f"burst{i:02d}.service", STEADY) for i in range(60)]
+    host.systemctl("daemon-reload")
+    before = int(time.time() * 1e6)
+    proc, state = run_outside(host, tmp_path, units, CONFIG + "watch_queue_size = 16\n")
+    try:
+        wait_for(lambda: set(starts(state, units)) == {0}, 20, "the baseline looks")
+        proc.send_signal(signal.SIGSTOP)  # the daemon falls behind: dbus-daemon buffers ...
+        host.systemctl("start", *units)
+        proc.send_signal(signal.SIGCONT)  # ... ~300 signals, read at once, for a queue of 16
+        wait_for(lambda: set(starts(state, units)) == {1}, 30, "every start, read again")
+    finally:
+        stop(proc)
+    host.journal_sync()
+    dropped = [
+        e
+        for e in host.journal("RECONCILER_EVENT=watch.dropped")
+        if int(e["__REALTIME_TIMESTAMP"]) >= before
+    ]
+    assert len(dropped) == 1, dropped  # once per interval, not per drop
+    assert int(dropped[0]["RECONCILER_DROPPED"]) > 0
+    assert dropped[0]["PRIORITY"] == "4"
