@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from reconciler import monitor, watchstate
@@ -157,10 +157,7 @@ class Watcher:
                 batch.append(c)
             self.handle(batch)
             old.close()
-        for name in removed:
-            self.views.pop(name, None)
-            self.recorder.latest.pop(name, None)
-            self.recorder.counters.pop(name, None)
+        self._forget(removed)
         self.units = units
         if added:
             self.resync(added)
@@ -200,7 +197,7 @@ class Watcher:
             if view is None:
                 if not self.wanted(change.unit):
                     continue
-                view = self._adopt(change.unit)
+                view = self._adopt(change.unit, change.at + offset)
                 if view is not None:  # read just now: newer than this change
                     continue
                 view = self.views[change.unit] = UnitView(LiveUnit(change.unit, "loaded"))
@@ -214,11 +211,14 @@ class Watcher:
                 looks.append(watchstate.look(view, view.changed_at))
         self.record(looks, sorted({o.unit for o in looks}))
 
-    def _adopt(self, unit: str) -> UnitView | None:
-        """A unit seen for the first time (include patterns): one read, a baseline look."""
+    def _adopt(self, unit: str, at: float) -> UnitView | None:
+        """A unit matching the include patterns seen for the first time: it was not loaded
+        when the units were listed, so it was inactive (systemd unloads only those). That
+        look, then one read: the run that woke it counts."""
         if self.systemd is None:
             return None
         self.units = sorted({*self.units, unit})
+        self.recorder.record([Observation(unit, at - 0.001, "inactive", "dead", "", 0, "")])
         self.resync([unit])
         return self.views.get(unit)
 
@@ -337,6 +337,7 @@ class Watcher:
             return False
         from reconciler import unitstate
 
+        self._forget_gone()
         loaded = [
             v for n in self.units if (v := self.views.get(n)) and v.live.load_state == "loaded"
         ]
@@ -368,6 +369,31 @@ class Watcher:
             self.recorder.record(looks)
         self.evaluate(self.units, now)
         return newly
+
+    def _forget_gone(self) -> None:
+        """Load states afresh (one call); units that came by an include pattern and are gone
+        (transient units, say) are watched no more: the watched set stays bounded."""
+        assert self.systemd is not None
+        states = self.systemd.list_units(self.units)
+        desired = {d.name for d in self.desired}
+        gone = set()
+        for name in self.units:
+            view = self.views.get(name)
+            state = states.get(name)
+            if view is None or state is None:
+                continue
+            if state.load_state != view.live.load_state:
+                view.live = replace(view.live, load_state=state.load_state)
+            if state.load_state == "not-found" and name not in desired:
+                gone.add(name)
+        self._forget(gone)
+        self.units = [n for n in self.units if n not in gone]
+
+    def _forget(self, names: Iterable[str]) -> None:
+        for name in names:
+            self.views.pop(name, None)
+            self.recorder.latest.pop(name, None)
+            self.recorder.counters.pop(name, None)
 
     def full_pass(self) -> None:
         """The monitoring pass over the desired units (drift, timers, textfile)."""

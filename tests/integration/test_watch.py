@@ -238,7 +238,7 @@ def test_watch_daemon_notify_watchdog_crash_loop_reload_stop(
 
 
 def run_outside(
-    host: sandbox.Host, tmp_path: Path, units: list[str], config: str
+    host: sandbox.Host, tmp_path: Path, units: list[str], config: str, *flags: str
 ) -> tuple[subprocess.Popen[str], Path]:
     """``reconciler watch`` from outside over the host's bus, as a plain process."""
     state = tmp_path / "state"
@@ -253,7 +253,7 @@ def run_outside(
     env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
     env["RECONCILER_JOURNAL_SOCKET"] = str(host.journal_socket)
     argv = [RECONCILER, "watch", "--state-dir", str(state), "--unit-dir", str(host.unit_dir)]
-    argv += ["--bus", host.bus_address, "--config", str(path)]
+    argv += ["--bus", host.bus_address, "--config", str(path), *flags]
     proc = subprocess.Popen(
         argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
     )
@@ -322,3 +322,34 @@ def test_watch_counts_drops_reports_them_once_and_catches_up(
     assert len(dropped) == 1, dropped  # once per interval, not per drop
     assert int(dropped[0]["RECONCILER_DROPPED"]) > 0
     assert dropped[0]["PRIORITY"] == "4"
+
+
+def test_watch_include_and_exclude_patterns(
+    host: sandbox.Host, make_unit: UnitWriter, tmp_path: Path
+) -> None:
+    wanted = make_unit("incl-a.service", STEADY)
+    skipped = make_unit("incl-skip.service", STEADY)
+    managed = make_unit("managed.service", STEADY)  # desired, but not matching --include
+    tag = wanted.removesuffix(".service").rsplit("-", 1)[1]
+    host.systemctl("daemon-reload")
+    pattern = f"incl-*-{tag}.service"
+    proc, state = run_outside(
+        host, tmp_path, [managed], CONFIG, "--include", pattern, "--exclude", "*-skip-*"
+    )
+    try:
+        wait_for(
+            lambda: journal(
+                host, "RECONCILER_EVENT=watch.started", f"RECONCILER_INCLUDE={pattern}"
+            ),
+            20,
+            "READY (watch.started in the journal)",
+        )
+        # Not loaded when the daemon listed the units (inactive, unloaded): adopted on its
+        # first signal, its start counted.
+        host.systemctl("start", wanted, skipped, managed)
+        wait_for(lambda: starts(state, [wanted]) == [1], 10, "the included unit's start")
+        host.systemctl("restart", wanted)
+        wait_for(lambda: starts(state, [wanted]) == [2], 10, "its restart")
+        assert starts(state, [skipped, managed]) == [-1, -1]
+    finally:
+        stop(proc)
