@@ -14,7 +14,8 @@
    ``SINGLE_LIMIT`` signals with ``BATCH_MAX = 1`` (no coalescing: a record/evaluate per
    signal), for comparison.
 3. Memory: a host with 1,000 loaded, desired units (as in bench_monitor); ``reconciler watch``
-   runs there as a ``Type=notify`` unit (re-read every 2 s, a whole pass every 10 s), the
+   runs there as a ``Type=notify`` unit (fresh state; re-read every 2 s, memory samples every
+   5 s, a whole pass every 10 s: every periodic path runs within the window), the
    sleepers and a third of the oneshots are restarted twice, and after ~15 s (a full pass and
    several re-reads included) its ``VmHWM`` is read from ``/proc/PID/status``.
 
@@ -241,19 +242,20 @@ def memory(n: int, runs: int) -> list[dict[str, Any]]:
     try:
         prepare(host, n)
         (host.root / CONFIG_INSIDE.lstrip("/")).write_text(
-            "[monitor]\nwatch_reread_sec = 2\nwatch_pass_sec = 10\n"
+            "[monitor]\nwatch_reread_sec = 2\nwatch_memory_sec = 5\nwatch_pass_sec = 10\n"
         )
         env = {"PYTHONPATH": SRC_INSIDE}
-        host.run([f"{VENV_INSIDE}/bin/python", "-c", DESIRE, str(n), STATE_INSIDE], env=env)
         names = unit_names(n)
         restart = [u for i, u in enumerate(names) if i % 10 == 5 or i % 3 == 1]
         for run in range(runs):
+            state = f"{STATE_INSIDE}-{run}"
+            host.run([f"{VENV_INSIDE}/bin/python", "-c", DESIRE, str(n), state], env=env)
             unit = f"bench-watch-{run}.service"
             started = time.monotonic()
             host.run(
                 ["systemd-run", f"--unit={unit}", "-p", "Type=notify", "-p", "WatchdogSec=30",
                  f"--setenv=PYTHONPATH={SRC_INSIDE}", f"{VENV_INSIDE}/bin/python", "-m",
-                 "reconciler", "watch", "--state-dir", STATE_INSIDE, "--config", CONFIG_INSIDE],
+                 "reconciler", "watch", "--state-dir", state, "--config", CONFIG_INSIDE],
             )  # fmt: skip
             ready = time.monotonic() - started
             for _ in range(2):

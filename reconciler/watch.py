@@ -4,9 +4,10 @@ The process around ``watcher.Watcher``, as systemd's ``Type=notify`` expects it:
 
 - start: subscribe, read the watched units once, record a baseline, then ``READY=1``;
 - run: handle signals as they come (the loop wakes at least every ``TICK_SEC`` to look at
-  its flags, never to poll state); every ``reread_sec`` read what signals never carry, every
-  ``pass_sec`` a whole monitoring pass; ``STATUS=`` ("watching N units, M findings open, K
-  events, D dropped") at most once a second; ``WATCHDOG=1`` from ``notify.Watchdog`` only
+  its flags, never to poll state); every ``reread_sec`` read what signals never carry
+  (``MemoryCurrent`` every ``memory_sec``), every ``pass_sec`` a whole monitoring pass;
+  ``STATUS=`` ("watching N units, M findings open, K events, D dropped") at most once a
+  second; ``WATCHDOG=1`` from ``notify.Watchdog`` only
   while this loop is alive (a hung loop gets killed and restarted by systemd);
 - SIGHUP: ``RELOADING=1``, config and desired units read again, ``READY=1``; a bad config
   is logged and the old one kept;
@@ -120,6 +121,7 @@ def serve(load_settings: Callable[[], Settings], flags: Selection | None = None)
 def _loop(watcher: Watcher, state: Flags, load_settings: Callable[[], Settings]) -> None:
     now = time.monotonic()
     next_reread = now + watcher.config.reread_sec
+    next_memory = now  # the first re-read takes a memory sample
     next_pass = now + watcher.config.pass_sec
     shown, shown_at = watcher.status(), now
     while not state.stop:
@@ -137,7 +139,10 @@ def _loop(watcher: Watcher, state: Flags, load_settings: Callable[[], Settings])
             now = time.monotonic()
             if now >= next_reread:
                 next_reread = now + watcher.config.reread_sec
-                if safely("read memory and reload state", watcher.reread):
+                memory = now >= next_memory
+                if memory:
+                    next_memory = now + watcher.config.memory_sec
+                if safely("read memory and reload state", partial(watcher.reread, memory)):
                     next_pass = now  # a unit needs a daemon-reload: drift, now
             if now >= next_pass:
                 next_pass = now + watcher.config.pass_sec

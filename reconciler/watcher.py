@@ -2,13 +2,14 @@
 
 Event-driven: one subscription to ``PropertiesChanged`` of the watched units, read in
 batches. A batch is coalesced per unit (``watchstate.merge``), then every unit that moved
-gives one ``Observation``; the batch is recorded, only those units are evaluated, and new or
-resolved findings are announced at once (journald with the ``MESSAGE_ID`` of their kind,
-diagnostics bundle, webhook): a crash loop is reported within milliseconds of the crash
-that crosses the threshold. Nothing is polled for state. What signals never carry is read:
-``MemoryCurrent`` of running services and ``NeedDaemonReload`` every ``reread_sec`` (a unit
-newly needing a reload triggers a pass: drift), and a whole monitoring pass runs every
-``pass_sec`` as a safety net.
+gives one ``Observation`` per run seen (``watchstate.due``); the batch is recorded, only
+those units are evaluated, and new or resolved findings are announced at once (journald
+with the ``MESSAGE_ID`` of their kind, diagnostics bundle, webhook): a crash loop is
+reported within milliseconds of the crash that crosses the threshold. Nothing is polled
+for state. What signals never carry is read (``reread``): ``Restart=`` and
+``NeedDaemonReload`` (a unit newly needing a reload triggers a pass: drift), and a
+``MemoryCurrent`` sample of running services; a whole monitoring pass runs every
+``pass_sec`` as a safety net (and resolves findings whose condition cleared with time).
 
 Bounded whatever the event rate: the signal queue has ``queue_size`` places (beyond, drops
 are counted, shown in ``STATUS=`` and logged once per interval, and the units' state is read
@@ -329,10 +330,11 @@ class Watcher:
             )
             self._dropped_unreported = 0
 
-    def reread(self) -> bool:
-        """What signals never carry: MemoryCurrent (a sample per running service), Restart=
-        and NeedDaemonReload; then every watched unit is evaluated (so a crash loop that
-        calmed down resolves). True when a unit newly needs a daemon-reload (drift)."""
+    def reread(self, memory: bool = True) -> bool:
+        """What signals never carry: Restart=, NeedDaemonReload and, with ``memory``, a
+        MemoryCurrent sample per running service (one per ``memory_sec``: the trend wants
+        minutes, and each sample is a row the patterns load). Units with a new look are
+        evaluated. True when a unit newly needs a daemon-reload (drift: a pass is due)."""
         if self.systemd is None or not self.units:
             return False
         from reconciler import unitstate
@@ -342,7 +344,8 @@ class Watcher:
             v for n in self.units if (v := self.views.get(n)) and v.live.load_state == "loaded"
         ]
         services = [v.live.name for v in loaded if v.live.name.endswith(".service")]
-        props = self.systemd.get_properties(services, SERVICE, REREAD) if services else {}
+        wanted = REREAD if memory else REREAD[:1]
+        props = self.systemd.get_properties(services, SERVICE, wanted) if services else {}
         units = [v.live.name for v in loaded]
         reloads = self.systemd.get_properties(units, UNIT, ["NeedDaemonReload"]) if units else {}
         now = time.time()
@@ -356,7 +359,7 @@ class Watcher:
             newly |= need and not view.live.need_daemon_reload
             view.live = replace(view.live, need_daemon_reload=need)
             mem = None
-            if view.live.active_state in RUNNING and name in props:
+            if memory and view.live.active_state in RUNNING and name in props:
                 value = got.get("MemoryCurrent")
                 mem = value if isinstance(value, int) and value < 2**64 - 1 else None
                 if mem is None:
@@ -365,9 +368,7 @@ class Watcher:
                 looks.append(
                     watchstate.look(view, now if mem is not None else view.changed_at, mem)
                 )
-        if looks:
-            self.recorder.record(looks)
-        self.evaluate(self.units, now)
+        self.record(looks, sorted({o.unit for o in looks}))
         return newly
 
     def _forget_gone(self) -> None:
@@ -396,10 +397,15 @@ class Watcher:
             self.recorder.counters.pop(name, None)
 
     def full_pass(self) -> None:
-        """The monitoring pass over the desired units (drift, timers, textfile)."""
+        """The monitoring pass over the desired units (drift, timers, textfile, and findings
+        whose condition cleared with time), then the patterns of the other watched units."""
         assert self.systemd is not None
         result = monitor.run_pass(self.pass_settings, systemd=self.systemd, store=self.store)
         self.open_findings = len(result.open)
+        managed = {d.name for d in self.desired}
+        others = [u for u in self.units if u not in managed]  # by include patterns
+        if others:
+            self.evaluate(others, time.time())  # a crash loop that calmed down resolves
         desired = monitor.desired_units(self.store)
         if [d.name for d in desired] != [d.name for d in self.desired]:
             self.set_desired(desired)

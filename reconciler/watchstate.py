@@ -42,7 +42,14 @@ FIELDS: dict[str, str] = {
 }
 WANTED = (*FIELDS, "ExecMainExitTimestamp", "Job")  # what a signal is read down to
 WATCH_KEYS = frozenset(
-    {"watch_include", "watch_exclude", "watch_reread_sec", "watch_pass_sec", "watch_queue_size"}
+    {
+        "watch_include",
+        "watch_exclude",
+        "watch_reread_sec",
+        "watch_memory_sec",
+        "watch_pass_sec",
+        "watch_queue_size",
+    }
 )
 
 
@@ -200,7 +207,8 @@ def select(
 class WatchConfig:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
-    reread_sec: float = 60.0  # MemoryCurrent and NeedDaemonReload: never signalled
+    reread_sec: float = 60.0  # NeedDaemonReload, Restart=: never signalled
+    memory_sec: float = 300.0  # a MemoryCurrent sample per running service (never signalled)
     pass_sec: float = 300.0  # a whole monitoring pass, the safety net
     queue_size: int = 4096  # signals waiting to be handled; more are dropped (counted)
 
@@ -216,7 +224,11 @@ def parse_config(section: Mapping[str, object]) -> WatchConfig:
             if not isinstance(raw, list) or not all(isinstance(p, str) and p for p in raw):
                 raise UsageError(f"config: monitor.{key}: expected a list of unit name patterns")
             values[key.removeprefix("watch_")] = tuple(raw)
-    for key, low in (("watch_reread_sec", 1.0), ("watch_pass_sec", 10.0)):
+    for key, low in (
+        ("watch_reread_sec", 1.0),
+        ("watch_memory_sec", 1.0),
+        ("watch_pass_sec", 10.0),
+    ):
         if key in section:
             raw = section[key]
             if isinstance(raw, bool) or not isinstance(raw, int | float) or raw < low:

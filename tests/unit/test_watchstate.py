@@ -230,6 +230,7 @@ def test_select(
             WatchConfig(exclude=("a*", "b*"), reread_sec=5.0, pass_sec=60.0),
         ),
         ({"watch_queue_size": 64, "restart_threshold": 3}, WatchConfig(queue_size=64)),
+        ({"watch_memory_sec": 600}, WatchConfig(memory_sec=600.0)),
     ],
 )
 def test_parse_config(section: dict[str, object], expected: WatchConfig) -> None:
