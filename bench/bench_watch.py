@@ -235,8 +235,11 @@ with Store.open(Path(sys.argv[2]) / "state.db") as store:
 
 
 def memory(n: int, runs: int) -> list[dict[str, Any]]:
+    import compileall
+
     from reconciler import sandbox
 
+    compileall.compile_dir(REPO / "reconciler", quiet=1)  # as installed: the host's copy is ro
     out = []
     host = sandbox.boot(binds={str(REPO): SRC_INSIDE, sys.prefix: VENV_INSIDE})
     try:
