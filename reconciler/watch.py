@@ -32,7 +32,7 @@ from reconciler import journal, notify, sync
 from reconciler.config import Settings
 from reconciler.errors import ReconcilerError, SystemdError
 from reconciler.systemd import Systemd
-from reconciler.watcher import Selection, Watcher
+from reconciler.watcher import Selection, Watcher, check_settings
 
 __all__ = ["Selection", "Watcher", "serve"]
 
@@ -82,6 +82,7 @@ def serve(load_settings: Callable[[], Settings], flags: Selection | None = None)
     state = Flags()
     state.install()
     settings = load_settings()
+    check_settings(settings)
     interval = notify.watchdog_interval()
     stall = 2 * interval if interval else 60.0  # WATCHDOG_USEC: the loop must beat within it
     dog = notify.Watchdog(alive=lambda: time.monotonic() - state.beat < stall)

@@ -63,6 +63,12 @@ def pass_settings(settings: Settings) -> Settings:
     return replace(settings, sections=sections)
 
 
+def check_settings(settings: Settings) -> None:
+    """Refuse a bad ``[monitor]`` before anything is connected (UsageError, exit 2)."""
+    watchstate.parse_config(settings.section("monitor"))
+    monitor.load_config(pass_settings(settings))
+
+
 class Watcher:
     """The daemon's state and its handling of signals; one thread, one connection."""
 
