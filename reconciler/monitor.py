@@ -31,6 +31,7 @@ from reconciler.errors import UsageError
 from reconciler.findings import FindingStore, Impacted, Retention, StoredFinding
 from reconciler.model import DesiredUnit, LiveUnit
 from reconciler.patterns import Finding, Thresholds, detect, impact, reconcile_findings
+from reconciler.watchstate import WATCH_KEYS
 
 if TYPE_CHECKING:
     from reconciler.state import Store
@@ -72,7 +73,7 @@ def load_config(settings: Settings) -> MonitorConfig:
     ``textfile`` defaults to ``<state_dir>/reconciler.prom``; ``textfile = ""`` turns it off.
     """
     raw = settings.section("monitor")
-    th = Thresholds.from_mapping(raw, ignore=_OWN_KEYS)
+    th = Thresholds.from_mapping(raw, ignore=_OWN_KEYS.keys() | WATCH_KEYS)
     own: dict[str, Any] = {}
     for key, kind in _OWN_KEYS.items():
         if key not in raw or kind == "path":
@@ -397,8 +398,13 @@ def run_pass(
     systemd: Systemd | None = None,
     store: Store | None = None,
     now: float | None = None,
+    keep: Collection[str] = (),
 ) -> PassResult:
-    """One monitoring pass; uses (and leaves open) ``systemd`` and ``store`` when given."""
+    """One monitoring pass; uses (and leaves open) ``systemd`` and ``store`` when given.
+
+    Findings of units no longer desired are resolved, except those of ``keep`` (units the
+    watch daemon follows by its include patterns).
+    """
     from reconciler import monitor_outputs, sync
 
     started = time.monotonic()
@@ -430,7 +436,9 @@ def run_pass(
             list(view.states), at, extra=extra, kinds=PASS_KINDS, scheduled=scheduled
         )
         # A unit no longer managed (pruned, or rolled back away) has nothing left to fix.
-        changes.resolved += [f for k, f in db.open_findings().items() if k[1] not in view.states]
+        changes.resolved += [
+            f for k, f in db.open_findings().items() if k[1] not in view.states and k[1] not in keep
+        ]
         impacts = impacts_of(systemd, troubled(changes), config.impact_depth)
         applied = recorder.apply(changes, impacts, at)
         db.prune(at)

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from reconciler import monitor, watchstate
+from reconciler import journal, monitor, watchstate
 from reconciler.config import Settings
 from reconciler.counters import Observation
 from reconciler.findings import FindingStore, StoredFinding
@@ -322,17 +322,13 @@ class Watcher:
 
     def report_drops(self) -> None:
         if self._dropped_unreported and self._drop_report.due(time.monotonic()):
-            log.warning(
-                "watch: %d signals dropped (queue of %d full); the units' state was read again",
-                self._dropped_unreported,
-                self.config.queue_size,
-                extra={
-                    "fields": {
-                        "RECONCILER_EVENT": "watch.dropped",
-                        "RECONCILER_DROPPED": self._dropped_unreported,
-                        "RECONCILER_DROPPED_TOTAL": self.dropped,
-                    }
-                },
+            journal.event(
+                "watch.dropped",
+                f"watch: {self._dropped_unreported} signals dropped (queue of "
+                f"{self.config.queue_size} full); the units' state was read again",
+                priority=4,
+                dropped=self._dropped_unreported,
+                dropped_total=self.dropped,
             )
             self._dropped_unreported = 0
 
@@ -406,7 +402,9 @@ class Watcher:
         """The monitoring pass over the desired units (drift, timers, textfile, and findings
         whose condition cleared with time), then the patterns of the other watched units."""
         assert self.systemd is not None
-        result = monitor.run_pass(self.pass_settings, systemd=self.systemd, store=self.store)
+        result = monitor.run_pass(
+            self.pass_settings, systemd=self.systemd, store=self.store, keep=set(self.units)
+        )
         self.open_findings = len(result.open)
         managed = {d.name for d in self.desired}
         others = [u for u in self.units if u not in managed]  # by include patterns
