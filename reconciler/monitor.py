@@ -31,7 +31,6 @@ from reconciler.errors import UsageError
 from reconciler.findings import FindingStore, Impacted, Retention, StoredFinding
 from reconciler.model import DesiredUnit, LiveUnit
 from reconciler.patterns import Finding, Thresholds, detect, impact, reconcile_findings
-from reconciler.watchstate import WATCH_KEYS
 
 if TYPE_CHECKING:
     from reconciler.state import Store
@@ -73,6 +72,8 @@ def load_config(settings: Settings) -> MonitorConfig:
     ``textfile`` defaults to ``<state_dir>/reconciler.prom``; ``textfile = ""`` turns it off.
     """
     raw = settings.section("monitor")
+    from reconciler.watchstate import WATCH_KEYS  # the watch daemon's keys share [monitor]
+
     th = Thresholds.from_mapping(raw, ignore=_OWN_KEYS.keys() | WATCH_KEYS)
     own: dict[str, Any] = {}
     for key, kind in _OWN_KEYS.items():
