@@ -10,9 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from reconciler.dbus import PROPERTIES, UNIT_PATH_PREFIX, MatchRule, unit_name_from_path, unit_path
 from reconciler.dbus_socket import Connection, SignalQueue
+
+if TYPE_CHECKING:
+    from reconciler.dbus import Message
 
 MAX_PATH_RULES = 20  # beyond this, one rule for all units and a filter here
 
@@ -55,9 +59,10 @@ class PropertyStream:
     def next_change(self, timeout: float | None = None) -> PropertyChange | None:
         """The next change, waiting up to ``timeout`` seconds (None: forever); None on timeout."""
         got = self._queue.next(timeout, "watch unit properties")
-        if got is None:
-            return None
-        msg, at = got
+        return None if got is None else self._decode(*got)
+
+    def _decode(self, msg: Message, at: float) -> PropertyChange:
+        """One signal as a change (subclasses may read less of it)."""
         interface, changed, invalidated = msg.body()
         return PropertyChange(
             unit=unit_name_from_path(msg.path),

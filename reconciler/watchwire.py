@@ -19,17 +19,13 @@ from collections.abc import Collection, Sequence
 from functools import lru_cache
 
 from reconciler.dbus import (
-    PROPERTIES,
-    UNIT_PATH_PREFIX,
-    MatchRule,
     Message,
     split_signature,
     unit_name_from_path,
-    unit_path,
     unmarshal,
 )
-from reconciler.dbus_socket import Connection, SignalQueue
-from reconciler.unitwatch import MAX_PATH_RULES, PropertyChange
+from reconciler.dbus_socket import Connection
+from reconciler.unitwatch import PropertyChange, PropertyStream
 
 _U32 = {"<": struct.Struct("<I"), ">": struct.Struct(">I")}
 _SIZE = {"y": 1, "n": 2, "q": 2, "b": 4, "i": 4, "u": 4, "h": 4, "x": 8, "t": 8, "d": 8}
@@ -132,7 +128,7 @@ def _unit_of(path: str) -> str:
     return unit_name_from_path(path)
 
 
-class LookStream:
+class LookStream(PropertyStream):
     """``PropertiesChanged`` of units (``names``; None: all), queued up to ``queue_size``,
     read down to the ``wanted`` properties. Drops are counted in ``dropped``."""
 
@@ -143,33 +139,9 @@ class LookStream:
         queue_size: int,
         wanted: Collection[str],
     ) -> None:
-        paths = None if names is None else frozenset(unit_path(n) for n in names)
-        if paths is None or len(paths) > MAX_PATH_RULES:
-            rules = [
-                MatchRule(PROPERTIES, "PropertiesChanged", path_namespace=UNIT_PATH_PREFIX[:-1])
-            ]
-        else:
-            rules = [MatchRule(PROPERTIES, "PropertiesChanged", path=p) for p in sorted(paths)]
-        accept = None if paths is None else (lambda msg: msg.path in paths)
-        self._queue = SignalQueue(conn, rules, queue_size, accept)
+        super().__init__(conn, names, queue_size)
         self._wanted = frozenset(w.encode() for w in wanted)
 
-    @property
-    def dropped(self) -> int:
-        return self._queue.dropped
-
-    @property
-    def closed(self) -> bool:
-        return self._queue.closed
-
-    def next_change(self, timeout: float | None = None) -> PropertyChange | None:
-        """The next change, waiting up to ``timeout`` seconds (None: forever); None on timeout."""
-        got = self._queue.next(timeout, "watch unit properties")
-        if got is None:
-            return None
-        msg, at = got
+    def _decode(self, msg: Message, at: float) -> PropertyChange:
         interface, changed = read_changed(msg, self._wanted)
         return PropertyChange(_unit_of(msg.path), interface, changed, at)
-
-    def close(self) -> None:
-        self._queue.close()

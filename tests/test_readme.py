@@ -40,7 +40,8 @@ def test_no_placeholders_left() -> None:
 def documented_commands() -> list[str]:
     """Commands named in the first column of the README's command table."""
     names: set[str] = set()
-    for row in re.findall(r"^\| (`reconciler [^|]*)\|", README, re.M):
+    table = README.split("## Commands", 1)[1].split("\n## ", 1)[0]
+    for row in re.findall(r"^\| (`reconciler [^|]*)\|", table, re.M):
         names.update(re.findall(r"`reconciler ([a-z-]+)", row))
         names.update(re.findall(r"/ `([a-z-]+)`", row))
     return sorted(names)

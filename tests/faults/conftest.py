@@ -264,33 +264,6 @@ def own_env(own_host: sandbox.Host, tmp_path: Path) -> FaultEnv:
     return make_env(own_host, tmp_path)
 
 
-@contextlib.contextmanager
-def git_daemon(base: Path) -> Iterator[int]:
-    """``git daemon`` serving the repositories under ``base`` on 127.0.0.1; killed by PID."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    proc = subprocess.Popen(
-        ["git", "daemon", "--reuseaddr", "--export-all", f"--base-path={base}"]
-        + ["--listen=127.0.0.1", f"--port={port}", str(base)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "git daemon did not start"
-                time.sleep(0.05)
-        yield port
-    finally:
-        proc.kill()
-        proc.wait()
-
-
 # ---- a D-Bus tap: kill a sync at an exact call --------------------------------------------
 
 

@@ -25,8 +25,8 @@ import pytest
 
 from reconciler import sandbox
 from tests.conftest import PYTHON_INSIDE, SRC_INSIDE
-from tests.faults.conftest import DBusTap, FaultEnv, Report, git_daemon
-from tests.integration.gitrepo import ConfigRepo
+from tests.faults.conftest import DBusTap, FaultEnv, Report
+from tests.integration.gitrepo import ConfigRepo, git_daemon
 from tests.integration.test_sync import base_files, service, wait_for
 
 pytestmark = pytest.mark.host

@@ -17,6 +17,7 @@ import pytest
 
 from reconciler import source
 from reconciler.errors import SourceError
+from tests.integration.gitrepo import git_daemon
 
 IDENTITY = ["-c", "user.name=Tester", "-c", "user.email=tester@example.com"]
 
@@ -93,27 +94,8 @@ def free_port() -> int:
 @pytest.fixture
 def daemon(remote: Remote) -> Iterator[str]:
     """``git daemon`` serving the remote on 127.0.0.1; yields its git:// URL, killed by PID."""
-    port = free_port()
-    base = remote.bare.parent
-    proc = subprocess.Popen(
-        ["git", "daemon", "--reuseaddr", "--export-all", f"--base-path={base}"]
-        + ["--listen=127.0.0.1", f"--port={port}", str(base)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "git daemon did not start"
-                time.sleep(0.05)
+    with git_daemon(remote.bare.parent) as port:
         yield f"git://127.0.0.1:{port}/{remote.bare.name}"
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def tcp_server(answer: Callable[[socket.socket], None]) -> Iterator[int]:
