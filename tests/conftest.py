@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,11 +23,14 @@ PYTHON_INSIDE = f"{VENV_INSIDE}/bin/python"
 ENV_INSIDE = {"PYTHONPATH": SRC_INSIDE}
 
 
-@pytest.fixture(scope="session")
-def host() -> Iterator[sandbox.Host]:
-    """A disposable systemd host; CI=true turns 'cannot boot' into a failure, never a skip."""
+@contextlib.contextmanager
+def booted_host(**kwargs: Any) -> Iterator[sandbox.Host]:
+    """A disposable host with the checkout and venv bound in, stopped at the end.
+
+    CI=true turns 'cannot boot' into a failure, never a skip (the one place for that rule).
+    """
     try:
-        h = sandbox.boot(binds={str(REPO): SRC_INSIDE, sys.prefix: VENV_INSIDE})
+        h = sandbox.boot(binds={str(REPO): SRC_INSIDE, sys.prefix: VENV_INSIDE}, **kwargs)
     except SandboxError as exc:
         if os.environ.get("CI"):
             pytest.fail(f"disposable systemd host did not boot (CI=true): {exc}")
@@ -34,6 +39,13 @@ def host() -> Iterator[sandbox.Host]:
         yield h
     finally:
         h.stop()
+
+
+@pytest.fixture(scope="session")
+def host() -> Iterator[sandbox.Host]:
+    """The disposable systemd host shared by the whole test session."""
+    with booted_host() as h:
+        yield h
 
 
 UnitWriter = Callable[[str, str], str]

@@ -18,7 +18,6 @@ import select
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -31,8 +30,7 @@ import pytest
 
 from reconciler import sandbox
 from reconciler.dbus import ERROR, METHOD_CALL, METHOD_RETURN, split_frames
-from reconciler.errors import SandboxError
-from tests.conftest import REPO, SRC_INSIDE, VENV_INSIDE
+from tests.conftest import booted_host
 from tests.integration.gitrepo import ConfigRepo
 from tests.integration.test_sync import Env
 
@@ -247,16 +245,8 @@ def fenv(host: sandbox.Host, tmp_path: Path) -> Iterator[FaultEnv]:
 @pytest.fixture
 def own_host() -> Iterator[sandbox.Host]:
     """A disposable host of this test's own (~0.6 s to boot): for faults that break a host."""
-    try:
-        h = sandbox.boot(binds={str(REPO): SRC_INSIDE, sys.prefix: VENV_INSIDE})
-    except SandboxError as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"disposable systemd host did not boot (CI=true): {exc}")
-        pytest.skip(f"disposable systemd host not available: {exc}")
-    try:
+    with booted_host() as h:
         yield h
-    finally:
-        h.stop()
 
 
 @pytest.fixture

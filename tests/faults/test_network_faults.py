@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -28,6 +28,7 @@ import pytest
 
 from reconciler import sandbox
 from tests.faults.conftest import FaultEnv, Report
+from tests.integration.gitrepo import tcp_server
 from tests.integration.test_sync import base_files, service
 from tests.integration.test_webhook import (
     Server,
@@ -52,36 +53,6 @@ def journal_since(host: sandbox.Host, since: float) -> str:
         ["journalctl", "--no-pager", "-o", "json", "--all", "--since", f"@{since:.0f}"],
         check=False,
     ).stdout
-
-
-@contextlib.contextmanager
-def tcp_server(answer: Callable[[socket.socket], None]) -> Iterator[int]:
-    """A TCP server on 127.0.0.1 in a thread; ``answer`` handles each connection."""
-    srv = socket.create_server(("127.0.0.1", 0))
-    srv.settimeout(0.05)
-    conns: list[socket.socket] = []
-    stop = threading.Event()
-
-    def loop() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = srv.accept()
-            except TimeoutError:
-                continue
-            conns.append(conn)
-            with contextlib.suppress(OSError):
-                answer(conn)
-
-    thread = threading.Thread(target=loop, daemon=True)
-    thread.start()
-    try:
-        yield int(srv.getsockname()[1])
-    finally:
-        stop.set()
-        thread.join(5)
-        srv.close()
-        for conn in conns:
-            conn.close()
 
 
 def hang(conn: socket.socket) -> None:

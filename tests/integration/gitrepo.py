@@ -1,4 +1,4 @@
-"""A real config repository for tests: a bare repo plus a work clone to commit and push from."""
+"""Real git for tests: a config repository (bare + work clone), git daemon, raw TCP servers."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 GIT_ENV = {
@@ -96,3 +97,33 @@ def git_daemon(base: Path) -> Iterator[int]:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+@contextlib.contextmanager
+def tcp_server(answer: Callable[[socket.socket], None]) -> Iterator[int]:
+    """A TCP server on 127.0.0.1 in a thread; ``answer`` handles each connection."""
+    srv = socket.create_server(("127.0.0.1", 0))
+    srv.settimeout(0.05)
+    conns: list[socket.socket] = []
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except TimeoutError:
+                continue
+            conns.append(conn)
+            with contextlib.suppress(OSError):
+                answer(conn)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield int(srv.getsockname()[1])
+    finally:
+        stop.set()
+        thread.join(5)
+        srv.close()
+        for conn in conns:
+            conn.close()

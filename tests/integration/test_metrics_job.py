@@ -19,9 +19,8 @@ import pytest
 
 from reconciler import metricstore, sandbox
 from reconciler.config import Settings
-from reconciler.errors import SandboxError
 from reconciler.hostmetrics import FIVE_MIN, HOURLY, RAW, Retention, Sample
-from tests.conftest import ENV_INSIDE, PYTHON_INSIDE, REPO, SRC_INSIDE, VENV_INSIDE
+from tests.conftest import ENV_INSIDE, PYTHON_INSIDE, SRC_INSIDE, booted_host
 
 CLI = str(Path(sys.executable).parent / "reconciler")
 PG_PORT = 54329  # not 5432: the host shares the machine's network namespace
@@ -236,15 +235,7 @@ def test_retention_and_downsampling_sqlite(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def pg_host() -> Iterator[sandbox.Host]:
     """A host of its own with PostgreSQL unmasked, on a unix socket only (port PG_PORT)."""
-    try:
-        h = sandbox.boot(
-            binds={str(REPO): SRC_INSIDE, sys.prefix: VENV_INSIDE}, unmask=["postgresql.service"]
-        )
-    except SandboxError as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"disposable systemd host did not boot (CI=true): {exc}")
-        pytest.skip(f"disposable systemd host not available: {exc}")
-    try:
+    with booted_host(unmask=["postgresql.service"]) as h:
         clusters = h.run(["pg_lsclusters", "--no-header"], check=False)
         if clusters.returncode == 127 or not (h.root / "usr/lib/postgresql").is_dir():
             if os.environ.get("CI"):
@@ -264,8 +255,6 @@ def pg_host() -> Iterator[sandbox.Host]:
         hba.write_text("local all metrics scram-sha-256\n" + hba.read_text())
         h.systemctl("restart", f"postgresql@{version}-{name}.service")
         yield h
-    finally:
-        h.stop()
 
 
 def psql(host: sandbox.Host, sql: str, db: str = "postgres") -> str:

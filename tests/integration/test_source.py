@@ -9,7 +9,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +17,7 @@ import pytest
 
 from reconciler import source
 from reconciler.errors import SourceError
-from tests.integration.gitrepo import git_daemon
+from tests.integration.gitrepo import git_daemon, tcp_server
 
 IDENTITY = ["-c", "user.name=Tester", "-c", "user.email=tester@example.com"]
 
@@ -98,36 +98,11 @@ def daemon(remote: Remote) -> Iterator[str]:
         yield f"git://127.0.0.1:{port}/{remote.bare.name}"
 
 
-def tcp_server(answer: Callable[[socket.socket], None]) -> Iterator[int]:
-    """A TCP server on 127.0.0.1 in a thread; ``answer`` handles each connection."""
-    srv = socket.create_server(("127.0.0.1", 0))
-    srv.settimeout(0.05)
-    conns: list[socket.socket] = []
-    stop = threading.Event()
-
-    def loop() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = srv.accept()
-            except TimeoutError:
-                continue
-            conns.append(conn)
-            answer(conn)
-
-    thread = threading.Thread(target=loop, daemon=True)
-    thread.start()
-    yield int(srv.getsockname()[1])
-    stop.set()
-    thread.join(5)
-    srv.close()
-    for conn in conns:
-        conn.close()
-
-
 @pytest.fixture
 def hung_port() -> Iterator[int]:
     """Accepts connections and never says a word."""
-    yield from tcp_server(lambda conn: None)
+    with tcp_server(lambda conn: None) as port:
+        yield port
 
 
 @pytest.fixture
@@ -138,7 +113,8 @@ def garbage_port() -> Iterator[int]:
         conn.sendall(b"\x00\xffthis is not git\r\n\r\n")
         conn.close()
 
-    yield from tcp_server(answer)
+    with tcp_server(answer) as port:
+        yield port
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
