@@ -80,14 +80,14 @@ def prepare(host: object, n: int) -> None:
 
 def measure_inside(n: int, repeats: int) -> dict[str, object]:
     """Runs in the host: desired state into a fresh store, then interleaved samples."""
-    from reconciler import sync
     from reconciler.model import DesiredUnit
-    from reconciler.state import Store
+    from reconciler.store import sync_store
+    from reconciler.store.sync_store import Store
 
     names = unit_names(n)
     desired = [DesiredUnit(name, content(i), name[:-8]) for i, name in enumerate(names)]
     with Store.open(Path(STATE_INSIDE) / "state.db") as store:
-        store.kv_set(sync.DESIRED_KEY, sync._encode_desired(desired))
+        store.kv_set(sync_store.DESIRED_KEY, sync_store.encode_desired(desired))
     monitor = [
         f"{VENV_INSIDE}/bin/python", "-m", "reconciler", "monitor", "--state-dir", STATE_INSIDE,
     ]  # fmt: skip
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import compileall
 
-    from reconciler import sandbox
+    from reconciler.devtools import sandbox
 
     # As on an installed host: bytecode compiled (the host mounts the checkout read-only,
     # so a stale __pycache__ would be recompiled by every process).

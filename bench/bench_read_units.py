@@ -56,7 +56,7 @@ def unit_names(n: int) -> list[str]:
 
 def measure_inside(n: int, repeats: int) -> dict[str, object]:
     """Runs in the host: interleaved samples of the three paths, plus a consistency check."""
-    from reconciler.systemd import Systemd
+    from reconciler.systemd.client import Systemd
 
     names = unit_names(n)
     samples: dict[str, list[float]] = {"bus": [], "private": [], "systemctl": []}
@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(measure_inside(opts.units, opts.repeats)))
         return 0
 
-    from reconciler import sandbox
+    from reconciler.devtools import sandbox
 
     host = sandbox.boot(binds={str(REPO): SRC_INSIDE, sys.prefix: VENV_INSIDE})
     try:

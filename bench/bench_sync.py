@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 from bench.machine import describe_machine, run_measured
-from reconciler import sandbox
+from reconciler.devtools import sandbox
 from tests.integration.gitrepo import ConfigRepo
 
 RECONCILER = str(Path(sys.executable).parent / "reconciler")

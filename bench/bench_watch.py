@@ -66,10 +66,10 @@ def capture_units() -> dict[str, str]:
 
 def capture(seconds: float) -> dict[str, Any]:
     """Boot a host, churn units, return the raw signals and the state read before."""
-    from reconciler import sandbox
-    from reconciler.dbus import PROPERTIES, UNIT_PATH_PREFIX, MatchRule
-    from reconciler.dbus_socket import Connection, SignalQueue
-    from reconciler.systemd import Systemd
+    from reconciler.devtools import sandbox
+    from reconciler.systemd.client import Systemd
+    from reconciler.systemd.connection import Connection, SignalQueue
+    from reconciler.systemd.wire import PROPERTIES, UNIT_PATH_PREFIX, MatchRule
 
     host = sandbox.boot()
     try:
@@ -124,7 +124,7 @@ class ReplayConnection:
     from captured bytes, a socket-read's worth (``RECV_SIZE``) per ``receive``."""
 
     def __init__(self, frames: list[bytes]) -> None:
-        from reconciler.dbus_socket import RECV_SIZE
+        from reconciler.systemd.connection import RECV_SIZE
 
         self.chunks: deque[bytes] = deque()
         chunk: list[bytes] = []
@@ -148,7 +148,7 @@ class ReplayConnection:
         self.listeners.pop(key, None)
 
     def receive(self, deadline: float | None, what: str) -> bool:
-        from reconciler.dbus import split_frames
+        from reconciler.systemd.wire import split_frames
 
         if not self.chunks:
             return False
@@ -163,27 +163,30 @@ class ReplayConnection:
 def replay(
     data: dict[str, Any], batch_max: int | None = None, limit: int | None = None
 ) -> dict[str, float]:
-    from reconciler import config, sync, watcher
+    from reconciler import config
+    from reconciler.core.watch_state import WANTED
     from reconciler.model import DesiredUnit
-    from reconciler.state import Store
-    from reconciler.watchstate import WANTED
-    from reconciler.watchwire import LookStream
+    from reconciler.monitor.watch import handler
+    from reconciler.store.sync_store import Store
+    from reconciler.systemd.signals import LookStream
 
     names: list[str] = data["names"]
     if batch_max is not None:
-        watcher.BATCH_MAX = batch_max
+        handler.BATCH_MAX = batch_max
     with tempfile.TemporaryDirectory(prefix="bench-watch-") as tmp:
         settings = config.load(Path("/dev/null"), {"state_dir": tmp})
+        from reconciler.store import sync_store
+
         store = Store.open(Path(tmp) / "state.db")
         desired = [DesiredUnit(n, capture_units()[n], n[:-8]) for n in names]
-        store.kv_set(sync.DESIRED_KEY, sync._encode_desired(desired))
+        store.kv_set(sync_store.DESIRED_KEY, sync_store.encode_desired(desired))
         opened = [0, 0]
 
         def count(o: Any, r: Any, _now: float) -> None:
             opened[0] += len(o)
             opened[1] += len(r)
 
-        w = watcher.Watcher(settings, store, None, announce=count)
+        w = handler.Watcher(settings, store, None, announce=count)
         w.units = names
         w.take(names, data["lives"], data["policies"], 0.0)
         frames = data["frames"][:limit]
@@ -202,7 +205,7 @@ def replay(
         crashes = sum(c.crashes for c in w.db.counters().values())
         w.close()
         store.close()
-    watcher.BATCH_MAX = 2048
+    handler.BATCH_MAX = 2048
     return {
         "seconds": elapsed,
         "rate": len(frames) / elapsed,
@@ -224,20 +227,21 @@ DESIRE = """
 import sys
 from pathlib import Path
 from bench.bench_monitor import content, unit_names
-from reconciler import sync
+from reconciler.store import sync_store
+from reconciler import reconcile as sync
 from reconciler.model import DesiredUnit
-from reconciler.state import Store
+from reconciler.store.sync_store import Store
 n = int(sys.argv[1])
 units = [DesiredUnit(u, content(i), u[:-8]) for i, u in enumerate(unit_names(n))]
 with Store.open(Path(sys.argv[2]) / "state.db") as store:
-    store.kv_set(sync.DESIRED_KEY, sync._encode_desired(units))
+    store.kv_set(sync_store.DESIRED_KEY, sync_store.encode_desired(units))
 """
 
 
 def memory(n: int, runs: int) -> list[dict[str, Any]]:
     import compileall
 
-    from reconciler import sandbox
+    from reconciler.devtools import sandbox
 
     compileall.compile_dir(REPO / "reconciler", quiet=1)  # as installed: the host's copy is ro
     out = []

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from reconciler import sandbox
+from reconciler.devtools import sandbox
 from reconciler.errors import SandboxError
 
 REPO = Path(__file__).resolve().parent.parent

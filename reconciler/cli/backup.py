@@ -35,7 +35,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from reconciler.backup import policy
+    from reconciler.core import backup_policy as policy
 
     settings = _options.settings(args)
     config = policy.parse_config(settings.section("backup"), settings.state_dir)
@@ -48,8 +48,8 @@ def run(args: argparse.Namespace) -> int:
 
 def find(dest: Path, name: str) -> Path:
     """An archive given by path, or by name under ``dest/<source>/``."""
-    from reconciler.backup import archive
     from reconciler.errors import JobError
+    from reconciler.jobs.backup import archive
 
     parsed = archive.parse_name(Path(name).name)
     path = Path(name)
@@ -63,7 +63,7 @@ def find(dest: Path, name: str) -> Path:
 
 
 def _list(dest: Path, source: str | None, as_json: bool) -> int:
-    from reconciler.backup import archive
+    from reconciler.jobs.backup import archive
 
     archives = archive.list_archives(dest, source)
     if as_json:
@@ -83,8 +83,8 @@ def _list(dest: Path, source: str | None, as_json: bool) -> int:
 
 
 def _verify(dest: Path, name: str | None, as_json: bool) -> int:
-    from reconciler.backup import archive, restore
     from reconciler.errors import JobError
+    from reconciler.jobs.backup import archive, restore
 
     paths = [find(dest, name)] if name else [a.path for a in archive.list_archives(dest)]
     reports = [restore.verify(path) for path in paths]
@@ -109,8 +109,8 @@ def _verify(dest: Path, name: str | None, as_json: bool) -> int:
 
 
 def _restore(dest: Path, name: str, to: Path | None, force: bool) -> int:
-    from reconciler.backup import archive, restore
     from reconciler.errors import JobError
+    from reconciler.jobs.backup import archive, restore
 
     path = find(dest, name)
     if to is None:

@@ -16,6 +16,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from reconciler import demo
+    from reconciler.devtools import demo
 
     return demo.main(keep=args.keep)

@@ -18,9 +18,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import time
 
-    from reconciler import sync
+    from reconciler import runtime
 
-    store = sync.open_store(_options.settings(args))
+    store = runtime.open_store(_options.settings(args))
     records = store.history(args.limit)
     if args.json:
         _options.print_json([r.__dict__ for r in records])

@@ -20,9 +20,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from reconciler import install, journal
-    from reconciler import plan as plan_mod
     from reconciler.config import DEFAULT_CONFIG
+    from reconciler.core import plan as plan_mod
+    from reconciler.host import journal
+    from reconciler.reconcile import install
 
     journal.setup()
     settings = _options.settings(args)

@@ -21,7 +21,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from reconciler import journal
+    from reconciler.host import journal
 
     journal.setup()
     settings = _options.settings(args)

@@ -138,7 +138,8 @@ def run(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    from reconciler import hostmetrics, metricstore
+    from reconciler.core import hostmetrics
+    from reconciler.store import metric_store
 
     settings = _options.settings(args)
     config = hostmetrics.parse_config(settings.section("metrics"))
@@ -152,10 +153,10 @@ def run(args: argparse.Namespace) -> int:
         res, res_name = hostmetrics.HOURLY, "hourly averages"
     now = int(time.time())
     start = now - since_sec
-    where = str(metricstore.sqlite_path(settings))
-    rows: list[metricstore.Row] = []
-    if metricstore.is_postgres(settings) or Path(where).exists():  # reading creates nothing
-        store = metricstore.open_store(settings)
+    where = str(metric_store.sqlite_path(settings))
+    rows: list[metric_store.Row] = []
+    if metric_store.is_postgres(settings) or Path(where).exists():  # reading creates nothing
+        store = metric_store.open_store(settings)
         where = store.where
         try:
             rows = store.query(settings.host_name, start, res)

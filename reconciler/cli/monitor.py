@@ -16,7 +16,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from reconciler import journal, monitor
+    from reconciler import monitor
+    from reconciler.host import journal
 
     journal.setup()
     result = monitor.run_pass(_options.settings(args))

@@ -15,15 +15,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from reconciler import sync
+    from reconciler import reconcile
 
-    outcome = sync.run(_options.settings(args), dry_run=True)
+    outcome = reconcile.run(_options.settings(args), dry_run=True)
     return show(outcome, as_json=args.json)
 
 
 def show(outcome: object, *, as_json: bool) -> int:
-    from reconciler import plan as plan_mod
-    from reconciler.sync import Outcome
+    from reconciler.core import plan as plan_mod
+    from reconciler.reconcile import Outcome
 
     assert isinstance(outcome, Outcome)
     if as_json:

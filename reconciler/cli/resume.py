@@ -14,10 +14,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from reconciler import journal, sync
+    from reconciler import runtime
+    from reconciler.host import journal
 
     journal.setup()
-    store = sync.open_store(_options.settings(args))
+    store = runtime.open_store(_options.settings(args))
     was = store.suspended()
     store.resume()
     journal.event("sync.started", "automatic syncs resumed", priority=5)

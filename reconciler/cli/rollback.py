@@ -20,12 +20,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from reconciler import journal, sync
+    from reconciler import reconcile, runtime
     from reconciler.errors import UsageError
+    from reconciler.host import journal
 
     journal.setup()
     settings = _options.settings(args)
-    store = sync.open_store(settings)
+    store = runtime.open_store(settings)
     applied = [r.revision for r in store.history(1000) if r.result in ("applied", "noop")]
     current = store.applied_revision()
     if args.revision:
@@ -42,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         if not earlier:
             raise UsageError("cannot roll back: no earlier applied revision")
         target = earlier[0]
-    outcome = sync.run(settings, revision=target, trigger="rollback", force=True)
+    outcome = reconcile.run(settings, revision=target, trigger="rollback", force=True)
     store.suspend(f"rolled back to {target[:12]}", by="rollback")
     journal.event(
         "rollback",

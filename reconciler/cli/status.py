@@ -7,6 +7,7 @@ import sys
 import time
 from typing import Any
 
+from reconciler import runtime
 from reconciler.cli import _options
 
 HELP = "per managed unit: desired vs live; current revision, last sync, open findings"
@@ -18,12 +19,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from reconciler import findings, monitor, sync
+    from reconciler import monitor
+    from reconciler.store import finding_store
 
     settings = _options.settings(args)
-    store = sync.open_store(settings)
-    systemd = sync.connect(settings)
-    db = findings.FindingStore(store.path)
+    store = runtime.open_store(settings)
+    systemd = runtime.connect(settings)
+    db = finding_store.FindingStore(store.path)
     try:
         view = monitor.observe(settings, systemd, store)
         counters = db.counters()

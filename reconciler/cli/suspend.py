@@ -17,10 +17,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import getpass
 
-    from reconciler import journal, sync
+    from reconciler import runtime
+    from reconciler.host import journal
 
     journal.setup()
-    store = sync.open_store(_options.settings(args))
+    store = runtime.open_store(_options.settings(args))
     store.suspend(args.reason, by=getpass.getuser())
     journal.event("sync.suspended", f"automatic syncs suspended: {args.reason}", priority=5)
     print(f"automatic syncs suspended: {args.reason}")

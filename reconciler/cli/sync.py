@@ -39,8 +39,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from reconciler import journal, sync
+    from reconciler import reconcile
     from reconciler.errors import LockedError, ReconcilerError
+    from reconciler.host import journal
 
     journal.setup()
     settings = _options.settings(args)
@@ -48,18 +49,20 @@ def run(args: argparse.Namespace) -> int:
         settings = replace(settings, allow_empty=True)
     monitor = not (args.dry_run or args.no_monitor)
     try:
-        outcome = sync.run(settings, dry_run=args.dry_run, force=args.force, trigger=args.trigger)
+        outcome = reconcile.run(
+            settings, dry_run=args.dry_run, force=args.force, trigger=args.trigger
+        )
     except LockedError:
         raise  # the sync holding the lock ends with its own monitoring pass
     except ReconcilerError:
         if monitor:  # the remote is down or the apply failed: still look at the units
-            sync.monitor_pass(settings, None, None)
+            reconcile.monitor_pass(settings, None, None)
         raise
-    passed = sync.monitor_pass(settings, None, None) if monitor else None
+    passed = reconcile.monitor_pass(settings, None, None) if monitor else None
     if args.dry_run:
-        from reconciler.cli import plan as plan_cmd
+        from reconciler.cli import plan
 
-        return plan_cmd.show(outcome, as_json=args.json)
+        return plan.show(outcome, as_json=args.json)
     findings = _findings(passed)
     if args.json:
         _options.print_json({**_as_dict(outcome), "findings": findings})
@@ -95,7 +98,7 @@ def _findings(passed: object) -> list[dict[str, object]]:
 
 
 def _as_dict(outcome: object) -> dict[str, object]:
-    from reconciler.sync import Outcome
+    from reconciler.reconcile import Outcome
 
     assert isinstance(outcome, Outcome)
     return {

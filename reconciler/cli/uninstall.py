@@ -18,8 +18,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from reconciler import install, journal
-    from reconciler import plan as plan_mod
+    from reconciler.core import plan as plan_mod
+    from reconciler.host import journal
+    from reconciler.reconcile import install
 
     journal.setup()
     done = install.uninstall(_options.settings(args))

@@ -29,7 +29,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from reconciler import watch
+    from reconciler.monitor.watch import daemon
 
-    selection = watch.Selection(tuple(args.include), tuple(args.exclude))
-    return watch.serve(lambda: _options.settings(args), selection)
+    selection = daemon.Selection(tuple(args.include), tuple(args.exclude))
+    return daemon.serve(lambda: _options.settings(args), selection)

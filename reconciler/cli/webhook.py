@@ -28,9 +28,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from reconciler import journal, webhook
+    from reconciler.host import journal
+    from reconciler.push import server
 
     journal.setup()
     settings = _options.settings(args)
     secret_file = Path(args.secret_file) if args.secret_file else None
-    return webhook.serve(settings, listen=args.listen, secret_file=secret_file)
+    return server.serve(settings, listen=args.listen, secret_file=secret_file)

@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from reconciler import __version__, journal
+from reconciler import __version__
 from reconciler.config import Settings
 from reconciler.errors import JobError, redact
+from reconciler.host import journal
 
 if TYPE_CHECKING:
     import requests

@@ -11,7 +11,7 @@ rates: the first of a boot over that short window, later ones over the minute be
 runs. (Recording counters only would save those 100 ms once per boot, but leave a fresh
 host, or a manual first run, without a CPU value.) A counter that went down gives no
 rate, never a negative one. Then completed 5-minute and hourly buckets are rolled up and
-rows past their retention deleted, in the same transaction (``reconciler.metricstore``).
+rows past their retention deleted, in the same transaction (``reconciler.store.metric_store``).
 """
 
 from __future__ import annotations
@@ -20,10 +20,12 @@ import os
 import time
 from pathlib import Path
 
-from reconciler import hostmetrics, journal, metricstore
 from reconciler.config import Settings
+from reconciler.core import hostmetrics
+from reconciler.core.hostmetrics import Counters, MetricsConfig, Sample
 from reconciler.errors import JobError
-from reconciler.hostmetrics import Counters, MetricsConfig, Sample
+from reconciler.host import journal
+from reconciler.store import metric_store
 
 WINDOW = 0.1  # seconds between two readings when there is no usable previous one
 PROC = Path("/proc")
@@ -92,7 +94,7 @@ def run_job(settings: Settings) -> int:
     now = int(time.time())
     cur = read_counters(config)
     gauges, missing = read_gauges(config)
-    store = metricstore.open_store(settings)
+    store = metric_store.open_store(settings)
     try:
         with store.transaction() as tx:
             prev = store.load_counters(tx, host)

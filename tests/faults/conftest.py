@@ -28,8 +28,8 @@ from typing import Any
 
 import pytest
 
-from reconciler import sandbox
-from reconciler.dbus import ERROR, METHOD_CALL, METHOD_RETURN, split_frames
+from reconciler.devtools import sandbox
+from reconciler.systemd.wire import ERROR, METHOD_CALL, METHOD_RETURN, split_frames
 from tests.conftest import booted_host
 from tests.integration.gitrepo import ConfigRepo
 from tests.integration.test_sync import Env

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import sandbox
+from reconciler.devtools import sandbox
 from tests.conftest import PYTHON_INSIDE, SRC_INSIDE
 from tests.faults.conftest import DBusTap, FaultEnv, Report
 from tests.integration.gitrepo import ConfigRepo, git_daemon

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import journal, sandbox
+from reconciler.devtools import sandbox
+from reconciler.host import journal
 from tests.faults.conftest import FaultEnv, Report, clean_units, make_env
 from tests.integration.gitrepo import git
 from tests.integration.test_sync import APP, HOSTS, base_files, service

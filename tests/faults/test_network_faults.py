@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from reconciler import sandbox
+from reconciler.devtools import sandbox
 from tests.faults.conftest import FaultEnv, Report
 from tests.integration.gitrepo import tcp_server
 from tests.integration.test_sync import base_files, service

@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 
-from reconciler import sandbox
+from reconciler.devtools import sandbox
 from tests.faults.conftest import FaultEnv, Report, make_env
 from tests.integration.gitrepo import GIT_ENV, git
 from tests.integration.test_source import Keys, keys
@@ -62,8 +62,8 @@ def cli(env: FaultEnv, *args: str, state: Path | None = None) -> subprocess.Comp
 def test_every_file_written_has_the_intended_mode(
     host: sandbox.Host, tmp_path: Path, fault_report: Report
 ) -> None:
-    from reconciler import install
     from reconciler.config import Settings
+    from reconciler.reconcile import install
 
     env = make_env(host, tmp_path / "env")
     fresh = tmp_path / "fresh-state"  # created by the sync itself
@@ -323,9 +323,9 @@ def test_signature_mode_refuses_unsigned_and_unknown_key(
 def test_webhook_compares_secrets_in_constant_time(fault_report: Report) -> None:
     """Read from the code (a timing measurement cannot tell ~60 ns apart reliably): both
     checks end in ``hmac.compare_digest`` and nothing compares secret material with ``==``."""
-    from reconciler import webhook_policy
+    from reconciler.core import push_policy
 
-    tree = ast.parse(inspect.getsource(webhook_policy))
+    tree = ast.parse(inspect.getsource(push_policy))
     functions = {n.name: n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
     secretish = re.compile(r"secret|expected|given|token|digest|signature")
     findings = {}
@@ -347,11 +347,11 @@ def test_webhook_compares_secrets_in_constant_time(fault_report: Report) -> None
         good[:-1] + ("0" if good[-1] != "0" else "1"),
     )
     behaves = (
-        webhook_policy.signature_matches(secret, body, f"sha256={good}") is True
-        and webhook_policy.signature_matches(secret, body, first) is False
-        and webhook_policy.signature_matches(secret, body, last) is False
-        and webhook_policy.token_matches(secret, secret.decode())
-        and not webhook_policy.token_matches(secret, secret.decode()[:-1])
+        push_policy.signature_matches(secret, body, f"sha256={good}") is True
+        and push_policy.signature_matches(secret, body, first) is False
+        and push_policy.signature_matches(secret, body, last) is False
+        and push_policy.token_matches(secret, secret.decode())
+        and not push_policy.token_matches(secret, secret.decode()[:-1])
     )
     fault_report(
         "webhook signature compare",
@@ -366,7 +366,7 @@ def test_webhook_compares_secrets_in_constant_time(fault_report: Report) -> None
 def test_own_units_exposure_scores(fault_report: Report) -> None:
     """``systemd-analyze security --offline=yes`` of the units ``reconciler install`` writes
     (tests/unit/test_units.py holds the per-layout limits; this records the scores)."""
-    from reconciler import install
+    from reconciler.reconcile import install
 
     scores = {}
     with contextlib.ExitStack() as stack:

@@ -1,4 +1,4 @@
-"""analyze.verify_units against the real ``systemd-analyze verify`` (offline, no host needed)."""
+"""validate.verify_units against the real ``systemd-analyze verify`` (offline, no host needed)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import analyze, inventory, render
+from reconciler.core import inventory, render
 from reconciler.model import DesiredUnit
+from reconciler.reconcile import validate
 
 REPO = Path(__file__).resolve().parents[2]
 GOOD = """\
@@ -34,7 +35,7 @@ def example_units(host: str) -> list[DesiredUnit]:
 def test_example_content_is_clean(host: str) -> None:
     units = example_units(host)
     assert units
-    assert analyze.verify_units(units) == []
+    assert validate.verify_units(units) == []
 
 
 @pytest.mark.parametrize(
@@ -59,7 +60,7 @@ def test_broken_unit_is_named(content: str, expected: str) -> None:
         DesiredUnit("fine.service", GOOD, "fine"),
         DesiredUnit("broken.service", content, "broken"),
     ]
-    complaints = analyze.verify_units(units)
+    complaints = validate.verify_units(units)
     assert len(complaints) == 1, complaints
     assert complaints[0].startswith(expected), complaints
     assert "/tmp" not in complaints[0] and "reconciler-verify-" not in complaints[0]
@@ -70,7 +71,7 @@ def test_timer_without_trigger_is_named() -> None:
         DesiredUnit("job.service", "[Service]\nType=oneshot\nExecStart=/bin/true\n", "job"),
         DesiredUnit("job.timer", "[Timer]\nOnCalendar=whenever\n", "job"),
     ]
-    complaints = analyze.verify_units(units)
+    complaints = validate.verify_units(units)
     assert complaints[0] == (
         "job: job.timer:2: Failed to parse calendar specification, ignoring: whenever"
     )
@@ -80,10 +81,10 @@ def test_timer_without_trigger_is_named() -> None:
 def test_missing_binary_only_ignored_when_asked() -> None:
     missing = GOOD.replace("/bin/true", "/opt/elsewhere/bin/app")
     units = [DesiredUnit("app.service", missing, "app")]
-    assert analyze.verify_units(units) != []
-    assert analyze.verify_units(units, check_executables=False) == []
+    assert validate.verify_units(units) != []
+    assert validate.verify_units(units, check_executables=False) == []
     dash = GOOD.replace("ExecStart=/bin/true", "ExecStart=/bin/true\nExecStartPre=-/opt/nope")
-    assert analyze.verify_units([DesiredUnit("app.service", dash, "app")]) == []
+    assert validate.verify_units([DesiredUnit("app.service", dash, "app")]) == []
 
 
 def test_noise_about_other_units_is_dropped() -> None:
@@ -93,13 +94,13 @@ def test_noise_about_other_units_is_dropped() -> None:
         "/tmp/reconciler-verify-abc/web.service:4: Unknown key 'Y' in section [Service]\n"
     )
     units = [DesiredUnit("web.service", GOOD, "web")]
-    assert analyze.parse_output(output, "/tmp/reconciler-verify-abc", units) == [
+    assert validate.parse_output(output, "/tmp/reconciler-verify-abc", units) == [
         "web: web.service:4: Unknown key 'Y' in section [Service]"
     ]
 
 
 def test_no_units_no_process() -> None:
-    assert analyze.verify_units([]) == []
+    assert validate.verify_units([]) == []
 
 
 @pytest.mark.parametrize("count", [1, 200])
@@ -108,7 +109,7 @@ def test_verify_is_fast(count: int) -> None:
     times = []
     for _ in range(5):
         started = time.perf_counter()
-        assert analyze.verify_units(units) == []
+        assert validate.verify_units(units) == []
         times.append(time.perf_counter() - started)
     median = sorted(times)[2]
     print(f"verify {count} units: median {median * 1000:.0f} ms")

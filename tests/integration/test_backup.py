@@ -25,9 +25,9 @@ from typing import Any
 
 import pytest
 
-from reconciler import sandbox
-from reconciler.backup import archive, restore
+from reconciler.devtools import sandbox
 from reconciler.errors import JobError
+from reconciler.jobs.backup import archive, restore
 from tests.conftest import PYTHON_INSIDE, SRC_INSIDE
 
 CLI = str(Path(sys.executable).parent / "reconciler")

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import inventory, render, sandbox
+from reconciler.core import inventory, render
+from reconciler.devtools import sandbox
 from reconciler.model import DesiredUnit
 
 pytestmark = pytest.mark.host

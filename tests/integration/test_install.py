@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from reconciler import sandbox
+from reconciler.devtools import sandbox
 from tests.conftest import ENV_INSIDE, PYTHON_INSIDE, REPO
 
 pytestmark = pytest.mark.host

@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
-from reconciler import journal, sandbox
+from reconciler.devtools import sandbox
 from reconciler.errors import SandboxError
+from reconciler.host import journal
 from tests.conftest import ENV_INSIDE, PYTHON_INSIDE, UnitWriter
 
 pytestmark = pytest.mark.host
@@ -66,7 +67,7 @@ def test_entries_from_a_unit_arrive_with_every_field(
     code = textwrap.dedent(
         f"""
         import logging
-        from reconciler import journal
+        from reconciler.host import journal
         journal.setup()
         assert journal.available()
         journal.event(
@@ -76,7 +77,7 @@ def test_entries_from_a_unit_arrive_with_every_field(
         try:
             raise RuntimeError("boom")
         except RuntimeError:
-            logging.getLogger("reconciler.sync").exception(
+            logging.getLogger("reconciler.reconcile").exception(
                 "sync crashed",
                 extra={{"fields": {{"MESSAGE_ID": journal.message_id("sync.failed"),
                                    "RECONCILER_TOKEN": {token!r}}}}},
@@ -116,7 +117,7 @@ def test_oversize_entry_arrives_through_a_memfd(host: sandbox.Host, make_unit: U
     token = uuid.uuid4().hex
     code = textwrap.dedent(
         f"""
-        from reconciler import journal
+        from reconciler.host import journal
         big = ("z" * 999 + "\\n") * 300
         payload = journal.encode_entry({{
             "MESSAGE": "oversize entry", "MESSAGE_ID": journal.message_id("drift"),

@@ -17,9 +17,10 @@ from typing import Any
 
 import pytest
 
-from reconciler import metricstore, sandbox
 from reconciler.config import Settings
-from reconciler.hostmetrics import FIVE_MIN, HOURLY, RAW, Retention, Sample
+from reconciler.core.hostmetrics import FIVE_MIN, HOURLY, RAW, Retention, Sample
+from reconciler.devtools import sandbox
+from reconciler.store import metric_store
 from tests.conftest import ENV_INSIDE, PYTHON_INSIDE, SRC_INSIDE, booted_host
 
 CLI = str(Path(sys.executable).parent / "reconciler")
@@ -173,12 +174,12 @@ NOW = 1_750_000_000 // 3600 * 3600 + 1830  # fixed: 30 min 30 s past an hour
 DAY = 86400
 
 
-def _rows(store: metricstore.MetricStore, res: int) -> dict[int, float]:
+def _rows(store: metric_store.MetricStore, res: int) -> dict[int, float]:
     return {r.ts: r.value for r in store.query("h", 0, res) if r.metric == "cpu.percent"}
 
 
 def check_retention(settings: Settings) -> None:
-    store = metricstore.open_store(settings)
+    store = metric_store.open_store(settings)
     keep = Retention()  # raw 48 h, 5 min 30 d, 1 h 365 d
     old = (NOW - 3 * DAY) // 3600 * 3600  # raw, past 48 h: rolled up, then deleted
     try:
@@ -198,7 +199,7 @@ def check_retention(settings: Settings) -> None:
                 store.write(tx, "h", ts, [Sample("cpu.percent", value)], res=res)
         with store.transaction() as tx:
             done = store.maintain(tx, NOW, keep)
-        assert done == metricstore.Maintenance(rolled_up=3 + 3, deleted=4 + 1 + 1)
+        assert done == metric_store.Maintenance(rolled_up=3 + 3, deleted=4 + 1 + 1)
 
         assert _rows(store, RAW) == {NOW - 900: 70.0, NOW - 60: 90.0}
         five = _rows(store, FIVE_MIN)
@@ -217,7 +218,7 @@ def check_retention(settings: Settings) -> None:
         }  # the current hour is not complete: not rolled up
 
         with store.transaction() as tx:  # incremental: nothing new, nothing to do
-            assert store.maintain(tx, NOW, keep) == metricstore.Maintenance(0, 0)
+            assert store.maintain(tx, NOW, keep) == metric_store.Maintenance(0, 0)
         with store.transaction() as tx:  # the open bucket completes 5 minutes later
             assert store.maintain(tx, NOW + 300, keep).rolled_up == 1
         assert _rows(store, FIVE_MIN)[(NOW - 60) // 300 * 300] == 90.0

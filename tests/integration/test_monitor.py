@@ -23,10 +23,12 @@ from typing import Any
 
 import pytest
 
-from reconciler import config, monitor, sandbox, sync
-from reconciler.findings import FindingStore
+from reconciler import config, monitor
+from reconciler.devtools import sandbox
 from reconciler.model import DesiredUnit
-from reconciler.state import Store
+from reconciler.store import sync_store
+from reconciler.store.finding_store import FindingStore
+from reconciler.store.sync_store import Store
 from tests.integration.gitrepo import ConfigRepo
 
 pytestmark = pytest.mark.host
@@ -63,7 +65,7 @@ class Mon:
 
     def desire(self, *units: DesiredUnit) -> None:
         with Store.open(self.state / "state.db") as store:
-            store.kv_set(sync.DESIRED_KEY, sync._encode_desired(list(units)))
+            store.kv_set(sync_store.DESIRED_KEY, sync_store.encode_desired(list(units)))
 
     def unit(self, name: str, *, enable: bool = False, start: bool = True) -> DesiredUnit:
         content = (self.host.unit_dir / name).read_text()
@@ -214,7 +216,7 @@ def test_crash_loop_counts_bundle_and_counters_survive_a_new_process(mon: Mon, m
 
 
 def test_killed_unit_records_exit_signal_and_notifies(mon: Mon, make_unit) -> None:  # type: ignore[no-untyped-def]
-    from reconciler import notify_webhook
+    from reconciler.monitor import alert_webhook
     from tests.integration.test_notify_webhook import Receiver
 
     receiver = Receiver()
@@ -240,8 +242,8 @@ def test_killed_unit_records_exit_signal_and_notifies(mon: Mon, make_unit) -> No
     finally:
         receiver.close()
     for headers, body in receiver.requests:
-        signature = headers[notify_webhook.SIGNATURE_HEADER]
-        assert notify_webhook.verify(b"hook-secret", body, signature)
+        signature = headers[alert_webhook.SIGNATURE_HEADER]
+        assert alert_webhook.verify(b"hook-secret", body, signature)
     sent = [json.loads(body) for _, body in receiver.requests]
     events = [
         (e["event"], e["finding"]["kind"])
@@ -307,16 +309,16 @@ def test_memory_growth(mon: Mon, make_unit) -> None:  # type: ignore[no-untyped-
 
 
 def test_cgroup_memory_reads_the_units_processes(mon: Mon, make_unit) -> None:  # type: ignore[no-untyped-def]
-    from reconciler import unitstate
+    from reconciler.monitor import live
 
     name = make_unit("sleeper.service", "[Service]\nExecStart=/bin/sleep infinity\n")
     mon.host.systemctl("daemon-reload")
     mon.host.systemctl("start", name)
     props = mon.show(name, "ControlGroup", "MainPID", "MemoryCurrent")
     assert props["ControlGroup"].startswith(f"/{mon.host.name}/")  # the outside path
-    rss = unitstate.read_cgroup_memory(props["ControlGroup"])
+    rss = live.read_cgroup_memory(props["ControlGroup"])
     assert rss is not None and 100_000 < rss < 50_000_000
-    assert unitstate.read_cgroup_memory("/no/such/cgroup") is None
+    assert live.read_cgroup_memory("/no/such/cgroup") is None
 
 
 TIMER = """\

@@ -1,4 +1,4 @@
-"""reconciler.notify inside a real ``Type=notify`` unit with ``WatchdogSec=`` on the host."""
+"""reconciler.host.sd_notify in a real ``Type=notify`` unit with ``WatchdogSec=`` on the host."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from reconciler import sandbox
+from reconciler.devtools import sandbox
 from tests.conftest import ENV_INSIDE, UnitWriter
 from tests.integration.test_journal import exec_python
 
@@ -17,23 +17,23 @@ pytestmark = pytest.mark.host
 SERVICE = """\
 import signal
 import threading
-from reconciler import notify
+from reconciler.host import sd_notify
 
 stop = threading.Event()
 signal.signal(signal.SIGTERM, lambda *_: stop.set())
-with notify.Watchdog() as dog:
+with sd_notify.Watchdog() as dog:
     assert dog.interval == 1.0, dog.interval
-    notify.ready("serving")
+    sd_notify.ready("serving")
     while not stop.wait(0.5):
-        notify.status(f"serving, {dog.pings} watchdog pings")
-    notify.stopping()
+        sd_notify.status(f"serving, {dog.pings} watchdog pings")
+    sd_notify.stopping()
 """
 
 # Ready, then never pings: systemd must kill it. Proves the watchdog is really enforced here.
 SILENT = """\
 import time
-from reconciler import notify
-notify.ready("about to hang")
+from reconciler.host import sd_notify
+sd_notify.ready("about to hang")
 time.sleep(60)
 """
 

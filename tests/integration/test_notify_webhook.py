@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import notify_webhook as nw
 from reconciler.errors import UsageError
+from reconciler.monitor import alert_webhook
 
 
 class Receiver:
@@ -59,49 +59,55 @@ SECRET = b"s3cret-for-tests"
 EVENTS = [{"event": "finding.opened", "finding": {"kind": "crash_loop", "unit": "web.service"}}]
 
 
-def config(url: str, retries: int = 3) -> nw.WebhookConfig:
-    return nw.WebhookConfig(url, SECRET, timeout_sec=2.0, retries=retries, backoff_sec=0.0)
+def config(url: str, retries: int = 3) -> alert_webhook.WebhookConfig:
+    return alert_webhook.WebhookConfig(
+        url, SECRET, timeout_sec=2.0, retries=retries, backoff_sec=0.0
+    )
 
 
 def test_signed_post_retried_after_5xx(receiver: Receiver) -> None:
     receiver.codes = [500, 503]
-    assert nw.send(config(receiver.url), "web1", EVENTS, now=1000.0)
+    assert alert_webhook.send(config(receiver.url), "web1", EVENTS, now=1000.0)
     assert len(receiver.requests) == 3
     bodies = {body for _, body in receiver.requests}
     assert len(bodies) == 1, "a retry sends the same delivery"
     headers, body = receiver.requests[-1]
-    assert nw.verify(SECRET, body, headers[nw.SIGNATURE_HEADER])
-    assert not nw.verify(b"other", body, headers[nw.SIGNATURE_HEADER])
+    assert alert_webhook.verify(SECRET, body, headers[alert_webhook.SIGNATURE_HEADER])
+    assert not alert_webhook.verify(b"other", body, headers[alert_webhook.SIGNATURE_HEADER])
     payload = json.loads(body)
     assert payload["host"] == "web1" and payload["events"] == EVENTS
-    assert payload["delivery"] == headers[nw.DELIVERY_HEADER]
-    assert headers[nw.EVENT_HEADER] == "finding.opened"
+    assert payload["delivery"] == headers[alert_webhook.DELIVERY_HEADER]
+    assert headers[alert_webhook.EVENT_HEADER] == "finding.opened"
 
 
 def test_4xx_is_not_retried(receiver: Receiver) -> None:
     receiver.codes = [403]
-    assert not nw.send(config(receiver.url), "web1", EVENTS)
+    assert not alert_webhook.send(config(receiver.url), "web1", EVENTS)
     assert len(receiver.requests) == 1
 
 
 def test_unreachable_gives_up_after_retries() -> None:
-    assert not nw.send(config("http://127.0.0.1:9/none", retries=2), "web1", EVENTS)
+    assert not alert_webhook.send(config("http://127.0.0.1:9/none", retries=2), "web1", EVENTS)
 
 
 def test_nothing_to_send_sends_nothing(receiver: Receiver) -> None:
-    assert nw.send(config(receiver.url), "web1", [])
+    assert alert_webhook.send(config(receiver.url), "web1", [])
     assert receiver.requests == []
 
 
 def test_config(tmp_path: Path) -> None:
-    assert nw.load_config({}) is None
+    assert alert_webhook.load_config({}) is None
     secret = tmp_path / "secret"
     secret.write_text("abc\n")
-    got = nw.load_config({"url": "https://x.example/h", "secret_file": str(secret), "retries": 1})
+    got = alert_webhook.load_config(
+        {"url": "https://x.example/h", "secret_file": str(secret), "retries": 1}
+    )
     assert got is not None and got.secret == b"abc" and got.retries == 1
     with pytest.raises(UsageError, match="secret_file"):
-        nw.load_config({"url": "https://x.example/h"})
+        alert_webhook.load_config({"url": "https://x.example/h"})
     with pytest.raises(UsageError, match="notify.url"):
-        nw.load_config({"url": "ftp://x", "secret_file": str(secret)})
+        alert_webhook.load_config({"url": "ftp://x", "secret_file": str(secret)})
     with pytest.raises(UsageError, match="cannot read notify secret"):
-        nw.load_config({"url": "https://x.example/h", "secret_file": str(tmp_path / "none")})
+        alert_webhook.load_config(
+            {"url": "https://x.example/h", "secret_file": str(tmp_path / "none")}
+        )

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import sandbox
+from reconciler.devtools import sandbox
 from tests.conftest import ENV_INSIDE, PYTHON_INSIDE
 
 pytestmark = pytest.mark.host

@@ -1,4 +1,4 @@
-"""source.fetch / read_revision against real git: bare repos, git daemon, hostile servers, gpg."""
+"""fetch.fetch / read_revision against real git: bare repos, git daemon, hostile servers, gpg."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import source
 from reconciler.errors import SourceError
+from reconciler.reconcile import fetch
 from tests.integration.gitrepo import git_daemon, tcp_server
 
 IDENTITY = ["-c", "user.name=Tester", "-c", "user.email=tester@example.com"]
@@ -149,7 +149,7 @@ def http_port() -> Iterator[int]:
 
 def fetch_error(url: str, cache: Path, ref: str = "main", timeout: float = 20) -> SourceError:
     with pytest.raises(SourceError) as info:
-        source.fetch(url, ref, cache, timeout=timeout)
+        fetch.fetch(url, ref, cache, timeout=timeout)
     assert "\n" not in str(info.value)
     return info.value
 
@@ -160,7 +160,7 @@ def fetch_error(url: str, cache: Path, ref: str = "main", timeout: float = 20) -
 def test_fetch_branch_reads_only_inventory_and_templates(
     daemon: str, remote: Remote, cache: Path
 ) -> None:
-    snap = source.fetch(daemon, "main", cache)
+    snap = fetch.fetch(daemon, "main", cache)
     assert snap.revision == git(remote.work, "rev-parse", "HEAD")
     assert snap.summary == "first: add web"
     assert snap.files == {
@@ -175,16 +175,16 @@ def test_fetch_branch_reads_only_inventory_and_templates(
 def test_fetch_follows_new_commits_and_deleted_files(
     daemon: str, remote: Remote, cache: Path
 ) -> None:
-    first = source.fetch(daemon, "main", cache)
+    first = fetch.fetch(daemon, "main", cache)
     second_rev = remote.commit({"inventory/services.toml": "[services.db]\n"}, "second")
     remote.commit({"templates/web.service.j2": None}, "third: drop template")
     remote.push()
-    snap = source.fetch(daemon, "main", cache)
+    snap = fetch.fetch(daemon, "main", cache)
     assert snap.revision != first.revision
     assert snap.summary == "third: drop template"
     assert "templates/web.service.j2" not in snap.files
     assert snap.files["inventory/services.toml"] == b"[services.db]\n"
-    assert source.read_revision(cache, second_rev).summary == "second"
+    assert fetch.read_revision(cache, second_rev).summary == "second"
 
 
 def test_fetch_tag_and_commit_ids(daemon: str, remote: Remote, cache: Path) -> None:
@@ -193,23 +193,23 @@ def test_fetch_tag_and_commit_ids(daemon: str, remote: Remote, cache: Path) -> N
     git(remote.work, "tag", "light")
     remote.commit({"inventory/hosts.toml": "[hosts.h2]\n"}, "second")
     remote.push("main", "--tags")
-    assert source.fetch(daemon, "v1", cache).revision == first  # annotated tag peeled
-    assert source.fetch(daemon, "light", cache).revision == first
-    assert source.fetch(daemon, "refs/tags/v1", cache).revision == first
-    assert source.fetch(daemon, first, cache).revision == first
-    assert source.fetch(daemon, first[:9], cache).revision == first
-    assert source.fetch(daemon, "main", cache).summary == "second"
+    assert fetch.fetch(daemon, "v1", cache).revision == first  # annotated tag peeled
+    assert fetch.fetch(daemon, "light", cache).revision == first
+    assert fetch.fetch(daemon, "refs/tags/v1", cache).revision == first
+    assert fetch.fetch(daemon, first, cache).revision == first
+    assert fetch.fetch(daemon, first[:9], cache).revision == first
+    assert fetch.fetch(daemon, "main", cache).summary == "second"
 
 
 def test_full_commit_id_is_fetched_into_an_empty_cache(
     daemon: str, remote: Remote, cache: Path
 ) -> None:
     rev = git(remote.work, "rev-parse", "HEAD")
-    assert source.fetch(daemon, rev, cache).revision == rev
+    assert fetch.fetch(daemon, rev, cache).revision == rev
 
 
 def test_local_path_remote(remote: Remote, cache: Path) -> None:
-    assert source.fetch(str(remote.bare), "main", cache).summary == "first: add web"
+    assert fetch.fetch(str(remote.bare), "main", cache).summary == "first: add web"
 
 
 def test_many_files_in_nested_directories(remote: Remote, cache: Path) -> None:
@@ -218,7 +218,7 @@ def test_many_files_in_nested_directories(remote: Remote, cache: Path) -> None:
     }
     remote.commit(files, "700 templates")
     remote.push()
-    snap = source.fetch(str(remote.bare), "main", cache)
+    snap = fetch.fetch(str(remote.bare), "main", cache)
     assert len(snap.files) == 703
     assert snap.files["templates/group3/sub2/unit0689.service.j2"] == b"# 689\n"
     assert list(snap.files) == sorted(snap.files)
@@ -241,15 +241,15 @@ def test_force_pushed_branch(daemon: str, remote: Remote, cache: Path) -> None:
     base = git(remote.work, "rev-parse", "HEAD")
     old = remote.commit({"inventory/hosts.toml": "[hosts.old]\n"}, "to be rewritten")
     remote.push()
-    assert source.fetch(daemon, "main", cache).revision == old
+    assert fetch.fetch(daemon, "main", cache).revision == old
     git(remote.work, "reset", "-q", "--hard", base)
     new = remote.commit({"inventory/hosts.toml": "[hosts.new]\n"}, "rewritten history")
     remote.push("--force", "main")
-    snap = source.fetch(daemon, "main", cache)
+    snap = fetch.fetch(daemon, "main", cache)
     assert snap.revision == new
     assert snap.files["inventory/hosts.toml"] == b"[hosts.new]\n"
     # The rewritten-away revision stays readable for a rollback.
-    assert source.read_revision(cache, old).files["inventory/hosts.toml"] == b"[hosts.old]\n"
+    assert fetch.read_revision(cache, old).files["inventory/hosts.toml"] == b"[hosts.old]\n"
 
 
 # --- refused content ---------------------------------------------------------------------
@@ -277,11 +277,11 @@ def test_symlink_outside_read_dirs_is_ignored(remote: Remote, cache: Path) -> No
     (remote.work / "docs-link").symlink_to("/etc/shadow")
     remote.commit({}, "harmless link elsewhere")
     remote.push()
-    assert "docs-link" not in source.fetch(str(remote.bare), "main", cache).files
+    assert "docs-link" not in fetch.fetch(str(remote.bare), "main", cache).files
 
 
 def test_oversized_file_refused(remote: Remote, cache: Path) -> None:
-    remote.commit({"templates/huge.j2": "#" * (source.MAX_FILE_BYTES + 1)}, "huge")
+    remote.commit({"templates/huge.j2": "#" * (fetch.MAX_FILE_BYTES + 1)}, "huge")
     remote.push()
     err = fetch_error(str(remote.bare), cache)
     assert "'templates/huge.j2'" in str(err)
@@ -290,11 +290,11 @@ def test_oversized_file_refused(remote: Remote, cache: Path) -> None:
 
 def test_inventory_limit_fits_a_large_fleet(remote: Remote, cache: Path) -> None:
     """10,000 services are ~1.3 MB of TOML: inventory files may reach 16 MiB, not more."""
-    big = "#" * (source.MAX_FILE_BYTES + 1)
+    big = "#" * (fetch.MAX_FILE_BYTES + 1)
     remote.commit({"inventory/big.toml": big}, "big")
     remote.push()
-    assert source.fetch(str(remote.bare), "main", cache).files["inventory/big.toml"] == big.encode()
-    remote.commit({"inventory/big.toml": "#" * (source.MAX_INVENTORY_BYTES + 1)}, "huge")
+    assert fetch.fetch(str(remote.bare), "main", cache).files["inventory/big.toml"] == big.encode()
+    remote.commit({"inventory/big.toml": "#" * (fetch.MAX_INVENTORY_BYTES + 1)}, "huge")
     remote.push()
     err = fetch_error(str(remote.bare), cache)
     assert "'inventory/big.toml'" in str(err) and "larger than 16384 KiB" in str(err)
@@ -349,12 +349,12 @@ def test_credentials_never_in_errors(http_port: int, cache: Path, path: str) -> 
 def test_read_revision_from_cache_while_remote_is_gone(
     daemon: str, remote: Remote, cache: Path
 ) -> None:
-    snap = source.fetch(daemon, "main", cache)
+    snap = fetch.fetch(daemon, "main", cache)
     shutil.rmtree(remote.bare)
-    assert source.read_revision(cache, snap.revision) == snap
-    assert source.read_revision(cache, snap.revision[:10]).revision == snap.revision
+    assert fetch.read_revision(cache, snap.revision) == snap
+    assert fetch.read_revision(cache, snap.revision[:10]).revision == snap.revision
     # A full commit id already cached needs no remote at all.
-    assert source.fetch(daemon, snap.revision, cache) == snap
+    assert fetch.fetch(daemon, snap.revision, cache) == snap
     err = fetch_error(daemon, cache)  # a branch must be fetched: clear error
     assert "cannot fetch repository" in str(err)
 
@@ -362,10 +362,10 @@ def test_read_revision_from_cache_while_remote_is_gone(
 def test_read_revision_not_in_cache(cache: Path, remote: Remote) -> None:
     for revision in ("0" * 40, "not-a-sha"):
         with pytest.raises(SourceError, match="not in the cache"):
-            source.read_revision(cache, revision)
-    source.fetch(str(remote.bare), "main", cache)
+            fetch.read_revision(cache, revision)
+    fetch.fetch(str(remote.bare), "main", cache)
     with pytest.raises(SourceError, match="cannot read revision '000000000000'"):
-        source.read_revision(cache, "0" * 40)
+        fetch.read_revision(cache, "0" * 40)
 
 
 def test_cache_dir_that_is_not_a_repository(tmp_path: Path, remote: Remote) -> None:
@@ -373,10 +373,10 @@ def test_cache_dir_that_is_not_a_repository(tmp_path: Path, remote: Remote) -> N
     junk.mkdir()
     (junk / "file").write_text("x")
     with pytest.raises(SourceError, match="not empty and not a git repository"):
-        source.fetch(str(remote.bare), "main", junk)
+        fetch.fetch(str(remote.bare), "main", junk)
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert source.fetch(str(remote.bare), "main", empty).summary == "first: add web"
+    assert fetch.fetch(str(remote.bare), "main", empty).summary == "first: add web"
 
 
 # --- signed commits ----------------------------------------------------------------------
@@ -450,16 +450,16 @@ def signed_commit(remote: Remote, home: Path, fpr: str, message: str) -> str:
 
 def test_signed_commit_verifies(daemon: str, remote: Remote, cache: Path, keys: Keys) -> None:
     rev = signed_commit(remote, keys.signer, keys.signer_fpr, "signed change")
-    verify = source.Verification(keys.trusted)
-    snap = source.fetch(daemon, "main", cache, verify=verify)
+    verify = fetch.Verification(keys.trusted)
+    snap = fetch.fetch(daemon, "main", cache, verify=verify)
     assert (snap.revision, snap.summary) == (rev, "signed change")
-    assert source.read_revision(cache, rev, verify=verify) == snap
+    assert fetch.read_revision(cache, rev, verify=verify) == snap
 
 
 def test_unsigned_commit_refused(daemon: str, remote: Remote, cache: Path, keys: Keys) -> None:
     rev = git(remote.work, "rev-parse", "HEAD")
     with pytest.raises(SourceError) as info:
-        source.fetch(daemon, "main", cache, verify=source.Verification(keys.trusted))
+        fetch.fetch(daemon, "main", cache, verify=fetch.Verification(keys.trusted))
     assert info.value.message == f"cannot verify commit '{rev[:12]}': unsigned"
     assert info.value.hint and str(keys.trusted) in info.value.hint
 
@@ -468,21 +468,21 @@ def test_commit_signed_by_unknown_key_refused(
     daemon: str, remote: Remote, cache: Path, keys: Keys
 ) -> None:
     rev = signed_commit(remote, keys.other, keys.other_fpr, "signed by a stranger")
-    verify = source.Verification(keys.trusted)
+    verify = fetch.Verification(keys.trusted)
     with pytest.raises(SourceError) as info:
-        source.fetch(daemon, "main", cache, verify=verify)
+        fetch.fetch(daemon, "main", cache, verify=verify)
     assert info.value.message.startswith(
         f"cannot verify commit '{rev[:12]}': signed by unknown key"
     )
     assert keys.other_fpr[-16:] in info.value.message
     with pytest.raises(SourceError, match="signed by unknown key"):
-        source.read_revision(cache, rev, verify=verify)
+        fetch.read_revision(cache, rev, verify=verify)
 
 
 def test_missing_keyring_refused(remote: Remote, cache: Path, tmp_path: Path) -> None:
-    verify = source.Verification(tmp_path / "no-such-keyring")
+    verify = fetch.Verification(tmp_path / "no-such-keyring")
     with pytest.raises(SourceError, match="no keyring"):
-        source.fetch(str(remote.bare), "main", cache, verify=verify)
+        fetch.fetch(str(remote.bare), "main", cache, verify=verify)
 
 
 @pytest.mark.parametrize(
@@ -499,7 +499,7 @@ def test_missing_keyring_refused(remote: Remote, cache: Path, tmp_path: Path) ->
 def test_credentials_go_to_a_helper_not_the_command_line(
     url: str, plain: str, user: str | None, password: str | None
 ) -> None:
-    got, options, env = source.split_credentials(url)
+    got, options, env = fetch.split_credentials(url)
     assert got == plain
     assert all(not password or password not in o for o in options)
     if user is None:

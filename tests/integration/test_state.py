@@ -1,4 +1,4 @@
-"""state.Store against real SQLite files: schema, records, corruption, deletion, locks, modes."""
+"""sync_store.Store against real SQLite: schema, records, corruption, deletion, locks, modes."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import state
 from reconciler.errors import StateError
-from reconciler.state import Store, SuspendInfo
+from reconciler.store import sync_store
+from reconciler.store.sync_store import Store, SuspendInfo
 
 
 @pytest.fixture
@@ -39,7 +39,7 @@ def mode(path: Path) -> int:
 def test_fresh_database_is_migrated_to_the_latest_version(store: Store, db: Path) -> None:
     conn = sqlite3.connect(db)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(state.MIGRATIONS)
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(sync_store.MIGRATIONS)
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     finally:
@@ -54,14 +54,14 @@ def test_appended_migration_runs_once_and_keeps_data(
         s.kv_set("keep", "me")
     extra = "CREATE TABLE finding (id INTEGER PRIMARY KEY, text TEXT);\n"
     extra += "INSERT INTO finding (text) VALUES ('a;b');  -- a ';' inside a string\n"
-    monkeypatch.setattr(state, "MIGRATIONS", [*state.MIGRATIONS, extra])
+    monkeypatch.setattr(sync_store, "MIGRATIONS", [*sync_store.MIGRATIONS, extra])
     for _ in range(2):  # the second open has nothing to do
         with Store.open(db) as s:
             assert s.kv_get("keep") == "me"
     conn = sqlite3.connect(db)
     try:
         assert conn.execute("SELECT text FROM finding").fetchall() == [("a;b",)]
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(state.MIGRATIONS)
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(sync_store.MIGRATIONS)
     finally:
         conn.close()
 
@@ -69,12 +69,12 @@ def test_appended_migration_runs_once_and_keeps_data(
 def test_failed_migration_leaves_the_old_version(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     Store.open(db).close()
     broken = "CREATE TABLE half (x INTEGER);\nTHIS IS NOT SQL;\n"
-    monkeypatch.setattr(state, "MIGRATIONS", [*state.MIGRATIONS, broken])
+    monkeypatch.setattr(sync_store, "MIGRATIONS", [*sync_store.MIGRATIONS, broken])
     with pytest.raises(StateError, match="cannot open state database"):
         Store.open(db)
     conn = sqlite3.connect(db)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(state.MIGRATIONS) - 1
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(sync_store.MIGRATIONS) - 1
         assert not conn.execute("SELECT 1 FROM sqlite_master WHERE name='half'").fetchall()
     finally:
         conn.close()
@@ -100,7 +100,7 @@ def test_history_newest_first_with_limit(store: Store) -> None:
     assert second > first
     records = store.history()
     assert [r.revision for r in records] == ["b" * 40, "a" * 40]
-    assert records[0] == state.SyncRecord(
+    assert records[0] == sync_store.SyncRecord(
         second, "b" * 40, 200.0, 0.2, "failed", (), "cannot fetch", "webhook", "msg"
     )
     assert records[1].actions == ("write web.service",)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import sandbox
+from reconciler.devtools import sandbox
 from tests.integration.gitrepo import ConfigRepo
 
 pytestmark = pytest.mark.host

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import sandbox
+from reconciler.devtools import sandbox
 from reconciler.errors import SystemdError
 from reconciler.model import LiveUnit
-from reconciler.systemd import Systemd
+from reconciler.systemd.client import Systemd
 from tests.conftest import ENV_INSIDE, PYTHON_INSIDE, UnitWriter
 
 pytestmark = pytest.mark.host
@@ -272,7 +272,7 @@ def test_private_socket_from_outside_the_host_is_refused_clearly(host: sandbox.H
 INSIDE = """
 import json
 from reconciler.errors import SystemdError
-from reconciler.systemd import Systemd, default_address
+from reconciler.systemd.client import Systemd, default_address
 
 name = {name!r}
 out = {{"default": default_address()}}

@@ -25,10 +25,11 @@ from typing import Any
 
 import pytest
 
-from reconciler import sandbox, sync
-from reconciler.findings import FindingStore
+from reconciler.devtools import sandbox
 from reconciler.model import DesiredUnit
-from reconciler.state import Store
+from reconciler.store import sync_store
+from reconciler.store.finding_store import FindingStore
+from reconciler.store.sync_store import Store
 from tests.conftest import ENV_INSIDE, PYTHON_INSIDE, UnitWriter
 
 pytestmark = pytest.mark.host
@@ -54,16 +55,16 @@ STEADY = "[Service]\nExecStart=/bin/sleep infinity\n"
 DESIRE = """\
 import json, sys
 from pathlib import Path
-from reconciler import sync
-from reconciler.state import Store
+from reconciler import reconcile
+from reconciler.store.sync_store import Store
 with Store.open(Path(sys.argv[1])) as store:
-    store.kv_set(sync.DESIRED_KEY, sys.argv[2])
+    store.kv_set(sync_store.DESIRED_KEY, sys.argv[2])
 print("{}")
 """
 COUNTERS = """\
 import json, sys
 from pathlib import Path
-from reconciler.findings import FindingStore
+from reconciler.store.finding_store import FindingStore
 db = FindingStore(Path(sys.argv[1]))
 found = db.counters([sys.argv[2]])
 print(json.dumps(found[sys.argv[2]].to_dict() if sys.argv[2] in found else {}))
@@ -91,7 +92,7 @@ class Daemon:
         units = [
             DesiredUnit(n, (self.host.unit_dir / n).read_text(), n.rsplit(".", 1)[0]) for n in names
         ]
-        self.python(DESIRE, f"{self.state}/state.db", sync._encode_desired(units))
+        self.python(DESIRE, f"{self.state}/state.db", sync_store.encode_desired(units))
 
     def write_unit(self, make_unit: UnitWriter) -> str:
         environment = " ".join(f"{k}={v}" for k, v in ENV_INSIDE.items())
@@ -249,7 +250,7 @@ def run_outside(
             DesiredUnit(u, (host.unit_dir / u).read_text(), u.removesuffix(".service"))
             for u in units
         ]
-        store.kv_set(sync.DESIRED_KEY, sync._encode_desired(desired))
+        store.kv_set(sync_store.DESIRED_KEY, sync_store.encode_desired(desired))
     env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
     env["RECONCILER_JOURNAL_SOCKET"] = str(host.journal_socket)
     argv = [RECONCILER, "watch", "--state-dir", str(state), "--unit-dir", str(host.unit_dir)]

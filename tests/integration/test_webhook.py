@@ -27,7 +27,8 @@ from typing import Any
 
 import pytest
 
-from reconciler import journal, sandbox
+from reconciler.devtools import sandbox
+from reconciler.host import journal
 from tests.conftest import PYTHON_INSIDE, REPO, SRC_INSIDE
 
 pytestmark = pytest.mark.host
@@ -197,8 +198,8 @@ def test_systemd_merges_a_start_into_the_running_oneshot(
     the same job path comes back and the unit runs once. A push arriving mid-sync would
     be lost without the webhook's pending follow-up.
     """
-    from reconciler.dbus import MANAGER, MANAGER_PATH
-    from reconciler.dbus_socket import Connection
+    from reconciler.systemd.connection import Connection
+    from reconciler.systemd.wire import MANAGER, MANAGER_PATH
 
     sync_unit.wait_idle()
     runs = len(sync_unit.runs())

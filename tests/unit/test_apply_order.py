@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from reconciler.apply import apply
 from reconciler.model import (
     DaemonReload,
     DisableUnits,
@@ -19,6 +18,7 @@ from reconciler.model import (
     StopUnit,
     WriteUnitFile,
 )
+from reconciler.reconcile.apply import apply
 
 
 @dataclass

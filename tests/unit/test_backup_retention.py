@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from reconciler.backup.policy import (
+from reconciler.core.backup_policy import (
     DEFAULT_KEEP_LAST,
     Candidate,
     Retention,

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from reconciler.counters import (
+from reconciler.core.counters import (
     STALE_SEC,
     Counters,
     Event,

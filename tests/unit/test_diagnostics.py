@@ -6,7 +6,7 @@ import os
 import tarfile
 from pathlib import Path
 
-from reconciler import diagnostics as dg
+from reconciler.monitor import diagnostics
 
 NOW = 2_000_000_000.0
 
@@ -23,24 +23,24 @@ def test_prune_by_age_then_size_keeps_newest(tmp_path: Path) -> None:
     a = bundle(tmp_path, "a", 400, 300)
     b = bundle(tmp_path, "b", 400, 200)
     c = bundle(tmp_path, "c", 400, 100)
-    removed = dg.prune(tmp_path, max_total_bytes=900, max_age_sec=14 * 86400, now=NOW)
+    removed = diagnostics.prune(tmp_path, max_total_bytes=900, max_age_sec=14 * 86400, now=NOW)
     assert removed == [old, a]
     assert sorted(p.name for p in tmp_path.iterdir()) == [b.name, c.name]
     # the newest stays even alone over the limit
-    assert dg.prune(tmp_path, max_total_bytes=10, max_age_sec=14 * 86400, now=NOW) == [b]
+    assert diagnostics.prune(tmp_path, max_total_bytes=10, max_age_sec=14 * 86400, now=NOW) == [b]
     assert c.exists()
 
 
 def test_collect_writes_one_bundle_with_notes(tmp_path: Path) -> None:
     unit_file = tmp_path / "web.service"
     unit_file.write_text("[Service]\nExecStart=/bin/true\n")
-    config = dg.DiagnosticsConfig(
+    config = diagnostics.DiagnosticsConfig(
         directory=tmp_path / "diag", journal_command=("/bin/echo", '{"MESSAGE":"hi"}')
     )
-    incident = dg.Incident(
+    incident = diagnostics.Incident(
         "crash_loop", "web.service", NOW, {"kind": "crash_loop"}, {"Id": b"\x01"}, unit_file
     )
-    path = dg.collect(config, incident)
+    path = diagnostics.collect(config, incident)
     assert path.name == "20330518T033320Z-crash_loop-web.service.tar.gz"
     with tarfile.open(path) as tar:
         names = {m.name.split("/", 1)[1]: m for m in tar.getmembers()}
@@ -52,18 +52,18 @@ def test_collect_writes_one_bundle_with_notes(tmp_path: Path) -> None:
         props = tar.extractfile(names["properties.json"]).read()  # type: ignore[union-attr]
     assert "exit 0" in notes and "-u web.service" in notes
     assert b'"Id": "01"' in props
-    assert dg.collect(config, incident).name.endswith("-1.tar.gz")  # never overwrites
+    assert diagnostics.collect(config, incident).name.endswith("-1.tar.gz")  # never overwrites
 
 
 def test_collector_bounds_the_backlog(tmp_path: Path) -> None:
-    config = dg.DiagnosticsConfig(
+    config = diagnostics.DiagnosticsConfig(
         directory=tmp_path,
         journal_command=("/bin/sh", "-c", "sleep 0.3", "sh"),
         workers=1,
         max_pending=2,
     )
-    collector = dg.Collector(config)
-    incidents = [dg.Incident("k", f"u{i}.service", NOW, {}) for i in range(5)]
+    collector = diagnostics.Collector(config)
+    incidents = [diagnostics.Incident("k", f"u{i}.service", NOW, {}) for i in range(5)]
     futures = [collector.submit(i) for i in incidents]
     assert sum(f is None for f in futures) == 3 and collector.dropped == 3
     written = collector.close()

@@ -6,10 +6,10 @@ from dataclasses import replace
 
 import pytest
 
-from reconciler import drift
-from reconciler.drift import TimerInfo, UnitState
+from reconciler.core import drift
+from reconciler.core.drift import TimerInfo, UnitState
+from reconciler.core.patterns import Thresholds
 from reconciler.model import DesiredUnit, LiveUnit
-from reconciler.patterns import Thresholds
 
 WANT = DesiredUnit("web.service", "[Service]\nExecStart=/bin/sleep infinity\n", "web")
 GOOD = LiveUnit(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from reconciler.health import wait_healthy
 from reconciler.model import LiveUnit
+from reconciler.reconcile.verify import wait_healthy
 
 
 class Script:

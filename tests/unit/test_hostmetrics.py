@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from reconciler import hostmetrics as hm
-from reconciler.cli import metrics as cli
+from reconciler.cli import metrics
+from reconciler.core import hostmetrics
+from reconciler.core.hostmetrics import Counters, Memory, Mount, Sample
 from reconciler.errors import UsageError
-from reconciler.hostmetrics import Counters, Memory, Mount, Sample
 
 STAT = """\
 cpu  4486 10 1152 79180 332 0 71 385 7 3
@@ -78,18 +78,18 @@ def counters(
 
 
 def test_parse_stat_counts_user_to_steal_only() -> None:
-    total, idle, boot = hm.parse_stat(STAT)
+    total, idle, boot = hostmetrics.parse_stat(STAT)
     assert total == 4486 + 10 + 1152 + 79180 + 332 + 0 + 71 + 385  # no guest, guest_nice
     assert idle == 79180 + 332
     assert boot == 1700000000
 
 
 def test_parse_stat_old_kernel_short_cpu_line() -> None:
-    assert hm.parse_stat("cpu 1 2 3 4\n") == (10, 4, 0)
+    assert hostmetrics.parse_stat("cpu 1 2 3 4\n") == (10, 4, 0)
 
 
 def test_parse_loadavg() -> None:
-    assert hm.parse_loadavg("0.80 0.26 0.10 1/98 6750\n") == (0.8, 0.26, 0.1)
+    assert hostmetrics.parse_loadavg("0.80 0.26 0.10 1/98 6750\n") == (0.8, 0.26, 0.1)
 
 
 @pytest.mark.parametrize(
@@ -103,17 +103,17 @@ def test_parse_loadavg() -> None:
     ],
 )
 def test_parse_meminfo(text: str, expected: Memory) -> None:
-    assert hm.parse_meminfo(text) == expected
+    assert hostmetrics.parse_meminfo(text) == expected
 
 
 def test_parse_diskstats_sectors_to_bytes() -> None:
-    disks = hm.parse_diskstats(DISKSTATS)
+    disks = hostmetrics.parse_diskstats(DISKSTATS)
     assert disks["vda"] == (862882 * 512, 582672 * 512)
     assert set(disks) == {"loop0", "vda", "vda1", "nvme0n1", "nvme0n1p1", "ram0"}
 
 
 def test_parse_net_dev_with_and_without_space_after_colon() -> None:
-    assert hm.parse_net_dev(NET_DEV) == {
+    assert hostmetrics.parse_net_dev(NET_DEV) == {
         "lo": (3493, 3493),
         "eth0": (63647044, 166405),
         "wlan0": (100, 200),
@@ -121,7 +121,7 @@ def test_parse_net_dev_with_and_without_space_after_colon() -> None:
 
 
 def test_parse_mountinfo_unescapes_and_skips_optional_fields() -> None:
-    mounts = {m.mount_point: m for m in hm.parse_mountinfo(MOUNTINFO)}
+    mounts = {m.mount_point: m for m in hostmetrics.parse_mountinfo(MOUNTINFO)}
     assert mounts["/"] == Mount("254:0", "/", "/", "ext4", "/dev/vda")
     assert mounts["/home/my files"].fstype == "xfs"
     assert mounts["/mnt/bound"].root == "/srv/data"
@@ -149,7 +149,7 @@ def test_parse_mountinfo_unescapes_and_skips_optional_fields() -> None:
     ],
 )
 def test_select_mounts(text: str, include: tuple[str, ...] | None, expected: list[str]) -> None:
-    assert hm.select_mounts(hm.parse_mountinfo(text), include) == expected
+    assert hostmetrics.select_mounts(hostmetrics.parse_mountinfo(text), include) == expected
 
 
 @pytest.mark.parametrize(
@@ -163,7 +163,9 @@ def test_select_mounts(text: str, include: tuple[str, ...] | None, expected: lis
 def test_select_disks(
     include: tuple[str, ...] | None, whole: set[str] | None, expected: list[str]
 ) -> None:
-    assert hm.select_disks(hm.parse_diskstats(DISKSTATS), include, whole) == expected
+    assert (
+        hostmetrics.select_disks(hostmetrics.parse_diskstats(DISKSTATS), include, whole) == expected
+    )
 
 
 @pytest.mark.parametrize(
@@ -172,7 +174,7 @@ def test_select_disks(
      ("vdb", False), ("xvda3", True), ("dm-0", False), ("md0", False)],
 )  # fmt: skip
 def test_is_partition(name: str, partition: bool) -> None:
-    assert hm.is_partition(name) is partition
+    assert hostmetrics.is_partition(name) is partition
 
 
 @pytest.mark.parametrize(
@@ -182,7 +184,7 @@ def test_is_partition(name: str, partition: bool) -> None:
 def test_select_interfaces_skips_lo_unless_listed(
     include: tuple[str, ...] | None, expected: list[str]
 ) -> None:
-    assert hm.select_interfaces(hm.parse_net_dev(NET_DEV), include) == expected
+    assert hostmetrics.select_interfaces(hostmetrics.parse_net_dev(NET_DEV), include) == expected
 
 
 # --- delta math ---------------------------------------------------------------------------
@@ -200,7 +202,7 @@ def test_select_interfaces_skips_lo_unless_listed(
     ],
 )
 def test_cpu_percent(prev: tuple[int, int], cur: tuple[int, int], expected: float | None) -> None:
-    assert hm.cpu_percent(counters(cpu=prev), counters(clock=160, cpu=cur)) == expected
+    assert hostmetrics.cpu_percent(counters(cpu=prev), counters(clock=160, cpu=cur)) == expected
 
 
 def test_rate_samples_from_deltas() -> None:
@@ -213,7 +215,7 @@ def test_rate_samples_from_deltas() -> None:
         disks={"vda": (60000, 6000), "vdb": (5, 5)},  # vdb is new: no rate yet
         nets={"eth0": (7000, 2600)},
     )
-    assert hm.rate_samples(prev, cur) == [
+    assert hostmetrics.rate_samples(prev, cur) == [
         Sample("cpu.percent", 25.0),
         Sample("disk.read_bps", 1000.0, "disk=vda"),
         Sample("disk.write_bps", 0.0, "disk=vda"),
@@ -225,7 +227,7 @@ def test_rate_samples_from_deltas() -> None:
 def test_counter_reset_gives_no_rate_never_a_negative_one() -> None:
     prev = counters(disks={"vda": (10**12, 10**12)}, nets={"eth0": (2**32 - 10, 5)})
     cur = counters(clock=160, cpu=(2000, 1800), disks={"vda": (5, 10**12)}, nets={"eth0": (3, 9)})
-    samples = hm.rate_samples(prev, cur)
+    samples = hostmetrics.rate_samples(prev, cur)
     assert [s.metric for s in samples] == ["cpu.percent"]
     assert all(s.value >= 0 for s in samples)
 
@@ -241,13 +243,13 @@ def test_counter_reset_gives_no_rate_never_a_negative_one() -> None:
 )
 def test_same_boot(prev: Counters, same: bool) -> None:
     cur = counters(clock=100, cpu=(2000, 1500))
-    assert hm.same_boot(prev, cur) is same
-    assert (hm.rate_samples(prev, cur) != []) is same
+    assert hostmetrics.same_boot(prev, cur) is same
+    assert (hostmetrics.rate_samples(prev, cur) != []) is same
 
 
 def test_gauge_samples_memory_and_df_style_disk_usage() -> None:
     memory = Memory(total=1000, available=250, swap_total=100, swap_free=40)
-    samples = hm.gauge_samples((0.5, 0.25, 0.1), memory, {"/": (300, 100)})
+    samples = hostmetrics.gauge_samples((0.5, 0.25, 0.1), memory, {"/": (300, 100)})
     by = {(s.metric, s.label): s.value for s in samples}
     assert by[("mem.used_bytes", "")] == 750
     assert by[("mem.used_percent", "")] == 75.0
@@ -286,7 +288,7 @@ END_5M = NOW - 330  # the newest 5-minute bucket that ended at least 60 s ago en
 def test_rollup_window(
     res: int, last: int | None, first: int | None, keep: int, expected: tuple[int, int] | None
 ) -> None:
-    assert hm.rollup_window(res, last, first, NOW, keep) == expected
+    assert hostmetrics.rollup_window(res, last, first, NOW, keep) == expected
 
 
 @pytest.mark.parametrize(
@@ -295,24 +297,24 @@ def test_rollup_window(
      ("1.5h", 5400), ("1w", 604800)],
 )  # fmt: skip
 def test_parse_duration(value: object, seconds: int) -> None:
-    assert hm.parse_duration(value, "--since") == seconds
+    assert hostmetrics.parse_duration(value, "--since") == seconds
 
 
 @pytest.mark.parametrize("value", ["", "1y", "-1h", "abc", "10ms", 0, True, None])
 def test_parse_duration_refused(value: object) -> None:
     with pytest.raises(UsageError, match="--since: expected a duration"):
-        hm.parse_duration(value, "--since")
+        hostmetrics.parse_duration(value, "--since")
 
 
 def test_parse_config_defaults_and_values() -> None:
-    assert hm.parse_config({}) == hm.MetricsConfig()
-    cfg = hm.parse_config(
+    assert hostmetrics.parse_config({}) == hostmetrics.MetricsConfig()
+    cfg = hostmetrics.parse_config(
         {"mounts": ["/", "/data"], "interfaces": ["lo"], "keep_raw": "1d", "keep_1h": 86400 * 90}
     )
     assert cfg.mounts == ("/", "/data")
     assert cfg.interfaces == ("lo",)
     assert cfg.disks is None
-    assert cfg.retention == hm.Retention(raw=86400, five_min=30 * 86400, hourly=90 * 86400)
+    assert cfg.retention == hostmetrics.Retention(raw=86400, five_min=30 * 86400, hourly=90 * 86400)
 
 
 @pytest.mark.parametrize(
@@ -325,7 +327,7 @@ def test_parse_config_defaults_and_values() -> None:
 )
 def test_parse_config_refused(section: dict[str, Any], message: str) -> None:
     with pytest.raises(UsageError, match=message):
-        hm.parse_config(section)
+        hostmetrics.parse_config(section)
 
 
 # --- presentation (reconciler.cli.metrics, pure helpers) ------------------------------------
@@ -340,12 +342,12 @@ def test_parse_config_refused(section: dict[str, Any], message: str) -> None:
     ],
 )
 def test_sparkline(values: list[float | None], lo: float, hi: float, expected: str) -> None:
-    assert cli.sparkline(values, lo, hi) == expected
+    assert metrics.sparkline(values, lo, hi) == expected
 
 
 def test_resample_averages_into_buckets_and_leaves_gaps() -> None:
     points = [(0, 1.0), (10, 3.0), (95, 8.0)]
-    assert cli.resample(points, 0, 100, 4) == [2.0, None, None, 8.0]
+    assert metrics.resample(points, 0, 100, 4) == [2.0, None, None, 8.0]
 
 
 @pytest.mark.parametrize(
@@ -354,7 +356,7 @@ def test_resample_averages_into_buckets_and_leaves_gaps() -> None:
      ("mem.used_bytes", 2.5e9, "2.5 GB"), ("load.1", 0.5, "0.50"), ("cpu.percent", 12.34, "12.3")],
 )  # fmt: skip
 def test_human(metric: str, value: float, text: str) -> None:
-    assert cli.human(metric, value) == text
+    assert metrics.human(metric, value) == text
 
 
 def test_render_table_orders_pairs_and_charts_the_points_shown() -> None:
@@ -368,16 +370,16 @@ def test_render_table_orders_pairs_and_charts_the_points_shown() -> None:
             ("mem.total_bytes", "", 1e9),  # JSON only
         ]
     ]
-    series = cli.build_series(rows)
+    series = metrics.build_series(rows)
     assert [s["metric"] for s in series] == [
         "cpu.percent", "mem.total_bytes", "net.rx_bps", "net.tx_bps"
     ]  # fmt: skip
     assert series[2]["labels"] == {"iface": "eth0"}
-    plain = cli.render_table(series, -3600, 600, chart=False)
+    plain = metrics.render_table(series, -3600, 600, chart=False)
     assert [line.split()[:2] for line in plain] == [
         ["METRIC", "OF"], ["cpu", "%"], ["net", "rx"], ["net", "tx"]
     ]  # fmt: skip
-    charted = cli.render_table(series, -3600, 600, chart=True)
+    charted = metrics.render_table(series, -3600, 600, chart=True)
     assert charted[1].endswith("▁▃▅")  # cpu 0, 30, 60 % on a 0-100 scale, one bar a point
     assert charted[3].endswith("▁▅█")  # net tx 0, 600, 1200 B/s up to its max
     assert "1.2 kB/s" in charted[3]

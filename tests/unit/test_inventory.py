@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import inventory
+from reconciler.core import inventory
 from reconciler.errors import InventoryError
 
 REPO = Path(__file__).resolve().parents[2]

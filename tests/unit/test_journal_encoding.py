@@ -8,7 +8,7 @@ import struct
 
 import pytest
 
-from reconciler import journal
+from reconciler.host import journal
 
 
 def decode(payload: bytes) -> list[tuple[str, bytes]]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import journal
+from reconciler.host import journal
 from tests.unit.test_journal_encoding import decode
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import notify
+from reconciler.host import sd_notify
 
 
 class Manager:
@@ -56,24 +56,24 @@ def manager(
 
 
 def test_ready_status_stopping(manager: Manager) -> None:
-    assert notify.ready()
+    assert sd_notify.ready()
     assert manager.receive() == ["READY=1"]
-    assert notify.ready("serving 3 units")
+    assert sd_notify.ready("serving 3 units")
     assert manager.receive() == ["READY=1", "STATUS=serving 3 units"]
-    assert notify.status("line one\nline two")
+    assert sd_notify.status("line one\nline two")
     assert manager.receive() == ["STATUS=line one line two"]
-    assert notify.watchdog()
+    assert sd_notify.watchdog()
     assert manager.receive() == ["WATCHDOG=1"]
-    assert notify.stopping()
+    assert sd_notify.stopping()
     assert manager.receive() == ["STOPPING=1"]
-    assert notify.notify("RELOADING=1", "MONOTONIC_USEC=5")
+    assert sd_notify.notify("RELOADING=1", "MONOTONIC_USEC=5")
     assert manager.receive() == ["RELOADING=1", "MONOTONIC_USEC=5"]
 
 
 @pytest.mark.parametrize("bad", ["READY", "STATUS=a\nWATCHDOG=1"])
 def test_refuses_malformed_assignments(manager: Manager, bad: str) -> None:
     with pytest.raises(ValueError, match="KEY=value"):
-        notify.notify(bad)
+        sd_notify.notify(bad)
     assert manager.pending() == []
 
 
@@ -83,13 +83,13 @@ def test_noop_outside_systemd(monkeypatch: pytest.MonkeyPatch, value: str | None
         monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
     else:
         monkeypatch.setenv("NOTIFY_SOCKET", value)
-    assert not notify.ready("x")
-    assert not notify.watchdog()
+    assert not sd_notify.ready("x")
+    assert not sd_notify.watchdog()
 
 
 def test_nobody_listening_is_not_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "gone"))
-    assert not notify.stopping()
+    assert not sd_notify.stopping()
 
 
 @pytest.mark.parametrize(
@@ -112,14 +112,14 @@ def test_watchdog_interval(
             monkeypatch.delenv(key, raising=False)
         else:
             monkeypatch.setenv(key, str(os.getpid()) if value == "self" else value)
-    assert notify.watchdog_interval() == expected
+    assert sd_notify.watchdog_interval() == expected
 
 
 def test_watchdog_thread_pings_until_stopped(
     manager: Manager, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("WATCHDOG_USEC", "100000")  # ping every 50 ms
-    with notify.Watchdog() as dog:
+    with sd_notify.Watchdog() as dog:
         assert dog.interval == 0.05
         assert dog.running
         time.sleep(0.3)
@@ -134,7 +134,7 @@ def test_watchdog_thread_pings_until_stopped(
 
 def test_watchdog_skips_pings_when_not_alive(manager: Manager) -> None:
     healthy = [True]
-    with notify.Watchdog(0.02, alive=lambda: healthy[0]):
+    with sd_notify.Watchdog(0.02, alive=lambda: healthy[0]):
         time.sleep(0.1)
         healthy[0] = False
         time.sleep(0.02)
@@ -144,7 +144,7 @@ def test_watchdog_skips_pings_when_not_alive(manager: Manager) -> None:
 
 
 def test_watchdog_without_watchdog_configured_does_nothing(manager: Manager) -> None:
-    with notify.Watchdog() as dog:
+    with sd_notify.Watchdog() as dog:
         assert dog.interval is None
         assert not dog.running
     assert manager.pending() == []

@@ -13,9 +13,8 @@ from dataclasses import dataclass, field, replace
 
 import pytest
 
-from reconciler.counters import Counters, Event, Observation, update_counters
-from reconciler.errors import UsageError
-from reconciler.patterns import (
+from reconciler.core.counters import Counters, Event, Observation, update_counters
+from reconciler.core.patterns import (
     Finding,
     Thresholds,
     detect,
@@ -23,6 +22,7 @@ from reconciler.patterns import (
     impact,
     reconcile_findings,
 )
+from reconciler.errors import UsageError
 
 T0 = 1_709_510_400.0  # 2024-03-04 00:00 UTC, a Monday
 DAY = 86400.0

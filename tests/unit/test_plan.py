@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 
 import pytest
 
+from reconciler.core.plan import RUNNING, describe, diff, plan
 from reconciler.errors import ApplyError
 from reconciler.model import (
     DaemonReload,
@@ -26,7 +27,6 @@ from reconciler.model import (
     StopUnit,
     WriteUnitFile,
 )
-from reconciler.plan import RUNNING, describe, diff, plan
 
 Files = dict[str, str | None]
 Units = dict[str, LiveUnit]

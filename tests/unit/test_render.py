@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from reconciler import inventory, render
+from reconciler.core import inventory, render
+from reconciler.core.inventory import ServiceInstance, Timer
 from reconciler.errors import RenderError
-from reconciler.inventory import ServiceInstance, Timer
 
 REPO = Path(__file__).resolve().parents[2]
 T = "templates/t.service.j2"
@@ -73,7 +73,7 @@ BAD: list[tuple[str, str, dict[str, Any], str]] = [
         "undefined attr",
         "[Unit]\nDescription={{ host.nope }}\n",
         VARS,
-        f"{T}:2: 'reconciler.render.HostInfo object' has no attribute 'nope' (service 'web')",
+        f"{T}:2: 'reconciler.core.render.HostInfo object' has no attribute 'nope' (service 'web')",
     ),
     (
         "syntax",

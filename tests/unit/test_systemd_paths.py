@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from jeepney import DBusAddress, new_method_call
 
-from reconciler import dbus
 from reconciler.errors import SystemdError
-from reconciler.systemd import check_unit_name, unit_name_from_path, unit_path
+from reconciler.systemd import wire
+from reconciler.systemd.client import check_unit_name, unit_name_from_path, unit_path
 
 P = "/org/freedesktop/systemd1/unit/"
 
@@ -84,11 +84,11 @@ def test_invalid_unit_names(name: str, cause: str) -> None:
 
 
 CALLS = [
-    ("/org/freedesktop/systemd1", dbus.MANAGER, "Subscribe", "", ()),
-    ("/org/freedesktop/systemd1", dbus.MANAGER, "StartUnit", "ss", ("a.service", "replace")),
+    ("/org/freedesktop/systemd1", wire.MANAGER, "Subscribe", "", ()),
+    ("/org/freedesktop/systemd1", wire.MANAGER, "StartUnit", "ss", ("a.service", "replace")),
     (
         "/org/freedesktop/systemd1",
-        dbus.MANAGER,
+        wire.MANAGER,
         "EnableUnitFiles",
         "asbb",
         (["a.service", "b.timer"], False, True),
@@ -107,34 +107,34 @@ CALLS = [
 def test_build_call_matches_jeepney(
     path: str, interface: str, member: str, sig: str, body: tuple[object, ...]
 ) -> None:
-    address = DBusAddress(path, bus_name=dbus.SYSTEMD, interface=interface)
+    address = DBusAddress(path, bus_name=wire.SYSTEMD, interface=interface)
     expected = new_method_call(address, member, sig or None, body).serialise(serial=42)
-    assert dbus.build_call(42, path, interface, member, sig, body) == expected
+    assert wire.build_call(42, path, interface, member, sig, body) == expected
 
 
 def test_build_get_matches_build_call() -> None:
     path = unit_path("avahi-daemon.service")
-    expected = dbus.build_call(7, path, dbus.PROPERTIES, "Get", "ss", (dbus.SERVICE, "NRestarts"))
-    assert dbus.build_get(7, path, dbus.SERVICE, "NRestarts") == expected
+    expected = wire.build_call(7, path, wire.PROPERTIES, "Get", "ss", (wire.SERVICE, "NRestarts"))
+    assert wire.build_get(7, path, wire.SERVICE, "NRestarts") == expected
 
 
 def test_split_frames_parses_and_keeps_partial_rest() -> None:
-    one = dbus.build_call(1, "/p", "a.b", "M", "sa{sv}", ("x", {"k": ("ay", b"\xab")}))
-    two = dbus.build_call(2, "/q", "a.b", "N", "", ())
+    one = wire.build_call(1, "/p", "a.b", "M", "sa{sv}", ("x", {"k": ("ay", b"\xab")}))
+    two = wire.build_call(2, "/q", "a.b", "N", "", ())
     buf = bytearray(one + two + two[:10])
-    msgs = dbus.split_frames(buf)
+    msgs = wire.split_frames(buf)
     assert [(m.serial, m.path, m.member) for m in msgs] == [(1, "/p", "M"), (2, "/q", "N")]
     assert msgs[0].body() == ("x", {"k": b"\xab"})  # variants come unwrapped
     assert bytes(buf) == two[:10]  # the partial message waits for more bytes
 
 
 def test_match_rule_serialises_and_matches() -> None:
-    rule = dbus.MatchRule(dbus.PROPERTIES, "PropertiesChanged", path_namespace=P[:-1])
+    rule = wire.MatchRule(wire.PROPERTIES, "PropertiesChanged", path_namespace=P[:-1])
     assert rule.serialise() == (
         "type='signal',interface='org.freedesktop.DBus.Properties',"
         "member='PropertiesChanged',path_namespace='/org/freedesktop/systemd1/unit'"
     )
-    call = dbus.split_frames(bytearray(dbus.build_call(1, P + "x", dbus.PROPERTIES, "Get")))[0]
+    call = wire.split_frames(bytearray(wire.build_call(1, P + "x", wire.PROPERTIES, "Get")))[0]
     assert not rule.matches(call)  # a method call, not a signal
 
 
@@ -158,6 +158,6 @@ VARIANTS = [
 
 @pytest.mark.parametrize(("sig", "value"), VARIANTS)
 def test_variant_value_fast_path_agrees_with_the_parser(sig: str, value: object) -> None:
-    raw = dbus.build_call(3, "/p", "a.b", "M", "v", ((sig, value),))
-    (msg,) = dbus.split_frames(bytearray(raw))
+    raw = wire.build_call(3, "/p", "a.b", "M", "v", ((sig, value),))
+    (msg,) = wire.split_frames(bytearray(raw))
     assert msg.value() == value == msg.body()[0]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import textfile as tf
+from reconciler.monitor import textfile as tf
 
 _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\[\\"n])*)"')

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import analyze
 from reconciler.config import Settings
 from reconciler.errors import UsageError
-from reconciler.install import (
+from reconciler.model import DesiredUnit
+from reconciler.reconcile import validate
+from reconciler.reconcile.install import (
     UNITS_DIR,
     Layout,
     adapt,
@@ -27,7 +28,6 @@ from reconciler.install import (
     read_layout,
     writable_paths,
 )
-from reconciler.model import DesiredUnit
 
 PY = "/usr/bin/python3 -m reconciler"
 MAX_EXPOSURE = 4.0
@@ -269,7 +269,7 @@ def built(layout_id: str) -> list[DesiredUnit]:
 
 @pytest.mark.parametrize("layout_id", sorted(LAYOUTS))
 def test_verify_is_clean(layout_id: str) -> None:
-    assert analyze.verify_units(built(layout_id)) == []
+    assert validate.verify_units(built(layout_id)) == []
 
 
 def exposure(tmp_path: Path, unit: DesiredUnit) -> float:
@@ -279,7 +279,7 @@ def exposure(tmp_path: Path, unit: DesiredUnit) -> float:
         ["systemd-analyze", "security", "--offline=yes", "--no-pager", str(path)],
         capture_output=True,
         text=True,
-        env={**analyze.ENV, "PATH": "/usr/bin:/bin"},
+        env={**validate.ENV, "PATH": "/usr/bin:/bin"},
         check=False,
         timeout=30,
     )

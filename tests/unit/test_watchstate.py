@@ -11,10 +11,8 @@ from collections.abc import Mapping, Sequence
 
 import pytest
 
-from reconciler.counters import Counters, update_counters
-from reconciler.errors import UsageError
-from reconciler.model import LiveUnit
-from reconciler.watchstate import (
+from reconciler.core.counters import Counters, update_counters
+from reconciler.core.watch_state import (
     Throttle,
     UnitView,
     WatchConfig,
@@ -29,6 +27,8 @@ from reconciler.watchstate import (
     status_line,
     without_watch_keys,
 )
+from reconciler.errors import UsageError
+from reconciler.model import LiveUnit
 
 U = "crash.service"
 Signal = Mapping[str, object]

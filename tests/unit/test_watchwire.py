@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from reconciler.dbus import Message, build_call, split_frames, unmarshal
-from reconciler.watchwire import read_changed, skip
+from reconciler.systemd.signals import read_changed, skip
+from reconciler.systemd.wire import Message, build_call, split_frames, unmarshal
 
 WANTED = frozenset({b"ActiveState", b"SubState", b"InvocationID", b"NRestarts", b"Job"})
 SPOOF = "\x0b\x00\x00\x00ActiveState\x00\x01s\x00\x06\x00\x00\x00active\x00"

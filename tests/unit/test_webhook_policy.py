@@ -6,8 +6,7 @@ import json
 
 import pytest
 
-from reconciler.errors import UsageError
-from reconciler.webhook_policy import (
+from reconciler.core.push_policy import (
     QUEUED,
     STARTED,
     Event,
@@ -24,6 +23,7 @@ from reconciler.webhook_policy import (
     route,
     wanted_ref,
 )
+from reconciler.errors import UsageError
 
 MIB = 1 << 20
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from reconciler.webhook_policy import authenticate, signature_matches, token_matches
+from reconciler.core.push_policy import authenticate, signature_matches, token_matches
 
 SECRET = b"s3cret-0123456789abcdef"
 BODY = b'{"ref": "refs/heads/main", "after": "1a2b3c"}'

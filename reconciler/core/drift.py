@@ -1,0 +1,217 @@
+"""Drift: a managed unit as it is against the applied revision (pure: no I/O, no clock).
+
+The adapter (``unitstate``) reads a ``UnitState`` per desired unit; :func:`check` compares
+it with the ``DesiredUnit`` and says what differs, one ``DriftItem`` per aspect:
+
+- ``file``: the unit file is missing, or its content is not what was rendered (edited by
+  hand);
+- ``masked``: masked by hand (the sync leaves masked units alone);
+- ``load``: systemd cannot load the unit (``bad-setting``, ``error``);
+- ``reload``: ``NeedDaemonReload``, or a file systemd never loaded;
+- ``enablement``: enabled/disabled against ``enable`` (static, indirect and generated units
+  cannot be enabled and are fine);
+- ``active``: should run (``start``) but is inactive, or is failed (any unit, also one run
+  by a timer). A oneshot that finished with success is not "inactive";
+- ``timer``: an active timer with a repeating schedule but no next elapse.
+
+:func:`drift_finding` folds a unit's items into one ``Finding`` of kind ``drift``, and
+:func:`missed_run` asks ``patterns.detect_missed_run`` about a timer with the longest gap
+its schedule allows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from reconciler.core.patterns import Finding, Thresholds, detect_missed_run
+from reconciler.model import DesiredUnit, LiveUnit
+
+ENABLED = frozenset({"enabled", "enabled-runtime"})
+NOT_ENABLEABLE = frozenset({"static", "indirect", "generated", "transient", "alias"})
+MASKED = frozenset({"masked", "masked-runtime"})
+RUNNING = frozenset({"active", "activating", "deactivating", "reloading", "refreshing"})
+REPEATING = frozenset({"OnUnitActiveUSec", "OnUnitInactiveUSec"})
+LOAD_ERRORS = frozenset({"error", "bad-setting"})
+
+
+@dataclass(frozen=True)
+class TimerInfo:
+    """A timer's schedule and its last and next runs, in unix seconds (None: never/unset)."""
+
+    last_trigger_at: float | None = None
+    next_elapse_at: float | None = None
+    monotonic: tuple[tuple[str, float], ...] = ()  # ("OnUnitActiveUSec", seconds), ...
+    calendar: tuple[str, ...] = ()  # OnCalendar specs, normalised by systemd
+    randomized_delay_sec: float = 0.0
+    accuracy_sec: float = 0.0
+
+    @property
+    def repeats(self) -> bool:
+        return bool(self.calendar) or any(base in REPEATING for base, _ in self.monotonic)
+
+
+@dataclass(frozen=True)
+class UnitState:
+    """One managed unit as the host has it now."""
+
+    live: LiveUnit
+    file: str | None  # the unit file's content on disk; None: missing
+    exec_main_exit_at: float | None = None
+    memory: int | None = None  # MemoryCurrent, else the cgroup's RSS
+    memory_source: str = ""  # "MemoryCurrent" | "cgroup-rss" | ""
+    control_group: str = ""
+    restart_policy: str = ""  # Restart= of a service that is not running ("" when unread)
+    timer: TimerInfo | None = None
+    extra: Mapping[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DriftItem:
+    unit: str
+    aspect: str  # file | masked | load | reload | enablement | active | timer
+    want: str
+    have: str
+    severity: str = "warning"  # critical for a failed or unloadable unit
+
+    def text(self) -> str:
+        return f"{self.aspect}: {self.have} (want {self.want})"
+
+    def to_dict(self) -> dict[str, str]:
+        return {
+            "unit": self.unit,
+            "aspect": self.aspect,
+            "want": self.want,
+            "have": self.have,
+            "severity": self.severity,
+        }
+
+
+def file_status(desired: DesiredUnit, state: UnitState) -> str:
+    """``matches``, ``drifted`` (edited by hand) or ``missing``."""
+    if state.file is None:
+        return "missing"
+    return "matches" if state.file == desired.content else "drifted"
+
+
+def check(desired: DesiredUnit, state: UnitState) -> list[DriftItem]:
+    """Everything in which the unit differs from ``desired``; [] when it matches."""
+    live, name = state.live, desired.name
+    items: list[DriftItem] = []
+
+    def add(aspect: str, want: str, have: str, severity: str = "warning") -> None:
+        items.append(DriftItem(name, aspect, want, have, severity))
+
+    status = file_status(desired, state)
+    if status == "missing":
+        add("file", "present", "missing")
+    elif status == "drifted":
+        add("file", "as rendered", "edited by hand")
+    if live.load_state == "masked" or live.unit_file_state in MASKED:
+        add("masked", "not masked", "masked by hand")
+        return items  # nothing else about a masked unit means anything
+    if live.load_state in LOAD_ERRORS:
+        add("load", "loaded", live.load_state, "critical")
+    if live.need_daemon_reload or (state.file is not None and live.load_state == "not-found"):
+        add("reload", "loaded as on disk", "changed on disk since the last daemon-reload")
+    ufs = live.unit_file_state
+    if desired.enable and ufs not in ENABLED | NOT_ENABLEABLE:
+        add("enablement", "enabled", ufs or "unknown")
+    elif not desired.enable and ufs in ENABLED:
+        add("enablement", "disabled", ufs)
+    if live.active_state == "failed":
+        add(
+            "active",
+            "running" if desired.start else "not failed",
+            f"failed ({live.result or 'unknown'})",
+            "critical",
+        )
+    elif desired.start and live.active_state == "inactive" and not _finished_oneshot(live):
+        add("active", "running", "inactive")
+    timer = state.timer
+    if (
+        timer is not None
+        and desired.start
+        and live.active_state == "active"
+        and timer.repeats
+        and timer.next_elapse_at is None
+    ):
+        add("timer", "next run scheduled", "no next elapse")
+    return items
+
+
+def _finished_oneshot(live: LiveUnit) -> bool:
+    return live.service_type == "oneshot" and live.result in ("success", "")
+
+
+# Restart= policy -> the Results it restarts on (systemd.service(5), "Restart=").
+_RESTARTS_ON = {
+    "always": frozenset({"exit-code", "signal", "core-dump", "timeout", "watchdog", "success"}),
+    "on-failure": frozenset({"exit-code", "signal", "core-dump", "timeout", "watchdog"}),
+    "on-abnormal": frozenset({"signal", "core-dump", "timeout", "watchdog"}),
+    "on-abort": frozenset({"signal", "core-dump"}),
+    "on-watchdog": frozenset({"watchdog"}),
+    "on-success": frozenset({"success"}),
+}
+
+
+def effective_result(state: UnitState) -> str:
+    """``Result``, or ``start-limit-hit`` where systemd refused the automatic restart.
+
+    systemd (252 at least) keeps a failed run's Result (``exit-code``...) when the restart
+    after it hits the start limit: only a unit whose last result was ``success`` shows
+    ``start-limit-hit``. A service that is *failed* although its ``Restart=`` policy restarts
+    on that result, after automatic restarts, was stopped by its start limit.
+    (RestartPreventExitStatus= can also stop it; that case is reported the same way.)
+    """
+    live = state.live
+    if (
+        live.active_state == "failed"
+        and live.n_restarts > 0
+        and live.result in _RESTARTS_ON.get(state.restart_policy, frozenset())
+    ):
+        return "start-limit-hit"
+    return live.result
+
+
+def drift_finding(unit: str, items: Sequence[DriftItem], now: float) -> Finding | None:
+    """One ``drift`` finding for the unit's items (None when there are none)."""
+    if not items:
+        return None
+    severity = "critical" if any(i.severity == "critical" for i in items) else "warning"
+    evidence: dict[str, float | int | str] = {i.aspect: i.have for i in items}
+    summary = f"{unit} drifted from the applied revision: " + "; ".join(i.text() for i in items)
+    return Finding("drift", unit, severity, summary, evidence, now)
+
+
+def schedule_interval(timer: TimerInfo, calendar_intervals: Mapping[str, float]) -> float | None:
+    """The longest gap the schedule allows between runs (None: not a repeating schedule).
+
+    Calendar specs' periods come from ``calendar_intervals`` (spec -> seconds, computed by
+    the adapter); randomized delay and accuracy are added since systemd may use both.
+    """
+    gaps = [v for base, v in timer.monotonic if base in REPEATING and v > 0]
+    gaps += [calendar_intervals[s] for s in timer.calendar if s in calendar_intervals]
+    if not gaps:
+        return None
+    return max(gaps) + timer.randomized_delay_sec + timer.accuracy_sec
+
+
+def missed_run(
+    name: str,
+    timer: TimerInfo,
+    now: float,
+    th: Thresholds,
+    calendar_intervals: Mapping[str, float],
+) -> Finding | None:
+    interval = schedule_interval(timer, calendar_intervals)
+    return detect_missed_run(name, timer.last_trigger_at, timer.next_elapse_at, interval, now, th)
+
+
+def specs_needing_interval(states: Mapping[str, UnitState]) -> list[str]:
+    """Calendar specs of timers with no next elapse: only then is the period needed."""
+    specs: list[str] = []
+    for state in states.values():
+        if state.timer is not None and state.timer.next_elapse_at is None:
+            specs += state.timer.calendar
+    return sorted(set(specs))

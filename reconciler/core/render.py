@@ -1,0 +1,397 @@
+"""Render unit files from templates and the merged inventory vars (pure; jinja2).
+
+Templates come only from the snapshot's ``templates/`` files, through a loader that knows
+nothing else (no file system, no ``..``), into Jinja2's immutable sandbox with
+``StrictUndefined`` (``trim_blocks`` on, like Ansible). Injection safety is enforced twice:
+
+* every ``{{ expression }}`` value passes ``_finalize``: one line, no control characters,
+  no trailing backslash; the value is wrapped in two reserved markers;
+* the marked output is then checked line by line: section headers, directive names, the
+  ``=`` and line continuations must all come from template text, never from a value.
+
+The markers are removed before the content is returned. Same input, byte-identical output.
+Values are not rewritten: ``{{ x | arg }}`` quotes one Exec*= argument (spaces, quotes,
+``%``, ``$``) and ``{{ x | literal }}`` keeps ``%`` from being read as a specifier.
+
+A service without a timer and ``enable = true`` needs an ``[Install]`` section (else
+enabling would do nothing, every sync). A timer service is never started by the sync and
+is enabled only if its own ``[Install]`` section asks for it; its timer carries ``enable``
+and ``start``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import jinja2
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from reconciler.core.inventory import (
+    TEMPLATE_DIR,
+    ServiceInstance,
+    Timer,
+    line_problem,
+    quote,
+    template_name_ok,
+)
+from reconciler.errors import RenderError
+from reconciler.model import DesiredUnit
+
+OPEN, CLOSE = "\ufdd0", "\ufdd1"  # Unicode non-characters: never in legitimate text
+MAX_UNIT_CHARS = 1 << 20
+INSTALL_KEYS = ("WantedBy", "RequiredBy", "UpheldBy", "Alias", "Also")
+# inventory field -> directive, in the order they are written to NAME.timer
+TIMER_KEYS = (
+    ("on_calendar", "OnCalendar"),
+    ("on_active_sec", "OnActiveSec"),
+    ("on_boot_sec", "OnBootSec"),
+    ("on_startup_sec", "OnStartupSec"),
+    ("on_unit_active_sec", "OnUnitActiveSec"),
+    ("on_unit_inactive_sec", "OnUnitInactiveSec"),
+    ("accuracy_sec", "AccuracySec"),
+    ("randomized_delay_sec", "RandomizedDelaySec"),
+    ("fixed_random_delay", "FixedRandomDelay"),
+    ("persistent", "Persistent"),
+    ("wake_system", "WakeSystem"),
+    ("remain_after_elapse", "RemainAfterElapse"),
+    ("unit", "Unit"),
+)
+_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*")
+_SECTION = re.compile(r"\[[^\[\]]+\]")
+
+
+@dataclass(frozen=True)
+class HostInfo:
+    """``host`` in the template context."""
+
+    name: str
+    groups: tuple[str, ...]
+
+
+class _Unsafe(Exception):
+    def __init__(self, value: str, reason: str) -> None:
+        super().__init__(reason)
+        self.value = value
+        self.reason = reason
+
+
+def unsafe_reason(text: str) -> str | None:
+    """Why ``text`` may not be substituted into a unit line, or None."""
+    if OPEN in text or CLOSE in text:
+        return "contains a reserved character (U+FDD0/U+FDD1)"
+    return line_problem(text)
+
+
+def escape_specifiers(value: object) -> str:
+    """Filter ``literal``: ``%`` kept literal in any directive (no systemd specifiers)."""
+    return str(value).replace("%", "%%")
+
+
+def quote_arg(value: object) -> str:
+    """Filter ``arg``: one Exec*= argument, whatever spaces, quotes, ``%`` or ``$`` it holds."""
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return '"' + text.replace("%", "%%").replace("$", "$$") + '"'
+
+
+def _finalize(value: object) -> str:
+    text = str(value).replace(OPEN, "").replace(CLOSE, "")  # nested output (macros) re-wrapped
+    reason = unsafe_reason(text)
+    if reason:
+        raise _Unsafe(text, reason)
+    return OPEN + text + CLOSE
+
+
+class _Loader(jinja2.BaseLoader):
+    """Only the snapshot's templates/ files; names relative to templates/."""
+
+    def __init__(self, sources: Mapping[str, str]) -> None:
+        self.sources = sources
+
+    def get_source(
+        self, environment: jinja2.Environment, template: str
+    ) -> tuple[str, str, Callable[[], bool]]:
+        if not template_name_ok(template):
+            raise jinja2.TemplateNotFound(
+                template, f"template name '{quote(template)}' refused: must stay inside templates/"
+            )
+        if template not in self.sources:
+            raise jinja2.TemplateNotFound(
+                template, f"template '{quote(template)}' not found in templates/"
+            )
+        return self.sources[template], TEMPLATE_DIR + template, lambda: True
+
+    def list_templates(self) -> list[str]:
+        return sorted(self.sources)
+
+
+class _Sandbox(ImmutableSandboxedEnvironment):
+    """Also refuses ``'x' * n`` / ``n ** m`` that would build a huge value before output."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(
+        self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any
+    ) -> Any:
+        sizes = [len(v) for v in (left, right) if isinstance(v, str | list | tuple)]
+        counts = [v for v in (left, right) if isinstance(v, int)]
+        if operator == "*" and sizes and counts and sizes[0] * counts[0] > MAX_UNIT_CHARS:
+            raise SecurityError(f"a repeated value would exceed {MAX_UNIT_CHARS} characters")
+        if operator == "**" and isinstance(right, int) and abs(right) > 64:
+            raise SecurityError("an exponent above 64 is not allowed")
+        return super().call_binop(context, operator, left, right)
+
+
+def build_environment(templates: Mapping[str, str]) -> ImmutableSandboxedEnvironment:
+    """The sandbox over ``templates``: names relative to templates/ -> text."""
+    for name, text in templates.items():
+        if not template_name_ok(name):
+            raise RenderError(f"cannot load template '{quote(name)}': not a path inside templates/")
+        if OPEN in text or CLOSE in text:
+            raise RenderError(
+                f"{TEMPLATE_DIR}{name}: contains a reserved character (U+FDD0/U+FDD1)"
+            )
+    env = _Sandbox(
+        loader=_Loader(dict(templates)),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+        trim_blocks=True,  # like Ansible: a {% tag %} line leaves no blank line
+        finalize=_finalize,
+        auto_reload=False,
+        cache_size=-1,
+    )
+    env.globals.pop("lipsum", None)
+    env.filters["arg"] = quote_arg
+    env.filters["literal"] = escape_specifiers
+    return env
+
+
+def decode_templates(files: Mapping[str, bytes]) -> dict[str, str]:
+    """A snapshot's templates/ files as ``render`` takes them: relative name -> UTF-8 text."""
+    out = {}
+    for path, data in files.items():
+        if path.startswith(TEMPLATE_DIR):
+            try:
+                out[path.removeprefix(TEMPLATE_DIR)] = data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise RenderError(f"{path}: not valid UTF-8 at byte {exc.start}") from None
+    return out
+
+
+def _template_line(tb: TracebackType | None, default: str) -> str:
+    """``file:line`` of the innermost template frame of a (Jinja-rewritten) traceback."""
+    found = default
+    while tb is not None:
+        filename = tb.tb_frame.f_code.co_filename
+        if filename.startswith(TEMPLATE_DIR):
+            found = f"{filename}:{tb.tb_lineno}"
+        tb = tb.tb_next
+    return found
+
+
+def _walk(prefix: str, item: object) -> Iterator[tuple[str, str]]:
+    """Every scalar inside a variable, as (``name.key[i]``, text)."""
+    if isinstance(item, Mapping):
+        for key, sub in item.items():
+            yield from _walk(f"{prefix}.{key}", sub)
+    elif isinstance(item, list | tuple):
+        for i, sub in enumerate(item):
+            yield from _walk(f"{prefix}[{i}]", sub)
+    else:
+        yield prefix, str(item)
+
+
+def _var_named(value: str, variables: Mapping[str, Any]) -> str | None:
+    """The variable (or ``name.key`` / ``name[i]`` inside one) whose value is ``value``."""
+    for name, item in variables.items():
+        for path, text in _walk(name, item):
+            if text == value:
+                return path
+    return None
+
+
+def _render_text(env: ImmutableSandboxedEnvironment, inst: ServiceInstance) -> str:
+    where = f"{TEMPLATE_DIR}{inst.template}"
+    suffix = f" (service '{inst.name}')"
+    for name, item in inst.vars.items():
+        for path, text in _walk(name, item):
+            if OPEN in text or CLOSE in text:
+                raise RenderError(
+                    f"{where}: variable '{path}' contains a reserved character "
+                    f"(U+FDD0/U+FDD1){suffix}"
+                )
+    context: dict[str, Any] = dict(inst.vars)
+    context["service"] = inst.name
+    context["host"] = HostInfo(inst.host_name, inst.host_groups)
+    try:
+        template = env.get_template(inst.template)
+        chunks, size = [], 0
+        for chunk in template.generate(context):
+            size += len(chunk)
+            if size > MAX_UNIT_CHARS:
+                raise RenderError(
+                    f"{where}: output larger than {MAX_UNIT_CHARS} characters{suffix}"
+                )
+            chunks.append(chunk)
+        return "".join(chunks)
+    except jinja2.TemplateSyntaxError as exc:
+        line = f"{exc.filename or where}:{exc.lineno}"
+        raise RenderError(f"{line}: {exc.message}{suffix}") from None
+    except jinja2.TemplateNotFound as exc:
+        line = _template_line(exc.__traceback__, where)
+        raise RenderError(f"{line}: {exc.message}{suffix}") from None
+    except _Unsafe as exc:
+        blamed = _var_named(exc.value, inst.vars)
+        what = f"variable '{blamed}'" if blamed else "an expression"
+        line = _template_line(exc.__traceback__, where)
+        raise RenderError(
+            f"{line}: {what} {exc.reason}{suffix}",
+            hint="a value must stay on its line: no new line, section or directive",
+        ) from None
+    except SecurityError as exc:
+        line = _template_line(exc.__traceback__, where)
+        reason = str(exc).rstrip(".")
+        raise RenderError(f"{line}: refused by the sandbox: {reason}{suffix}") from None
+    except RenderError:
+        raise
+    except Exception as exc:  # UndefinedError, TypeError, ZeroDivisionError... in a template
+        line = _template_line(exc.__traceback__, where)
+        raise RenderError(f"{line}: {exc}{suffix}") from None
+
+
+_MARKERS = re.compile(f"[{OPEN}{CLOSE}]")
+
+
+def _segments(line: str) -> list[tuple[bool, str]]:
+    """Split a marked line into (is_value, text) pieces."""
+    if OPEN not in line:
+        return [(False, line)] if line else []
+    return [(i % 2 == 1, p) for i, p in enumerate(_MARKERS.split(line)) if p]
+
+
+def _continues(text: str) -> bool:
+    """Does the line end in an unescaped backslash (systemd joins the next line)?"""
+    return (len(text) - len(text.rstrip("\\"))) % 2 == 1
+
+
+def check_structure(marked: str) -> tuple[int, str] | None:
+    """The first line whose structure a value supplied, as (line number, problem)."""
+    in_section = continuing = False
+    for number, raw in enumerate(marked.split("\n"), 1):
+        pieces = _segments(raw.removesuffix("\r"))
+        text = _MARKERS.sub("", raw.removesuffix("\r")) if len(pieces) > 1 else raw.strip("\r")
+        stripped = text.lstrip()
+        if not stripped:
+            continuing = False
+            continue
+        lead = next(v for v, t in pieces if t.strip())  # piece holding the first character
+        if stripped[0] in "#;" and not lead:
+            continue  # a comment, also inside a continuation (systemd skips it)
+        if continuing:
+            continuing = _continues(text)
+        elif lead:
+            return number, "a value starts the line (it would become a directive)"
+        elif stripped[0] == "[":
+            if len(pieces) > 1 or not _SECTION.fullmatch(text.strip()):
+                return number, "a section header must be plain template text"
+            in_section = True
+        else:
+            key, sep, _ = pieces[0][1].partition("=")
+            if not sep:
+                return number, "not a Key=value line, or its name or '=' comes from a value"
+            if not _KEY.fullmatch(key.strip()):
+                return number, f"'{quote(key.strip())}' is not a directive name"
+            if not in_section:
+                return number, "a directive outside any [Section]"
+            continuing = _continues(text)
+        if continuing and pieces[-1][0] and pieces[-1][1].rstrip().endswith("\\"):
+            return number, "a value ends the line with a backslash"
+    return None
+
+
+def _check(content: str, inst: ServiceInstance, unit: str) -> str:
+    problem = check_structure(content)
+    if problem:
+        number, reason = problem
+        line = content.split("\n")[number - 1]
+        values = [t for v, t in _segments(line) if v]
+        names = [n for n in (_var_named(v, inst.vars) for v in values) if n]
+        blamed = f" (variable '{names[0]}')" if names else ""
+        raise RenderError(
+            f"{TEMPLATE_DIR}{inst.template}: {unit} line {number}: {reason}{blamed} "
+            f"(service '{inst.name}')",
+            hint="put variables after 'Key=' on a line of the template",
+        )
+    plain = content.replace(OPEN, "").replace(CLOSE, "")
+    return plain if plain.endswith("\n") else plain + "\n"
+
+
+def has_install(content: str) -> bool:
+    """Does the unit carry install information (what ``EnableUnitFiles`` acts on)?"""
+    section = ""
+    for line in content.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("["):
+            section = stripped
+        elif section == "[Install]" and stripped.split("=", 1)[0].strip() in INSTALL_KEYS:
+            return True
+    return False
+
+
+def build_timer(name: str, timer: Timer) -> str:
+    """``NAME.timer`` from the ``[timer]`` table, keys in ``TIMER_KEYS`` order."""
+    lines = [
+        f"# Rendered by reconciler from inventory/services.toml [services.{name}.timer].",
+        "[Unit]",
+        f"Description=Timer for {name}.service",
+        "",
+        "[Timer]",
+    ]
+    for field, directive in TIMER_KEYS:
+        value = getattr(timer, field)
+        if value is None:
+            continue
+        values = value if isinstance(value, tuple) else (value,)
+        for item in values:
+            text = ("true" if item else "false") if isinstance(item, bool) else str(item)
+            lines.append(f"{directive}={text}")
+    lines += ["", "[Install]", "WantedBy=timers.target", ""]
+    return "\n".join(lines)
+
+
+def render_one(env: ImmutableSandboxedEnvironment, inst: ServiceInstance) -> list[DesiredUnit]:
+    """The units of one service instance: ``NAME.service`` and maybe ``NAME.timer``."""
+    unit = f"{inst.name}.service"
+    content = _check(_render_text(env, inst), inst, unit)
+    health = inst.health_timeout_sec
+    if inst.timer is None:
+        if inst.enable and not has_install(content):
+            raise RenderError(
+                f"{TEMPLATE_DIR}{inst.template}: {unit} has no [Install] section but "
+                f"enable = true (service '{inst.name}')",
+                hint="add [Install] WantedBy=multi-user.target, or set enable = false",
+            )
+        return [DesiredUnit(unit, content, inst.name, inst.enable, inst.start, health)]
+    enable_service = inst.enable and has_install(content)
+    timer_text = _check(build_timer(inst.name, inst.timer), inst, f"{inst.name}.timer")
+    return [
+        DesiredUnit(unit, content, inst.name, enable_service, False, health),
+        DesiredUnit(f"{inst.name}.timer", timer_text, inst.name, inst.enable, inst.start),
+    ]
+
+
+def render(instances: Sequence[ServiceInstance], templates: Mapping[str, str]) -> list[DesiredUnit]:
+    """Render every instance; ``templates``: name relative to templates/ -> text.
+
+    ``decode_templates(snapshot.files)`` builds it (and refuses non-UTF-8 files).
+    """
+    env = build_environment(templates)
+    units: list[DesiredUnit] = []
+    for inst in instances:
+        units.extend(render_one(env, inst))
+    return units

@@ -1,0 +1,435 @@
+"""A disposable systemd host in Linux namespaces (talks to unshare, mount, cgroupfs, nsenter).
+
+The host boots the machine's own ``/lib/systemd/systemd --system`` as PID 1 of new
+PID/mount/UTS/IPC namespaces, on an overlayfs over ``/`` whose upper layer is a tmpfs:
+nothing it writes reaches the real machine, and everything vanishes when it stops.
+It gets a cgroup subtree of its own (``name=systemd`` and ``unified``), so two hosts
+never share ``/system.slice``. Tests and ``reconciler demo`` use it.
+
+Safety: systemd's boot-time cleanup empties ``/tmp``. The boot script refuses to exec
+systemd unless the overlay is mounted and ``/tmp`` and ``/run`` are fresh tmpfs mounts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reconciler.errors import SandboxError
+
+# Units that would touch the real machine, or are noise in a throwaway host.
+DEFAULT_MASK: tuple[str, ...] = (
+    "postgresql.service",
+    "getty@.service",
+    "serial-getty@.service",
+    "console-getty.service",
+    "container-getty@.service",
+    "getty.target",
+    "systemd-sysctl.service",
+    "systemd-modules-load.service",
+    "systemd-binfmt.service",
+    "proc-sys-fs-binfmt_misc.automount",
+    "proc-sys-fs-binfmt_misc.mount",
+    "apt-daily.timer",
+    "apt-daily-upgrade.timer",
+    "man-db.timer",
+    "fstrim.timer",
+    "e2scrub_all.timer",
+    "systemd-timesyncd.service",
+    "systemd-networkd.service",
+    "systemd-resolved.service",
+    "networking.service",
+    "ssh.service",
+    "cron.service",
+    "docker.service",
+    "docker.socket",
+    "containerd.service",
+)
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+CGROUP_HIERARCHIES = ("systemd", "unified")
+NAME_PREFIX = "reconciler-host-"
+PR_SET_PDEATHSIG = 1
+
+_BOOT_SCRIPT = r"""
+set -eu
+D=$1; NAME=$2; HOSTNAME_=$3; shift 3
+mount -t tmpfs -o mode=0755 reconciler-host "$D"
+mkdir "$D/upper" "$D/work" "$D/root"
+mount -t overlay overlay -o "lowerdir=/,upperdir=$D/upper,workdir=$D/work" "$D/root"
+R="$D/root"
+mountpoint -q "$R" || { echo "overlay not mounted on $R" >&2; exit 97; }
+mount -t proc proc "$R/proc"
+mount --rbind /sys "$R/sys"
+mount --rbind /dev "$R/dev"
+mount -t tmpfs -o mode=1777 tmpfs "$R/tmp"
+mount -t tmpfs -o mode=0755 tmpfs "$R/run"
+[ "$(stat -f -c %T "$R/tmp")" = tmpfs ] || { echo "/tmp is not a tmpfs" >&2; exit 97; }
+[ "$(stat -f -c %T "$R/run")" = tmpfs ] || { echo "/run is not a tmpfs" >&2; exit 97; }
+for h in HIERARCHIES; do
+  mkdir -p "/sys/fs/cgroup/$h/$NAME"
+  echo $$ > "/sys/fs/cgroup/$h/$NAME/cgroup.procs"
+done
+while [ $# -gt 0 ]; do
+  case "$1" in
+    mask) ln -sfn /dev/null "$R/etc/systemd/system/$2" ;;
+    unmask) rm -f "$R/etc/systemd/system/$2" ;;
+    bind) mkdir -p "$R$3"; mount --bind -o ro "$2" "$R$3"; shift ;;
+  esac
+  shift 2
+done
+echo "$HOSTNAME_" > "$R/etc/hostname"
+hostname "$HOSTNAME_"
+export container=reconciler
+exec chroot "$R" /lib/systemd/systemd --system --unit=multi-user.target
+"""
+
+
+def _set_pdeathsig() -> None:
+    """In the forked unshare: die with the process that booted the host."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+@dataclass
+class Host:
+    """A running disposable systemd host, seen from outside."""
+
+    pid: int  # systemd (PID 1 inside), as seen from outside
+    name: str
+    workdir: Path
+    process: subprocess.Popen[bytes] = field(repr=False)
+    binds: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def root(self) -> Path:
+        """The host's ``/`` as seen from outside: write unit files under it."""
+        return Path(f"/proc/{self.pid}/root")
+
+    @property
+    def bus_address(self) -> str:
+        return f"unix:path={self.root}/run/dbus/system_bus_socket"
+
+    @property
+    def private_bus_address(self) -> str:
+        """systemd's own peer-to-peer socket (no dbus-daemon hop)."""
+        return f"unix:path={self.root}/run/systemd/private"
+
+    @property
+    def journal_socket(self) -> Path:
+        return self.root / "run/systemd/journal/socket"
+
+    @property
+    def unit_dir(self) -> Path:
+        return self.root / "etc/systemd/system"
+
+    def nsenter(self, argv: Sequence[str]) -> list[str]:
+        """The argv that runs ``argv`` inside the host (its mount, PID, root and cwd)."""
+        return ["nsenter", "-t", str(self.pid), "-m", "-p", "-u", "-i", "-r", "-w", *argv]
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        check: bool = True,
+        timeout: float = 60,
+        env: Mapping[str, str] | None = None,
+        input: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a command inside the host and capture its output."""
+        full_env = {
+            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "LANG": "C.UTF-8",
+            "SYSTEMD_PAGER": "",
+            "SYSTEMD_COLORS": "0",
+        }
+        full_env.update(env or {})
+        proc = subprocess.run(
+            self.nsenter(["env", "-i", *(f"{k}={v}" for k, v in full_env.items()), *argv]),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            input=input,
+        )
+        if check and proc.returncode != 0:
+            raise SandboxError(
+                f"cannot run {shlex.join(argv)!r} in host '{self.name}': exit {proc.returncode}: "
+                f"{(proc.stderr or proc.stdout).strip()[-2000:]}"
+            )
+        return proc
+
+    def systemctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.run(["systemctl", "--no-pager", *args], check=check)
+
+    def journal(self, *match: str, since_cursor: str | None = None) -> list[dict[str, Any]]:
+        """Journal entries inside the host as dicts (``journalctl -o json``), e.g. ``UNIT=x``."""
+        argv = ["journalctl", "--no-pager", "-o", "json", "--all"]
+        if since_cursor:
+            argv += ["--after-cursor", since_cursor]
+        proc = self.run([*argv, *match], check=False)
+        return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+
+    def journal_sync(self) -> None:
+        """Make every entry sent so far readable (``journalctl --sync``)."""
+        self.run(["journalctl", "--sync"], check=False)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """Power the host off, then remove its cgroups and work dir. Safe to call twice."""
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGRTMIN + 4)  # systemd: orderly poweroff
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.pid, signal.SIGKILL)  # kills the whole PID namespace
+                self.process.wait(timeout=10)
+        if self.process.stderr:
+            self.process.stderr.close()
+        _remove_cgroups(self.name)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _remove_cgroups(name: str) -> None:
+    for hierarchy in CGROUP_HIERARCHIES:
+        top = CGROUP_ROOT / hierarchy / name
+        if not top.is_dir():
+            continue
+        for dirpath, _dirs, _files in sorted(os.walk(top), key=lambda w: -w[0].count("/")):
+            for _ in range(50):
+                try:
+                    os.rmdir(dirpath)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.05)  # the kernel frees a cgroup shortly after its last task
+
+
+def cleanup_stale() -> None:
+    """Remove cgroup subtrees left by hosts whose processes are all gone (e.g. after kill -9)."""
+    for hierarchy in CGROUP_HIERARCHIES:
+        base = CGROUP_ROOT / hierarchy
+        if not base.is_dir():
+            continue
+        for top in base.glob(f"{NAME_PREFIX}*"):
+            procs = [
+                p
+                for p, _, files in os.walk(top)
+                if (Path(p) / "cgroup.procs").exists()
+                and (Path(p) / "cgroup.procs").read_text().strip()
+            ]
+            if not procs:
+                _remove_cgroups(top.name)
+
+
+def check_supported() -> None:
+    """Raise SandboxError with what is missing, in one line, if a host cannot boot here."""
+    if os.geteuid() != 0:
+        raise SandboxError(
+            "cannot boot a disposable systemd host: needs root",
+            "run as root (sudo), on Linux with namespaces and overlayfs",
+        )
+    for tool in ("unshare", "nsenter", "chroot", "mount"):
+        if not shutil.which(tool):
+            raise SandboxError(
+                f"cannot boot a disposable systemd host: '{tool}' not found",
+                "install util-linux and coreutils",
+            )
+    if not Path("/lib/systemd/systemd").exists():
+        raise SandboxError(
+            "cannot boot a disposable systemd host: /lib/systemd/systemd missing",
+            "install the systemd package",
+        )
+    if not Path("/usr/bin/dbus-daemon").exists():
+        raise SandboxError(
+            "cannot boot a disposable systemd host: dbus-daemon missing", "install the dbus package"
+        )
+    for hierarchy in CGROUP_HIERARCHIES:
+        if not (CGROUP_ROOT / hierarchy / "cgroup.procs").exists():
+            raise SandboxError(
+                f"cannot boot a disposable systemd host: no cgroup hierarchy "
+                f"{CGROUP_ROOT / hierarchy}",
+                "needs the name=systemd and unified cgroup mounts",
+            )
+
+
+def boot(
+    *,
+    binds: Mapping[str, str] | None = None,
+    mask: Sequence[str] = DEFAULT_MASK,
+    unmask: Sequence[str] = (),
+    hostname: str = "sandbox",
+    timeout: float = 60.0,
+) -> Host:
+    """Boot a host and wait until systemd reports running (or degraded).
+
+    ``binds`` maps outside paths to paths inside the host (mounted read-only), e.g. a
+    checkout under /tmp, which the host's own /tmp would hide.
+    """
+    check_supported()
+    cleanup_stale()
+    workdir = Path(tempfile.mkdtemp(prefix=NAME_PREFIX))
+    name = workdir.name
+    args: list[str] = []
+    for unit in mask:
+        if unit not in unmask:
+            args += ["mask", unit]
+    for unit in unmask:
+        args += ["unmask", unit]
+    for src, dst in (binds or {}).items():
+        if not dst.startswith("/") or dst.startswith(("/tmp", "/run")):
+            raise SandboxError(
+                f"cannot bind '{src}' at '{dst}': needs an absolute path outside /tmp and /run"
+            )
+        args += ["bind", str(Path(src).resolve()), dst]
+    script = _BOOT_SCRIPT.replace("HIERARCHIES", " ".join(CGROUP_HIERARCHIES))
+    process = subprocess.Popen(
+        [
+            "unshare",
+            "--pid",
+            "--fork",
+            "--kill-child=SIGKILL",
+            "--mount",
+            "--uts",
+            "--ipc",
+            "--propagation",
+            "private",
+            "--",
+            "/bin/sh",
+            "-c",
+            script,
+            "boot",
+            str(workdir),
+            name,
+            hostname,
+            *args,
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        preexec_fn=_set_pdeathsig,
+    )
+    host: Host | None = None
+    try:
+        pid = _wait_for_child(process, timeout)
+        host = Host(pid=pid, name=name, workdir=workdir, process=process, binds=dict(binds or {}))
+        _wait_until_up(host, timeout)
+        return host
+    except BaseException:
+        if host is not None:
+            host.stop()
+        else:
+            process.kill()
+            process.wait()
+            if process.stderr:
+                process.stderr.close()
+            _remove_cgroups(name)
+            shutil.rmtree(workdir, ignore_errors=True)
+        raise
+
+
+def _wait_for_child(process: subprocess.Popen[bytes], timeout: float) -> int:
+    """The PID of unshare's child once it runs systemd."""
+    deadline = time.monotonic() + timeout
+    children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            err = process.stderr.read().decode(errors="replace").strip() if process.stderr else ""
+            raise SandboxError(
+                f"cannot boot a disposable systemd host: boot script exited "
+                f"{process.returncode}: {err[-1000:] or 'no output'}"
+            )
+        try:
+            kids = children.read_text().split()
+        except OSError:
+            kids = []
+        if kids:
+            pid = int(kids[0])
+            try:
+                if os.readlink(f"/proc/{pid}/exe").endswith("/systemd"):
+                    return pid
+            except OSError:
+                pass
+        time.sleep(0.02)
+    raise SandboxError(
+        f"cannot boot a disposable systemd host: systemd not started within {timeout:.0f}s"
+    )
+
+
+def _wait_until_up(host: Host, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    socket_path = host.root / "run/dbus/system_bus_socket"
+    while not socket_path.exists():
+        if host.process.poll() is not None or time.monotonic() > deadline:
+            raise SandboxError(
+                "cannot boot a disposable systemd host: the system bus never came up",
+                "see the host's journal; try --keep with the demo",
+            )
+        time.sleep(0.05)
+    remaining = max(1.0, deadline - time.monotonic())
+    proc = host.run(
+        ["timeout", f"{remaining:.0f}", "systemctl", "is-system-running", "--wait"],
+        check=False,
+        timeout=remaining + 5,
+    )
+    state = proc.stdout.strip()
+    if state not in ("running", "degraded"):
+        raise SandboxError(
+            f"cannot boot a disposable systemd host: system state "
+            f"'{state or proc.stderr.strip()}' after {timeout:.0f}s"
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m reconciler.devtools.sandbox``: boot a host and keep it until Ctrl-C (for ci/)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m reconciler.devtools.sandbox", description="boot a disposable systemd host"
+    )
+    parser.add_argument("--bind", action="append", default=[], metavar="SRC:DST")
+    parser.add_argument("--unmask", action="append", default=[], metavar="UNIT")
+    parser.add_argument("--check", action="store_true", help="boot, print the state, stop")
+    opts = parser.parse_args(argv)
+    binds = dict(b.split(":", 1) for b in opts.bind)
+    started = time.monotonic()
+    host = boot(binds=binds, unmask=opts.unmask)
+    try:
+        print(
+            json.dumps(
+                {
+                    "pid": host.pid,
+                    "name": host.name,
+                    "bus": host.bus_address,
+                    "root": str(host.root),
+                    "boot_sec": round(time.monotonic() - started, 2),
+                    "enter": shlex.join(host.nsenter(["bash"])),
+                }
+            ),
+            flush=True,
+        )
+        if not opts.check:
+            stop_signals = {signal.SIGINT, signal.SIGTERM}
+            signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+            signal.sigwait(stop_signals)
+    finally:
+        host.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

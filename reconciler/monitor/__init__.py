@@ -1,0 +1,469 @@
+"""The monitoring pass (adapter-level orchestrator: systemd, the state database, outputs).
+
+One pass, as its steps::
+
+    desired (store) -> read (one pipelined read) -> drift -> observations -> record
+    (counters, events) -> detect (patterns) -> reconcile findings -> impact -> outputs
+
+:func:`run_pass` runs it (``reconciler monitor``, and the sync at its end with its open
+connection and store). :func:`observe` is the side-effect-free first half, for
+``reconciler status``. :class:`Recorder` is the recording half on its own so the watch
+daemon can call it per ``PropertiesChanged`` event: ``record`` folds observations into the
+persistent counters, ``evaluate`` runs the patterns for the units given (leaving other
+units' findings, and kinds it was not asked about, alone), ``apply`` stores the changes.
+Outputs are in ``monitor_outputs`` (``announce``: journald, bundles, webhook, per event too).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from reconciler.config import Settings
+from reconciler.core import drift as drift_mod
+from reconciler.core.counters import Counters, Event, Observation, update_counters
+from reconciler.core.drift import DriftItem, UnitState
+from reconciler.core.patterns import Finding, Thresholds, detect, impact, reconcile_findings
+from reconciler.errors import UsageError
+from reconciler.model import DesiredUnit, LiveUnit
+from reconciler.store.finding_store import FindingStore, Impacted, Retention, StoredFinding
+
+if TYPE_CHECKING:
+    from reconciler.store.sync_store import Store
+    from reconciler.systemd.client import Systemd
+
+log = logging.getLogger("reconciler")
+PATTERN_KINDS = frozenset(
+    {
+        "crash_loop", "start_limit_hit", "flapping", "periodic_crash", "failure_clustering",
+        "memory_growth", "restart_anomaly",
+    }
+)  # fmt: skip
+PASS_KINDS = PATTERN_KINDS | {"drift", "missed_run"}
+TROUBLE_KINDS = frozenset({"crash_loop", "start_limit_hit", "flapping"})
+_OWN_KEYS = {
+    "textfile": "path",
+    "impact_depth": "int",
+    "detect_window_sec": "float",
+    "observation_days": "float",
+    "observations_per_unit": "int",
+    "event_days": "float",
+    "events_per_unit": "int",
+    "resolved_days": "float",
+}
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    retention: Retention = field(default_factory=Retention)
+    textfile: Path | None = None  # None: no textfile
+    impact_depth: int = 3
+    detect_window_sec: float = 6 * 3600.0  # observations patterns look at (events: history)
+
+
+def load_config(settings: Settings) -> MonitorConfig:
+    """``[monitor]``: thresholds (see ``patterns.Thresholds``) plus the keys in ``_OWN_KEYS``.
+
+    ``textfile`` defaults to ``<state_dir>/reconciler.prom``; ``textfile = ""`` turns it off.
+    """
+    raw = settings.section("monitor")
+    from reconciler.core.watch_state import WATCH_KEYS  # the watch daemon's keys share [monitor]
+
+    th = Thresholds.from_mapping(raw, ignore=_OWN_KEYS.keys() | WATCH_KEYS)
+    own: dict[str, Any] = {}
+    for key, kind in _OWN_KEYS.items():
+        if key not in raw or kind == "path":
+            continue
+        value = raw[key]
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise UsageError(f"config: monitor.{key}: expected a number >= 0")
+        if kind == "int" and not isinstance(value, int):
+            raise UsageError(f"config: monitor.{key}: expected an integer")
+        own[key] = value
+    text = raw.get("textfile", str(settings.state_dir / "reconciler.prom"))
+    if not isinstance(text, str):
+        raise UsageError('config: monitor.textfile: expected a path (or "" for none)')
+    base = Retention()
+    retention = Retention(
+        observation_days=float(own.get("observation_days", base.observation_days)),
+        observations_per_unit=int(own.get("observations_per_unit", base.observations_per_unit)),
+        event_days=float(own.get("event_days", base.event_days)),
+        events_per_unit=int(own.get("events_per_unit", base.events_per_unit)),
+        resolved_days=float(own.get("resolved_days", base.resolved_days)),
+    )
+    return MonitorConfig(
+        thresholds=th,
+        retention=retention,
+        textfile=Path(text) if text else None,
+        impact_depth=int(own.get("impact_depth", 3)),
+        detect_window_sec=float(own.get("detect_window_sec", 6 * 3600.0)),
+    )
+
+
+# -- observing (no side effects) --------------------------------------------------------
+
+
+@dataclass
+class HostView:
+    """The managed units as desired and as they are, with their drift."""
+
+    desired: list[DesiredUnit]
+    states: dict[str, UnitState]
+    drift: dict[str, list[DriftItem]]
+    read_sec: float = 0.0
+
+
+def desired_units(store: Store) -> list[DesiredUnit]:
+    """The desired units of the applied revision (what the last sync wrote)."""
+    from reconciler.store import sync_store
+
+    return sync_store.decode_desired(store.kv_get(sync_store.DESIRED_KEY))
+
+
+def observe(
+    settings: Settings,
+    systemd: Systemd,
+    store: Store,
+    counters: Mapping[str, Counters] | None = None,
+) -> HostView:
+    """Read the desired units' state; ``counters`` (the last looks) spare unchanged units'
+    exit times. No counters: none are read (``status`` does not count)."""
+    from reconciler.monitor import live as unitstate
+
+    started = time.monotonic()
+    desired = desired_units(store)
+    names = [d.name for d in desired]
+    known = counters or {}
+
+    def changed(u: LiveUnit) -> bool:
+        c = known.get(u.name)
+        return counters is not None and (
+            c is None
+            or (u.invocation_id, u.active_state, u.sub_state, u.n_restarts)
+            != (c.last_invocation_id, c.last_state, c.last_sub_state, c.last_n_restarts)
+        )
+
+    states = (
+        unitstate.read_state(systemd, names, settings.unit_dir, changed=changed) if names else {}
+    )
+    drift = {d.name: drift_mod.check(d, states[d.name]) for d in desired}
+    return HostView(desired, states, drift, time.monotonic() - started)
+
+
+def observations(view: HostView, now: float) -> list[Observation]:
+    """A look at every loaded service and timer (not-found units have nothing to count)."""
+    out = []
+    for name, state in view.states.items():
+        live = state.live
+        if live.load_state not in ("loaded", "masked") or not name.endswith((".service", ".timer")):
+            continue
+        obs = Observation.from_live(live, now, state.exec_main_exit_at)
+        out.append(
+            replace(obs, result=drift_mod.effective_result(state), memory_current=state.memory)
+        )
+    return out
+
+
+# -- recording (shared with the watch daemon) -------------------------------------------
+
+
+@dataclass
+class Changes:
+    opened: list[Finding] = field(default_factory=list)
+    still: list[tuple[StoredFinding, Finding]] = field(default_factory=list)
+    resolved: list[StoredFinding] = field(default_factory=list)
+
+
+@dataclass
+class Applied:
+    opened: list[StoredFinding] = field(default_factory=list)
+    still: list[StoredFinding] = field(default_factory=list)
+    resolved: list[StoredFinding] = field(default_factory=list)
+
+
+class Recorder:
+    """Counters, history and findings in the store; one per process (and thread)."""
+
+    def __init__(self, db: FindingStore, config: MonitorConfig) -> None:
+        self.db = db
+        self.config = config
+        self.counters: dict[str, Counters] = {}
+        self.latest: dict[str, Observation] = {}  # the last look recorded, kept or not
+
+    def record(self, looks: Sequence[Observation]) -> dict[str, list[Event]]:
+        """Fold looks into the persistent counters (one transaction: never double-counted)."""
+        events: dict[str, list[Event]] = {}
+        with self.db.transaction():
+            current = self.db.counters({o.unit for o in looks})
+            changed: dict[str, Counters] = {}
+            for obs in sorted(looks, key=lambda o: o.at):
+                prev = changed.get(obs.unit) or current.get(obs.unit)
+                new, evs = update_counters(prev, obs)
+                if new != prev:
+                    changed[obs.unit] = new
+                if evs:
+                    events.setdefault(obs.unit, []).extend(evs)
+            self.db.save_counters(changed.values(), looks[0].at if looks else 0.0)
+            kept = [o for o in looks if _worth_keeping(o, current.get(o.unit))]
+            self.db.add(kept, [e for evs in events.values() for e in evs])
+        self.counters.update(current)
+        self.counters.update(changed)
+        for obs in looks:
+            self.latest[obs.unit] = obs
+        return events
+
+    def evaluate(
+        self,
+        units: Collection[str],
+        now: float,
+        *,
+        extra: Sequence[Finding] = (),
+        kinds: Collection[str] = PATTERN_KINDS,
+        scheduled: Collection[str] = (),
+    ) -> Changes:
+        """Patterns for ``units`` plus ``extra`` findings, against the open ones of ``kinds``."""
+        th = self.config.thresholds
+        history = self.db.load(
+            list(units),
+            observations_since=now - th.flap_window_sec,
+            memory_since=now - self.config.detect_window_sec,
+            events_since=now - th.history_days * 86400,
+        )
+        current = list(extra)
+        for unit in units:
+            obs = history.observations.get(unit, [])
+            latest = self.latest.get(unit)
+            if latest is not None and (not obs or obs[-1].at < latest.at):
+                obs = [*obs, latest]  # a look equal to the one before is not stored
+            first = history.first_seen.get(unit)
+            if first is not None and (not obs or obs[0].at > first):
+                # The anomaly baseline starts at the first look ever, not at the window.
+                obs = [Observation(unit, first, "", "", "", 0, ""), *obs]
+            current += detect(
+                unit, history.events.get(unit, []), obs, now, th, scheduled=unit in scheduled
+            )
+        stored = {k: f for k, f in self.db.open_findings().items() if k[0] in kinds}
+        opened, still, resolved = reconcile_findings(
+            {k: f.finding for k, f in stored.items()}, current, set(units)
+        )
+        return Changes(
+            opened=opened,
+            still=[(stored[f.key], f) for f in still],
+            resolved=[stored[f.key] for f in resolved],
+        )
+
+    def apply(
+        self, changes: Changes, impacts: Mapping[str, Sequence[Impacted]], now: float
+    ) -> Applied:
+        out = Applied()
+        with self.db.transaction():
+            for f in changes.opened:
+                out.opened.append(self.db.open(f, impacts.get(f.unit, ()), now))
+            for stored, f in changes.still:
+                out.still.append(self.db.update(stored, f, impacts.get(f.unit), now))
+            for stored in changes.resolved:
+                out.resolved.append(self.db.resolve(stored, now))
+        return out
+
+
+def _worth_keeping(obs: Observation, last: Counters | None) -> bool:
+    """Store a look only when it says something new: another state, run or restart count,
+    or a memory sample. A unit steady for days costs no rows; ``evaluate`` adds the
+    current look itself, so patterns still see "now"."""
+    if last is None or obs.memory_current is not None:
+        return True
+    return (obs.active_state, obs.sub_state, obs.invocation_id, obs.n_restarts) != (
+        last.last_state,
+        last.last_sub_state,
+        last.last_invocation_id,
+        last.last_n_restarts,
+    )
+
+
+def troubled(changes: Changes) -> list[str]:
+    """Units whose new findings call for an impact analysis (failed, crash-looping).
+
+    A finding still open keeps the impact found when it opened (one D-Bus round per level
+    spared every pass); it is computed again when the finding opens anew.
+    """
+    units = [f.unit for f in changes.opened if _is_trouble(f)]
+    return sorted(set(units))
+
+
+def _is_trouble(f: Finding) -> bool:
+    if f.kind in TROUBLE_KINDS:
+        return True
+    state = str(f.evidence.get("active", "")) + str(f.evidence.get("load", ""))
+    return f.kind == "drift" and ("failed" in state or "error" in state or "bad" in state)
+
+
+def impacts_of(
+    systemd: Systemd, units: Sequence[str], depth: int
+) -> dict[str, tuple[Impacted, ...]]:
+    from reconciler.monitor import live as unitstate
+
+    if not units or depth <= 0:
+        return {}
+    graph = unitstate.read_dependants(systemd, units, depth)
+    return {u: tuple(Impacted(n, d, h) for n, d, h in impact(u, graph, depth)) for u in units}
+
+
+# -- one pass ------------------------------------------------------------------------------
+
+
+@dataclass
+class UnitReport:
+    unit: str
+    service: str
+    file: str  # matches | drifted | missing
+    enable: bool
+    unit_file_state: str
+    load_state: str
+    active_state: str
+    sub_state: str
+    n_restarts: int
+    memory: int | None
+    counters: dict[str, Any]
+    drift: list[str]
+
+
+@dataclass
+class PassResult:
+    at: float
+    duration_sec: float
+    revision: str | None
+    units: list[UnitReport]
+    drift: list[DriftItem]
+    open: list[StoredFinding]
+    opened: list[StoredFinding]
+    resolved: list[StoredFinding]
+    bundles: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "at": self.at,
+            "duration_sec": round(self.duration_sec, 4),
+            "revision": self.revision,
+            "units": [u.__dict__ for u in self.units],
+            "drift": [d.to_dict() for d in self.drift],
+            "findings": [f.to_dict() for f in self.open],
+            "opened": [f.to_dict() for f in self.opened],
+            "resolved": [f.to_dict() for f in self.resolved],
+            "bundles": self.bundles,
+            "warnings": self.warnings,
+        }
+
+
+def unit_reports(view: HostView, counters: Mapping[str, Counters]) -> list[UnitReport]:
+    out = []
+    for d in view.desired:
+        s = view.states[d.name]
+        c = counters.get(d.name)
+        out.append(
+            UnitReport(
+                unit=d.name,
+                service=d.service,
+                file=drift_mod.file_status(d, s),
+                enable=d.enable,
+                unit_file_state=s.live.unit_file_state,
+                load_state=s.live.load_state,
+                active_state=s.live.active_state,
+                sub_state=s.live.sub_state,
+                n_restarts=s.live.n_restarts,
+                memory=s.memory,
+                counters={
+                    "starts": c.starts,
+                    "stops": c.stops,
+                    "crashes": c.crashes,
+                    "last_exit_code": c.last_exit_code,
+                    "last_signal": c.last_signal,
+                    "last_change_at": c.last_change_at,
+                }
+                if c
+                else {},
+                drift=[i.text() for i in view.drift.get(d.name, [])],
+            )
+        )
+    return out
+
+
+def run_pass(
+    settings: Settings,
+    *,
+    systemd: Systemd | None = None,
+    store: Store | None = None,
+    now: float | None = None,
+    keep: Collection[str] = (),
+) -> PassResult:
+    """One monitoring pass; uses (and leaves open) ``systemd`` and ``store`` when given.
+
+    Findings of units no longer desired are resolved, except those of ``keep`` (units the
+    watch daemon follows by its include patterns).
+    """
+    from reconciler import runtime
+    from reconciler.monitor import publish
+
+    started = time.monotonic()
+    config = load_config(settings)
+    own_store, own_systemd = store is None, systemd is None
+    store = store or runtime.open_store(settings)
+    systemd = systemd or runtime.connect(settings)
+    db = FindingStore(store.path, retention=config.retention)
+    try:
+        at = time.time() if now is None else now
+        view = observe(settings, systemd, store, db.counters())
+        recorder = Recorder(db, config)
+        recorder.record(observations(view, at))
+        extra = [
+            f
+            for name, items in view.drift.items()
+            if (f := drift_mod.drift_finding(name, items, at)) is not None
+        ]
+        intervals = publish.calendar_intervals(db, drift_mod.specs_needing_interval(view.states))
+        starts = {d.name: d.start for d in view.desired}
+        for name, state in view.states.items():
+            if state.timer is not None and starts[name]:
+                missed = drift_mod.missed_run(name, state.timer, at, config.thresholds, intervals)
+                extra += [missed] if missed else []
+        scheduled = _timer_run(view.desired)
+        changes = recorder.evaluate(
+            list(view.states), at, extra=extra, kinds=PASS_KINDS, scheduled=scheduled
+        )
+        # A unit no longer managed (pruned, or rolled back away) has nothing left to fix.
+        changes.resolved += [
+            f for k, f in db.open_findings().items() if k[1] not in view.states and k[1] not in keep
+        ]
+        impacts = impacts_of(systemd, troubled(changes), config.impact_depth)
+        applied = recorder.apply(changes, impacts, at)
+        db.prune(at)
+        open_now = sorted(db.open_findings().values(), key=lambda f: (f.finding.unit, f.key))
+        result = PassResult(
+            at=at,
+            duration_sec=0.0,
+            revision=store.applied_revision(),
+            units=unit_reports(view, recorder.counters),
+            drift=[i for items in view.drift.values() for i in items],
+            open=open_now,
+            opened=applied.opened,
+            resolved=applied.resolved,
+        )
+        publish.publish(settings, config, systemd, db, store, view, result, started)
+        return result
+    finally:
+        db.close()
+        if own_systemd:
+            systemd.close()
+        if own_store:
+            store.close()
+
+
+def _timer_run(desired: Sequence[DesiredUnit]) -> set[str]:
+    """Services started by a timer of theirs (flapping counts only failures for them)."""
+    timers = {d.name.removesuffix(".timer") for d in desired if d.name.endswith(".timer")}
+    return {d.name for d in desired if d.name.endswith(".service") and d.name[:-8] in timers}

@@ -1,0 +1,229 @@
+"""What the monitor reads of the managed units (talks to systemd, the unit dir, cgroupfs, /proc).
+
+One pass reads every desired unit in two pipelined rounds: ``Systemd.read_units`` (states,
+restarts, invocation, exit status, memory, enablement, NeedDaemonReload), then only the
+extra properties a unit needs: ``ExecMainExitTimestamp`` for a service that is not running
+(when its last run ended), ``ControlGroup`` for a running service whose ``MemoryCurrent`` is
+unset (cgroup v1 without the memory controller delegated, as in containers), and the
+schedule of timers. Reverse dependencies (impact) are read later, only for units in trouble.
+
+Memory fallback: the RSS of the processes in the unit's cgroup (``cgroup.procs``, then
+``/proc/PID/statm``). ``ControlGroup`` is the path systemd sees; with no cgroup namespace
+(the disposable host, and a plain host) it is the same path from everywhere, and
+``cgroup.procs`` lists PIDs as the *reader's* PID namespace sees them, so this works both
+inside a host and from outside it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from reconciler.core.drift import TimerInfo, UnitState
+from reconciler.model import LiveUnit
+from reconciler.systemd.client import UINT64_MAX, Systemd
+
+UNIT_IFACE = "org.freedesktop.systemd1.Unit"
+SERVICE_IFACE = "org.freedesktop.systemd1.Service"
+TIMER_IFACE = "org.freedesktop.systemd1.Timer"
+TIMER_PROPS = (
+    "LastTriggerUSec",
+    "NextElapseUSecRealtime",
+    "NextElapseUSecMonotonic",
+    "TimersMonotonic",
+    "TimersCalendar",
+    "RandomizedDelayUSec",
+    "AccuracyUSec",
+)
+DEPENDANT_PROPS = ("RequiredBy", "WantedBy", "BoundBy", "ConsistsOf")
+CGROUP_ROOTS = (
+    Path("/sys/fs/cgroup/unified"),
+    Path("/sys/fs/cgroup/systemd"),
+    Path("/sys/fs/cgroup"),
+)
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+_RUNNING = frozenset({"active", "activating", "deactivating", "reloading"})
+# Targets every enabled unit hangs off: listing them as "impact" says nothing.
+SPECIAL_TARGETS = frozenset(
+    {
+        "default.target", "multi-user.target", "graphical.target", "basic.target",
+        "sysinit.target", "sockets.target", "timers.target", "paths.target",
+        "local-fs.target", "remote-fs.target", "network.target", "network-online.target",
+        "shutdown.target", "rescue.target", "emergency.target", "slices.target",
+    }
+)  # fmt: skip
+
+
+def _usec(value: object) -> float | None:
+    """A realtime usec property as unix seconds; 0 and UINT64_MAX mean unset."""
+    if not isinstance(value, int) or value in (0, UINT64_MAX):
+        return None
+    return value / 1e6
+
+
+def read_unit_files(unit_dir: Path, names: Sequence[str]) -> dict[str, str | None]:
+    files: dict[str, str | None] = {}
+    for name in names:
+        try:
+            files[name] = (unit_dir / name).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            files[name] = None
+        except (UnicodeDecodeError, OSError):
+            files[name] = ""  # unreadable: differs from anything rendered
+    return files
+
+
+def read_cgroup_memory(
+    control_group: str, roots: Sequence[Path] = CGROUP_ROOTS, proc: Path = Path("/proc")
+) -> int | None:
+    """Sum of the resident memory of the processes in ``control_group`` (None: none found)."""
+    if not control_group.startswith("/"):
+        return None
+    for root in roots:
+        try:
+            pids = (root / control_group.lstrip("/") / "cgroup.procs").read_text().split()
+        except OSError:
+            continue
+        total, seen = 0, False
+        for pid in pids:
+            try:
+                resident = (proc / pid / "statm").read_text().split()[1]
+            except (OSError, IndexError):
+                continue  # exited meanwhile
+            total += int(resident) * PAGE_SIZE
+            seen = True
+        return total if seen else None
+    return None
+
+
+def _monotonic_to_wall(usec: object, wall: float, mono: float) -> float | None:
+    if not isinstance(usec, int) or usec in (0, UINT64_MAX):
+        return None
+    return wall + (usec / 1e6 - mono)
+
+
+def _timer_info(props: Mapping[str, object], wall: float, mono: float) -> TimerInfo:
+    next_at = _usec(props.get("NextElapseUSecRealtime"))
+    mono_next = _monotonic_to_wall(props.get("NextElapseUSecMonotonic"), wall, mono)
+    if mono_next is not None and (next_at is None or mono_next < next_at):
+        next_at = mono_next
+    monotonic = tuple(
+        (str(base), int(value) / 1e6)
+        for base, value, _next in props.get("TimersMonotonic", ()) or ()  # type: ignore[attr-defined]
+    )
+    calendar = tuple(
+        str(spec)
+        for _base, spec, _next in props.get("TimersCalendar", ()) or ()  # type: ignore[attr-defined]
+    )
+    return TimerInfo(
+        last_trigger_at=_usec(props.get("LastTriggerUSec")),
+        next_elapse_at=next_at,
+        monotonic=monotonic,
+        calendar=calendar,
+        randomized_delay_sec=int(props.get("RandomizedDelayUSec", 0) or 0) / 1e6,  # type: ignore[call-overload]
+        accuracy_sec=int(props.get("AccuracyUSec", 0) or 0) / 1e6,  # type: ignore[call-overload]
+    )
+
+
+def read_state(
+    systemd: Systemd,
+    names: Sequence[str],
+    unit_dir: Path,
+    *,
+    changed: Callable[[LiveUnit], bool] | None = None,
+    cgroup_roots: Sequence[Path] = CGROUP_ROOTS,
+) -> dict[str, UnitState]:
+    """Every unit in ``names`` (not loaded ones too: their LiveUnit says not-found).
+
+    ``changed``: whether a unit moved since the caller's last look; only those that did
+    (and are not running) get ``ExecMainExitTimestamp`` read, and ``Restart=`` only failed
+    ones: in a steady state the second round is nearly empty. None: read them for all.
+    """
+    live = systemd.read_units(list(names))
+    files = read_unit_files(unit_dir, names)
+    wall, mono = time.time(), time.monotonic()
+    exited = [
+        n
+        for n, u in live.items()
+        if _is_service(n, u) and u.active_state not in _RUNNING and (changed is None or changed(u))
+    ]
+    failed = [n for n, u in live.items() if _is_service(n, u) and u.active_state == "failed"]
+    need_cgroup = [
+        n
+        for n, u in live.items()
+        if _is_service(n, u) and u.active_state in _RUNNING and u.memory_current is None
+    ]
+    timers = [n for n, u in live.items() if n.endswith(".timer") and u.load_state == "loaded"]
+    extra: dict[str, dict[str, object]] = {n: {} for n in live}
+    rounds: tuple[tuple[list[str], str, tuple[str, ...]], ...] = (
+        (exited, SERVICE_IFACE, ("ExecMainExitTimestamp",)),
+        (failed, SERVICE_IFACE, ("Restart",)),
+        (need_cgroup, SERVICE_IFACE, ("ControlGroup",)),
+        (timers, TIMER_IFACE, TIMER_PROPS),
+    )
+    for group, iface, wanted in rounds:
+        if group:
+            for name, values in systemd.get_properties(group, iface, wanted).items():
+                extra[name].update(values)
+    states: dict[str, UnitState] = {}
+    for name in names:
+        unit = live.get(name, LiveUnit(name))
+        props = extra.get(name, {})
+        memory = unit.memory_current
+        source = "MemoryCurrent" if memory is not None else ""
+        cgroup = str(props.get("ControlGroup", "") or "")
+        if memory is None and cgroup:
+            memory = read_cgroup_memory(cgroup, cgroup_roots)
+            source = "cgroup-rss" if memory is not None else ""
+        states[name] = UnitState(
+            live=unit,
+            file=files.get(name),
+            exec_main_exit_at=_usec(props.get("ExecMainExitTimestamp")),
+            memory=memory,
+            memory_source=source,
+            control_group=cgroup,
+            restart_policy=str(props.get("Restart", "") or ""),
+            timer=_timer_info(props, wall, mono) if name in timers else None,
+        )
+    return states
+
+
+def _is_service(name: str, unit: LiveUnit) -> bool:
+    return name.endswith(".service") and unit.load_state == "loaded"
+
+
+def read_dependants(systemd: Systemd, units: Sequence[str], depth: int) -> dict[str, list[str]]:
+    """Reverse dependencies (RequiredBy, WantedBy, BoundBy, ConsistsOf) of ``units``,
+    followed ``depth`` levels out: one pipelined round per level, special targets skipped."""
+    graph: dict[str, list[str]] = {}
+    frontier = list(dict.fromkeys(units))
+    for _ in range(max(depth, 0)):
+        todo = [u for u in frontier if u not in graph and u not in SPECIAL_TARGETS]
+        if not todo:
+            break
+        loaded = systemd.list_units(todo)
+        todo = [u for u in todo if loaded.get(u) and loaded[u].load_state != "not-found"]
+        props = systemd.get_properties(todo, UNIT_IFACE, DEPENDANT_PROPS) if todo else {}
+        frontier = []
+        for unit in todo:
+            deps = [
+                str(d)
+                for p in DEPENDANT_PROPS
+                for d in props.get(unit, {}).get(p, ()) or ()  # type: ignore[attr-defined]
+                if str(d) not in SPECIAL_TARGETS
+            ]
+            graph[unit] = list(dict.fromkeys(deps))
+            frontier += graph[unit]
+    return graph
+
+
+def read_all_properties(systemd: Systemd, unit: str) -> dict[str, object]:
+    """Every property of one unit (all interfaces), for a diagnostics bundle; {} if unreadable."""
+    from reconciler.errors import SystemdError
+
+    try:
+        return systemd.get_all([unit]).get(unit, {})
+    except SystemdError:
+        return {}

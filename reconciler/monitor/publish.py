@@ -1,0 +1,272 @@
+"""What a monitoring pass tells the world (talks to journald, HTTP, the disk, systemd-analyze).
+
+Every new finding goes to journald with the ``MESSAGE_ID`` of its kind and a ``PRIORITY``
+from its severity (critical 2, warning 4, info 6); a resolved one as ``finding.resolved``.
+New findings (not ``info`` ones) get a diagnostics bundle; new and resolved ones go to the
+optional webhook in one signed POST; the Prometheus textfile is rewritten every pass. An
+output that fails is a warning in the pass result and the log, never a failed pass: the
+sync calls this at its end and must not fail because a webhook is down.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from reconciler.config import Settings
+from reconciler.host import journal
+from reconciler.store.finding_store import FindingStore, StoredFinding
+
+if TYPE_CHECKING:
+    from reconciler.monitor import HostView, MonitorConfig, PassResult
+    from reconciler.store.sync_store import Store
+    from reconciler.systemd.client import Systemd
+
+log = logging.getLogger("reconciler")
+PRIORITY = {"critical": 2, "warning": 4, "info": 6}
+_ELAPSE = re.compile(r"(?:Next elapse|Iter\. #\d+):\s+\w+ (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)")
+
+
+def journal_finding(f: StoredFinding, revision: str | None) -> None:
+    kind = f.finding.kind if f.finding.kind in journal.EVENTS else "finding.opened"
+    journal.event(
+        kind,
+        f.finding.summary,
+        priority=PRIORITY.get(f.finding.severity, 5),
+        unit=f.finding.unit,
+        revision=revision,
+        finding_kind=f.finding.kind,
+        severity=f.finding.severity,
+        evidence=json.dumps(f.finding.evidence, sort_keys=True),
+        impact=",".join(i.unit for i in f.impact) or None,
+        first_seen=f.finding.first_seen,
+    )
+
+
+def journal_resolved(f: StoredFinding, revision: str | None) -> None:
+    journal.event(
+        "finding.resolved",
+        f"resolved: {f.finding.kind} on {f.finding.unit} (open since "
+        f"{datetime.fromtimestamp(f.finding.first_seen, UTC):%Y-%m-%d %H:%M:%S} UTC)",
+        priority=5,
+        unit=f.finding.unit,
+        revision=revision,
+        finding_kind=f.finding.kind,
+        severity=f.finding.severity,
+    )
+
+
+def calendar_intervals(db: FindingStore, specs: Sequence[str]) -> dict[str, float]:
+    """Period of each OnCalendar spec (``systemd-analyze calendar``; cached in the store)."""
+    out: dict[str, float] = {}
+    for spec in specs:
+        cached = db.kv_get(f"calendar:{spec}")
+        if cached is not None:
+            if cached:
+                out[spec] = float(cached)
+            continue
+        period = read_calendar_interval(spec)
+        db.kv_set(f"calendar:{spec}", "" if period is None else repr(period))
+        if period is not None:
+            out[spec] = period
+    return out
+
+
+def read_calendar_interval(spec: str) -> float | None:
+    """The gap between the next two elapses of ``spec``; None if systemd-analyze cannot say."""
+    try:
+        proc = subprocess.run(
+            ["systemd-analyze", "calendar", "--iterations=2", spec],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+            env={"TZ": "UTC", "LANG": "C", "PATH": "/usr/bin:/bin:/usr/sbin:/sbin"},
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    stamps = [
+        datetime.strptime(m, "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC).timestamp()
+        for m in _ELAPSE.findall(proc.stdout)
+    ]
+    return stamps[1] - stamps[0] if len(stamps) >= 2 and stamps[1] > stamps[0] else None
+
+
+def bundles(
+    settings: Settings,
+    systemd: Systemd,
+    db: FindingStore,
+    opened: Sequence[StoredFinding],
+) -> tuple[dict[int, str], list[str]]:
+    """One diagnostics bundle per new (non-info) finding; ({finding id: path}, warnings)."""
+    wanted = [f for f in opened if f.finding.severity != "info"]
+    if not wanted:
+        return {}, []
+    from reconciler.monitor import diagnostics, live
+
+    config = diagnostics.load_config(settings)
+    if not config.enabled:
+        return {}, []
+    rank = {"critical": 0, "warning": 1}
+    wanted.sort(key=lambda f: rank.get(f.finding.severity, 2))
+    skipped = len(wanted) - config.max_per_pass
+    wanted = wanted[: config.max_per_pass]
+    collector = diagnostics.Collector(config)
+    futures = []
+    for f in wanted:
+        unit = f.finding.unit
+        props = live.read_all_properties(systemd, unit)
+        path = settings.unit_dir / unit
+        if (
+            not path.exists()
+            and isinstance(props.get("FragmentPath"), str)
+            and props["FragmentPath"]
+        ):
+            path = Path(str(props["FragmentPath"]))
+        incident = diagnostics.Incident(
+            f.finding.kind,
+            unit,
+            f.finding.first_seen,
+            f.to_dict(),
+            props,
+            path if path.exists() else None,
+        )
+        futures.append((f, collector.submit(incident)))
+    written: dict[int, str] = {}
+    collector.close()
+    for f, future in futures:
+        result = future.result() if future is not None else None
+        if result is not None:
+            db.set_bundle(f.id, str(result))
+            written[f.id] = str(result)
+    dropped = collector.dropped + max(skipped, 0)
+    warnings = [f"{dropped} diagnostics bundles not written (limits)"] if dropped else []
+    return written, warnings
+
+
+def webhook(
+    settings: Settings,
+    opened: Sequence[StoredFinding],
+    resolved: Sequence[StoredFinding],
+    at: float,
+) -> str | None:
+    """Send new and resolved findings; a warning text when it could not."""
+    if not settings.section("notify").get("url") or not (opened or resolved):
+        return None
+    from reconciler.monitor import alert_webhook
+
+    config = alert_webhook.load_config(settings.section("notify"))
+    if config is None:
+        return None
+    events = [{"event": "finding.opened", "finding": f.to_dict()} for f in opened]
+    events += [{"event": "finding.resolved", "finding": f.to_dict()} for f in resolved]
+    if alert_webhook.send(config, settings.host_name, events, now=at):
+        return None
+    return f"notify webhook: {len(events)} event(s) not delivered"
+
+
+def textfile(config: MonitorConfig, store: Store, view: HostView, result: PassResult) -> None:
+    from reconciler.monitor import textfile as tf
+
+    if config.textfile is None:
+        return
+    history = store.history(1)
+    last = (
+        tf.LastSync(
+            history[0].started_at, history[0].duration_sec, history[0].result, history[0].revision
+        )
+        if history
+        else None
+    )
+    units = [
+        tf.UnitSample(
+            unit=u.unit,
+            active_state=u.active_state,
+            drifted=bool(u.drift),
+            n_restarts=u.n_restarts,
+            starts=int(u.counters.get("starts", 0)),
+            stops=int(u.counters.get("stops", 0)),
+            crashes=int(u.counters.get("crashes", 0)),
+            memory_bytes=u.memory,
+        )
+        for u in result.units
+    ]
+    findings = [
+        tf.OpenFinding(f.finding.kind, f.finding.unit, f.finding.severity) for f in result.open
+    ]
+    text = tf.build(units, findings, last, pass_at=result.at, pass_duration_sec=result.duration_sec)
+    tf.write(config.textfile, text)
+
+
+def announce(
+    settings: Settings,
+    systemd: Systemd,
+    db: FindingStore,
+    opened: Sequence[StoredFinding],
+    resolved: Sequence[StoredFinding],
+    *,
+    revision: str | None,
+    at: float,
+) -> tuple[dict[int, str], list[str]]:
+    """Journal entries, diagnostics bundles and the webhook for findings that opened or
+    resolved: the pass calls it once, the watch daemon per event. Returns the bundles
+    written (finding id -> path) and warnings; an output that fails is a warning."""
+    for f in opened:
+        journal_finding(f, revision)
+    for f in resolved:
+        journal_resolved(f, revision)
+    written: dict[int, str] = {}
+    warnings: list[str] = []
+    try:
+        written, more = bundles(settings, systemd, db, opened)
+        warnings += more
+    except Exception as exc:
+        warnings.append(f"diagnostics: {exc}")
+    try:
+        text = webhook(settings, opened, resolved, at)
+        warnings += [text] if text else []
+    except Exception as exc:
+        warnings.append(f"webhook: {exc}")
+    for text in warnings:
+        log.warning("monitor output: %s", text)
+    return written, warnings
+
+
+def publish(
+    settings: Settings,
+    config: MonitorConfig,
+    systemd: Systemd,
+    db: FindingStore,
+    store: Store,
+    view: HostView,
+    result: PassResult,
+    started: float,
+) -> None:
+    """Every output of one pass, each on its own: one failing never stops the others."""
+    written, warnings = announce(
+        settings,
+        systemd,
+        db,
+        result.opened,
+        result.resolved,
+        revision=result.revision,
+        at=result.at,
+    )
+    result.bundles += written.values()
+    result.warnings += warnings
+    result.opened = [replace(f, bundle=written.get(f.id, f.bundle)) for f in result.opened]
+    result.open = [replace(f, bundle=written.get(f.id, f.bundle)) for f in result.open]
+    result.duration_sec = time.monotonic() - started
+    try:
+        textfile(config, store, view, result)
+    except Exception as exc:
+        log.warning("cannot write the monitor textfile '%s': %s", config.textfile, exc)
+        result.warnings.append(f"textfile: {exc}")

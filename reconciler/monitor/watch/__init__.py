@@ -1,0 +1,3 @@
+"""``reconciler watch``: the event-driven monitor daemon (``daemon``) and its handling of
+signals (``handler``); its pure per-unit state is ``reconciler.core.watch_state``.
+"""

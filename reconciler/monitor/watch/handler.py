@@ -1,0 +1,434 @@
+"""The watch daemon's handling of signals (talks to systemd, the state database, outputs).
+
+Event-driven: one subscription to ``PropertiesChanged`` of the watched units, read in
+batches. A batch is coalesced per unit (``watch_state.merge``), then every unit that moved
+gives one ``Observation`` per run seen (``watch_state.due``); the batch is recorded, only
+those units are evaluated, and new or resolved findings are announced at once (journald
+with the ``MESSAGE_ID`` of their kind, diagnostics bundle, webhook): a crash loop is
+reported within milliseconds of the crash that crosses the threshold. Nothing is polled
+for state. What signals never carry is read (``reread``): ``Restart=`` and
+``NeedDaemonReload`` (a unit newly needing a reload triggers a pass: drift), and a
+``MemoryCurrent`` sample of running services; a whole monitoring pass runs every
+``pass_sec`` as a safety net (and resolves findings whose condition cleared with time).
+
+Bounded whatever the event rate: the signal queue has ``queue_size`` places (beyond, drops
+are counted, shown in ``STATUS=`` and logged once per interval, and the units' state is read
+again), a batch holds at most ``BATCH_MAX`` signals, and a unit keeps one ``UnitView``.
+History lives in SQLite under the monitor's retention.
+
+The process around it (signals, sd_notify, the periodic tasks, reconnecting) is
+``reconciler.monitor.watch.daemon``; the per-unit rules (coalescing, settled looks) are
+``reconciler.core.watch_state``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+
+from reconciler import monitor
+from reconciler.config import Settings
+from reconciler.core import watch_state
+from reconciler.core.counters import Observation
+from reconciler.core.watch_state import UnitView, WatchConfig
+from reconciler.host import journal
+from reconciler.model import DesiredUnit, LiveUnit
+from reconciler.store.finding_store import FindingStore, StoredFinding
+from reconciler.store.sync_store import Store
+from reconciler.systemd.client import PropertyChange, Systemd
+from reconciler.systemd.signals import LookStream
+
+log = logging.getLogger("reconciler")
+BATCH_MAX = 2048  # signals coalesced into one round of record/evaluate
+RESYNC_MIN_SEC = 5.0  # after drops: read everything again, at most this often
+DROP_REPORT_SEC = 60.0
+SERVICE = "org.freedesktop.systemd1.Service"
+REREAD = ("Restart", "MemoryCurrent", "ControlGroup")
+RUNNING = frozenset({"active", "reloading", "deactivating"})
+UNIT = "org.freedesktop.systemd1.Unit"
+Announce = Callable[[Sequence[StoredFinding], Sequence[StoredFinding], float], None]
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What to watch, from flags (win when given) and ``[monitor] watch_*``."""
+
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+
+def pass_settings(settings: Settings) -> Settings:
+    """Settings as the monitoring pass reads them (without the watch's own keys)."""
+    sections = dict(settings.sections)
+    sections["monitor"] = watch_state.without_watch_keys(settings.section("monitor"))
+    return replace(settings, sections=sections)
+
+
+def check_settings(settings: Settings) -> None:
+    """Refuse a bad ``[monitor]`` before anything is connected (UsageError, exit 2)."""
+    watch_state.parse_config(settings.section("monitor"))
+    monitor.load_config(pass_settings(settings))
+
+
+class Watcher:
+    """The daemon's state and its handling of signals; one thread, one connection."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        systemd: Systemd | None,
+        flags: Selection | None = None,
+        *,
+        announce: Announce | None = None,
+    ) -> None:
+        self.store = store
+        self.systemd = systemd
+        self.flags = flags or Selection()
+        self._announce = announce
+        self.views: dict[str, UnitView] = {}
+        self.units: list[str] = []
+        self.stream: LookStream | None = None
+        self.events = self.dropped = self.open_findings = 0
+        self._dropped_seen = self._dropped_unreported = 0
+        self._drop_report = watch_state.Throttle(DROP_REPORT_SEC)
+        self._resync_due = False
+        self._last_resync = 0.0
+        self.db: FindingStore | None = None
+        self.configure(settings)
+
+    # -- configuration ---------------------------------------------------------------
+
+    def configure(self, settings: Settings) -> None:
+        """Read ``[monitor]`` (thresholds, retention, watch_*) and the desired units."""
+        self.settings = settings
+        self.config: WatchConfig = watch_state.parse_config(settings.section("monitor"))
+        self.pass_settings = pass_settings(settings)
+        self.monitor_config = monitor.load_config(self.pass_settings)
+        self.include = self.flags.include or self.config.include
+        self.exclude = self.flags.exclude or self.config.exclude
+        if self.db is not None:
+            self.db.close()
+        self.db = FindingStore(self.store.path, retention=self.monitor_config.retention)
+        self.recorder = monitor.Recorder(self.db, self.monitor_config)
+        self.set_desired(monitor.desired_units(self.store))
+
+    def set_desired(self, desired: list[DesiredUnit]) -> None:
+        self.desired = desired
+        timers = {d.name.removesuffix(".timer") for d in desired if d.name.endswith(".timer")}
+        self.scheduled = {d.name for d in desired if d.name.removesuffix(".service") in timers}
+
+    def select(self) -> list[str]:
+        loaded: list[str] = []
+        if self.include and self.systemd is not None:
+            loaded = [u.name for u in self.systemd.list_units_by_patterns([], list(self.include))]
+        return watch_state.select(
+            [d.name for d in self.desired], loaded, self.include, self.exclude
+        )
+
+    def wanted(self, unit: str) -> bool:
+        """A unit the watch looks at: selected, or (with include patterns) newly matching."""
+        if unit in self.views:
+            return True
+        return bool(self.include) and (
+            watch_state.matches(unit, self.include) and not watch_state.matches(unit, self.exclude)
+        )
+
+    def start(self) -> None:
+        """Subscribe first, then read: no change between the two is missed."""
+        assert self.systemd is not None
+        self.units = self.select()
+        self.stream = self._watch(None if self.include else self.units)
+        self.resync(self.units)
+
+    def _watch(self, names: Sequence[str] | None) -> LookStream:
+        """``Systemd.watch`` reading only what a look needs (``watchwire``)."""
+        assert self.systemd is not None
+        self.systemd.subscribe()
+        conn = self.systemd._conn  # Systemd.watch has no way to pass the reader (yet)
+        return LookStream(conn, names, self.config.queue_size, watch_state.WANTED)
+
+    def reload(self, settings: Settings) -> tuple[int, int]:
+        """New config and desired set: (units added, units removed)."""
+        self.configure(settings)
+        return self.rewatch()
+
+    def rewatch(self) -> tuple[int, int]:
+        """Watch the units selected now (the desired set may have changed)."""
+        assert self.systemd is not None
+        units = self.select()
+        added = sorted(set(units) - set(self.units))
+        removed = set(self.units) - set(units)
+        old = self.stream
+        self.stream = self._watch(None if self.include else units)
+        if old is not None:
+            batch: list[PropertyChange] = []
+            while len(batch) < BATCH_MAX and (c := old.next_change(0)) is not None:
+                batch.append(c)
+            self.handle(batch)
+            old.close()
+        self._forget(removed)
+        self.units = units
+        if added:
+            self.resync(added)
+        return len(added), len(removed)
+
+    # -- handling signals ------------------------------------------------------------
+
+    def step(self, timeout: float) -> int:
+        """Wait up to ``timeout`` for a signal, then handle every one queued (coalesced)."""
+        assert self.stream is not None
+        first = self.stream.next_change(timeout)
+        batch: list[PropertyChange] = []
+        if first is not None:
+            batch.append(first)
+            while len(batch) < BATCH_MAX and (c := self.stream.next_change(0)) is not None:
+                batch.append(c)
+            self.handle(batch)
+        if self.stream.dropped != self._dropped_seen:
+            new = self.stream.dropped - self._dropped_seen
+            self._dropped_seen = self.stream.dropped
+            self.dropped += new
+            self._dropped_unreported += new
+            self._resync_due = True
+        return len(batch)
+
+    def handle(self, batch: Sequence[PropertyChange]) -> None:
+        """Merge a batch per unit: one look per unit and run (the last state each run was
+        seen in, so a burst never hides a run's end); record them, evaluate those units."""
+        offset = time.time() - time.monotonic()
+        touched: dict[str, UnitView] = {}
+        looks: list[Observation] = []
+        for change in batch:
+            self.events += 1
+            view = self.views.get(change.unit)
+            if view is not None and change.at < view.read_at:
+                continue  # older than the read the view comes from
+            if view is None:
+                if not self.wanted(change.unit):
+                    continue
+                view = self._adopt(change.unit, change.at + offset)
+                if view is not None:  # read just now: newer than this change
+                    continue
+                view = self.views[change.unit] = UnitView(LiveUnit(change.unit, "loaded"))
+            if watch_state.merge(view, change.changed, change.at + offset) and watch_state.due(
+                view, end_of_batch=False
+            ):
+                looks.append(watch_state.look(view, view.changed_at))
+            touched[change.unit] = view
+        for view in touched.values():
+            if watch_state.due(view, end_of_batch=True):
+                looks.append(watch_state.look(view, view.changed_at))
+        self.record(looks, sorted({o.unit for o in looks}))
+
+    def _adopt(self, unit: str, at: float) -> UnitView | None:
+        """A unit matching the include patterns seen for the first time: it was not loaded
+        when the units were listed, so it was inactive (systemd unloads only those). That
+        look, then one read: the run that woke it counts."""
+        if self.systemd is None:
+            return None
+        self.units = sorted({*self.units, unit})
+        self.recorder.record([Observation(unit, at - 0.001, "inactive", "dead", "", 0, "")])
+        self.resync([unit])
+        return self.views.get(unit)
+
+    def record(self, looks: Sequence[Observation], units: Sequence[str]) -> None:
+        """Counters and history, then patterns of ``units``; announces what changed."""
+        if not looks:
+            return
+        self.recorder.record(looks)
+        self.evaluate(units, time.time())
+
+    def evaluate(self, units: Sequence[str], now: float) -> None:
+        """Findings of ``units`` (pattern kinds only: drift is the pass's) opened/resolved."""
+        changes = self.recorder.evaluate(
+            units, now, kinds=monitor.PATTERN_KINDS, scheduled=self.scheduled
+        )
+        trouble = monitor.troubled(changes)
+        impacts = (
+            monitor.impacts_of(self.systemd, trouble, self.monitor_config.impact_depth)
+            if self.systemd is not None and trouble
+            else {}
+        )
+        applied = self.recorder.apply(changes, impacts, now)
+        if applied.opened or applied.resolved:
+            self.count_findings()
+            self.announce(applied.opened, applied.resolved, now)
+
+    def announce(
+        self, opened: Sequence[StoredFinding], resolved: Sequence[StoredFinding], now: float
+    ) -> None:
+        if self._announce is not None:
+            self._announce(opened, resolved, now)
+            return
+        from reconciler.monitor import publish
+
+        assert self.systemd is not None and self.db is not None
+        publish.announce(
+            self.pass_settings,
+            self.systemd,
+            self.db,
+            opened,
+            resolved,
+            revision=self.store.applied_revision(),
+            at=now,
+        )
+
+    def count_findings(self) -> None:
+        assert self.db is not None
+        self.open_findings = len(self.db.open_findings())
+
+    # -- reading what signals do not say ---------------------------------------------
+
+    def resync(self, units: Sequence[str]) -> None:
+        """Read ``units`` whole (start, after drops, at the end) and record a look at each."""
+        if self.systemd is None or not units:
+            return
+        read_at = self._last_resync = time.monotonic()
+        self._resync_due = False
+        lives = self.systemd.read_units(list(units))
+        policies = self._restart_policies([n for n, u in lives.items() if u.load_state == "loaded"])
+        self.take(units, lives, policies, read_at)
+
+    def take(
+        self,
+        units: Sequence[str],
+        lives: Mapping[str, LiveUnit],
+        policies: Mapping[str, str],
+        read_at: float,
+    ) -> None:
+        """Views from a read (monotonic ``read_at``; older signals are stale), one look each."""
+        now = time.time()
+        looks = []
+        for name in units:
+            live = lives.get(name) or LiveUnit(name)
+            view = self.views.get(name)
+            if view is None:
+                view = self.views[name] = UnitView(live, changed_at=now, read_at=read_at)
+            view.live, view.job, view.read_at, view.came_from = live, False, read_at, ""
+            view.restart_policy = policies.get(name)
+            if live.load_state in ("loaded", "masked"):  # not found: nothing to count
+                looks.append(watch_state.look(view, now, live.memory_current))
+            view.dirty = False
+        self.record(looks, list(units))
+
+    def _restart_policies(self, names: Sequence[str]) -> dict[str, str]:
+        """Restart= of the loaded services among ``names`` (see ``watch_state.settled``)."""
+        assert self.systemd is not None
+        services = [n for n in names if n.endswith(".service")]
+        got = self.systemd.get_properties(services, SERVICE, ["Restart"]) if services else {}
+        return {n: str(p.get("Restart", "")) for n, p in got.items()}
+
+    def resync_if_due(self) -> None:
+        if self._resync_due and time.monotonic() - self._last_resync >= RESYNC_MIN_SEC:
+            self.resync(self.units)
+
+    def report_drops(self) -> None:
+        if self._dropped_unreported and self._drop_report.due(time.monotonic()):
+            journal.event(
+                "watch.dropped",
+                f"watch: {self._dropped_unreported} signals dropped (queue of "
+                f"{self.config.queue_size} full); the units' state was read again",
+                priority=4,
+                dropped=self._dropped_unreported,
+                dropped_total=self.dropped,
+            )
+            self._dropped_unreported = 0
+
+    def reread(self, memory: bool = True) -> bool:
+        """What signals never carry: Restart=, NeedDaemonReload and, with ``memory``, a
+        MemoryCurrent sample per running service (one per ``memory_sec``: the trend wants
+        minutes, and each sample is a row the patterns load). Units with a new look are
+        evaluated. True when a unit newly needs a daemon-reload (drift: a pass is due)."""
+        if self.systemd is None or not self.units:
+            return False
+        from reconciler.monitor import live as unitstate
+
+        self._forget_gone()
+        loaded = [
+            v for n in self.units if (v := self.views.get(n)) and v.live.load_state == "loaded"
+        ]
+        services = [v.live.name for v in loaded if v.live.name.endswith(".service")]
+        wanted = REREAD if memory else REREAD[:1]
+        props = self.systemd.get_properties(services, SERVICE, wanted) if services else {}
+        units = [v.live.name for v in loaded]
+        reloads = self.systemd.get_properties(units, UNIT, ["NeedDaemonReload"]) if units else {}
+        now = time.time()
+        looks = []
+        newly = False
+        for view in loaded:
+            name = view.live.name
+            got = props.get(name, {})
+            view.restart_policy = str(got.get("Restart", "")) if name in props else None
+            need = bool(reloads.get(name, {}).get("NeedDaemonReload"))
+            newly |= need and not view.live.need_daemon_reload
+            view.live = replace(view.live, need_daemon_reload=need)
+            mem = None
+            if memory and view.live.active_state in RUNNING and name in props:
+                value = got.get("MemoryCurrent")
+                mem = value if isinstance(value, int) and value < 2**64 - 1 else None
+                if mem is None:
+                    mem = unitstate.read_cgroup_memory(str(got.get("ControlGroup") or ""))
+            if mem is not None or view.dirty:  # a look left waiting that long is taken now
+                looks.append(
+                    watch_state.look(view, now if mem is not None else view.changed_at, mem)
+                )
+        self.record(looks, sorted({o.unit for o in looks}))
+        return newly
+
+    def _forget_gone(self) -> None:
+        """Load states afresh (one call); units that came by an include pattern and are gone
+        (transient units, say) are watched no more: the watched set stays bounded."""
+        assert self.systemd is not None
+        states = self.systemd.list_units(self.units)
+        desired = {d.name for d in self.desired}
+        gone = set()
+        for name in self.units:
+            view = self.views.get(name)
+            state = states.get(name)
+            if view is None or state is None:
+                continue
+            if state.load_state != view.live.load_state:
+                view.live = replace(view.live, load_state=state.load_state)
+            if state.load_state == "not-found" and name not in desired:
+                gone.add(name)
+        self._forget(gone)
+        self.units = [n for n in self.units if n not in gone]
+
+    def _forget(self, names: Iterable[str]) -> None:
+        for name in names:
+            self.views.pop(name, None)
+            self.recorder.latest.pop(name, None)
+            self.recorder.counters.pop(name, None)
+
+    def full_pass(self) -> None:
+        """The monitoring pass over the desired units (drift, timers, textfile, and findings
+        whose condition cleared with time), then the patterns of the other watched units."""
+        assert self.systemd is not None
+        result = monitor.run_pass(
+            self.pass_settings, systemd=self.systemd, store=self.store, keep=set(self.units)
+        )
+        self.open_findings = len(result.open)
+        managed = {d.name for d in self.desired}
+        others = [u for u in self.units if u not in managed]  # by include patterns
+        if others:
+            self.evaluate(others, time.time())  # a crash loop that calmed down resolves
+        desired = monitor.desired_units(self.store)
+        if [d.name for d in desired] != [d.name for d in self.desired]:
+            self.set_desired(desired)
+            added, removed = self.rewatch()
+            log.info("watch: the desired units changed: %d added, %d removed", added, removed)
+
+    def status(self) -> str:
+        return watch_state.status_line(
+            len(self.units), self.open_findings, self.events, self.dropped
+        )
+
+    def close(self) -> None:
+        if self.stream is not None:
+            self.stream.close()
+        if self.db is not None:
+            self.db.close()
+            self.db = None

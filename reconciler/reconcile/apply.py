@@ -1,0 +1,176 @@
+"""Execute a Plan on the host: unit files on disk and systemd over D-Bus.
+
+Every action of the plan runs in order; file writes are atomic (temp file, fsync,
+rename, fsync of the directory), so a kill at any point leaves each file either old or
+new, never half-written, and the next sync converges. Nothing here decides *what* to do:
+that is ``plan``'s job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from reconciler.errors import ApplyError, SystemdError
+from reconciler.model import (
+    Action,
+    DaemonReload,
+    DisableUnits,
+    EnableUnits,
+    LiveUnit,
+    Plan,
+    RemoveUnitFile,
+    RestartUnit,
+    StartUnit,
+    StopUnit,
+    WriteUnitFile,
+)
+
+UNIT_FILE_MODE = 0o644
+NO_SUCH_UNIT = "org.freedesktop.systemd1.NoSuchUnit"
+
+
+class JobOutcome(Protocol):
+    @property
+    def result(self) -> str: ...
+
+
+class SystemdPort(Protocol):
+    """The part of ``reconciler.systemd.client.Systemd`` that applying a plan needs."""
+
+    def reload(self) -> None: ...
+
+    def enable_unit_files(self, files: Sequence[str]) -> object: ...
+
+    def disable_unit_files(self, files: Sequence[str]) -> object: ...
+
+    def run_jobs(
+        self, jobs: Sequence[tuple[str, str]], *, timeout: float | None = None
+    ) -> Mapping[str, JobOutcome]: ...
+
+    def read_units(self, names: Sequence[str]) -> dict[str, LiveUnit]: ...
+
+    def reset_failed(self, name: str) -> None: ...
+
+
+@dataclass
+class ApplyResult:
+    done: list[Action] = field(default_factory=list)
+    failed_jobs: dict[str, str] = field(default_factory=dict)  # unit -> job result
+    removed: set[str] = field(default_factory=set)
+
+
+def write_unit_file(unit_dir: Path, name: str, content: str) -> None:
+    """Atomically replace ``unit_dir/name`` (mode 0644)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=unit_dir)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(content)
+            fh.flush()
+            os.fchmod(fh.fileno(), UNIT_FILE_MODE)
+            os.fsync(fh.fileno())
+        os.rename(tmp, unit_dir / name)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise ApplyError(
+            f"cannot write unit file '{unit_dir / name}': {exc.strerror or exc}",
+            "the previous file is intact; free space or fix permissions, then sync again",
+        ) from exc
+    _fsync_dir(unit_dir)
+
+
+def remove_unit_file(unit_dir: Path, name: str) -> None:
+    try:
+        (unit_dir / name).unlink(missing_ok=True)
+    except OSError as exc:
+        raise ApplyError(f"cannot remove unit file '{unit_dir / name}': {exc.strerror}") from exc
+    _fsync_dir(unit_dir)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def clean_temp_files(unit_dir: Path) -> None:
+    """Remove temp files a killed run left behind (``.NAME.xxxx.tmp``)."""
+    with contextlib.suppress(FileNotFoundError):
+        for path in unit_dir.glob(".*.tmp"):
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
+def apply(
+    plan: Plan,
+    unit_dir: Path,
+    systemd: SystemdPort,
+    *,
+    job_timeout: float = 90.0,
+    on_action: Callable[[Action], None] | None = None,
+) -> ApplyResult:
+    """Run the plan's actions in order; consecutive start/stop jobs are waited on together.
+
+    Job failures are collected, not raised: the health gate and the caller decide.
+    """
+    result = ApplyResult()
+    actions = list(plan.actions)
+    i = 0
+    while i < len(actions):
+        action = actions[i]
+        if isinstance(action, StartUnit | RestartUnit | StopUnit):
+            batch = [action]
+            while i + 1 < len(actions) and type(actions[i + 1]) is type(action):
+                i += 1
+                batch.append(actions[i])  # type: ignore[arg-type]
+            verb = {StartUnit: "start", RestartUnit: "restart", StopUnit: "stop"}[type(action)]
+            if verb == "start":  # a unit that hit its start limit starts only once reset
+                for a in batch:
+                    _reset_failed(systemd, a.name)
+            outcomes = systemd.run_jobs([(verb, a.name) for a in batch], timeout=job_timeout)
+            for a in batch:
+                outcome = outcomes.get(a.name)
+                if outcome is not None and outcome.result != "done":
+                    result.failed_jobs[a.name] = outcome.result
+                result.done.append(a)
+                if on_action:
+                    on_action(a)
+        else:
+            _run_one(action, unit_dir, systemd, result)
+            result.done.append(action)
+            if on_action:
+                on_action(action)
+        i += 1
+    return result
+
+
+def _reset_failed(systemd: SystemdPort, name: str) -> None:
+    try:
+        systemd.reset_failed(name)
+    except SystemdError as exc:
+        if exc.dbus_name != NO_SUCH_UNIT:  # not loaded yet: nothing to reset
+            raise
+
+
+def _run_one(action: Action, unit_dir: Path, systemd: SystemdPort, result: ApplyResult) -> None:
+    if isinstance(action, WriteUnitFile):
+        write_unit_file(unit_dir, action.name, action.content)
+    elif isinstance(action, RemoveUnitFile):
+        remove_unit_file(unit_dir, action.name)
+        result.removed.add(action.name)
+    elif isinstance(action, DaemonReload):
+        systemd.reload()
+    elif isinstance(action, EnableUnits):
+        systemd.enable_unit_files(list(action.names))
+    elif isinstance(action, DisableUnits):
+        systemd.disable_unit_files(list(action.names))
+    else:  # pragma: no cover - the plan types are closed
+        raise ApplyError(f"cannot apply action {action!r}: unknown kind")

@@ -1,0 +1,427 @@
+"""Install the reconciler's own units from ``units/`` (talks to the filesystem and systemd).
+
+The units go through the same plan/apply path as a sync, but are tracked in a manifest of
+their own (not the sync's), so a sync never prunes them and an inventory can never take
+them over by accident. A second install with nothing changed makes no mutating D-Bus call.
+
+The files in ``units/`` are hardened for the usual layout (code under /usr or /opt).
+``adapt`` (pure) fits them to where this interpreter and package really live and to the
+host config, because hardening that hides the code makes a unit fail with 203/EXEC:
+
+* code under /home, /root or /run/user: ``ProtectHome=yes`` becomes ``tmpfs`` and only the
+  code's directories are bound back read-only (``BindReadOnlyPaths=``; systemd's documented
+  use of ``tmpfs``), which scores the same as ``yes`` in ``systemd-analyze security``;
+* code under /tmp or /var/tmp: bound read-only through ``PrivateTmp=`` (systemd 252 resolves
+  bind sources before it mounts the private /tmp; measured). It works until the next boot
+  empties /tmp, so install says so;
+* ``LoadCredential=etl-token:/etc/reconciler/etl-token`` only when that file exists: with a
+  missing source systemd 252 fails the unit with 243/CREDENTIALS (measured; the bare
+  ``LoadCredential=ID`` form does not search /etc/credstore before systemd 254). Without
+  it the job reads ``token_file`` from ``[etl]``. Run install again after adding the file;
+* ``PrivateUsers=`` dropped where this host cannot create a user namespace (probed:
+  a chroot, as in the disposable test host, or ``user.max_user_namespaces=0``); systemd
+  would fail the unit with 217/USER. It costs 0.2 of exposure score;
+* writable paths named in the config outside the state dir (``[backup] dest``,
+  ``[monitor] textfile``, ``[diagnostics] directory``, ``state_dir``) get
+  ``ReadWritePaths=-PATH`` in the units that write them, and install creates them.
+
+Install also creates the webhook secret (random, 0600) the webhook socket waits for, and
+writes ``/etc/reconciler/config.toml`` once (never over an operator's file).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shlex
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from reconciler.config import DEFAULT_CONFIG, Settings
+from reconciler.errors import ApplyError, UsageError
+from reconciler.model import DesiredUnit, Plan
+
+UNITS_DIR = Path(__file__).resolve().parents[2] / "units"
+MANIFEST_KEY = "install_owned"
+PLACEHOLDER = "@RECONCILER@"
+# Started and enabled by install; every other unit is run by one of these.
+ACTIVE = {"reconciler-watch.service"}
+DEFAULT_STATE_DIR = PurePosixPath("/var/lib/reconciler")
+DEFAULT_SECRET = PurePosixPath("/etc/reconciler/webhook-secret")
+ETL_TOKEN = PurePosixPath("/etc/reconciler/etl-token")
+HOME_DIRS = ("/home", "/root", "/run/user")  # what ProtectHome= hides
+TMP_DIRS = ("/tmp", "/var/tmp")  # what PrivateTmp= replaces
+# Units that run a monitoring pass (and so write the textfile and diagnostics bundles).
+MONITORS = ("gitops-sync.service", "reconciler-monitor.service", "reconciler-watch.service")
+BACKUP = "volume-backup.service"
+# Paths written into unit files unquoted: anything else would need systemd escaping.
+_PLAIN_PATH = re.compile(r"^/[A-Za-z0-9._+@:,=~/-]*$")
+_MUTATING = frozenset(
+    {"Reload", "EnableUnitFiles", "DisableUnitFiles", "StartUnit", "RestartUnit", "StopUnit"}
+    | {"ResetFailedUnit"}
+)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where things are on this host, as far as the own units care (plain data)."""
+
+    command: str  # what replaces @RECONCILER@
+    pythonpath: str | None = None
+    code_paths: tuple[str, ...] = ()  # directories the interpreter and the package live in
+    webhook_secret: str = str(DEFAULT_SECRET)
+    etl_token: str | None = None  # None: no token file, no LoadCredential=etl-token
+    writable: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # unit -> paths
+    user_namespaces: bool = True  # False: PrivateUsers= would fail every unit using it
+
+
+@dataclass(frozen=True)
+class Installed:
+    plan: Plan
+    config_written: Path | None = None
+    secret_written: Path | None = None
+    notes: tuple[str, ...] = ()
+    dbus_calls: Mapping[str, int] = field(default_factory=dict)  # D-Bus method -> calls
+
+    @property
+    def mutating_calls(self) -> int:
+        return sum(n for method, n in self.dbus_calls.items() if method in _MUTATING)
+
+
+# ---- the pure part ---------------------------------------------------------------------
+
+
+def _under(path: str, tops: Iterable[str]) -> bool:
+    return any(PurePosixPath(path).is_relative_to(top) for top in tops)
+
+
+def outermost(paths: Iterable[str]) -> tuple[str, ...]:
+    """Sorted, without duplicates and without paths inside another one of them."""
+    kept: list[str] = []
+    for path in sorted(set(paths), key=lambda p: (len(PurePosixPath(p).parts), p)):
+        if not _under(path, kept):
+            kept.append(path)
+    return tuple(sorted(kept))
+
+
+def _settings(text: str, section: str) -> dict[str, str]:
+    """The last value of each key in one section (systemd's "later wins" for scalars)."""
+    values: dict[str, str] = {}
+    inside = False
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith("["):
+            inside = line == f"[{section}]"
+        elif inside and "=" in line and not line.startswith(("#", ";")):
+            key, _, value = line.partition("=")
+            values[key.strip()] = value.strip()
+    return values
+
+
+def adapt(name: str, text: str, layout: Layout) -> str:
+    """One unit file of ``units/`` as installed on a host with ``layout`` (see module doc)."""
+    text = text.replace(PLACEHOLDER, layout.command)
+    service = _settings(text, "Service")
+    home = service.get("ProtectHome", "no")
+    hidden_home = [
+        p for p in layout.code_paths if home in ("yes", "tmpfs") and _under(p, HOME_DIRS)
+    ]
+    hidden_tmp = [
+        p for p in layout.code_paths if service.get("PrivateTmp") == "yes" and _under(p, TMP_DIRS)
+    ]
+    extra: list[str] = []
+    if "[Service]" in text and layout.pythonpath:
+        extra.append(f"Environment=PYTHONPATH={layout.pythonpath}")
+    if hidden_home or hidden_tmp:
+        extra.append("BindReadOnlyPaths=" + " ".join(outermost(hidden_home + hidden_tmp)))
+    if writable := layout.writable.get(name):
+        extra.append("ReadWritePaths=" + " ".join(f"-{p}" for p in outermost(writable)))
+    lines: list[str] = []
+    section = ""
+    for line in text.splitlines():
+        if line.startswith("["):
+            if section == "[Service]":
+                _append(lines, extra)
+            section = line.strip()
+        key, _, value = line.partition("=")
+        if key == "ProtectHome" and value == "yes" and hidden_home:
+            line = "ProtectHome=tmpfs"  # hide homes, bind the code back read-only
+        elif key == "ConditionPathExists" and value == str(DEFAULT_SECRET):
+            line = f"ConditionPathExists={layout.webhook_secret}"
+        elif key == "LoadCredential" and value.startswith("webhook-secret:"):
+            line = f"LoadCredential=webhook-secret:{layout.webhook_secret}"
+        elif key == "PrivateUsers" and not layout.user_namespaces:
+            continue  # 217/USER otherwise
+        elif key == "LoadCredential" and value.startswith("etl-token:"):
+            if layout.etl_token is None:
+                continue  # a missing source fails the unit (243/CREDENTIALS)
+            line = f"LoadCredential=etl-token:{layout.etl_token}"
+        lines.append(line)
+    if section == "[Service]":
+        _append(lines, extra)
+    return "\n".join(lines) + "\n"
+
+
+def _append(lines: list[str], extra: Sequence[str]) -> None:
+    """Add ``extra`` at the end of the section being built, before its trailing blank lines."""
+    blanks = 0
+    while lines and not lines[-1].strip():
+        lines.pop()
+        blanks += 1
+    lines.extend(extra)
+    lines.extend([""] * blanks)
+
+
+def build_units(
+    settings: Settings | None = None,
+    *,
+    units_dir: Path = UNITS_DIR,
+    layout: Layout | None = None,
+) -> list[DesiredUnit]:
+    """The own units as DesiredUnits, fitted to this host (``read_layout``) or ``layout``."""
+    if not units_dir.is_dir():
+        raise UsageError(
+            f"cannot install: no units directory '{units_dir}'",
+            "run 'reconciler install' from a checkout of the project",
+        )
+    if layout is None:
+        layout = read_layout(settings or Settings())
+    units = []
+    for path in sorted(units_dir.iterdir()):
+        if path.suffix not in (".service", ".timer", ".socket"):
+            continue
+        active = path.suffix in (".timer", ".socket") or path.name in ACTIVE
+        units.append(
+            DesiredUnit(
+                name=path.name,
+                content=adapt(path.name, path.read_text(), layout),
+                service=path.stem,
+                enable=active,
+                start=active,
+            )
+        )
+    return units
+
+
+# ---- reading this host -----------------------------------------------------------------
+
+
+def exec_command() -> tuple[str, str | None]:
+    """How units should run this reconciler: ``python -m reconciler``, and a PYTHONPATH
+    when the package is not importable from that interpreter's own site-packages."""
+    package_parent = Path(__file__).resolve().parents[2]
+    prefix = Path(sys.prefix).resolve()
+    needs_path = not package_parent.is_relative_to(prefix)
+    return f"{shlex.quote(sys.executable)} -m reconciler", (
+        _plain(str(package_parent)) if needs_path else None
+    )
+
+
+def code_paths() -> tuple[str, ...]:
+    """Directories a unit must see to run this interpreter and package (as given and real)."""
+    package_parent = Path(__file__).resolve().parents[2]
+    found = [
+        Path(sys.prefix),
+        Path(sys.base_prefix),
+        Path(sys.executable).parent,
+        Path(sys.executable).resolve().parent,
+        package_parent,
+    ]
+    found += [p.resolve() for p in found]
+    return outermost(_plain(str(p)) for p in found)
+
+
+def writable_paths(settings: Settings) -> dict[str, tuple[str, ...]]:
+    """Per own unit, the paths the config tells it to write outside the default state dir."""
+
+    def path(section: str, key: str) -> Path | None:
+        value = settings.section(section).get(key)
+        return Path(value) if isinstance(value, str) and value.startswith("/") else None
+
+    state = Path(settings.state_dir)
+    common = [] if state.is_relative_to(DEFAULT_STATE_DIR) else [state]
+    textfile = path("monitor", "textfile")
+    wanted = {
+        BACKUP: [path("backup", "dest")],
+        **{
+            m: [textfile.parent if textfile else None, path("diagnostics", "directory")]
+            for m in MONITORS
+        },
+    }
+    result: dict[str, tuple[str, ...]] = {}
+    for name in (*MONITORS, BACKUP, "metrics-sample.service", "reading-sync.service"):
+        extra = [p for p in wanted.get(name, []) if p is not None]
+        extra = [
+            p for p in extra if not (p.is_relative_to(DEFAULT_STATE_DIR) or p.is_relative_to(state))
+        ]
+        if common or extra:
+            result[name] = outermost(_plain(str(p)) for p in [*common, *extra])
+    return result
+
+
+def read_layout(settings: Settings) -> Layout:
+    command, pythonpath = exec_command()
+    return Layout(
+        command=command,
+        pythonpath=pythonpath,
+        code_paths=code_paths(),
+        webhook_secret=_plain(str(settings.webhook_secret_file or DEFAULT_SECRET)),
+        etl_token=str(ETL_TOKEN) if Path(ETL_TOKEN).is_file() else None,
+        writable=writable_paths(settings),
+        user_namespaces=user_namespaces_work(),
+    )
+
+
+def user_namespaces_work() -> bool:
+    """Whether a process here can create a user namespace (what PrivateUsers= needs)."""
+    import subprocess
+
+    try:
+        proc = subprocess.run(
+            ["unshare", "--user", "true"], capture_output=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return True  # cannot tell: keep the hardening as written
+    return proc.returncode == 0
+
+
+def _plain(path: str) -> str:
+    if not _PLAIN_PATH.match(path):
+        raise UsageError(
+            f"cannot install: path '{path}' holds characters a unit file would need escaped",
+            "install from (or configure) a path of letters, digits and . _ - + @ / only",
+        )
+    return path
+
+
+def notes_for(layout: Layout, settings: Settings) -> tuple[str, ...]:
+    notes = [
+        f"{p} is under a temporary directory: the units bind it read-only, but it may be "
+        "emptied at the next boot; install from a path outside /tmp to keep them working"
+        for p in layout.code_paths
+        if _under(p, TMP_DIRS)
+    ]
+    if not layout.user_namespaces:
+        notes.append(
+            "no user namespaces on this host: PrivateUsers= left out of the units "
+            "(systemd would fail them with 217/USER)"
+        )
+    etl = settings.section("etl")
+    if etl and layout.etl_token is None and "token_file" not in etl:
+        notes.append(
+            f"no {ETL_TOKEN}: reading-sync.service sends no token (create it, mode 0600, "
+            "and run 'reconciler install' again, or set token_file in [etl])"
+        )
+    return tuple(notes)
+
+
+# ---- writing ---------------------------------------------------------------------------
+
+
+def write_config(path: Path, settings: Settings) -> Path | None:
+    """Write the host config once (never overwrite an operator's file); mode 0600."""
+    if path.exists():
+        return None
+    if not settings.repo:
+        raise UsageError(
+            f"cannot install: no config at '{path}' and no --repo given",
+            "pass --repo URL (and --ref) to write it",
+        )
+    lines = [f"repo = {json.dumps(settings.repo)}", f"ref = {json.dumps(settings.ref)}"]
+    if settings.host:
+        lines.append(f"host = {json.dumps(settings.host)}")
+    secret = settings.webhook_secret_file or DEFAULT_SECRET
+    lines.append(f"webhook_secret_file = {json.dumps(str(secret))}")
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write("# reconciler host config, written by 'reconciler install'\n")
+        fh.write("\n".join(lines) + "\n")
+    return path
+
+
+def write_secret(path: Path) -> Path | None:
+    """Create the webhook secret (64 hex digits, 0600) unless it exists; never shown."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return None
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secrets.token_hex(32) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    return path
+
+
+def install(
+    settings: Settings,
+    *,
+    config_path: Path | None = None,
+    units: Sequence[DesiredUnit] | None = None,
+) -> Installed:
+    """Config, webhook secret, writable dirs, then the own units through plan/apply."""
+    written = write_config(config_path or DEFAULT_CONFIG, settings)
+    secret = write_secret(Path(settings.webhook_secret_file or DEFAULT_SECRET))
+    layout = read_layout(settings)
+    textfile = settings.section("monitor").get("textfile")
+    shared = Path(textfile).parent if isinstance(textfile, str) and textfile else None
+    for paths in layout.writable.values():
+        for p in map(Path, paths):  # ReadWritePaths= cannot grant what does not exist
+            p.mkdir(parents=True, exist_ok=True, mode=0o755 if p == shared else 0o700)
+    desired = list(units) if units is not None else build_units(layout=layout)
+    plan, calls = _converge(settings, desired)
+    return Installed(plan, written, secret, notes_for(layout, settings), calls)
+
+
+def uninstall(settings: Settings) -> Installed:
+    """Stop, disable and remove the own units; state, config, secret and backups stay."""
+    plan, calls = _converge(settings, [])
+    return Installed(plan, dbus_calls=calls)
+
+
+def _converge(settings: Settings, desired: list[DesiredUnit]) -> tuple[Plan, dict[str, int]]:
+    from reconciler import reconcile, runtime
+    from reconciler.core import plan as plan_mod
+    from reconciler.reconcile import apply, lock
+
+    with lock.hold(
+        settings.run_dir / "sync.lock", timeout=settings.lock_timeout_sec, what="install"
+    ):
+        store = runtime.open_store(settings)
+        owned = frozenset(json.loads(store.kv_get(MANIFEST_KEY) or "[]"))
+        systemd = runtime.connect(settings)
+        try:
+            names = sorted({u.name for u in desired} | owned)
+            files, live = reconcile.observe(systemd, settings.unit_dir, names)
+            foreign = frozenset(n for n in names if n not in owned and files[n] is not None)
+            plan = plan_mod.plan(
+                desired,
+                files,
+                live,
+                owned,
+                allow_empty=True,
+                foreign=foreign,
+                unit_dir=str(settings.unit_dir),
+            )
+            if plan.empty:
+                return plan, dict(systemd.calls)
+            reconcile.check_units(desired, plan)
+            store.kv_set(MANIFEST_KEY, json.dumps(sorted(owned | plan.owned_after)))
+            result = apply.apply(plan, settings.unit_dir, systemd)
+            store.kv_set(
+                MANIFEST_KEY, json.dumps(sorted(plan.owned_after | (owned - result.removed)))
+            )
+            if result.failed_jobs:
+                failed = ", ".join(f"{u} ({r})" for u, r in sorted(result.failed_jobs.items()))
+                raise ApplyError(
+                    f"cannot start the reconciler's units: {failed}",
+                    "see 'journalctl -u UNIT'; run 'reconciler install' again once fixed",
+                )
+            return plan, dict(systemd.calls)
+        finally:
+            systemd.close()

@@ -1,0 +1,356 @@
+"""The monitor's tables in the state database (talks to SQLite): history, counters, findings.
+
+The tables are created by the monitor's migration in ``state.MIGRATIONS`` (the second
+script); this module holds every query on them. It opens its own connection
+to the state file (WAL: the sync's connection and the watch daemon's never block readers),
+so the SQL stays here and ``state.Store`` stays the sync's.
+
+- ``monitor_observation``: one row per look at a unit (a pass, a watch event). Bounded:
+  older than ``observation_days`` or beyond ``observations_per_unit`` rows are pruned
+  (at most hourly; the cut is indexed).
+- ``monitor_event``: starts, stops and crashes from ``counters.update_counters``; kept
+  ``event_days`` (patterns look back up to 28 days) and at most ``events_per_unit`` rows.
+- ``monitor_counters``: one row per unit (``Counters`` as JSON) plus when it was first seen.
+- ``monitor_finding``: open findings (``resolved_at IS NULL``; one per kind and unit, by a
+  partial unique index) and resolved ones, with evidence and impact as JSON.
+
+Counting is safe against two monitors at once (the sync's pass and the watch daemon):
+``record`` reads the counters, folds the observations in and writes them back inside one
+``BEGIN IMMEDIATE`` transaction, and ``update_counters`` ignores a look older than the last.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from reconciler.core.counters import Counters, Event, Observation
+from reconciler.core.patterns import Finding
+from reconciler.errors import StateError
+
+_OBS_COLUMNS = (
+    "unit, at, active_state, sub_state, result, n_restarts, invocation_id, exec_main_code,"
+    " exec_main_status, memory_current, exec_main_exit_at"
+)
+_FINDING_COLUMNS = (
+    "id, kind, unit, severity, summary, evidence, impact, first_seen, last_seen, resolved_at,"
+    " bundle"
+)
+PRUNE_EVERY_SEC = 3600.0
+
+
+@dataclass(frozen=True)
+class Retention:
+    observation_days: float = 7.0
+    observations_per_unit: int = 2000
+    event_days: float = 35.0
+    events_per_unit: int = 5000
+    resolved_days: float = 90.0
+
+
+@dataclass(frozen=True)
+class Impacted:
+    unit: str
+    distance: int
+    high: bool  # a container runtime: everything on it goes down too
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"unit": self.unit, "distance": self.distance, "high_impact": self.high}
+
+
+@dataclass(frozen=True)
+class StoredFinding:
+    """A finding with its life in the store."""
+
+    finding: Finding
+    last_seen: float
+    id: int = 0
+    impact: tuple[Impacted, ...] = ()
+    resolved_at: float | None = None
+    bundle: str | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.finding.key
+
+    def to_dict(self) -> dict[str, Any]:
+        f = self.finding
+        return {
+            "id": self.id,
+            "kind": f.kind,
+            "unit": f.unit,
+            "severity": f.severity,
+            "summary": f.summary,
+            "evidence": dict(f.evidence),
+            "first_seen": f.first_seen,
+            "last_seen": self.last_seen,
+            "resolved_at": self.resolved_at,
+            "impact": [i.to_dict() for i in self.impact],
+            "bundle": self.bundle,
+        }
+
+
+@dataclass
+class Loaded:
+    """The history ``detect`` needs, grouped by unit."""
+
+    observations: dict[str, list[Observation]] = field(default_factory=dict)
+    events: dict[str, list[Event]] = field(default_factory=dict)
+    first_seen: dict[str, float] = field(default_factory=dict)
+
+
+class FindingStore:
+    """The monitor's view of the state database. One per thread (sqlite3's rule)."""
+
+    def __init__(
+        self, path: Path, *, retention: Retention | None = None, busy_timeout: float = 10.0
+    ) -> None:
+        self.path = path
+        self.retention = retention or Retention()
+        try:
+            self._conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
+            self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+            self._conn.execute("PRAGMA synchronous = NORMAL")
+        except sqlite3.Error as exc:
+            raise StateError(f"cannot open state database '{path}': {exc}") from None
+        self._depth = 0
+
+    def close(self) -> None:
+        self._conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """``BEGIN IMMEDIATE`` .. ``COMMIT``; nested uses join the outer one."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        with self._errors("write"):
+            self._conn.execute("BEGIN IMMEDIATE")
+        self._depth = 1
+        try:
+            yield
+        except BaseException:
+            self._depth = 0
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            raise
+        self._depth = 0
+        with self._errors("write"):
+            self._conn.execute("COMMIT")
+
+    @contextmanager
+    def _errors(self, verb: str) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            text = str(exc)
+            hint = "another reconciler holds it; retry" if "locked" in text else None
+            raise StateError(
+                f"cannot {verb} monitor tables in '{self.path}': {text}", hint
+            ) from None
+
+    def _rows(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        with self._errors("read"):
+            return list(self._conn.execute(sql, params).fetchall())
+
+    # -- counters ------------------------------------------------------------------------
+
+    def counters(self, units: Iterable[str] | None = None) -> dict[str, Counters]:
+        rows = self._rows("SELECT unit, data FROM monitor_counters")
+        wanted = None if units is None else set(units)
+        return {
+            u: Counters.from_dict(json.loads(d)) for u, d in rows if wanted is None or u in wanted
+        }
+
+    def save_counters(self, counters: Iterable[Counters], now: float) -> None:
+        with self.transaction(), self._errors("write counters to"):
+            self._conn.executemany(
+                "INSERT INTO monitor_counters (unit, first_seen, data) VALUES (?, ?, ?)"
+                " ON CONFLICT (unit) DO UPDATE SET data = excluded.data",
+                ((c.unit, now, json.dumps(vars(c))) for c in counters),  # flat: no asdict
+            )
+
+    # -- observations and events ---------------------------------------------------------
+
+    def add(self, observations: Sequence[Observation], events: Sequence[Event]) -> None:
+        with self.transaction(), self._errors("record observations in"):
+            self._conn.executemany(
+                f"INSERT INTO monitor_observation ({_OBS_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    (o.unit, o.at, o.active_state, o.sub_state, o.result, o.n_restarts)
+                    + (o.invocation_id, o.exec_main_code, o.exec_main_status)
+                    + (o.memory_current, o.exec_main_exit_at)
+                    for o in observations
+                ),
+            )
+            self._conn.executemany(
+                "INSERT INTO monitor_event (unit, at, kind, exit_code, signal, estimated)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                ((e.unit, e.at, e.kind, e.exit_code, e.signal, int(e.estimated)) for e in events),
+            )
+            for unit in {e.unit for e in events}:  # a crash loop can infer thousands
+                self._conn.execute(
+                    "DELETE FROM monitor_event WHERE unit = ? AND id <= (SELECT id FROM"
+                    " monitor_event WHERE unit = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                    (unit, unit, self.retention.events_per_unit),
+                )
+
+    def load(
+        self,
+        units: Sequence[str],
+        *,
+        observations_since: float,
+        memory_since: float,
+        events_since: float,
+    ) -> Loaded:
+        """Observations and events of ``units`` in their windows, oldest first.
+
+        Looks since ``observations_since`` (flapping, start limit), and the ones with a memory
+        sample since ``memory_since`` (a longer window, for the memory trend).
+        """
+        wanted = set(units)
+        out = Loaded()
+        for row in self._rows(
+            f"SELECT {_OBS_COLUMNS} FROM monitor_observation WHERE at > ?"
+            " OR (at > ? AND memory_current IS NOT NULL) ORDER BY at, id",
+            (observations_since, min(memory_since, observations_since)),
+        ):
+            if row[0] in wanted:
+                out.observations.setdefault(row[0], []).append(Observation(*row))
+        for unit, at, kind, code, sig, est in self._rows(
+            "SELECT unit, at, kind, exit_code, signal, estimated FROM monitor_event"
+            " WHERE at > ? ORDER BY at, id",
+            (events_since,),
+        ):
+            if unit in wanted:
+                out.events.setdefault(unit, []).append(Event(unit, at, kind, code, sig, bool(est)))
+        out.first_seen = {
+            u: float(t)
+            for u, t in self._rows("SELECT unit, first_seen FROM monitor_counters")
+            if u in wanted
+        }
+        return out
+
+    def prune(self, now: float, *, force: bool = False) -> bool:
+        """Apply retention (at most every PRUNE_EVERY_SEC unless forced); True if it ran."""
+        r = self.retention
+        last = self.kv_get("pruned_at")
+        if not force and last is not None and now - float(last) < PRUNE_EVERY_SEC:
+            return False
+        with self.transaction(), self._errors("prune monitor tables in"):
+            self._conn.execute(
+                "DELETE FROM monitor_observation WHERE at < ?", (now - r.observation_days * 86400,)
+            )
+            self._conn.execute(
+                "DELETE FROM monitor_event WHERE at < ?", (now - r.event_days * 86400,)
+            )
+            over = self._conn.execute(
+                "SELECT unit FROM monitor_observation GROUP BY unit HAVING count(*) > ?",
+                (r.observations_per_unit,),
+            ).fetchall()
+            for (unit,) in over:
+                self._conn.execute(
+                    "DELETE FROM monitor_observation WHERE unit = ? AND at <= (SELECT at FROM"
+                    " monitor_observation WHERE unit = ? ORDER BY at DESC LIMIT 1 OFFSET ?)",
+                    (unit, unit, r.observations_per_unit),
+                )
+            self._conn.execute(
+                "DELETE FROM monitor_finding WHERE resolved_at < ?",
+                (now - r.resolved_days * 86400,),
+            )
+            self.kv_set("pruned_at", repr(now))
+        return True
+
+    # -- findings ------------------------------------------------------------------------
+
+    def open_findings(self) -> dict[tuple[str, str], StoredFinding]:
+        rows = self._rows(
+            f"SELECT {_FINDING_COLUMNS} FROM monitor_finding WHERE resolved_at IS NULL"
+            " ORDER BY first_seen, id"
+        )
+        found = (_stored(r) for r in rows)
+        return {f.key: f for f in found}
+
+    def resolved_findings(self, limit: int = 50) -> list[StoredFinding]:
+        rows = self._rows(
+            f"SELECT {_FINDING_COLUMNS} FROM monitor_finding WHERE resolved_at IS NOT NULL"
+            " ORDER BY resolved_at DESC, id DESC LIMIT ?",
+            (limit,),
+        )
+        return [_stored(r) for r in rows]
+
+    def open(self, finding: Finding, impact: Sequence[Impacted], now: float) -> StoredFinding:
+        with self.transaction(), self._errors("record finding in"):
+            cur = self._conn.execute(
+                "INSERT INTO monitor_finding (kind, unit, severity, summary, evidence, impact,"
+                " first_seen, last_seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (finding.kind, finding.unit, finding.severity, finding.summary)
+                + (json.dumps(finding.evidence, sort_keys=True), _impact_json(impact))
+                + (finding.first_seen or now, now),
+            )
+        first = finding.first_seen or now
+        return StoredFinding(
+            replace(finding, first_seen=first), now, int(cur.lastrowid or 0), tuple(impact)
+        )
+
+    def update(
+        self, stored: StoredFinding, finding: Finding, impact: Sequence[Impacted] | None, now: float
+    ) -> StoredFinding:
+        """A finding still open: new evidence and summary, same first_seen."""
+        impact_t = stored.impact if impact is None else tuple(impact)
+        with self.transaction(), self._errors("update finding in"):
+            self._conn.execute(
+                "UPDATE monitor_finding SET severity = ?, summary = ?, evidence = ?, impact = ?,"
+                " last_seen = ? WHERE id = ?",
+                (finding.severity, finding.summary, json.dumps(finding.evidence, sort_keys=True))
+                + (_impact_json(impact_t), now, stored.id),
+            )
+        kept = replace(finding, first_seen=stored.finding.first_seen)
+        return replace(stored, finding=kept, last_seen=now, impact=impact_t)
+
+    def resolve(self, stored: StoredFinding, now: float) -> StoredFinding:
+        with self.transaction(), self._errors("resolve finding in"):
+            self._conn.execute(
+                "UPDATE monitor_finding SET resolved_at = ? WHERE id = ?", (now, stored.id)
+            )
+        return replace(stored, resolved_at=now)
+
+    def set_bundle(self, finding_id: int, bundle: str) -> None:
+        with self.transaction(), self._errors("record bundle in"):
+            self._conn.execute(
+                "UPDATE monitor_finding SET bundle = ? WHERE id = ?", (bundle, finding_id)
+            )
+
+    # -- small values --------------------------------------------------------------------
+
+    def kv_get(self, key: str) -> str | None:
+        rows = self._rows("SELECT value FROM monitor_kv WHERE key = ?", (key,))
+        return str(rows[0][0]) if rows else None
+
+    def kv_set(self, key: str, value: str) -> None:
+        with self.transaction(), self._errors("write to"):
+            self._conn.execute(
+                "INSERT OR REPLACE INTO monitor_kv (key, value) VALUES (?, ?)", (key, value)
+            )
+
+
+def _impact_json(impact: Iterable[Impacted]) -> str:
+    return json.dumps([i.to_dict() for i in impact])
+
+
+def _stored(row: Sequence[Any]) -> StoredFinding:
+    fid, kind, unit, severity, summary, evidence, impact, first, last, resolved, bundle = row
+    finding = Finding(kind, unit, severity, summary, json.loads(evidence), first)
+    hits = tuple(
+        Impacted(i["unit"], int(i["distance"]), bool(i["high_impact"])) for i in json.loads(impact)
+    )
+    return StoredFinding(finding, last, fid, hits, resolved, bundle)

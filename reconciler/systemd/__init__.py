@@ -1,0 +1,6 @@
+"""systemd over D-Bus: the wire codec (``wire``, pure), one connection (``connection``),
+the Manager/unit client (``client``), property subscriptions (``subscribe``) and the fast
+PropertiesChanged reader (``signals``).
+
+May import: ``reconciler.core``, ``reconciler.model``, ``reconciler.errors``, jeepney.
+"""

@@ -1,0 +1,502 @@
+"""systemd's Manager and units over D-Bus (talks to systemd: system bus or private socket).
+
+The API the rest of the project uses: unit states and properties of many units at once
+(pipelined), Reload, batched Enable/Disable/Mask/Unmask, jobs that are waited for
+(``Subscribe`` + ``JobRemoved``, listened for before the calls, so none is missed) and a
+stream of ``PropertiesChanged``. The wire format is in ``reconciler.systemd.wire`` (pure), the
+socket and the error mapping in ``reconciler.systemd.connection``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from functools import partial
+
+from reconciler.errors import SystemdError
+from reconciler.model import LiveUnit
+from reconciler.systemd.connection import PRIVATE_SOCKET, SYSTEM_BUS, Connection, dbus_error
+from reconciler.systemd.subscribe import PropertyChange, PropertyStream
+from reconciler.systemd.wire import (
+    ERROR,
+    MANAGER,
+    MANAGER_PATH,
+    PROPERTIES,
+    SERVICE,
+    UNIT,
+    MatchRule,
+    Message,
+    build_call,
+    build_get,
+    check_unit_name,
+    unit_name_from_path,
+    unit_path,
+)
+
+__all__ = [
+    "JobResult",
+    "PropertyChange",
+    "PropertyStream",
+    "Systemd",
+    "UnitFileChange",
+    "check_unit_name",
+    "dbus_error",
+    "default_address",
+    "unit_name_from_path",
+    "unit_path",
+]
+
+DEFAULT_JOB_TIMEOUT = 300.0  # seconds run_jobs waits when no timeout is given
+UINT64_MAX = 2**64 - 1  # systemd's "unknown" for counters such as MemoryCurrent
+JOB_METHODS = {
+    "start": "StartUnit",
+    "stop": "StopUnit",
+    "restart": "RestartUnit",
+    "try-restart": "TryRestartUnit",
+    "reload-or-restart": "ReloadOrRestartUnit",
+}
+# Errors that mean "this unit has no such thing", not "systemd refused": read_units skips them.
+MISSING = frozenset(
+    {
+        "org.freedesktop.DBus.Error.UnknownObject",
+        "org.freedesktop.DBus.Error.UnknownInterface",
+        "org.freedesktop.DBus.Error.UnknownProperty",
+        "org.freedesktop.systemd1.NoSuchUnit",
+    }
+)
+
+
+@dataclass(frozen=True)
+class JobResult:
+    unit: str
+    job: str  # the job's object path ("" if none was queued)
+    result: str  # done|canceled|timeout|failed|dependency|skipped|wait-timeout (we gave up)
+
+
+@dataclass(frozen=True)
+class UnitFileChange:
+    kind: str  # symlink, unlink, ...
+    path: str  # the file created or removed
+    source: str  # what a symlink points to ("" for unlink)
+
+
+def default_address() -> str:
+    """$RECONCILER_BUS, else (as root) systemd's private socket, else the system bus."""
+    env = os.environ.get("RECONCILER_BUS")
+    if env:
+        return env
+    if os.geteuid() == 0 and os.path.exists(PRIVATE_SOCKET):
+        return f"unix:path={PRIVATE_SOCKET}"
+    return os.environ.get("DBUS_SYSTEM_BUS_ADDRESS") or SYSTEM_BUS
+
+
+# What the monitor reads beyond ListUnitsByNames: (interface, property, LiveUnit field).
+# "Runtime" properties only change when the unit runs; an inactive unit with no
+# InvocationID has never run since it was loaded, so systemd holds their defaults.
+Prop = tuple[str, str, str]
+_IFACE = "org.freedesktop.systemd1."
+_FILE_PROPS: tuple[Prop, ...] = (
+    (UNIT, "InvocationID", "invocation_id"),
+    (UNIT, "UnitFileState", "unit_file_state"),
+    (UNIT, "NeedDaemonReload", "need_daemon_reload"),
+)
+_SERVICE_RUNTIME: tuple[Prop, ...] = (
+    (SERVICE, "Result", "result"),
+    (SERVICE, "NRestarts", "n_restarts"),
+    (SERVICE, "ExecMainCode", "exec_main_code"),
+    (SERVICE, "ExecMainStatus", "exec_main_status"),
+    (SERVICE, "MemoryCurrent", "memory_current"),
+)
+_NEVER_RAN = {
+    "result": "success",
+    "n_restarts": 0,
+    "exec_main_code": 0,
+    "exec_main_status": 0,
+    "memory_current": None,
+}
+_WITH_RESULT = ("socket", "mount", "swap", "timer", "path", "automount", "scope")
+
+
+def monitor_properties(name: str) -> tuple[tuple[Prop, ...], tuple[Prop, ...]]:
+    """(file-level, runtime) properties ``read_units`` fetches for one unit."""
+    kind = name.rpartition(".")[2]
+    if kind == "service":
+        return (*_FILE_PROPS, (SERVICE, "Type", "service_type")), _SERVICE_RUNTIME
+    if kind in _WITH_RESULT:
+        return _FILE_PROPS, ((_IFACE + kind.capitalize(), "Result", "result"),)
+    return _FILE_PROPS, ()
+
+
+def _live_value(field_name: str, value: object) -> object:
+    if field_name == "invocation_id":
+        return bytes(value).hex() if isinstance(value, bytes | bytearray) else str(value)
+    if field_name == "memory_current":
+        return None if value == UINT64_MAX else value
+    return value
+
+
+def _parse_unit_infos(rows: object) -> list[LiveUnit]:
+    """``a(ssssssouso)`` rows of ListUnits* -> LiveUnit (states only)."""
+    return [
+        LiveUnit(name=r[0], load_state=r[2], active_state=r[3], sub_state=r[4])
+        for r in rows  # type: ignore[attr-defined]
+    ]
+
+
+def _check_names(names: Iterable[str]) -> list[str]:
+    unique = list(dict.fromkeys(names))
+    for name in unique:
+        check_unit_name(name)
+    return unique
+
+
+def _check_files(files: Sequence[str]) -> list[str]:
+    """Unit files for Enable*/Mask*: names are checked; absolute paths go to systemd as-is."""
+    for f in files:
+        if not f.startswith("/"):
+            check_unit_name(f)
+    return list(files)
+
+
+class Systemd:
+    """A client of systemd's Manager and units: one blocking connection, not thread-safe."""
+
+    def __init__(self, address: str | None = None, *, timeout: float = 30.0) -> None:
+        self._conn = Connection(address or default_address(), timeout=timeout)
+        self.address = self._conn.address
+        self.timeout = timeout
+        self.calls: Counter[str] = self._conn.calls  # method name -> calls sent
+        self._subscribed = False
+        self._job_rule: MatchRule | None = None
+        self._removed: dict[str, str] = {}  # job path -> result, from JobRemoved
+        self._collecting = False
+
+    @property
+    def private(self) -> bool:
+        """True on systemd's peer-to-peer socket (no dbus-daemon in between)."""
+        return self._conn.private
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> Systemd:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _manager(self, what: str, method: str, sig: str = "", *args: object) -> tuple[object, ...]:
+        return self._conn.call(what, MANAGER_PATH, MANAGER, method, sig, args)
+
+    # -- reading ------------------------------------------------------------------------
+
+    def list_units(self, names: Sequence[str]) -> dict[str, LiveUnit]:
+        """Load and active/sub state of ``names`` in one ListUnitsByNames call (loads them)."""
+        unique = _check_names(names)
+        if not unique:
+            return {}
+        (rows,) = self._manager(_units_what(unique), "ListUnitsByNames", "as", unique)
+        infos = _parse_unit_infos(rows)
+        if len(infos) != len(unique):  # systemd answers one row per name, in order
+            return {u.name: u for u in infos}
+        return {
+            n: LiveUnit(n, u.load_state, u.active_state, u.sub_state)
+            for n, u in zip(unique, infos, strict=True)
+        }
+
+    def list_units_by_patterns(
+        self, states: Sequence[str], patterns: Sequence[str]
+    ) -> list[LiveUnit]:
+        """Units in ``states`` (e.g. "failed"; none: any) matching glob ``patterns`` (none: all)."""
+        (rows,) = self._manager(
+            "list units", "ListUnitsByPatterns", "asas", list(states), list(patterns)
+        )
+        return _parse_unit_infos(rows)
+
+    def read_units(self, names: Sequence[str], *, runtime: bool = True) -> dict[str, LiveUnit]:
+        """What the monitor needs of ``names``: states in one call, then pipelined Gets.
+
+        ``runtime=False`` (what a plan needs) skips the runtime properties of running
+        units (Result, NRestarts, ExecMain*, MemoryCurrent): they keep their defaults.
+
+        Inactive units go first: when their InvocationID is empty they never ran since
+        systemd loaded them, so their runtime properties are the defaults and are not
+        fetched (systemd unloads unreferenced inactive units, and every Get on one loads
+        it again from disk, which is what makes reading them slow). States and properties
+        are separate reads: a unit that changes meanwhile may show, say, a restart's
+        ``Result=success`` next to the crash's ``auto-restart`` state.
+        """
+        units = self.list_units(names)
+        order = sorted(
+            (n for n, u in units.items() if u.load_state != "not-found"),
+            key=lambda n: units[n].active_state != "inactive",
+        )
+        queue: deque[tuple[tuple[str, str], str, Callable[[int], bytes]]] = deque()
+
+        def fetch(name: str, props: tuple[Prop, ...]) -> None:
+            path = unit_path(name)
+            for i, p, field in props:
+                queue.append(
+                    ((name, field), "Get", partial(build_get, path=path, interface=i, prop=p))
+                )
+
+        for name in order:
+            file_props, runtime_props = monitor_properties(name)
+            idle = units[name].active_state == "inactive"
+            fetch(name, file_props if idle or not runtime else file_props + runtime_props)
+        values: dict[str, dict[str, object]] = {name: {} for name in units}
+        for (name, field), reply in self._conn.pipeline(_units_what(units), queue):
+            if reply.type == ERROR:
+                if reply.error_name in MISSING:
+                    continue
+                raise dbus_error(f"read unit '{name}'", reply.error_name, reply.error_text())
+            value = values[name][field] = _live_value(field, reply.value())
+            if field == "invocation_id" and units[name].active_state == "inactive":
+                idle_runtime = monitor_properties(name)[1]
+                if value:
+                    fetch(name, idle_runtime)
+                else:
+                    values[name].update((f, _NEVER_RAN[f]) for _, _, f in idle_runtime)
+        return {
+            name: LiveUnit(name, unit.load_state, unit.active_state, unit.sub_state, **values[name])  # type: ignore[arg-type]
+            for name, unit in units.items()
+        }
+
+    def get_properties(
+        self, names: Sequence[str], interface: str, props: Sequence[str]
+    ) -> dict[str, dict[str, object]]:
+        """``props`` of ``interface`` for every unit, pipelined Gets; any error raises."""
+        unique = _check_names(names)
+        requests = [
+            ((n, p), "Get", partial(build_get, path=unit_path(n), interface=interface, prop=p))
+            for n in unique
+            for p in props
+        ]
+        out: dict[str, dict[str, object]] = {n: {} for n in unique}
+        for (name, prop), reply in self._conn.pipeline(_units_what(unique), requests):
+            if reply.type == ERROR:
+                raise dbus_error(
+                    f"read property {prop} of unit '{name}'", reply.error_name, reply.error_text()
+                )
+            out[name][prop] = reply.value()
+        return out
+
+    def get_all(self, names: Sequence[str], interface: str = "") -> dict[str, dict[str, object]]:
+        """Every property of ``interface`` ("" = all interfaces) per unit, pipelined GetAll."""
+        unique = _check_names(names)
+        requests = [
+            (
+                n,
+                "GetAll",
+                partial(
+                    build_call,
+                    path=unit_path(n),
+                    interface=PROPERTIES,
+                    member="GetAll",
+                    signature="s",
+                    body=(interface,),
+                ),
+            )
+            for n in unique
+        ]
+        out: dict[str, dict[str, object]] = {}
+        for name, reply in self._conn.pipeline(_units_what(unique), requests):
+            out[name] = dict(_unwrap(f"read unit '{name}'", reply)[0])  # type: ignore[call-overload]
+        return out
+
+    def unit_file_states(self, names: Sequence[str]) -> dict[str, str]:
+        """Enablement of unit files (works for units not loaded); "" when there is no file."""
+        unique = _check_names(names)
+        requests = [
+            (
+                n,
+                "GetUnitFileState",
+                partial(_manager_call, member="GetUnitFileState", signature="s", body=(n,)),
+            )
+            for n in unique
+        ]
+        out: dict[str, str] = {}
+        for name, reply in self._conn.pipeline(_units_what(unique), requests):
+            if reply.type == ERROR and reply.error_name in _NO_FILE:
+                out[name] = ""
+            else:
+                out[name] = str(_unwrap(f"read the unit file state of '{name}'", reply)[0])
+        return out
+
+    # -- changing -----------------------------------------------------------------------
+
+    def reload(self) -> None:
+        """Manager.Reload (daemon-reload); returns once systemd has reloaded."""
+        self._manager("reload systemd", "Reload")
+
+    def _file_changes(
+        self, verb: str, method: str, files: Sequence[str], *flags: bool
+    ) -> list[UnitFileChange]:
+        what = f"{verb} {_files_what(files)}"
+        sig = "as" + "b" * len(flags)
+        reply = self._manager(what, method, sig, _check_files(files), *flags)
+        return [UnitFileChange(k, p, s) for k, p, s in reply[-1]]  # type: ignore[attr-defined]
+
+    def enable_unit_files(
+        self, files: Sequence[str], *, runtime: bool = False, force: bool = False
+    ) -> list[UnitFileChange]:
+        return self._file_changes("enable", "EnableUnitFiles", files, runtime, force)
+
+    def disable_unit_files(
+        self, files: Sequence[str], *, runtime: bool = False
+    ) -> list[UnitFileChange]:
+        return self._file_changes("disable", "DisableUnitFiles", files, runtime)
+
+    def mask_unit_files(
+        self, files: Sequence[str], *, runtime: bool = False, force: bool = False
+    ) -> list[UnitFileChange]:
+        return self._file_changes("mask", "MaskUnitFiles", files, runtime, force)
+
+    def unmask_unit_files(
+        self, files: Sequence[str], *, runtime: bool = False
+    ) -> list[UnitFileChange]:
+        return self._file_changes("unmask", "UnmaskUnitFiles", files, runtime)
+
+    def reset_failed(self, name: str) -> None:
+        check_unit_name(name)
+        self._manager(f"reset the failed state of unit '{name}'", "ResetFailedUnit", "s", name)
+
+    # -- jobs ---------------------------------------------------------------------------
+
+    def subscribe(self) -> None:
+        """Manager.Subscribe, once per connection: systemd then sends its signals."""
+        if not self._subscribed:
+            self._manager("subscribe to systemd signals", "Subscribe")
+            self._subscribed = True
+
+    def _listen_for_jobs(self) -> None:
+        if self._job_rule is None:
+            self.subscribe()
+            self._job_rule = MatchRule(MANAGER, "JobRemoved", path=MANAGER_PATH)
+            self._conn.listen(self._job_rule, self._job_removed)
+
+    def _job_removed(self, msg: Message) -> None:
+        if self._collecting:  # only while run_jobs waits: the dict must not grow forever
+            _id, job, _unit, result = msg.body()
+            self._removed[str(job)] = str(result)
+
+    def run_jobs(
+        self,
+        jobs: Sequence[tuple[str, str]],
+        *,
+        mode: str = "replace",
+        timeout: float | None = None,
+    ) -> dict[str, JobResult]:
+        """Queue (verb, unit) jobs pipelined and wait for all of them until one deadline.
+
+        Returns a result per unit; "wait-timeout" for jobs still running at the deadline.
+        A job systemd refuses raises SystemdError, after the accepted ones have finished.
+        """
+        for verb, unit in jobs:
+            if verb not in JOB_METHODS:
+                raise SystemdError(
+                    f"cannot run job '{verb}' on unit '{unit}': unknown job type",
+                    f"use one of {', '.join(JOB_METHODS)}",
+                )
+            check_unit_name(unit)
+        if not jobs:
+            return {}
+        self._listen_for_jobs()  # before any call: a fast job's JobRemoved cannot be missed
+        self._collecting = True
+        try:
+            return self._wait_jobs(jobs, mode, timeout)
+        finally:
+            self._collecting = False
+            self._removed.clear()
+
+    def _wait_jobs(
+        self, jobs: Sequence[tuple[str, str]], mode: str, timeout: float | None
+    ) -> dict[str, JobResult]:
+        deadline = time.monotonic() + (DEFAULT_JOB_TIMEOUT if timeout is None else timeout)
+        requests = [
+            (
+                (verb, unit),
+                JOB_METHODS[verb],
+                partial(_manager_call, member=JOB_METHODS[verb], signature="ss", body=(unit, mode)),
+            )
+            for verb, unit in jobs
+        ]
+        queued: dict[str, str] = {}  # unit -> job path
+        errors: list[SystemdError] = []
+        for (verb, unit), reply in self._conn.pipeline(_jobs_what(jobs), requests):
+            try:
+                queued[unit] = str(_unwrap(f"{verb} unit '{unit}'", reply)[0])
+            except SystemdError as exc:
+                errors.append(exc)
+        while any(job not in self._removed for job in queued.values()):
+            if time.monotonic() >= deadline or not self._conn.receive(deadline, _jobs_what(jobs)):
+                break
+        results = {
+            unit: JobResult(unit, job, self._removed.pop(job, "wait-timeout"))
+            for unit, job in queued.items()
+        }
+        if errors:
+            raise errors[0]
+        return results
+
+    def _one_job(self, verb: str, name: str, mode: str, timeout: float | None) -> JobResult:
+        return self.run_jobs([(verb, name)], mode=mode, timeout=timeout)[name]
+
+    def start(self, name: str, mode: str = "replace", timeout: float | None = None) -> JobResult:
+        return self._one_job("start", name, mode, timeout)
+
+    def stop(self, name: str, mode: str = "replace", timeout: float | None = None) -> JobResult:
+        return self._one_job("stop", name, mode, timeout)
+
+    def restart(self, name: str, mode: str = "replace", timeout: float | None = None) -> JobResult:
+        return self._one_job("restart", name, mode, timeout)
+
+    def try_restart(
+        self, name: str, mode: str = "replace", timeout: float | None = None
+    ) -> JobResult:
+        return self._one_job("try-restart", name, mode, timeout)
+
+    # -- signals ------------------------------------------------------------------------
+
+    def watch(
+        self, names: Sequence[str] | None = None, *, queue_size: int = 10000
+    ) -> PropertyStream:
+        """PropertiesChanged of ``names`` (None: every unit), queued up to ``queue_size``."""
+        if names is not None:
+            _check_names(names)
+        self.subscribe()
+        return PropertyStream(self._conn, names, queue_size)
+
+
+_NO_FILE = frozenset(
+    {"org.freedesktop.DBus.Error.FileNotFound", "org.freedesktop.systemd1.NoSuchUnit"}
+)
+
+
+def _unwrap(what: str, reply: Message) -> tuple[object, ...]:
+    if reply.type == ERROR:
+        raise dbus_error(what, reply.error_name, reply.error_text())
+    return reply.body()
+
+
+_manager_call = partial(build_call, path=MANAGER_PATH, interface=MANAGER)
+
+
+def _units_what(names: Iterable[str]) -> str:
+    names = list(names)
+    if len(names) == 1:
+        return f"read unit '{names[0]}'"
+    return f"read {len(names)} units"
+
+
+def _files_what(files: Sequence[str]) -> str:
+    return f"unit file '{files[0]}'" if len(files) == 1 else f"unit files '{', '.join(files)}'"
+
+
+def _jobs_what(jobs: Sequence[tuple[str, str]]) -> str:
+    if len(jobs) == 1:
+        return f"{jobs[0][0]} unit '{jobs[0][1]}'"
+    return f"run {len(jobs)} jobs"
