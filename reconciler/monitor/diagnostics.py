@@ -18,7 +18,9 @@ Collection runs in a small thread pool (``workers``, default 2) with a bounded b
 (``max_pending``), and a pass bundles at most ``max_per_pass`` of its new findings, the
 most severe first: a burst of findings never forks a burst of journalctl processes, and
 what does not fit is dropped and counted. Retention: bundles older than ``max_age_days``
-go, then the oldest until the directory is under ``max_total_mb``.
+go, then the oldest until the directory is under ``max_total_mb``; a bundle an open finding
+names is never removed (the evidence of what is still wrong is the one wanted), so bundles
+of resolved findings go first, whatever their age.
 
 ``journal_command`` says which journal to read: ``["journalctl"]`` on a real host. A
 monitor running outside the host whose journal it reads (the tests, against the
@@ -39,7 +41,7 @@ import tarfile
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,6 +78,7 @@ def load_config(settings: Settings) -> DiagnosticsConfig:
     default = DiagnosticsConfig(directory=settings.state_dir / "diagnostics")
 
     def number(key: str, fallback: float, scale: float = 1.0) -> float:
+        """``key`` times ``scale`` (MiB, days); ``fallback`` is already in bytes/seconds."""
         value = raw.get(key)
         if value is None:
             return fallback
@@ -104,8 +107,8 @@ def load_config(settings: Settings) -> DiagnosticsConfig:
         workers=max(1, int(number("workers", default.workers))),
         max_pending=max(1, int(number("max_pending", default.max_pending))),
         max_per_pass=int(number("max_per_pass", default.max_per_pass)),
-        max_total_bytes=int(number("max_total_mb", default.max_total_bytes / (1 << 20), 1 << 20)),
-        max_age_sec=number("max_age_days", default.max_age_sec / 86400, 86400.0),
+        max_total_bytes=int(number("max_total_mb", default.max_total_bytes, 1 << 20)),
+        max_age_sec=number("max_age_days", default.max_age_sec, 86400.0),
         command_timeout_sec=number("command_timeout_sec", default.command_timeout_sec),
     )
 
@@ -249,11 +252,20 @@ def _write_bundle(directory: Path, stem: str, members: Mapping[str, bytes], at: 
     return target
 
 
-def prune(directory: Path, max_total_bytes: int, max_age_sec: float, now: float) -> list[Path]:
+def prune(
+    directory: Path,
+    max_total_bytes: int,
+    max_age_sec: float,
+    now: float,
+    keep: Collection[Path] = (),
+) -> list[Path]:
     """Remove bundles past ``max_age_sec``, then the oldest until under ``max_total_bytes``.
 
-    The newest bundle is always kept, even alone over the limit: it is the one wanted now.
+    ``keep`` (the bundles open findings name) is never removed, even over the limits: the
+    others (resolved findings', orphans) go first. The newest bundle is always kept too,
+    even alone over the limit: it is the one wanted now.
     """
+    kept = {Path(p).name for p in keep}
     try:
         bundles = sorted(
             ((p.stat().st_mtime, p.stat().st_size, p) for p in directory.glob("*.tar.gz")),
@@ -265,6 +277,8 @@ def prune(directory: Path, max_total_bytes: int, max_age_sec: float, now: float)
     for i, (mtime, size, path) in enumerate(bundles):
         if i == len(bundles) - 1:
             break
+        if path.name in kept:
+            continue
         if now - mtime > max_age_sec or total > max_total_bytes:
             path.unlink(missing_ok=True)
             removed.append(path)
@@ -320,8 +334,9 @@ class Collector:
             with self._lock:
                 self._pending -= 1
 
-    def close(self, *, now: float | None = None) -> list[Path]:
-        """Wait for queued bundles, prune the directory; returns the bundles written."""
+    def close(self, *, now: float | None = None, keep: Collection[Path] = ()) -> list[Path]:
+        """Wait for queued bundles, prune the directory (never ``keep``, the bundles of
+        open findings, nor the ones just written); returns the bundles written."""
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
@@ -332,5 +347,6 @@ class Collector:
                 self.config.max_total_bytes,
                 self.config.max_age_sec,
                 time.time() if now is None else now,
+                [*keep, *self.written],
             )
         return list(self.written)

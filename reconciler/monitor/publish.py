@@ -141,7 +141,8 @@ def bundles(
         )
         futures.append((f, collector.submit(incident)))
     written: dict[int, str] = {}
-    collector.close()
+    open_bundles = [Path(f.bundle) for f in db.open_findings().values() if f.bundle]
+    collector.close(keep=open_bundles)
     for f, future in futures:
         result = future.result() if future is not None else None
         if result is not None:

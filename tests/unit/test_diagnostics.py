@@ -68,3 +68,24 @@ def test_collector_bounds_the_backlog(tmp_path: Path) -> None:
     assert sum(f is None for f in futures) == 3 and collector.dropped == 3
     written = collector.close()
     assert len(written) == 2 and all(p.exists() for p in written)
+
+
+def test_defaults_without_a_diagnostics_section_are_mib_and_days(tmp_path: Path) -> None:
+    from reconciler import config
+
+    (tmp_path / "config.toml").write_text("[monitor]\n")
+    settings = config.load(tmp_path / "config.toml", {"state_dir": tmp_path})
+    loaded = diagnostics.load_config(settings)
+    assert loaded.max_total_bytes == 256 << 20  # not 256 bytes
+    assert loaded.max_age_sec == 14 * 86400.0  # not 14 seconds
+
+
+def test_prune_never_removes_an_open_findings_bundle(tmp_path: Path) -> None:
+    opened = bundle(tmp_path, "open-old", 400, 30 * 86400)  # past max age, over the size too
+    resolved_new = bundle(tmp_path, "resolved-new", 400, 200)
+    newest = bundle(tmp_path, "newest", 400, 100)
+    removed = diagnostics.prune(
+        tmp_path, max_total_bytes=500, max_age_sec=14 * 86400, now=NOW, keep=[opened]
+    )
+    assert removed == [resolved_new]  # the resolved one goes first, although younger
+    assert opened.exists() and newest.exists()
