@@ -221,13 +221,15 @@ def _flapping(
     changes = len(states) - 1
     if changes < th.flap_transitions:
         return None
-    span = states[-1][0] - states[0][0]
+    # From the first transition to the last: the look before the first one (a baseline read,
+    # minutes earlier) is where the count starts, not part of the span.
+    span = states[-1][0] - states[1][0]
     summary = (
         f"{unit} went up and down {changes} times in {_span(span)} "
         f"(threshold {th.flap_transitions} in {_span(th.flap_window_sec)})"
     )
     evidence: Evidence = dict(transitions=changes, span_sec=round(span, 3))
-    evidence.update(window_sec=th.flap_window_sec)
+    evidence.update(window_sec=th.flap_window_sec, first_at=states[1][0], last_at=states[-1][0])
     return Finding("flapping", unit, "warning", summary, evidence, now)
 
 

@@ -373,3 +373,14 @@ def test_finding_round_trip() -> None:
     f = _one(restart_always(), "crash_loop")
     assert Finding.from_dict(json.loads(json.dumps(f.to_dict()))) == f
     assert f.key == ("crash_loop", UNIT)
+
+
+def test_flapping_states_the_span_of_its_transitions_not_since_the_baseline() -> None:
+    looks = [obs(T0)]  # the baseline read, five minutes before the first transition
+    for i in range(6):
+        looks.append(obs(T0 + 300 + 10 * i, "inactive" if i % 2 == 0 else "active", inv=str(i)))
+    (flap,) = [f for f in detect(UNIT, [], looks, T0 + 360, TH) if f.kind == "flapping"]
+    assert flap.evidence["transitions"] == 6
+    assert flap.evidence["span_sec"] == 50.0
+    assert (flap.evidence["first_at"], flap.evidence["last_at"]) == (T0 + 300, T0 + 350)
+    assert "6 times in 50s" in flap.summary
