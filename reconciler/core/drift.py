@@ -12,7 +12,9 @@ it with the ``DesiredUnit`` and says what differs, one ``DriftItem`` per aspect:
   cannot be enabled and are fine);
 - ``active``: should run (``start``) but is inactive, or is failed (any unit, also one run
   by a timer). A oneshot that finished with success is not "inactive";
-- ``timer``: an active timer with a repeating schedule but no next elapse.
+- ``timer``: an active timer with a repeating schedule but no next elapse, while the unit
+  it triggers does not run (during a run systemd has no next elapse: a long job is not
+  drift).
 
 :func:`drift_finding` folds a unit's items into one ``Finding`` of kind ``drift``, and
 :func:`missed_run` asks ``patterns.detect_missed_run`` about a timer with the longest gap
@@ -45,6 +47,7 @@ class TimerInfo:
     calendar: tuple[str, ...] = ()  # OnCalendar specs, normalised by systemd
     randomized_delay_sec: float = 0.0
     accuracy_sec: float = 0.0
+    job_running: bool = False  # the unit it triggers runs now: no next elapse until it ends
 
     @property
     def repeats(self) -> bool:
@@ -135,6 +138,7 @@ def check(desired: DesiredUnit, state: UnitState) -> list[DriftItem]:
         and live.active_state == "active"
         and timer.repeats
         and timer.next_elapse_at is None
+        and not timer.job_running
     ):
         add("timer", "next run scheduled", "no next elapse")
     return items
@@ -204,6 +208,8 @@ def missed_run(
     th: Thresholds,
     calendar_intervals: Mapping[str, float],
 ) -> Finding | None:
+    if timer.job_running:
+        return None  # the run is happening now; a hung one is the service's matter
     interval = schedule_interval(timer, calendar_intervals)
     return detect_missed_run(name, timer.last_trigger_at, timer.next_elapse_at, interval, now, th)
 

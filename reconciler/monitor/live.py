@@ -36,6 +36,7 @@ TIMER_PROPS = (
     "TimersCalendar",
     "RandomizedDelayUSec",
     "AccuracyUSec",
+    "Unit",
 )
 DEPENDANT_PROPS = ("RequiredBy", "WantedBy", "BoundBy", "ConsistsOf")
 CGROUP_ROOTS = (
@@ -104,7 +105,9 @@ def _monotonic_to_wall(usec: object, wall: float, mono: float) -> float | None:
     return wall + (usec / 1e6 - mono)
 
 
-def _timer_info(props: Mapping[str, object], wall: float, mono: float) -> TimerInfo:
+def _timer_info(
+    props: Mapping[str, object], wall: float, mono: float, running: Mapping[str, bool]
+) -> TimerInfo:
     next_at = _usec(props.get("NextElapseUSecRealtime"))
     mono_next = _monotonic_to_wall(props.get("NextElapseUSecMonotonic"), wall, mono)
     if mono_next is not None and (next_at is None or mono_next < next_at):
@@ -124,6 +127,7 @@ def _timer_info(props: Mapping[str, object], wall: float, mono: float) -> TimerI
         calendar=calendar,
         randomized_delay_sec=int(props.get("RandomizedDelayUSec", 0) or 0) / 1e6,  # type: ignore[call-overload]
         accuracy_sec=int(props.get("AccuracyUSec", 0) or 0) / 1e6,  # type: ignore[call-overload]
+        job_running=running.get(str(props.get("Unit", "")), False),
     )
 
 
@@ -167,6 +171,7 @@ def read_state(
         if group:
             for name, values in systemd.get_properties(group, iface, wanted).items():
                 extra[name].update(values)
+    running = _jobs_running(systemd, live, [extra[t] for t in timers])
     states: dict[str, UnitState] = {}
     for name in names:
         unit = live.get(name, LiveUnit(name))
@@ -185,9 +190,24 @@ def read_state(
             memory_source=source,
             control_group=cgroup,
             restart_policy=str(props.get("Restart", "") or ""),
-            timer=_timer_info(props, wall, mono) if name in timers else None,
+            timer=_timer_info(props, wall, mono, running) if name in timers else None,
         )
     return states
+
+
+def _jobs_running(
+    systemd: Systemd, live: Mapping[str, LiveUnit], timers: Sequence[Mapping[str, object]]
+) -> dict[str, bool]:
+    """Whether each timer-triggered unit is running now: while it does, systemd shows no
+    next elapse (the next one is computed when the run ends), which is not drift. Units
+    not read already (a timer whose service is not managed) cost one more call."""
+    wanted = {str(p.get("Unit", "")) for p in timers}
+    wanted.discard("")
+    units = {n: live[n] for n in wanted if n in live}
+    missing = sorted(wanted - set(units))
+    if missing:
+        units.update(systemd.list_units(missing))
+    return {n: u.active_state in _RUNNING for n, u in units.items()}
 
 
 def _is_service(name: str, unit: LiveUnit) -> bool:

@@ -42,3 +42,35 @@ def test_every_open_findings_bundle_stays_on_disk(mon: Mon, make_unit) -> None: 
     assert len(bundles) == 3
     for path in bundles:
         assert path is not None and Path(path).exists(), path
+
+
+LONG_JOB_TIMER = """\
+[Timer]
+OnActiveSec=1s
+OnUnitActiveSec=1min
+AccuracySec=100ms
+"""
+
+
+def test_a_long_timer_job_running_is_not_drift(mon: Mon, make_unit) -> None:  # type: ignore[no-untyped-def]
+    """While its service runs a timer has no next elapse: that is a run, not drift."""
+    svc = make_unit("backup.service", "[Service]\nType=oneshot\nExecStart=/bin/sleep 8\n")
+    timer = svc.removesuffix(".service") + ".timer"
+    (mon.host.unit_dir / timer).write_text(LONG_JOB_TIMER)
+    try:
+        mon.host.systemctl("daemon-reload")
+        mon.desire(mon.unit(svc, start=False), mon.unit(timer))
+        mon.host.systemctl("start", timer)
+        settle(mon, svc, {"ActiveState": "activating"}, 10)
+        assert mon.show(timer, "NextElapseUSecMonotonic")["NextElapseUSecMonotonic"] in (
+            "",
+            "0",
+            "infinity",
+        )
+        result = mon.run()
+        assert [f.key for f in result.open if f.finding.unit in (svc, timer)] == []
+        assert not [d for d in result.drift if d.unit == timer]
+    finally:
+        mon.host.systemctl("stop", timer, svc, check=False)
+        (mon.host.unit_dir / timer).unlink(missing_ok=True)
+        mon.host.systemctl("daemon-reload", check=False)

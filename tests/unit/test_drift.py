@@ -97,6 +97,11 @@ def test_timer_without_next_elapse() -> None:
     assert [i.aspect for i in drift.check(want, state(live, "[Timer]\n", timer=stuck))] == ["timer"]
     once = TimerInfo(monotonic=(("OnActiveUSec", 60.0),))  # a one-shot timer: nothing next is fine
     assert drift.check(want, state(live, "[Timer]\n", timer=once)) == []
+    running = replace(stuck, job_running=True)  # a long job: the next elapse comes at its end
+    assert drift.check(want, state(live, "[Timer]\n", timer=running)) == []
+    th = Thresholds(missed_run_grace_sec=1)
+    assert drift.missed_run("t.timer", stuck, 1000.0, th, {}) is not None
+    assert drift.missed_run("t.timer", running, 1000.0, th, {}) is None
 
 
 def test_finding_folds_items() -> None:
