@@ -55,10 +55,9 @@ STEADY = "[Service]\nExecStart=/bin/sleep infinity\n"
 DESIRE = """\
 import json, sys
 from pathlib import Path
-from reconciler import reconcile
-from reconciler.store.sync_store import Store
+from reconciler.store.sync_store import DESIRED_KEY, Store
 with Store.open(Path(sys.argv[1])) as store:
-    store.kv_set(sync_store.DESIRED_KEY, sys.argv[2])
+    store.kv_set(DESIRED_KEY, sys.argv[2])
 print("{}")
 """
 COUNTERS = """\
