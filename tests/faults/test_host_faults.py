@@ -242,7 +242,8 @@ def test_state_database_fault_during_a_sync(
             Path(f"{db}{suffix}").unlink(missing_ok=True)
     else:
         locker = subprocess.Popen(
-            [sys.executable, "-c", LOCKER, str(db), "12"], stdout=subprocess.PIPE, text=True
+            # held past the sync's next write (~2 s on) plus its 10 s busy_timeout, with room
+            [sys.executable, "-c", LOCKER, str(db), "16"], stdout=subprocess.PIPE, text=True
         )
         assert locker.stdout and locker.stdout.readline().strip() == "locked"
     faulted = time.monotonic()
