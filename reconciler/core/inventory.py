@@ -13,7 +13,8 @@ import difflib
 import json
 import re
 import tomllib
-from collections.abc import Callable, Iterable, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -39,6 +40,7 @@ MAX_STEM = 255 - len(".service")  # systemd's unit name limit is 255 bytes
 TRIGGERS: tuple[str, ...] = ("calendar", "active_sec", "boot_sec", "startup_sec")
 TRIGGERS += ("unit_active_sec", "unit_inactive_sec")
 UNIT_TYPES = ("service", "socket", "target", "path", "timer", "mount", "slice", "scope")
+MAX_NESTING = 64  # levels of tables and arrays in one file (deeper ones crash parsers)
 
 _STEM_CHARS = re.compile(r"[A-Za-z0-9:_.@-]+")
 _HOST_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}")
@@ -173,7 +175,7 @@ def _calendar(value: object) -> tuple[str, ...]:
 
 
 def _unique(names: list[str]) -> list[str]:
-    twice = sorted({n for n in names if names.count(n) > 1})
+    twice = [n for n, count in Counter(names).items() if count > 1]  # linear: lists may be long
     if twice:
         raise PydanticCustomError("unique", f"listed twice: {listing(twice)}")
     return names
@@ -329,9 +331,11 @@ def _message(error: ErrorDetails) -> str:
     return "unknown key" + (f" (did you mean '{close[0]}'?)" if close else "")
 
 
-def _one_line(path: str, problems: list[tuple[str, str]]) -> InventoryError:
+def _one_line(path: str, problems: list[tuple[str, str]], count: int = 0) -> InventoryError:
+    """The first problem and how many more there are (``count``: all, if not ``problems``)."""
     where, message = problems[0]
-    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    count = count or len(problems)
+    more = f" (and {count - 1} more)" if count > 1 else ""
     prefix = f"{path}: {where}: " if where else f"{path}: "
     return InventoryError(prefix + message + more)
 
@@ -347,20 +351,71 @@ def _parse(files: Mapping[str, bytes], path: str, model: type[_Strict]) -> Any:
             hint="see the example inventory/ folder of the reconciler project",
         )
     try:
-        data = tomllib.loads(files[path].decode("utf-8"))
+        text = files[path].decode("utf-8")
+        data = tomllib.loads(text)
     except UnicodeDecodeError as exc:
         raise InventoryError(f"{path}: not valid UTF-8 at byte {exc.start}") from None
+    except RecursionError:  # tomllib recurses once per level of nesting
+        raise InventoryError(
+            f"{path}:{_deep_line(text)}: tables and arrays nested deeper than {MAX_NESTING} levels"
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         match = _TOML_POSITION.match(str(exc))
         if not match:
             raise InventoryError(f"{path}: {exc}") from None
         where = f"{match['line']}:{match['col']}" if match["line"] else "end of file"
         raise InventoryError(f"{path}:{where}: {match['msg']}") from None
+    deep = _too_deep(data)
+    if deep is not None:
+        raise InventoryError(
+            f"{path}: {key_path(deep[:4])}...: tables and arrays nested deeper than "
+            f"{MAX_NESTING} levels"
+        )
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        problems = [(key_path(e["loc"]), _message(e)) for e in exc.errors(include_url=False)]
-        raise _one_line(path, problems) from None
+        errors = exc.errors(include_url=False)
+        first = (key_path(errors[0]["loc"]), _message(errors[0]))  # only the first is shown
+        raise _one_line(path, [first], len(errors)) from None
+
+
+def _too_deep(data: object) -> tuple[str | int, ...] | None:
+    """The key path of the first table or array deeper than ``MAX_NESTING`` (no recursion)."""
+    stack: list[tuple[tuple[str | int, ...], object]] = [((), data)]
+    while stack:  # only tables and arrays are pushed: scalars cost one isinstance each
+        loc, item = stack.pop()
+        pairs = item.items() if isinstance(item, dict) else enumerate(item)  # type: ignore[arg-type]
+        for key, child in pairs:
+            if isinstance(child, dict | list):
+                if len(loc) >= MAX_NESTING:
+                    return (*loc, key)
+                stack.append(((*loc, key), child))
+    return None
+
+
+_TOML_TOKEN = re.compile(
+    r'"""(?:[^"\\]|\\.|"(?!""))*"""'  # multi-line basic string
+    r"|'''(?:[^']|'(?!''))*'''"  # multi-line literal string
+    r'|"(?:[^"\\\n]|\\.)*"'  # basic string
+    r"|'[^'\n]*'"  # literal string
+    r"|#[^\n]*|[\[\]{}\n]",  # comment, bracket, line end
+    re.S,
+)
+
+
+def _deep_line(text: str) -> int:
+    """The line where brackets outside strings and comments first nest past ``MAX_NESTING``."""
+    depth, line = 0, 1
+    for token in _TOML_TOKEN.finditer(text):
+        t = token.group()
+        if t in "[{":
+            depth += 1
+            if depth > MAX_NESTING:
+                return line
+        elif t in "]}":
+            depth -= 1
+        line += t.count("\n")
+    return line
 
 
 def _template_problem(template: str, files: Mapping[str, bytes]) -> str | None:
@@ -373,27 +428,48 @@ def _template_problem(template: str, files: Mapping[str, bytes]) -> str | None:
 
 def _check_services(
     services: ServicesFile, hosts: HostsFile, groups: frozenset[str], files: Mapping[str, bytes]
-) -> list[tuple[str, str]]:
-    problems: list[tuple[str, str]] = []
+) -> tuple[list[tuple[str, str]], int]:
+    """The first problem (only it is shown, so only it is worded) and how many there are."""
+    first: list[tuple[str, str]] = []
+    count = 0
     known = {ALL, *hosts.hosts, *groups}
     for name, svc in services.services.items():
         problem = _template_problem(svc.template, files)
         if problem:
-            problems.append((key_path(("services", name, "template")), problem))
+            count += 1
+            first = first or [(key_path(("services", name, "template")), problem)]
         for i, target in enumerate(svc.hosts):
             if target not in known:
-                where = key_path(("services", name, "hosts", i))
-                why = f"'{quote(target)}' is neither a host nor a group (known: {listing(known)})"
-                problems.append((where, why))
-    return problems
+                count += 1
+                if not first:
+                    where = key_path(("services", name, "hosts", i))
+                    why = f"'{quote(target)}' is neither a host nor a group"
+                    first = [(where, f"{why} (known: {listing(known)})")]
+    return first, count
+
+
+def _clashes(hosts: HostsFile) -> Iterator[tuple[str, str]]:
+    """Hosts named like a group: a service for host ``db1`` would also run on group ``db1``."""
+    for name, host in hosts.hosts.items():
+        for i, group in enumerate(host.groups):
+            if group in hosts.hosts:
+                why = f"group '{quote(group)}' is also a host's name"
+                yield key_path(("hosts", name, "groups", i)), why
+    for group in hosts.groups:
+        if group in hosts.hosts:
+            yield key_path(("groups", group)), f"group '{quote(group)}' is also a host's name"
 
 
 def load(files: Mapping[str, bytes]) -> Inventory:
     """Validate the inventory of a snapshot (repo-relative path -> bytes)."""
     hosts: HostsFile = _parse(files, HOSTS_FILE, HostsFile)
+    clashes = list(_clashes(hosts))
+    if clashes:
+        error = _one_line(HOSTS_FILE, clashes)
+        raise InventoryError(error.message, hint="host and group names share one namespace")
     services: ServicesFile = _parse(files, SERVICES_FILE, ServicesFile)
     inventory = Inventory(hosts, services)
-    problems = _check_services(services, hosts, inventory.group_names(), files)
-    if problems:
-        raise _one_line(SERVICES_FILE, problems)
+    first, count = _check_services(services, hosts, inventory.group_names(), files)
+    if first:
+        raise _one_line(SERVICES_FILE, first, count)
     return inventory

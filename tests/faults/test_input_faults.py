@@ -127,6 +127,17 @@ CASES: list[tuple[str, Mutation, str]] = [
     ("value with a \\ continuation",
      edit("inventory/hosts.toml", '"hello from the host"', '"x \\\\"'),
      "variable 'greeting' ends with a backslash"),
+    ("host named like a group", lambda work, _name: (work / "inventory/hosts.toml").write_text(
+        (work / "inventory/hosts.toml").read_text() + "\n[hosts.web]\n"),
+     "hosts.testhost.groups[0]: group 'web' is also a host's name"),
+    ("TOML array 50,000 deep", append("[services.NAME-deep]\ntemplate = 'app.service.j2'\n"
+                                      "hosts = ['web']\nvars = { x = " + "[" * 50_000
+                                      + "]" * 50_000 + " }"),
+     "tables and arrays nested deeper than 64 levels"),
+    ("TOML inline table 900 deep", append("[services.NAME-deep]\ntemplate = 'app.service.j2'\n"
+                                          "hosts = ['web']\nvars = { x = " + "{a=" * 900 + "1"
+                                          + "}" * 900 + " }"),
+     "tables and arrays nested deeper than 64 levels"),
 ]  # fmt: skip
 
 
@@ -212,6 +223,31 @@ def test_ten_thousand_service_inventory(fenv: FaultEnv, fault_report: Report) ->
     assert len(starts) == mine
     assert first_sec < 60 and noop_sec < 15
     assert nothing_lost
+
+
+def test_150000_name_hosts_list(fenv: FaultEnv, fault_report: Report) -> None:
+    """A service's ``hosts`` and a host's ``groups``, 150,000 names each (1.7 MB apiece):
+    the duplicate check was quadratic (still validating after 60 s, holding the lock)."""
+    groups = [f"g{i:06d}" for i in range(150_000)]
+    listed = ", ".join(f'"{g}"' for g in groups)
+    a = fenv.name("many")
+    files = base_files(fenv, service(a).replace('hosts = ["web"]', f"hosts = [{listed}]"))
+    files["inventory/hosts.toml"] = HOSTS.replace('groups = ["web"]', f'groups = ["web", {listed}]')
+    assert len(files["inventory/services.toml"]) > 1_600_000
+    fenv.repo.commit(files, message="150,000 names")
+    started = time.monotonic()
+    proc = fenv.run("sync", "--json")
+    took = time.monotonic() - started
+    applied = proc.returncode == 0 and json.loads(proc.stdout)["result"] == "applied"
+    fenv.settled([f"{a}.service"])
+    fault_report(
+        "150,000-name hosts and groups lists (1.7 MB each)",
+        f"validated in linear time; the whole first sync took {took:.1f}s",
+        took,
+        applied,
+    )
+    assert applied, proc.stderr
+    assert took < 20
 
 
 def test_empty_inventory_needs_allow_empty(fenv: FaultEnv, fault_report: Report) -> None:

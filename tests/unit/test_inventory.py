@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -306,6 +308,36 @@ BAD: list[tuple[str, dict[str, bytes], str, str]] = [
         "",
     ),
     (
+        "host named like a group of another host",
+        files(hosts=b"[hosts.db1]\n[hosts.web2]\ngroups = ['db1']\n"),
+        f"{H}: hosts.web2.groups[0]: group 'db1' is also a host's name",
+        "share one namespace",
+    ),
+    (
+        "host named like a declared group",
+        files(hosts=b"[groups.db1]\n[hosts.db1]\n"),
+        f"{H}: groups.db1: group 'db1' is also a host's name",
+        "share one namespace",
+    ),
+    (
+        "array 50,000 deep",
+        files(services=svc("vars = { x = " + "[" * 50_000 + "]" * 50_000 + " }\n")),
+        f"{S}:4: tables and arrays nested deeper than 64 levels",
+        "",
+    ),
+    (
+        "inline table 900 deep",
+        files(services=svc("vars = { x = " + "{a=" * 900 + "1" + "}" * 900 + " }\n")),
+        f"{S}:4: tables and arrays nested deeper than 64 levels",
+        "",
+    ),
+    (
+        "hosts vars 100 deep (parsed, then refused)",
+        files(hosts=b"[hosts.h1]\nvars = { x = " + b"[" * 100 + b"]" * 100 + b" }\n"),
+        f"{H}: hosts.h1.vars.x...: tables and arrays nested deeper than 64 levels",
+        "",
+    ),
+    (
         "several problems",
         files(services=svc("foo = 1\nbar = 2\nenable = 3\n")),
         f"{S}: services.web.enable: Input should be a valid boolean (and 2 more)",
@@ -325,6 +357,42 @@ def test_bad_input_is_one_line_naming_file_and_key(
     assert message.startswith(start), message
     assert contains in message
     assert message.isascii()
+
+
+def test_deep_line_skips_strings_and_comments() -> None:
+    text = "a = \"[[[[\"\n# [[[[[[\nb = '''\n[[[[\n'''\nc = " + "[" * 70
+    assert inventory._deep_line(text) == 6
+
+
+@pytest.mark.parametrize("where", ["services", "groups"])
+def test_150000_names_validate_in_linear_time(where: str) -> None:
+    """A 150,000-name ``hosts`` list (or a host's ``groups``): the duplicate check was
+    quadratic (``list.count`` per name: hours). Bounded by an alarm so a regression fails."""
+    names = [f"g{i:06d}" for i in range(150_000)]
+    listed = ", ".join(f'"{n}"' for n in names)
+    hosts = f"[hosts.h1]\ngroups = [{listed}]\n" if where == "groups" else "[hosts.h1]\n"
+    targets = listed if where == "groups" else '"h1", ' + listed
+    services = f'[services.web]\ntemplate = "web.service.j2"\nhosts = [{targets}]\n'
+    given = files(hosts=hosts.encode(), services=services.encode())
+    assert len(given[S]) > 1_500_000
+
+    def too_slow(signum: int, frame: object) -> None:
+        raise TimeoutError("inventory.load took more than 10 s")
+
+    previous = signal.signal(signal.SIGALRM, too_slow)
+    signal.setitimer(signal.ITIMER_REAL, 10)
+    try:
+        started = time.process_time()
+        if where == "groups":
+            assert [s.name for s in inventory.load(given).select("h1")] == ["web"]
+        else:  # the groups are unknown: refused, the first named, the rest counted
+            with pytest.raises(InventoryError, match=r"hosts\[1\]: 'g000000' .* 149999 more"):
+                inventory.load(given)
+        used = time.process_time() - started
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert used < 1.5, f"{used:.2f} s of CPU"  # ~0.5 s here, most of it tomllib
 
 
 def test_toml_syntax_error_names_line() -> None:
