@@ -243,7 +243,9 @@ def test_state_database_fault_during_a_sync(
     else:
         locker = subprocess.Popen(
             # held past the sync's next write (~2 s on) plus its 10 s busy_timeout, with room
-            [sys.executable, "-c", LOCKER, str(db), "16"], stdout=subprocess.PIPE, text=True
+            [sys.executable, "-c", LOCKER, str(db), "16"],
+            stdout=subprocess.PIPE,
+            text=True,
         )
         assert locker.stdout and locker.stdout.readline().strip() == "locked"
     faulted = time.monotonic()
