@@ -1,0 +1,66 @@
+"""systemd's unit directories as they are on disk (talks to the file system).
+
+One pass over the search path per sync: the unit-named entries of every directory and
+the symlinks in the config directories that enable units. The answer to "is it enabled"
+is then computed for every unit at once by ``reconciler.core.enablement``, instead of one
+``UnitFileState`` read per unit, which systemd 252 answers by rescanning the same
+directories each time.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from reconciler.core.enablement import (
+    CONFIG_DIRS,
+    DEPENDENCY_SUFFIXES,
+    SEARCH_PATH,
+    Entry,
+    UnitDirs,
+    template_of,
+)
+
+
+def _scan(path: Path) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(path) as it:
+            return list(it)
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        return []
+
+
+def read_unit_dirs(root: Path = Path("/")) -> UnitDirs:
+    """The search path under ``root`` (``/``, or a host's ``/proc/PID/root`` from outside)."""
+    entries: dict[str, list[Entry]] = {}
+    links: list[tuple[str, str, str]] = []
+    for directory in SEARCH_PATH:
+        config = directory in CONFIG_DIRS
+        for item in _scan(root / directory.lstrip("/")):
+            if item.is_dir(follow_symlinks=False):
+                if config and item.name.endswith(DEPENDENCY_SUFFIXES):
+                    for link in _scan(Path(item.path)):
+                        if link.is_symlink():
+                            links.append((directory, link.name, os.readlink(link.path)))
+                continue
+            if "." not in item.name:
+                continue
+            target = os.readlink(item.path) if item.is_symlink() else None
+            entries.setdefault(item.name, []).append(Entry(directory, target))
+            aliased = target is not None and target.rstrip("/").rpartition("/")[2] != item.name
+            if config and aliased and target != "/dev/null":
+                links.append((directory, item.name, target))  # type: ignore[arg-type]  # Alias=
+    return UnitDirs({n: tuple(e) for n, e in entries.items()}, tuple(links))
+
+
+def read_content(root: Path, dirs: UnitDirs, name: str) -> str | None:
+    """The text of the file systemd would load for ``name`` (None if there is none)."""
+    for candidate in (name, template_of(name)):
+        entries = dirs.entries.get(candidate or "", ())
+        if candidate and entries:
+            try:
+                path = root / entries[0].directory.lstrip("/") / candidate
+                return path.read_text(encoding="utf-8", errors="replace")
+            except OSError:
+                return None
+    return None
