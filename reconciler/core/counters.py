@@ -145,6 +145,7 @@ class Event(Record):
     exit_code: int | None = None
     signal: str | None = None
     estimated: bool = False  # inferred from NRestarts: the count is sure, the time is not
+    by: str = ""  # who started or stopped it: systemd | sync | timer | operator ("": itself)
 
 
 @dataclass(frozen=True)
@@ -243,22 +244,69 @@ def _infer_events(prev: Counters, obs: Observation, new_run: bool) -> list[Event
     unseen: list[str] = []  # kinds of what happened before the run seen now started
     if was_up:
         unseen.append("stop" if manual else "crash")
-    unseen += ["start", "crash"] * (runs - 1)
+    unseen += ["start", "crash"] * (runs - 1)  # the starts here are Restart='s
     start_at = obs.at if obs.running else end_at
     events = []
+    auto = "systemd"
     if runs == 1:
         events = [Event(obs.unit, start_at, kind) for kind in unseen]
     else:
         lo = min(lo, start_at)
         step = (start_at - lo) / (len(unseen) + 1)
         events = [
-            Event(obs.unit, lo + step * (i + 1), kind, estimated=True)
+            Event(obs.unit, lo + step * (i + 1), kind, estimated=True, by=auto * (kind == "start"))
             for i, kind in enumerate(unseen)
         ]
-    events.append(Event(obs.unit, start_at, "start"))
+    events.append(Event(obs.unit, start_at, "start", by="" if manual else auto))
     if not obs.running:
         events.append(end("crash" if obs.failed or refused else "stop", end_at))
     return events
+
+
+@dataclass(frozen=True)
+class Action(Record):
+    """A job the reconciler itself asked systemd for (written before the job runs)."""
+
+    unit: str
+    at: float
+    verb: str  # start | restart | stop
+    by: str = "sync"
+
+
+ACTION_SLACK_SEC = 1.0  # an event may be timed (its look taken) a moment before the action
+
+
+def attribute(
+    events: Sequence[Event],
+    actions: Sequence[Action],
+    since: Mapping[str, float | None],
+    scheduled: Collection[str] = (),
+) -> list[Event]:
+    """Name who asked for the starts and stops ``update_counters`` could not attribute.
+
+    Automatic restarts are already ``systemd``'s. Any other start or requested stop of a
+    unit is the reconciler's when it recorded a job for that unit after the previous look
+    (``since[unit]``: a job recorded before that look had its effect seen by it), else its
+    timer's (a start of a timer-run service), else an operator's. A stop with an exit code
+    is the process ending on its own (a oneshot's success), and a crash is nobody's: both
+    keep ``by`` empty.
+    """
+    out = []
+    for e in events:
+        if e.by or e.kind == "crash" or (e.kind == "stop" and e.exit_code is not None):
+            out.append(e)
+            continue
+        lo = since.get(e.unit)
+        lo = e.at - STALE_SEC if lo is None else lo
+        mine = [a for a in actions if a.unit == e.unit and lo < a.at <= e.at + ACTION_SLACK_SEC]
+        if mine:
+            by = mine[-1].by
+        elif e.kind == "start" and e.unit in scheduled:
+            by = "timer"
+        else:
+            by = "operator"
+        out.append(replace(e, by=by))
+    return out
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,14 @@ from typing import TYPE_CHECKING, Any
 
 from reconciler.config import Settings
 from reconciler.core import drift as drift_mod
-from reconciler.core.counters import Counters, Event, Observation, update_counters
+from reconciler.core.counters import (
+    STALE_SEC,
+    Counters,
+    Event,
+    Observation,
+    attribute,
+    update_counters,
+)
 from reconciler.core.drift import DriftItem, UnitState
 from reconciler.core.patterns import Finding, Thresholds, detect, impact, reconcile_findings
 from reconciler.errors import UsageError
@@ -195,12 +202,16 @@ class Recorder:
         self.counters: dict[str, Counters] = {}
         self.latest: dict[str, Observation] = {}  # the last look recorded, kept or not
 
-    def record(self, looks: Sequence[Observation]) -> dict[str, list[Event]]:
-        """Fold looks into the persistent counters (one transaction: never double-counted)."""
+    def record(
+        self, looks: Sequence[Observation], scheduled: Collection[str] = ()
+    ) -> dict[str, list[Event]]:
+        """Fold looks into the persistent counters (one transaction: never double-counted);
+        each start or stop says who asked for it (``counters.attribute``)."""
         events: dict[str, list[Event]] = {}
         with self.db.transaction():
             current = self.db.counters({o.unit for o in looks})
             changed: dict[str, Counters] = {}
+            since: dict[str, float | None] = {}
             for obs in sorted(looks, key=lambda o: o.at):
                 prev = changed.get(obs.unit) or current.get(obs.unit)
                 new, evs = update_counters(prev, obs)
@@ -208,6 +219,13 @@ class Recorder:
                     changed[obs.unit] = new
                 if evs:
                     events.setdefault(obs.unit, []).extend(evs)
+                    if obs.unit not in since:
+                        since[obs.unit] = prev.last_seen_at if prev else None
+            if events:
+                lo = min((t for t in since.values() if t is not None), default=looks[-1].at)
+                actions = self.db.actions(events, min(lo, looks[0].at) - STALE_SEC)
+                for unit, evs in events.items():
+                    events[unit] = attribute(evs, actions, since, scheduled)
             self.db.save_counters(changed.values(), looks[0].at if looks else 0.0)
             kept = [o for o in looks if _worth_keeping(o, current.get(o.unit))]
             self.db.add(kept, [e for evs in events.values() for e in evs])
@@ -419,7 +437,8 @@ def run_pass(
         at = time.time() if now is None else now
         view = observe(settings, systemd, store, db.counters())
         recorder = Recorder(db, config)
-        recorder.record(observations(view, at))
+        scheduled = _timer_run(view.desired)
+        recorder.record(observations(view, at), scheduled)
         extra = [
             f
             for name, items in view.drift.items()
@@ -431,7 +450,6 @@ def run_pass(
             if state.timer is not None and starts[name]:
                 missed = drift_mod.missed_run(name, state.timer, at, config.thresholds, intervals)
                 extra += [missed] if missed else []
-        scheduled = _timer_run(view.desired)
         changes = recorder.evaluate(
             list(view.states), at, extra=extra, kinds=PASS_KINDS, scheduled=scheduled
         )

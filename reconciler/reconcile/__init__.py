@@ -190,6 +190,7 @@ def execute(
     with store.transaction():
         store.set_owned(store.owned() | plan.owned_after)  # widen before writing anything
         store.kv_set(PENDING_KEY, json.dumps(pending))  # a kill before the jobs: redo them
+    _record_jobs(settings, store, plan, systemd)
     apply_mod.clean_temp_files(settings.unit_dir)
     lines = iter(plan_mod.describe(plan))
 
@@ -211,6 +212,46 @@ def execute(
         if unit not in gated:
             log.warning("%s: start job %s (no health gate: not rolled back)", unit, result_text)
     return failed
+
+
+def _record_jobs(settings: Settings, store: Store, plan: Plan, systemd: Systemd) -> None:
+    """The start/restart/stop jobs about to run, so ``reconciler events`` says "sync" and
+    not "operator" for what they cause. Written before them: a look may follow at once.
+
+    A unit the monitor has never looked at gets its first look (the baseline) now, before
+    its start job: that first start is then counted, and is the sync's.
+    """
+    from reconciler import monitor
+    from reconciler.core.counters import Action, Observation
+    from reconciler.model import RestartUnit, StartUnit, StopUnit
+    from reconciler.store.finding_store import FindingStore
+
+    verbs = {StartUnit: "start", RestartUnit: "restart", StopUnit: "stop"}
+    now = time.time()
+    jobs = [
+        Action(a.name, now, verbs[type(a)])
+        for a in plan.actions
+        if isinstance(a, StartUnit | RestartUnit | StopUnit)
+    ]
+    if not jobs:
+        return
+    config = monitor.load_config(settings)
+    db = FindingStore(store.path, retention=config.retention)
+    try:
+        db.add_actions(jobs)
+        known = db.counters(j.unit for j in jobs)
+        new = sorted({j.unit for j in jobs if j.verb != "stop" and j.unit not in known})
+        if new:  # not loaded yet (written by this sync): inactive, as systemd will see it
+            lives = systemd.read_units(new)
+            looks = [
+                Observation.from_live(u, now - 0.001)
+                if u.load_state == "loaded"
+                else Observation(u.name, now - 0.001, "inactive", "dead", "", 0, "")
+                for u in lives.values()
+            ]
+            monitor.Recorder(db, config).record(looks)
+    finally:
+        db.close()
 
 
 @contextlib.contextmanager

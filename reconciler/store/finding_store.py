@@ -10,6 +10,8 @@ so the SQL stays here and ``state.Store`` stays the sync's.
   (at most hourly; the cut is indexed).
 - ``monitor_event``: starts, stops and crashes from ``counters.update_counters``; kept
   ``event_days`` (patterns look back up to 28 days) and at most ``events_per_unit`` rows.
+- ``monitor_action``: the start/restart/stop jobs the reconciler itself ran (written before
+  them), so that an event can say it was the sync's and not an operator's; kept as events.
 - ``monitor_counters``: one row per unit (``Counters`` as JSON) plus when it was first seen.
 - ``monitor_finding``: open findings (``resolved_at IS NULL``; one per kind and unit, by a
   partial unique index) and resolved ones, with evidence and impact as JSON.
@@ -29,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from reconciler.core.counters import Counters, Event, Observation
+from reconciler.core.counters import Action, Counters, Event, Observation
 from reconciler.core.patterns import Finding
 from reconciler.errors import StateError
 
@@ -193,9 +195,12 @@ class FindingStore:
                 ),
             )
             self._conn.executemany(
-                "INSERT INTO monitor_event (unit, at, kind, exit_code, signal, estimated)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                ((e.unit, e.at, e.kind, e.exit_code, e.signal, int(e.estimated)) for e in events),
+                "INSERT INTO monitor_event (unit, at, kind, exit_code, signal, estimated, actor)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    (e.unit, e.at, e.kind, e.exit_code, e.signal, int(e.estimated), e.by)
+                    for e in events
+                ),
             )
             for unit in {e.unit for e in events}:  # a crash loop can infer thousands
                 self._conn.execute(
@@ -203,6 +208,51 @@ class FindingStore:
                     " monitor_event WHERE unit = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
                     (unit, unit, self.retention.events_per_unit),
                 )
+
+    def events(self, since: float, unit: str | None = None) -> list[Event]:
+        """The kept starts, stops and crashes since ``since`` (of ``unit``), oldest first."""
+        params: tuple[object, ...] = (since,) if unit is None else (since, unit)
+        where = "at > ?" if unit is None else "at > ? AND unit = ?"
+        return [
+            Event(u, at, kind, code, sig, bool(est), by)
+            for u, at, kind, code, sig, est, by in self._rows(
+                "SELECT unit, at, kind, exit_code, signal, estimated, actor FROM monitor_event"
+                f" WHERE {where} ORDER BY at, id",
+                params,
+            )
+        ]
+
+    def add_actions(self, actions: Sequence[Action]) -> None:
+        with self.transaction(), self._errors("record actions in"):
+            self._conn.executemany(
+                "INSERT INTO monitor_action (unit, at, verb, actor) VALUES (?, ?, ?, ?)",
+                ((a.unit, a.at, a.verb, a.by) for a in actions),
+            )
+
+    def actions(self, units: Iterable[str], since: float) -> list[Action]:
+        """The reconciler's own jobs on ``units`` since ``since``, oldest first."""
+        wanted = set(units)
+        rows = self._rows(
+            "SELECT unit, at, verb, actor FROM monitor_action WHERE at > ? ORDER BY at, id",
+            (since,),
+        )
+        return [Action(*row) for row in rows if row[0] in wanted]
+
+    def reset_counters(self, units: Iterable[str] | None) -> list[str]:
+        """Zero the totals and last exit of ``units`` (None: all); returns the units reset.
+
+        What the next look needs (last run, state, ``NRestarts``) is kept: nothing that
+        happened before the reset is counted again after it. The event log is history and
+        stays.
+        """
+        with self.transaction():
+            current = self.counters(units)
+            reset = [
+                replace(c, starts=0, stops=0, crashes=0, last_exit_code=None, last_signal=None)
+                for c in current.values()
+            ]
+            self.save_counters(reset, 0.0)
+        return sorted(current)
 
     def load(
         self,
@@ -226,13 +276,14 @@ class FindingStore:
         ):
             if row[0] in wanted:
                 out.observations.setdefault(row[0], []).append(Observation(*row))
-        for unit, at, kind, code, sig, est in self._rows(
-            "SELECT unit, at, kind, exit_code, signal, estimated FROM monitor_event"
+        for unit, at, kind, code, sig, est, by in self._rows(
+            "SELECT unit, at, kind, exit_code, signal, estimated, actor FROM monitor_event"
             " WHERE at > ? ORDER BY at, id",
             (events_since,),
         ):
             if unit in wanted:
-                out.events.setdefault(unit, []).append(Event(unit, at, kind, code, sig, bool(est)))
+                event = Event(unit, at, kind, code, sig, bool(est), by)
+                out.events.setdefault(unit, []).append(event)
         out.first_seen = {
             u: float(t)
             for u, t in self._rows("SELECT unit, first_seen FROM monitor_counters")
@@ -250,9 +301,10 @@ class FindingStore:
             self._conn.execute(
                 "DELETE FROM monitor_observation WHERE at < ?", (now - r.observation_days * 86400,)
             )
-            self._conn.execute(
-                "DELETE FROM monitor_event WHERE at < ?", (now - r.event_days * 86400,)
-            )
+            for table in ("monitor_event", "monitor_action"):
+                self._conn.execute(
+                    f"DELETE FROM {table} WHERE at < ?", (now - r.event_days * 86400,)
+                )
             over = self._conn.execute(
                 "SELECT unit FROM monitor_observation GROUP BY unit HAVING count(*) > ?",
                 (r.observations_per_unit,),

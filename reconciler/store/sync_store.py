@@ -105,6 +105,18 @@ MIGRATIONS: list[str] = [
     CREATE INDEX monitor_finding_by_resolved ON monitor_finding (resolved_at);
     CREATE TABLE monitor_kv (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
     """,
+    # 3: who started or stopped a unit (``reconciler events``): the jobs the reconciler ran
+    """
+    ALTER TABLE monitor_event ADD COLUMN actor TEXT NOT NULL DEFAULT '';
+    CREATE TABLE monitor_action (
+        id INTEGER PRIMARY KEY,
+        unit TEXT NOT NULL,
+        at REAL NOT NULL,
+        verb TEXT NOT NULL,
+        actor TEXT NOT NULL
+    );
+    CREATE INDEX monitor_action_by_unit ON monitor_action (unit, at);
+    """,
 ]
 
 

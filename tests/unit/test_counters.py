@@ -13,9 +13,11 @@ import pytest
 
 from reconciler.core.counters import (
     STALE_SEC,
+    Action,
     Counters,
     Event,
     Observation,
+    attribute,
     signal_name,
     update_counters,
 )
@@ -256,3 +258,45 @@ def test_unit_mismatch_is_refused() -> None:
 )
 def test_signal_name(number: int, name: str) -> None:
     assert signal_name(number) == name
+
+
+# -- who did it: counters.attribute ---------------------------------------------------------
+
+
+def _ev(kind: str, at: float, by: str = "", code: int | None = None, sig: str | None = None):  # type: ignore[no-untyped-def]
+    return Event("app.service", at, kind, code, sig, by=by)
+
+
+@pytest.mark.parametrize(
+    ("event", "actions", "since", "scheduled", "by"),
+    [
+        # a job the sync recorded after the previous look: the sync's
+        (_ev("start", 100.0), [Action("app.service", 99.0, "restart")], 90.0, False, "sync"),
+        (_ev("stop", 100.0), [Action("app.service", 99.0, "stop")], 90.0, False, "sync"),
+        # recorded before the previous look: that look saw its effect; this is someone else
+        (_ev("start", 100.0), [Action("app.service", 89.0, "restart")], 90.0, False, "operator"),
+        # another unit's job says nothing of this one
+        (_ev("start", 100.0), [Action("db.service", 99.0, "restart")], 90.0, False, "operator"),
+        # a timer-run service started with no job of ours: its timer
+        (_ev("start", 100.0), [], 90.0, True, "timer"),
+        # a stop by signal with no job of ours: an operator (systemctl stop/kill)
+        (_ev("stop", 100.0, sig="SIGTERM"), [], 90.0, True, "operator"),
+        # a process ending by itself (a oneshot's success), a crash: nobody's
+        (_ev("stop", 100.0, code=0), [Action("app.service", 99.0, "restart")], 90.0, False, ""),
+        (_ev("crash", 100.0, code=3), [Action("app.service", 99.0, "start")], 90.0, False, ""),
+        # Restart='s own starts stay systemd's
+        (
+            _ev("start", 100.0, by="systemd"),
+            [Action("app.service", 99.0, "start")],
+            90,
+            0,
+            "systemd",
+        ),
+        # no earlier look: the job counts back STALE_SEC
+        (_ev("start", 100.0), [Action("app.service", 50.0, "start")], None, False, "sync"),
+    ],
+)
+def test_attribute(event, actions, since, scheduled, by) -> None:  # type: ignore[no-untyped-def]
+    sched = {"app.service"} if scheduled else set()
+    (got,) = attribute([event], actions, {"app.service": since}, sched)
+    assert got.by == by
