@@ -27,6 +27,7 @@ from reconciler.store.finding_store import FindingStore, StoredFinding
 
 if TYPE_CHECKING:
     from reconciler.monitor import HostView, MonitorConfig, PassResult
+    from reconciler.monitor.textfile import WatchFigures
     from reconciler.store.sync_store import Store
     from reconciler.systemd.client import Systemd
 
@@ -174,7 +175,27 @@ def webhook(
     return f"notify webhook: {len(events)} event(s) not delivered"
 
 
-def textfile(config: MonitorConfig, store: Store, view: HostView, result: PassResult) -> None:
+WATCH_FIGURES_KEY = "watch_figures"  # monitor_kv: the watch daemon's collector figures
+
+
+def watch_figures(db: FindingStore) -> WatchFigures | None:
+    """What the watch daemon last stored (None: it never ran, or the row is unreadable)."""
+    from reconciler.monitor import textfile as tf
+
+    text = db.kv_get(WATCH_FIGURES_KEY)
+    try:
+        return tf.WatchFigures(**json.loads(text)) if text else None
+    except (ValueError, TypeError):
+        return None
+
+
+def textfile(
+    config: MonitorConfig,
+    store: Store,
+    view: HostView,
+    result: PassResult,
+    db: FindingStore | None = None,
+) -> None:
     from reconciler.monitor import textfile as tf
 
     if config.textfile is None:
@@ -203,7 +224,14 @@ def textfile(config: MonitorConfig, store: Store, view: HostView, result: PassRe
     findings = [
         tf.OpenFinding(f.finding.kind, f.finding.unit, f.finding.severity) for f in result.open
     ]
-    text = tf.build(units, findings, last, pass_at=result.at, pass_duration_sec=result.duration_sec)
+    text = tf.build(
+        units,
+        findings,
+        last,
+        pass_at=result.at,
+        pass_duration_sec=result.duration_sec,
+        watch=watch_figures(db) if db is not None else None,
+    )
     tf.write(config.textfile, text)
 
 
@@ -267,7 +295,7 @@ def publish(
     result.open = [replace(f, bundle=written.get(f.id, f.bundle)) for f in result.open]
     result.duration_sec = time.monotonic() - started
     try:
-        textfile(config, store, view, result)
+        textfile(config, store, view, result, db)
     except Exception as exc:
         log.warning("cannot write the monitor textfile '%s': %s", config.textfile, exc)
         result.warnings.append(f"textfile: {exc}")

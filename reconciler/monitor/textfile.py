@@ -20,6 +20,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import ClassVar
 
 STATES = ("active", "activating", "deactivating", "inactive", "failed")  # as node_exporter
 
@@ -51,6 +52,22 @@ class LastSync:
     duration_sec: float
     result: str  # applied | noop | rolled-back | failed | ...
     revision: str = ""
+
+
+@dataclass(frozen=True)
+class WatchFigures:
+    """The watch daemon's collector, as it last stored them (``monitor_kv``)."""
+
+    at: float  # unix seconds
+    running: bool
+    units: int
+    events_total: int
+    dropped_total: int
+    events_per_sec: float
+    queue_depth: int  # the fullest the signal queue was since the figures before
+    queue_size: int
+
+    FRESH_SEC: ClassVar[float] = 60.0  # the daemon stores them every few seconds
 
 
 SUCCESS_RESULTS = frozenset({"applied", "noop", "success"})
@@ -110,6 +127,7 @@ def build(
     *,
     pass_at: float,
     pass_duration_sec: float,
+    watch: WatchFigures | None = None,
 ) -> str:
     """The whole file's text (ends with a new line)."""
     out = _Text()
@@ -206,7 +224,24 @@ def build(
         "How long the last monitoring pass took.",
         [({}, pass_duration_sec)],
     )
+    if watch is not None:
+        _watch(out, watch, pass_at)
     return "\n".join(out.lines) + "\n"
+
+
+def _watch(out: _Text, w: WatchFigures, now: float) -> None:
+    up = w.running and now - w.at <= WatchFigures.FRESH_SEC
+    for name, kind, text, value in (
+        ("up", "gauge", "1 while the watch daemon runs and reports.", int(up)),
+        ("units", "gauge", "Units the watch daemon watches.", w.units),
+        ("events_total", "counter", "PropertiesChanged signals handled.", w.events_total),
+        ("dropped_total", "counter", "Signals dropped (queue full).", w.dropped_total),
+        ("events_per_second", "gauge", "Signals handled per second, lately.", w.events_per_sec),
+        ("queue_depth", "gauge", "Fullest the signal queue was, lately.", w.queue_depth),
+        ("queue_size", "gauge", "Places in the signal queue.", w.queue_size),
+        ("report_timestamp_seconds", "gauge", "When these figures were taken.", w.at),
+    ):
+        out.family(f"reconciler_watch_{name}", kind, text, [({}, value)])
 
 
 def write(path: Path, text: str) -> None:

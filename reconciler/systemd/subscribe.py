@@ -62,6 +62,11 @@ class PropertyStream:
     def closed(self) -> bool:
         return self._queue.closed
 
+    @property
+    def depth(self) -> int:
+        """Signals received and not yet taken."""
+        return len(self._queue.items)
+
     def next_change(self, timeout: float | None = None) -> PropertyChange | None:
         """The next change, waiting up to ``timeout`` seconds (None: forever); None on timeout."""
         got = self._queue.next(timeout, "watch unit properties")

@@ -313,6 +313,23 @@ def test_watch_counts_drops_reports_them_once_and_catches_up(
         wait_for(lambda: set(starts(state, units)) == {1}, 30, "every start, read again")
     finally:
         stop(proc)
+    # the collector's figures reach the Prometheus textfile (written by the next pass)
+    from tests.unit.test_textfile import parse
+
+    subprocess.run(
+        [RECONCILER, "monitor", "--state-dir", str(state), "--unit-dir", str(host.unit_dir),
+         "--bus", host.bus_address, "--config", str(tmp_path / "config.toml")],
+        check=True, capture_output=True, timeout=60,
+        env={**os.environ, "RECONCILER_JOURNAL_SOCKET": str(host.journal_socket)},
+    )  # fmt: skip
+    figures = parse((state / "reconciler.prom").read_text())
+    assert figures[("reconciler_watch_dropped_total", ())] > 0
+    assert figures[("reconciler_watch_events_total", ())] > 0
+    assert figures[("reconciler_watch_units", ())] == 60
+    assert figures[("reconciler_watch_queue_size", ())] == 16
+    assert ("reconciler_watch_queue_depth", ()) in figures
+    assert ("reconciler_watch_events_per_second", ()) in figures
+    assert figures[("reconciler_watch_up", ())] == 0  # stopped: said so, not stale figures
     host.journal_sync()
     dropped = [
         e

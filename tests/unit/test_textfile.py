@@ -155,3 +155,30 @@ def test_write_is_atomic_and_readable(tmp_path: Path) -> None:
     assert parse(path.read_text()) == {("x", ()): 2}
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
     assert [p.name for p in path.parent.iterdir()] == ["reconciler.prom"]  # no temp files left
+
+
+def test_watch_figures_parse_and_say_when_the_daemon_is_gone() -> None:
+    figures = tf.WatchFigures(
+        at=1_790_000_090.0,
+        running=True,
+        units=12,
+        events_total=345,
+        dropped_total=2,
+        events_per_sec=4.5,
+        queue_depth=7,
+        queue_size=4096,
+    )
+    args = ([], [], None)
+    s = parse(tf.build(*args, pass_at=1_790_000_100.0, pass_duration_sec=0.1, watch=figures))
+    assert s[("reconciler_watch_up", ())] == 1
+    assert s[("reconciler_watch_units", ())] == 12
+    assert s[("reconciler_watch_events_total", ())] == 345
+    assert s[("reconciler_watch_dropped_total", ())] == 2
+    assert s[("reconciler_watch_events_per_second", ())] == 4.5
+    assert s[("reconciler_watch_queue_depth", ())] == 7
+    assert s[("reconciler_watch_queue_size", ())] == 4096
+    later = 1_790_000_090.0 + tf.WatchFigures.FRESH_SEC + 1
+    stale = parse(tf.build(*args, pass_at=later, pass_duration_sec=0.1, watch=figures))
+    assert stale[("reconciler_watch_up", ())] == 0  # figures nobody refreshed: not up
+    none = parse(tf.build(*args, pass_at=later, pass_duration_sec=0.1))
+    assert not [k for k in none if k[0].startswith("reconciler_watch_")]

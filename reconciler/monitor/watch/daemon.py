@@ -41,6 +41,7 @@ log = logging.getLogger("reconciler")
 T = TypeVar("T")
 TICK_SEC = 0.5
 STATUS_EVERY_SEC = 1.0
+FIGURES_EVERY_SEC = 10.0  # the collector's figures stored for the textfile
 RECONNECT_SEC = 60.0
 DISCONNECTED = "org.freedesktop.DBus.Error.Disconnected"
 
@@ -109,6 +110,7 @@ def serve(load_settings: Callable[[], Settings], flags: Selection | None = None)
             sd_notify.stopping()
             sd_notify.status(f"stopping: flushing state; {watcher.status()}")
             safely("flush the state", lambda: _flush(watcher))
+            safely("store the collector's figures", partial(watcher.store_figures, False))
             journal.event("watch.stopped", f"watch stopped: {watcher.status()}")
             watcher.close()
         finally:
@@ -125,6 +127,7 @@ def _loop(watcher: Watcher, state: Flags, load_settings: Callable[[], Settings])
     next_reread = now + watcher.config.reread_sec
     next_memory = now  # the first re-read takes a memory sample
     next_pass = now + watcher.config.pass_sec
+    next_figures = now
     shown, shown_at = watcher.status(), now
     while not state.stop:
         state.beat = time.monotonic()
@@ -146,6 +149,9 @@ def _loop(watcher: Watcher, state: Flags, load_settings: Callable[[], Settings])
                     next_memory = now + watcher.config.memory_sec
                 if safely("read memory and reload state", partial(watcher.reread, memory)):
                     next_pass = now  # a unit needs a daemon-reload: drift, now
+            if now >= next_figures:
+                next_figures = now + FIGURES_EVERY_SEC
+                safely("store the collector's figures", watcher.store_figures)
             if now >= next_pass:
                 next_pass = now + watcher.config.pass_sec
                 safely("run the monitoring pass", watcher.full_pass)

@@ -96,6 +96,8 @@ class Watcher:
         self._drop_report = watch_state.Throttle(DROP_REPORT_SEC)
         self._resync_due = False
         self._last_resync = 0.0
+        self.queue_peak = 0  # the fullest the queue was since the last figures
+        self._figures_at, self._figures_events = time.monotonic(), 0
         self.db: FindingStore | None = None
         self.configure(settings)
 
@@ -183,6 +185,7 @@ class Watcher:
         first = self.stream.next_change(timeout)
         batch: list[PropertyChange] = []
         if first is not None:
+            self.queue_peak = max(self.queue_peak, self.stream.depth + 1)
             batch.append(first)
             while len(batch) < BATCH_MAX and (c := self.stream.next_change(0)) is not None:
                 batch.append(c)
@@ -238,7 +241,7 @@ class Watcher:
         """Counters and history, then patterns of ``units``; announces what changed."""
         if not looks:
             return
-        self.recorder.record(looks)
+        self.recorder.record(looks, self.scheduled)
         self.evaluate(units, time.time())
 
     def evaluate(self, units: Sequence[str], now: float) -> None:
@@ -420,6 +423,28 @@ class Watcher:
             self.set_desired(desired)
             added, removed = self.rewatch()
             log.info("watch: the desired units changed: %d added, %d removed", added, removed)
+
+    def store_figures(self, running: bool = True) -> None:
+        """The collector's figures for the Prometheus textfile (which every pass writes)."""
+        import json
+
+        from reconciler.monitor import publish
+
+        assert self.db is not None
+        now = time.monotonic()
+        rate = (self.events - self._figures_events) / max(now - self._figures_at, 1e-3)
+        figures = {
+            "at": time.time(),
+            "running": running,
+            "units": len(self.units),
+            "events_total": self.events,
+            "dropped_total": self.dropped,
+            "events_per_sec": round(rate, 3),
+            "queue_depth": self.queue_peak,
+            "queue_size": self.config.queue_size,
+        }
+        self.db.kv_set(publish.WATCH_FIGURES_KEY, json.dumps(figures))
+        self._figures_at, self._figures_events, self.queue_peak = now, self.events, 0
 
     def status(self) -> str:
         return watch_state.status_line(
