@@ -1,0 +1,130 @@
+"""Benchmark: a host that runs N managed services, the sync run as a host runs it.
+
+The sync runs *inside* a disposable systemd host, as root, on systemd's private socket
+(what ``gitops-sync.service`` does), from a config repository bound into the host.
+Measured per N: the first apply, the no-op sync (median, peak RSS, D-Bus calls), a
+one-service change (exactly one unit restarted), and ``reconciler monitor`` as a whole
+process against one ``systemctl show`` of the same units, each beside a bare
+``python -c pass`` run inside the host in the same process.
+
+Targets (issue 13): N = 200: no-op < 250 ms; N = 10,000: no-op < 1.5 s and RSS < 120 MB,
+first apply < 60 s, one change < 2 s, monitor < 2 s and >= 4x faster than systemctl show.
+
+Run (as root): .venv/bin/python -m bench.bench_scale [--services 10000] [--repeat 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from bench.bench_sync import inventory
+from bench.machine import describe_machine, run_measured
+from reconciler.devtools import sandbox
+from tests.integration.gitrepo import ConfigRepo
+
+REPO = Path(__file__).resolve().parent.parent
+SRC_INSIDE, VENV_INSIDE, WORK_INSIDE = "/opt/reconciler", "/opt/reconciler-venv", "/srv/bench"
+PYTHON_INSIDE = f"{VENV_INSIDE}/bin/python"
+
+
+def inside(host: sandbox.Host, *argv: str) -> list[str]:
+    env = ["PATH=/usr/sbin:/usr/bin:/sbin:/bin", f"PYTHONPATH={SRC_INSIDE}", "LANG=C.UTF-8"]
+    return host.nsenter(["env", "-i", *env, *argv])
+
+
+def timed(argv: list[str]) -> tuple[float, float, dict[str, object]]:
+    elapsed, rss, proc = run_measured(argv)
+    if proc.returncode != 0:
+        raise SystemExit(f"failed: {proc.stderr.strip()[-2000:]}")
+    out = proc.stdout.strip()
+    return elapsed, rss, json.loads(out) if out.startswith("{") else {}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--services", type=int, default=10_000)
+    parser.add_argument("--repeat", type=int, default=5)
+    opts = parser.parse_args()
+    n = opts.services
+    work = Path(tempfile.mkdtemp(prefix="bench-scale-", dir="/var/tmp"))
+    repo = ConfigRepo(work / "git")
+    repo.commit(inventory(n))
+    host = sandbox.boot(
+        hostname="bench",
+        binds={str(REPO): SRC_INSIDE, sys.prefix: VENV_INSIDE, str(work): WORK_INSIDE},
+    )
+    try:
+        url = f"{WORK_INSIDE}/git/remote.git"
+        sync = inside(
+            host, PYTHON_INSIDE, "-m", "reconciler", "sync", "--json", "--no-monitor",
+            "--repo", url, "--host", "bench",
+        )  # fmt: skip
+        monitor = inside(host, PYTHON_INSIDE, "-m", "reconciler", "monitor", "--json")
+        bare = inside(host, PYTHON_INSIDE, "-c", "pass")
+        first, first_rss, first_out = timed(sync)
+        assert first_out.get("result") == "applied", first_out
+        names = [f"bench{i:04d}.service" for i in range(n)]
+        show = inside(host, "systemctl", "show", "--no-pager", *names)
+        base, noop, noop_rss, change, mon, shows = [], [], [], [], [], []
+        noop_calls: object = None
+        change_calls: object = None
+        for i in range(opts.repeat):
+            base.append(timed(bare)[0])
+            t, rss, out = timed(sync)
+            assert out["result"] == "noop", out
+            noop.append(t)
+            noop_rss.append(rss)
+            noop_calls = out.get("dbus_calls")
+            repo.commit(inventory(n, changed=i % n, version=i + 1))
+            t, _, out = timed(sync)
+            assert out["result"] == "applied", out
+            change.append(t)
+            change_calls = out.get("dbus_calls")
+            repo.commit(inventory(n))
+            timed(sync)  # back to the baseline revision
+            mon.append(timed(monitor)[0])
+            shows.append(timed(show)[0])
+        b = statistics.median(base)
+        print(f"bench_scale: {n} services run inside the host, {opts.repeat} repeats")
+        print(describe_machine())
+        print(f"  python -c pass inside (baseline)  median {b * 1000:8.1f} ms")
+        print(
+            f"  first apply                       {first:8.2f} s   peak RSS {first_rss:.1f} MB  "
+            f"D-Bus calls {first_out.get('dbus_calls')}"
+        )
+        print(
+            f"  no-op sync                        median {statistics.median(noop) * 1000:8.1f} ms  "
+            f"x{statistics.median(noop) / b:.1f} baseline  peak RSS {max(noop_rss):.1f} MB  "
+            f"D-Bus calls {noop_calls}"
+        )
+        print(
+            f"  one-service change                median {statistics.median(change) * 1000:8.1f} ms"
+            f"  D-Bus calls {change_calls}"
+        )
+        m, s = statistics.median(mon), statistics.median(shows)
+        print(
+            f"  reconciler monitor                median {m * 1000:8.1f} ms  "
+            f"systemctl show median {s * 1000:8.1f} ms  ({s / m:.1f}x faster)"
+        )
+        if n >= 10_000:
+            ok = statistics.median(noop) < 1.5 and max(noop_rss) < 120 and first < 60
+            ok = ok and statistics.median(change) < 2 and m < 2 and s / m >= 4
+            print("  targets (10,000): no-op < 1.5 s, < 120 MB; first < 60 s; change < 2 s;")
+            print("  monitor < 2 s and >= 4x systemctl show:", "met" if ok else "MISSED")
+        else:
+            ok = statistics.median(noop) < 0.25
+            print("  target (200): no-op < 250 ms:", "met" if ok else "MISSED")
+        return 0 if ok else 1
+    finally:
+        host.stop()
+        subprocess.run(["rm", "-rf", str(work)], check=False)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
