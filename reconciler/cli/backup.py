@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from reconciler.core import backup_policy as policy
 
     settings = _options.settings(args)
-    config = policy.parse_config(settings.section("backup"), settings.state_dir)
+    config = policy.from_section(settings.backup, settings.state_dir)
     if args.action == "list":
         return _list(config.dest, args.source, args.json)
     if args.action == "verify":

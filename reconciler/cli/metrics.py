@@ -142,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
     from reconciler.store import metric_store
 
     settings = _options.settings(args)
-    config = hostmetrics.parse_config(settings.section("metrics"))
+    config = hostmetrics.from_section(settings.metrics)
     since_sec = hostmetrics.parse_duration(args.since, "--since")
     keep = config.retention
     if since_sec <= keep.raw:

@@ -16,6 +16,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from reconciler.config import Metrics, read_section
 from reconciler.errors import UsageError
 
 SECTOR = 512  # /proc/diskstats counts 512-byte sectors whatever the device's block size
@@ -362,34 +363,17 @@ def parse_duration(value: object, what: str) -> int:
     return int(seconds)
 
 
-def _names(section: Mapping[str, Any], key: str) -> tuple[str, ...] | None:
-    value = section.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise UsageError(f"config [metrics] {key}: expected a list of names")
-    return tuple(value)
+def from_section(section: Metrics) -> MetricsConfig:
+    """The ``[metrics]`` section (read and checked by ``config``) as the job uses it."""
+    default = Retention()
+    retention = Retention(
+        raw=parse_duration(section.keep_raw or default.raw, "metrics.keep_raw"),
+        five_min=parse_duration(section.keep_5m or default.five_min, "metrics.keep_5m"),
+        hourly=parse_duration(section.keep_1h or default.hourly, "metrics.keep_1h"),
+    )
+    return MetricsConfig(section.mounts, section.disks, section.interfaces, retention)
 
 
 def parse_config(section: Mapping[str, Any]) -> MetricsConfig:
-    """The ``[metrics]`` table; unknown keys and wrong types are refused with their name."""
-    known = {"mounts", "disks", "interfaces", "keep_raw", "keep_5m", "keep_1h"}
-    for key in section:
-        if key not in known:
-            raise UsageError(
-                f"config [metrics] {key}: unknown key (known: {', '.join(sorted(known))})"
-            )
-    default = Retention()
-    retention = Retention(
-        raw=parse_duration(section.get("keep_raw", default.raw), "config [metrics] keep_raw"),
-        five_min=parse_duration(
-            section.get("keep_5m", default.five_min), "config [metrics] keep_5m"
-        ),
-        hourly=parse_duration(section.get("keep_1h", default.hourly), "config [metrics] keep_1h"),
-    )
-    return MetricsConfig(
-        mounts=_names(section, "mounts"),
-        disks=_names(section, "disks"),
-        interfaces=_names(section, "interfaces"),
-        retention=retention,
-    )
+    """``[metrics]`` from a plain table (the config reader's checks, then ``from_section``)."""
+    return from_section(read_section(Metrics, section, "metrics"))

@@ -28,9 +28,10 @@ import json
 import re
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
+from reconciler.config import Webhook, read_section
 from reconciler.errors import UsageError
 
 PUSH_PATH, HEALTH_PATH = "/hooks/push", "/healthz"
@@ -47,39 +48,12 @@ _DELIVERY = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 
 
-@dataclass(frozen=True)
-class WebhookConfig:
-    """The ``[webhook]`` section of the host config."""
-
-    listen: str = "127.0.0.1:9420"
-    debounce_sec: float = 10.0
-    max_body_bytes: int = 1 << 20
-    replay_window_sec: float = 24 * 3600.0
-    replay_keep: int = 1000
-    reject_burst: int = 20  # rejected requests an address may send at once ...
-    reject_per_sec: float = 1.0  # ... and then per second, before it gets 429
-    max_connections: int = 64
+WebhookConfig = Webhook  # the ``[webhook]`` section, read and checked by ``config``
 
 
-def parse_config(raw: Mapping[str, Any], where: str = "[webhook]") -> WebhookConfig:
-    """The section as a WebhookConfig; an unknown key or a bad value names the key."""
-    default = WebhookConfig()
-    known = {f.name for f in fields(WebhookConfig)}
-    values: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key not in known:
-            raise UsageError(f"{where}: {key}: unknown key")
-        kind = type(getattr(default, key))
-        if kind is str:
-            if not isinstance(value, str):
-                raise UsageError(f"{where}: {key}: expected a string")
-            parse_listen(value, f"{where}: {key}")
-        elif isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-            raise UsageError(f"{where}: {key}: expected a positive number")
-        elif kind is int and value != int(value):
-            raise UsageError(f"{where}: {key}: expected a whole number")
-        values[key] = kind(value)
-    return WebhookConfig(**values)
+def parse_config(raw: Mapping[str, Any]) -> WebhookConfig:
+    """``[webhook]`` from a plain table (the config reader)."""
+    return read_section(Webhook, raw, "webhook")
 
 
 def parse_listen(text: str, where: str = "--listen") -> tuple[str, int]:

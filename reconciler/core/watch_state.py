@@ -24,9 +24,9 @@ from dataclasses import dataclass, replace
 from fnmatch import fnmatchcase
 from typing import Any
 
+from reconciler.config import Monitor, read_section
 from reconciler.core.counters import Observation
 from reconciler.core.drift import UnitState, effective_result
-from reconciler.errors import UsageError
 from reconciler.model import LiveUnit
 
 # D-Bus property -> LiveUnit field, for the properties a look is made of.
@@ -213,33 +213,21 @@ class WatchConfig:
     queue_size: int = 4096  # signals waiting to be handled; more are dropped (counted)
 
 
+def from_section(section: Monitor) -> WatchConfig:
+    """The ``watch_*`` keys of ``[monitor]`` (read and checked by ``config``)."""
+    return WatchConfig(
+        include=section.watch_include,
+        exclude=section.watch_exclude,
+        reread_sec=section.watch_reread_sec,
+        memory_sec=section.watch_memory_sec,
+        pass_sec=section.watch_pass_sec,
+        queue_size=section.watch_queue_size,
+    )
+
+
 def parse_config(section: Mapping[str, object]) -> WatchConfig:
-    """The ``watch_*`` keys of ``[monitor]``; the other keys belong to the monitor."""
-    values: dict[str, Any] = {}
-    for key in ("watch_include", "watch_exclude"):
-        if key in section:
-            raw = section[key]
-            if isinstance(raw, str):
-                raw = [raw]
-            if not isinstance(raw, list) or not all(isinstance(p, str) and p for p in raw):
-                raise UsageError(f"config: monitor.{key}: expected a list of unit name patterns")
-            values[key.removeprefix("watch_")] = tuple(raw)
-    for key, low in (
-        ("watch_reread_sec", 1.0),
-        ("watch_memory_sec", 1.0),
-        ("watch_pass_sec", 10.0),
-    ):
-        if key in section:
-            raw = section[key]
-            if isinstance(raw, bool) or not isinstance(raw, int | float) or raw < low:
-                raise UsageError(f"config: monitor.{key}: expected a number of seconds >= {low:g}")
-            values[key.removeprefix("watch_")] = float(raw)
-    if "watch_queue_size" in section:
-        raw = section["watch_queue_size"]
-        if isinstance(raw, bool) or not isinstance(raw, int) or not 16 <= raw <= 1_000_000:
-            raise UsageError("config: monitor.watch_queue_size: expected an integer 16..1000000")
-        values["queue_size"] = raw
-    return WatchConfig(**values)
+    """``[monitor]`` from a plain table (the config reader's checks, then ``from_section``)."""
+    return from_section(read_section(Monitor, section, "monitor"))
 
 
 def without_watch_keys(section: Mapping[str, object]) -> dict[str, object]:

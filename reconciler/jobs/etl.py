@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from reconciler import __version__
-from reconciler.config import Settings
+from reconciler.config import Etl, Settings, read_section
 from reconciler.errors import JobError, redact
 from reconciler.host import journal
 
@@ -36,17 +36,6 @@ DEFAULT_PATH = "/api/sync/reading"
 CREDENTIAL = "etl-token"  # LoadCredential=etl-token:/etc/reconciler/etl-token
 STATUS_FILE = "etl-last.json"
 SUMMARY_CHARS = 1024
-WHERE = "config.toml: etl"
-_METHODS = ("POST", "PUT", "PATCH", "GET")
-_NUMBERS = {
-    "connect_timeout_sec": 5.0,
-    "read_timeout_sec": 30.0,
-    "backoff_sec": 1.0,
-    "backoff_max_sec": 60.0,
-    "retry_after_max_sec": 300.0,
-}
-_KEYS = {"url", "base_url", "path", "method", "retries", "token_file", "body", "max_body_bytes"}
-_KEYS |= set(_NUMBERS)
 
 
 @dataclass(frozen=True)
@@ -64,55 +53,32 @@ class EtlConfig:
     body: dict[str, Any] | None = None
 
 
-def _fail(key: str, cause: str) -> JobError:
-    return JobError(f"{WHERE}.{key}: {cause}", "fix /etc/reconciler/config.toml")
+def from_section(section: Etl) -> EtlConfig | None:
+    """The ``[etl]`` section (read and checked by ``config``), or None when no endpoint is set."""
+    if section.url:
+        url = section.url
+    elif section.base_url:
+        url = section.base_url.rstrip("/") + (section.path or DEFAULT_PATH)
+    else:
+        return None
+    return EtlConfig(
+        url=url,
+        method=section.method.upper(),
+        connect_timeout_sec=section.connect_timeout_sec,
+        read_timeout_sec=section.read_timeout_sec,
+        retries=section.retries,
+        backoff_sec=section.backoff_sec,
+        backoff_max_sec=section.backoff_max_sec,
+        retry_after_max_sec=section.retry_after_max_sec,
+        max_body_bytes=section.max_body_bytes,
+        token_file=section.token_file,
+        body=section.body,
+    )
 
 
 def parse_config(section: Mapping[str, Any]) -> EtlConfig | None:
-    """The validated ``[etl]`` section, or None when no endpoint is configured (pure)."""
-    for key in section:
-        if key not in _KEYS:
-            raise _fail(key, f"unknown key (expected one of {', '.join(sorted(_KEYS))})")
-    if "url" in section and ("base_url" in section or "path" in section):
-        raise _fail("url", "set either url, or base_url and path, not both")
-    if "url" in section:
-        url = section["url"]
-    elif "base_url" in section:
-        path = section.get("path", DEFAULT_PATH)
-        if not isinstance(path, str) or not path.startswith("/"):
-            raise _fail("path", "expected a path starting with '/'")
-        url = str(section["base_url"]).rstrip("/") + path
-    else:
-        return None
-    parts = urlsplit(url) if isinstance(url, str) else None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-        raise _fail("url" if "url" in section else "base_url", "expected an http(s):// URL")
-    values: dict[str, Any] = {"url": url}
-    method = str(section.get("method", "POST")).upper()
-    if method not in _METHODS:
-        raise _fail("method", f"expected one of {', '.join(_METHODS)}")
-    values["method"] = method
-    for key, default in _NUMBERS.items():
-        value = section.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-            raise _fail(key, "expected a number of seconds, 0 or more")
-        values[key] = float(value)
-    for key, low in (("retries", 0), ("max_body_bytes", 1)):
-        if key in section:
-            value = section[key]
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise _fail(key, f"expected an integer, {low} or more")
-            values[key] = value
-    if "token_file" in section:
-        token_file = section["token_file"]
-        if not isinstance(token_file, str) or not token_file.startswith("/"):
-            raise _fail("token_file", "expected an absolute path")
-        values["token_file"] = Path(token_file)
-    if "body" in section:
-        if not isinstance(section["body"], dict):
-            raise _fail("body", "expected a table (sent as JSON)")
-        values["body"] = section["body"]
-    return EtlConfig(**values)
+    """``[etl]`` from a plain table (the config reader's checks, then ``from_section``)."""
+    return from_section(read_section(Etl, section, "etl"))
 
 
 def backoff_delay(attempt: int, base: float, cap: float, rand: float) -> float:
@@ -321,7 +287,7 @@ def write_status(path: Path, data: Mapping[str, Any]) -> None:
 
 
 def run_job(settings: Settings, environ: Mapping[str, str] | None = None) -> int:
-    config = parse_config(settings.section("etl"))
+    config = from_section(settings.etl)
     if config is None:
         journal.event("job.etl", "etl: no endpoint configured in [etl]", priority=5)
         return 0

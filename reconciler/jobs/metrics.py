@@ -89,7 +89,7 @@ def read_gauges(config: MetricsConfig, proc: Path = PROC) -> tuple[list[Sample],
 
 def run_job(settings: Settings) -> int:
     started = time.monotonic()
-    config = hostmetrics.parse_config(settings.section("metrics"))
+    config = hostmetrics.from_section(settings.metrics)
     host = settings.host_name
     now = int(time.time())
     cur = read_counters(config)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +35,6 @@ from reconciler.core.counters import (
 )
 from reconciler.core.drift import DriftItem, UnitState
 from reconciler.core.patterns import Finding, Thresholds, detect, impact, reconcile_findings
-from reconciler.errors import UsageError
 from reconciler.model import DesiredUnit, LiveUnit
 from reconciler.store.finding_store import FindingStore, Impacted, Retention, StoredFinding
 
@@ -52,16 +51,6 @@ PATTERN_KINDS = frozenset(
 )  # fmt: skip
 PASS_KINDS = PATTERN_KINDS | {"drift", "missed_run"}
 TROUBLE_KINDS = frozenset({"crash_loop", "start_limit_hit", "flapping"})
-_OWN_KEYS = {
-    "textfile": "path",
-    "impact_depth": "int",
-    "detect_window_sec": "float",
-    "observation_days": "float",
-    "observations_per_unit": "int",
-    "event_days": "float",
-    "events_per_unit": "int",
-    "resolved_days": "float",
-}
 
 
 @dataclass(frozen=True)
@@ -74,41 +63,34 @@ class MonitorConfig:
 
 
 def load_config(settings: Settings) -> MonitorConfig:
-    """``[monitor]``: thresholds (see ``patterns.Thresholds``) plus the keys in ``_OWN_KEYS``.
+    """``[monitor]`` (read and checked by ``config``) as the pass uses it.
 
     ``textfile`` defaults to ``<state_dir>/reconciler.prom``; ``textfile = ""`` turns it off.
     """
-    raw = settings.section("monitor")
-    from reconciler.core.watch_state import WATCH_KEYS  # the watch daemon's keys share [monitor]
-
-    th = Thresholds.from_mapping(raw, ignore=_OWN_KEYS.keys() | WATCH_KEYS)
-    own: dict[str, Any] = {}
-    for key, kind in _OWN_KEYS.items():
-        if key not in raw or kind == "path":
-            continue
-        value = raw[key]
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-            raise UsageError(f"config: monitor.{key}: expected a number >= 0")
-        if kind == "int" and not isinstance(value, int):
-            raise UsageError(f"config: monitor.{key}: expected an integer")
-        own[key] = value
-    text = raw.get("textfile", str(settings.state_dir / "reconciler.prom"))
-    if not isinstance(text, str):
-        raise UsageError('config: monitor.textfile: expected a path (or "" for none)')
+    section = settings.monitor
+    given = {
+        f.name: getattr(section, f.name)
+        for f in fields(Thresholds)
+        if getattr(section, f.name) is not None
+    }
     base = Retention()
     retention = Retention(
-        observation_days=float(own.get("observation_days", base.observation_days)),
-        observations_per_unit=int(own.get("observations_per_unit", base.observations_per_unit)),
-        event_days=float(own.get("event_days", base.event_days)),
-        events_per_unit=int(own.get("events_per_unit", base.events_per_unit)),
-        resolved_days=float(own.get("resolved_days", base.resolved_days)),
+        **{
+            f.name: getattr(section, f.name)
+            if getattr(section, f.name) is not None
+            else getattr(base, f.name)
+            for f in fields(Retention)
+        }
     )
+    text = section.textfile
+    if text is None:
+        text = str(settings.state_dir / "reconciler.prom")
     return MonitorConfig(
-        thresholds=th,
+        thresholds=Thresholds(**given),
         retention=retention,
         textfile=Path(text) if text else None,
-        impact_depth=int(own.get("impact_depth", 3)),
-        detect_window_sec=float(own.get("detect_window_sec", 6 * 3600.0)),
+        impact_depth=section.impact_depth,
+        detect_window_sec=section.detect_window_sec,
     )
 
 

@@ -34,10 +34,10 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from reconciler import __version__
+from reconciler.config import Notify, read_section
 from reconciler.errors import UsageError, redact
 
 log = logging.getLogger("reconciler")
@@ -47,7 +47,7 @@ EVENT_HEADER = "X-Reconciler-Event"
 
 
 @dataclass(frozen=True)
-class WebhookConfig:
+class AlertConfig:
     url: str
     secret: bytes
     timeout_sec: float = 5.0
@@ -55,34 +55,23 @@ class WebhookConfig:
     backoff_sec: float = 0.5
 
 
-def load_config(section: Mapping[str, Any]) -> WebhookConfig | None:
-    """``[notify]`` as a WebhookConfig; None when no url is set. Bad values: UsageError."""
-    url = section.get("url")
-    if not url:
+def load_config(section: Notify | Mapping[str, Any]) -> AlertConfig | None:
+    """``[notify]`` (checked by ``config``) with its secret read; None when no url is set."""
+    if not isinstance(section, Notify):
+        section = read_section(Notify, section, "notify")
+    if not section.url or section.secret_file is None:
         return None
-    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-        raise UsageError("config: notify.url: expected an http:// or https:// URL")
-    secret_file = section.get("secret_file")
-    if not isinstance(secret_file, str) or not secret_file:
-        raise UsageError(
-            "config: notify.secret_file: required with notify.url",
-            "put the shared HMAC secret in a root-only file and name it here",
-        )
     try:
-        secret = Path(secret_file).read_bytes().strip()
+        secret = section.secret_file.read_bytes().strip()
     except OSError as exc:
-        raise UsageError(f"cannot read notify secret '{secret_file}': {exc.strerror}") from None
-    if not secret:
-        raise UsageError(f"cannot use notify secret '{secret_file}': the file is empty")
-    try:
-        timeout = float(section.get("timeout_sec", 5.0))
-        retries = int(section.get("retries", 3))
-        backoff = float(section.get("backoff_sec", 0.5))
-    except (TypeError, ValueError):
         raise UsageError(
-            "config: notify: timeout_sec, retries, backoff_sec must be numbers"
+            f"cannot read notify secret '{section.secret_file}': {exc.strerror}"
         ) from None
-    return WebhookConfig(url, secret, timeout, max(0, retries), max(0.0, backoff))
+    if not secret:
+        raise UsageError(f"cannot use notify secret '{section.secret_file}': the file is empty")
+    return AlertConfig(
+        section.url, secret, section.timeout_sec, section.retries, section.backoff_sec
+    )
 
 
 def sign(secret: bytes, body: bytes) -> str:
@@ -108,7 +97,7 @@ def build_body(
 
 
 def send(
-    config: WebhookConfig,
+    config: AlertConfig,
     host: str,
     events: Sequence[Mapping[str, Any]],
     *,

@@ -48,7 +48,6 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.config import Settings
-from reconciler.errors import UsageError
 
 log = logging.getLogger("reconciler")
 MAX_OUTPUT = 16 << 20  # bytes kept of one command's output
@@ -73,43 +72,21 @@ class DiagnosticsConfig:
 
 
 def load_config(settings: Settings) -> DiagnosticsConfig:
-    """``[diagnostics]`` of the host config; bad values are a UsageError naming the key."""
-    raw = settings.section("diagnostics")
-    default = DiagnosticsConfig(directory=settings.state_dir / "diagnostics")
-
-    def number(key: str, fallback: float, scale: float = 1.0) -> float:
-        """``key`` times ``scale`` (MiB, days); ``fallback`` is already in bytes/seconds."""
-        value = raw.get(key)
-        if value is None:
-            return fallback
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-            raise UsageError(f"config: diagnostics.{key}: expected a number >= 0")
-        return float(value) * scale
-
-    command: Any = raw.get("journal_command", list(default.journal_command))
-    if isinstance(command, str):
-        command = shlex.split(command)
-    if not isinstance(command, list) or not command or not all(isinstance(c, str) for c in command):
-        raise UsageError("config: diagnostics.journal_command: expected a list of strings")
-    enabled = raw.get("enabled", True)
-    if not isinstance(enabled, bool):
-        raise UsageError("config: diagnostics.enabled: expected true or false")
-    directory = raw.get("directory")
+    """``[diagnostics]`` (read and checked by ``config``) in bytes and seconds."""
+    section = settings.diagnostics
     return DiagnosticsConfig(
-        directory=Path(directory)
-        if isinstance(directory, str) and directory
-        else default.directory,
-        enabled=enabled,
-        journal_command=tuple(command),
-        window_sec=number("window_sec", default.window_sec),
-        max_lines=int(number("max_lines", default.max_lines)),
-        kernel_lines=int(number("kernel_lines", default.kernel_lines)),
-        workers=max(1, int(number("workers", default.workers))),
-        max_pending=max(1, int(number("max_pending", default.max_pending))),
-        max_per_pass=int(number("max_per_pass", default.max_per_pass)),
-        max_total_bytes=int(number("max_total_mb", default.max_total_bytes, 1 << 20)),
-        max_age_sec=number("max_age_days", default.max_age_sec, 86400.0),
-        command_timeout_sec=number("command_timeout_sec", default.command_timeout_sec),
+        directory=section.directory or settings.state_dir / "diagnostics",
+        enabled=section.enabled,
+        journal_command=section.journal_command,
+        window_sec=section.window_sec,
+        max_lines=section.max_lines,
+        kernel_lines=section.kernel_lines,
+        workers=section.workers,
+        max_pending=section.max_pending,
+        max_per_pass=section.max_per_pass,
+        max_total_bytes=int(section.max_total_mb * (1 << 20)),
+        max_age_sec=section.max_age_days * 86400.0,
+        command_timeout_sec=section.command_timeout_sec,
     )
 
 

@@ -161,11 +161,11 @@ def webhook(
     at: float,
 ) -> str | None:
     """Send new and resolved findings; a warning text when it could not."""
-    if not settings.section("notify").get("url") or not (opened or resolved):
+    if not settings.notify.url or not (opened or resolved):
         return None
     from reconciler.monitor import alert_webhook
 
-    config = alert_webhook.load_config(settings.section("notify"))
+    config = alert_webhook.load_config(settings.notify)
     if config is None:
         return None
     events = [{"event": "finding.opened", "finding": f.to_dict()} for f in opened]

@@ -26,7 +26,7 @@ from types import FrameType
 from typing import Any
 
 from reconciler.config import Settings
-from reconciler.core.push_policy import Rejection, WebhookConfig, parse_config, parse_listen
+from reconciler.core.push_policy import Rejection, WebhookConfig, parse_listen
 from reconciler.errors import UsageError
 from reconciler.host import sd_notify
 from reconciler.push.service import REPLAY_FILE, Replays, Reply, Starter, Webhook
@@ -231,7 +231,7 @@ def serve(
 ) -> int:
     """Serve until SIGTERM/SIGINT; 0 then. Refuses to start without a secret."""
     env = os.environ if environ is None else environ
-    config = parse_config(settings.section("webhook"))
+    config = settings.webhook
     secret, warnings = read_secret(settings, secret_file, env)
     sock = activated_socket(env, os.getpid())
     replays = Replays(settings.state_dir / REPLAY_FILE, config)

@@ -238,17 +238,13 @@ def code_paths() -> tuple[str, ...]:
 def writable_paths(settings: Settings) -> dict[str, tuple[str, ...]]:
     """Per own unit, the paths the config tells it to write outside the default state dir."""
 
-    def path(section: str, key: str) -> Path | None:
-        value = settings.section(section).get(key)
-        return Path(value) if isinstance(value, str) and value.startswith("/") else None
-
     state = Path(settings.state_dir)
     common = [] if state.is_relative_to(DEFAULT_STATE_DIR) else [state]
-    textfile = path("monitor", "textfile")
+    textfile = Path(settings.monitor.textfile) if settings.monitor.textfile else None
     wanted = {
-        BACKUP: [path("backup", "dest")],
+        BACKUP: [settings.backup.dest],
         **{
-            m: [textfile.parent if textfile else None, path("diagnostics", "directory")]
+            m: [textfile.parent if textfile else None, settings.diagnostics.directory]
             for m in MONITORS
         },
     }
@@ -310,8 +306,8 @@ def notes_for(layout: Layout, settings: Settings) -> tuple[str, ...]:
             "no user namespaces on this host: PrivateUsers= left out of the units "
             "(systemd would fail them with 217/USER)"
         )
-    etl = settings.section("etl")
-    if etl and layout.etl_token is None and "token_file" not in etl:
+    etl = settings.etl
+    if (etl.url or etl.base_url) and layout.etl_token is None and etl.token_file is None:
         notes.append(
             f"no {ETL_TOKEN}: reading-sync.service sends no token (create it, mode 0600, "
             "and run 'reconciler install' again, or set token_file in [etl])"
@@ -368,8 +364,8 @@ def install(
     written = write_config(config_path or DEFAULT_CONFIG, settings)
     secret = write_secret(Path(settings.webhook_secret_file or DEFAULT_SECRET))
     layout = read_layout(settings)
-    textfile = settings.section("monitor").get("textfile")
-    shared = Path(textfile).parent if isinstance(textfile, str) and textfile else None
+    textfile = settings.monitor.textfile
+    shared = Path(textfile).parent if textfile else None
     for paths in layout.writable.values():
         for p in map(Path, paths):  # ReadWritePaths= cannot grant what does not exist
             p.mkdir(parents=True, exist_ok=True, mode=0o755 if p == shared else 0o700)

@@ -493,8 +493,10 @@ def test_unknown_config_key_is_refused(tmp_path: Path) -> None:
     config = tmp_path / "c.toml"
     config.write_text("[backup]\nkeep_lats = 3\n")
     job = run("job", "backup", config=config, state=tmp_path / "s")
-    assert job.returncode == 1
-    assert job.stderr.startswith("reconciler job: config.toml: backup.keep_lats: unknown key")
+    assert job.returncode == 2  # the README: 2 for bad usage or configuration
+    assert job.stderr.startswith(
+        f"reconciler job: cannot read config '{config}': backup.keep_lats: unknown key"
+    )
     assert not (tmp_path / "s").exists()
 
 

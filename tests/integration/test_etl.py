@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from reconciler.config import Settings
-from reconciler.errors import JobError
+from reconciler.errors import JobError, UsageError
 from reconciler.jobs import etl
 
 CLI = str(Path(sys.executable).parent / "reconciler")
@@ -298,18 +298,18 @@ def test_bad_token_files_are_refused_without_showing_them(tmp_path: Path) -> Non
 @pytest.mark.parametrize(
     ("section", "message"),
     [
-        ({"url": "http://x/", "timeout": 3}, "config.toml: etl.timeout: unknown key"),
-        ({"url": "ftp://x/"}, "config.toml: etl.url: expected an http(s):// URL"),
+        ({"url": "http://x/", "timeout": 3}, "etl.timeout: unknown key"),
+        ({"url": "ftp://x/"}, "etl.url: expected an http:// or https:// URL"),
         ({"url": "http://x/", "base_url": "http://x"}, "etl.url: set either url, or base_url"),
         ({"base_url": "http://x", "path": "sync"}, "etl.path: expected a path starting with"),
-        ({"url": "http://x/", "retries": -1}, "etl.retries: expected an integer, 0 or more"),
+        ({"url": "http://x/", "retries": -1}, "etl.retries: expected 0 or more, got -1"),
         ({"url": "http://x/", "read_timeout_sec": "5"}, "etl.read_timeout_sec: expected a number"),
         ({"url": "http://x/", "method": "DELETE"}, "etl.method: expected one of"),
         ({"url": "http://x/", "token_file": "rel"}, "etl.token_file: expected an absolute path"),
     ],
 )
 def test_config_refused(section: dict[str, Any], message: str) -> None:
-    with pytest.raises(JobError) as exc:
+    with pytest.raises(UsageError) as exc:  # a configuration error: exit 2
         etl.parse_config(section)
     assert message in str(exc.value)
 

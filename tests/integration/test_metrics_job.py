@@ -164,7 +164,7 @@ def test_unknown_metrics_key_is_refused(config: Path) -> None:
     config.write_text(config.read_text() + '[metrics]\nmount = ["/"]\n')
     proc = reconciler("job", "metrics", config=config, check=False)
     assert proc.returncode == 2
-    assert "[metrics] mount: unknown key" in proc.stderr
+    assert "metrics.mount: unknown key" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 

@@ -59,10 +59,8 @@ SECRET = b"s3cret-for-tests"
 EVENTS = [{"event": "finding.opened", "finding": {"kind": "crash_loop", "unit": "web.service"}}]
 
 
-def config(url: str, retries: int = 3) -> alert_webhook.WebhookConfig:
-    return alert_webhook.WebhookConfig(
-        url, SECRET, timeout_sec=2.0, retries=retries, backoff_sec=0.0
-    )
+def config(url: str, retries: int = 3) -> alert_webhook.AlertConfig:
+    return alert_webhook.AlertConfig(url, SECRET, timeout_sec=2.0, retries=retries, backoff_sec=0.0)
 
 
 def test_signed_post_retried_after_5xx(receiver: Receiver) -> None:

@@ -17,7 +17,7 @@ from reconciler.core.backup_policy import (
     parse_size,
     plan_retention,
 )
-from reconciler.errors import JobError
+from reconciler.errors import UsageError
 
 NOW = datetime(2025, 6, 1, 1, 0, tzinfo=UTC)
 MiB = 1 << 20
@@ -150,10 +150,10 @@ def test_config_full() -> None:
 
 
 BAD: list[tuple[dict[str, Any], str]] = [
-    ({"keep_lats": 3}, "config.toml: backup.keep_lats: unknown key"),
-    ({"dest": "relative"}, "config.toml: backup.dest: expected an absolute path"),
-    ({"sources": {"name": "x"}}, "config.toml: backup.sources: expected a list"),
-    ({"sources": ["x"]}, "config.toml: backup.sources[0]: expected a table"),
+    ({"keep_lats": 3}, "backup.keep_lats: unknown key"),
+    ({"dest": "relative"}, "backup.dest: expected an absolute path"),
+    ({"sources": {"name": "x"}}, "backup.sources: expected a list"),
+    ({"sources": ["x"]}, "backup.sources[0]: expected a table"),
     ({"sources": [{"name": "x", "path": "/a", "pth": 1}]}, "backup.sources[0].pth: unknown key"),
     ({"sources": [{"name": "x"}]}, "needs exactly one of path or docker_volume"),
     ({"sources": [{"name": "x", "path": "/a", "docker_volume": "v"}]}, "exactly one of"),
@@ -162,20 +162,20 @@ BAD: list[tuple[dict[str, Any], str]] = [
     ({"sources": [{"name": "x", "docker_volume": "-v"}]}, "backup.sources[0].docker_volume"),
     ({"sources": [{"name": "x", "path": "/a"}, {"name": "x", "path": "/b"}]}, "used twice"),
     ({"compression": "zstd"}, "backup.compression: expected one of gzip, bzip2, xz, none"),
-    ({"keep_last": 0}, "backup.keep_last: expected a positive integer"),
-    ({"keep_last": True}, "backup.keep_last: expected a positive integer"),
-    ({"keep_last": 2.5}, "backup.keep_last: expected a positive integer"),
-    ({"max_age_days": -1}, "backup.max_age_days: expected a positive number"),
+    ({"keep_last": 0}, "backup.keep_last: expected 1 or more, got 0"),
+    ({"keep_last": True}, "backup.keep_last: expected an integer, got True"),
+    ({"keep_last": 2.5}, "backup.keep_last: expected an integer, got 2.5"),
+    ({"max_age_days": -1}, "backup.max_age_days: expected a number above 0, got -1"),
     ({"max_total_bytes": "lots"}, "backup.max_total_bytes: expected a positive size"),
 ]
 
 
 @pytest.mark.parametrize(("section", "message"), BAD, ids=[m for _, m in BAD])
 def test_config_refused(section: dict[str, Any], message: str) -> None:
-    with pytest.raises(JobError) as info:
+    with pytest.raises(UsageError) as info:  # a configuration error: exit 2
         parse_config(section, STATE)
     assert message in str(info.value)
-    assert str(info.value).startswith("config.toml: backup.")
+    assert str(info.value).startswith("cannot read config 'config.toml': backup.")
 
 
 @pytest.mark.parametrize(

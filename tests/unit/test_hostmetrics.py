@@ -320,9 +320,9 @@ def test_parse_config_defaults_and_values() -> None:
 @pytest.mark.parametrize(
     ("section", "message"),
     [
-        ({"mount": ["/"]}, r"\[metrics\] mount: unknown key"),
-        ({"mounts": "/"}, r"\[metrics\] mounts: expected a list"),
-        ({"keep_5m": "forever"}, r"\[metrics\] keep_5m: expected a duration"),
+        ({"mount": ["/"]}, "metrics.mount: unknown key"),
+        ({"mounts": "/"}, "metrics.mounts: expected a list"),
+        ({"keep_5m": "forever"}, "metrics.keep_5m: expected a duration"),
     ],
 )
 def test_parse_config_refused(section: dict[str, Any], message: str) -> None:

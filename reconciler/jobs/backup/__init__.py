@@ -160,7 +160,7 @@ def back_up(
 
 def run_job(settings: Settings) -> int:
     started = time.monotonic()
-    config = policy.parse_config(settings.section("backup"), settings.state_dir)
+    config = policy.from_section(settings.backup, settings.state_dir)
     if not config.sources:
         journal.event("job.backup", "backup: no sources configured in [backup]", priority=5)
         return 0

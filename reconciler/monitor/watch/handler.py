@@ -68,7 +68,7 @@ def pass_settings(settings: Settings) -> Settings:
 
 def check_settings(settings: Settings) -> None:
     """Refuse a bad ``[monitor]`` before anything is connected (UsageError, exit 2)."""
-    watch_state.parse_config(settings.section("monitor"))
+    watch_state.from_section(settings.monitor)
     monitor.load_config(pass_settings(settings))
 
 
@@ -106,7 +106,7 @@ class Watcher:
     def configure(self, settings: Settings) -> None:
         """Read ``[monitor]`` (thresholds, retention, watch_*) and the desired units."""
         self.settings = settings
-        self.config: WatchConfig = watch_state.parse_config(settings.section("monitor"))
+        self.config: WatchConfig = watch_state.from_section(settings.monitor)
         self.pass_settings = pass_settings(settings)
         self.monitor_config = monitor.load_config(self.pass_settings)
         self.include = self.flags.include or self.config.include
