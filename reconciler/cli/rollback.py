@@ -23,6 +23,7 @@ def run(args: argparse.Namespace) -> int:
     from reconciler import reconcile, runtime
     from reconciler.errors import UsageError
     from reconciler.host import journal
+    from reconciler.monitor.sync_hooks import SyncMonitoring
 
     journal.setup()
     settings = _options.settings(args)
@@ -43,7 +44,13 @@ def run(args: argparse.Namespace) -> int:
         if not earlier:
             raise UsageError("cannot roll back: no earlier applied revision")
         target = earlier[0]
-    outcome = reconcile.run(settings, revision=target, trigger="rollback", force=True)
+    outcome = reconcile.run(
+        settings,
+        revision=target,
+        trigger="rollback",
+        force=True,
+        monitoring=SyncMonitoring(settings),
+    )
     store.suspend(f"rolled back to {target[:12]}", by="rollback")
     journal.event(
         "rollback",

@@ -42,23 +42,30 @@ def run(args: argparse.Namespace) -> int:
     from reconciler import reconcile
     from reconciler.errors import LockedError, ReconcilerError
     from reconciler.host import journal
+    from reconciler.monitor.sync_hooks import SyncMonitoring
+    from reconciler.reconcile.outcome import Result
 
     journal.setup()
     settings = _options.settings(args)
     if args.allow_empty:
         settings = replace(settings, allow_empty=True)
     monitor = not (args.dry_run or args.no_monitor)
+    monitoring = SyncMonitoring(settings)
     try:
         outcome = reconcile.run(
-            settings, dry_run=args.dry_run, force=args.force, trigger=args.trigger
+            settings,
+            dry_run=args.dry_run,
+            force=args.force,
+            trigger=args.trigger,
+            monitoring=monitoring,
         )
     except LockedError:
         raise  # the sync holding the lock ends with its own monitoring pass
     except ReconcilerError:
         if monitor:  # the remote is down or the apply failed: still look at the units
-            reconcile.monitor_pass(settings, None, None)
+            monitoring.run_pass(None, None)
         raise
-    passed = reconcile.monitor_pass(settings, None, None) if monitor else None
+    passed = monitoring.run_pass(None, None) if monitor else None
     if args.dry_run:
         from reconciler.cli import plan
 
@@ -68,9 +75,9 @@ def run(args: argparse.Namespace) -> int:
         _options.print_json({**_as_dict(outcome), "findings": findings})
         return 0
     rev = (outcome.revision or "")[:12]
-    if outcome.result in ("suspended", "held"):
+    if outcome.result in (Result.SUSPENDED, Result.HELD):
         print(outcome.message)
-    elif outcome.result == "noop":
+    elif outcome.result is Result.NOOP:
         print(
             f"revision {rev}: host already matches; nothing to do"
             + (f" ({outcome.message})" if outcome.message else "")
@@ -79,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"revision {rev}: {len(outcome.actions)} actions")
         for line in outcome.actions:
             print(f"  {line}")
-        print(f"{outcome.result}" + (f": {outcome.message}" if outcome.message else ""))
+        print(f"{outcome.result.value}" + (f": {outcome.message}" if outcome.message else ""))
     for f in findings:
         print(f"finding: {f['summary']}")
     return 0
@@ -102,11 +109,11 @@ def _as_dict(outcome: object) -> dict[str, object]:
 
     assert isinstance(outcome, Outcome)
     return {
-        "result": outcome.result,
+        "result": outcome.result.value,
         "revision": outcome.revision,
         "actions": outcome.actions,
         "notes": list(outcome.plan.notes),
-        "failed_units": outcome.failed_units,
+        "failed_units": {u: str(why) for u, why in outcome.failed_units.items()},
         "rolled_back_to": outcome.rolled_back_to,
         "message": outcome.message,
         "dbus_calls": outcome.dbus_calls,

@@ -9,14 +9,19 @@ that is ``plan``'s job.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
+from reconciler.config import Settings
+from reconciler.core.plan import describe
 from reconciler.errors import ApplyError, SystemdError
+from reconciler.host import journal
+from reconciler.reconcile.hooks import Monitoring
 from reconciler.model import (
     Action,
     DaemonReload,
@@ -30,6 +35,13 @@ from reconciler.model import (
     StopUnit,
     WriteUnitFile,
 )
+from reconciler.store.sync_store import DESIRED_KEY, encode_desired
+
+if TYPE_CHECKING:
+    from reconciler.model import DesiredUnit
+    from reconciler.store.sync_store import Store
+
+PENDING_KEY = "pending_jobs"  # units an apply is about to (re)start; cleared when done
 
 UNIT_FILE_MODE = 0o644
 NO_SUCH_UNIT = "org.freedesktop.systemd1.NoSuchUnit"
@@ -174,3 +186,38 @@ def _run_one(action: Action, unit_dir: Path, systemd: SystemdPort, result: Apply
         systemd.disable_unit_files(list(action.names))
     else:  # pragma: no cover - the plan types are closed
         raise ApplyError(f"cannot apply action {action!r}: unknown kind")
+
+
+def apply_plan(
+    plan: Plan,
+    desired: Sequence[DesiredUnit],
+    systemd: SystemdPort,
+    store: Store,
+    settings: Settings,
+    revision: str,
+    monitoring: Monitoring,
+) -> ApplyResult:
+    """The sync's apply step: the plan on the host, the manifest kept crash-safe around it.
+
+    The manifest is widened to every file about to be written *before* writing, so a kill
+    half-way never leaves files the next sync would take for foreign; the units about to
+    be (re)started are noted so a kill before their jobs has them redone. Both narrow
+    only once the apply is done.
+    """
+    pending = sorted(a.name for a in plan.actions if isinstance(a, StartUnit | RestartUnit))
+    with store.transaction():
+        store.set_owned(store.owned() | plan.owned_after)  # widen before writing anything
+        store.kv_set(PENDING_KEY, json.dumps(pending))  # a kill before the jobs: redo them
+    monitoring.record_jobs(store, plan, systemd)
+    clean_temp_files(settings.unit_dir)
+    lines = iter(describe(plan))
+
+    def on_action(action: Action) -> None:
+        journal.event("action", next(lines, str(action)), revision=revision)
+
+    result = apply(plan, settings.unit_dir, systemd, on_action=on_action)
+    with store.transaction():
+        store.set_owned(plan.owned_after | (store.owned() - result.removed))
+        store.kv_set(DESIRED_KEY, encode_desired(desired))
+        store.kv_set(PENDING_KEY, "[]")
+    return result

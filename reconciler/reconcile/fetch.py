@@ -31,7 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from reconciler.errors import SourceError, redact
+from reconciler.config import Settings
+from reconciler.errors import SourceError, UsageError, redact
 from reconciler.model import Snapshot
 
 READ_DIRS = ("inventory", "templates")
@@ -513,3 +514,25 @@ def _last_line(stderr: bytes) -> str:
     for prefix in ("fatal: ", "error: ", "remote: "):
         last = last.removeprefix(prefix)
     return redact(last)[:300]
+
+
+def snapshot(settings: Settings, revision: str | None = None) -> Snapshot:
+    """The sync's fetch step: the configured ref, or ``revision`` from the cache (rollback)."""
+    cache = settings.state_dir / "repo"
+    verify = None
+    if settings.verify_signatures:
+        if settings.gpg_home is None:
+            raise UsageError(
+                "cannot verify commit signatures: gpg_home is not set",
+                "set gpg_home in /etc/reconciler/config.toml to a keyring of trusted keys",
+            )
+        verify = Verification(settings.gpg_home)
+    timeout = settings.fetch_timeout_sec
+    if revision is not None:
+        return read_revision(cache, revision, verify=verify, timeout=timeout)
+    if not settings.repo:
+        raise UsageError(
+            "cannot sync: no config repository configured",
+            "set repo in /etc/reconciler/config.toml, $RECONCILER_REPO or --repo",
+        )
+    return fetch(settings.repo, settings.ref, cache, timeout=timeout, verify=verify)

@@ -381,9 +381,10 @@ def uninstall(settings: Settings) -> Installed:
 
 
 def _converge(settings: Settings, desired: list[DesiredUnit]) -> tuple[Plan, dict[str, int]]:
-    from reconciler import reconcile, runtime
+    from reconciler import runtime
     from reconciler.core import plan as plan_mod
-    from reconciler.reconcile import apply, lock
+    from reconciler.reconcile import apply, lock, validate
+    from reconciler.reconcile.observe import read_host
 
     with lock.hold(
         settings.run_dir / "sync.lock", timeout=settings.lock_timeout_sec, what="install"
@@ -393,7 +394,7 @@ def _converge(settings: Settings, desired: list[DesiredUnit]) -> tuple[Plan, dic
         systemd = runtime.connect(settings)
         try:
             names = sorted({u.name for u in desired} | owned)
-            files, live = reconcile.observe(systemd, settings.unit_dir, names)
+            files, live = read_host(systemd, settings.unit_dir, names)
             foreign = frozenset(n for n in names if n not in owned and files[n] is not None)
             plan = plan_mod.plan(
                 desired,
@@ -406,7 +407,7 @@ def _converge(settings: Settings, desired: list[DesiredUnit]) -> tuple[Plan, dic
             )
             if plan.empty:
                 return plan, dict(systemd.calls)
-            reconcile.check_units(desired, plan)
+            validate.check_units(desired, plan)
             store.kv_set(MANIFEST_KEY, json.dumps(sorted(owned | plan.owned_after)))
             result = apply.apply(plan, settings.unit_dir, systemd)
             store.kv_set(

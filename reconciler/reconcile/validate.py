@@ -20,8 +20,8 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from reconciler.errors import SystemdError
-from reconciler.model import DesiredUnit
+from reconciler.errors import RenderError, SystemdError
+from reconciler.model import DesiredUnit, Plan, WriteUnitFile
 
 ANALYZE = "systemd-analyze"
 ARGS = ("verify", "--man=no", "--generators=no", "--recursive-errors=no", "--no-pager")
@@ -114,3 +114,16 @@ def verify_units(
         first = first.replace(directory, "<units>")
         complaints.append(f"{ANALYZE}: exit status {proc.returncode}: {first.strip()}")
     return complaints
+
+
+def check_units(desired: Sequence[DesiredUnit], plan: Plan) -> None:
+    """The sync's validate step: verify the units this plan writes; refuse before touching
+    the host."""
+    written = {a.name for a in plan.actions if isinstance(a, WriteUnitFile)}
+    units = [u for u in desired if u.name in written]
+    if not units:
+        return
+    complaints = verify_units(units)
+    if complaints:
+        more = f" (and {len(complaints) - 1} more)" if len(complaints) > 1 else ""
+        raise RenderError(f"systemd-analyze refused a rendered unit: {complaints[0]}{more}")

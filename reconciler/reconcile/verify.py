@@ -9,12 +9,21 @@ crashes, so one look is not enough. A oneshot is healthy once it finished with s
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from reconciler.model import LiveUnit
+from reconciler.model import LiveUnit, Plan
+from reconciler.reconcile.apply import ApplyResult
+from reconciler.reconcile.hooks import Monitoring
+from reconciler.reconcile.outcome import Reason, Unhealthy
+
+if TYPE_CHECKING:
+    from reconciler.store.sync_store import Store
+
+log = logging.getLogger("reconciler")
 
 
 class UnitReader(Protocol):
@@ -50,7 +59,7 @@ def wait_healthy(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
     on_read: Callable[[dict[str, LiveUnit]], None] | None = None,
-) -> dict[str, str]:
+) -> dict[str, Unhealthy]:
     """Return ``{unit: reason}`` for every unit that failed its gate (empty: all healthy).
 
     ``on_read`` sees every read: the sync records them, so the restarts of a unit that
@@ -61,7 +70,7 @@ def wait_healthy(
         unit: _Watch(deadline=start + timeout, settle=min(settle_sec, timeout / 3))
         for unit, timeout in checks
     }
-    failed: dict[str, str] = {}
+    failed: dict[str, Unhealthy] = {}
     while pending:
         now = clock()
         live = systemd.read_units(sorted(pending))
@@ -74,28 +83,29 @@ def wait_healthy(
             verdict = _judge(watch, state, now)
             if verdict is True:
                 del pending[unit]
-            elif isinstance(verdict, str):
+            elif isinstance(verdict, Unhealthy):
                 failed[unit] = verdict
                 del pending[unit]
             elif now >= watch.deadline:
                 timeout = watch.deadline - start
-                failed[unit] = f"not healthy after {timeout:g}s ({describe_state(state)})"
+                detail = f"{timeout:g}s ({describe_state(state)})"
+                failed[unit] = Unhealthy(Reason.TIMEOUT, detail)
                 del pending[unit]
         if pending:
             sleep(poll_sec)
     return failed
 
 
-def _judge(watch: _Watch, live: LiveUnit | None, now: float) -> bool | str | None:
-    """True: healthy; a string: unhealthy for that reason; None: not decided yet."""
+def _judge(watch: _Watch, live: LiveUnit | None, now: float) -> bool | Unhealthy | None:
+    """True: healthy; Unhealthy: failed, and why; None: not decided yet."""
     if live is None or live.load_state != "loaded":
-        return f"not loaded ({live.load_state if live else 'unknown'})"
+        return Unhealthy(Reason.NOT_LOADED, f"({live.load_state if live else 'unknown'})")
     if live.active_state == "failed":
-        return f"failed ({describe_state(live)})"
+        return Unhealthy(Reason.FAILED, f"({describe_state(live)})")
     if live.service_type == "oneshot" and live.active_state == "inactive":
         if live.result == "success" and live.invocation_id:
             return True
-        return None if not live.invocation_id else f"finished with {live.result}"
+        return Unhealthy(Reason.FINISHED, live.result) if live.invocation_id else None
     if live.active_state != "active":
         watch.stable_since = None
         return None
@@ -105,3 +115,30 @@ def _judge(watch: _Watch, live: LiveUnit | None, now: float) -> bool | str | Non
         return None
     assert watch.stable_since is not None
     return True if now - watch.stable_since >= watch.settle else None
+
+
+def gate(
+    plan: Plan,
+    applied: ApplyResult,
+    systemd: UnitReader,
+    store: Store,
+    monitoring: Monitoring,
+) -> dict[str, Unhealthy]:
+    """The sync's verify step: ``{unit: why}`` of the gated units that failed (empty: healthy).
+
+    A gated unit whose start job failed fails at once; the others are waited on, each read
+    folded into the monitor's counters. A failed job of a unit without a gate is logged,
+    never rolled back.
+    """
+    gated = {unit for unit, _ in plan.health_checks}
+    failed = {
+        u: Unhealthy(Reason.START_JOB, r) for u, r in applied.failed_jobs.items() if u in gated
+    }
+    checks = [(u, t) for u, t in plan.health_checks if u not in failed]
+    if checks:
+        with monitoring.recording(store) as on_read:
+            failed.update(wait_healthy(systemd, checks, on_read=on_read))
+    for unit, result_text in applied.failed_jobs.items():
+        if unit not in gated:
+            log.warning("%s: start job %s (no health gate: not rolled back)", unit, result_text)
+    return failed

@@ -46,9 +46,10 @@ def live(name: str, state: str, inv: str = "i1", restarts: int = 0, **kw: str) -
 
 def run(states: dict[str, list[LiveUnit]], timeout: float = 5) -> dict[str, str]:
     s = Script(states)
-    return wait_healthy(
+    failed = wait_healthy(
         s, [(u, timeout) for u in states], settle_sec=1.0, clock=s.clock, sleep=s.sleep
     )
+    return {unit: str(why) for unit, why in failed.items()}  # the text history shows
 
 
 def test_stable_active_unit_is_healthy() -> None:
