@@ -144,9 +144,7 @@ class _Sync:
             )
             return
         validate.check_units(desired, plan)
-        applied = apply_plan(
-            plan, desired, systemd, store, settings, snapshot.revision, monitoring
-        )
+        applied = apply_plan(plan, desired, systemd, store, settings, snapshot.revision, monitoring)
         failed = verify.gate(plan, applied, systemd, store, monitoring)
         if failed:
             roll_back(failed, outcome, settings, store, systemd, monitoring)  # always raises

@@ -21,7 +21,6 @@ from reconciler.config import Settings
 from reconciler.core.plan import describe
 from reconciler.errors import ApplyError, SystemdError
 from reconciler.host import journal
-from reconciler.reconcile.hooks import Monitoring
 from reconciler.model import (
     Action,
     DaemonReload,
@@ -35,11 +34,13 @@ from reconciler.model import (
     StopUnit,
     WriteUnitFile,
 )
+from reconciler.reconcile.hooks import Monitoring
 from reconciler.store.sync_store import DESIRED_KEY, encode_desired
 
 if TYPE_CHECKING:
     from reconciler.model import DesiredUnit
     from reconciler.store.sync_store import Store
+    from reconciler.systemd.client import Systemd
 
 PENDING_KEY = "pending_jobs"  # units an apply is about to (re)start; cleared when done
 
@@ -191,7 +192,7 @@ def _run_one(action: Action, unit_dir: Path, systemd: SystemdPort, result: Apply
 def apply_plan(
     plan: Plan,
     desired: Sequence[DesiredUnit],
-    systemd: SystemdPort,
+    systemd: Systemd,
     store: Store,
     settings: Settings,
     revision: str,

@@ -1,9 +1,9 @@
 """The sync's monitoring hooks (pure interface): what a sync asks of the monitor.
 
 The sync tells the monitor which jobs it is about to run, folds its health-gate reads into
-the monitor's counters and runs a monitoring pass before it rolls back; it reaches the monitor only through this Protocol, which the
-CLI fills from ``reconciler.monitor``, so ``reconcile`` and ``monitor`` stay independent
-siblings (neither imports the other).
+the monitor's counters and runs a monitoring pass before it rolls back; it reaches the
+monitor only through this Protocol, which the CLI fills from ``reconciler.monitor``, so
+``reconcile`` and ``monitor`` stay independent siblings (neither imports the other).
 """
 
 from __future__ import annotations
