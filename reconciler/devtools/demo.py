@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -58,7 +57,6 @@ class Demo:
         self.out = out
         self.work = Path(tempfile.mkdtemp(prefix="reconciler-demo-"))
         self.host: sandbox.Host | None = None
-        self.port = _free_port()
 
     # ---- narration -------------------------------------------------------------------
 
@@ -147,12 +145,7 @@ class Demo:
         )
         shutil.copytree(PROJECT / "inventory", clone / "inventory")
         shutil.copytree(PROJECT / "templates", clone / "templates")
-        hosts = clone / "inventory" / "hosts.toml"
-        hosts.write_text(hosts.read_text().replace("port = 8080", f"port = {self.port}"))
-        services = clone / "inventory" / "services.toml"
-        services.write_text(
-            services.read_text().replace("127.0.0.1:8080", f"127.0.0.1:{self.port}")
-        )
+        # The examples' ports (web on 8080) are the host's own: it has a network of its own.
         self.git("checkout", "-q", "-B", "main")
         self.push("example host: web, readings-etl, system-metrics, srv-backup")
         state = self.work / "state"
@@ -205,13 +198,6 @@ class Demo:
         self.host.stop()
         shutil.rmtree(self.work, ignore_errors=True)
         self.out("\nhost stopped and removed")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def main(argv: Sequence[str] = (), *, keep: bool = False) -> int:

@@ -1,10 +1,14 @@
 """A disposable systemd host in Linux namespaces (talks to unshare, mount, cgroupfs, nsenter).
 
 The host boots the machine's own ``/lib/systemd/systemd --system`` as PID 1 of new
-PID/mount/UTS/IPC namespaces, on an overlayfs over ``/`` whose upper layer is a tmpfs:
-nothing it writes reaches the real machine, and everything vanishes when it stops.
+PID/mount/UTS/IPC/network namespaces, on an overlayfs over ``/`` whose upper layer is a
+tmpfs: nothing it writes reaches the real machine, and everything vanishes when it stops.
 It gets a cgroup subtree of its own (``name=systemd`` and ``unified``), so two hosts
-never share ``/system.slice``. Tests and ``reconciler demo`` use it.
+never share ``/system.slice``, and a network of its own (loopback only), so its units
+never bind the machine's ports and two hosts both listen on ``*:9420``. Reach it with
+``Host.network()`` (a socket from this process) or ``Host.nsenter_net()`` (a process that
+keeps the machine's files, e.g. a git daemon serving a repository to a sync inside).
+Tests and ``reconciler demo`` use it.
 
 Safety: systemd's boot-time cleanup empties ``/tmp``. The boot script refuses to exec
 systemd unless the overlay is mounted and ``/tmp`` and ``/run`` are fresh tmpfs mounts.
@@ -21,8 +25,9 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,6 +95,7 @@ while [ $# -gt 0 ]; do
   esac
   shift 2
 done
+ip link set lo up
 echo "$HOSTNAME_" > "$R/etc/hostname"
 hostname "$HOSTNAME_"
 export container=reconciler
@@ -135,9 +141,27 @@ class Host:
     def unit_dir(self) -> Path:
         return self.root / "etc/systemd/system"
 
+    @property
+    def netns(self) -> Path:
+        """The host's network namespace (loopback only)."""
+        return Path(f"/proc/{self.pid}/ns/net")
+
     def nsenter(self, argv: Sequence[str]) -> list[str]:
-        """The argv that runs ``argv`` inside the host (its mount, PID, root and cwd)."""
-        return ["nsenter", "-t", str(self.pid), "-m", "-p", "-u", "-i", "-r", "-w", *argv]
+        """The argv that runs ``argv`` inside the host (its namespaces, root and cwd)."""
+        return ["nsenter", "-t", str(self.pid), "-m", "-p", "-u", "-i", "-n", "-r", "-w", *argv]
+
+    def nsenter_net(self, argv: Sequence[str]) -> list[str]:
+        """The argv that runs ``argv`` on the host's network but the machine's files."""
+        return ["nsenter", f"--net={self.netns}", *argv]
+
+    @contextlib.contextmanager
+    def network(self) -> Iterator[None]:
+        """Run the block on the host's network: sockets made in it stay there afterwards.
+
+        Switches only the calling thread (``setns``), and back on exit.
+        """
+        with _network_of(self.netns):
+            yield
 
     def run(
         self,
@@ -203,6 +227,32 @@ class Host:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
+CLONE_NEWNET = 0x40000000
+
+
+@contextlib.contextmanager
+def _network_of(netns: Path) -> Iterator[None]:
+    libc = ctypes.CDLL(None, use_errno=True)
+    own = os.open(f"/proc/self/task/{threading.get_native_id()}/ns/net", os.O_RDONLY)
+    try:
+        target = os.open(netns, os.O_RDONLY)
+        try:
+            if libc.setns(target, CLONE_NEWNET) != 0:
+                err = ctypes.get_errno()
+                raise SandboxError(f"cannot enter network '{netns}': {os.strerror(err)}")
+        finally:
+            os.close(target)
+        try:
+            yield
+        finally:
+            if libc.setns(own, CLONE_NEWNET) != 0:  # pragma: no cover - would strand the thread
+                raise SandboxError(
+                    f"cannot leave network '{netns}': {os.strerror(ctypes.get_errno())}"
+                )
+    finally:
+        os.close(own)
+
+
 def _remove_cgroups(name: str) -> None:
     for hierarchy in CGROUP_HIERARCHIES:
         top = CGROUP_ROOT / hierarchy / name
@@ -243,11 +293,11 @@ def check_supported() -> None:
             "cannot boot a disposable systemd host: needs root",
             "run as root (sudo), on Linux with namespaces and overlayfs",
         )
-    for tool in ("unshare", "nsenter", "chroot", "mount"):
+    for tool in ("unshare", "nsenter", "chroot", "mount", "ip"):
         if not shutil.which(tool):
             raise SandboxError(
                 f"cannot boot a disposable systemd host: '{tool}' not found",
-                "install util-linux and coreutils",
+                "install util-linux, coreutils and iproute2",
             )
     if not Path("/lib/systemd/systemd").exists():
         raise SandboxError(
@@ -306,6 +356,7 @@ def boot(
             "--mount",
             "--uts",
             "--ipc",
+            "--net",
             "--propagation",
             "private",
             "--",
@@ -418,6 +469,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "root": str(host.root),
                     "boot_sec": round(time.monotonic() - started, 2),
                     "enter": shlex.join(host.nsenter(["bash"])),
+                    "enter_network": shlex.join(host.nsenter_net(["bash"])),
                 }
             ),
             flush=True,

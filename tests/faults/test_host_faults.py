@@ -380,7 +380,7 @@ class Inside:
     """The reconciler CLI run inside a host as root, with its defaults (private socket)."""
 
     host: sandbox.Host
-    repo: ConfigRepo  # outside; served by git daemon on 127.0.0.1 (the host shares the network)
+    repo: ConfigRepo  # outside; served by a git daemon on the host's own 127.0.0.1
     url: str
     base: str  # inside path of state and config
 
@@ -415,7 +415,7 @@ def inside(own_host: sandbox.Host, tmp_path: Path) -> Iterator[Inside]:
     outside.mkdir(parents=True)
     (outside / "config.toml").write_text("lock_timeout_sec = 30\nfetch_timeout_sec = 5\n")
     repo = ConfigRepo(tmp_path / "git")
-    with git_daemon(repo.remote.parent) as port:
+    with git_daemon(repo.remote.parent, own_host) as port:
         yield Inside(own_host, repo, f"git://127.0.0.1:{port}/{repo.remote.name}", base)
 
 

@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from reconciler.devtools import sandbox
+
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "Test Operator",
     "GIT_AUTHOR_EMAIL": "ops@example.invalid",
@@ -67,18 +69,22 @@ class ConfigRepo:
 
 
 @contextlib.contextmanager
-def git_daemon(base: Path) -> Iterator[int]:
+def git_daemon(base: Path, host: sandbox.Host | None = None) -> Iterator[int]:
     """``git daemon`` serving the repositories under ``base`` on 127.0.0.1; yields its port.
 
+    With ``host``, the daemon listens on that disposable host's own network (for a sync
+    running inside it) while it reads ``base`` from this machine's files.
     ``git daemon`` runs ``git-daemon`` as a child: the whole process group is killed, or
     the daemon would outlive the test.
     """
-    with socket.socket() as s:
+    network = host.network if host is not None else contextlib.nullcontext
+    with network(), socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
+    argv = ["git", "daemon", "--reuseaddr", "--export-all", f"--base-path={base}"]
+    argv += ["--listen=127.0.0.1", f"--port={port}", str(base)]
     proc = subprocess.Popen(
-        ["git", "daemon", "--reuseaddr", "--export-all", f"--base-path={base}"]
-        + ["--listen=127.0.0.1", f"--port={port}", str(base)],
+        host.nsenter_net(argv) if host is not None else argv,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -87,7 +93,8 @@ def git_daemon(base: Path) -> Iterator[int]:
         deadline = time.monotonic() + 10
         while True:
             try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                with network():
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
                 break
             except OSError:
                 assert time.monotonic() < deadline, "git daemon did not start"

@@ -5,7 +5,7 @@ under /root: the installed units must cope with ProtectHome=). The config reposi
 bare repo created inside the host, holding the project's example inventory and templates.
 Every job's service is then started for real: gitops-sync applies the examples,
 volume-backup archives a small tree into a dest outside the state dir, reading-sync calls
-a real HTTP server on 127.0.0.1 (the host shares this machine's network) with the token
+a real HTTP server on the host's own 127.0.0.1 (its own network namespace) with the token
 from the credential, metrics-sample and reconciler-monitor record their passes.
 
 Everything is removed again at the end (the examples through a sync of an empty
@@ -53,8 +53,8 @@ GIT = ["git", "-c", "user.name=Test Operator", "-c", "user.email=ops@example.inv
 GIT += ["-c", "init.defaultBranch=main", "-c", "safe.directory=*"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
+def free_port(host: sandbox.Host) -> int:
+    with host.network(), socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
@@ -126,7 +126,7 @@ class EtlServer:
 
 
 @pytest.fixture(scope="module")
-def etl() -> Iterator[EtlServer]:
+def etl(host: sandbox.Host) -> Iterator[EtlServer]:
     server_state = EtlServer(0)
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -144,7 +144,8 @@ def etl() -> Iterator[EtlServer]:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    with host.network():  # the jobs inside the host reach it on their own loopback
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server_state.port = server.server_address[1]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -205,7 +206,7 @@ def installed(host: sandbox.Host) -> Iterator[Installed]:
     state_existed = state.is_dir()
     state_before = {p.name for p in state.iterdir()} if state_existed else set()
     etc_existed = host_path(host, "/etc/reconciler").exists()
-    web_port = free_port()
+    web_port = free_port(host)
     example_repo(host, web_port)
     proc = cli(host, "install", "--repo", f"{BASE}/config.git", "--host", "sandbox", check=False)
     try:

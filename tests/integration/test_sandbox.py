@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
 
 from reconciler.devtools import sandbox
-from tests.conftest import ENV_INSIDE, PYTHON_INSIDE
+from tests.conftest import ENV_INSIDE, PYTHON_INSIDE, booted_host
 
 pytestmark = pytest.mark.host
 
@@ -37,3 +38,51 @@ def test_project_runs_inside(host: sandbox.Host) -> None:
     env = [f"{k}={v}" for k, v in ENV_INSIDE.items()]
     out = host.run(["env", *env, PYTHON_INSIDE, "-m", "reconciler", "--version"]).stdout
     assert out.startswith("reconciler ")
+
+
+LISTENER = "[Socket]\nListenStream=9420\n"
+LISTENER_SERVICE = "[Service]\nExecStart=/bin/true\n"
+
+
+def _listening_inodes(tcp_tables: list[str], port: int) -> set[str]:
+    """Inodes of the sockets listening on ``port`` in /proc/net/tcp{,6} tables (state 0A)."""
+    found = set()
+    for table in tcp_tables:
+        for line in table.splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":
+                found.add(fields[9])
+    return found
+
+
+def test_two_hosts_listen_on_9420_and_the_machine_stays_free(host: sandbox.Host) -> None:
+    """Each host has a network of its own (loopback up): the same port in both, none here."""
+    with booted_host(hostname="second") as second:
+        inodes = {}
+        for h in (host, second):
+            (h.unit_dir / "port-9420.socket").write_text(LISTENER)
+            (h.unit_dir / "port-9420.service").write_text(LISTENER_SERVICE)
+        try:
+            for h in (host, second):
+                h.systemctl("daemon-reload")
+                h.systemctl("start", "port-9420.socket")
+                assert h.systemctl("is-active", "port-9420.socket").stdout.strip() == "active"
+                links = h.run(["ip", "-o", "link"]).stdout.splitlines()
+                assert [line.split(":")[1].strip() for line in links] == ["lo"]
+                assert "state UNKNOWN" in links[0] or "state UP" in links[0]
+                with h.network():  # reachable from here through the host's own loopback
+                    socket.create_connection(("127.0.0.1", 9420), timeout=5).close()
+                inodes[h.name] = _listening_inodes(
+                    [Path(f"/proc/{h.pid}/net", t).read_text() for t in ("tcp", "tcp6")], 9420
+                )
+                assert inodes[h.name], h.name
+            machine = _listening_inodes(
+                [Path("/proc/self/net", t).read_text() for t in ("tcp", "tcp6")], 9420
+            )
+            assert not machine & (inodes[host.name] | inodes[second.name])
+            assert inodes[host.name].isdisjoint(inodes[second.name])
+        finally:
+            host.systemctl("stop", "port-9420.socket", check=False)
+            for name in ("port-9420.socket", "port-9420.service"):
+                (host.unit_dir / name).unlink(missing_ok=True)
+            host.systemctl("daemon-reload", check=False)

@@ -462,7 +462,8 @@ def hardened_units(tag: str, port: int, etc: str) -> tuple[str, str]:
 
 def test_socket_activated_inside_the_host(host: sandbox.Host, sync_unit: SyncUnit) -> None:
     tag = uuid.uuid4().hex[:8]
-    port = free_port()
+    with host.network():  # the host has a network of its own: ports and requests go there
+        port = free_port()
     sock_name, svc_name = f"webhook-test-{tag}.socket", f"webhook-test-{tag}.service"
     etc = f"/etc/reconciler-test-{tag}"
     (host.root / etc.lstrip("/")).mkdir()
@@ -477,28 +478,29 @@ def test_socket_activated_inside_the_host(host: sandbox.Host, sync_unit: SyncUni
     (host.unit_dir / svc_name).write_text(service_text)
     host.systemctl("daemon-reload")
     try:
-        host.systemctl("start", sock_name)
-        assert host.systemctl("is-active", svc_name, check=False).stdout.strip() == "inactive"
-        sync_unit.wait_idle()
-        runs = len(sync_unit.runs())
-        bad = push_body()
-        assert post(port, bad, signed(bad, secret="nope"))[0] == 401
-        show = host.systemctl("show", "-p", "TriggeredBy", "-p", "ActiveState", svc_name).stdout
-        assert f"TriggeredBy={sock_name}" in show and "ActiveState=active" in show
-        time.sleep(1.5)
-        assert len(sync_unit.runs()) == runs  # refused: nothing started
-        body = push_body()
-        headers = signed(body)
-        status, answer = post(port, body, headers)
-        assert (status, answer["status"]) == (202, "sync started"), answer
-        wait_for(lambda: len(sync_unit.runs()) == runs + 1, 10, "gitops-sync to run")
-        assert request(port, "GET", "/healthz")[1]["socket_activated"] is True
-        host.journal_sync()
-        mine = host.journal(f"_SYSTEMD_UNIT={svc_name}", f"MESSAGE_ID={ACCEPTED}")
-        assert [e["RECONCILER_DELIVERY"] for e in mine] == [headers["X-GitHub-Delivery"]]
-        refused = host.journal(f"_SYSTEMD_UNIT={svc_name}", f"MESSAGE_ID={REJECTED}")
-        assert [e["RECONCILER_REASON"] for e in refused] == ["bad-signature"]
-        sync_unit.wait_idle()
+        with host.network():
+            host.systemctl("start", sock_name)
+            assert host.systemctl("is-active", svc_name, check=False).stdout.strip() == "inactive"
+            sync_unit.wait_idle()
+            runs = len(sync_unit.runs())
+            bad = push_body()
+            assert post(port, bad, signed(bad, secret="nope"))[0] == 401
+            show = host.systemctl("show", "-p", "TriggeredBy", "-p", "ActiveState", svc_name).stdout
+            assert f"TriggeredBy={sock_name}" in show and "ActiveState=active" in show
+            time.sleep(1.5)
+            assert len(sync_unit.runs()) == runs  # refused: nothing started
+            body = push_body()
+            headers = signed(body)
+            status, answer = post(port, body, headers)
+            assert (status, answer["status"]) == (202, "sync started"), answer
+            wait_for(lambda: len(sync_unit.runs()) == runs + 1, 10, "gitops-sync to run")
+            assert request(port, "GET", "/healthz")[1]["socket_activated"] is True
+            host.journal_sync()
+            mine = host.journal(f"_SYSTEMD_UNIT={svc_name}", f"MESSAGE_ID={ACCEPTED}")
+            assert [e["RECONCILER_DELIVERY"] for e in mine] == [headers["X-GitHub-Delivery"]]
+            refused = host.journal(f"_SYSTEMD_UNIT={svc_name}", f"MESSAGE_ID={REJECTED}")
+            assert [e["RECONCILER_REASON"] for e in refused] == ["bad-signature"]
+            sync_unit.wait_idle()
     finally:
         host.systemctl("stop", svc_name, sock_name, check=False)
         for name in (svc_name, sock_name):
