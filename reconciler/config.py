@@ -471,6 +471,8 @@ class Settings:
     lock_timeout_sec: float = 60.0
     fetch_timeout_sec: float = 60.0  # one fetch (and signature check) of the config repo
     allow_empty: bool = False  # allow an inventory that prunes every owned unit
+    render_cpu_sec: float = 10.0  # CPU time of one render (reconcile/jail.py)
+    render_memory_mb: float = 512.0  # memory a render may add to the sync process
     sections: dict[str, dict[str, Any]] = field(default_factory=dict, compare=False)
     path: Path | None = field(default=None, compare=False)  # the file read, if any
 
@@ -523,7 +525,7 @@ class Settings:
 
 _PATHS = {"state_dir", "unit_dir", "run_dir", "webhook_secret_file", "gpg_home"}
 _BOOLS = {"verify_signatures", "allow_empty"}
-_FLOATS = {"lock_timeout_sec", "fetch_timeout_sec"}
+_FLOATS = {"lock_timeout_sec", "fetch_timeout_sec", "render_cpu_sec", "render_memory_mb"}
 
 
 def _top(source: str, key: str, value: Any, *, text: bool) -> Any:

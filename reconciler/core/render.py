@@ -29,7 +29,7 @@ from typing import Any
 
 import jinja2
 from jinja2.exceptions import SecurityError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.sandbox import ImmutableSandboxedEnvironment, safe_range
 
 from reconciler.core.inventory import (
     TEMPLATE_DIR,
@@ -44,6 +44,7 @@ from reconciler.model import DesiredUnit
 
 OPEN, CLOSE = "\ufdd0", "\ufdd1"  # Unicode non-characters: never in legitimate text
 MAX_UNIT_CHARS = 1 << 20
+MAX_RANGE_ITEMS = 1_000_000  # range() items in one unit's render (loops; CPU is bounded too)
 INSTALL_KEYS = ("WantedBy", "RequiredBy", "UpheldBy", "Alias", "Also")
 # inventory field -> directive, in the order they are written to NAME.timer
 TIMER_KEYS = (
@@ -130,9 +131,22 @@ class _Loader(jinja2.BaseLoader):
 
 
 class _Sandbox(ImmutableSandboxedEnvironment):
-    """Also refuses ``'x' * n`` / ``n ** m`` that would build a huge value before output."""
+    """Also refuses ``'x' * n`` / ``n ** m`` that would build a huge value before output, and
+    counts the items of every ``range()`` of one render (nested loops multiply)."""
 
     intercepted_binops = frozenset({"*", "**"})
+    range_left = MAX_RANGE_ITEMS  # reset before each unit's render
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.globals["range"] = self.counted_range
+
+    def counted_range(self, *args: int) -> range:
+        items = safe_range(*args)  # also refuses one range of more than 100,000 items
+        self.range_left -= len(items)
+        if self.range_left < 0:
+            raise SecurityError(f"range() asked for more than {MAX_RANGE_ITEMS} items in all")
+        return items
 
     def call_binop(
         self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any
@@ -146,7 +160,7 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         return super().call_binop(context, operator, left, right)
 
 
-def build_environment(templates: Mapping[str, str]) -> ImmutableSandboxedEnvironment:
+def build_environment(templates: Mapping[str, str]) -> _Sandbox:
     """The sandbox over ``templates``: names relative to templates/ -> text."""
     for name, text in templates.items():
         if not template_name_ok(name):
@@ -215,7 +229,7 @@ def _var_named(value: str, variables: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _render_text(env: ImmutableSandboxedEnvironment, inst: ServiceInstance) -> str:
+def _render_text(env: _Sandbox, inst: ServiceInstance) -> str:
     where = f"{TEMPLATE_DIR}{inst.template}"
     suffix = f" (service '{inst.name}')"
     for name, item in inst.vars.items():
@@ -228,6 +242,7 @@ def _render_text(env: ImmutableSandboxedEnvironment, inst: ServiceInstance) -> s
     context: dict[str, Any] = dict(inst.vars)
     context["service"] = inst.name
     context["host"] = HostInfo(inst.host_name, inst.host_groups)
+    env.range_left = MAX_RANGE_ITEMS
     try:
         template = env.get_template(inst.template)
         chunks, size = [], 0
@@ -257,7 +272,7 @@ def _render_text(env: ImmutableSandboxedEnvironment, inst: ServiceInstance) -> s
         line = _template_line(exc.__traceback__, where)
         reason = str(exc).rstrip(".")
         raise RenderError(f"{line}: refused by the sandbox: {reason}{suffix}") from None
-    except RenderError:
+    except (RenderError, MemoryError):  # out of memory: the render's process limit says so
         raise
     except Exception as exc:  # UndefinedError, TypeError, ZeroDivisionError... in a template
         line = _template_line(exc.__traceback__, where)
@@ -364,7 +379,7 @@ def build_timer(name: str, timer: Timer) -> str:
     return "\n".join(lines)
 
 
-def render_one(env: ImmutableSandboxedEnvironment, inst: ServiceInstance) -> list[DesiredUnit]:
+def render_one(env: _Sandbox, inst: ServiceInstance) -> list[DesiredUnit]:
     """The units of one service instance: ``NAME.service`` and maybe ``NAME.timer``."""
     unit = f"{inst.name}.service"
     content = _check(_render_text(env, inst), inst, unit)

@@ -123,7 +123,7 @@ class _Sync:
                 return
             held_from, snapshot = snapshot.revision, fetch.snapshot(settings, good)
             outcome.revision = snapshot.revision
-        desired = render_cached(snapshot, settings.host_name, store)
+        desired = render_cached(snapshot, settings, store)
         systemd = self.systemd = connect(settings)
         plan = make_plan(desired, observe(desired, systemd, store, settings), settings)
         outcome.plan, outcome.actions = plan, describe(plan)

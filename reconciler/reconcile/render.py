@@ -2,7 +2,9 @@
 
 Rendering is a pure function of the revision, the host and the reconciler's version, so
 the last render is kept in the store and reused while that key matches: a no-op sync then
-never imports jinja2 and pydantic (about a quarter of a second at start-up).
+never imports jinja2 and pydantic (about a quarter of a second at start-up), nor forks the
+render's child process: templates are code from the repository, so a render runs under
+bounded CPU time and memory (``jail``).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from reconciler import __version__
+from reconciler.config import Settings
 from reconciler.model import DesiredUnit, Snapshot
 from reconciler.store.sync_store import decode_desired, encode_desired
 
@@ -40,12 +43,27 @@ def render(snapshot: Snapshot, host: str) -> list[DesiredUnit]:
     ]
 
 
-def render_cached(snapshot: Snapshot, host: str, store: Store) -> list[DesiredUnit]:
-    """Render, reusing the units of the last render of the same revision, host and version."""
-    key = f"{snapshot.revision}:{host}:{__version__}"
+def render_bounded(snapshot: Snapshot, settings: Settings) -> list[DesiredUnit]:
+    """``render`` in a child process with bounded CPU time and memory (``jail``)."""
+    import reconciler.core.render  # noqa: F401  (jinja2, pydantic): imported before the fork
+    from reconciler.reconcile import jail
+
+    host = settings.host_name
+    return jail.render_bounded(
+        lambda: render(snapshot, host),
+        what=f"revision {snapshot.revision[:12]} for host '{host}'",
+        cpu_sec=settings.render_cpu_sec,
+        memory_mb=settings.render_memory_mb,
+    )
+
+
+def render_cached(snapshot: Snapshot, settings: Settings, store: Store) -> list[DesiredUnit]:
+    """Render (bounded), reusing the units of the last render of the same revision, host and
+    version."""
+    key = f"{snapshot.revision}:{settings.host_name}:{__version__}"
     if store.kv_get(RENDER_KEY) == key:
         return decode_desired(store.kv_get(RENDERED_KEY))
-    units = render(snapshot, host)
+    units = render_bounded(snapshot, settings)
     with store.transaction():
         store.kv_set(RENDER_KEY, key)
         store.kv_set(RENDERED_KEY, encode_desired(units))

@@ -83,7 +83,7 @@ def _converge(
     """The good revision through the steps of any sync (it passed validation once already;
     its gate's verdict is not judged again)."""
     snapshot = fetch.snapshot(settings, good)
-    desired = render_cached(snapshot, settings.host_name, store)
+    desired = render_cached(snapshot, settings, store)
     plan = make_plan(desired, observe(desired, systemd, store, settings), settings)
     applied = apply_plan(plan, desired, systemd, store, settings, good, monitoring)
     verify.gate(plan, applied, systemd, store, monitoring)

@@ -40,6 +40,7 @@ class Applied:
 def applied(host: sandbox.Host, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Applied]:
     """Two running services, applied once for the whole module."""
     env = make_env(host, tmp_path_factory.mktemp("input"))
+    env.configure(top="render_cpu_sec = 3\nrender_memory_mb = 256\n")  # exhausting templates
     a, b = env.name("alpha"), env.name("beta")
     env.repo.commit(base_files(env, service(a), service(b)), message="good")
     assert env.sync()["result"] == "applied"
@@ -127,6 +128,22 @@ CASES: list[tuple[str, Mutation, str]] = [
     ("value with a \\ continuation",
      edit("inventory/hosts.toml", '"hello from the host"', '"x \\\\"'),
      "variable 'greeting' ends with a backslash"),
+    ("render CPU: nested range() loops",
+     template(APP + "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}"
+              "{% endfor %}\n"),
+     "range() asked for more than 1000000 items in all"),
+    ("render CPU: nested loops over a string",
+     template(APP + "{% for a in 'x' * 100000 %}{% for b in 'x' * 100000 %}{% endfor %}"
+              "{% endfor %}\n"),
+     "more than 3 s of CPU time (render_cpu_sec)"),
+    ("render memory: center", template(APP + "{% set x = 'a' | center(1500000000) %}\n"),
+     "more than 256 MB of memory (render_memory_mb)"),
+    ("render memory: format", template(APP + "{% set x = '%1500000000s' | format('a') %}\n"),
+     "more than 256 MB of memory (render_memory_mb)"),
+    ("render memory: ~ in a loop",
+     template(APP + "{% set ns = namespace(v='0123456789') %}{% for i in range(40) %}"
+              "{% set ns.v = ns.v ~ ns.v %}{% endfor %}\n"),
+     "more than 256 MB of memory (render_memory_mb)"),
     ("host named like a group", lambda work, _name: (work / "inventory/hosts.toml").write_text(
         (work / "inventory/hosts.toml").read_text() + "\n[hosts.web]\n"),
      "hosts.testhost.groups[0]: group 'web' is also a host's name"),
