@@ -1,9 +1,9 @@
 """The monitor's tables in the state database (talks to SQLite): history, counters, findings.
 
-The tables are created by the monitor's migration in ``state.MIGRATIONS`` (the second
-script); this module holds every query on them. It opens its own connection
-to the state file (WAL: the sync's connection and the watch daemon's never block readers),
-so the SQL stays here and ``state.Store`` stays the sync's.
+The tables are created by the monitor's migration in ``sync_store.MIGRATIONS`` (the second
+script); this module holds every query on them. It opens its own connection to the state
+file (WAL: the sync's connection and the watch daemon's never block readers), so the SQL
+stays here and ``sync_store.Store`` stays the sync's; both stand on ``db.Database``.
 
 - ``monitor_observation``: one row per look at a unit (a pass, a watch event). Bounded:
   older than ``observation_days`` or beyond ``observations_per_unit`` rows are pruned
@@ -25,8 +25,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from typing import Any
 from reconciler.core.counters import Action, Counters, Event, Observation
 from reconciler.core.patterns import Finding
 from reconciler.errors import StateError
+from reconciler.store import db
 
 _OBS_COLUMNS = (
     "unit, at, active_state, sub_state, result, n_restarts, invocation_id, exec_main_code,"
@@ -106,63 +106,21 @@ class Loaded:
     first_seen: dict[str, float] = field(default_factory=dict)
 
 
-class FindingStore:
+class FindingStore(db.Database):
     """The monitor's view of the state database. One per thread (sqlite3's rule)."""
 
     def __init__(
         self, path: Path, *, retention: Retention | None = None, busy_timeout: float = 10.0
     ) -> None:
-        self.path = path
         self.retention = retention or Retention()
-        try:
-            self._conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
-            self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-            self._conn.execute("PRAGMA synchronous = NORMAL")
+        try:  # the sync store created and migrated the file; the monitor's writes may lag
+            conn = db.connect(path, busy_timeout=busy_timeout, synchronous="NORMAL", create=False)
         except sqlite3.Error as exc:
             raise StateError(f"cannot open state database '{path}': {exc}") from None
-        self._depth = 0
+        super().__init__(path, conn)
 
-    def close(self) -> None:
-        self._conn.close()
-
-    @contextmanager
-    def transaction(self) -> Iterator[None]:
-        """``BEGIN IMMEDIATE`` .. ``COMMIT``; nested uses join the outer one."""
-        if self._depth:
-            self._depth += 1
-            try:
-                yield
-            finally:
-                self._depth -= 1
-            return
-        with self._errors("write"):
-            self._conn.execute("BEGIN IMMEDIATE")
-        self._depth = 1
-        try:
-            yield
-        except BaseException:
-            self._depth = 0
-            if self._conn.in_transaction:
-                self._conn.execute("ROLLBACK")
-            raise
-        self._depth = 0
-        with self._errors("write"):
-            self._conn.execute("COMMIT")
-
-    @contextmanager
-    def _errors(self, verb: str) -> Iterator[None]:
-        try:
-            yield
-        except sqlite3.Error as exc:
-            text = str(exc)
-            hint = "another reconciler holds it; retry" if "locked" in text else None
-            raise StateError(
-                f"cannot {verb} monitor tables in '{self.path}': {text}", hint
-            ) from None
-
-    def _rows(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
-        with self._errors("read"):
-            return list(self._conn.execute(sql, params).fetchall())
+    def _what(self) -> str:
+        return f"monitor tables in '{self.path}'"
 
     # -- counters ------------------------------------------------------------------------
 
@@ -297,7 +255,7 @@ class FindingStore:
         last = self.kv_get("pruned_at")
         if not force and last is not None and now - float(last) < PRUNE_EVERY_SEC:
             return False
-        with self.transaction(), self._errors("prune monitor tables in"):
+        with self.transaction(), self._errors("prune"):
             self._conn.execute(
                 "DELETE FROM monitor_observation WHERE at < ?", (now - r.observation_days * 86400,)
             )

@@ -1,11 +1,11 @@
 """The state database (talks to SQLite): sync history, owned-file manifest, bad revisions.
 
 One file under the state dir (0600, parent 0700), WAL so readers never wait for the sync.
-The schema is versioned with ``PRAGMA user_version``: ``MIGRATIONS[i]`` takes version ``i`` to
-``i + 1``. To change the schema, append a script to ``MIGRATIONS``; never edit or reorder a
-shipped one. A corrupted file is moved aside to ``<name>.corrupt-<timestamp>`` with a
-warning and a fresh one is created: never silently lost. A database locked past
-``busy_timeout`` is a ``StateError``, never a hang.
+The schema is versioned with ``PRAGMA user_version`` (``db.migrate``): ``MIGRATIONS[i]``
+takes version ``i`` to ``i + 1``. To change the schema, append a script to ``MIGRATIONS``;
+never edit or reorder a shipped one. A corrupted file is moved aside to
+``<name>.corrupt-<timestamp>`` with a warning and a fresh one is created: never silently
+lost. A database locked past ``busy_timeout`` is a ``StateError``, never a hang.
 """
 
 from __future__ import annotations
@@ -15,14 +15,13 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from reconciler.errors import StateError
+from reconciler.errors import ReconcilerError, StateError
 from reconciler.model import DesiredUnit
+from reconciler.store import db
 
 log = logging.getLogger("reconciler")
 
@@ -140,14 +139,12 @@ class SuspendInfo:
     since: float
 
 
-class Store:
+class Store(db.Database):
     """The open state database. Not shared between threads (sqlite3's default check)."""
 
     def __init__(self, path: Path, conn: sqlite3.Connection, busy_timeout: float) -> None:
-        self.path = path
-        self._conn = conn
+        super().__init__(path, conn)
         self._busy_timeout = busy_timeout
-        self._depth = 0
         self._inode = os.stat(path).st_ino
 
     @classmethod
@@ -168,47 +165,18 @@ class Store:
                 )
             return cls(path, _connect(path, busy_timeout), busy_timeout)
         except sqlite3.Error as exc:
-            raise _translate(exc, path, "open") from None
+            raise db.translate(exc, f"state database '{path}'", "open") from None
         except OSError as exc:
             raise StateError(
                 f"cannot open state database '{path}': {exc.strerror}",
                 hint="check the state directory exists and is writable by root",
             ) from None
 
-    def close(self) -> None:
-        self._conn.close()
-
     def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    @contextmanager
-    def transaction(self) -> Iterator[None]:
-        """One write transaction (``BEGIN IMMEDIATE``); nested uses join the outer one."""
-        if self._depth:
-            self._depth += 1
-            try:
-                yield
-            finally:
-                self._depth -= 1
-            return
-        self._reopen_if_replaced()
-        with self._errors("write"):
-            self._conn.execute("BEGIN IMMEDIATE")
-        self._depth = 1
-        try:
-            yield
-            with self._errors("write"):
-                self._conn.execute("COMMIT")
-        except BaseException:
-            with suppress(sqlite3.Error):  # closed after a corruption: nothing to undo
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-            raise
-        finally:
-            self._depth = 0
 
     # --- history ---------------------------------------------------------------------
 
@@ -235,7 +203,7 @@ class Store:
 
     def history(self, limit: int = 20) -> list[SyncRecord]:
         """The newest syncs first."""
-        rows = self._read(
+        rows = self._rows(
             "SELECT id, revision, started_at, duration_sec, result, actions, error, trigger,"
             " summary FROM sync ORDER BY id DESC LIMIT ?",
             (limit,),
@@ -263,7 +231,7 @@ class Store:
     # --- manifest of owned unit files --------------------------------------------------
 
     def owned(self) -> frozenset[str]:
-        return frozenset(row[0] for row in self._read("SELECT name FROM owned"))
+        return frozenset(row[0] for row in self._rows("SELECT name FROM owned"))
 
     def set_owned(self, names: Iterable[str]) -> None:
         """Replace the whole manifest (join ``transaction()`` to record it with a sync)."""
@@ -288,7 +256,7 @@ class Store:
             self._conn.execute("DELETE FROM bad_revision WHERE revision = ?", (revision,))
 
     def is_bad(self, revision: str) -> bool:
-        return bool(self._read("SELECT 1 FROM bad_revision WHERE revision = ?", (revision,)))
+        return bool(self._rows("SELECT 1 FROM bad_revision WHERE revision = ?", (revision,)))
 
     def bad_reason(self, revision: str) -> str | None:
         return self._one("SELECT reason FROM bad_revision WHERE revision = ?", (revision,))
@@ -307,7 +275,7 @@ class Store:
             self._conn.execute("DELETE FROM suspension")
 
     def suspended(self) -> SuspendInfo | None:
-        rows = self._read("SELECT reason, by, since FROM suspension")
+        rows = self._rows("SELECT reason, by, since FROM suspension")
         return SuspendInfo(*rows[0]) if rows else None
 
     # --- small values ------------------------------------------------------------------
@@ -327,31 +295,23 @@ class Store:
 
     # --- internals ---------------------------------------------------------------------
 
-    def _read(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
-        if not self._depth:
-            self._reopen_if_replaced()
-        with self._errors("read"):
-            return list(self._conn.execute(sql, params).fetchall())
+    def _what(self) -> str:
+        return f"state database '{self.path}'"
 
-    def _one(self, sql: str, params: tuple[object, ...] = ()) -> str | None:
-        rows = self._read(sql, params)
-        return str(rows[0][0]) if rows else None
+    def _before_transaction(self) -> None:
+        self._reopen_if_replaced()
 
-    @contextmanager
-    def _errors(self, verb: str) -> Iterator[None]:
-        """sqlite3 errors become one StateError; a corrupted file is moved aside at once."""
-        try:
-            yield
-        except sqlite3.Error as exc:
-            if isinstance(exc, sqlite3.DatabaseError) and _is_corruption(exc):
-                self._conn.close()
-                aside = _move_aside(self.path, exc)
-                log.warning("state database '%s' corrupted; moved aside to '%s'", self.path, aside)
-                raise StateError(
-                    f"cannot {verb} state database '{self.path}': corrupted ({exc})",
-                    hint=f"moved aside to '{aside}'; the next run starts with a fresh database",
-                ) from None
-            raise _translate(exc, self.path, verb) from None
+    def _translate(self, exc: sqlite3.Error, verb: str) -> ReconcilerError:
+        """As the base does, but a corrupted file is moved aside at once."""
+        if isinstance(exc, sqlite3.DatabaseError) and _is_corruption(exc):
+            self._conn.close()
+            aside = _move_aside(self.path, exc)
+            log.warning("state database '%s' corrupted; moved aside to '%s'", self.path, aside)
+            return StateError(
+                f"cannot {verb} state database '{self.path}': corrupted ({exc})",
+                hint=f"moved aside to '{aside}'; the next run starts with a fresh database",
+            )
+        return super()._translate(exc, verb)
 
     def _reopen_if_replaced(self) -> None:
         """A database deleted (or replaced) under an open store: reopen, never write to a ghost."""
@@ -369,63 +329,20 @@ class Store:
 
 
 def _connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
-    """Connect with the file 0600 (parent 0700 when created), WAL, checked, then migrated."""
-    if not path.parent.is_dir():
-        path.parent.mkdir(mode=0o700, parents=True)
-    os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
-    os.chmod(path, 0o600)
-    conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
+    """Connect (the file 0600, WAL), check for damage, then migrate."""
+    conn = db.connect(path, busy_timeout=busy_timeout)
     try:
-        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA foreign_keys = ON")
         # Find damage before the sync touches the host, not when it records the result.
         # Costs ~0.5 ms on a fresh file, ~22 ms at 40,000 history rows (11.7 MB).
         problems = conn.execute("PRAGMA quick_check(1)").fetchall()
         if problems != [("ok",)]:
             raise sqlite3.DatabaseError(f"database disk image is malformed: {problems[0][0]}")
-        _migrate(conn, path)
+        db.migrate(conn, MIGRATIONS, f"state database '{path}'")
     except BaseException:
         conn.close()
         raise
     return conn
-
-
-def _migrate(conn: sqlite3.Connection, path: Path) -> None:
-    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-    if version == len(MIGRATIONS):
-        return
-    if version > len(MIGRATIONS):
-        raise StateError(
-            f"cannot open state database '{path}': schema version {version} is newer than "
-            f"this reconciler knows ({len(MIGRATIONS)})",
-            hint="upgrade the reconciler, or move the database aside",
-        )
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        # Read again under the write lock: another process may have migrated meanwhile.
-        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-        for script in MIGRATIONS[version:]:
-            for statement in _statements(script):
-                conn.execute(statement)
-        conn.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-
-
-def _statements(script: str) -> Iterator[str]:
-    """Split a script into complete statements (``executescript`` would commit midway)."""
-    buf = ""
-    for part in script.split(";"):
-        buf += part + ";"
-        if sqlite3.complete_statement(buf):
-            if buf.strip(" \t\n;"):
-                yield buf
-            buf = ""
 
 
 def _is_corruption(exc: sqlite3.DatabaseError) -> bool:
@@ -453,21 +370,6 @@ def _move_aside(path: Path, exc: Exception) -> Path:
             hint="move or remove the file by hand",
         ) from None
     return aside
-
-
-def _translate(exc: sqlite3.Error, path: Path, verb: str) -> StateError:
-    text = str(exc)
-    if "locked" in text or "busy" in text:
-        return StateError(
-            f"cannot {verb} state database '{path}': locked by another process",
-            hint="another reconciler (or sqlite3 shell) holds it; retry when it is done",
-        )
-    if "readonly" in text or "unable to open" in text:
-        return StateError(
-            f"cannot {verb} state database '{path}': {text}",
-            hint="check the state directory exists and is writable by root",
-        )
-    return StateError(f"cannot {verb} state database '{path}': {text}")
 
 
 DESIRED_KEY = "applied_units"  # kv key: the units of the applied revision, as JSON

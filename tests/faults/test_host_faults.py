@@ -283,6 +283,45 @@ def test_state_database_fault_during_a_sync(
     assert nothing_lost, (history[:3], aside)
 
 
+# ---- the metrics store ---------------------------------------------------------------------
+
+
+def test_metrics_store_newer_than_the_code(tmp_path: Path, fault_report: Report) -> None:
+    """A metrics.db migrated by a newer reconciler (a downgrade): refused, never rewritten."""
+    import sqlite3
+
+    config = tmp_path / "config.toml"
+    config.write_text(f'state_dir = "{tmp_path / "state"}"\nhost = "h"\n')
+    cli = [str(Path(sys.executable).parent / "reconciler"), "job", "metrics"]
+    env = {"PATH": "/usr/bin:/bin", "RECONCILER_JOURNAL_SOCKET": "/nonexistent/journal-socket"}
+
+    def job() -> subprocess.CompletedProcess[str]:
+        argv = [*cli, "--config", str(config)]
+        return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60)
+
+    assert job().returncode == 0
+    db = tmp_path / "state/metrics.db"
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA user_version = 7")
+    rows = conn.execute("SELECT count(*) FROM metric_samples").fetchone()[0]
+    conn.close()
+    refused = job()
+    lines = refused.stderr.strip().splitlines()
+    conn = sqlite3.connect(db)
+    after = conn.execute("PRAGMA user_version").fetchone()[0]
+    kept = conn.execute("SELECT count(*) FROM metric_samples").fetchone()[0]
+    conn.close()
+    assert refused.returncode == 1, refused.stderr
+    assert len(lines) == 1 and "schema version 7 is newer" in lines[0], lines
+    assert (after, kept) == (7, rows) and rows > 0
+    fault_report(
+        "metrics store written by a newer reconciler (schema version past the code's)",
+        "the job refuses in one line naming the file and both versions; the store untouched",
+        None,
+        (after, kept) == (7, rows),
+    )
+
+
 # ---- faults that break a host: a host of their own ------------------------------------------
 
 

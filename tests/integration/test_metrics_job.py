@@ -20,6 +20,7 @@ import pytest
 from reconciler.config import Settings
 from reconciler.core.hostmetrics import FIVE_MIN, HOURLY, RAW, Retention, Sample
 from reconciler.devtools import sandbox
+from reconciler.errors import JobError
 from reconciler.store import metric_store
 from tests.conftest import ENV_INSIDE, PYTHON_INSIDE, SRC_INSIDE, booted_host
 
@@ -230,6 +231,21 @@ def test_retention_and_downsampling_sqlite(tmp_path: Path) -> None:
     check_retention(Settings(state_dir=tmp_path))
 
 
+def test_sqlite_store_newer_than_the_code_is_refused(tmp_path: Path) -> None:
+    """The schema is versioned and migrated (db.migrate); a newer file is never rewritten."""
+    settings = Settings(state_dir=tmp_path)
+    metric_store.open_store(settings).close()
+    conn = sqlite3.connect(tmp_path / "metrics.db")
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        assert version == len(metric_store.SQLITE_MIGRATIONS)
+        conn.execute("PRAGMA user_version = 99")
+    finally:
+        conn.close()
+    with pytest.raises(JobError, match="schema version 99 is newer"):
+        metric_store.open_store(settings)
+
+
 # --- PostgreSQL in a disposable host ------------------------------------------------------
 
 
@@ -282,6 +298,32 @@ def pg_url(pg_host: sandbox.Host, pg_password: str) -> str:
 @pytest.mark.host
 def test_retention_and_downsampling_postgres(pg_url: str) -> None:
     check_retention(Settings(database_url=pg_url))
+
+
+@pytest.mark.host
+def test_postgres_schema_version_recorded_and_old_store_adopted(pg_url: str) -> None:
+    """A store made before versions were kept (tables, no metric_schema) is adopted with its
+    rows; the version is recorded once; a newer version is refused, the data untouched."""
+    import psycopg
+
+    legacy = [ddl for script in metric_store.POSTGRES_MIGRATIONS[:1] for ddl in script]
+    with psycopg.connect(pg_url) as conn:
+        for ddl in legacy:
+            conn.execute(ddl.encode())
+        conn.execute(b"INSERT INTO metric_state (key, value) VALUES ('old', 'kept')")
+    settings = Settings(database_url=pg_url)
+    for _ in range(2):  # the second open finds the version and has nothing to do
+        metric_store.open_store(settings).close()
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute(b"SELECT id, version FROM metric_schema").fetchall() == [
+            (1, len(metric_store.POSTGRES_MIGRATIONS))
+        ]
+        assert conn.execute(b"SELECT value FROM metric_state").fetchall() == [("kept",)]
+        conn.execute(b"UPDATE metric_schema SET version = 99")
+    with pytest.raises(JobError, match="schema version 99 is newer"):
+        metric_store.open_store(settings)
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute(b"SELECT version FROM metric_schema").fetchall() == [(99,)]
 
 
 @pytest.mark.host
