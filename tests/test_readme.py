@@ -23,7 +23,7 @@ def setup_commands() -> list[str]:
 def test_two_setup_commands_demo_then_tests() -> None:
     demo, tests = setup_commands()
     assert demo.endswith("reconciler demo")
-    assert "pip install -e ." in demo
+    assert "pip install . " in demo  # the wheel, not the checkout (tests/integration/test_wheel.py)
     assert tests == "./ci/test"
 
 

@@ -17,10 +17,10 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from reconciler import package_data
 from reconciler.devtools import sandbox
 from reconciler.errors import ReconcilerError
 
-PROJECT = Path(__file__).resolve().parents[2]
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "Demo Operator",
     "GIT_AUTHOR_EMAIL": "ops@example.invalid",
@@ -143,8 +143,8 @@ class Demo:
             capture_output=True,
             env={**os.environ, **GIT_ENV},
         )
-        shutil.copytree(PROJECT / "inventory", clone / "inventory")
-        shutil.copytree(PROJECT / "templates", clone / "templates")
+        shutil.copytree(package_data.find("inventory"), clone / "inventory")
+        shutil.copytree(package_data.find("templates"), clone / "templates")
         # The examples' ports (web on 8080) are the host's own: it has a network of its own.
         self.git("checkout", "-q", "-B", "main")
         self.push("example host: web, readings-etl, system-metrics, srv-backup")
@@ -203,6 +203,8 @@ class Demo:
 def main(argv: Sequence[str] = (), *, keep: bool = False) -> int:
     del argv
     sandbox.check_supported()
+    for name in ("inventory", "templates"):  # before a host boots: one line if missing
+        package_data.find(name)
     started = time.monotonic()
     demo = Demo()
     try:

@@ -41,11 +41,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from reconciler import package_data
 from reconciler.config import DEFAULT_CONFIG, Settings
 from reconciler.errors import ApplyError, UsageError
 from reconciler.model import DesiredUnit, Plan
 
-UNITS_DIR = Path(__file__).resolve().parents[2] / "units"
 MANIFEST_KEY = "install_owned"
 PLACEHOLDER = "@RECONCILER@"
 # Started and enabled by install; every other unit is run by one of these.
@@ -179,10 +179,12 @@ def _append(lines: list[str], extra: Sequence[str]) -> None:
 def build_units(
     settings: Settings | None = None,
     *,
-    units_dir: Path = UNITS_DIR,
+    units_dir: Path | None = None,
     layout: Layout | None = None,
 ) -> list[DesiredUnit]:
     """The own units as DesiredUnits, fitted to this host (``read_layout``) or ``layout``."""
+    if units_dir is None:
+        units_dir = package_data.find("units")
     if not units_dir.is_dir():
         raise UsageError(
             f"cannot install: no units directory '{units_dir}'",
@@ -361,6 +363,7 @@ def install(
     units: Sequence[DesiredUnit] | None = None,
 ) -> Installed:
     """Config, webhook secret, writable dirs, then the own units through plan/apply."""
+    units_dir = package_data.find("units") if units is None else None  # before any write
     written = write_config(config_path or DEFAULT_CONFIG, settings)
     secret = write_secret(Path(settings.webhook_secret_file or DEFAULT_SECRET))
     layout = read_layout(settings)
@@ -369,7 +372,7 @@ def install(
     for paths in layout.writable.values():
         for p in map(Path, paths):  # ReadWritePaths= cannot grant what does not exist
             p.mkdir(parents=True, exist_ok=True, mode=0o755 if p == shared else 0o700)
-    desired = list(units) if units is not None else build_units(layout=layout)
+    desired = list(units) if units is not None else build_units(units_dir=units_dir, layout=layout)
     plan, calls = _converge(settings, desired)
     return Installed(plan, written, secret, notes_for(layout, settings), calls)
 

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from reconciler import package_data
 from reconciler.config import Settings
 from reconciler.errors import UsageError
 from reconciler.model import DesiredUnit
 from reconciler.reconcile import validate
 from reconciler.reconcile.install import (
-    UNITS_DIR,
     Layout,
     adapt,
     build_units,
@@ -31,6 +31,7 @@ from reconciler.reconcile.install import (
 
 PY = "/usr/bin/python3 -m reconciler"
 MAX_EXPOSURE = 4.0
+UNITS_DIR = package_data.find("units")
 EXEMPT = {"gitops-sync.service": 4.5}  # writes /etc/systemd/system and talks to PID 1 as root
 SERVICES = sorted(p.name for p in UNITS_DIR.glob("*.service"))
 
