@@ -273,9 +273,6 @@ class Action(Record):
     by: str = "sync"
 
 
-ACTION_SLACK_SEC = 1.0  # an event may be timed (its look taken) a moment before the action
-
-
 def attribute(
     events: Sequence[Event],
     actions: Sequence[Action],
@@ -298,7 +295,7 @@ def attribute(
             continue
         lo = since.get(e.unit)
         lo = e.at - STALE_SEC if lo is None else lo
-        mine = [a for a in actions if a.unit == e.unit and lo < a.at <= e.at + ACTION_SLACK_SEC]
+        mine = [a for a in actions if a.unit == e.unit and lo < a.at <= e.at]  # job, then effect
         if mine:
             by = mine[-1].by
         elif e.kind == "start" and e.unit in scheduled:

@@ -35,8 +35,10 @@ class SyncMonitoring:
         """The start/restart/stop jobs about to run, so ``reconciler events`` says "sync" and
         not "operator" for what they cause. Written before them: a look may follow at once.
 
-        A unit the monitor has never looked at gets its first look (the baseline) now, before
-        its start job: that first start is then counted, and is the sync's.
+        Every unit a job is about to touch gets a look now: a unit the monitor has never
+        seen gets its baseline (its first start is then counted, and is the sync's), and one
+        it knows has what happened since the last look counted before the job (a
+        crash-looping unit's last restarts, just before a rollback stops and removes it).
         """
         verbs = {StartUnit: "start", RestartUnit: "restart", StopUnit: "stop"}
         now = time.time()
@@ -52,16 +54,16 @@ class SyncMonitoring:
         try:
             db.add_actions(jobs)
             known = db.counters(j.unit for j in jobs)
-            new = sorted({j.unit for j in jobs if j.verb != "stop" and j.unit not in known})
-            if new:  # not loaded yet (written by this sync): inactive, as systemd will see it
-                lives = systemd.read_units(new)
-                looks = [
-                    Observation.from_live(u, now - 0.001)
-                    if u.load_state == "loaded"
-                    else Observation(u.name, now - 0.001, "inactive", "dead", "", 0, "")
-                    for u in lives.values()
-                ]
-                Recorder(db, config).record(looks)
+            lives = systemd.read_units(sorted({j.unit for j in jobs}))
+            looks = [
+                Observation.from_live(u, now - 0.001)
+                if u.load_state == "loaded"
+                # not loaded yet (written by this sync): inactive, as systemd will see it
+                else Observation(u.name, now - 0.001, "inactive", "dead", "", 0, "")
+                for u in lives.values()
+                if u.load_state == "loaded" or u.name not in known
+            ]
+            Recorder(db, config).record(looks)
         finally:
             db.close()
 

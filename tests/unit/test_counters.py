@@ -275,6 +275,8 @@ def _ev(kind: str, at: float, by: str = "", code: int | None = None, sig: str | 
         (_ev("stop", 100.0), [Action("app.service", 99.0, "stop")], 90.0, False, "sync"),
         # recorded before the previous look: that look saw its effect; this is someone else
         (_ev("start", 100.0), [Action("app.service", 89.0, "restart")], 90.0, False, "operator"),
+        # a job recorded after the look that saw the change did not cause it
+        (_ev("start", 100.0), [Action("app.service", 100.5, "restart")], 90.0, False, "operator"),
         # another unit's job says nothing of this one
         (_ev("start", 100.0), [Action("db.service", 99.0, "restart")], 90.0, False, "operator"),
         # a timer-run service started with no job of ours: its timer
