@@ -527,9 +527,8 @@ def test_backup_dest_changed_in_the_config_is_written(day: Day) -> None:
     conf.write_text(HOST_CONFIG.format(repo=REPO, dest="/srv/backups"))
     day.path("/srv/backups").mkdir(exist_ok=True)
     proc = day.host.systemctl("start", "volume-backup.service", check=False)
-    assert proc.returncode == 0, day.host.systemctl(
-        "status", "volume-backup.service", check=False
-    ).stdout
+    logged = day.host.run(["journalctl", "-u", "volume-backup.service", "-n", "8"]).stdout
+    assert proc.returncode == 0, logged
     assert list(day.path("/srv/backups/www").glob("*.tar*"))
 
 
