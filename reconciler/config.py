@@ -438,6 +438,9 @@ class Webhook(Section):
     reject_burst: int = opt(20, above=0)  # rejected requests an address may send at once ...
     reject_per_sec: float = opt(1.0, above=0)  # ... and then per second, before it gets 429
     max_connections: int = opt(64, above=0)
+    max_connections_per_client: int = opt(16, above=0)  # one address's share (slowloris)
+    header_timeout_sec: float = opt(5.0, above=0)  # request line and headers, in all
+    body_timeout_sec: float = opt(10.0, above=0)  # the body, in all
 
 
 SECTIONS: dict[str, type] = {

@@ -3,15 +3,23 @@
 A stdlib ``ThreadingHTTPServer`` on the listening socket systemd passes (``LISTEN_FDS``,
 fd 3, ``Accept=no``) or, run by hand, bound to ``--listen``. It only moves bytes: each
 request goes to ``reconciler.push.service.Webhook``, which runs the checks and starts
-the sync. Connections are capped (503 beyond ``max_connections``), every socket read
-times out, and a body refused unread is drained briefly before the close so the client
-reads the answer instead of a reset. http.server's own access log is off: the journal
-entries of the service say what happened, without header values.
+the sync. A body refused unread is drained briefly before the close so the client reads the
+answer instead of a reset.
+
+Slowloris (70 connections from one address, one byte every 4 s, kept every slot busy and
+made the webhook answer real pushes with 503): connections are capped in all
+(``max_connections``) and per client address (``max_connections_per_client``); the last
+quarter of the slots is kept for addresses holding none; and the request line with the
+headers must arrive within ``header_timeout_sec`` in all, the body within
+``body_timeout_sec`` (a per-read timeout alone never fires on a byte every 4 s). Refusals
+for too many connections are a bare 503, neither logged nor parsed. http.server's own access
+log is off: the journal entries of the service say what happened, without header values.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import os
@@ -107,10 +115,37 @@ def activated_socket(environ: MutableMapping[str, str], pid: int) -> socket.sock
     return sock
 
 
+class _DeadlineReader(io.RawIOBase):
+    """The socket's bytes, each read bounded by what is left until ``deadline``."""
+
+    def __init__(self, conn: socket.socket, deadline: float) -> None:
+        self.conn = conn
+        self.deadline = deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("deadline passed")
+        self.conn.settimeout(min(remaining, READ_TIMEOUT_SEC))
+        return self.conn.recv_into(buffer)
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     timeout = READ_TIMEOUT_SEC
     server_version = "reconciler-webhook"
+    reader: _DeadlineReader
+
+    def setup(self) -> None:
+        """Reads from a deadline reader: the request line and headers first."""
+        super().setup()
+        self.rfile.close()  # the plain reader; the socket stays open
+        config = self.server.config
+        self.reader = _DeadlineReader(self.connection, time.monotonic() + config.header_timeout_sec)
+        self.rfile = io.BufferedReader(self.reader)
 
     def version_string(self) -> str:
         return self.server_version
@@ -122,6 +157,7 @@ class _Handler(BaseHTTPRequestHandler):
         return self.rfile.read(length)
 
     def _handle(self) -> None:
+        self.reader.deadline = time.monotonic() + self.server.config.body_timeout_sec
         headers = {k.lower(): v for k, v in self.headers.items()}
         remote = self.client_address[0] if self.client_address else "?"
         self._send(self.server.hook.handle(self.command, self.path, headers, remote, self._read))
@@ -181,7 +217,11 @@ class _Server(ThreadingHTTPServer):
         self, hook: Webhook, config: WebhookConfig, sock: socket.socket | None, listen: str
     ) -> None:
         self.hook = hook
-        self._slots = threading.BoundedSemaphore(config.max_connections)
+        self.config = config
+        self._lock = threading.Lock()
+        self._used = 0
+        self._by_client: dict[str, int] = {}  # connections held per client address
+        self._reserve = config.max_connections // 4  # for addresses holding none
         if sock is not None:
             self.address_family = sock.family
             super().__init__(sock.getsockname()[:2], _Handler, bind_and_activate=False)
@@ -204,13 +244,36 @@ class _Server(ThreadingHTTPServer):
         self.socket.bind(self.server_address)
         self.server_address = self.socket.getsockname()
 
+    def _admit(self, client: str) -> bool:
+        """Take a slot for ``client`` unless it holds its share or the rest is reserved."""
+        config = self.config
+        with self._lock:
+            held = self._by_client.get(client, 0)
+            if (
+                self._used >= config.max_connections
+                or held >= config.max_connections_per_client
+                or (held and self._used >= config.max_connections - self._reserve)
+            ):
+                return False
+            self._used += 1
+            self._by_client[client] = held + 1
+            return True
+
+    def _release(self, client: str) -> None:
+        with self._lock:
+            self._used -= 1
+            held = self._by_client.pop(client) - 1
+            if held:
+                self._by_client[client] = held
+
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
+        if not self._admit(_client(client_address)):
             body = b'{"error": "too many connections", "status": "rejected"}\n'
             head = b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\n"
             head += b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body)
             with contextlib.suppress(OSError):
-                request.sendall(head + body)
+                request.setblocking(False)  # a client that reads nothing cannot stall the loop
+                request.send(head + body)
             self.shutdown_request(request)
             return
         super().process_request(request, client_address)
@@ -219,7 +282,12 @@ class _Server(ThreadingHTTPServer):
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._slots.release()
+            self._release(_client(client_address))
+
+
+def _client(address: Any) -> str:
+    """The client's address (its host part) as the per-client limit counts it."""
+    return str(address[0]) if isinstance(address, tuple) and address else "?"
 
 
 def serve(
