@@ -11,11 +11,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--keep",
         action="store_true",
-        help="leave the host running at the end and print how to enter it",
+        help="leave the host running after the demo and print how to enter and stop it",
+    )
+    parser.add_argument(
+        "--stop",
+        metavar="NAME",
+        help="power off a host --keep left running and remove everything it left behind",
     )
 
 
 def run(args: argparse.Namespace) -> int:
     from reconciler.devtools import demo
 
+    if args.stop:
+        return demo.stop(args.stop)
     return demo.main(keep=args.keep)

@@ -53,8 +53,9 @@ timeout_sec = 6
 
 
 class Demo:
-    def __init__(self, out: Callable[[str], None] = print) -> None:
+    def __init__(self, out: Callable[[str], None] = print, *, keep: bool = False) -> None:
         self.out = out
+        self.keep = keep
         self.work = Path(tempfile.mkdtemp(prefix="reconciler-demo-"))
         self.host: sandbox.Host | None = None
 
@@ -121,7 +122,7 @@ class Demo:
             "boot a disposable systemd host (namespaces + overlay; nothing touches this machine)"
         )
         started = time.monotonic()
-        self.host = sandbox.boot(hostname="sandbox")
+        self.host = sandbox.boot(hostname="sandbox", kept=self.keep)
         self.out(
             f"  systemd {self.host.systemctl('--version').stdout.split()[1]} up as PID "
             f"{self.host.pid} in {time.monotonic() - started:.1f}s; bus "
@@ -187,17 +188,32 @@ class Demo:
         self.step("history: what was applied when")
         self.run("history")
 
-    def close(self, keep: bool) -> None:
+    def close(self) -> None:
         if self.host is None:
             shutil.rmtree(self.work, ignore_errors=True)
             return
-        if keep:
-            self.out(f"\nhost kept: enter it with  {' '.join(self.host.nsenter(['bash']))}")
-            self.out(f"stop it with  kill -s SIGRTMIN+4 {self.host.pid}; files in {self.work}")
+        if self.keep:
+            self.host.keep(remove=[self.work])
+            enter = " ".join(self.host.nsenter(["bash"]))
+            self.out(f"\nhost {self.host.name} kept (systemd PID {self.host.pid})")
+            self.out(f"  enter it:       {enter}")
+            self.out(
+                f"  the CLI on it:  RECONCILER_CONFIG={self.work / 'config.toml'} reconciler status"
+            )
+            self.out(f"  stop it:        reconciler demo --stop {self.host.name}")
+            self.out("                  (powers it off, removes its work dir, cgroups and repos)")
             return
         self.host.stop()
         shutil.rmtree(self.work, ignore_errors=True)
         self.out("\nhost stopped and removed")
+
+
+def stop(name: str) -> int:
+    """``reconciler demo --stop NAME``: what ``--keep`` left running, gone for good."""
+    sandbox.check_supported()
+    sandbox.stop_kept(name)
+    print(f"host {name} stopped and removed")
+    return 0
 
 
 def main(argv: Sequence[str] = (), *, keep: bool = False) -> int:
@@ -206,10 +222,10 @@ def main(argv: Sequence[str] = (), *, keep: bool = False) -> int:
     for name in ("inventory", "templates"):  # before a host boots: one line if missing
         package_data.find(name)
     started = time.monotonic()
-    demo = Demo()
+    demo = Demo(keep=keep)
     try:
         demo.story()
     finally:
-        demo.close(keep)
+        demo.close()
     print(f"\ndemo finished in {time.monotonic() - started:.0f}s")
     return 0

@@ -20,6 +20,7 @@ import contextlib
 import ctypes
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -210,6 +211,16 @@ class Host:
         """Make every entry sent so far readable (``journalctl --sync``)."""
         self.run(["journalctl", "--sync"], check=False)
 
+    def keep(self, remove: Sequence[Path] = ()) -> None:
+        """Record what ``stop_kept(name)`` needs to stop this host from another process and
+        remove it with ``remove`` (boot it with ``kept=True`` so that it outlives us)."""
+        record = {
+            "pid": self.pid,
+            "starttime": _starttime(self.pid),
+            "remove": [str(p) for p in remove],
+        }
+        (self.workdir / RECORD).write_text(json.dumps(record))
+
     def stop(self, timeout: float = 20.0) -> None:
         """Power the host off, then remove its cgroups and work dir. Safe to call twice."""
         if self.process.poll() is None:
@@ -251,6 +262,48 @@ def _network_of(netns: Path) -> Iterator[None]:
                 )
     finally:
         os.close(own)
+
+
+RECORD = "kept-host.json"  # in a kept host's work dir (outside view): what stop_kept needs
+
+
+def _starttime(pid: int) -> int:
+    """The process's start time in clock ticks (tells a reused PID apart)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def stop_kept(name: str, *, timeout: float = 20.0) -> None:
+    """Power off a host ``Host.keep`` left running (from another process), then remove its
+    cgroups, its work dir and the paths it recorded. Nothing is left once this returns."""
+    if not re.fullmatch(re.escape(NAME_PREFIX) + r"[A-Za-z0-9_]{1,64}", name):
+        raise SandboxError(
+            f"cannot stop host '{name}': not a disposable host's name",
+            f"names look like {NAME_PREFIX}abc123 (printed by 'reconciler demo --keep')",
+        )
+    workdir = Path(tempfile.gettempdir()) / name
+    try:
+        record = json.loads((workdir / RECORD).read_text())
+    except (OSError, ValueError) as exc:
+        raise SandboxError(
+            f"cannot stop host '{name}': no record of a kept host in {workdir}: {exc}",
+            "it may be stopped already",
+        ) from exc
+    pid = int(record["pid"])
+    with contextlib.suppress(OSError):
+        if _starttime(pid) == record["starttime"]:
+            os.kill(pid, signal.SIGRTMIN + 4)  # systemd: orderly poweroff
+            deadline = time.monotonic() + timeout
+            while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if Path(f"/proc/{pid}").exists():
+                os.kill(pid, signal.SIGKILL)  # kills the whole PID namespace
+            while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline + 10:
+                time.sleep(0.05)
+    _remove_cgroups(name)
+    shutil.rmtree(workdir, ignore_errors=True)
+    for path in record.get("remove", []):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _remove_cgroups(name: str) -> None:
@@ -324,11 +377,13 @@ def boot(
     unmask: Sequence[str] = (),
     hostname: str = "sandbox",
     timeout: float = 60.0,
+    kept: bool = False,
 ) -> Host:
     """Boot a host and wait until systemd reports running (or degraded).
 
     ``binds`` maps outside paths to paths inside the host (mounted read-only), e.g. a
-    checkout under /tmp, which the host's own /tmp would hide.
+    checkout under /tmp, which the host's own /tmp would hide. A ``kept`` host outlives
+    this process (no parent-death signal, a session of its own) until ``stop_kept``.
     """
     check_supported()
     cleanup_stale()
@@ -371,8 +426,9 @@ def boot(
         ],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        preexec_fn=_set_pdeathsig,
+        stderr=subprocess.DEVNULL if kept else subprocess.PIPE,  # no pipe to a dead reader
+        preexec_fn=None if kept else _set_pdeathsig,
+        start_new_session=kept,  # a kept host ignores the terminal's Ctrl-C
     )
     host: Host | None = None
     try:
