@@ -113,9 +113,21 @@ class Plan:
 
 
 @dataclass(frozen=True)
+class CommitInfo:
+    """Who changed what: one commit of the config repository, as plan, history and logs show it."""
+
+    revision: str  # full commit id
+    author: str  # "Name <email>"
+    subject: str  # first line of the message
+    authored_at: int = 0  # epoch seconds
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """The config repository at one commit: the files under inventory/ and templates/."""
 
     revision: str  # full commit id
     files: dict[str, bytes]  # repo-relative path -> content; symlinks are refused by source
     summary: str = ""  # first line of the commit message
+    commit: CommitInfo | None = field(default=None, compare=False)  # author, subject
+    resolved: str = field(default="", compare=False)  # what the ref named: refs/heads/main, ...

@@ -32,6 +32,8 @@ def run(args: argparse.Namespace) -> int:
             f"{when:<20} {r.revision[:12]:<12} {r.result:<12} {r.duration_sec:>6.1f} "
             f"{r.trigger:<8} {len(r.actions)}"
         )
+        if r.summary:
+            line += f"  {r.summary}"
         if r.error:
             line += f"  {r.error}"
         print(line)

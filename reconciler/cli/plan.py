@@ -30,6 +30,9 @@ def show(outcome: object, *, as_json: bool) -> int:
         _options.print_json(
             {
                 "revision": outcome.revision,
+                "resolved": outcome.resolved,
+                "commit": outcome.commit.__dict__ if outcome.commit else None,
+                "commits": [c.__dict__ for c in outcome.commits],
                 "actions": outcome.actions,
                 "notes": list(outcome.plan.notes),
                 "diff": plan_mod.diff(outcome.plan),
@@ -37,6 +40,8 @@ def show(outcome: object, *, as_json: bool) -> int:
         )
         return 0
     rev = (outcome.revision or "")[:12]
+    for line in describe_commits(outcome):
+        print(line)
     if outcome.plan.empty:
         print(f"revision {rev}: host already matches; nothing to do")
     else:
@@ -50,3 +55,19 @@ def show(outcome: object, *, as_json: bool) -> int:
         print()
         print(text, end="" if text.endswith("\n") else "\n")
     return 0
+
+
+def describe_commits(outcome: object) -> list[str]:
+    """``commit <id> <subject> (<author>)``, ref resolution, and the commits since the applied."""
+    from reconciler.reconcile import Outcome
+
+    assert isinstance(outcome, Outcome)
+    lines = []
+    if outcome.commit:
+        c = outcome.commit
+        via = f" [{outcome.resolved}]" if outcome.resolved else ""
+        lines.append(f"commit {c.revision[:12]}{via}: {c.subject} ({c.author})")
+    if outcome.commits:
+        lines.append(f"{len(outcome.commits)} commits since the applied revision:")
+        lines += [f"  {c.revision[:12]} {c.subject} ({c.author})" for c in outcome.commits]
+    return lines

@@ -83,6 +83,10 @@ def run(args: argparse.Namespace) -> int:
             + (f" ({outcome.message})" if outcome.message else "")
         )
     else:
+        from reconciler.cli.plan import describe_commits
+
+        for line in describe_commits(outcome):
+            print(line)
         print(f"revision {rev}: {len(outcome.actions)} actions")
         for line in outcome.actions:
             print(f"  {line}")
@@ -111,6 +115,9 @@ def _as_dict(outcome: object) -> dict[str, object]:
     return {
         "result": outcome.result.value,
         "revision": outcome.revision,
+        "resolved": outcome.resolved,
+        "commit": outcome.commit.__dict__ if outcome.commit else None,
+        "commits": [c.__dict__ for c in outcome.commits],
         "actions": outcome.actions,
         "notes": list(outcome.plan.notes),
         "failed_units": {u: str(why) for u, why in outcome.failed_units.items()},

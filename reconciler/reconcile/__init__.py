@@ -33,6 +33,7 @@ from reconciler.reconcile.rollback import roll_back
 from reconciler.runtime import connect, open_store
 
 if TYPE_CHECKING:
+    from reconciler.model import Snapshot
     from reconciler.store.sync_store import Store
     from reconciler.systemd.client import Systemd
 
@@ -113,6 +114,7 @@ class _Sync:
         settings = self.settings
         snapshot = fetch.snapshot(settings, revision)
         outcome.revision = snapshot.revision
+        describe_source(settings, store, snapshot, outcome)
         held_from: str | None = None
         if revision is None and not self.force and store.is_bad(snapshot.revision):
             good = store.applied_revision()
@@ -123,6 +125,7 @@ class _Sync:
                 return
             held_from, snapshot = snapshot.revision, fetch.snapshot(settings, good)
             outcome.revision = snapshot.revision
+            describe_source(settings, store, snapshot, outcome)
         desired = render_cached(snapshot, settings, store)
         systemd = self.systemd = connect(settings)
         plan = make_plan(desired, observe(desired, systemd, store, settings), settings)
@@ -148,11 +151,28 @@ class _Sync:
         failed = verify.gate(plan, applied, systemd, store, monitoring)
         if failed:
             roll_back(failed, outcome, settings, store, systemd, monitoring)  # always raises
+        commit = snapshot.commit
         journal.event(
             "sync.applied",
-            f"applied revision {snapshot.revision[:12]}: {len(plan.actions)} actions",
+            f"applied revision {snapshot.revision[:12]}: {len(plan.actions)} actions"
+            + (f" ({commit.subject!r} by {commit.author})" if commit else "")
+            + (f"; {len(outcome.commits)} new commits" if outcome.commits else ""),
             revision=snapshot.revision,
             actions=len(plan.actions),
+            author=commit.author if commit else None,
+            subject=commit.subject if commit else None,
+            ref=outcome.resolved or None,
+            commits=" ".join(c.revision for c in outcome.commits) or None,
+        )
+
+
+def describe_source(settings: Settings, store: Store, snapshot: Snapshot, outcome: Outcome) -> None:
+    """The commit's author and subject, and the commits since the applied revision (if new)."""
+    outcome.commit, outcome.resolved = snapshot.commit, snapshot.resolved
+    applied = store.applied_revision()
+    if applied and applied != snapshot.revision:
+        outcome.commits = fetch.commits_between(
+            settings.state_dir / "repo", applied, snapshot.revision
         )
 
 
@@ -164,6 +184,7 @@ def record(
     A rollback writes two rows: the failed sync, then the good revision applied again.
     """
     error = outcome.message if outcome.result is Result.FAILED else None
+    commit = outcome.commit
     store.record_sync(
         outcome.revision or "",
         started_wall,
@@ -172,6 +193,7 @@ def record(
         outcome.actions,
         error,
         trigger,
+        summary=f"{commit.subject} ({commit.author})" if commit else "",
     )
     if outcome.result is Result.ROLLED_BACK and outcome.rolled_back_to:
         store.record_sync(

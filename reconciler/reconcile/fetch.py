@@ -1,55 +1,65 @@
-"""The config repository (talks to the git CLI): fetch a ref into a bare cache, read one commit.
+"""The config repository (talks to git through GitPython): fetch a ref into a cache, read a commit.
 
-Files are read straight from the commit's tree through one ``cat-file --batch`` process, so
-there is no working copy to be left half-updated. Only ``inventory/`` and ``templates/``
-are read; symlinks, submodules and files over their size limit are refused: 1 MiB for a
-template, 16 MiB for an inventory file (10,000 services take about 1.3 MB of TOML).
+GitPython does the git work: ``Repo`` opens (``Repo.init`` creates) the bare cache,
+``Remote.fetch`` fetches under ``kill_after_timeout`` (which kills git and every descendant,
+e.g. ``git-remote-http`` or ``ssh``, so a hung remote cannot hang a oneshot), references and
+commit, tree and blob objects are read through its object database (one persistent
+``git cat-file --batch`` and ``--batch-check``; no working copy to be left half-updated),
+``verify-commit`` and ``rev-list`` run through its command wrapper.
 
-Credentials in an ``http(s)://user:secret@host/...`` URL never reach a command line (every
-local user can read those in ``ps``): git gets the URL without them and asks a credential
-helper, which reads them from its environment (readable by its owner only).
+Hand-written here, because GitPython has no such thing:
 
-Why the CLI and not gitpython's object model: ``import git`` alone costs 110-170 ms, a third
-of the budget of a no-op sync; a no-change fetch is two git processes (fetch, cat-file). Every git
-process runs in its own session under a deadline; on expiry the whole process group is
-killed, so a hung remote (HTTP, git://, ssh) cannot hang a oneshot.
+* the read policy: only ``inventory/`` and ``templates/``; symlinks and submodules refused;
+  a blob's size checked (``--batch-check``) before it is read: 1 MiB for a template, 16 MiB
+  for an inventory file (10,000 services take about 1.3 MB of TOML);
+* unambiguous ref resolution: ``refs/heads/X``, ``refs/tags/X`` or a commit id, a short
+  name that matches more than one of them refused (GitPython's ``rev_parse`` takes the
+  first hit, as git does, so a branch named like a tag or a commit id would win);
+* credentials: ``http(s)://user:secret@host/...`` never reaches a command line (every
+  local user can read those in ``ps``); git gets the URL without them and asks a
+  credential helper, which reads them from its environment (readable by its owner only);
+* the flock on the cache, and the mapping of ``GitCommandError`` to one ``SourceError``
+  line (git's stderr, redacted, boilerplate skipped).
+
+Cost: ``import git`` is 60-80 ms (bench/RESULTS.md), paid only by the commands that fetch
+(sync, plan, rollback); ``reconcile`` imports this module lazily.
 """
 
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import re
 import shutil
-import signal
-import subprocess
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+import git  # GitPython, 60-80 ms: this module is imported only by commands that fetch
+from git.exc import AmbiguousObjectName, BadName, BadObject
+
 from reconciler.config import Settings
 from reconciler.errors import SourceError, UsageError, redact
-from reconciler.model import Snapshot
+from reconciler.model import CommitInfo, Snapshot
 
 READ_DIRS = ("inventory", "templates")
 MAX_FILE_BYTES = 1024 * 1024  # a template (render caps a unit at 1 Mi characters too)
 MAX_INVENTORY_BYTES = 16 * 1024 * 1024  # inventory/*.toml: large fleets, still bounded
+MAX_LOG = 50  # commits listed between the applied and the new revision
 _HEX = re.compile(r"[0-9a-f]{4,40}")
 _FULL_SHA = re.compile(r"[0-9a-f]{40}")
 # Characters git never allows in a ref name, plus a leading '-' (option injection).
 _BAD_REF = re.compile(r"^-|[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{")
-_CACHE_CONFIG = """\
-[gc]
-\tpruneExpire = never
-\tautoDetach = false
-[transfer]
-\tfsckObjects = true
-"""  # revisions fetched once stay readable (rollback); no gc outliving the oneshot;
-# malformed objects from the remote are refused.
+_CACHE_CONFIG = (
+    ("gc", "pruneExpire", "never"),  # revisions fetched once stay readable (rollback)
+    ("gc", "autoDetach", "false"),  # no gc outliving the oneshot
+    ("transfer", "fsckObjects", "true"),  # malformed objects from the remote are refused
+)
+_ORIGIN = 'remote "origin"'
 # git runs this for HTTP credentials; the values are in its environment, not in any argv.
 _CREDENTIAL_HELPER = (
     '!f() { test "$1" = get && printf "username=%s\\npassword=%s\\n" '
@@ -59,7 +69,14 @@ _BOILERPLATE = (
     "fatal: could not read from remote repository.",
     "please make sure you have the correct access rights",
     "and the repository exists.",
+    "error: process killed because it timed out.",
 )
+_MODE_DIR, _MODE_LINK, _MODE_SUBMODULE = 0o040000, 0o120000, 0o160000
+
+# GitPython logs git's stderr as warnings; the errors raised here already carry it, and a
+# one-shot command must print one line, not a logging record.
+logging.getLogger("git").addHandler(logging.NullHandler())
+logging.getLogger("git").propagate = False
 
 
 @dataclass(frozen=True)
@@ -67,10 +84,6 @@ class Verification:
     """Commit-signature mode: the commit must carry a good signature by a key in gpg_home."""
 
     gpg_home: Path
-
-
-class _Timeout(Exception):
-    pass
 
 
 def fetch(
@@ -89,23 +102,25 @@ def fetch(
         raise SourceError(f"cannot fetch repository '{_printable(url)}': not a repository URL")
     _check_ref(ref)
     deadline = time.monotonic() + timeout
-    _ensure_cache(cache_dir, deadline)
+    _ensure_cache(cache_dir)
     full_sha = bool(_FULL_SHA.fullmatch(ref))
-    snapshot = _read(cache_dir, _candidates(ref), verify, deadline) if full_sha else None
-    if snapshot is None:
-        with _cache_lock(cache_dir, deadline):
-            _fetch(url, cache_dir, deadline)
-        snapshot = _read(cache_dir, _candidates(ref), verify, deadline)
-    if snapshot is None and full_sha:
-        with _cache_lock(cache_dir, deadline):  # a commit no branch or tag points to
-            _fetch(url, cache_dir, deadline, refspecs=(ref,), quiet_fail=True)
-        snapshot = _read(cache_dir, _candidates(ref), verify, deadline)
-    if snapshot is None:
-        raise SourceError(
-            f"cannot resolve ref '{ref}' in '{url}': no such branch, tag or commit",
-            hint="check 'ref' in the config file or --ref",
-        )
-    return snapshot
+    with _open(cache_dir) as repo:
+        found = _resolve(repo, ref) if full_sha else None
+        if found is None:
+            with _cache_lock(cache_dir, deadline):
+                _fetch(repo, url, cache_dir, deadline)
+            found = _resolve(repo, ref)
+        if found is None and full_sha:
+            with _cache_lock(cache_dir, deadline):  # a commit no branch or tag points to
+                _fetch(repo, url, cache_dir, deadline, refspecs=(ref,), quiet_fail=True)
+            found = _resolve(repo, ref)
+        if found is None:
+            raise SourceError(
+                f"cannot resolve ref '{ref}' in '{url}': no such branch, tag or commit",
+                hint="check 'ref' in the config file or --ref",
+            )
+        commit, resolved = found
+        return _snapshot(repo, cache_dir, commit, resolved, verify, deadline)
 
 
 def read_revision(
@@ -113,15 +128,38 @@ def read_revision(
 ) -> Snapshot:
     """The files of ``revision`` from the cache only: rollback works while the remote is down."""
     deadline = time.monotonic() + timeout
-    snapshot = None
     if (cache_dir / "HEAD").is_file() and _HEX.fullmatch(revision):
-        snapshot = _read(cache_dir, [f"{revision}^{{commit}}"], verify, deadline)
-    if snapshot is None:
-        raise SourceError(
-            f"cannot read revision '{_printable(revision[:12])}': not in the cache '{cache_dir}'",
-            hint="only revisions fetched before can be read without the remote",
-        )
-    return snapshot
+        with _open(cache_dir) as repo:
+            commit = _commit_by_id(repo, revision)
+            if commit is not None:
+                return _snapshot(repo, cache_dir, commit, "", verify, deadline)
+    raise SourceError(
+        f"cannot read revision '{_printable(revision[:12])}': not in the cache '{cache_dir}'",
+        hint="only revisions fetched before can be read without the remote",
+    )
+
+
+def commits_between(cache_dir: Path, old: str, new: str, limit: int = MAX_LOG) -> list[CommitInfo]:
+    """The commits in ``new`` and not in ``old``, newest first (``git rev-list old..new``).
+
+    Empty when either is unknown to the cache: this is information, never a reason to fail.
+    """
+    if not (_FULL_SHA.fullmatch(old) and _FULL_SHA.fullmatch(new)) or old == new:
+        return []
+    try:
+        with _open(cache_dir) as repo:
+            return [_info(c) for c in repo.iter_commits(f"{old}..{new}", max_count=limit)]
+    except (git.GitCommandError, ValueError, SourceError):
+        return []
+
+
+def is_ancestor(cache_dir: Path, old: str, new: str) -> bool | None:
+    """Whether ``new`` descends from ``old`` (a fast-forward); None when the cache cannot say."""
+    try:
+        with _open(cache_dir) as repo:
+            return repo.is_ancestor(repo.commit(old), repo.commit(new))
+    except (git.GitCommandError, ValueError, SourceError):
+        return None
 
 
 # --- steps -------------------------------------------------------------------------------
@@ -135,7 +173,20 @@ def _check_ref(ref: str) -> None:
         )
 
 
-def _ensure_cache(cache_dir: Path, deadline: float) -> None:
+@contextmanager
+def _open(cache_dir: Path) -> Iterator[git.Repo]:
+    """The cache as a GitPython ``Repo``; its cat-file processes end with the block."""
+    try:
+        repo = git.Repo(cache_dir)
+    except (git.InvalidGitRepositoryError, git.NoSuchPathError) as exc:
+        raise SourceError(f"cannot open git cache '{cache_dir}': not a git repository") from exc
+    try:
+        yield repo
+    finally:
+        repo.close()
+
+
+def _ensure_cache(cache_dir: Path) -> None:
     """A bare repository under cache_dir (0700); built aside then renamed, so never half-made."""
     if (cache_dir / "HEAD").is_file():
         return
@@ -147,13 +198,15 @@ def _ensure_cache(cache_dir: Path, deadline: float) -> None:
     cache_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache_dir.with_name(f"{cache_dir.name}.tmp-{os.getpid()}")
     try:
-        proc = _run(["init", "--bare", "--quiet", str(tmp)], None, deadline)
-    except _Timeout:
-        proc = subprocess.CompletedProcess([], 1, b"", b"git init did not finish in time")
-    if proc.returncode != 0:
-        raise SourceError(f"cannot create git cache '{cache_dir}': {_last_line(proc.stderr)}")
-    with open(tmp / "config", "a") as config:
-        config.write(_CACHE_CONFIG)
+        repo = git.Repo.init(tmp, bare=True, quiet=True)
+        with repo.config_writer() as config:
+            for section, key, value in _CACHE_CONFIG:
+                config.set_value(section, key, value)
+        repo.close()
+    except (git.GitCommandError, OSError) as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        why = _stderr_line(exc) if isinstance(exc, git.GitCommandError) else exc.strerror
+        raise SourceError(f"cannot create git cache '{cache_dir}': {why}") from None
     tmp.chmod(0o700)
     try:
         tmp.rename(cache_dir)  # replaces an empty directory too
@@ -165,6 +218,7 @@ def _ensure_cache(cache_dir: Path, deadline: float) -> None:
 
 
 def _fetch(
+    repo: git.Repo,
     url: str,
     cache_dir: Path,
     deadline: float,
@@ -173,30 +227,75 @@ def _fetch(
     quiet_fail: bool = False,
 ) -> None:
     """Mirror the remote's branches and tags; '+' accepts force-pushed (rewritten) history."""
-    argv = ["fetch", "--quiet", "--no-write-fetch-head", "--no-recurse-submodules"]
-    if len(refspecs) > 1:
-        argv.append("--prune")
     plain, options, secrets = split_credentials(url)
-    argv = ["-c", "protocol.ext.allow=never", *options, *argv, plain, *refspecs]
+    origin = _origin(repo, plain)
+    left = max(deadline - time.monotonic(), 0.1)
+    repo.git.set_persistent_git_options(c=["protocol.ext.allow=never", *options])
+    env = {
+        **secrets,
+        "GIT_TERMINAL_PROMPT": "0",  # fail instead of asking for a password
+        "GIT_HTTP_LOW_SPEED_LIMIT": "1000",  # bytes/s: a stalled HTTP transfer gives up
+        "GIT_HTTP_LOW_SPEED_TIME": str(max(1, int(left))),
+    }
+    progress = _Stderr()
     try:
-        proc = _run(argv, cache_dir, deadline, env=secrets)
-    except _Timeout:
+        with repo.git.custom_environment(**env):
+            origin.fetch(
+                list(refspecs),
+                progress=progress,
+                verbose=False,
+                kill_after_timeout=left,
+                prune=len(refspecs) > 1,
+                no_recurse_submodules=True,
+            )
+    except git.GitCommandError as exc:
+        if quiet_fail:
+            return
+        if "kill_after_timeout" in str(exc.stderr):
+            raise SourceError(
+                f"cannot fetch repository '{url}': the remote did not answer in time",
+                hint="check the remote and the network; nothing on the host was changed",
+            ) from None
         raise SourceError(
-            f"cannot fetch repository '{url}': the remote did not answer in time",
-            hint="check the remote and the network; nothing on the host was changed",
-        ) from None
-    if proc.returncode != 0 and not quiet_fail:
-        raise SourceError(
-            f"cannot fetch repository '{url}': {_last_line(proc.stderr)}",
+            f"cannot fetch repository '{url}': {_last_line(progress.lines)}",
             hint="check the URL, the credentials and that the remote is reachable; "
             "nothing on the host was changed",
-        )
+        ) from None
+    finally:
+        repo.git.set_persistent_git_options()
+
+
+class _Stderr(git.RemoteProgress):
+    """Keeps every line git wrote to stderr, in order (GitPython keeps only the fatal ones)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def new_message_handler(self) -> Callable[[str], None]:
+        parse = super().new_message_handler()
+
+        def handle(line: str) -> None:  # text: fetch runs git with universal_newlines
+            self.lines.extend(line.replace("\r", "\n").splitlines())
+            parse(line)
+
+        return handle
+
+
+def _origin(repo: git.Repo, url: str) -> git.Remote:
+    """The cache's one remote, pointed at ``url`` (rewritten only when the URL changed)."""
+    with repo.config_reader("repository") as reader:
+        current = reader.get_value(_ORIGIN, "url", default="")
+    if current != url:
+        with repo.config_writer() as writer:
+            writer.set_value(_ORIGIN, "url", url)
+    return git.Remote(repo, "origin")
 
 
 def split_credentials(url: str) -> tuple[str, list[str], dict[str, str]]:
-    """``http(s)://user:secret@host/x`` -> (the URL without them, git options, environment).
+    """``http(s)://user:secret@host/x`` -> (the URL without them, ``-c`` values, environment).
 
-    The options install ``_CREDENTIAL_HELPER`` (and drop other helpers); the environment
+    The ``-c`` values install ``_CREDENTIAL_HELPER`` (and drop other helpers); the environment
     holds the percent-decoded user and secret. Other URLs are returned as they are.
     """
     try:
@@ -207,7 +306,7 @@ def split_credentials(url: str) -> tuple[str, list[str], dict[str, str]]:
         return url, [], {}
     userinfo, _, host = parts.netloc.rpartition("@")
     user, _, password = userinfo.partition(":")
-    options = ["-c", "credential.helper=", "-c", f"credential.helper={_CREDENTIAL_HELPER}"]
+    options = ["credential.helper=", f"credential.helper={_CREDENTIAL_HELPER}"]
     secrets = {
         "RECONCILER_GIT_USERNAME": unquote(user),
         "RECONCILER_GIT_PASSWORD": unquote(password),
@@ -215,170 +314,130 @@ def split_credentials(url: str) -> tuple[str, list[str], dict[str, str]]:
     return urlunsplit(parts._replace(netloc=host)), options, secrets
 
 
-def _candidates(ref: str) -> list[str]:
-    """Branch, then tag, then commit id; each peeled to a commit."""
+def _resolve(repo: git.Repo, ref: str) -> tuple[git.Commit, str] | None:
+    """(commit, what ``ref`` resolved to), None when nothing matches.
+
+    ``refs/...`` and a full commit id mean exactly that; a short name may be a branch, a tag
+    or an abbreviated commit id, and is refused when more than one of them exists.
+    """
+    if _FULL_SHA.fullmatch(ref):
+        commit = _commit_by_id(repo, ref)
+        return (commit, f"commit {ref}") if commit is not None else None
     names = [ref] if ref.startswith("refs/") else [f"refs/heads/{ref}", f"refs/tags/{ref}"]
-    if _HEX.fullmatch(ref):
-        names.append(ref)
-    return [f"{name}^{{commit}}" for name in names]
+    matches: list[tuple[git.Commit, str]] = []
+    for name in names:
+        reference = git.Reference(repo, name, check_path=False)
+        if reference.is_valid():
+            matches.append((_peel(repo, ref, reference), name))
+    if not ref.startswith("refs/") and _HEX.fullmatch(ref):
+        commit = _commit_by_id(repo, ref)
+        if commit is not None:
+            matches.append((commit, f"commit {commit.hexsha}"))
+    if len(matches) > 1:
+        kinds = " and ".join(what.split(" ")[0].rsplit("/", 1)[0] for _, what in matches)
+        raise SourceError(
+            f"cannot resolve ref '{ref}': ambiguous, it names both {kinds}",
+            hint=f"set ref to 'refs/heads/{ref}', 'refs/tags/{ref}' or a full commit id",
+        )
+    return matches[0] if matches else None
 
 
-def _read(
-    cache_dir: Path, names: list[str], verify: Verification | None, deadline: float
-) -> Snapshot | None:
-    """Resolve the first of ``names`` that exists and read its files; None: none exists."""
-    with _Objects(cache_dir, deadline) as objects:
-        found = [obj for obj in objects.get(names) if obj is not None]
-        if not found:
-            if objects.ambiguous:
-                raise SourceError(
-                    f"cannot resolve ref '{objects.ambiguous[0].partition('^')[0]}': "
-                    "ambiguous commit id",
-                    hint="give more digits of the commit id",
-                )
-            return None
-        revision, _, commit = found[0]
-        if verify is not None:
-            _verify(cache_dir, revision, verify, deadline)
-        files = _read_files(objects, revision, commit)
-    message = commit.decode("utf-8", errors="replace").partition("\n\n")[2]
-    return Snapshot(revision, files, message.strip().partition("\n")[0].strip())
+def _peel(repo: git.Repo, ref: str, reference: git.Reference) -> git.Commit:
+    try:
+        obj = reference.object
+        while isinstance(obj, git.TagObject):
+            obj = obj.object
+    except (ValueError, BadObject, BadName) as exc:
+        raise SourceError(f"cannot resolve ref '{ref}': {exc}") from None
+    if not isinstance(obj, git.Commit):
+        raise SourceError(f"cannot resolve ref '{ref}': it points to a {obj.type}, not a commit")
+    return obj
 
 
-def _read_files(objects: _Objects, revision: str, commit: bytes) -> dict[str, bytes]:
-    """Walk the commit's tree level by level (one round trip per level), then read blobs."""
-    raw_len = len(revision) // 2  # 20 bytes for SHA-1, 32 for SHA-256 repositories
-    level = [("", commit.split(b"\n", 1)[0].removeprefix(b"tree ").decode())]
-    blobs: list[tuple[str, str]] = []
-    while level:
-        trees = objects.get([oid for _, oid in level])
-        deeper: list[tuple[str, str]] = []
-        for (prefix, oid), tree in zip(level, trees, strict=True):
-            if tree is None or tree[1] != "tree":
-                raise SourceError(f"cannot read revision '{revision[:12]}': tree {oid} missing")
-            for mode, name, child in _tree_entries(tree[2], raw_len):
-                path = prefix + name
+def _commit_by_id(repo: git.Repo, revision: str) -> git.Commit | None:
+    """The commit with this (possibly abbreviated) id, peeling a tag object; None if absent."""
+    try:
+        if len(revision) == 40:
+            binsha = bytes.fromhex(revision)
+        else:
+            binsha = repo.odb.partial_to_complete_sha_hex(revision)
+        obj: git.Object = git.Object.new_from_sha(repo, binsha)
+        while isinstance(obj, git.TagObject):
+            obj = obj.object
+    except (BadObject, BadName, ValueError) as exc:
+        # git says "<id> ambiguous"; GitPython turns it into BadObject, the cause keeps it
+        if isinstance(exc, AmbiguousObjectName) or "ambiguous" in str(exc.__cause__):
+            raise SourceError(
+                f"cannot resolve ref '{revision}': ambiguous commit id",
+                hint="give more digits of the commit id",
+            ) from None
+        return None
+    return obj if isinstance(obj, git.Commit) else None
+
+
+def _snapshot(
+    repo: git.Repo,
+    cache_dir: Path,
+    commit: git.Commit,
+    resolved: str,
+    verify: Verification | None,
+    deadline: float,
+) -> Snapshot:
+    if verify is not None:
+        _verify(repo, commit.hexsha, verify, deadline)
+    return Snapshot(
+        commit.hexsha,
+        _read_files(repo, commit),
+        commit.summary.strip() if isinstance(commit.summary, str) else "",
+        commit=_info(commit),
+        resolved=resolved,
+    )
+
+
+def _info(commit: git.Commit) -> CommitInfo:
+    author = commit.author
+    summary = commit.summary if isinstance(commit.summary, str) else commit.summary.decode()
+    return CommitInfo(
+        commit.hexsha, f"{author.name} <{author.email}>", summary.strip(), commit.authored_date
+    )
+
+
+def _read_files(repo: git.Repo, commit: git.Commit) -> dict[str, bytes]:
+    """The blobs under READ_DIRS; sizes checked before a blob is read."""
+    revision = commit.hexsha
+    try:
+        todo: list[tuple[str, git.Tree]] = [("", commit.tree)]
+        blobs: list[tuple[str, bytes]] = []
+        while todo:
+            prefix, tree = todo.pop()
+            for item in tree:
+                mode, binsha, name = item.mode, item.binsha, item.name
                 if not prefix and name not in READ_DIRS:
                     continue
-                if mode == "40000":
-                    deeper.append((path + "/", child))
-                elif mode == "120000":
+                path = prefix + name
+                if isinstance(item, git.Tree):
+                    todo.append((path + "/", item))
+                elif mode == _MODE_LINK:
                     raise _refused(revision, path, "a symlink (symlinks are never followed)")
-                elif mode == "160000":
+                elif mode == _MODE_SUBMODULE:
                     raise _refused(revision, path, "a submodule, not a file")
                 else:
-                    blobs.append((path, child))
-        level = deeper
-    limits = [_size_limit(path) for path, _ in blobs]
-    try:
-        bodies = objects.get([oid for _, oid in blobs], max_size=limits)
-    except _TooLarge as exc:
-        path = blobs[exc.index][0]
-        raise _refused(revision, path, f"larger than {limits[exc.index] // 1024} KiB") from None
-    files: dict[str, bytes] = {}
-    for (path, oid), blob in zip(blobs, bodies, strict=True):
-        if blob is None or blob[1] != "blob":
-            raise SourceError(f"cannot read '{path}' at revision '{revision[:12]}': {oid} missing")
-        files[path] = blob[2]
+                    blobs.append((path, binsha))
+        files: dict[str, bytes] = {}
+        for path, binsha in blobs:
+            info = repo.odb.info(binsha)
+            limit = MAX_INVENTORY_BYTES if path.startswith("inventory/") else MAX_FILE_BYTES
+            if info.type != b"blob":
+                raise SourceError(f"cannot read '{path}' at revision '{revision[:12]}': not a blob")
+            if info.size > limit:
+                raise _refused(revision, path, f"larger than {limit // 1024} KiB")
+            files[path] = repo.odb.stream(binsha).read()
+    except (BadObject, BadName, ValueError) as exc:
+        raise SourceError(f"cannot read revision '{revision[:12]}': {exc}") from None
     return dict(sorted(files.items()))
 
 
-def _size_limit(path: str) -> int:
-    return MAX_INVENTORY_BYTES if path.startswith("inventory/") else MAX_FILE_BYTES
-
-
-def _tree_entries(body: bytes, raw_len: int) -> Iterator[tuple[str, str, str]]:
-    """(mode, name, object id) of a raw tree object: ``<mode> <name>\\0<raw id>`` each."""
-    pos = 0
-    while pos < len(body):
-        space = body.index(b" ", pos)
-        nul = body.index(b"\0", space)
-        end = nul + 1 + raw_len
-        name = body[space + 1 : nul].decode("utf-8", errors="replace")
-        yield body[pos:space].decode(), name, body[nul + 1 : end].hex()
-        pos = end
-
-
-class _TooLarge(Exception):
-    def __init__(self, index: int) -> None:
-        self.index = index
-
-
-class _Objects:
-    """One ``git cat-file --batch`` for a whole read; killed (group) at the deadline."""
-
-    def __init__(self, cache_dir: Path, deadline: float) -> None:
-        left = max(deadline - time.monotonic(), 0.1)
-        self.ambiguous: list[str] = []
-        self.timed_out = False
-        self.proc = subprocess.Popen(
-            ["git", "cat-file", "--batch"],
-            cwd=cache_dir,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            env=_env(left),
-            start_new_session=True,
-        )
-        self.timer = threading.Timer(left, self._kill)
-        self.timer.daemon = True
-        self.timer.start()
-
-    def __enter__(self) -> _Objects:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.timer.cancel()
-        self._kill()
-        self.proc.wait()
-        for pipe in (self.proc.stdin, self.proc.stdout):
-            if pipe:
-                with suppress(OSError):
-                    pipe.close()
-
-    def _kill(self) -> None:
-        if self.proc.poll() is None:
-            self.timed_out = True
-            with suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-
-    def get(
-        self, names: list[str], max_size: list[int] | None = None
-    ) -> list[tuple[str, str, bytes] | None]:
-        """(object id, type, content) per name, None when missing; chunked so pipes never fill.
-
-        ``max_size``: the largest size allowed, per name.
-        """
-        assert self.proc.stdin and self.proc.stdout
-        out: list[tuple[str, str, bytes] | None] = []
-        try:
-            for start in range(0, len(names), 256):
-                chunk = names[start : start + 256]
-                self.proc.stdin.write("".join(f"{n}\n" for n in chunk).encode())
-                self.proc.stdin.flush()
-                for name in chunk:
-                    header = self.proc.stdout.readline().split()
-                    if len(header) == 2 and header[1] in (b"missing", b"ambiguous"):
-                        if header[1] == b"ambiguous":
-                            self.ambiguous.append(name)
-                        out.append(None)
-                        continue
-                    if len(header) != 3:
-                        raise OSError("short read")
-                    size = int(header[2])
-                    if max_size is not None and size > max_size[len(out)]:
-                        raise _TooLarge(len(out))
-                    body = self.proc.stdout.read(size + 1)
-                    if len(body) != size + 1:
-                        raise OSError("short read")
-                    out.append((header[0].decode(), header[1].decode(), body[:size]))
-        except (OSError, ValueError):
-            why = "git did not finish in time" if self.timed_out else "git cat-file failed"
-            raise SourceError(f"cannot read objects from the git cache: {why}") from None
-        return out
-
-
-def _verify(cache_dir: Path, revision: str, verify: Verification, deadline: float) -> None:
+def _verify(repo: git.Repo, revision: str, verify: Verification, deadline: float) -> None:
     """``git verify-commit`` against the keyring in gpg_home; anything but a good sig refuses."""
     short = revision[:12]
     hint = (
@@ -387,17 +446,18 @@ def _verify(cache_dir: Path, revision: str, verify: Verification, deadline: floa
     )
     if not verify.gpg_home.is_dir():
         raise SourceError(f"cannot verify commit '{short}': no keyring '{verify.gpg_home}'", hint)
-    try:
-        proc = _run(
-            ["verify-commit", "--raw", revision],
-            cache_dir,
-            deadline,
-            env={"GNUPGHOME": str(verify.gpg_home)},
-        )
-    except _Timeout:
-        raise SourceError(f"cannot verify commit '{short}': gpg did not answer in time") from None
-    status = proc.stderr.decode(errors="replace")
-    if proc.returncode == 0 and "[GNUPG:] GOODSIG " in status:
+    left = max(deadline - time.monotonic(), 0.1)
+    code, _, status = repo.git.verify_commit(
+        "--raw",
+        revision,
+        with_extended_output=True,
+        with_exceptions=False,
+        kill_after_timeout=left,
+        env={"GNUPGHOME": str(verify.gpg_home)},
+    )
+    if status.startswith("Timeout:"):
+        raise SourceError(f"cannot verify commit '{short}': gpg did not answer in time")
+    if code == 0 and "[GNUPG:] GOODSIG " in status:
         return
     raise SourceError(f"cannot verify commit '{short}': {_signature_problem(status)}", hint)
 
@@ -436,9 +496,6 @@ def _refused(revision: str, path: str, why: str) -> SourceError:
     )
 
 
-# --- processes ---------------------------------------------------------------------------
-
-
 @contextmanager
 def _cache_lock(cache_dir: Path, deadline: float) -> Iterator[None]:
     """``flock`` on a file in the cache, so two fetches never race on the refs."""
@@ -459,51 +516,20 @@ def _cache_lock(cache_dir: Path, deadline: float) -> Iterator[None]:
         os.close(fd)  # closing drops the lock
 
 
-def _run(
-    argv: list[str],
-    cwd: Path | None,
-    deadline: float,
-    env: dict[str, str] | None = None,
-) -> subprocess.CompletedProcess[bytes]:
-    """Run git in a new session; past the deadline its whole process group is killed."""
-    left = max(deadline - time.monotonic(), 0.1)
-    full_env = {**_env(left), **(env or {})}
-    try:
-        proc = subprocess.Popen(
-            ["git", *argv],
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=full_env,
-            start_new_session=True,  # no controlling tty (ssh cannot prompt); one group to kill
-        )
-    except FileNotFoundError:
-        raise SourceError("cannot run git: not installed", hint="install git") from None
-    try:
-        out, err = proc.communicate(timeout=left)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise _Timeout from None
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+def _stderr_line(exc: git.GitCommandError) -> str:
+    """git's message from a ``GitCommandError`` (wrapped by GitPython as ``"  stderr: '...'"``)."""
+    text = exc.stderr if isinstance(exc.stderr, str) else str(exc.stderr or "")
+    text = text.strip().removeprefix("stderr: ").strip()
+    if text.startswith("'") and text.endswith("'"):
+        text = text[1:-1]
+    return _last_line(text.splitlines())
 
 
-def _env(left: float) -> dict[str, str]:
-    return {
-        **os.environ,
-        "LC_ALL": "C",
-        "GIT_TERMINAL_PROMPT": "0",  # fail instead of asking for a password
-        "GIT_HTTP_LOW_SPEED_LIMIT": "1000",  # bytes/s: a stalled HTTP transfer gives up
-        "GIT_HTTP_LOW_SPEED_TIME": str(max(1, int(left))),
-    }
-
-
-def _last_line(stderr: bytes) -> str:
+def _last_line(stderr: list[str]) -> str:
     """The last meaningful line of git's stderr, redacted; git's boilerplate is skipped."""
     lines = [
         line.strip()
-        for line in stderr.decode("utf-8", errors="replace").splitlines()
+        for line in stderr
         if line.strip() and not line.strip().lower().startswith(_BOILERPLATE)
     ]
     if not lines:

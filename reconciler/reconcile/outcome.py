@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from reconciler.model import Plan
+from reconciler.model import CommitInfo, Plan
 
 
 class Result(StrEnum):
@@ -57,6 +57,9 @@ class Outcome:
     rolled_back_to: str | None = None
     message: str = ""
     dbus_calls: dict[str, int] = field(default_factory=dict)  # D-Bus method -> calls
+    commit: CommitInfo | None = None  # the revision's author and subject
+    commits: list[CommitInfo] = field(default_factory=list)  # since the applied one, newest first
+    resolved: str = ""  # what the ref resolved to (refs/heads/main, refs/tags/v1, commit ...)
 
     @property
     def settled(self) -> bool:

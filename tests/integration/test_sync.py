@@ -217,6 +217,34 @@ def test_first_sync_then_noop_then_one_change(env: Env) -> None:
     assert [r["result"] for r in json.loads(history)][:3] == ["applied", "noop", "applied"]
 
 
+def test_commit_author_subject_and_commits_between_in_plan_history_journal(env: Env) -> None:
+    """Issue 10: the commit objects give plan, sync, history and the journal who changed what."""
+    a = env.name("told")
+    first = env.repo.commit(base_files(env, service(a)), message="add the service")
+    env.sync()
+    second = env.repo.commit(base_files(env, service(a, greeting="two")), message="greet: two")
+    third = env.repo.commit(base_files(env, service(a, greeting="three")), message="greet: three")
+    plan = json.loads(env.reconciler("plan", "--json").stdout)
+    assert plan["commit"]["subject"] == "greet: three"
+    assert plan["commit"]["author"] == "Test Operator <ops@example.invalid>"
+    assert plan["resolved"] == "refs/heads/main"
+    assert [c["revision"] for c in plan["commits"]] == [third, second]
+    text = env.reconciler("plan").stdout
+    assert f"commit {third[:12]} [refs/heads/main]: greet: three (Test Operator" in text
+    assert f"2 commits since the applied revision:\n  {third[:12]} greet: three" in text
+    synced = env.sync()
+    assert [c["revision"] for c in synced["commits"]] == [third, second]  # type: ignore[index]
+    history = json.loads(env.reconciler("history", "--json").stdout)
+    assert history[0]["summary"] == "greet: three (Test Operator <ops@example.invalid>)"
+    assert history[1]["summary"].startswith("add the service") and first
+    assert "greet: three (Test Operator" in env.reconciler("history").stdout
+    env.host.journal_sync()
+    entries = env.host.journal("RECONCILER_EVENT=sync.applied", f"RECONCILER_REVISION={third}")
+    assert entries and entries[-1]["RECONCILER_SUBJECT"] == "greet: three"
+    assert entries[-1]["RECONCILER_AUTHOR"] == "Test Operator <ops@example.invalid>"
+    assert entries[-1]["RECONCILER_COMMITS"] == f"{third} {second}"
+
+
 def test_removed_service_is_pruned_and_foreign_unit_untouched(env: Env, make_unit) -> None:  # type: ignore[no-untyped-def]
     a, b = env.name("keep"), env.name("drop")
     foreign = make_unit("foreign.service", "[Service]\nExecStart=/bin/sleep infinity\n")
