@@ -4,7 +4,11 @@ Measures the first full apply, a no-op sync (target: median < 0.5 s, peak RSS < 
 one-service change including that unit's restart (target < 1.5 s), each with its D-Bus
 calls, against a bare `python -c pass` baseline run interleaved in the same process.
 
-Run (as root): .venv/bin/python -m bench.bench_sync [--services 200] [--repeat 7]
+With ``--compare REV`` the package as it was at REV (``git archive``) runs the same no-op
+sync, interleaved with this tree's, in the same run and on the same host and state, and
+``import git`` is timed against ``python -c pass``: a before/after of a change in one run.
+
+Run (as root): .venv/bin/python -m bench.bench_sync [--services 200] [--repeat 7] [--compare REV]
 """
 
 from __future__ import annotations
@@ -23,6 +27,10 @@ from reconciler.devtools import sandbox
 from tests.integration.gitrepo import ConfigRepo
 
 RECONCILER = str(Path(sys.executable).parent / "reconciler")
+ROOT = Path(__file__).resolve().parents[1]
+LAUNCH = (
+    "import sys; from reconciler.cli import main; sys.exit(main())"  # the package on PYTHONPATH
+)
 TEMPLATE = """\
 [Unit]
 Description={{ service }} (bench)
@@ -65,6 +73,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--services", type=int, default=200)
     parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--compare", metavar="REV", help="also time the package at REV")
     opts = parser.parse_args()
     host = sandbox.boot(hostname="bench")
     work = Path(tempfile.mkdtemp(prefix="bench-sync-"))
@@ -92,12 +101,34 @@ def main() -> int:
         env = {**os.environ, "RECONCILER_CONFIG": str(work / "none.toml")}
         (work / "none.toml").write_text("")
         first, _, first_out = timed(argv, env)
+        versions: dict[str, tuple[list[str], dict[str, str]]] = {}
+        if opts.compare:
+            old = work / "old"
+            old.mkdir()
+            subprocess.run(
+                f"git -C {ROOT} archive {opts.compare} reconciler | tar -x -C {old}",
+                shell=True,
+                check=True,
+            )
+            launch = [sys.executable, "-c", LAUNCH, *argv[1:]]
+            versions = {
+                f"at {opts.compare}": (launch, {**env, "PYTHONPATH": str(old)}),
+                "this tree": (launch, {**env, "PYTHONPATH": str(ROOT)}),
+            }
+        compared: dict[str, list[float]] = {name: [] for name in versions}
+        imports: list[float] = []
         noop, noop_rss, base = [], [], []
         change: list[float] = []
         noop_calls: object = None
         change_calls: object = None
         for i in range(opts.repeat):
             base.append(timed([sys.executable, "-c", "pass"], env)[0])
+            for name, (version_argv, version_env) in versions.items():
+                t, _, out = timed(version_argv, version_env)
+                assert out["result"] == "noop", (name, out)
+                compared[name].append(t)
+            if opts.compare:
+                imports.append(timed([sys.executable, "-c", "import git"], env)[0])
             t, rss, out = timed(argv, env)
             assert out["result"] == "noop", out
             noop.append(t)
@@ -127,6 +158,14 @@ def main() -> int:
             f"  one-service change         median {statistics.median(change) * 1000:7.1f} ms  "
             f"min {min(change) * 1000:7.1f} ms  D-Bus calls {change_calls}"
         )
+        for name, times in compared.items():
+            print(
+                f"  no-op sync, {name:<15} median {statistics.median(times) * 1000:7.1f} ms  "
+                f"min {min(times) * 1000:7.1f} ms"
+            )
+        if imports:
+            cost = (statistics.median(imports) - bare) * 1000
+            print(f"  import git (GitPython)     median {cost:7.1f} ms over python -c pass")
         ok = statistics.median(noop) < 0.5 and max(noop_rss) < 60
         ok = ok and statistics.median(change) < 1.5
         print("  targets: no-op < 500 ms and < 60 MB, change < 1500 ms:", "met" if ok else "MISSED")

@@ -476,6 +476,7 @@ class Settings:
     allow_empty: bool = False  # allow an inventory that prunes every owned unit
     render_cpu_sec: float = 10.0  # CPU time of one render (reconcile/jail.py)
     render_memory_mb: float = 512.0  # memory a render may add to the sync process
+    allow_downgrade: bool = False  # signed mode: allow a ref move that is not a fast-forward
     sections: dict[str, dict[str, Any]] = field(default_factory=dict, compare=False)
     path: Path | None = field(default=None, compare=False)  # the file read, if any
 
@@ -527,7 +528,7 @@ class Settings:
 
 
 _PATHS = {"state_dir", "unit_dir", "run_dir", "webhook_secret_file", "gpg_home"}
-_BOOLS = {"verify_signatures", "allow_empty"}
+_BOOLS = {"verify_signatures", "allow_empty", "allow_downgrade"}
 _FLOATS = {"lock_timeout_sec", "fetch_timeout_sec", "render_cpu_sec", "render_memory_mb"}
 
 

@@ -23,6 +23,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="allow an inventory that removes every managed unit",
     )
     parser.add_argument(
+        "--allow-downgrade",
+        action="store_true",
+        help="signed mode: apply a revision that is not a fast-forward of the applied one",
+    )
+    parser.add_argument(
         "--no-monitor",
         action="store_true",
         help="skip the monitoring pass a sync ends with",
@@ -49,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
     settings = _options.settings(args)
     if args.allow_empty:
         settings = replace(settings, allow_empty=True)
+    if args.allow_downgrade:
+        settings = replace(settings, allow_downgrade=True)
     monitor = not (args.dry_run or args.no_monitor)
     monitoring = SyncMonitoring(settings)
     try:

@@ -115,6 +115,8 @@ class _Sync:
         snapshot = fetch.snapshot(settings, revision)
         outcome.revision = snapshot.revision
         describe_source(settings, store, snapshot, outcome)
+        if revision is None:
+            check_forward(settings, store, snapshot, outcome)
         held_from: str | None = None
         if revision is None and not self.force and store.is_bad(snapshot.revision):
             good = store.applied_revision()
@@ -174,6 +176,37 @@ def describe_source(settings: Settings, store: Store, snapshot: Snapshot, outcom
         outcome.commits = fetch.commits_between(
             settings.state_dir / "repo", applied, snapshot.revision
         )
+
+
+def check_forward(settings: Settings, store: Store, snapshot: Snapshot, outcome: Outcome) -> None:
+    """A ref that moved to a revision not descending from the applied one: always a warning;
+    refused in signed mode unless this host allows it (a signed old commit is still signed:
+    anyone with push access could otherwise roll the fleet back to a vulnerable revision)."""
+    applied, new = store.applied_revision(), snapshot.revision
+    if not applied or applied == new:
+        return
+    if fetch.is_ancestor(settings.state_dir / "repo", applied, new) is not False:
+        return  # a fast-forward, or the cache cannot tell (the applied one is not in it)
+    what = (
+        f"revision {new[:12]} of '{settings.ref}' is not a fast-forward of the applied "
+        f"revision {applied[:12]} (the ref was moved back or its history rewritten)"
+    )
+    refuse = settings.verify_signatures and not settings.allow_downgrade
+    journal.event(
+        "sync.downgrade",
+        what + ("; refused (signed mode)" if refuse else ""),
+        priority=4,
+        revision=new,
+        applied_revision=applied,
+    )
+    if refuse:
+        raise SourceError(
+            f"cannot apply revision '{new[:12]}': not a fast-forward of the applied revision "
+            f"'{applied[:12]}' (signed mode refuses a downgrade)",
+            "if the move is intended: reconciler sync --allow-downgrade, or allow_downgrade = "
+            "true in /etc/reconciler/config.toml",
+        )
+    outcome.message = what
 
 
 def record(

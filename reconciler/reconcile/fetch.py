@@ -40,7 +40,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import git  # GitPython, 60-80 ms: this module is imported only by commands that fetch
-from git.exc import AmbiguousObjectName, BadName, BadObject
+from git.exc import BadName, BadObject
 
 from reconciler.config import Settings
 from reconciler.errors import SourceError, UsageError, redact
@@ -149,7 +149,7 @@ def commits_between(cache_dir: Path, old: str, new: str, limit: int = MAX_LOG) -
     try:
         with _open(cache_dir) as repo:
             return [_info(c) for c in repo.iter_commits(f"{old}..{new}", max_count=limit)]
-    except (git.GitCommandError, ValueError, SourceError):
+    except (git.GitCommandError, ValueError, BadName, BadObject, SourceError):
         return []
 
 
@@ -158,7 +158,7 @@ def is_ancestor(cache_dir: Path, old: str, new: str) -> bool | None:
     try:
         with _open(cache_dir) as repo:
             return repo.is_ancestor(repo.commit(old), repo.commit(new))
-    except (git.GitCommandError, ValueError, SourceError):
+    except (git.GitCommandError, ValueError, BadName, BadObject, SourceError):
         return None
 
 
@@ -334,12 +334,18 @@ def _resolve(repo: git.Repo, ref: str) -> tuple[git.Commit, str] | None:
         if commit is not None:
             matches.append((commit, f"commit {commit.hexsha}"))
     if len(matches) > 1:
-        kinds = " and ".join(what.split(" ")[0].rsplit("/", 1)[0] for _, what in matches)
+        kinds = " and ".join(f"{_kind(what)} ({c.hexsha[:12]})" for c, what in matches)
         raise SourceError(
-            f"cannot resolve ref '{ref}': ambiguous, it names both {kinds}",
+            f"cannot resolve ref '{ref}': ambiguous, it names {kinds}",
             hint=f"set ref to 'refs/heads/{ref}', 'refs/tags/{ref}' or a full commit id",
         )
     return matches[0] if matches else None
+
+
+def _kind(what: str) -> str:
+    if what.startswith("refs/heads/"):
+        return "a branch"
+    return "a tag" if what.startswith("refs/tags/") else "a commit"
 
 
 def _peel(repo: git.Repo, ref: str, reference: git.Reference) -> git.Commit:
@@ -357,22 +363,31 @@ def _peel(repo: git.Repo, ref: str, reference: git.Reference) -> git.Commit:
 def _commit_by_id(repo: git.Repo, revision: str) -> git.Commit | None:
     """The commit with this (possibly abbreviated) id, peeling a tag object; None if absent."""
     try:
-        if len(revision) == 40:
-            binsha = bytes.fromhex(revision)
-        else:
-            binsha = repo.odb.partial_to_complete_sha_hex(revision)
-        obj: git.Object = git.Object.new_from_sha(repo, binsha)
-        while isinstance(obj, git.TagObject):
-            obj = obj.object
-    except (BadObject, BadName, ValueError) as exc:
-        # git says "<id> ambiguous"; GitPython turns it into BadObject, the cause keeps it
-        if isinstance(exc, AmbiguousObjectName) or "ambiguous" in str(exc.__cause__):
-            raise SourceError(
-                f"cannot resolve ref '{revision}': ambiguous commit id",
-                hint="give more digits of the commit id",
-            ) from None
+        found: list[git.Commit] = []
+        for hexsha in [revision] if len(revision) == 40 else _objects_named(repo, revision):
+            obj: git.Object = git.Object.new_from_sha(repo, bytes.fromhex(hexsha))
+            while isinstance(obj, git.TagObject):
+                obj = obj.object
+            if isinstance(obj, git.Commit):
+                found.append(obj)
+    except (BadObject, BadName, ValueError):
         return None
-    return obj if isinstance(obj, git.Commit) else None
+    if len(found) > 1:
+        raise SourceError(
+            f"cannot resolve ref '{revision}': ambiguous commit id",
+            hint="give more digits of the commit id",
+        )
+    return found[0] if found else None
+
+
+def _objects_named(repo: git.Repo, prefix: str) -> list[str]:
+    """Every object id starting with ``prefix``, never a ref: ``cat-file`` and ``rev-parse``
+    take a branch named like the prefix first (git's own ref confusion)."""
+    try:
+        out = repo.git.rev_parse(f"--disambiguate={prefix}")
+    except git.GitCommandError:
+        return []
+    return [line for line in out.split() if _FULL_SHA.fullmatch(line)]
 
 
 def _snapshot(
