@@ -21,8 +21,9 @@ Hand-written here, because GitPython has no such thing:
 * the flock on the cache, and the mapping of ``GitCommandError`` to one ``SourceError``
   line (git's stderr, redacted, boilerplate skipped).
 
-Cost: ``import git`` is 60-80 ms (bench/RESULTS.md), paid only by the commands that fetch
-(sync, plan, rollback); ``reconcile`` imports this module lazily.
+Cost: ``import git`` is 60-80 ms (bench/RESULTS.md), paid only when a function here runs
+git: each imports it locally, so a command that only imports ``reconcile`` (the backup job
+takes its lock) does not pay it.
 """
 
 from __future__ import annotations
@@ -37,14 +38,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit, urlunsplit
-
-import git  # GitPython, 60-80 ms: this module is imported only by commands that fetch
-from git.exc import BadName, BadObject
 
 from reconciler.config import Settings
 from reconciler.errors import SourceError, UsageError, redact
 from reconciler.model import CommitInfo, Snapshot
+
+if TYPE_CHECKING:
+    import git
 
 READ_DIRS = ("inventory", "templates")
 MAX_FILE_BYTES = 1024 * 1024  # a template (render caps a unit at 1 Mi characters too)
@@ -144,6 +146,9 @@ def commits_between(cache_dir: Path, old: str, new: str, limit: int = MAX_LOG) -
 
     Empty when either is unknown to the cache: this is information, never a reason to fail.
     """
+    import git  # lazy (60-80 ms): see the module docstring
+    from git.exc import BadName, BadObject
+
     if not (_FULL_SHA.fullmatch(old) and _FULL_SHA.fullmatch(new)) or old == new:
         return []
     try:
@@ -155,6 +160,9 @@ def commits_between(cache_dir: Path, old: str, new: str, limit: int = MAX_LOG) -
 
 def is_ancestor(cache_dir: Path, old: str, new: str) -> bool | None:
     """Whether ``new`` descends from ``old`` (a fast-forward); None when the cache cannot say."""
+    import git  # lazy (60-80 ms): see the module docstring
+    from git.exc import BadName, BadObject
+
     try:
         with _open(cache_dir) as repo:
             return repo.is_ancestor(repo.commit(old), repo.commit(new))
@@ -176,6 +184,8 @@ def _check_ref(ref: str) -> None:
 @contextmanager
 def _open(cache_dir: Path) -> Iterator[git.Repo]:
     """The cache as a GitPython ``Repo``; its cat-file processes end with the block."""
+    import git  # lazy (60-80 ms): see the module docstring
+
     try:
         repo = git.Repo(cache_dir)
     except (git.InvalidGitRepositoryError, git.NoSuchPathError) as exc:
@@ -188,6 +198,8 @@ def _open(cache_dir: Path) -> Iterator[git.Repo]:
 
 def _ensure_cache(cache_dir: Path) -> None:
     """A bare repository under cache_dir (0700); built aside then renamed, so never half-made."""
+    import git  # lazy (60-80 ms): see the module docstring
+
     if (cache_dir / "HEAD").is_file():
         return
     if cache_dir.exists() and any(cache_dir.iterdir()):
@@ -227,6 +239,8 @@ def _fetch(
     quiet_fail: bool = False,
 ) -> None:
     """Mirror the remote's branches and tags; '+' accepts force-pushed (rewritten) history."""
+    import git  # lazy (60-80 ms): see the module docstring
+
     plain, options, secrets = split_credentials(url)
     origin = _origin(repo, plain)
     left = max(deadline - time.monotonic(), 0.1)
@@ -237,7 +251,7 @@ def _fetch(
         "GIT_HTTP_LOW_SPEED_LIMIT": "1000",  # bytes/s: a stalled HTTP transfer gives up
         "GIT_HTTP_LOW_SPEED_TIME": str(max(1, int(left))),
     }
-    progress = _Stderr()
+    progress = _stderr_progress()
     try:
         with repo.git.custom_environment(**env):
             origin.fetch(
@@ -265,25 +279,32 @@ def _fetch(
         repo.git.set_persistent_git_options()
 
 
-class _Stderr(git.RemoteProgress):
-    """Keeps every line git wrote to stderr, in order (GitPython keeps only the fatal ones)."""
+def _stderr_progress() -> Any:
+    """A ``RemoteProgress`` that keeps every line git wrote to stderr, in order (GitPython
+    keeps only the fatal ones). Built on first use: ``git`` is imported lazily."""
+    import git
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.lines: list[str] = []
+    class Stderr(git.RemoteProgress):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lines: list[str] = []
 
-    def new_message_handler(self) -> Callable[[str], None]:
-        parse = super().new_message_handler()
+        def new_message_handler(self) -> Callable[[str], None]:
+            parse = super().new_message_handler()
 
-        def handle(line: str) -> None:  # text: fetch runs git with universal_newlines
-            self.lines.extend(line.replace("\r", "\n").splitlines())
-            parse(line)
+            def handle(line: str) -> None:  # text: fetch runs git with universal_newlines
+                self.lines.extend(line.replace("\r", "\n").splitlines())
+                parse(line)
 
-        return handle
+            return handle
+
+    return Stderr()
 
 
 def _origin(repo: git.Repo, url: str) -> git.Remote:
     """The cache's one remote, pointed at ``url`` (rewritten only when the URL changed)."""
+    import git  # lazy (60-80 ms): see the module docstring
+
     with repo.config_reader("repository") as reader:
         current = reader.get_value(_ORIGIN, "url", default="")
     if current != url:
@@ -320,6 +341,8 @@ def _resolve(repo: git.Repo, ref: str) -> tuple[git.Commit, str] | None:
     ``refs/...`` and a full commit id mean exactly that; a short name may be a branch, a tag
     or an abbreviated commit id, and is refused when more than one of them exists.
     """
+    import git  # lazy (60-80 ms): see the module docstring
+
     if _FULL_SHA.fullmatch(ref):
         commit = _commit_by_id(repo, ref)
         return (commit, f"commit {ref}") if commit is not None else None
@@ -349,6 +372,9 @@ def _kind(what: str) -> str:
 
 
 def _peel(repo: git.Repo, ref: str, reference: git.Reference) -> git.Commit:
+    import git  # lazy (60-80 ms): see the module docstring
+    from git.exc import BadName, BadObject
+
     try:
         obj = reference.object
         while isinstance(obj, git.TagObject):
@@ -362,6 +388,9 @@ def _peel(repo: git.Repo, ref: str, reference: git.Reference) -> git.Commit:
 
 def _commit_by_id(repo: git.Repo, revision: str) -> git.Commit | None:
     """The commit with this (possibly abbreviated) id, peeling a tag object; None if absent."""
+    import git  # lazy (60-80 ms): see the module docstring
+    from git.exc import BadName, BadObject
+
     try:
         found: list[git.Commit] = []
         for hexsha in [revision] if len(revision) == 40 else _objects_named(repo, revision):
@@ -383,6 +412,8 @@ def _commit_by_id(repo: git.Repo, revision: str) -> git.Commit | None:
 def _objects_named(repo: git.Repo, prefix: str) -> list[str]:
     """Every object id starting with ``prefix``, never a ref: ``cat-file`` and ``rev-parse``
     take a branch named like the prefix first (git's own ref confusion)."""
+    import git  # lazy (60-80 ms): see the module docstring
+
     try:
         out = repo.git.rev_parse(f"--disambiguate={prefix}")
     except git.GitCommandError:
@@ -419,6 +450,9 @@ def _info(commit: git.Commit) -> CommitInfo:
 
 def _read_files(repo: git.Repo, commit: git.Commit) -> dict[str, bytes]:
     """The blobs under READ_DIRS; sizes checked before a blob is read."""
+    import git  # lazy (60-80 ms): see the module docstring
+    from git.exc import BadName, BadObject
+
     revision = commit.hexsha
     try:
         todo: list[tuple[str, git.Tree]] = [("", commit.tree)]
