@@ -11,7 +11,9 @@ nothing else (no file system, no ``..``), into Jinja2's immutable sandbox with
 
 The markers are removed before the content is returned. Same input, byte-identical output.
 Values are not rewritten: ``{{ x | arg }}`` quotes one Exec*= argument (spaces, quotes,
-``%``, ``$``) and ``{{ x | literal }}`` keeps ``%`` from being read as a specifier.
+``%``, ``$``) and ``{{ x | literal }}`` keeps ``%`` from being read as a specifier. The two
+compose (each escapes the original value once, in either order, and is idempotent); text
+made from their output by anything else (``~``, another filter) is plain text again.
 
 A service without a timer and ``enable = true`` needs an ``[Install]`` section (else
 enabling would do nothing, every sync). A timer service is never started by the sync and
@@ -88,15 +90,43 @@ def unsafe_reason(text: str) -> str | None:
     return line_problem(text)
 
 
+class _Escaped(str):
+    """A filter's output that remembers the value it escaped and how, so that ``literal``
+    and ``arg`` compose: each escapes the original value once, in either order."""
+
+    raw: str
+    kind: str  # "literal" or "arg"
+
+
+def _escaped(text: str, raw: str, kind: str) -> _Escaped:
+    out = _Escaped(text)
+    out.raw, out.kind = raw, kind
+    return out
+
+
 def escape_specifiers(value: object) -> str:
-    """Filter ``literal``: ``%`` kept literal in any directive (no systemd specifiers)."""
-    return str(value).replace("%", "%%")
+    """Filter ``literal``: ``%`` doubled, so systemd reads no specifier; nothing else.
+
+    A value ``arg`` or ``literal`` already escaped is returned as it is (never ``%%%%``).
+    """
+    if isinstance(value, _Escaped):
+        return value
+    raw = str(value)
+    return _escaped(raw.replace("%", "%%"), raw, "literal")
 
 
 def quote_arg(value: object) -> str:
-    """Filter ``arg``: one Exec*= argument, whatever spaces, quotes, ``%`` or ``$`` it holds."""
-    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
-    return '"' + text.replace("%", "%%").replace("$", "$$") + '"'
+    """Filter ``arg``: one Exec*= argument, whatever spaces, quotes, ``%`` or ``$`` it holds.
+
+    ``\\`` and ``"`` are backslash-escaped inside double quotes, ``%`` and ``$`` doubled:
+    the program gets exactly the value. After ``literal`` it quotes the original value
+    (``%`` doubled once); after ``arg`` it changes nothing.
+    """
+    if isinstance(value, _Escaped) and value.kind == "arg":
+        return value
+    raw = value.raw if isinstance(value, _Escaped) else str(value)
+    text = raw.replace("\\", "\\\\").replace('"', '\\"')
+    return _escaped('"' + text.replace("%", "%%").replace("$", "$$") + '"', raw, "arg")
 
 
 def _finalize(value: object) -> str:

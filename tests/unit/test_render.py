@@ -460,3 +460,35 @@ def test_ten_thousand_services() -> None:
     print(f"10,000 services: load {loaded - started:.2f}s, select+render {done - loaded:.2f}s")
     assert len(units) == 15_000
     assert done - started < 20
+
+
+DATE = "$(date +%Y%m%d)"
+
+
+@pytest.mark.parametrize(
+    ("expression", "value", "out"),
+    [
+        # literal: only % doubled (systemd specifiers); $, quotes, spaces, \ untouched
+        ("v | literal", '100% $X "q" a\\b', '100%% $X "q" a\\b'),
+        ("v | literal", DATE, "$(date +%%Y%%m%%d)"),
+        # arg: one Exec*= argument; \ and " escaped inside quotes, % and $ doubled
+        ("v | arg", DATE, '"$$(date +%%Y%%m%%d)"'),
+        ("v | arg", 'a "b" \\', '"a \\"b\\" \\\\"'),
+        ("v | arg", "", '""'),
+        # they compose: the original value escaped once, in either order (issue 12.15)
+        ("v | literal | arg", DATE, '"$$(date +%%Y%%m%%d)"'),
+        ("v | arg | literal", DATE, '"$$(date +%%Y%%m%%d)"'),
+        ("v | literal | literal", "50%", "50%%"),
+        ("v | arg | arg", "50% x", '"50%% x"'),
+        ("v | literal | arg | literal", "a%b", '"a%%b"'),
+        # a number or any other scalar is its text
+        ("v | literal", 7, "7"),
+        ("v | arg", 7, '"7"'),
+        # text made from their output by anything else is plain text again (README)
+        ("(v | literal) ~ '%'", "a%", "a%%%"),
+    ],
+)
+def test_filter_table(expression: str, value: object, out: str) -> None:
+    text = render_one(f"[Service]\nExecStart=/bin/echo {{{{ {expression} }}}}\n", {"v": value},
+                      enable=False)  # fmt: skip
+    assert f"ExecStart=/bin/echo {out}" in text.splitlines()
