@@ -304,6 +304,12 @@ def _render_text(env: _Sandbox, inst: ServiceInstance) -> str:
         raise RenderError(f"{line}: refused by the sandbox: {reason}{suffix}") from None
     except (RenderError, MemoryError):  # out of memory: the render's process limit says so
         raise
+    except RecursionError as exc:
+        line = _template_line(exc.__traceback__, where)
+        raise RenderError(
+            f"{line}: nested too deep (an include, extends or macro calling itself, or deeply "
+            f"nested expressions){suffix}"
+        ) from None
     except Exception as exc:  # UndefinedError, TypeError, ZeroDivisionError... in a template
         line = _template_line(exc.__traceback__, where)
         raise RenderError(f"{line}: {exc}{suffix}") from None

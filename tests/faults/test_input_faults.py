@@ -144,6 +144,18 @@ CASES: list[tuple[str, Mutation, str]] = [
      template(APP + "{% set ns = namespace(v='0123456789') %}{% for i in range(40) %}"
               "{% set ns.v = ns.v ~ ns.v %}{% endfor %}\n"),
      "more than 256 MB of memory (render_memory_mb)"),
+    ("render CPU: big integer squared in a loop",
+     template(APP + "{% set ns = namespace(v=10**64) %}{% for i in range(26) %}"
+              "{% set ns.v = ns.v * ns.v %}{% endfor %}\n"),
+     "more than 3 s of CPU time (render_cpu_sec)"),
+    ("render memory: replace", template(APP + "{% set x = ('x' * 1000000) | replace('x', "
+                                        "'x' * 1000000) %}\n"),
+     "more than 256 MB of memory (render_memory_mb)"),
+    ("template includes itself", template(APP + "{% include 'app.service.j2' %}\n"),
+     "nested too deep (an include, extends or macro calling itself"),
+    ("macro calls itself",
+     template(APP + "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}\n"),
+     "nested too deep (an include, extends or macro calling itself"),
     ("host named like a group", lambda work, _name: (work / "inventory/hosts.toml").write_text(
         (work / "inventory/hosts.toml").read_text() + "\n[hosts.web]\n"),
      "hosts.testhost.groups[0]: group 'web' is also a host's name"),

@@ -31,8 +31,15 @@ CASES = [
     ("format", "{% set x = '%2000000000s' | format('a') %}", "more than 128 MB of memory"),
     ("~ doubling in a loop", "{% set ns = namespace(v='0123456789') %}{% for i in range(40) %}"
      "{% set ns.v = ns.v ~ ns.v %}{% endfor %}", "more than 128 MB of memory"),
+    ("include loop", "{% include 't.j2' %}", "nested too deep (an include, extends or macro"),
+    ("deep parentheses", "Environment=X={{ " + "(" * 5000 + "1" + ")" * 5000 + " }}",
+     "templates/t.j2: nested too deep"),
+    ("big integer squared in a loop", "{% set ns = namespace(v=10**64) %}{% for i in range(26) %}"
+     "{% set ns.v = ns.v * ns.v %}{% endfor %}", "more than 1 s of CPU time (render_cpu_sec)"),
+    ("replace", "{% set x = ('x' * 1000000) | replace('x', 'x' * 1000000) %}",
+     "more than 128 MB of memory"),
     ("macro recursion", "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}",
-     "templates/t.j2:7: maximum recursion depth exceeded"),
+     "templates/t.j2:7: nested too deep (an include, extends or macro calling itself"),
 ]  # fmt: skip
 
 
