@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _findings(passed: object) -> list[dict[str, object]]:
     """The open findings of the monitoring pass (kind, unit, summary), if it ran."""
-    from reconciler.monitor import PassResult
+    from reconciler.monitor.types import PassResult
 
     if not isinstance(passed, PassResult):
         return []

@@ -11,7 +11,8 @@ connection and store). :func:`observe` is the side-effect-free first half, for
 daemon can call it per ``PropertiesChanged`` event: ``record`` folds observations into the
 persistent counters, ``evaluate`` runs the patterns for the units given (leaving other
 units' findings, and kinds it was not asked about, alone), ``apply`` stores the changes.
-Outputs are in ``monitor_outputs`` (``announce``: journald, bundles, webhook, per event too).
+Outputs are in ``publish`` (``announce``: journald, bundles, webhook, per event too); the
+types in ``types``.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from reconciler.config import Settings
 from reconciler.core import drift as drift_mod
@@ -33,10 +34,17 @@ from reconciler.core.counters import (
     attribute,
     update_counters,
 )
-from reconciler.core.drift import DriftItem, UnitState
 from reconciler.core.patterns import Finding, Thresholds, detect, impact, reconcile_findings
 from reconciler.model import DesiredUnit, LiveUnit
-from reconciler.store.finding_store import FindingStore, Impacted, Retention, StoredFinding
+from reconciler.monitor.types import (
+    Applied,
+    Changes,
+    HostView,
+    MonitorConfig,
+    PassResult,
+    UnitReport,
+)
+from reconciler.store.finding_store import FindingStore, Impacted, Retention
 
 if TYPE_CHECKING:
     from reconciler.store.sync_store import Store
@@ -51,15 +59,6 @@ PATTERN_KINDS = frozenset(
 )  # fmt: skip
 PASS_KINDS = PATTERN_KINDS | {"drift", "missed_run"}
 TROUBLE_KINDS = frozenset({"crash_loop", "start_limit_hit", "flapping"})
-
-
-@dataclass(frozen=True)
-class MonitorConfig:
-    thresholds: Thresholds = field(default_factory=Thresholds)
-    retention: Retention = field(default_factory=Retention)
-    textfile: Path | None = None  # None: no textfile
-    impact_depth: int = 3
-    detect_window_sec: float = 6 * 3600.0  # observations patterns look at (events: history)
 
 
 def load_config(settings: Settings) -> MonitorConfig:
@@ -95,16 +94,6 @@ def load_config(settings: Settings) -> MonitorConfig:
 
 
 # -- observing (no side effects) --------------------------------------------------------
-
-
-@dataclass
-class HostView:
-    """The managed units as desired and as they are, with their drift."""
-
-    desired: list[DesiredUnit]
-    states: dict[str, UnitState]
-    drift: dict[str, list[DriftItem]]
-    read_sec: float = 0.0
 
 
 def desired_units(store: Store) -> list[DesiredUnit]:
@@ -159,20 +148,6 @@ def observations(view: HostView, now: float) -> list[Observation]:
 
 
 # -- recording (shared with the watch daemon) -------------------------------------------
-
-
-@dataclass
-class Changes:
-    opened: list[Finding] = field(default_factory=list)
-    still: list[tuple[StoredFinding, Finding]] = field(default_factory=list)
-    resolved: list[StoredFinding] = field(default_factory=list)
-
-
-@dataclass
-class Applied:
-    opened: list[StoredFinding] = field(default_factory=list)
-    still: list[StoredFinding] = field(default_factory=list)
-    resolved: list[StoredFinding] = field(default_factory=list)
 
 
 class Recorder:
@@ -314,50 +289,6 @@ def impacts_of(
 
 
 # -- one pass ------------------------------------------------------------------------------
-
-
-@dataclass
-class UnitReport:
-    unit: str
-    service: str
-    file: str  # matches | drifted | missing
-    enable: bool
-    unit_file_state: str
-    load_state: str
-    active_state: str
-    sub_state: str
-    n_restarts: int
-    memory: int | None
-    counters: dict[str, Any]
-    drift: list[str]
-
-
-@dataclass
-class PassResult:
-    at: float
-    duration_sec: float
-    revision: str | None
-    units: list[UnitReport]
-    drift: list[DriftItem]
-    open: list[StoredFinding]
-    opened: list[StoredFinding]
-    resolved: list[StoredFinding]
-    bundles: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "at": self.at,
-            "duration_sec": round(self.duration_sec, 4),
-            "revision": self.revision,
-            "units": [u.__dict__ for u in self.units],
-            "drift": [d.to_dict() for d in self.drift],
-            "findings": [f.to_dict() for f in self.open],
-            "opened": [f.to_dict() for f in self.opened],
-            "resolved": [f.to_dict() for f in self.resolved],
-            "bundles": self.bundles,
-            "warnings": self.warnings,
-        }
 
 
 def unit_reports(view: HostView, counters: Mapping[str, Counters]) -> list[UnitReport]:

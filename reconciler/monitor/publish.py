@@ -26,8 +26,8 @@ from reconciler.host import journal
 from reconciler.store.finding_store import FindingStore, StoredFinding
 
 if TYPE_CHECKING:
-    from reconciler.monitor import HostView, MonitorConfig, PassResult
     from reconciler.monitor.textfile import WatchFigures
+    from reconciler.monitor.types import HostView, MonitorConfig, PassResult
     from reconciler.store.sync_store import Store
     from reconciler.systemd.client import Systemd
 

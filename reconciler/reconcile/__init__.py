@@ -2,9 +2,9 @@
 
 ``run`` reads as the list: fetch → render → observe → plan → validate → apply → verify →
 record. Each step is a module of this package (``fetch``, ``render``, ``observe``,
-``plan``, ``validate``, ``apply``, ``verify``; ``rollback`` when the gate fails, ``lock``
-around it all) and returns a value or raises a ReconcilerError; ``run`` records the
-outcome in one place, whatever happened.
+``plan``, ``validate``, ``apply``, ``verify``; ``rollback`` when the gate fails; the sync
+lock, ``host.lock``, around it all) and returns a value or raises a ReconcilerError;
+``run`` records the outcome in one place, whatever happened.
 
 May import: ``core``, ``systemd``, ``store``, ``host``, ``config``, ``runtime``, ``model``,
 ``errors``. Never ``monitor``: the monitoring the sync needs (counting the health gate's
@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING
 from reconciler.config import Settings
 from reconciler.core.plan import describe
 from reconciler.errors import ReconcilerError, SourceError
-from reconciler.host import journal
-from reconciler.reconcile import fetch, lock, validate, verify
+from reconciler.host import journal, lock
+from reconciler.reconcile import fetch, validate, verify
 from reconciler.reconcile.apply import apply_plan
 from reconciler.reconcile.hooks import Monitoring, NoMonitoring
 from reconciler.reconcile.observe import observe

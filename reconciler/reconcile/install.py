@@ -386,7 +386,8 @@ def uninstall(settings: Settings) -> Installed:
 def _converge(settings: Settings, desired: list[DesiredUnit]) -> tuple[Plan, dict[str, int]]:
     from reconciler import runtime
     from reconciler.core import plan as plan_mod
-    from reconciler.reconcile import apply, lock, validate
+    from reconciler.host import lock
+    from reconciler.reconcile import apply, validate
     from reconciler.reconcile.observe import read_host
 
     with lock.hold(

@@ -20,9 +20,8 @@ from typing import IO, Any
 from reconciler.config import Settings
 from reconciler.core import backup_policy as policy
 from reconciler.errors import JobError
-from reconciler.host import journal
+from reconciler.host import journal, lock
 from reconciler.jobs.backup import archive
-from reconciler.reconcile import lock
 
 DOCKER_TIMEOUT_SEC = 30
 PROGRESS_MIN_BYTES = 8 << 20  # below this a backup is over before a progress line helps

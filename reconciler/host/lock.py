@@ -1,4 +1,8 @@
-"""One sync at a time: an advisory flock on a lock file under the run dir."""
+"""One holder at a time (talks to the kernel): an advisory flock on a lock file.
+
+The sync (and ``install``) hold ``<run_dir>/sync.lock``; a backup holds one in its
+destination.
+"""
 
 from __future__ import annotations
 
