@@ -21,11 +21,16 @@ for the schemas: executing this module took 13.5 ms that way, 3.0 ms with ``Sect
 from __future__ import annotations
 
 import os
+import re
+import shlex
+import socket
+import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from reconciler.errors import UsageError
 
@@ -150,8 +155,6 @@ def _convert(kind: str, value: Any, meta: Mapping[str, Any], schemas: Mapping[st
             return value
     elif kind == "tuple[str, ...]":
         if isinstance(value, str) and meta.get("split"):
-            import shlex  # only for the rare string form
-
             value = shlex.split(value)
         elif isinstance(value, str) and meta.get("single"):
             value = [value]
@@ -230,8 +233,6 @@ def _read_value(annotation: str, value: Any, meta: Mapping[str, Any], key: str, 
 
 
 def _http_url(value: str) -> str | None:
-    from urllib.parse import urlsplit  # only when a URL is configured
-
     parts = urlsplit(value)
     ok = parts.scheme in ("http", "https") and parts.hostname
     return None if ok else f"expected an http:// or https:// URL, got {value!r}"
@@ -245,8 +246,6 @@ def _listen(value: str) -> str | None:
 
 
 def _duration(value: object) -> str | None:
-    import re  # compiled once, only when a duration is configured
-
     if isinstance(value, float):
         return None if value >= 1 else f"expected a duration of 1s or more, got {value!r}"
     match = re.match(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)?\s*$", str(value))
@@ -254,8 +253,6 @@ def _duration(value: object) -> str | None:
 
 
 def _size(value: object) -> str | None:
-    import re
-
     if isinstance(value, int):
         return None if value > 0 else f"expected a positive size, got {value!r}"
     match = re.match(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", str(value), re.IGNORECASE)
@@ -264,8 +261,6 @@ def _size(value: object) -> str | None:
 
 
 def _source_name(value: str) -> str | None:
-    import re
-
     ok = re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", value)
     return None if ok else "expected a name of letters, digits, '.', '_' or '-'"
 
@@ -482,8 +477,6 @@ class Settings:
 
     @property
     def host_name(self) -> str:
-        import socket  # only the commands that need the name pay for it
-
         return self.host or socket.gethostname()
 
     @property
@@ -566,8 +559,6 @@ def load(path: Path | None = None, overrides: dict[str, Any] | None = None) -> S
 
     Every section is read here, so a bad value anywhere stops the command before it acts.
     """
-    import tomllib
-
     names = {f.name for f in fields(Settings)} - {"sections", "path"}
     explicit = path or (
         Path(os.environ["RECONCILER_CONFIG"]) if "RECONCILER_CONFIG" in os.environ else None

@@ -1,29 +1,21 @@
 """Opening what a command works with: the state database and the connection to systemd.
 
 The wiring every command shares, kept out of ``reconcile`` and ``monitor`` so that neither
-imports the other for it. Each import is inside its function: a command pays only for what
-it opens.
+imports the other for it.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from reconciler.config import Settings
-    from reconciler.store.sync_store import Store
-    from reconciler.systemd.client import Systemd
+from reconciler.config import Settings
+from reconciler.store.sync_store import Store
+from reconciler.systemd.client import Systemd
 
 
 def open_store(settings: Settings) -> Store:
     """The state database under the state dir (created and migrated on first use)."""
-    from reconciler.store.sync_store import Store
-
     return Store.open(settings.state_dir / "state.db")
 
 
 def connect(settings: Settings) -> Systemd:
     """A connection to systemd at the configured bus address."""
-    from reconciler.systemd.client import Systemd
-
     return Systemd(settings.bus)

@@ -20,6 +20,7 @@ from pathlib import Path
 from reconciler import package_data
 from reconciler.devtools import sandbox
 from reconciler.errors import ReconcilerError
+from reconciler.host.journal import message_id
 
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "Demo Operator",
@@ -86,8 +87,6 @@ class Demo:
 
     def journal(self, event: str) -> None:
         """What an operator on the host would run: journalctl MESSAGE_ID=<the event's id>."""
-        from reconciler.host.journal import message_id
-
         assert self.host is not None
         match = f"MESSAGE_ID={message_id(event)}"
         self.out(f"$ journalctl -o cat {match}   # on the host")

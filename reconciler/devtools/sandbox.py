@@ -16,6 +16,7 @@ systemd unless the overlay is mounted and ``/tmp`` and ``/run`` are fresh tmpfs 
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import ctypes
 import json
@@ -503,8 +504,6 @@ def _wait_until_up(host: Host, timeout: float) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m reconciler.devtools.sandbox``: boot a host and keep it until Ctrl-C (for ci/)."""
-    import argparse
-
     parser = argparse.ArgumentParser(
         prog="python -m reconciler.devtools.sandbox", description="boot a disposable systemd host"
     )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import errno
+import fcntl
 import logging
 import os
 import socket
@@ -196,8 +197,6 @@ def send_payload(payload: bytes) -> str | None:
 
 
 def _send_memfd(sock: socket.socket, payload: bytes, path: str) -> str | None:
-    import fcntl
-
     try:
         fd = os.memfd_create("reconciler-journal", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     except OSError:

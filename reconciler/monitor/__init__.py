@@ -24,6 +24,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from reconciler import runtime
 from reconciler.config import Settings
 from reconciler.core import drift as drift_mod
 from reconciler.core.counters import (
@@ -36,6 +37,8 @@ from reconciler.core.counters import (
 )
 from reconciler.core.patterns import Finding, Thresholds, detect, impact, reconcile_findings
 from reconciler.model import DesiredUnit, LiveUnit
+from reconciler.monitor import live as unitstate
+from reconciler.monitor import publish
 from reconciler.monitor.types import (
     Applied,
     Changes,
@@ -44,6 +47,7 @@ from reconciler.monitor.types import (
     PassResult,
     UnitReport,
 )
+from reconciler.store import sync_store
 from reconciler.store.finding_store import FindingStore, Impacted, Retention
 
 if TYPE_CHECKING:
@@ -98,8 +102,6 @@ def load_config(settings: Settings) -> MonitorConfig:
 
 def desired_units(store: Store) -> list[DesiredUnit]:
     """The desired units of the applied revision (what the last sync wrote)."""
-    from reconciler.store import sync_store
-
     return sync_store.decode_desired(store.kv_get(sync_store.DESIRED_KEY))
 
 
@@ -111,8 +113,6 @@ def observe(
 ) -> HostView:
     """Read the desired units' state; ``counters`` (the last looks) spare unchanged units'
     exit times. No counters: none are read (``status`` does not count)."""
-    from reconciler.monitor import live as unitstate
-
     started = time.monotonic()
     desired = desired_units(store)
     names = [d.name for d in desired]
@@ -280,8 +280,6 @@ def _is_trouble(f: Finding) -> bool:
 def impacts_of(
     systemd: Systemd, units: Sequence[str], depth: int
 ) -> dict[str, tuple[Impacted, ...]]:
-    from reconciler.monitor import live as unitstate
-
     if not units or depth <= 0:
         return {}
     graph = unitstate.read_dependants(systemd, units, depth)
@@ -337,9 +335,6 @@ def run_pass(
     Findings of units no longer desired are resolved, except those of ``keep`` (units the
     watch daemon follows by its include patterns).
     """
-    from reconciler import runtime
-    from reconciler.monitor import publish
-
     started = time.monotonic()
     config = load_config(settings)
     own_store, own_systemd = store is None, systemd is None

@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from reconciler.core.drift import TimerInfo, UnitState
+from reconciler.errors import SystemdError
 from reconciler.model import LiveUnit
 from reconciler.systemd.client import UINT64_MAX, Systemd
 
@@ -241,8 +242,6 @@ def read_dependants(systemd: Systemd, units: Sequence[str], depth: int) -> dict[
 
 def read_all_properties(systemd: Systemd, unit: str) -> dict[str, object]:
     """Every property of one unit (all interfaces), for a diagnostics bundle; {} if unreadable."""
-    from reconciler.errors import SystemdError
-
     try:
         return systemd.get_all([unit]).get(unit, {})
     except SystemdError:

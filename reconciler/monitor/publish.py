@@ -23,10 +23,11 @@ from typing import TYPE_CHECKING
 
 from reconciler.config import Settings
 from reconciler.host import journal
+from reconciler.monitor import live
+from reconciler.monitor import textfile as tf
 from reconciler.store.finding_store import FindingStore, StoredFinding
 
 if TYPE_CHECKING:
-    from reconciler.monitor.textfile import WatchFigures
     from reconciler.monitor.types import HostView, MonitorConfig, PassResult
     from reconciler.store.sync_store import Store
     from reconciler.systemd.client import Systemd
@@ -111,7 +112,8 @@ def bundles(
     wanted = [f for f in opened if f.finding.severity != "info"]
     if not wanted:
         return {}, []
-    from reconciler.monitor import diagnostics, live
+    # diagnostics loads tarfile, subprocess and a thread pool: only when a finding opens
+    from reconciler.monitor import diagnostics
 
     config = diagnostics.load_config(settings)
     if not config.enabled:
@@ -163,6 +165,7 @@ def webhook(
     """Send new and resolved findings; a warning text when it could not."""
     if not settings.notify.url or not (opened or resolved):
         return None
+    # urllib.request loads http.client, email and ssl: only when a URL is configured
     from reconciler.monitor import alert_webhook
 
     config = alert_webhook.load_config(settings.notify)
@@ -178,10 +181,8 @@ def webhook(
 WATCH_FIGURES_KEY = "watch_figures"  # monitor_kv: the watch daemon's collector figures
 
 
-def watch_figures(db: FindingStore) -> WatchFigures | None:
+def watch_figures(db: FindingStore) -> tf.WatchFigures | None:
     """What the watch daemon last stored (None: it never ran, or the row is unreadable)."""
-    from reconciler.monitor import textfile as tf
-
     text = db.kv_get(WATCH_FIGURES_KEY)
     try:
         return tf.WatchFigures(**json.loads(text)) if text else None
@@ -196,8 +197,6 @@ def textfile(
     result: PassResult,
     db: FindingStore | None = None,
 ) -> None:
-    from reconciler.monitor import textfile as tf
-
     if config.textfile is None:
         return
     history = store.history(1)

@@ -36,15 +36,20 @@ import os
 import re
 import secrets
 import shlex
+import subprocess
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from reconciler import package_data
+from reconciler import package_data, runtime
 from reconciler.config import DEFAULT_CONFIG, Settings
+from reconciler.core import plan as plan_mod
 from reconciler.errors import ApplyError, UsageError
+from reconciler.host import lock
 from reconciler.model import DesiredUnit, Plan
+from reconciler.reconcile import apply, validate
+from reconciler.reconcile.observe import read_host
 
 MANIFEST_KEY = "install_owned"
 PLACEHOLDER = "@RECONCILER@"
@@ -276,8 +281,6 @@ def read_layout(settings: Settings) -> Layout:
 
 def user_namespaces_work() -> bool:
     """Whether a process here can create a user namespace (what PrivateUsers= needs)."""
-    import subprocess
-
     try:
         proc = subprocess.run(
             ["unshare", "--user", "true"], capture_output=True, timeout=10, check=False
@@ -384,12 +387,6 @@ def uninstall(settings: Settings) -> Installed:
 
 
 def _converge(settings: Settings, desired: list[DesiredUnit]) -> tuple[Plan, dict[str, int]]:
-    from reconciler import runtime
-    from reconciler.core import plan as plan_mod
-    from reconciler.host import lock
-    from reconciler.reconcile import apply, validate
-    from reconciler.reconcile.observe import read_host
-
     with lock.hold(
         settings.run_dir / "sync.lock", timeout=settings.lock_timeout_sec, what="install"
     ):

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from reconciler import __version__
 from reconciler.config import Settings
 from reconciler.model import DesiredUnit, Snapshot
+from reconciler.reconcile import jail
 from reconciler.store.sync_store import decode_desired, encode_desired
 
 if TYPE_CHECKING:
@@ -45,8 +46,8 @@ def render(snapshot: Snapshot, host: str) -> list[DesiredUnit]:
 
 def render_bounded(snapshot: Snapshot, settings: Settings) -> list[DesiredUnit]:
     """``render`` in a child process with bounded CPU time and memory (``jail``)."""
-    import reconciler.core.render  # noqa: F401  (jinja2, pydantic): imported before the fork
-    from reconciler.reconcile import jail
+    # jinja2 and pydantic, imported before the fork (only a changed revision pays for them)
+    import reconciler.core.render  # noqa: F401
 
     host = settings.host_name
     return jail.render_bounded(

@@ -23,6 +23,7 @@ for the whole store, done by whichever host's run gets there first.
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from reconciler.config import Settings
 from reconciler.core import hostmetrics
 from reconciler.core.hostmetrics import FIVE_MIN, HOURLY, RAW, Counters, Retention, Sample
 from reconciler.errors import JobError
+from reconciler.store import db
 
 MAINTENANCE_LOCK = 0x7265636F6E6D6574  # PostgreSQL advisory lock key ("reconmet")
 MIGRATION_LOCK = 0x7265636F6E736368  # ("reconsch"): hosts sharing a database migrate in turn
@@ -261,11 +263,6 @@ def display_url(url: str) -> str:
 
 
 def _open_sqlite(state_dir: Path) -> MetricStore:
-    # sqlite3 only here: a PostgreSQL host never loads it for its metrics
-    import sqlite3
-
-    from reconciler.store import db
-
     path = state_dir / "metrics.db"
     try:
         conn = db.connect(path, busy_timeout=5.0, synchronous="NORMAL")

@@ -23,6 +23,7 @@ The process around it (signals, sd_notify, the periodic tasks, reconnecting) is
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -35,6 +36,8 @@ from reconciler.core.counters import Observation
 from reconciler.core.watch_state import UnitView, WatchConfig
 from reconciler.host import journal
 from reconciler.model import DesiredUnit, LiveUnit
+from reconciler.monitor import live as unitstate
+from reconciler.monitor import publish
 from reconciler.store.finding_store import FindingStore, StoredFinding
 from reconciler.store.sync_store import Store
 from reconciler.systemd.client import PropertyChange, Systemd
@@ -266,8 +269,6 @@ class Watcher:
         if self._announce is not None:
             self._announce(opened, resolved, now)
             return
-        from reconciler.monitor import publish
-
         assert self.systemd is not None and self.db is not None
         publish.announce(
             self.pass_settings,
@@ -347,8 +348,6 @@ class Watcher:
         evaluated. True when a unit newly needs a daemon-reload (drift: a pass is due)."""
         if self.systemd is None or not self.units:
             return False
-        from reconciler.monitor import live as unitstate
-
         self._forget_gone()
         loaded = [
             v for n in self.units if (v := self.views.get(n)) and v.live.load_state == "loaded"
@@ -426,10 +425,6 @@ class Watcher:
 
     def store_figures(self, running: bool = True) -> None:
         """The collector's figures for the Prometheus textfile (which every pass writes)."""
-        import json
-
-        from reconciler.monitor import publish
-
         assert self.db is not None
         now = time.monotonic()
         rate = (self.events - self._figures_events) / max(now - self._figures_at, 1e-3)
