@@ -1,4 +1,4 @@
-"""Entry point for ``python -m reconciler``."""
+"""Entry point for ``python -m reconciler`` (pure: hands over to ``cli``)."""
 
 from reconciler.cli import main
 

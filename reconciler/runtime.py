@@ -1,4 +1,4 @@
-"""Opening what a command works with: the state database and the connection to systemd.
+"""Opening what a command works with (talks to the state database and systemd).
 
 The wiring every command shares, kept out of ``reconcile`` and ``monitor`` so that neither
 imports the other for it.

@@ -4,6 +4,9 @@ Every module ``reconciler/cli/<name>.py`` (not starting with ``_``) is a command
 ``HELP`` (one line), ``configure(parser)`` and ``run(args) -> int``, and imports anything
 heavy inside ``run``. Adding a command means adding a module; this frame never changes.
 Only the chosen command's module is imported: these commands are oneshots fired by timers.
+
+The top layer, and the only place that prints: may import every other subpackage (it
+fills the sync's monitoring hooks from ``monitor``). Nothing imports ``cli``.
 """
 
 from __future__ import annotations

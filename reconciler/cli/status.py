@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     systemd = runtime.connect(settings)
     db = finding_store.FindingStore(store.path)
     try:
-        view = monitor.observe(settings, systemd, store)
+        view = monitor.view_host(settings, systemd, store)
         counters = db.counters()
         open_findings = sorted(db.open_findings().values(), key=lambda f: (f.finding.unit, f.key))
         history = store.history(1)

@@ -1,4 +1,4 @@
-"""``reconciler demo``: the whole loop on a disposable systemd host (boots one; runs git).
+"""``reconciler demo``: the whole loop on a disposable systemd host (talks to it and git).
 
 Every step runs the real CLI as an operator would and prints its real output: first sync,
 status, a pushed change (one unit restarted), a pushed crash-looping service (found by the

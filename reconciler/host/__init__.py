@@ -1,5 +1,5 @@
 """The host's own services the reconciler talks to: journald (``journal``), the service
 manager's notify socket (``sd_notify``) and advisory file locks (``lock``).
 
-May import: ``reconciler.core``, ``reconciler.model``, ``reconciler.errors``, the standard library.
+May import: ``core``, ``config``, ``model``, ``errors``, the standard library.
 """

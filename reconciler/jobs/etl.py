@@ -1,4 +1,4 @@
-"""``reconciler job etl``: trigger the ETL sync endpoint (talks HTTP through requests).
+"""``reconciler job etl``: trigger the ETL sync endpoint (talks to it over HTTP: requests).
 
 One run is one logical call: an ``Idempotency-Key`` shared by its retries lets the server
 drop duplicates. Connection errors, timeouts, 5xx and 429 are retried with exponential

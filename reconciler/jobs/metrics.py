@@ -1,4 +1,4 @@
-"""``reconciler job metrics``: sample the host (reads /proc, statvfs) into the metrics store.
+"""``reconciler job metrics``: sample the host (talks to /proc, statvfs) into the metrics store.
 
 Run every minute by ``metrics-sample.timer``; one run must stay well under 300 ms as a
 whole process, so this reads a few small /proc files, does one transaction and exits.

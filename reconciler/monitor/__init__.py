@@ -6,13 +6,16 @@ One pass, as its steps::
     (counters, events) -> detect (patterns) -> reconcile findings -> impact -> outputs
 
 :func:`run_pass` runs it (``reconciler monitor``, and the sync at its end with its open
-connection and store). :func:`observe` is the side-effect-free first half, for
+connection and store). :func:`view_host` is the side-effect-free first half, for
 ``reconciler status``. :class:`Recorder` is the recording half on its own so the watch
 daemon can call it per ``PropertiesChanged`` event: ``record`` folds observations into the
 persistent counters, ``evaluate`` runs the patterns for the units given (leaving other
 units' findings, and kinds it was not asked about, alone), ``apply`` stores the changes.
 Outputs are in ``publish`` (``announce``: journald, bundles, webhook, per event too); the
-types in ``types``.
+types in ``types``; the sync's hooks (``reconcile.hooks.Monitoring``) in ``sync_hooks``.
+
+May import: ``runtime``, ``systemd``, ``store``, ``host``, ``core``, ``config``, ``model``,
+``errors``. Never ``reconcile``, ``push`` or ``jobs`` (siblings) nor ``cli``.
 """
 
 from __future__ import annotations
@@ -105,7 +108,7 @@ def desired_units(store: Store) -> list[DesiredUnit]:
     return sync_store.decode_desired(store.kv_get(sync_store.DESIRED_KEY))
 
 
-def observe(
+def view_host(
     settings: Settings,
     systemd: Systemd,
     store: Store,
@@ -343,7 +346,7 @@ def run_pass(
     db = FindingStore(store.path, retention=config.retention)
     try:
         at = time.time() if now is None else now
-        view = observe(settings, systemd, store, db.counters())
+        view = view_host(settings, systemd, store, db.counters())
         recorder = Recorder(db, config)
         scheduled = _timer_run(view.desired)
         recorder.record(observations(view, at), scheduled)

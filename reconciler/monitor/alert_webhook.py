@@ -1,4 +1,4 @@
-"""Optional notification webhook for new and resolved findings (talks HTTP: one signed POST).
+"""Optional notification webhook for new and resolved findings (talks to its URL: one signed POST).
 
 Configured in ``[notify]`` of the host config::
 

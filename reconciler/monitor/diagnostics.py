@@ -1,4 +1,4 @@
-"""Diagnostics bundles for new findings (runs journalctl, reads /dev/kmsg, writes tar.gz files).
+"""Diagnostics bundles for new findings (talks to journalctl, /dev/kmsg; writes tar.gz).
 
 When the monitor opens a finding, what explains it is in the journal *now* and may be
 rotated away by the time someone looks. So each new finding gets one compressed bundle

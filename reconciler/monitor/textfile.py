@@ -1,4 +1,4 @@
-"""Prometheus text format for node_exporter's textfile collector (writes one file atomically).
+"""Prometheus text for node_exporter's textfile collector (talks to the filesystem: one file).
 
 node_exporter reads every ``*.prom`` file in its ``--collector.textfile.directory`` on each
 scrape; a half-written file would be scraped as garbage, so the file is written to a

@@ -1,4 +1,4 @@
-"""Execute a Plan on the host: unit files on disk and systemd over D-Bus.
+"""The sync's apply step (talks to systemd over D-Bus and the unit dir): execute a Plan.
 
 Every action of the plan runs in order; file writes are atomic (temp file, fsync,
 rename, fsync of the directory), so a kill at any point leaves each file either old or

@@ -1,4 +1,4 @@
-"""The sync's plan step: the pure core's plan over what was observed (no I/O of its own)."""
+"""The sync's plan step: the pure core's plan over what was observed (pure)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The sync's rollback step: a revision failed its gate; go back to the last good one.
+"""The sync's rollback step (talks to git, systemd, the store through the steps).
 
 The bad revision is marked in the store (not retried until a new commit or ``--force``),
 the monitoring pass keeps the findings and bundles of the bad revision, then the last

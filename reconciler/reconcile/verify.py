@@ -1,4 +1,4 @@
-"""The health gate: wait for touched units to become healthy (reads systemd over D-Bus).
+"""The sync's verify step, the health gate (talks to systemd over D-Bus).
 
 A long-running unit is healthy once it has stayed active with the same InvocationID and
 NRestarts for a settle period: a crash-looping service is briefly "active" between

@@ -2,5 +2,5 @@
 the Manager/unit client (``client``), property subscriptions (``subscribe``) and the fast
 PropertiesChanged reader (``signals``).
 
-May import: ``reconciler.core``, ``reconciler.model``, ``reconciler.errors``, jeepney.
+May import: ``core``, ``config``, ``model``, ``errors``, jeepney.
 """

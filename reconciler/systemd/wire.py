@@ -1,4 +1,4 @@
-"""D-Bus messages for systemd, built and parsed by pure code (sans-I/O: no sockets, no clock).
+"""D-Bus messages for systemd, built and parsed (pure: sans-I/O, no sockets, no clock).
 
 ``dbus_socket.py`` owns the socket; this module turns calls into bytes and bytes into
 messages. jeepney's marshalling costs ~130 us per small message, which makes the

@@ -1,4 +1,4 @@
-"""Backup archives on the local filesystem: write atomically, list, clean up, delete.
+"""Backup archives (talks to the filesystem): write atomically, list, clean up, delete.
 
 Layout under ``dest``: ``<source>/<source>-<UTC stamp>.tar.gz`` plus two sidecars,
 ``<archive>.manifest.json`` (every member's type, size, mode, owner, mtime in ns and
