@@ -411,6 +411,7 @@ class Etl(Section):
     backoff_sec: float = opt(1.0, min=0)
     backoff_max_sec: float = opt(60.0, min=0)
     retry_after_max_sec: float = opt(300.0, min=0)
+    total_sec: float = opt(600.0, min=0)  # the whole call, retries and waits included
     max_body_bytes: int = opt(64 * 1024, min=1)
     token_file: Path | None = opt(None)
     body: dict[str, Any] | None = opt(None)

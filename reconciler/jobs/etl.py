@@ -12,20 +12,19 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import stat
 import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from reconciler import __version__
 from reconciler.config import Etl, Settings, read_section
+from reconciler.core.retry import RetryPolicy
 from reconciler.errors import JobError, redact
 from reconciler.host import journal
 
@@ -48,6 +47,7 @@ class EtlConfig:
     backoff_sec: float = 1.0
     backoff_max_sec: float = 60.0
     retry_after_max_sec: float = 300.0
+    total_sec: float = 600.0  # the whole call, retries and waits included
     max_body_bytes: int = 64 * 1024
     token_file: Path | None = None
     body: dict[str, Any] | None = None
@@ -70,6 +70,7 @@ def from_section(section: Etl) -> EtlConfig | None:
         backoff_sec=section.backoff_sec,
         backoff_max_sec=section.backoff_max_sec,
         retry_after_max_sec=section.retry_after_max_sec,
+        total_sec=section.total_sec,
         max_body_bytes=section.max_body_bytes,
         token_file=section.token_file,
         body=section.body,
@@ -79,29 +80,6 @@ def from_section(section: Etl) -> EtlConfig | None:
 def parse_config(section: Mapping[str, Any]) -> EtlConfig | None:
     """``[etl]`` from a plain table (the config reader's checks, then ``from_section``)."""
     return from_section(read_section(Etl, section, "etl"))
-
-
-def backoff_delay(attempt: int, base: float, cap: float, rand: float) -> float:
-    """Seconds before retry ``attempt`` (1, 2, ...): ``base * 2**(attempt-1)`` capped, then
-    jittered into its upper half by ``rand`` in [0, 1) so a fleet does not retry in step."""
-    delay = min(cap, base * 2.0 ** (attempt - 1))
-    return delay / 2 + delay / 2 * rand
-
-
-def parse_retry_after(value: str | None, now: datetime) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta seconds or an HTTP date), or None."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - now).total_seconds())
 
 
 def safe_url(url: str) -> str:
@@ -195,10 +173,10 @@ def call(
     token: str | None,
     key: str,
     *,
-    sleep: Callable[[float], None] = time.sleep,
+    rand: Callable[[], float] | None = None,
 ) -> Result:
     """Call the endpoint, retrying as the module docstring says; never raises for HTTP."""
-    import requests  # ~60 ms: only the job that calls the endpoint loads it
+    from reconciler.host import http  # requests: only when the job really calls out
 
     scrub = Scrubber(token)
     result = Result()
@@ -209,61 +187,57 @@ def call(
     }
     if token:
         headers["Authorization"] = f"Bearer {token}"
+    policy = RetryPolicy(
+        retries=config.retries,
+        backoff_sec=config.backoff_sec,
+        backoff_max_sec=config.backoff_max_sec,
+        retry_after_max_sec=config.retry_after_max_sec,
+        total_sec=config.total_sec,
+    )
     started = time.monotonic()
-    with requests.Session() as session:
-        session.trust_env = False  # no ~/.netrc replacing the bearer token, no proxy surprises
-        for attempt in range(1, config.retries + 2):
-            result.attempts = attempt
-            t0 = time.monotonic()
-            entry: dict[str, Any] = {"attempt": attempt}
-            retry_after = None
+    with http.request(
+        config.method,
+        config.url,
+        policy=policy,
+        headers=headers,
+        json=config.body,
+        timeout=(config.connect_timeout_sec, config.read_timeout_sec),
+        stream=True,
+        rand=rand,
+    ) as answer:
+        response = answer.response
+        if response is not None:
             try:
-                response = session.request(
-                    config.method,
-                    config.url,
-                    headers=headers,
-                    json=config.body,
-                    timeout=(config.connect_timeout_sec, config.read_timeout_sec),
-                    stream=True,
-                    allow_redirects=False,
+                body, truncated = _read_capped(
+                    response, config.max_body_bytes, config.read_timeout_sec
                 )
-                with response:
-                    body, truncated = _read_capped(
-                        response, config.max_body_bytes, config.read_timeout_sec
-                    )
-                result.status = entry["status"] = response.status_code
-                text = " ".join(body.decode("utf-8", "replace").split())
-                result.summary = scrub(text, SUMMARY_CHARS)
-                result.body_bytes, result.truncated = len(body), truncated
-                result.error = None
-                if response.status_code in (429, 503):
-                    retry_after = parse_retry_after(
-                        response.headers.get("Retry-After"), datetime.now(UTC)
-                    )
-                retryable = response.status_code >= 500 or response.status_code == 429
-                result.ok = 200 <= response.status_code < 300
-                if not result.ok:
-                    result.error = (
-                        f"HTTP {response.status_code} {scrub(response.reason or '', 200)}"
-                    )
-            except (requests.ConnectionError, requests.Timeout) as exc:
-                kind = "timed out" if isinstance(exc, requests.Timeout) else "connection failed"
-                result.status, result.error = None, f"{kind}: {scrub(str(exc), 300)}"
-                retryable = True
-            except requests.RequestException as exc:
-                result.status, result.error = None, scrub(str(exc), 300)
-                retryable = False
-            entry.update(error=result.error, duration_ms=_ms(time.monotonic() - t0))
-            result.history.append(entry)
-            if result.ok or not retryable or attempt > config.retries:
-                break
-            delay = backoff_delay(
-                attempt, config.backoff_sec, config.backoff_max_sec, random.random()
-            )
-            if retry_after is not None:
-                delay = min(retry_after, config.retry_after_max_sec)
-            entry["delay_sec"] = round(delay, 3)
-            sleep(delay)
+            except OSError as exc:  # requests' errors are OSErrors: the body broke off
+                body, truncated = b"", True
+                result.error = f"connection failed: {scrub(str(exc), 300)}"
+            result.status = response.status_code
+            text = " ".join(body.decode("utf-8", "replace").split())
+            result.summary = scrub(text, SUMMARY_CHARS)
+            result.body_bytes, result.truncated = len(body), truncated
+            result.ok = 200 <= response.status_code < 300 and result.error is None
+            if not 200 <= response.status_code < 300:
+                result.error = f"HTTP {response.status_code} {scrub(response.reason or '', 200)}"
+        else:
+            result.error = scrub(answer.error or "no answer", 300)
+    result.attempts = len(answer.attempts)
+    for number, attempt in enumerate(answer.attempts, 1):
+        entry: dict[str, Any] = {"attempt": number, "duration_ms": _ms(attempt.duration_sec)}
+        if attempt.status is not None:
+            entry["status"] = attempt.status
+        if attempt.error is not None:
+            kind = "timed out" if attempt.timed_out else "connection failed"
+            entry["error"] = f"{kind}: {scrub(attempt.error, 300)}"
+        elif attempt.status is not None and not 200 <= attempt.status < 300:
+            entry["error"] = f"HTTP {attempt.status}"
+        else:
+            entry["error"] = None
+        if attempt.delay_sec is not None:
+            entry["delay_sec"] = attempt.delay_sec
+        result.history.append(entry)
     result.duration_ms = _ms(time.monotonic() - started)
     return result
 

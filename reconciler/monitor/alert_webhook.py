@@ -17,9 +17,11 @@ findings sends one request, not fifty), as JSON::
 The body is signed like GitHub's webhooks: ``X-Reconciler-Signature-256: sha256=<hex>``,
 HMAC-SHA256 of the exact body bytes with the secret file's content (stripped). Receivers
 must compare in constant time and may use ``delivery`` (also ``X-Reconciler-Delivery``) to
-drop duplicates: a retry after a timeout can deliver twice. Connection errors, timeouts,
-429 and 5xx are retried with exponential backoff; other 4xx are not (the request is wrong
-and will stay wrong). stdlib ``urllib`` only: the monitor must start cheaply.
+drop duplicates: a retry after a timeout can deliver twice. Sent through ``host/http.py``,
+the one retry policy of every outbound call: connection errors, timeouts, 429 and 5xx are
+retried with backoff and jitter (``Retry-After`` honoured, the whole delivery bounded);
+other 4xx are not (the request is wrong and will stay wrong). Redirects are not followed.
+requests is imported only when there is something to send: the monitor starts cheaply.
 """
 
 from __future__ import annotations
@@ -29,15 +31,14 @@ import hmac
 import json
 import logging
 import time
-import urllib.error
-import urllib.request
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from reconciler import __version__
 from reconciler.config import Notify, read_section
+from reconciler.core.retry import RetryPolicy
 from reconciler.errors import UsageError, redact
 
 log = logging.getLogger("reconciler")
@@ -53,6 +54,8 @@ class AlertConfig:
     timeout_sec: float = 5.0
     retries: int = 3
     backoff_sec: float = 0.5
+    retry_after_max_sec: float = 30.0  # a monitoring pass must not wait for long
+    total_sec: float = 60.0  # the whole delivery, retries and waits included
 
 
 def load_config(section: Notify | Mapping[str, Any]) -> AlertConfig | None:
@@ -102,11 +105,12 @@ def send(
     events: Sequence[Mapping[str, Any]],
     *,
     now: float | None = None,
-    sleep: Callable[[float], None] = time.sleep,
 ) -> bool:
     """POST the events; True once the receiver answered 2xx. Never raises: logs and gives up."""
     if not events:
         return True
+    from reconciler.host import http  # requests (~50 ms): only when there is something to send
+
     delivery = str(uuid.uuid4())
     body = build_body(host, events, now=time.time() if now is None else now, delivery=delivery)
     kinds = sorted({str(e.get("event", "")) for e in events})
@@ -118,29 +122,31 @@ def send(
         EVENT_HEADER: ",".join(kinds),
     }
     where = redact(config.url)
-    for attempt in range(config.retries + 1):
-        if attempt:
-            sleep(config.backoff_sec * 2 ** (attempt - 1))
-        request = urllib.request.Request(config.url, data=body, headers=headers, method="POST")
-        try:
-            with urllib.request.urlopen(request, timeout=config.timeout_sec) as response:
-                response.read()
-                return True
-        except urllib.error.HTTPError as exc:
-            exc.close()
-            if exc.code != 429 and exc.code < 500:
-                log.warning("notify webhook '%s' refused the delivery: HTTP %s", where, exc.code)
-                return False
-            cause = f"HTTP {exc.code}"
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            cause = str(reason)
-        log.info("notify webhook '%s': attempt %d failed: %s", where, attempt + 1, cause)
+    policy = RetryPolicy(
+        retries=config.retries,
+        backoff_sec=config.backoff_sec,
+        backoff_max_sec=max(config.backoff_sec * 8, config.timeout_sec),
+        retry_after_max_sec=config.retry_after_max_sec,
+        total_sec=config.total_sec,
+    )
+    with http.request(
+        "POST", config.url, policy=policy, timeout=config.timeout_sec, headers=headers, data=body
+    ) as answer:
+        status = answer.response.status_code if answer.response is not None else None
+    for number, attempt in enumerate(answer.attempts[:-1], 1):
+        cause = f"HTTP {attempt.status}" if attempt.status is not None else attempt.error
+        log.info("notify webhook '%s': attempt %d failed: %s", where, number, cause)
+    if status is not None and 200 <= status < 300:
+        return True
+    if status is not None and status != 429 and status < 500:
+        log.warning("notify webhook '%s' refused the delivery: HTTP %s", where, status)
+        return False
+    cause = f"HTTP {status}" if status is not None else (answer.error or "no answer")
     log.warning(
         "cannot deliver %d finding event(s) to notify webhook '%s': %s after %d attempts",
         len(events),
         where,
         cause,
-        config.retries + 1,
+        len(answer.attempts),
     )
     return False

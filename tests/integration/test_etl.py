@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from reconciler.config import Settings
+from reconciler.core import retry
 from reconciler.errors import JobError, UsageError
 from reconciler.jobs import etl
 
@@ -326,16 +327,16 @@ def test_config_defaults() -> None:
     [(1, 0.0, 0.5), (1, 0.999, 0.9995), (2, 0.0, 1.0), (3, 0.5, 3.0), (10, 0.0, 30.0)],
 )
 def test_backoff_delay(attempt: int, rand: float, expected: float) -> None:
-    assert etl.backoff_delay(attempt, base=1.0, cap=60.0, rand=rand) == pytest.approx(expected)
+    assert retry.backoff_delay(attempt, base=1.0, cap=60.0, rand=rand) == pytest.approx(expected)
 
 
 def test_parse_retry_after() -> None:
     now = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
-    assert etl.parse_retry_after("120", now) == 120
-    assert etl.parse_retry_after("Wed, 01 Jan 2025 12:00:30 GMT", now) == 30
-    assert etl.parse_retry_after("Wed, 01 Jan 2025 11:00:00 GMT", now) == 0
-    assert etl.parse_retry_after("soon", now) is None
-    assert etl.parse_retry_after(None, now) is None
+    assert retry.parse_retry_after("120", now) == 120
+    assert retry.parse_retry_after("Wed, 01 Jan 2025 12:00:30 GMT", now) == 30
+    assert retry.parse_retry_after("Wed, 01 Jan 2025 11:00:00 GMT", now) == 0
+    assert retry.parse_retry_after("soon", now) is None
+    assert retry.parse_retry_after(None, now) is None
 
 
 def test_safe_url_drops_credentials_and_query() -> None:
