@@ -63,3 +63,93 @@ def test_every_documented_command_exists(command: str) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith(f"usage: reconciler {command}")
+
+
+def toml_snippets() -> list[str]:
+    return re.findall(r"```toml\n(.*?)```", README, re.S)
+
+
+def test_toml_snippets_are_a_valid_repository() -> None:
+    """The Config repository format snippets, loaded by the real inventory models and
+    rendered with this project's templates/ for every host they declare."""
+    from reconciler.core import inventory, render
+
+    snippets = toml_snippets()
+    hosts = [s for s in snippets if "[hosts." in s or "[groups." in s]
+    services = [s for s in snippets if "[services." in s]
+    assert len(hosts) == 1 and len(services) == 1 and len(snippets) == 2, snippets
+    files = {
+        "inventory/hosts.toml": hosts[0].encode(),
+        "inventory/services.toml": services[0].encode(),
+    }
+    templates = {p.name: p.read_text() for p in (REPO / "templates").iterdir()}
+    files.update({f"templates/{n}": t.encode() for n, t in templates.items()})
+    inv = inventory.load(files)
+    rendered = []
+    for host in inv.hosts_file.hosts:
+        rendered += [u.name for u in render.render(inv.select(host), templates)]
+    assert {"web.service", "readings-etl.service", "readings-etl.timer"} <= set(rendered)
+
+
+def test_no_snippet_service_is_named_like_an_own_unit() -> None:
+    from reconciler.core.inventory import OWN_UNIT_STEMS
+
+    named = {n for s in toml_snippets() for n in re.findall(r"^\[services\.([\w-]+)", s, re.M)}
+    assert named and not named & OWN_UNIT_STEMS
+
+
+def _help(command: tuple[str, ...]) -> str:
+    proc = subprocess.run(
+        [RECONCILER, *command, "--help"], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, (command, proc.stderr)
+    return proc.stdout
+
+
+def referenced_commands() -> list[tuple[str, ...]]:
+    """Every ``reconciler ...`` command the README shows (code spans and shell blocks):
+    its leading command words, then every ``--flag`` after them."""
+    blocks = re.findall(r"```\w*\n(.*?)```", README, re.S)
+    prose = re.sub(r"```\w*\n.*?```", "", README, flags=re.S)
+    spans = [part for line in prose.splitlines() for part in line.split("`")[1::2]]
+    lines = [line for block in blocks[:-1] for line in block.splitlines()]  # not the drawing
+    found = set()
+    for text in [*spans, *lines]:
+        for match in re.finditer(r"(?:^|[\s/])reconciler( [^#\n]*|$)", text):
+            tokens = re.split(r"[\s|\[\]]+", match[1].replace("\\|", "|").strip())
+            words = []
+            for token in tokens:
+                if not re.fullmatch(r"[a-z][\w-]*", token):
+                    break
+                words.append(token)
+            flags = [t.split("=")[0] for t in tokens if re.fullmatch(r"--[\w-]+(=\S*)?", t)]
+            found.add((*words, *flags))
+    return sorted(found)
+
+
+def _is_command(words: tuple[str, ...]) -> bool:
+    proc = subprocess.run(
+        [RECONCILER, *words, "--help"], capture_output=True, text=True, check=False
+    )
+    return proc.returncode == 0 and proc.stdout.startswith(f"usage: reconciler {' '.join(words)} ")
+
+
+@pytest.mark.parametrize("words", referenced_commands(), ids=" ".join)
+def test_every_referenced_command_and_flag_exists(words: tuple[str, ...]) -> None:
+    """``reconciler sync --force``: the command runs ``--help``, the flag is in it."""
+    path = [w for w in words if not w.startswith("-")]
+    flags = [w for w in words if w.startswith("--")]
+    command: tuple[str, ...] = ()
+    for word in path:  # the longest prefix that is a command (the rest are arguments)
+        if not _is_command((*command, word)):
+            break
+        command += (word,)
+    if not command:
+        assert not path, f"'reconciler {' '.join(words)}': no such command"
+    texts = [_help(command)]  # and its alternatives: `backup list|verify|restore [--to]`
+    for word in path[len(command) :]:
+        for parent in (command, command[:-1]):
+            if _is_command((*parent, word)):
+                texts.append(_help((*parent, word)))
+    for flag in flags:
+        assert any(flag in t for t in texts), f"'reconciler {' '.join(words)}': no {flag}"

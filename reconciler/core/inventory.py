@@ -41,6 +41,20 @@ TRIGGERS: tuple[str, ...] = ("calendar", "active_sec", "boot_sec", "startup_sec"
 TRIGGERS += ("unit_active_sec", "unit_inactive_sec")
 UNIT_TYPES = ("service", "socket", "target", "path", "timer", "mount", "slice", "scope")
 MAX_NESTING = 64  # levels of tables and arrays in one file (deeper ones crash parsers)
+# The reconciler's own units (the project's units/ folder, written by `reconciler install`;
+# tests/unit/test_units.py checks the two agree): a service named like one would write over
+# them, so it is refused.
+OWN_UNIT_STEMS = frozenset(
+    {
+        "gitops-sync",
+        "metrics-sample",
+        "reading-sync",
+        "reconciler-monitor",
+        "reconciler-watch",
+        "reconciler-webhook",
+        "volume-backup",
+    }
+)
 
 _STEM_CHARS = re.compile(r"[A-Za-z0-9:_.@-]+")
 _HOST_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}")
@@ -434,6 +448,13 @@ def _check_services(
     count = 0
     known = {ALL, *hosts.hosts, *groups}
     for name, svc in services.services.items():
+        if name in OWN_UNIT_STEMS:
+            count += 1
+            why = (
+                f"'{quote(name)}' is one of the reconciler's own units, which belong to its "
+                "install ('reconciler install' writes them from units/): pick another name"
+            )
+            first = first or [(key_path(("services", name)), why)]
         problem = _template_problem(svc.template, files)
         if problem:
             count += 1

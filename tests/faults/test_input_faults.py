@@ -159,6 +159,8 @@ CASES: list[tuple[str, Mutation, str]] = [
     ("host named like a group", lambda work, _name: (work / "inventory/hosts.toml").write_text(
         (work / "inventory/hosts.toml").read_text() + "\n[hosts.web]\n"),
      "hosts.testhost.groups[0]: group 'web' is also a host's name"),
+    ("service named like an own unit (reading-sync)", append(SVC.format("reading-sync")),
+     "'reading-sync' is one of the reconciler's own units, which belong to its install"),
     ("TOML array 50,000 deep", append("[services.NAME-deep]\ntemplate = 'app.service.j2'\n"
                                       "hosts = ['web']\nvars = { x = " + "[" * 50_000
                                       + "]" * 50_000 + " }"),

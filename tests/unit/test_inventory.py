@@ -338,6 +338,22 @@ BAD: list[tuple[str, dict[str, bytes], str, str]] = [
         "",
     ),
     (
+        "service named like one of the reconciler's own units",
+        files(services=svc("", name="reading-sync")),
+        f"{S}: services.reading-sync: 'reading-sync' is one of the reconciler's own units",
+        "belong to its install ('reconciler install' writes them from units/)",
+    ),
+    (
+        "service named like the reconciler's own timer job",
+        files(
+            services=svc(
+                "[services.gitops-sync.timer]\non_calendar = 'daily'\n", name="gitops-sync"
+            )
+        ),
+        f"{S}: services.gitops-sync: 'gitops-sync' is one of the reconciler's own units",
+        "",
+    ),
+    (
         "several problems",
         files(services=svc("foo = 1\nbar = 2\nenable = 3\n")),
         f"{S}: services.web.enable: Input should be a valid boolean (and 2 more)",

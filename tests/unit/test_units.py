@@ -294,3 +294,10 @@ def exposure(tmp_path: Path, unit: DesiredUnit) -> float:
 def test_exposure_score(tmp_path: Path, layout_id: str, name: str) -> None:
     unit = next(u for u in built(layout_id) if u.name == name)
     assert exposure(tmp_path, unit) <= EXEMPT.get(name, MAX_EXPOSURE)
+
+
+def test_the_inventory_knows_every_own_unit() -> None:
+    """A service named like one of these is refused (core/inventory.py, pure: no units/)."""
+    from reconciler.core.inventory import OWN_UNIT_STEMS
+
+    assert {p.stem for p in UNITS_DIR.iterdir() if p.suffix != ".md"} == OWN_UNIT_STEMS
