@@ -23,6 +23,7 @@ def _run(*argv: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
 
 def _lint_imports(cwd: Path) -> subprocess.CompletedProcess[str]:
     """lint-imports on the package under ``cwd`` (that copy first on the path), no cache."""
+    assert (BIN / "lint-imports").exists(), "install the test extras: pip install -e '.[test]'"
     argv = [str(BIN / "lint-imports"), "--no-cache"]
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(cwd)}
     return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, env=env, check=False)
