@@ -68,6 +68,17 @@ class SystemdError(ReconcilerError):
         super().__init__(message, hint)
         self.dbus_name = dbus_name
 
+    @property
+    def disconnected(self) -> bool:
+        """The connection itself was lost or refused (systemd re-executing, dbus restarted):
+        a new connection may well succeed, unlike a call systemd refused."""
+        return self.dbus_name in DISCONNECTED
+
+
+DISCONNECTED = frozenset(
+    {"org.freedesktop.DBus.Error.Disconnected", "org.freedesktop.DBus.Error.NoServer"}
+)
+
 
 class ApplyError(ReconcilerError):
     pass

@@ -6,7 +6,10 @@ imports the other for it.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
+
+from reconciler.errors import SystemdError
 
 if TYPE_CHECKING:
     from reconciler.config import Settings
@@ -22,9 +25,22 @@ def open_store(settings: Settings) -> Store:
     return Store.open(settings.state_dir / "state.db")
 
 
-def connect(settings: Settings) -> Systemd:
-    """A connection to systemd at the configured bus address."""
+def connect(settings: Settings, *, retry_sec: float = 0.0) -> Systemd:
+    """A connection to systemd at the configured bus address.
+
+    ``retry_sec``: keep trying that long while nobody answers at the address (systemd
+    re-executing, dbus-daemon restarting), backing off from 0.1 s to 2 s between tries.
+    """
     # jeepney and the D-Bus client: not loaded by --help and the commands that never connect
     from reconciler.systemd.client import Systemd
 
-    return Systemd(settings.bus)
+    deadline = time.monotonic() + retry_sec
+    delay = 0.1
+    while True:
+        try:
+            return Systemd(settings.bus)
+        except SystemdError as exc:
+            if not exc.disconnected or time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)

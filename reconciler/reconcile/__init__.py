@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from reconciler.config import Settings
 from reconciler.core.plan import describe
-from reconciler.errors import ReconcilerError, SourceError
+from reconciler.errors import ReconcilerError, SourceError, SystemdError
 from reconciler.host import journal, lock
 from reconciler.reconcile import fetch, validate, verify
 from reconciler.reconcile.apply import apply_plan
@@ -33,7 +34,7 @@ from reconciler.reconcile.rollback import roll_back
 from reconciler.runtime import connect, open_store
 
 if TYPE_CHECKING:
-    from reconciler.model import Snapshot
+    from reconciler.model import DesiredUnit, Snapshot
     from reconciler.store.sync_store import Store
     from reconciler.systemd.client import Systemd
 
@@ -62,6 +63,10 @@ def run(
         return sync.run(revision, hooks)
 
 
+# A sync whose connection to systemd is lost (daemon-reexec, a dbus-daemon restart) connects
+# again, waiting up to RECONNECT_SEC, and plans anew; at most RECONNECT_ATTEMPTS in all.
+RECONNECT_ATTEMPTS = 3
+RECONNECT_SEC = 30.0
 RECORDED = frozenset({Result.APPLIED, Result.NOOP, Result.FAILED, Result.ROLLED_BACK})
 
 
@@ -72,6 +77,7 @@ class _Sync:
     force: bool
     dry_run: bool
     systemd: Systemd | None = None  # open from the observe step on; closed by run()
+    calls: Counter[str] = field(default_factory=Counter)  # D-Bus calls of every connection
 
     def run(self, revision: str | None, monitoring: Monitoring) -> Outcome:
         started_wall, started = time.time(), time.monotonic()
@@ -93,9 +99,9 @@ class _Sync:
                     "sync.failed", f"sync failed: {exc}", priority=3, revision=outcome.revision
                 )
         finally:
-            if self.systemd is not None:
-                outcome.dbus_calls = dict(self.systemd.calls)
-                self.systemd.close()
+            self.disconnect()
+            if self.calls:
+                outcome.dbus_calls = dict(self.calls)
         if not self.dry_run and outcome.result in RECORDED:
             try:
                 record(store, outcome, started_wall, started, self.trigger)
@@ -129,7 +135,48 @@ class _Sync:
             outcome.revision = snapshot.revision
             describe_source(settings, store, snapshot, outcome)
         desired = render_cached(snapshot, settings, store)
-        systemd = self.systemd = connect(settings)
+        for attempt in range(1, RECONNECT_ATTEMPTS + 1):
+            try:
+                systemd = self.connect(retry_sec=0.0 if attempt == 1 else RECONNECT_SEC)
+                self.converge(systemd, desired, snapshot, held_from, outcome, store, monitoring)
+                return
+            except SystemdError as exc:
+                if not exc.disconnected or attempt == RECONNECT_ATTEMPTS or self.dry_run:
+                    raise
+                journal.event(
+                    "sync.reconnect",
+                    f"{exc.message}; connecting again and planning anew "
+                    f"(attempt {attempt + 1} of {RECONNECT_ATTEMPTS})",
+                    priority=4,
+                    revision=snapshot.revision,
+                )
+                self.disconnect()
+
+    def connect(self, retry_sec: float) -> Systemd:
+        self.systemd = connect(self.settings, retry_sec=retry_sec)
+        return self.systemd
+
+    def disconnect(self) -> None:
+        """Close the connection, keeping its call counts for the outcome."""
+        if self.systemd is not None:
+            self.calls.update(self.systemd.calls)
+            self.systemd.close()
+            self.systemd = None
+
+    def converge(
+        self,
+        systemd: Systemd,
+        desired: list[DesiredUnit],
+        snapshot: Snapshot,
+        held_from: str | None,
+        outcome: Outcome,
+        store: Store,
+        monitoring: Monitoring,
+    ) -> None:
+        """observe → plan → validate → apply → verify. A lost connection to systemd makes
+        ``steps`` run this again on a new one: the plan is made anew from what is live, and
+        the units a killed apply left to (re)start are in the store, so it converges."""
+        settings = self.settings
         plan = make_plan(desired, observe(desired, systemd, store, settings), settings)
         outcome.plan, outcome.actions = plan, describe(plan)
         if self.dry_run:

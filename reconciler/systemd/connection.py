@@ -90,6 +90,9 @@ class _Listener:
     sink: Callable[[Message], None]
 
 
+NO_SERVER = "org.freedesktop.DBus.Error.NoServer"  # nobody answers at the address (yet)
+
+
 class Connection:
     """An authenticated connection; ``what`` arguments name the operation for errors."""
 
@@ -144,10 +147,14 @@ class Connection:
         except (BrokenPipeError, ConnectionResetError) as exc:
             sock.close()
             hint = PRIVATE_HINT if self.private else BUS_HINT
-            raise SystemdError(f"cannot {what}: connection closed ({exc.strerror})", hint) from None
+            raise SystemdError(
+                f"cannot {what}: connection closed ({exc.strerror})", hint, dbus_name=NO_SERVER
+            ) from None
         except OSError as exc:
             sock.close()
-            raise SystemdError(f"cannot {what}: {exc.strerror or exc}", BUS_HINT) from None
+            raise SystemdError(
+                f"cannot {what}: {exc.strerror or exc}", BUS_HINT, dbus_name=NO_SERVER
+            ) from None
         return sock
 
     def _greet(self, what: str) -> None:
