@@ -182,3 +182,51 @@ def test_watch_figures_parse_and_say_when_the_daemon_is_gone() -> None:
     assert stale[("reconciler_watch_up", ())] == 0  # figures nobody refreshed: not up
     none = parse(tf.build(*args, pass_at=later, pass_duration_sec=0.1))
     assert not [k for k in none if k[0].startswith("reconciler_watch_")]
+
+
+def every_family() -> str:
+    """A file with every family the writer has: units, findings, a sync, the watch daemon."""
+    figures = tf.WatchFigures(
+        at=1_790_000_090.0,
+        running=True,
+        units=12,
+        events_total=345,
+        dropped_total=2,
+        events_per_sec=4.5,
+        queue_depth=7,
+        queue_size=4096,
+    )
+    return tf.build(
+        UNITS,
+        [tf.OpenFinding("crash_loop", "web.service", "critical")],
+        tf.LastSync(1_790_000_000.5, 1.25, "applied", "0123456789abcdef"),
+        pass_at=1_790_000_100.0,
+        pass_duration_sec=0.2,
+        watch=figures,
+    )
+
+
+def test_prometheus_client_parser_reads_every_family_as_written() -> None:
+    """prometheus_client's own parser is the oracle: every family the writer declares is
+    read back with its type and help, and every sample with its labels and value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = every_family()
+    declared = dict(re.findall(r"^# TYPE (\S+) (\S+)$", text, re.M))
+    helps = dict(re.findall(r"^# HELP (\S+) (.*)$", text, re.M))
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    for name, kind in declared.items():
+        # prometheus_client names a counter family without its _total suffix
+        family = families.get(name.removesuffix("_total") if kind == "counter" else name)
+        assert family is not None, f"{name} not read back"
+        assert family.type == kind, name
+        assert family.documentation == helps[name].replace("\\\\", "\\").replace("\\n", "\n")
+    assert len(families) == len(declared), "no family read that the writer did not declare"
+    oracle = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in families.values()
+        for s in f.samples
+    }
+    assert oracle == parse(text)
+    for family in ("reconciler_unit_state", "reconciler_watch_events_total"):
+        assert any(k[0] == family for k in oracle)
