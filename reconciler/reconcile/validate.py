@@ -18,9 +18,11 @@ import re
 import subprocess
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from reconciler.errors import RenderError, SystemdError
+from reconciler.config import Settings
+from reconciler.errors import RenderError, SystemdError, UsageError
 from reconciler.model import DesiredUnit, Plan, WriteUnitFile
 
 ANALYZE = "systemd-analyze"
@@ -127,3 +129,56 @@ def check_units(desired: Sequence[DesiredUnit], plan: Plan) -> None:
     if complaints:
         more = f" (and {len(complaints) - 1} more)" if len(complaints) > 1 else ""
         raise RenderError(f"systemd-analyze refused a rendered unit: {complaints[0]}{more}")
+
+
+@dataclass(frozen=True)
+class HostCheck:
+    """One host of a working tree: its rendered units, or the one-line reason it failed."""
+
+    host: str
+    units: tuple[str, ...] = ()
+    error: str | None = None  # the line a sync would print for this host
+
+
+def check_tree(directory: Path, hosts: Sequence[str] | None = None) -> list[HostCheck]:
+    """Render and verify (offline) the units of ``hosts`` (default: every host) from the
+    working tree ``directory``; touches nothing outside a temp dir, needs no systemd.
+
+    A problem shared by every host (the inventory, a read) raises; a host's render or
+    verify problem is that host's ``error``.
+    """
+    # pydantic and jinja2, imported only by commands that render
+    from reconciler.core import inventory
+    from reconciler.errors import ReconcilerError
+    from reconciler.reconcile import jail, working_tree
+    from reconciler.reconcile.render import render
+
+    snapshot = working_tree.read(directory)
+    inv = inventory.load(snapshot.files)
+    known = list(inv.hosts_file.hosts)
+    for name in hosts or ():
+        if name not in inv.hosts_file.hosts:
+            raise UsageError(
+                f"cannot validate host '{name}': not in {inventory.HOSTS_FILE} "
+                f"(known: {inventory.listing(known)})",
+                "pass --host NAME of a [hosts.NAME] table, or --all-hosts",
+            )
+    defaults = Settings()
+    results = []
+    for name in hosts or known:
+        try:
+            units = jail.render_bounded(
+                lambda name=name: render(snapshot, name),  # type: ignore[misc]
+                what=f"the working tree for host '{name}'",
+                cpu_sec=defaults.render_cpu_sec,
+                memory_mb=defaults.render_memory_mb,
+            )
+            complaints = verify_units(units, check_executables=False)
+            if complaints:
+                more = f" (and {len(complaints) - 1} more)" if len(complaints) > 1 else ""
+                raise RenderError(f"systemd-analyze refused a rendered unit: {complaints[0]}{more}")
+        except ReconcilerError as exc:
+            results.append(HostCheck(name, error=str(exc)))
+            continue
+        results.append(HostCheck(name, tuple(u.name for u in units)))
+    return results

@@ -1,0 +1,153 @@
+"""``reconciler validate``: a config repository's CI check, on this machine, no systemd running.
+
+Each case copies the project's example tree, breaks it in one way and runs the real CLI:
+as root and as ``nobody`` (``setpriv --reuid=65534``), against a read-only tree whose
+listing must not change (nothing written).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+RECONCILER = str(Path(sys.executable).parent / "reconciler")
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+Breakage = Callable[[Path], None]
+
+
+@pytest.fixture
+def tree() -> Iterator[Path]:
+    """A copy of the example inventory/ and templates/, readable by everyone, read-only."""
+    base = Path(tempfile.mkdtemp(prefix="reconciler-validate-"))
+    base.chmod(0o755)
+    for name in ("inventory", "templates"):
+        shutil.copytree(REPO / name, base / name)
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def freeze(root: Path) -> dict[str, tuple[int, float]]:
+    """Make the tree read-only for everyone; its listing (size, mtime) to compare later."""
+    listing = {}
+    for path in sorted(root.rglob("*"), reverse=True):
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    for path in sorted(root.rglob("*")):
+        listing[str(path)] = (path.lstat().st_size, path.lstat().st_mtime)
+    return listing
+
+
+def validate(tree: Path, *args: str, as_nobody: bool = False) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": os.environ["PATH"], "PYTHONDONTWRITEBYTECODE": "1", "HOME": "/nonexistent"}
+    argv = [*(NOBODY if as_nobody else []), RECONCILER, "validate", str(tree), *args]
+    return subprocess.run(
+        argv, capture_output=True, text=True, env=env, cwd="/", timeout=120, check=False
+    )
+
+
+@pytest.mark.parametrize("as_nobody", [False, True], ids=["root", "nobody"])
+def test_the_example_tree_is_valid_for_every_host(tree: Path, as_nobody: bool) -> None:
+    before = freeze(tree)
+    proc = validate(tree, "--json", as_nobody=as_nobody)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["valid"] is True
+    hosts = {h["host"]: h for h in data["hosts"]}
+    assert set(hosts) == {"sandbox", "web1", "nas1"}
+    assert "web.service" in hosts["web1"]["units"] and "srv-backup.timer" in hosts["nas1"]["units"]
+    assert all(h["valid"] and h["error"] is None for h in hosts.values())
+    assert freeze(tree) == before  # nothing written
+    if as_nobody:
+        who = subprocess.run([*NOBODY, "id", "-u"], capture_output=True, text=True, check=True)
+        assert who.stdout.strip() == "65534"
+
+
+def test_one_host_in_text(tree: Path) -> None:
+    proc = validate(tree, "--host", "web1")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        "ok    web1: 3 units (web.service, system-metrics.service, system-metrics.timer)"
+    ]
+
+
+def edit(path: str, old: str, new: str) -> Breakage:
+    def apply(root: Path) -> None:
+        text = (root / path).read_text()
+        assert old in text, (path, old)
+        (root / path).write_text(text.replace(old, new, 1))
+
+    return apply
+
+
+def symlink(root: Path) -> None:
+    (root / "templates/web.service.j2").unlink()
+    os.symlink("/etc/passwd", root / "templates/web.service.j2")
+
+
+# (id, breakage, exit code, text the one stderr line holds, hosts that fail)
+BROKEN: list[tuple[str, Breakage, int, str, set[str]]] = [
+    ("undefined variable", edit("templates/web.service.j2", "{{ port }}", "{{ nosuch }}"), 1,
+     "'nosuch' is undefined", {"sandbox", "web1"}),
+    ("systemd-analyze refuses", edit("templates/srv-backup.service.j2", "[Service]",
+                                     "[Service]\nType=sometimes"), 1,
+     "systemd-analyze refused a rendered unit: srv-backup: srv-backup.service:", {"sandbox", "nas1"}),
+    ("inventory unknown key", edit("inventory/services.toml", "[services.web]\n",
+                                   "[services.web]\nbogus = 1\n"), 1,
+     "inventory/services.toml: services.web.bogus: unknown key", set()),
+    ("own unit name", edit("inventory/services.toml", "[services.web]",
+                           '[services.reading-sync]\ntemplate = "web.service.j2"\n'
+                           'hosts = ["web1"]\n\n[services.web]'),
+     1, "belong to its install", set()),
+    ("symlinked template", symlink, 1,
+     "cannot read 'templates/web.service.j2'", set()),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("what", "breakage", "code", "line", "failing"), BROKEN, ids=[b[0] for b in BROKEN]
+)
+def test_a_broken_tree_is_one_line(
+    tree: Path, what: str, breakage: Breakage, code: int, line: str, failing: set[str]
+) -> None:
+    breakage(tree)
+    before = freeze(tree)
+    proc = validate(tree, as_nobody=True)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == code, (what, proc.stderr)
+    assert len(lines) == 1 and line in lines[0], (what, proc.stderr)
+    assert lines[0].startswith("reconciler validate: ") and "Traceback" not in proc.stderr
+    assert freeze(tree) == before
+    if failing:
+        data = json.loads(validate(tree, "--json").stdout)
+        assert {h["host"] for h in data["hosts"] if not h["valid"]} == failing
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (("--host", "ghost"), "cannot validate host 'ghost': not in inventory/hosts.toml"),
+        (("--host", "web1", "--all-hosts"), "not allowed with argument"),
+    ],
+)
+def test_usage_errors_exit_2(tree: Path, args: tuple[str, ...], line: str) -> None:
+    proc = validate(tree, *args)
+    assert proc.returncode == 2 and line in proc.stderr, proc.stderr
+
+
+def test_not_a_config_repository_exits_2(tmp_path: Path) -> None:
+    proc = validate(tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == (
+        f"reconciler validate: cannot validate '{tmp_path}': no inventory/ folder (hint: pass "
+        "the root of a config repository (the folder holding inventory/ and templates/))"
+    )
