@@ -5,9 +5,10 @@ messages. jeepney costs ~26-31 us per message to build or to parse (a ``Get``: ~
 both ways, against ~3 us here; ``python -m bench.bench_wire``), which adds up over the
 monitor's thousands of ``Get`` calls for 1,000 units, so the wire format (little-endian
 out, either endianness in) is written out here, checked byte for byte against jeepney in
-tests/unit/test_wire.py, and jeepney is used for authentication only. Variants are unwrapped on parsing: a ``Get`` reply is
-the plain value, ``GetAll`` a plain ``dict``. Unit names and object paths live here too,
-so the pure core can validate names without importing any D-Bus machinery.
+tests/unit/test_wire.py, and jeepney is used for authentication only. Variants are
+unwrapped on parsing: a ``Get`` reply is the plain value, ``GetAll`` a plain ``dict``.
+Unit names and object paths live here too, so the pure core can validate names without
+importing any D-Bus machinery.
 """
 
 from __future__ import annotations
