@@ -13,7 +13,7 @@ import difflib
 import json
 import re
 import tomllib
-from collections import Counter
+from collections import ChainMap, Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -310,7 +310,7 @@ class Inventory:
             ServiceInstance(
                 name=name,
                 template=svc.template,
-                vars={**base, **svc.vars},
+                vars=ChainMap(svc.vars, base),  # shared, not copied: base may be large
                 enable=svc.enable,
                 start=svc.start,
                 timer=svc.timer,

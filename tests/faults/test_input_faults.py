@@ -281,6 +281,32 @@ def test_150000_name_hosts_list(fenv: FaultEnv, fault_report: Report) -> None:
     assert took < 20
 
 
+def test_200000_group_vars_for_100_services(fenv: FaultEnv, fault_report: Report) -> None:
+    """A group with 200,000 vars (3.4 MB) and 100 services of its hosts: every service got a
+    copy of every var (over 1 GB: refused by render_memory_mb). Vars are shared, and a
+    template's context holds only the names the templates use."""
+    many = ", ".join(f"v{i} = {i}" for i in range(200_000))
+    hosts = HOSTS.replace('[groups.web]\nvars = { greeting = "hello from the group" }',
+                          f'[groups.web]\nvars = {{ greeting = "g", {many} }}')  # fmt: skip
+    assert len(hosts) > 3_000_000
+    names = [fenv.name(f"v{i:03d}") for i in range(100)]
+    files = {**base_files(fenv, *(service(n) for n in names)), "inventory/hosts.toml": hosts}
+    fenv.repo.commit(files, message="200,000 group vars")
+    started = time.monotonic()
+    proc = fenv.run("sync", "--json")
+    took = time.monotonic() - started
+    applied = proc.returncode == 0 and json.loads(proc.stdout)["result"] == "applied"
+    fault_report(
+        "200,000 group vars x 100 services",
+        f"vars shared, contexts hold only used names; first sync (100 starts) {took:.1f}s",
+        took,
+        applied,
+    )
+    assert applied, proc.stderr
+    fenv.settled([f"{n}.service" for n in names[:3]])
+    assert took < 60
+
+
 def test_empty_inventory_needs_allow_empty(fenv: FaultEnv, fault_report: Report) -> None:
     a, b = fenv.name("keep1"), fenv.name("keep2")
     units = [f"{a}.service", f"{b}.service"]
