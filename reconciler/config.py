@@ -472,6 +472,7 @@ class Settings:
     allow_empty: bool = False  # allow an inventory that prunes every owned unit
     render_cpu_sec: float = 10.0  # CPU time of one render (reconcile/jail.py)
     render_memory_mb: float = 512.0  # memory a render may add to the sync process
+    max_units: int = 20_000  # units one host may be given (10,000 services with timers)
     allow_downgrade: bool = False  # signed mode: allow a ref move that is not a fast-forward
     sections: dict[str, dict[str, Any]] = field(default_factory=dict, compare=False)
     path: Path | None = field(default=None, compare=False)  # the file read, if any
@@ -524,6 +525,7 @@ class Settings:
 _PATHS = {"state_dir", "unit_dir", "run_dir", "webhook_secret_file", "gpg_home"}
 _BOOLS = {"verify_signatures", "allow_empty", "allow_downgrade"}
 _FLOATS = {"lock_timeout_sec", "fetch_timeout_sec", "render_cpu_sec", "render_memory_mb"}
+_INTS = {"max_units"}
 
 
 def _top(source: str, key: str, value: Any, *, text: bool) -> Any:
@@ -540,6 +542,12 @@ def _top(source: str, key: str, value: Any, *, text: bool) -> Any:
                 return False
         if not isinstance(value, bool):
             raise ConfigError(source, key, f"expected true or false, got {value!r}")
+        return value
+    if key in _INTS:
+        if text and isinstance(value, str) and value.strip().isdigit():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ConfigError(source, key, f"expected a whole number above 0, got {value!r}")
         return value
     if key in _FLOATS:
         if text:

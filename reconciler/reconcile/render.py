@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from reconciler import __version__
 from reconciler.config import Settings
+from reconciler.errors import RenderError
 from reconciler.model import DesiredUnit, Snapshot
 from reconciler.reconcile import jail
 from reconciler.store.sync_store import decode_desired, encode_desired
@@ -58,6 +59,17 @@ def render_bounded(snapshot: Snapshot, settings: Settings) -> list[DesiredUnit]:
     )
 
 
+def check_size(units: list[DesiredUnit], snapshot: Snapshot, settings: Settings) -> None:
+    """More units than this host may hold is refused before anything is written."""
+    if len(units) > settings.max_units:
+        raise RenderError(
+            f"cannot render revision '{snapshot.revision[:12]}' for host "
+            f"'{settings.host_name}': {len(units)} units, more than this host's max_units "
+            f"({settings.max_units})",
+            f"give the host fewer services, or raise max_units in {settings.source}",
+        )
+
+
 def render_cached(snapshot: Snapshot, settings: Settings, store: Store) -> list[DesiredUnit]:
     """Render (bounded), reusing the units of the last render of the same revision, host and
     version."""
@@ -65,6 +77,7 @@ def render_cached(snapshot: Snapshot, settings: Settings, store: Store) -> list[
     if store.kv_get(RENDER_KEY) == key:
         return decode_desired(store.kv_get(RENDERED_KEY))
     units = render_bounded(snapshot, settings)
+    check_size(units, snapshot, settings)
     with store.transaction():
         store.kv_set(RENDER_KEY, key)
         store.kv_set(RENDERED_KEY, encode_desired(units))

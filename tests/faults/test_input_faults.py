@@ -388,3 +388,38 @@ def test_force_pushed_branch(fenv: FaultEnv, fault_report: Report) -> None:
     assert "one" in (fenv.host.unit_dir / unit).read_text()
     fenv.settled([unit])
     assert nothing_lost, revisions
+
+
+def test_more_units_than_the_host_allows(fenv: FaultEnv, fault_report: Report) -> None:
+    names = [fenv.name(f"cap{i}") for i in range(4)]
+    units = [f"{n}.service" for n in names[:2]]
+    fenv.configure(top="max_units = 3\n")
+    fenv.repo.commit(base_files(fenv, *(service(n) for n in names[:2])), message="two")
+    fenv.sync()
+    ids = fenv.invocations(*units)
+    fenv.repo.commit(base_files(fenv, *(service(n) for n in names)), message="four")
+    proc = fenv.run("sync")
+    faulted = time.monotonic()
+    lines = proc.stderr.strip().splitlines()
+    refused = (
+        proc.returncode == 1
+        and len(lines) == 1
+        and "4 units, more than this host's max_units (3)" in lines[0]
+        and str(fenv.config) in lines[0]
+    )
+    untouched = fenv.invocations(*units) == ids and not any(
+        (fenv.host.unit_dir / f"{n}.service").exists() for n in names[2:]
+    )
+    fenv.repo.commit(base_files(fenv, *(service(n) for n in names[:3])), message="three")
+    converge = fenv.converge(faulted)
+    results = [r["result"] for r in fenv.history()]
+    fault_report(
+        "more units than the host allows (max_units)",
+        "refused after the render, before anything is written: one line naming the count, "
+        "the limit and the config file",
+        converge,
+        untouched and results[:2] == ["applied", "failed"],
+    )
+    assert refused, proc.stderr
+    assert untouched
+    assert results[:3] == ["applied", "failed", "applied"], results

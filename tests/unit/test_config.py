@@ -40,6 +40,8 @@ REFUSED = [
     ("[webhook]\ndebounce_sec = 0\n", "webhook.debounce_sec: expected a number above 0"),
     ("[webhok]\nlisten = ':1'\n", "webhok: unknown key"),
     ("lock_timeout_sec = '60'\n", "lock_timeout_sec: expected a number above 0, got '60'"),
+    ("max_units = 2.5\n", "max_units: expected a whole number above 0, got 2.5"),
+    ("max_units = 0\n", "max_units: expected a whole number above 0, got 0"),
     ("allow_empty = 'yes'\n", "allow_empty: expected true or false"),
 ]
 
