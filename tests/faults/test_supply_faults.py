@@ -103,3 +103,37 @@ def test_declared_minimums_have_no_known_advisory(fault_report: Report) -> None:
     )
     assert not problems, problems
     assert {"jinja2", "requests", "urllib3", "pydantic", "jeepney"} <= set(requirements)
+
+
+def test_package_without_its_data_folders(fault_report: Report, tmp_path: Path) -> None:
+    """An install that lost ``units/``, ``templates/``, ``inventory/`` (a wheel built without
+    them, as ``pip install .`` gave before they were package data): one line, no traceback,
+    before a host boots or anything is written."""
+    import shutil
+    import subprocess
+    import sys
+    import time
+
+    shutil.copytree(
+        PYPROJECT.parent / "reconciler",
+        tmp_path / "site" / "reconciler",
+        ignore=shutil.ignore_patterns("__pycache__", "data"),
+    )
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": str(tmp_path / "site")}
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "reconciler", "demo"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60, check=False,
+    )  # fmt: skip
+    seconds = time.monotonic() - started
+    lines = proc.stderr.strip().splitlines()
+    clear = proc.returncode == 1 and len(lines) == 1 and "Traceback" not in proc.stderr
+    clear = clear and "cannot find the reconciler's 'inventory' folder" in lines[0]
+    fault_report(
+        "package installed without its data folders (units/, templates/, inventory/)",
+        f"one line, exit {proc.returncode} in {seconds:.1f} s: {lines[0] if lines else ''}",
+        None,
+        clear,
+    )
+    assert clear, proc.stderr
