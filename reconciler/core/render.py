@@ -35,9 +35,11 @@ from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment, safe_range
 
 from reconciler.core.inventory import (
+    SERVICES_FILE,
     TEMPLATE_DIR,
     ServiceInstance,
     Timer,
+    key_path,
     line_problem,
     quote,
     template_name_ok,
@@ -450,7 +452,13 @@ def render_one(
             )
         return [DesiredUnit(unit, content, inst.name, inst.enable, inst.start, health)]
     enable_service = inst.enable and has_install(content)
-    timer_text = _check(build_timer(inst.name, inst.timer), inst, f"{inst.name}.timer")
+    timer_text = build_timer(inst.name, inst.timer)
+    if len(timer_text) > MAX_UNIT_CHARS:  # e.g. 100,000 on_calendar entries: 2.6 MB
+        raise RenderError(
+            f"{SERVICES_FILE}: {key_path(('services', inst.name, 'timer'))}: {inst.name}.timer "
+            f"would be larger than {MAX_UNIT_CHARS} characters"
+        )
+    timer_text = _check(timer_text, inst, f"{inst.name}.timer")
     return [
         DesiredUnit(unit, content, inst.name, enable_service, False, health),
         DesiredUnit(f"{inst.name}.timer", timer_text, inst.name, inst.enable, inst.start),

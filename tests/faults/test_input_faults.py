@@ -156,6 +156,11 @@ CASES: list[tuple[str, Mutation, str]] = [
     ("macro calls itself",
      template(APP + "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}\n"),
      "nested too deep (an include, extends or macro calling itself"),
+    ("timer with 100,000 on_calendar entries (2.6 MB unit)",
+     append("[services.NAME-t]\ntemplate = 'app.service.j2'\nhosts = ['web']\nenable = false\n"
+            "[services.NAME-t.timer]\non_calendar = ["
+            + ", ".join(f"'*-*-* 00:00:{i % 60:02d}'" for i in range(100_000)) + "]"),
+     "timer would be larger than 1048576 characters"),
     ("host named like a group", lambda work, _name: (work / "inventory/hosts.toml").write_text(
         (work / "inventory/hosts.toml").read_text() + "\n[hosts.web]\n"),
      "hosts.testhost.groups[0]: group 'web' is also a host's name"),

@@ -511,3 +511,10 @@ def test_a_template_sees_only_the_vars_templates_name() -> None:
     env = render.build_environment({NAME: UNIT, "b.j2": "{{ other }}{% include 'x' %}"})
     assert render.referenced_names(env, {NAME: UNIT, "b.j2": "{{ other }}"}) >= {"other"}
     assert render.referenced_names(env, {"bad.j2": "{% if %}"}) is None
+
+
+def test_a_timer_larger_than_a_unit_may_be_is_refused() -> None:
+    calendar = tuple(f"*-*-* 00:00:{i % 60:02d}" for i in range(100_000))
+    timer = Timer(on_calendar=calendar)
+    with pytest.raises(RenderError, match=r"^inventory/services.toml: services.web.timer: web"):
+        render.render([instance(timer=timer, enable=False)], {NAME: UNIT})
