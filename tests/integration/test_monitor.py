@@ -217,7 +217,7 @@ def test_crash_loop_counts_bundle_and_counters_survive_a_new_process(mon: Mon, m
 
 def test_killed_unit_records_exit_signal_and_notifies(mon: Mon, make_unit) -> None:  # type: ignore[no-untyped-def]
     from reconciler.monitor import alert_webhook
-    from tests.integration.test_notify_webhook import Receiver
+    from tests.integration.test_alert_webhook import Receiver
 
     receiver = Receiver()
     secret = mon.state / "notify.secret"
