@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from reconciler.devtools import sandbox
-from tests.conftest import ENV_INSIDE, PYTHON_INSIDE, booted_host
+from tests.conftest import ENV_INSIDE, PYTHON_INSIDE, REPO, booted_host
 
 pytestmark = pytest.mark.host
 
@@ -86,3 +90,16 @@ def test_two_hosts_listen_on_9420_and_the_machine_stays_free(host: sandbox.Host)
             for name in ("port-9420.socket", "port-9420.service"):
                 (host.unit_dir / name).unlink(missing_ok=True)
             host.systemctl("daemon-reload", check=False)
+
+
+def test_ci_sandbox_host_prints_how_to_enter_the_host_and_its_network(host: sandbox.Host) -> None:
+    del host  # boots its own; this fixture only proves hosts can boot here
+    proc = subprocess.run(
+        [str(REPO / "ci" / "sandbox-host"), "--check"],
+        capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, "PYTHON": sys.executable},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert info["enter"].startswith("nsenter -t ") and " -n " in info["enter"]
+    assert info["enter_network"].startswith(f"nsenter --net=/proc/{info['pid']}/ns/net ")
