@@ -496,3 +496,46 @@ def test_daemon_reexec_during_a_sync(inside: Inside, fault_report: Report) -> No
     )
     assert nothing_lost, history[:3]
     assert json.loads(done.stdout)["result"] == "noop", done.stderr
+
+
+def test_watch_daemon_killed_its_figures_say_it_is_down(
+    host: sandbox.Host, make_unit: Callable[[str, str], str], tmp_path: Path, fault_report: Report
+) -> None:
+    """A watch daemon killed (or hung) leaves its last figures behind: the textfile must not
+    present them as a live collector once they are older than ``WatchFigures.FRESH_SEC``."""
+    from reconciler import config, monitor
+    from reconciler.monitor.textfile import WatchFigures
+    from tests.integration.test_watch import CONFIG, STEADY, run_outside, starts
+    from tests.integration.test_watch import wait_for as wait_until
+    from tests.unit.test_textfile import parse
+
+    steady = make_unit("steady.service", STEADY)
+    host.systemctl("daemon-reload")
+    proc, state = run_outside(host, tmp_path, [steady], CONFIG)
+    try:
+        wait_until(lambda: starts(state, [steady]) == [0], 20, "the baseline look")
+        time.sleep(1.0)  # the loop stores its figures on its first round
+    finally:
+        proc.kill()  # no clean stop: nothing says "stopped"
+        proc.communicate(timeout=15)
+    settings = config.load(
+        tmp_path / "config.toml",
+        {"state_dir": state, "unit_dir": host.unit_dir, "bus": host.bus_address},
+    )
+
+    def up(now: float) -> float:
+        monitor.run_pass(settings, now=now)
+        return parse((state / "reconciler.prom").read_text())[("reconciler_watch_up", ())]
+
+    killed = time.time()
+    fresh = up(killed)
+    stale = up(killed + WatchFigures.FRESH_SEC + 1)
+    fault_report(
+        "the watch daemon killed -9 (or hung)",
+        "its last figures stay in the textfile with their time; reconciler_watch_up turns 0 "
+        f"once they are older than {WatchFigures.FRESH_SEC:g} s (the daemon stores them every "
+        "10 s)",
+        None,
+        True,
+    )
+    assert (fresh, stale) == (1, 0)

@@ -168,7 +168,7 @@ def test_watch_figures_parse_and_say_when_the_daemon_is_gone() -> None:
         queue_depth=7,
         queue_size=4096,
     )
-    args = ([], [], None)
+    args: tuple[list[tf.UnitSample], list[tf.OpenFinding], None] = ([], [], None)
     s = parse(tf.build(*args, pass_at=1_790_000_100.0, pass_duration_sec=0.1, watch=figures))
     assert s[("reconciler_watch_up", ())] == 1
     assert s[("reconciler_watch_units", ())] == 12
