@@ -30,6 +30,7 @@ from pathlib import Path
 from bench.machine import describe_machine
 
 ROOT = Path(__file__).resolve().parent.parent
+WAIT_SEC = 10.0  # how long the scenario waits for the watch daemon to adopt a pushed unit
 
 
 def main() -> int:
@@ -64,7 +65,8 @@ def main() -> int:
     for name, count in per_incident.items():
         print(f"incident    {name}: {count} finding(s) opened (goal 1)")
     for sec in adoption:
-        print(f"adoption    a pushed unit watched {sec:.3f} s after its sync ended (goal < 1 s)")
+        seen = f"{sec:.3f} s" if sec < WAIT_SEC else f"not within the {WAIT_SEC:g} s waited"
+        print(f"adoption    a pushed unit watched {seen} after its sync ended (goal < 1 s)")
     print("pytest      " + "\n            ".join(summary))
     met = (
         figures["false_findings"] == 0
