@@ -21,7 +21,11 @@ from __future__ import annotations
 
 import re
 
-_CREDENTIALS_IN_URL = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]{0,31}://)[^/@\s]{1,512}@")
+# user@, or user:password@ where the password may hold an unencoded '/' (git and urlsplit
+# would take it for the path; it must not show either way)
+_CREDENTIALS_IN_URL = re.compile(
+    r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]{0,31}://)(?:[^/@:\s]{0,256}:[^@\s]{0,512}|[^/@\s]{1,512})@"
+)
 
 
 def redact(text: str) -> str:

@@ -39,7 +39,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote
 
 from reconciler.config import Settings
 from reconciler.errors import SourceError, UsageError, redact
@@ -63,9 +63,19 @@ _CACHE_CONFIG = (
 )
 _ORIGIN = 'remote "origin"'
 # git runs this for HTTP credentials; the values are in its environment, not in any argv.
+# It answers only for the configured origin (protocol and host[:port], as git sends them): a
+# redirect to another host gets no credentials (git would otherwise hand them over).
 _CREDENTIAL_HELPER = (
-    '!f() { test "$1" = get && printf "username=%s\\npassword=%s\\n" '
-    '"$RECONCILER_GIT_USERNAME" "$RECONCILER_GIT_PASSWORD"; }; f'
+    '!f() { test "$1" = get || return 0; p=; h=; while IFS= read -r l; do case "$l" in '
+    "protocol=*) p=${l#protocol=};; host=*) h=${l#host=};; esac; done; "
+    'if test "$p" = "$RECONCILER_GIT_PROTOCOL" && test "$h" = "$RECONCILER_GIT_HOST"; then '
+    'printf "username=%s\\npassword=%s\\n" "$RECONCILER_GIT_USERNAME" '
+    '"$RECONCILER_GIT_PASSWORD"; fi; }; f'
+)
+# userinfo with a password that may hold an unencoded '/' (urlsplit takes it for the path)
+_USERINFO = re.compile(
+    r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*)://(?P<user>[^/@:\s]*)(?::(?P<password>\S*))?"
+    r"@(?P<host>[^@/\s]+)(?P<path>/\S*)?"
 )
 _BOILERPLATE = (
     "fatal: could not read from remote repository.",
@@ -102,6 +112,7 @@ def fetch(
     """
     if not url or url.startswith("-") or "\n" in url:
         raise SourceError(f"cannot fetch repository '{_printable(url)}': not a repository URL")
+    split_credentials(url)  # refuses a URL whose password git would put on a command line
     _check_ref(ref)
     deadline = time.monotonic() + timeout
     _ensure_cache(cache_dir)
@@ -317,22 +328,31 @@ def split_credentials(url: str) -> tuple[str, list[str], dict[str, str]]:
     """``http(s)://user:secret@host/x`` -> (the URL without them, ``-c`` values, environment).
 
     The ``-c`` values install ``_CREDENTIAL_HELPER`` (and drop other helpers); the environment
-    holds the percent-decoded user and secret. Other URLs are returned as they are.
+    holds the percent-decoded user and secret and the origin they are for. A password may
+    hold an unencoded ``/``. An ``ssh://`` URL with a password is refused: git would put it
+    on ssh's command line. Other URLs are returned as they are.
     """
-    try:
-        parts = urlsplit(url)
-    except ValueError:
+    match = _USERINFO.fullmatch(url)
+    if match is None:
         return url, [], {}
-    if parts.scheme not in ("http", "https") or "@" not in parts.netloc:
+    scheme = match["scheme"].lower()
+    if "ssh" in scheme and match["password"] is not None:
+        raise SourceError(
+            f"cannot fetch repository '{url}': a password in an ssh URL would be on the "
+            "command line of git and ssh",
+            hint="use a key (ssh-agent or IdentityFile) or an https URL with a token",
+        )
+    if scheme not in ("http", "https"):
         return url, [], {}
-    userinfo, _, host = parts.netloc.rpartition("@")
-    user, _, password = userinfo.partition(":")
+    host = match["host"]
     options = ["credential.helper=", f"credential.helper={_CREDENTIAL_HELPER}"]
     secrets = {
-        "RECONCILER_GIT_USERNAME": unquote(user),
-        "RECONCILER_GIT_PASSWORD": unquote(password),
+        "RECONCILER_GIT_USERNAME": unquote(match["user"]),
+        "RECONCILER_GIT_PASSWORD": unquote(match["password"] or ""),
+        "RECONCILER_GIT_PROTOCOL": scheme,
+        "RECONCILER_GIT_HOST": host,
     }
-    return urlunsplit(parts._replace(netloc=host)), options, secrets
+    return f"{scheme}://{host}{match['path'] or ''}", options, secrets
 
 
 def _resolve(repo: git.Repo, ref: str) -> tuple[git.Commit, str] | None:

@@ -7,12 +7,19 @@ HTTP server on 127.0.0.1) and the disposable systemd host.
 
 from __future__ import annotations
 
+import base64
+import json
+import subprocess
+import threading
 import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import pytest
 
 from tests.faults.conftest import FaultEnv, Report
-from tests.faults.test_security_faults import signed_commit
+from tests.faults.test_security_faults import dumb_git, signed_commit
 from tests.integration.gitrepo import git
 from tests.integration.test_source import Keys, keys
 from tests.integration.test_sync import base_files, service
@@ -105,3 +112,148 @@ def test_signed_downgrade_is_refused(fenv: FaultEnv, keys: Keys, fault_report: R
     assert warned and old[:12] in warned[0]["MESSAGE"] and fixed[:12] in warned[0]["MESSAGE"]
     assert allowed.returncode == 0, allowed.stderr
     assert "vulnerable" in (fenv.host.unit_dir / unit).read_text()
+
+
+# ---- credentials (issue 11 #15) --------------------------------------------------------------
+
+
+class _Redirect(BaseHTTPRequestHandler):
+    """Every GET is redirected to another origin (``server.target``)."""
+
+    server: RedirectServer
+
+    def do_GET(self) -> None:  # noqa: N802
+        self.send_response(302)
+        self.send_header("Location", self.server.target + self.path)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class _Collector(BaseHTTPRequestHandler):
+    """Asks for Basic credentials and keeps whatever Authorization it is sent."""
+
+    server: RedirectServer
+
+    def do_GET(self) -> None:  # noqa: N802
+        if self.headers.get("Authorization"):
+            self.server.seen.append(self.headers["Authorization"])
+        self.send_response(401)
+        self.send_header("WWW-Authenticate", 'Basic realm="git"')
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class RedirectServer(ThreadingHTTPServer):
+    daemon_threads = True
+    target = ""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        super().__init__(("127.0.0.1", 0), handler)
+        self.seen: list[str] = []
+        self.thread = threading.Thread(target=self.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+
+    @property
+    def origin(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
+        self.thread.join(5)
+
+
+def test_credentials_never_follow_a_redirect(fenv: FaultEnv, fault_report: Report) -> None:
+    """A redirect from the repository URL to another origin made the credential helper hand
+    the token to the redirect target."""
+    token = "tok" + uuid.uuid4().hex
+    collector, redirect = RedirectServer(_Collector), RedirectServer(_Redirect)
+    redirect.target = collector.origin
+    try:
+        url = f"http://deploy:{token}@{redirect.origin.removeprefix('http://')}/config.git"
+        started = time.monotonic()
+        proc = fenv.run("sync", repo=url)
+        seconds = time.monotonic() - started
+    finally:
+        redirect.stop()
+        collector.stop()
+    leaked = [h for h in collector.seen if base64.b64decode(h.split()[-1]).endswith(token.encode())]
+    lines = proc.stderr.strip().splitlines()
+    fault_report(
+        "repository URL redirected to another origin (credentials would follow)",
+        "the credential helper answers only for the configured protocol and host[:port]; "
+        f"the redirect target gets no credentials; one line ({seconds:.1f}s)",
+        None,
+        not leaked,
+    )
+    assert not leaked, "the token was sent to the redirect target"
+    assert proc.returncode != 0 and len(lines) == 1, proc.stderr
+    assert "cannot fetch repository" in lines[0] and token not in proc.stderr
+
+
+def test_password_with_an_unencoded_slash_is_never_shown(
+    fenv: FaultEnv, fault_report: Report
+) -> None:
+    """Redaction missed ``https://user:pa/ss@host``: the password showed in stderr, history
+    and the journal (and went to git's command line)."""
+    secret = "pa/" + uuid.uuid4().hex
+    a = fenv.name("slashed")
+    fenv.repo.commit(base_files(fenv, service(a)))
+    git(fenv.repo.remote, "update-server-info")
+    with dumb_git(fenv.repo.remote.parent, "deploy", secret) as server:
+        url = f"http://deploy:{secret}@127.0.0.1:{server.server_address[1]}/remote.git"
+        proc = fenv.run("sync", "--json", repo=url)
+    history = fenv.reconciler("history", "--json").stdout
+    fenv.host.journal_sync()
+    journal = json.dumps(fenv.host.journal("RECONCILER_EVENT=sync.applied"))
+    shown = [
+        where
+        for where, text in {
+            "stdout": proc.stdout,
+            "stderr": proc.stderr,
+            "history": history,
+            "journal": journal,
+        }.items()
+        if secret in text or secret.split("/")[1] in text
+    ]
+    fault_report(
+        "repository password with an unencoded '/' (redaction missed it)",
+        "the userinfo is split off even when its password holds '/', sent through the "
+        "credential helper, and redacted everywhere; the sync works",
+        None,
+        not shown,
+    )
+    assert not shown, f"the password appeared in {shown}"
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["result"] == "applied"
+
+
+def test_ssh_password_never_on_a_command_line(fenv: FaultEnv, fault_report: Report) -> None:
+    """``ssh://user:pass@host`` put the password on git's and ssh's command lines."""
+    secret = "pw" + uuid.uuid4().hex
+    record = fenv.state / "ssh-argv"
+    fake = fenv.state / "fake-ssh"
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {record}\nexit 255\n')
+    fake.chmod(0o755)
+    argv = fenv.argv("sync")
+    argv[argv.index("--repo") + 1] = f"ssh://deploy:{secret}@127.0.0.1:1/config.git"
+    env = {**fenv.env(), "GIT_SSH_COMMAND": str(fake)}
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60)
+    ran = record.read_text() if record.exists() else ""
+    lines = proc.stderr.strip().splitlines()
+    fault_report(
+        "ssh:// URL with a password (it went on git's and ssh's command lines)",
+        "refused before git runs, in one line naming neither the password nor where it was",
+        None,
+        secret not in ran,
+    )
+    assert secret not in ran, "the password was on ssh's command line"
+    assert not ran, "no git (nor ssh) ran"
+    assert proc.returncode != 0 and len(lines) == 1, proc.stderr
+    assert "a password in an ssh URL" in lines[0] and secret not in proc.stderr

@@ -492,6 +492,7 @@ def test_missing_keyring_refused(remote: Remote, cache: Path, tmp_path: Path) ->
         ("https://deploy:s3cret@h:8443/c.git", "https://h:8443/c.git", "deploy", "s3cret"),
         ("http://d%40x:p%3Aw%40rd@h/c.git", "http://h/c.git", "d@x", "p:w@rd"),
         ("https://tok@h/c.git", "https://h/c.git", "tok", ""),
+        ("https://deploy:pa/ss@h/c.git", "https://h/c.git", "deploy", "pa/ss"),
         ("ssh://git@h/c.git", "ssh://git@h/c.git", None, None),
         ("git@h:c.git", "git@h:c.git", None, None),
     ],
@@ -505,4 +506,15 @@ def test_credentials_go_to_a_helper_not_the_command_line(
     if user is None:
         assert (options, env) == ([], {})
     else:
-        assert env == {"RECONCILER_GIT_USERNAME": user, "RECONCILER_GIT_PASSWORD": password}
+        host = plain.split("/")[2]
+        assert env == {
+            "RECONCILER_GIT_USERNAME": user,
+            "RECONCILER_GIT_PASSWORD": password,
+            "RECONCILER_GIT_PROTOCOL": plain.split(":")[0],
+            "RECONCILER_GIT_HOST": host,
+        }
+
+
+def test_ssh_url_with_a_password_is_refused(cache: Path) -> None:
+    err = fetch_error("ssh://deploy:s3cret@127.0.0.1:1/c.git", cache)
+    assert "a password in an ssh URL" in str(err) and "s3cret" not in str(err)
