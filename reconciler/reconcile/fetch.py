@@ -9,9 +9,8 @@ commit, tree and blob objects are read through its object database (one persiste
 
 Hand-written here, because GitPython has no such thing:
 
-* the read policy: only ``inventory/`` and ``templates/``; symlinks and submodules refused;
-  a blob's size checked (``--batch-check``) before it is read: 1 MiB for a template, 16 MiB
-  for an inventory file (10,000 services take about 1.3 MB of TOML);
+* the read policy (``revision``): only ``inventory/`` and ``templates/``, sizes checked
+  before a blob is read, symlinks and submodules refused; and the signature check;
 * unambiguous ref resolution: ``refs/heads/X``, ``refs/tags/X`` or a commit id, a short
   name that matches more than one of them refused (GitPython's ``rev_parse`` takes the
   first hit, as git does, so a branch named like a tag or a commit id would win);
@@ -36,7 +35,6 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
@@ -44,13 +42,14 @@ from urllib.parse import unquote
 from reconciler.config import Settings
 from reconciler.errors import SourceError, UsageError, redact
 from reconciler.model import CommitInfo, Snapshot
+from reconciler.reconcile.revision import MAX_FILE_BYTES as MAX_FILE_BYTES
+from reconciler.reconcile.revision import MAX_INVENTORY_BYTES as MAX_INVENTORY_BYTES
+from reconciler.reconcile.revision import Verification as Verification
+from reconciler.reconcile.revision import info, read_snapshot
 
 if TYPE_CHECKING:
     import git
 
-READ_DIRS = ("inventory", "templates")
-MAX_FILE_BYTES = 1024 * 1024  # a template (render caps a unit at 1 Mi characters too)
-MAX_INVENTORY_BYTES = 16 * 1024 * 1024  # inventory/*.toml: large fleets, still bounded
 MAX_LOG = 50  # commits listed between the applied and the new revision
 _HEX = re.compile(r"[0-9a-f]{4,40}")
 _FULL_SHA = re.compile(r"[0-9a-f]{40}")
@@ -83,19 +82,11 @@ _BOILERPLATE = (
     "and the repository exists.",
     "error: process killed because it timed out.",
 )
-_MODE_DIR, _MODE_LINK, _MODE_SUBMODULE = 0o040000, 0o120000, 0o160000
 
 # GitPython logs git's stderr as warnings; the errors raised here already carry it, and a
 # one-shot command must print one line, not a logging record.
 logging.getLogger("git").addHandler(logging.NullHandler())
 logging.getLogger("git").propagate = False
-
-
-@dataclass(frozen=True)
-class Verification:
-    """Commit-signature mode: the commit must carry a good signature by a key in gpg_home."""
-
-    gpg_home: Path
 
 
 def fetch(
@@ -133,7 +124,7 @@ def fetch(
                 hint="check 'ref' in the config file or --ref",
             )
         commit, resolved = found
-        return _snapshot(repo, cache_dir, commit, resolved, verify, deadline)
+        return read_snapshot(repo, cache_dir, commit, resolved, verify, deadline)
 
 
 def read_revision(
@@ -145,7 +136,7 @@ def read_revision(
         with _open(cache_dir) as repo:
             commit = _commit_by_id(repo, revision)
             if commit is not None:
-                return _snapshot(repo, cache_dir, commit, "", verify, deadline)
+                return read_snapshot(repo, cache_dir, commit, "", verify, deadline)
     raise SourceError(
         f"cannot read revision '{_printable(revision[:12])}': not in the cache '{cache_dir}'",
         hint="only revisions fetched before can be read without the remote",
@@ -164,7 +155,7 @@ def commits_between(cache_dir: Path, old: str, new: str, limit: int = MAX_LOG) -
         return []
     try:
         with _open(cache_dir) as repo:
-            return [_info(c) for c in repo.iter_commits(f"{old}..{new}", max_count=limit)]
+            return [info(c) for c in repo.iter_commits(f"{old}..{new}", max_count=limit)]
     except (git.GitCommandError, ValueError, BadName, BadObject, SourceError):
         return []
 
@@ -441,128 +432,9 @@ def _objects_named(repo: git.Repo, prefix: str) -> list[str]:
     return [line for line in out.split() if _FULL_SHA.fullmatch(line)]
 
 
-def _snapshot(
-    repo: git.Repo,
-    cache_dir: Path,
-    commit: git.Commit,
-    resolved: str,
-    verify: Verification | None,
-    deadline: float,
-) -> Snapshot:
-    if verify is not None:
-        _verify(repo, commit.hexsha, verify, deadline)
-    return Snapshot(
-        commit.hexsha,
-        _read_files(repo, commit),
-        commit.summary.strip() if isinstance(commit.summary, str) else "",
-        commit=_info(commit),
-        resolved=resolved,
-    )
-
-
-def _info(commit: git.Commit) -> CommitInfo:
-    author = commit.author
-    summary = commit.summary if isinstance(commit.summary, str) else commit.summary.decode()
-    return CommitInfo(
-        commit.hexsha, f"{author.name} <{author.email}>", summary.strip(), commit.authored_date
-    )
-
-
-def _read_files(repo: git.Repo, commit: git.Commit) -> dict[str, bytes]:
-    """The blobs under READ_DIRS; sizes checked before a blob is read."""
-    import git  # lazy (60-80 ms): see the module docstring
-    from git.exc import BadName, BadObject
-
-    revision = commit.hexsha
-    try:
-        todo: list[tuple[str, git.Tree]] = [("", commit.tree)]
-        blobs: list[tuple[str, bytes]] = []
-        while todo:
-            prefix, tree = todo.pop()
-            for item in tree:
-                mode, binsha, name = item.mode, item.binsha, item.name
-                if not prefix and name not in READ_DIRS:
-                    continue
-                path = prefix + name
-                if isinstance(item, git.Tree):
-                    todo.append((path + "/", item))
-                elif mode == _MODE_LINK:
-                    raise _refused(revision, path, "a symlink (symlinks are never followed)")
-                elif mode == _MODE_SUBMODULE:
-                    raise _refused(revision, path, "a submodule, not a file")
-                else:
-                    blobs.append((path, binsha))
-        files: dict[str, bytes] = {}
-        for path, binsha in blobs:
-            info = repo.odb.info(binsha)
-            limit = MAX_INVENTORY_BYTES if path.startswith("inventory/") else MAX_FILE_BYTES
-            if info.type != b"blob":
-                raise SourceError(f"cannot read '{path}' at revision '{revision[:12]}': not a blob")
-            if info.size > limit:
-                raise _refused(revision, path, f"larger than {limit // 1024} KiB")
-            files[path] = repo.odb.stream(binsha).read()
-    except (BadObject, BadName, ValueError) as exc:
-        raise SourceError(f"cannot read revision '{revision[:12]}': {exc}") from None
-    return dict(sorted(files.items()))
-
-
-def _verify(repo: git.Repo, revision: str, verify: Verification, deadline: float) -> None:
-    """``git verify-commit`` against the keyring in gpg_home; anything but a good sig refuses."""
-    short = revision[:12]
-    hint = (
-        f"sign commits with a key whose public key is imported into '{verify.gpg_home}' "
-        f"(gpg --homedir {verify.gpg_home} --import KEY.asc)"
-    )
-    if not verify.gpg_home.is_dir():
-        raise SourceError(f"cannot verify commit '{short}': no keyring '{verify.gpg_home}'", hint)
-    left = max(deadline - time.monotonic(), 0.1)
-    code, _, status = repo.git.verify_commit(
-        "--raw",
-        revision,
-        with_extended_output=True,
-        with_exceptions=False,
-        kill_after_timeout=left,
-        env={"GNUPGHOME": str(verify.gpg_home)},
-    )
-    if status.startswith("Timeout:"):
-        raise SourceError(f"cannot verify commit '{short}': gpg did not answer in time")
-    if code == 0 and "[GNUPG:] GOODSIG " in status:
-        return
-    raise SourceError(f"cannot verify commit '{short}': {_signature_problem(status)}", hint)
-
-
-def _signature_problem(status: str) -> str:
-    words = {
-        line.split()[1]: line.split()[2:]
-        for line in status.splitlines()
-        if line.startswith("[GNUPG:] ") and len(line.split()) > 1
-    }
-    if not words:
-        return "unsigned"
-    if "NO_PUBKEY" in words or "ERRSIG" in words:
-        key = (words.get("NO_PUBKEY") or words.get("ERRSIG") or ["?"])[0]
-        return f"signed by unknown key {key}"
-    for word, what in (
-        ("BADSIG", "bad signature"),
-        ("EXPKEYSIG", "signed by an expired key"),
-        ("REVKEYSIG", "signed by a revoked key"),
-        ("EXPSIG", "signature expired"),
-    ):
-        if word in words:
-            return f"{what} {words[word][0] if words[word] else ''}".strip()
-    return "signature not accepted"
-
-
 def _printable(text: str) -> str:
     """Control characters escaped, so a hostile value cannot break the one-line message."""
     return text.encode("unicode_escape").decode("ascii")
-
-
-def _refused(revision: str, path: str, why: str) -> SourceError:
-    return SourceError(
-        f"cannot read '{path}' at revision '{revision[:12]}': {why}",
-        hint="commit a regular file under inventory/ or templates/ instead",
-    )
 
 
 @contextmanager

@@ -1,7 +1,7 @@
 """A config repository's working tree, read as a sync reads a revision (talks to the filesystem).
 
 ``reconciler validate`` checks a checkout before it is committed (a config repository's own
-CI), so it must see the tree through the same read policy as ``fetch``: only
+CI), so it must see the tree through the same read policy as ``revision``: only
 ``inventory/`` and ``templates/``, symlinks refused (never followed), sizes bounded. The
 files are read as they are on disk, committed or not.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from reconciler.errors import SourceError, UsageError
 from reconciler.model import Snapshot
-from reconciler.reconcile.fetch import MAX_FILE_BYTES, MAX_INVENTORY_BYTES, READ_DIRS
+from reconciler.reconcile.revision import MAX_FILE_BYTES, MAX_INVENTORY_BYTES, READ_DIRS
 
 REVISION = "working-tree"
 
