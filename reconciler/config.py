@@ -3,13 +3,14 @@ but for ``load``, which reads the one file).
 
 Every section of the file is declared here as a small schema class (``[notify]``,
 ``[diagnostics]``, ``[monitor]``, ``[metrics]``, ``[backup]``, ``[etl]``, ``[webhook]``) and read
-by **one** generic reader, :func:`read_section`: the key's annotation is its type (an ``int``
-refuses ``2.7``, a ``bool`` refuses ``1``), ``opt(...)`` holds the default, the range, the
-choices or a check, and a class may add a ``problem()`` for rules between keys. An unknown
-key, a wrong type or an out-of-range value is a :class:`UsageError` (exit 2) naming the file
-actually read and the key path (``backup.sources[0].path``). ``load`` reads every section at
-once, so a typo in ``[notify]`` stops every command instead of silently sending no alert;
-the modules get typed objects (``settings.backup``) and keep only what they derive from them.
+by **one** generic reader, ``schema.read_section``: the key's annotation is its type (an
+``int`` refuses ``2.7``, a ``bool`` refuses ``1``), ``opt(...)`` holds the default, the
+range, the choices or a check, and a class may add a ``problem()`` for rules between keys.
+An unknown key, a wrong type or an out-of-range value is a :class:`UsageError` (exit 2)
+naming the file actually read and the key path (``backup.sources[0].path``). ``load`` reads
+every section at once, so a typo in ``[notify]`` stops every command instead of silently
+sending no alert; the modules get typed objects (``settings.backup``) and keep only what
+they derive from them.
 
 Why not pydantic (already used for the inventory): importing it and building one model costs
 ~170 ms over a bare interpreter on this machine (median of 7 runs), and every oneshot (the
@@ -22,10 +23,8 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 import socket
 import tomllib
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
 from pathlib import Path
@@ -33,200 +32,14 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from reconciler.errors import UsageError
+from reconciler.schema import ConfigError as ConfigError
+from reconciler.schema import Section as Section
+from reconciler.schema import keys as keys
+from reconciler.schema import opt as opt
+from reconciler.schema import read_section as read_section
 
 DEFAULT_CONFIG = Path("/etc/reconciler/config.toml")
 T = TypeVar("T")
-
-
-# ---- the one generic reader ----------------------------------------------------------------
-
-
-class ConfigError(UsageError):
-    """A refused value; ``key`` is its path in the file (``backup.sources[0].name``)."""
-
-    def __init__(self, source: str, key: str, cause: str) -> None:
-        super().__init__(f"cannot read config '{source}': {key}: {cause}", f"fix {key} in {source}")
-        self.key = key
-
-
-class Spec:
-    """One key of a section: its default (``REQUIRED``: none) and the checks beyond its type."""
-
-    def __init__(self, default: Any, meta: dict[str, Any]) -> None:
-        self.default = default
-        self.meta = meta
-
-
-REQUIRED: Any = object()
-
-
-def opt(
-    default: Any = REQUIRED,
-    *,
-    min: float | None = None,
-    max: float | None = None,
-    above: float | None = None,  # strictly greater than
-    choices: tuple[str, ...] = (),
-    check: Callable[[Any], str | None] | None = None,  # returns why the value is refused
-    split: bool = False,  # a string is accepted for a list: split like a shell would
-    single: bool = False,  # a string is accepted for a list of that one string
-) -> Any:
-    """A schema key: its default and what the reader checks beyond the type."""
-    meta = {"min": min, "max": max, "above": above, "choices": choices, "check": check}
-    meta.update(split=split, single=single)
-    return Spec(default, meta)
-
-
-class Section:
-    """Base of the section schemas: each annotated class attribute set to ``opt(...)`` is a
-    key, its annotation the type. Instances are read-only and compare by value.
-
-    Not ``@dataclass(frozen=True)``: generating those methods for the ~90 keys below cost
-    ~12 ms at every start (measured, module body 13.5 ms against 1.6 ms before); this costs
-    nothing until a section is read.
-    """
-
-    def __init__(self, **values: Any) -> None:
-        for name, (_, spec) in keys(type(self)).items():
-            value = values.get(name, spec.default)
-            if value is REQUIRED:
-                raise TypeError(f"{type(self).__name__}: {name} is required")
-            object.__setattr__(self, name, value)
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError(f"{type(self).__name__} is read-only")
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and vars(self) == vars(other)
-
-    def __hash__(self) -> int:
-        return hash(tuple(map(repr, vars(self).values())))
-
-    def __repr__(self) -> str:
-        inner = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
-        return f"{type(self).__name__}({inner})"
-
-
-def keys(schema: type) -> dict[str, tuple[str, Spec]]:
-    """A section's keys: name -> (annotation, spec), in declaration order."""
-    found = schema.__dict__.get("_keys")
-    if found is None:
-        found = {
-            name: (str(kind), schema.__dict__[name])
-            for name, kind in schema.__dict__.get("__annotations__", {}).items()
-            if isinstance(schema.__dict__.get(name), Spec)
-        }
-        type.__setattr__(schema, "_keys", found)
-    return dict(found)
-
-
-def _describe(kind: str) -> str:
-    return {
-        "int": "an integer",
-        "float": "a number",
-        "bool": "true or false",
-        "str": "a string",
-        "Path": "an absolute path",
-        "dict[str, Any]": "a table",
-    }.get(kind, "a list" if kind.startswith("tuple[") else kind)
-
-
-def _convert(kind: str, value: Any, meta: Mapping[str, Any], schemas: Mapping[str, type]) -> Any:
-    """``value`` as ``kind`` (one alternative of an annotation), or raise ValueError(cause)."""
-    if kind == "bool":
-        if isinstance(value, bool):
-            return value
-    elif kind == "int":
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)  # 4096.0 is 4096; 2.7 is refused, never cut to 2
-    elif kind == "float":
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-    elif kind == "str":
-        if isinstance(value, str):
-            return value
-    elif kind == "Path":
-        if isinstance(value, str) and value.startswith("/"):
-            return Path(value)
-    elif kind == "dict[str, Any]":
-        if isinstance(value, dict):
-            return value
-    elif kind == "tuple[str, ...]":
-        if isinstance(value, str) and meta.get("split"):
-            value = shlex.split(value)
-        elif isinstance(value, str) and meta.get("single"):
-            value = [value]
-        if isinstance(value, list) and all(isinstance(v, str) and v for v in value):
-            return tuple(value)
-        raise ValueError("expected a list of non-empty strings")
-    elif kind.startswith("tuple[") and kind[6:-6] in schemas:
-        if isinstance(value, list):
-            return tuple(value)  # the tables are read by the caller, each with its index
-        raise ValueError("expected a list of tables ([[{section}]])")
-    raise ValueError(f"expected {_describe(kind)}, got {value!r}")
-
-
-def read_section(schema: type[T], raw: object, where: str, source: str = "config.toml") -> T:
-    """``raw`` (a TOML table) as an instance of the dataclass ``schema``; ``where`` is the
-    key path of the table (``backup``), ``source`` the file it came from."""
-    if not isinstance(raw, Mapping):
-        raise ConfigError(source, where, "expected a table")
-    known = keys(schema)
-    for key in raw:
-        if key not in known:
-            names = ", ".join(sorted(known))
-            raise ConfigError(source, f"{where}.{key}", f"unknown key (known: {names})")
-    values: dict[str, Any] = {}
-    for name, (kind, spec) in known.items():
-        key = f"{where}.{name}"
-        if name not in raw:
-            if spec.default is REQUIRED:
-                raise ConfigError(source, key, "missing (required)")
-            continue
-        values[name] = _read_value(kind, raw[name], spec.meta, key, source)
-    obj = schema(**values)
-    problem: Callable[[], tuple[str, str] | None] | None = getattr(obj, "problem", None)
-    if problem is not None and (found := problem()):
-        raise ConfigError(source, f"{where}.{found[0]}" if found[0] else where, found[1])
-    return obj
-
-
-def _read_value(annotation: str, value: Any, meta: Mapping[str, Any], key: str, src: str) -> Any:
-    kinds = [k.strip() for k in annotation.split("|") if k.strip() != "None"]
-    result: Any = REQUIRED
-    causes = []
-    for kind in kinds:
-        try:
-            result = _convert(kind, value, meta, SCHEMAS)
-            break
-        except ValueError as exc:
-            causes.append(str(exc))
-    if result is REQUIRED:
-        cause = causes[0] if len(kinds) == 1 else " or ".join(_describe(k) for k in kinds)
-        cause = cause if len(kinds) == 1 else f"expected {cause}, got {value!r}"
-        raise ConfigError(src, key, cause.replace("{section}", key))
-    inner = annotation.partition("[")[2].partition(",")[0]
-    if isinstance(result, tuple) and inner in SCHEMAS:
-        schema = SCHEMAS[inner]
-        result = tuple(
-            read_section(schema, item, f"{key}[{i}]", src) for i, item in enumerate(result)
-        )
-    low, high, above = meta.get("min"), meta.get("max"), meta.get("above")
-    if isinstance(result, int | float) and not isinstance(result, bool):
-        if low is not None and result < low:
-            raise ConfigError(src, key, f"expected {low:g} or more, got {value!r}")
-        if high is not None and result > high:
-            raise ConfigError(src, key, f"expected at most {high:g}, got {value!r}")
-        if above is not None and result <= above:
-            raise ConfigError(src, key, f"expected a number above {above:g}, got {value!r}")
-    if meta.get("choices") and result not in meta["choices"]:
-        raise ConfigError(src, key, f"expected one of {', '.join(meta['choices'])}, got {value!r}")
-    check = meta.get("check")
-    if check is not None and (cause := check(result)):
-        raise ConfigError(src, key, cause)
-    return result
 
 
 # ---- the sections ------------------------------------------------------------------------
@@ -448,7 +261,6 @@ SECTIONS: dict[str, type] = {
     "etl": Etl,
     "webhook": Webhook,
 }
-SCHEMAS: dict[str, type] = {"BackupSource": BackupSource}  # tables inside a section
 
 
 # ---- the settings ------------------------------------------------------------------------
