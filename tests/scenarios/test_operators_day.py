@@ -365,6 +365,13 @@ def test_healthy_stretch_every_timer_fires_and_nothing_is_found(day: Day) -> Non
         assert runs, f"{unit} did not run in the healthy stretch"
     assert day.entries(start, "_SYSTEMD_UNIT=backup.service", "MESSAGE=backup: done")
     assert day.false_findings == []
+    # the event log: each timer-run job started by its timer, ended by itself (exit 0)
+    for unit in ("etl", "metrics", "backup"):
+        events = json.loads(day.cli("events", unit, "--json").stdout)
+        starts = [e["by"] for e in events if e["kind"] == "start"]
+        assert starts and set(starts) == {"timer"}, (unit, events)
+        ends = [(e["kind"], e["exit_code"], e["by"]) for e in events if e["kind"] != "start"]
+        assert set(ends) <= {("stop", 0, "")}, (unit, events)
 
 
 def test_one_variable_push_restarts_exactly_that_unit(day: Day) -> None:
@@ -376,6 +383,8 @@ def test_one_variable_push_restarts_exactly_that_unit(day: Day) -> None:
     after = {u: day.show(u, "InvocationID")["InvocationID"] for u in before}
     assert after["web.service"] != before["web.service"]
     assert after["cache.service"] == before["cache.service"]
+    events = json.loads(day.cli("events", "web", "--json").stdout)
+    assert [(e["kind"], e["by"]) for e in events[-2:]] == [("stop", "sync"), ("start", "sync")]
     day.healthy_stretch(3)
     assert day.false_findings == []
 
