@@ -24,7 +24,8 @@ from pathlib import Path
 from reconciler.core.drift import TimerInfo, UnitState
 from reconciler.errors import SystemdError
 from reconciler.model import LiveUnit
-from reconciler.systemd.client import UINT64_MAX, Systemd
+from reconciler.systemd.client import Systemd
+from reconciler.systemd.properties import UINT64_MAX
 
 UNIT_IFACE = "org.freedesktop.systemd1.Unit"
 SERVICE_IFACE = "org.freedesktop.systemd1.Service"

@@ -20,6 +20,14 @@ from reconciler.core.plan import RUNNING  # a plan restarts these, never starts 
 from reconciler.errors import SystemdError
 from reconciler.model import LiveUnit
 from reconciler.systemd.connection import PRIVATE_SOCKET, SYSTEM_BUS, Connection, dbus_error
+from reconciler.systemd.properties import (
+    MISSING,
+    NEVER_RAN,
+    Prop,
+    live_value,
+    monitor_properties,
+    parse_unit_infos,
+)
 from reconciler.systemd.subscribe import PropertyChange, PropertyStream
 from reconciler.systemd.wire import (
     ERROR,
@@ -51,7 +59,6 @@ __all__ = [
 ]
 
 DEFAULT_JOB_TIMEOUT = 300.0  # seconds run_jobs waits when no timeout is given
-UINT64_MAX = 2**64 - 1  # systemd's "unknown" for counters such as MemoryCurrent
 JOB_METHODS = {
     "start": "StartUnit",
     "stop": "StopUnit",
@@ -59,15 +66,6 @@ JOB_METHODS = {
     "try-restart": "TryRestartUnit",
     "reload-or-restart": "ReloadOrRestartUnit",
 }
-# Errors that mean "this unit has no such thing", not "systemd refused": read_units skips them.
-MISSING = frozenset(
-    {
-        "org.freedesktop.DBus.Error.UnknownObject",
-        "org.freedesktop.DBus.Error.UnknownInterface",
-        "org.freedesktop.DBus.Error.UnknownProperty",
-        "org.freedesktop.systemd1.NoSuchUnit",
-    }
-)
 
 
 @dataclass(frozen=True)
@@ -92,59 +90,6 @@ def default_address() -> str:
     if os.geteuid() == 0 and os.path.exists(PRIVATE_SOCKET):
         return f"unix:path={PRIVATE_SOCKET}"
     return os.environ.get("DBUS_SYSTEM_BUS_ADDRESS") or SYSTEM_BUS
-
-
-# What the monitor reads beyond ListUnitsByNames: (interface, property, LiveUnit field).
-# "Runtime" properties only change when the unit runs; an inactive unit with no
-# InvocationID has never run since it was loaded, so systemd holds their defaults.
-Prop = tuple[str, str, str]
-_IFACE = "org.freedesktop.systemd1."
-_FILE_PROPS: tuple[Prop, ...] = (
-    (UNIT, "InvocationID", "invocation_id"),
-    (UNIT, "UnitFileState", "unit_file_state"),
-    (UNIT, "NeedDaemonReload", "need_daemon_reload"),
-)
-_SERVICE_RUNTIME: tuple[Prop, ...] = (
-    (SERVICE, "Result", "result"),
-    (SERVICE, "NRestarts", "n_restarts"),
-    (SERVICE, "ExecMainCode", "exec_main_code"),
-    (SERVICE, "ExecMainStatus", "exec_main_status"),
-    (SERVICE, "MemoryCurrent", "memory_current"),
-)
-_NEVER_RAN = {
-    "result": "success",
-    "n_restarts": 0,
-    "exec_main_code": 0,
-    "exec_main_status": 0,
-    "memory_current": None,
-}
-_WITH_RESULT = ("socket", "mount", "swap", "timer", "path", "automount", "scope")
-
-
-def monitor_properties(name: str) -> tuple[tuple[Prop, ...], tuple[Prop, ...]]:
-    """(file-level, runtime) properties ``read_units`` fetches for one unit."""
-    kind = name.rpartition(".")[2]
-    if kind == "service":
-        return (*_FILE_PROPS, (SERVICE, "Type", "service_type")), _SERVICE_RUNTIME
-    if kind in _WITH_RESULT:
-        return _FILE_PROPS, ((_IFACE + kind.capitalize(), "Result", "result"),)
-    return _FILE_PROPS, ()
-
-
-def _live_value(field_name: str, value: object) -> object:
-    if field_name == "invocation_id":
-        return bytes(value).hex() if isinstance(value, bytes | bytearray) else str(value)
-    if field_name == "memory_current":
-        return None if value == UINT64_MAX else value
-    return value
-
-
-def _parse_unit_infos(rows: object) -> list[LiveUnit]:
-    """``a(ssssssouso)`` rows of ListUnits* -> LiveUnit (states only)."""
-    return [
-        LiveUnit(name=r[0], load_state=r[2], active_state=r[3], sub_state=r[4])
-        for r in rows  # type: ignore[attr-defined]
-    ]
 
 
 def _check_names(names: Iterable[str]) -> list[str]:
@@ -200,7 +145,7 @@ class Systemd:
         if not unique:
             return {}
         (rows,) = self._manager(_units_what(unique), "ListUnitsByNames", "as", unique)
-        infos = _parse_unit_infos(rows)
+        infos = parse_unit_infos(rows)
         if len(infos) != len(unique):  # systemd answers one row per name, in order
             return {u.name: u for u in infos}
         return {
@@ -215,7 +160,7 @@ class Systemd:
         (rows,) = self._manager(
             "list units", "ListUnitsByPatterns", "asas", list(states), list(patterns)
         )
-        return _parse_unit_infos(rows)
+        return parse_unit_infos(rows)
 
     def read_units(self, names: Sequence[str], *, runtime: bool = True) -> dict[str, LiveUnit]:
         """What the monitor needs of ``names``: states in one call, then pipelined Gets.
@@ -254,13 +199,13 @@ class Systemd:
                 if reply.error_name in MISSING:
                     continue
                 raise dbus_error(f"read unit '{name}'", reply.error_name, reply.error_text())
-            value = values[name][field] = _live_value(field, reply.value())
+            value = values[name][field] = live_value(field, reply.value())
             if field == "invocation_id" and units[name].active_state == "inactive":
                 idle_runtime = monitor_properties(name)[1]
                 if value:
                     fetch(name, idle_runtime)
                 else:
-                    values[name].update((f, _NEVER_RAN[f]) for _, _, f in idle_runtime)
+                    values[name].update((f, NEVER_RAN[f]) for _, _, f in idle_runtime)
         return {
             name: LiveUnit(name, unit.load_state, unit.active_state, unit.sub_state, **values[name])  # type: ignore[arg-type]
             for name, unit in units.items()
@@ -323,7 +268,7 @@ class Systemd:
                 if reply.error_name in MISSING:
                     continue
                 raise dbus_error(f"read unit '{name}'", reply.error_name, reply.error_text())
-            values[name][field] = _live_value(field, reply.value())
+            values[name][field] = live_value(field, reply.value())
         return {
             name: replace(unit, **values[name])  # type: ignore[arg-type]
             for name, unit in units.items()
