@@ -21,7 +21,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from reconciler import reconcile, runtime
-    from reconciler.errors import UsageError
+    from reconciler.errors import ReconcilerError, UsageError
     from reconciler.host import journal
     from reconciler.monitor.sync_hooks import SyncMonitoring
 
@@ -44,13 +44,14 @@ def run(args: argparse.Namespace) -> int:
         if not earlier:
             raise UsageError("cannot roll back: no earlier applied revision")
         target = earlier[0]
-    outcome = reconcile.run(
-        settings,
-        revision=target,
-        trigger="rollback",
-        force=True,
-        monitoring=SyncMonitoring(settings),
-    )
+    monitoring = SyncMonitoring(settings)
+    try:
+        outcome = reconcile.run(
+            settings, revision=target, trigger="rollback", force=True, monitoring=monitoring
+        )
+    except ReconcilerError:
+        monitoring.run_pass(None, None)  # as sync: look at the units anyway
+        raise
     store.suspend(f"rolled back to {target[:12]}", by="rollback")
     journal.event(
         "rollback",
@@ -62,4 +63,9 @@ def run(args: argparse.Namespace) -> int:
         f"rolled back to {target[:12]} ({len(outcome.actions)} actions); automatic syncs "
         "suspended: run 'reconciler resume' to follow the branch again"
     )
+    # Like a sync, a rollback ends with a monitoring pass: findings of the units it
+    # replaced resolve now, not at the next timer run.
+    passed = monitoring.run_pass(None, None)
+    for f in getattr(passed, "open", []):
+        print(f"finding: {f.finding.summary}")
     return 0

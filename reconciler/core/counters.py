@@ -164,6 +164,23 @@ class Counters(Record):
     last_n_restarts: int = 0
     last_sub_state: str = ""
     last_seen_at: float | None = None
+    # When the reconciler last started, restarted or stopped the unit (a sync, a rollback):
+    # what the unit did before is the old incarnation's, not an incident now (patterns).
+    acted_at: float | None = None
+
+
+def never_ran(unit: str, at: float) -> Counters:
+    """Counters of a unit the reconciler is about to start for the first time: a look at it
+    "inactive, never ran" at ``at``, so the first real look counts every run since (its
+    ``NRestarts`` included) instead of being a baseline that counts nothing."""
+    return Counters(
+        unit=unit,
+        last_state="inactive",
+        last_sub_state="dead",
+        last_change_at=at,
+        last_seen_at=at,
+        acted_at=at,
+    )
 
 
 def update_counters(prev: Counters | None, obs: Observation) -> tuple[Counters, list[Event]]:

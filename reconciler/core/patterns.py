@@ -30,6 +30,14 @@ Every number comes from ``Thresholds`` (the ``[monitor]`` config section). The r
 - missed_run (warning, ``detect_missed_run``): a timer's run is overdue by more than
   ``missed_run_grace_sec``.
 
+One incident is one finding (``hold``): a crash loop or flapping that is no longer detected
+stays open until the condition has been absent for ``hold_down_sec`` (a unit crashing
+steadily near the threshold would otherwise open and resolve it again and again), unless
+the reconciler itself replaced the run since (a rollback, a sync): then it resolves as soon
+as the unit is healthy. ``detect``'s ``since`` (the reconciler's last start, restart or stop
+of the unit) cuts off what an earlier incarnation did: its crashes are not a crash loop now,
+and the reconciler's own restart is not flapping.
+
 Times estimated from ``NRestarts`` count towards counts and rates, never towards intervals or
 hours. Periodic and clustering look back ``history_days``.
 """
@@ -55,8 +63,9 @@ from reconciler.core.counters import (
 from reconciler.errors import UsageError
 
 __all__ = [
-    "Counters", "Event", "Finding", "Observation", "ThresholdError", "Thresholds", "detect",
-    "detect_missed_run", "impact", "reconcile_findings", "signal_name", "update_counters",
+    "HELD_KINDS", "Counters", "Event", "Finding", "Observation", "ThresholdError", "Thresholds",
+    "detect", "detect_missed_run", "hold", "impact", "reconcile_findings", "signal_name",
+    "update_counters",
 ]  # fmt: skip
 
 DAY = 86400.0
@@ -91,6 +100,7 @@ class Thresholds:
     anomaly_min_events: int = 3
     anomaly_min_baseline_days: float = 1.0
     missed_run_grace_sec: float = 60.0
+    hold_down_sec: float = 600.0  # a crash loop or flapping resolves after this long quiet
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -134,18 +144,22 @@ def detect(
     th: Thresholds,
     *,
     scheduled: bool = False,
+    since: float | None = None,
 ) -> list[Finding]:
-    """The findings that hold for ``unit`` at ``now`` (``scheduled``: run by a timer)."""
+    """The findings that hold for ``unit`` at ``now`` (``scheduled``: run by a timer;
+    ``since``: the reconciler's last action on it, before which crash loops and flapping
+    do not look)."""
     evs = sorted((e for e in events if e.unit == unit), key=_AT)
     obs = sorted((o for o in observations if o.unit == unit), key=_AT)
     crashes = [e for e in evs if e.kind == "crash"]
-    since = now - th.history_days * DAY
-    exact = [e.at for e in crashes if not e.estimated and e.at > since]
-    loop = _crash_loop(unit, crashes, now, th)
+    cut = -math.inf if since is None else since
+    history = now - th.history_days * DAY
+    exact = [e.at for e in crashes if not e.estimated and e.at > history]
+    loop = _crash_loop(unit, [e for e in crashes if e.at > cut], now, th)
     found = [
         loop,
         _start_limit(unit, obs, now),
-        None if loop else _flapping(unit, obs, now, th, scheduled),
+        None if loop else _flapping(unit, [o for o in obs if o.at > cut], now, th, scheduled),
         _periodic(unit, exact, now, th),
         _clustering(unit, exact, now, th),
         _memory(unit, obs, now, th),
@@ -370,6 +384,30 @@ def _anomaly(
     evidence.update(baseline_rate_per_hour=round(usual, 4), factor=round(rate / usual, 2))
     evidence.update(baseline_days=round(baseline_sec / DAY, 2))
     return Finding("restart_anomaly", unit, "warning", summary, evidence, now)
+
+
+HELD_KINDS = frozenset({"crash_loop", "flapping"})
+
+
+def hold(
+    finding: Finding,
+    last_seen: float,
+    now: float,
+    th: Thresholds,
+    *,
+    acted_at: float | None = None,
+    healthy: bool = True,
+) -> bool:
+    """Whether an open finding no longer detected stays open (see the module docstring).
+
+    ``last_seen``: when it was last detected; ``acted_at``: the reconciler's last action on
+    the unit; ``healthy``: the unit's latest look is neither failed nor awaiting a restart.
+    """
+    if finding.kind not in HELD_KINDS:
+        return False
+    if acted_at is not None and acted_at > last_seen and healthy:
+        return False  # the run it was about was replaced, and the new one is fine
+    return now - last_seen < th.hold_down_sec
 
 
 def detect_missed_run(

@@ -65,6 +65,7 @@ EVENTS: dict[str, str] = {
     "watch.started": "4ee7584278f0420497e1840b643bb957",
     "watch.stopped": "8edafb75d54748dba0fe10f530ee3cdb",
     "watch.dropped": "3d4da7ed133b48d4a14c0b01116df434",
+    "watch.units": "b1f0d4c2a7e34f5c9d8e6a3b2c1f0e97",
     "install": "7fb5afc16ed64ca0b4de33d6b0ed2b51",
 }
 

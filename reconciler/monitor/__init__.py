@@ -38,7 +38,14 @@ from reconciler.core.counters import (
     attribute,
     update_counters,
 )
-from reconciler.core.patterns import Finding, Thresholds, detect, impact, reconcile_findings
+from reconciler.core.patterns import (
+    Finding,
+    Thresholds,
+    detect,
+    hold,
+    impact,
+    reconcile_findings,
+)
 from reconciler.model import DesiredUnit, LiveUnit
 from reconciler.monitor import live as unitstate
 from reconciler.monitor import publish
@@ -212,7 +219,9 @@ class Recorder:
             memory_since=now - self.config.detect_window_sec,
             events_since=now - th.history_days * 86400,
         )
+        acted = {u: c.acted_at for u, c in self.db.counters(units).items()}
         current = list(extra)
+        looks: dict[str, Observation] = {}
         for unit in units:
             obs = history.observations.get(unit, [])
             latest = self.latest.get(unit)
@@ -222,13 +231,38 @@ class Recorder:
             if first is not None and (not obs or obs[0].at > first):
                 # The anomaly baseline starts at the first look ever, not at the window.
                 obs = [Observation(unit, first, "", "", "", 0, ""), *obs]
+            if obs:
+                looks[unit] = obs[-1]
             current += detect(
-                unit, history.events.get(unit, []), obs, now, th, scheduled=unit in scheduled
+                unit,
+                history.events.get(unit, []),
+                obs,
+                now,
+                th,
+                scheduled=unit in scheduled,
+                since=acted.get(unit),
             )
         stored = {k: f for k, f in self.db.open_findings().items() if k[0] in kinds}
         opened, still, resolved = reconcile_findings(
             {k: f.finding for k, f in stored.items()}, current, set(units)
         )
+
+        def healthy(unit: str) -> bool:
+            look = looks.get(unit)
+            return look is None or look.running or not look.failed
+
+        resolved = [  # one incident, one finding: quiet for a while before it resolves
+            f
+            for f in resolved
+            if not hold(
+                f,
+                stored[f.key].last_seen,
+                now,
+                th,
+                acted_at=acted.get(f.unit),
+                healthy=healthy(f.unit),
+            )
+        ]
         return Changes(
             opened=opened,
             still=[(stored[f.key], f) for f in still],

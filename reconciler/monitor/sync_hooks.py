@@ -64,6 +64,8 @@ class SyncMonitoring:
                 if u.load_state == "loaded" or u.name not in known
             ]
             Recorder(db, config).record(looks)
+            # What these units did before is the old incarnation's (patterns look after it).
+            db.mark_acted((j.unit for j in jobs), now)
         finally:
             db.close()
 

@@ -149,6 +149,9 @@ def apply(
                 for a in batch:
                     _reset_failed(systemd, a.name)
             outcomes = systemd.run_jobs([(verb, a.name) for a in batch], timeout=job_timeout)
+            if verb == "stop":  # stopped on purpose: a failed state left is stale (degraded)
+                for a in batch:
+                    _reset_failed(systemd, a.name)
             for a in batch:
                 outcome = outcomes.get(a.name)
                 if outcome is not None and outcome.result != "done":

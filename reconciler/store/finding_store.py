@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from reconciler.core.counters import Action, Counters, Event, Observation
+from reconciler.core.counters import Action, Counters, Event, Observation, never_ran
 from reconciler.core.patterns import Finding
 from reconciler.errors import StateError
 from reconciler.store import db
@@ -137,6 +137,19 @@ class FindingStore(db.Database):
                 "INSERT INTO monitor_counters (unit, first_seen, data) VALUES (?, ?, ?)"
                 " ON CONFLICT (unit) DO UPDATE SET data = excluded.data",
                 ((c.unit, now, json.dumps(vars(c))) for c in counters),  # flat: no asdict
+            )
+
+    def mark_acted(self, units: Iterable[str], at: float) -> None:
+        """The reconciler starts, restarts or stops ``units`` at ``at`` (``Counters.acted_at``);
+        a unit never looked at gets a never-ran look, so its first run is counted."""
+        names = sorted(set(units))
+        if not names:
+            return
+        with self.transaction():
+            known = self.counters(names)
+            self.save_counters(
+                (replace(known[n], acted_at=at) if n in known else never_ran(n, at) for n in names),
+                at,
             )
 
     # -- observations and events ---------------------------------------------------------
@@ -339,6 +352,11 @@ class FindingStore(db.Database):
             self._conn.execute(
                 "UPDATE monitor_finding SET bundle = ? WHERE id = ?", (bundle, finding_id)
             )
+
+    def data_version(self) -> int:
+        """Changes when another connection commits (``PRAGMA data_version``): how a
+        long-running reader (the watch daemon) notices a sync's writes for microseconds."""
+        return int(self._rows("PRAGMA data_version")[0][0])
 
     # -- small values --------------------------------------------------------------------
 

@@ -6,16 +6,24 @@ passed in where the hold-down matters) and the watch daemon where it is the subj
 
 from __future__ import annotations
 
+import json
+import statistics
+import subprocess
+import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.integration import test_monitor
+from reconciler.store.finding_store import FindingStore
+from tests.integration import test_monitor, test_sync, test_watch
 from tests.integration.test_monitor import CRASH_FIVE_TIMES, Mon, finding, wait_for
+from tests.integration.test_sync import Env, base_files, service
 
 pytestmark = pytest.mark.host
 mon = test_monitor.mon  # the fixture: own state dir, fast thresholds, the host's journal
+env = test_sync.env  # the fixture: a config repository, syncs by the CLI
 
 
 def crash_five_times(mon: Mon, make_unit, stem: str) -> str:  # type: ignore[no-untyped-def]
@@ -74,3 +82,170 @@ def test_a_long_timer_job_running_is_not_drift(mon: Mon, make_unit) -> None:  # 
         mon.host.systemctl("stop", timer, svc, check=False)
         (mon.host.unit_dir / timer).unlink(missing_ok=True)
         mon.host.systemctl("daemon-reload", check=False)
+
+
+def monitor_json(env: Env) -> dict[str, Any]:
+    argv = [test_sync.RECONCILER, "monitor", "--json", "--state-dir", str(env.state)]
+    argv += ["--unit-dir", str(env.host.unit_dir), "--bus", env.host.bus_address]
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env.env(), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out: dict[str, Any] = json.loads(proc.stdout)
+    return out
+
+
+def open_keys(data: dict[str, Any], *units: str) -> set[tuple[str, str]]:
+    return {(f["kind"], f["unit"]) for f in data["findings"] if f["unit"] in units}
+
+
+def test_the_reconcilers_own_actions_are_not_incidents(env: Env) -> None:
+    """A crash-looping push rolled back: its findings resolve at once, the new unit it added
+    is not left failed; the fix redeployed: the removed incarnation's crashes stay quiet."""
+    web, new = env.name("web"), env.name("newbie")
+    web_unit, new_unit = f"{web}.service", f"{new}.service"
+    env.repo.commit(base_files(env, service(web, health=3)))
+    env.sync()
+    crashing = [service(u, template="crasher.service.j2", health=3) for u in (web, new)]
+    env.repo.commit(base_files(env, *crashing), message="crash")
+    proc = env.reconciler("sync", check=False)
+    assert proc.returncode != 0 and "rolled back" in proc.stderr, proc.stderr
+    env.host.journal_sync()
+    opened = env.host.journal(f"UNIT={web_unit}", "RECONCILER_EVENT=crash_loop")
+    assert len(opened) == 1, "the bad revision's crash loop is reported (once)"
+
+    assert env.show(new_unit, "ActiveState")["ActiveState"] == "inactive"  # reset, not failed
+    assert env.show(web_unit, "ActiveState")["ActiveState"] == "active"
+    data = monitor_json(env)
+    assert open_keys(data, web_unit, new_unit) == set()  # resolved by the sync's own pass
+    resolved = [f for f in data["resolved"] if f["unit"] == web_unit]
+    assert resolved == []  # already resolved by then: not resolved again
+
+    env.repo.commit(base_files(env, service(web, health=3), service(new, health=3)), "fix")
+    fixed = env.sync()
+    assert fixed["result"] == "applied"
+    assert [f for f in fixed["findings"] if f["unit"] in (web_unit, new_unit)] == []  # type: ignore[attr-defined]
+    assert open_keys(monitor_json(env), web_unit, new_unit) == set()
+    env.host.journal_sync()
+    assert len(env.host.journal(f"UNIT={new_unit}", "RECONCILER_EVENT=crash_loop")) == 1
+
+
+def test_rollback_ends_with_a_monitoring_pass(env: Env) -> None:
+    web = env.name("web")
+    first = env.repo.commit(base_files(env, service(web, greeting="one")))
+    env.sync()
+    env.repo.commit(base_files(env, service(web, greeting="two")))
+    env.sync()
+    textfile = env.state / "reconciler.prom"  # rewritten by every monitoring pass
+    before = textfile.stat().st_mtime
+    time.sleep(0.05)
+    assert "rolled back" in env.reconciler("rollback", first[:8]).stdout
+    assert textfile.stat().st_mtime > before
+
+
+STEADY_CRASHER = """\
+[Unit]
+StartLimitIntervalSec=0
+
+[Service]
+ExecStart=/bin/sh -c 'sleep 2.3; exit 3'
+Restart=always
+RestartSec=200ms
+"""
+
+
+def test_a_steady_crash_loop_near_the_threshold_is_one_finding(mon: Mon, make_unit) -> None:  # type: ignore[no-untyped-def]
+    """A crash every ~2.5 s against 3 in 6 s: the count crosses the threshold every cycle."""
+    mon.config.write_text(
+        mon.config.read_text().replace("restart_window_sec = 120", "restart_window_sec = 6")
+    )
+    name = make_unit("steady-crasher.service", STEADY_CRASHER)
+    mon.host.systemctl("daemon-reload")
+    mon.desire(mon.unit(name))
+    mon.run()
+    mon.host.systemctl("start", name)
+    opened: list[float] = []
+    first_seen = set()
+    deadline = time.monotonic() + 25
+    while time.monotonic() < deadline:
+        result = mon.run()
+        opened += [f.finding.first_seen for f in result.opened if f.key[0] == "crash_loop"]
+        first_seen |= {f.finding.first_seen for f in result.open if f.key[0] == "crash_loop"}
+        assert not [f for f in result.resolved if f.key[0] == "crash_loop"]
+        time.sleep(0.4)
+    assert len(opened) == 1, opened
+    assert first_seen == set(opened)  # kept while it stays open
+
+
+class Watch:
+    """``reconciler watch`` from outside over the host's bus, on the sync's state dir."""
+
+    def __init__(self, env: Env) -> None:
+        self.env = env
+        self.proc: subprocess.Popen[str] | None = None
+
+    def entries(self, event: str, after: float) -> list[dict[str, Any]]:
+        self.env.host.journal_sync()
+        found = self.env.host.journal(f"RECONCILER_EVENT={event}")
+        found = [e for e in found if int(e["__REALTIME_TIMESTAMP"]) / 1e6 >= after]
+        return sorted(found, key=lambda e: int(e["__REALTIME_TIMESTAMP"]))
+
+    def start(self) -> dict[str, Any]:
+        env = {k: v for k, v in self.env.env().items() if k not in ("NOTIFY_SOCKET",)}
+        argv = [test_sync.RECONCILER, "watch", "--state-dir", str(self.env.state)]
+        argv += ["--unit-dir", str(self.env.host.unit_dir), "--bus", self.env.host.bus_address]
+        argv += ["--config", str(self.env.state / "none.toml")]
+        before = time.time()
+        self.proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
+        wait_for(lambda: self.entries("watch.started", before), 20, "watch.started")
+        return self.entries("watch.started", before)[0]
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            test_watch.stop(self.proc)
+            self.proc = None
+
+
+def test_the_watch_daemon_sees_what_a_sync_just_pushed(env: Env) -> None:
+    """Units a sync adds are watched within 1 s of the sync's end, counted from their first
+    start; after a restart STATUS= names the findings open. Prints the median latency."""
+    steady = [env.name(f"pushed{i}") for i in range(5)]
+    env.repo.commit(base_files(env, service(steady[0])))
+    env.sync()
+    watch = Watch(env)
+    latencies: list[float] = []
+    try:
+        watch.start()
+        for i in range(1, len(steady)):
+            env.repo.commit(base_files(env, *(service(s) for s in steady[: i + 1])), f"add {i}")
+            before = time.time()
+            env.sync("--no-monitor")
+            ended = time.time()
+            wait_for(lambda b=before: watch.entries("watch.units", b), 10, "watch.units")  # type: ignore[misc]
+            entry = watch.entries("watch.units", before)[-1]
+            latencies.append(max(0.0, int(entry["__REALTIME_TIMESTAMP"]) / 1e6 - ended))
+        assert max(latencies) < 1.0, latencies
+        print(f"\nsync end -> unit watched: median {statistics.median(latencies):.3f}s {latencies}")
+
+        crasher = env.name("pushed-crasher")  # no health gate: it stays, crashes to its limit
+        files = base_files(
+            env, *(service(s) for s in steady), service(crasher, "crasher.service.j2")
+        )
+        env.repo.commit(files, "a crasher")
+        env.sync("--no-monitor")
+        unit = f"{crasher}.service"
+        wait_for(lambda: env.show(unit, "ActiveState")["ActiveState"] == "failed", 20, "limit")
+        n_restarts = int(env.show(unit, "NRestarts")["NRestarts"])
+        db = FindingStore(env.state / "state.db")
+        try:
+            wait_for(lambda: db.counters([unit])[unit].last_state == "failed", 10, "the look")
+            assert db.counters([unit])[unit].crashes == n_restarts >= 3
+            open_now = len(db.open_findings())
+        finally:
+            db.close()
+        assert open_now >= 1
+        watch.stop()
+        started = watch.start()
+        assert f"{open_now} findings open" in started["MESSAGE"], started["MESSAGE"]
+    finally:
+        watch.stop()

@@ -78,6 +78,7 @@ def test_actions_run_in_plan_order_with_jobs_batched(tmp_path: Path) -> None:
     result = apply(plan, tmp_path, port, on_action=seen.append)
     assert port.calls == [
         ("jobs", ("stop old.service",)),
+        ("reset-failed", ("old.service",)),  # stopped on purpose: no failed state left
         ("disable", ("old.service",)),
         ("reload", ()),
         ("enable", ("a.service", "b.service")),

@@ -11,6 +11,9 @@ The process around ``watcher.Watcher``, as systemd's ``Type=notify`` expects it:
   while this loop is alive (a hung loop gets killed and restarted by systemd);
 - SIGHUP: ``RELOADING=1``, config and desired units read again, ``READY=1``; a bad config
   is logged and the old one kept;
+- a sync applied other units (another process wrote the state database: one ``PRAGMA
+  data_version`` per loop): they are watched at once, counted from their first start (the
+  sync marks units it starts before it starts them);
 - SIGTERM/SIGINT: ``STOPPING=1``, what is queued is handled, every unit read and recorded
   once more (counters, findings flushed), exit 0;
 - the connection to systemd lost (daemon-reexec, dbus restart): connect again and read
@@ -139,6 +142,7 @@ def _loop(watcher: Watcher, state: Flags, load_settings: Callable[[], Settings])
                 next_pass = min(next_pass, time.monotonic() + watcher.config.pass_sec)
             wait = min(TICK_SEC, max(0.0, min(next_reread, next_pass) - time.monotonic()))
             safely("handle unit changes", partial(watcher.step, wait))
+            safely("follow the desired units", watcher.follow_desired)
             safely("read the units again after dropped signals", watcher.resync_if_due)
             watcher.report_drops()
             now = time.monotonic()

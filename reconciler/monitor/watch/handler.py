@@ -101,6 +101,7 @@ class Watcher:
         self._last_resync = 0.0
         self.queue_peak = 0  # the fullest the queue was since the last figures
         self._figures_at, self._figures_events = time.monotonic(), 0
+        self._data_version: int | None = None
         self.db: FindingStore | None = None
         self.configure(settings)
 
@@ -147,6 +148,32 @@ class Watcher:
         self.units = self.select()
         self.stream = self._watch(None if self.include else self.units)
         self.resync(self.units)
+        self.count_findings()  # STATUS= says what is open from the first line, not "0"
+
+    def follow_desired(self) -> tuple[int, int]:
+        """Watch what a sync just applied: when another process committed to the state
+        database (one ``PRAGMA``, every loop), read the desired units; if they changed,
+        watch the new set at once (units added, removed). A pushed unit is watched within
+        a tick of the sync writing it, not at the next pass."""
+        assert self.db is not None
+        version = self.db.data_version()
+        if version == self._data_version:
+            return 0, 0
+        self._data_version = version
+        desired = monitor.desired_units(self.store)
+        if [d.name for d in desired] == [d.name for d in self.desired]:
+            self.set_desired(desired)  # same units, new content: timers may differ
+            return 0, 0
+        self.set_desired(desired)
+        added, removed = self.rewatch()
+        journal.event(
+            "watch.units",
+            f"watch: the desired units changed: {added} added, {removed} removed; {self.status()}",
+            added=added,
+            removed=removed,
+            units=len(self.units),
+        )
+        return added, removed
 
     def _watch(self, names: Sequence[str] | None) -> LookStream:
         """``Systemd.watch`` reading only what a look needs (``watchwire``)."""

@@ -1,0 +1,87 @@
+"""Findings an operator can trust (pure rules): one incident one finding, the reconciler's
+own actions are not incidents (tables: timelines in, findings out)."""
+
+from __future__ import annotations
+
+import pytest
+
+from reconciler.core.counters import (
+    Counters,
+    Event,
+    Finding,
+    Observation,
+    never_ran,
+    update_counters,
+)
+from reconciler.core.patterns import Thresholds, detect, hold
+
+T0 = 1_709_510_400.0
+UNIT = "web.service"
+TH = Thresholds(restart_threshold=3, restart_window_sec=300, hold_down_sec=600)
+
+
+def crash(at: float) -> Event:
+    return Event(UNIT, at, "crash", 1)
+
+
+def look(at: float, state: str = "active", sub: str = "running", inv: str = "a") -> Observation:
+    return Observation(UNIT, at, state, sub, "success", 0, inv)
+
+
+LOOP = Finding("crash_loop", UNIT, "critical", "loop", {}, T0)
+FLAP = Finding("flapping", UNIT, "warning", "flap", {}, T0)
+DRIFT = Finding("drift", UNIT, "warning", "drift", {}, T0)
+
+
+@pytest.mark.parametrize(
+    ("case", "finding", "last_seen", "now", "acted_at", "healthy", "held"),
+    [
+        ("quiet for less than the hold-down", LOOP, T0 + 100, T0 + 300, None, True, True),
+        ("quiet for the hold-down", LOOP, T0 + 100, T0 + 700, None, True, False),
+        ("flapping is held the same way", FLAP, T0 + 100, T0 + 300, None, True, True),
+        ("drift resolves at once", DRIFT, T0 + 100, T0 + 101, None, True, False),
+        ("replaced by a rollback, healthy", LOOP, T0 + 100, T0 + 130, T0 + 120, True, False),
+        ("replaced, but failing again", LOOP, T0 + 100, T0 + 130, T0 + 120, False, True),
+        ("an action before it was last seen", LOOP, T0 + 100, T0 + 130, T0 + 90, True, True),
+    ],
+)
+def test_hold(
+    case: str,
+    finding: Finding,
+    last_seen: float,
+    now: float,
+    acted_at: float | None,
+    healthy: bool,
+    held: bool,
+) -> None:
+    assert hold(finding, last_seen, now, TH, acted_at=acted_at, healthy=healthy) is held, case
+
+
+def test_crashes_before_the_reconcilers_action_are_not_a_crash_loop() -> None:
+    crashes = [crash(T0 + i) for i in (10, 20, 30, 40)]
+    assert [f.kind for f in detect(UNIT, crashes, [], T0 + 60, TH)] == ["crash_loop"]
+    assert detect(UNIT, crashes, [], T0 + 60, TH, since=T0 + 45) == []
+    after = [*crashes, crash(T0 + 50), crash(T0 + 55), crash(T0 + 58)]  # the new run crashes
+    loop = detect(UNIT, after, [], T0 + 60, TH, since=T0 + 45)
+    assert [(f.kind, f.evidence["count"]) for f in loop] == [("crash_loop", 3)]
+
+
+def test_restarts_by_the_reconciler_are_not_flapping() -> None:
+    looks = [look(T0)]
+    for i in range(6):  # up and down six times, each a sync's restart seen by the watch
+        looks.append(look(T0 + 10 * i + 5, "inactive", "dead", str(i)))
+        looks.append(look(T0 + 10 * i + 6, "active", "running", str(i)))
+    assert [f.kind for f in detect(UNIT, [], looks, T0 + 70, TH)] == ["flapping"]
+    assert detect(UNIT, [], looks, T0 + 70, TH, since=T0 + 54.5) == []
+
+
+def test_a_unit_the_sync_starts_first_is_counted_from_its_first_start() -> None:
+    seeded = never_ran(UNIT, T0)
+    crashed_52 = Observation(UNIT, T0 + 60, "active", "running", "success", 52, "b")
+    counters, events = update_counters(seeded, crashed_52)
+    assert (counters.starts, counters.crashes) == (53, 52)
+    assert counters.acted_at == T0
+    assert len(events) == 53 + 52
+    baseline, nothing = update_counters(None, crashed_52)  # never seen, never started by us
+    assert nothing == [] and baseline.crashes == 0
+    assert isinstance(baseline, Counters)
