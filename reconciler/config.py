@@ -148,6 +148,7 @@ class Monitor(Section):
     anomaly_min_events: int | None = opt(None, min=1)
     anomaly_min_baseline_days: float | None = opt(None, above=0)
     missed_run_grace_sec: float | None = opt(None, above=0)
+    hold_down_sec: float | None = opt(None, above=0)
     # the pass
     textfile: str | None = opt(None)  # None: <state_dir>/reconciler.prom; "": no textfile
     impact_depth: int = opt(3, min=0)
