@@ -156,8 +156,9 @@ class Counters(Record):
     starts: int = 0
     stops: int = 0
     crashes: int = 0
-    last_exit_code: int | None = None
+    last_exit_code: int | None = None  # of the last crash (None: unknown, or a signal)
     last_signal: str | None = None  # e.g. "SIGKILL"
+    last_result: str | None = None  # systemd's Result of the last crash, e.g. "watchdog"
     last_state: str = ""  # ActiveState at the last look
     last_change_at: float | None = None
     last_invocation_id: str = ""
@@ -204,7 +205,8 @@ def update_counters(prev: Counters | None, obs: Observation) -> tuple[Counters, 
         return prev, []
     new_run = bool(obs.invocation_id) and obs.invocation_id != prev.last_invocation_id
     events = _infer_events(prev, obs, new_run)
-    exits = [e for e in events if e.exit_code is not None or e.signal is not None]
+    crashes = [e for e in events if e.kind == "crash"]
+    seen_end = bool(crashes) and crashes[-1].at == _end_at(prev, obs) and not obs.running
     moved = events or (obs.active_state, obs.sub_state) != (prev.last_state, prev.last_sub_state)
     keep_n = not new_run and obs.n_restarts >= prev.last_n_restarts  # see _infer_events
     return replace(
@@ -212,8 +214,10 @@ def update_counters(prev: Counters | None, obs: Observation) -> tuple[Counters, 
         starts=prev.starts + sum(e.kind == "start" for e in events),
         stops=prev.stops + sum(e.kind == "stop" for e in events),
         crashes=prev.crashes + sum(e.kind == "crash" for e in events),
-        last_exit_code=exits[-1].exit_code if exits else prev.last_exit_code,
-        last_signal=exits[-1].signal if exits else prev.last_signal,
+        # The last crash, always: unknown (None) rather than an older crash's exit.
+        last_exit_code=crashes[-1].exit_code if crashes else prev.last_exit_code,
+        last_signal=crashes[-1].signal if crashes else prev.last_signal,
+        last_result=(obs.result if seen_end else None) if crashes else prev.last_result,
         last_state=obs.active_state,
         last_sub_state=obs.sub_state,
         last_change_at=(events[-1].at if events else obs.at) if moved else prev.last_change_at,
@@ -221,6 +225,54 @@ def update_counters(prev: Counters | None, obs: Observation) -> tuple[Counters, 
         last_n_restarts=prev.last_n_restarts if keep_n else obs.n_restarts,
         last_seen_at=obs.at,
     ), events
+
+
+def _end_at(prev: Counters, obs: Observation) -> float:
+    """When the run seen ended: ``ExecMainExitTimestamp`` within the gap, else the look."""
+    lo = prev.last_seen_at if prev.last_seen_at is not None else obs.at
+    if obs.exec_main_exit_at is None:
+        return obs.at
+    return min(max(obs.exec_main_exit_at, min(lo, obs.at)), obs.at)
+
+
+@dataclass(frozen=True)
+class Exit(Record):
+    """How one run's main process ended, as systemd logged it (``Main process exited``,
+    ``Failed with result``): what a look misses once the unit runs again."""
+
+    at: float
+    exit_code: int | None = None
+    signal: str | None = None
+    result: str = ""  # systemd's Result, e.g. "watchdog"; "" when not logged
+
+
+def unknown_exits(events: Sequence[Event]) -> int:
+    """How many crashes in ``events`` say neither an exit code nor a signal."""
+    return sum(e.kind == "crash" and e.exit_code is None and e.signal is None for e in events)
+
+
+def apply_exits(
+    counters: Counters, events: Sequence[Event], exits: Sequence[Exit]
+) -> tuple[Counters, list[Event]]:
+    """Crashes of unseen runs get their exit from systemd's log (``exits``, oldest first,
+    covering the gap the events fill; matched from the latest back), so every crash says
+    how it ended and ``last_exit_code``/``last_signal``/``last_result`` the last one's."""
+    out = list(events)
+    crashes = [i for i, e in enumerate(out) if e.kind == "crash"]
+    filled: set[int] = set()
+    for i, ex in zip(reversed(crashes), reversed(exits), strict=False):
+        if out[i].exit_code is None and out[i].signal is None:
+            out[i] = replace(out[i], exit_code=ex.exit_code, signal=ex.signal)
+            filled.add(i)
+    if not crashes or crashes[-1] not in filled:
+        return counters, out
+    last = exits[-1]
+    return replace(
+        counters,
+        last_exit_code=last.exit_code,
+        last_signal=last.signal,
+        last_result=last.result or counters.last_result,
+    ), out
 
 
 def _infer_events(prev: Counters, obs: Observation, new_run: bool) -> list[Event]:
@@ -232,9 +284,7 @@ def _infer_events(prev: Counters, obs: Observation, new_run: bool) -> list[Event
     """
     was_up = is_running(prev.last_state, prev.last_sub_state)
     lo = prev.last_seen_at if prev.last_seen_at is not None else obs.at
-    end_at = obs.at
-    if obs.exec_main_exit_at is not None:
-        end_at = min(max(obs.exec_main_exit_at, min(lo, obs.at)), obs.at)
+    end_at = _end_at(prev, obs)
     code, sig = obs.exit
 
     def end(kind: str, at: float) -> Event:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,8 +34,11 @@ from reconciler.core.counters import (
     STALE_SEC,
     Counters,
     Event,
+    Exit,
     Observation,
+    apply_exits,
     attribute,
+    unknown_exits,
     update_counters,
 )
 from reconciler.core.patterns import (
@@ -160,12 +163,26 @@ def observations(view: HostView, now: float) -> list[Observation]:
 # -- recording (shared with the watch daemon) -------------------------------------------
 
 
+ExitReader = Callable[[str, float, float], Sequence[Exit]]  # (unit, since, until) -> exits
+
+
+def exit_reader(settings: Settings) -> ExitReader:
+    """Reads systemd's exit entries with the journal command of ``[diagnostics]``."""
+    from reconciler.monitor import diagnostics  # tarfile, tempfile: only when a look needs it
+
+    command = diagnostics.load_config(settings).journal_command
+    return lambda unit, since, until: unitstate.read_exits(command, unit, since, until)
+
+
 class Recorder:
     """Counters, history and findings in the store; one per process (and thread)."""
 
-    def __init__(self, db: FindingStore, config: MonitorConfig) -> None:
+    def __init__(
+        self, db: FindingStore, config: MonitorConfig, exits: ExitReader | None = None
+    ) -> None:
         self.db = db
         self.config = config
+        self.exits = exits  # how unseen runs ended (systemd's journal); None: unknown
         self.counters: dict[str, Counters] = {}
         self.latest: dict[str, Observation] = {}  # the last look recorded, kept or not
 
@@ -182,6 +199,9 @@ class Recorder:
             for obs in sorted(looks, key=lambda o: o.at):
                 prev = changed.get(obs.unit) or current.get(obs.unit)
                 new, evs = update_counters(prev, obs)
+                if self.exits is not None and unknown_exits(evs):
+                    lo = prev.last_seen_at if prev and prev.last_seen_at else obs.at - STALE_SEC
+                    new, evs = apply_exits(new, evs, self.exits(obs.unit, lo, obs.at))
                 if new != prev:
                     changed[obs.unit] = new
                 if evs:
@@ -349,6 +369,7 @@ def unit_reports(view: HostView, counters: Mapping[str, Counters]) -> list[UnitR
                     "crashes": c.crashes,
                     "last_exit_code": c.last_exit_code,
                     "last_signal": c.last_signal,
+                    "last_result": c.last_result,
                     "last_change_at": c.last_change_at,
                 }
                 if c
@@ -381,7 +402,7 @@ def run_pass(
     try:
         at = time.time() if now is None else now
         view = view_host(settings, systemd, store, db.counters())
-        recorder = Recorder(db, config)
+        recorder = Recorder(db, config, exit_reader(settings))
         scheduled = _timer_run(view.desired)
         recorder.record(observations(view, at), scheduled)
         extra = [

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from reconciler.core.counters import Exit, signal_name
 from reconciler.core.drift import TimerInfo, UnitState
 from reconciler.errors import SystemdError
 from reconciler.model import LiveUnit
@@ -247,3 +248,60 @@ def read_all_properties(systemd: Systemd, unit: str) -> dict[str, object]:
         return systemd.get_all([unit]).get(unit, {})
     except SystemdError:
         return {}
+
+
+PROCESS_EXIT = "98e322203f7a4ed290d09fe03c09fe15"  # systemd: "Main process exited, ..."
+UNIT_FAILURE = "d9b373ed55a64feb8242e02dbe79a49c"  # systemd: "Failed with result '...'"
+EXITS_TIMEOUT_SEC = 5.0
+
+
+def read_exits(command: Sequence[str], unit: str, since: float, until: float) -> list[Exit]:
+    """How ``unit``'s runs ended between ``since`` and ``until``, from systemd's own journal
+    entries (one per run, by ``INVOCATION_ID``), oldest first; [] when the journal cannot
+    say. Once a crashed unit runs again its ``ExecMain*`` describe the new run: this is
+    where an unseen crash's exit code, signal and ``watchdog`` result are still kept."""
+    import json
+    import subprocess
+
+    argv = [*command, "--no-pager", "-o", "json", "--since", f"@{int(since)}"]
+    argv += [f"UNIT={unit}", "_PID=1"]
+    try:
+        proc = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=EXITS_TIMEOUT_SEC,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    runs: dict[str, dict[str, object]] = {}
+    for line in proc.stdout.splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        kind = entry.get("MESSAGE_ID")
+        if kind not in (PROCESS_EXIT, UNIT_FAILURE):
+            continue
+        at = int(entry.get("__REALTIME_TIMESTAMP", 0)) / 1e6
+        if not since <= at <= until + 1.0:
+            continue
+        run = runs.setdefault(str(entry.get("INVOCATION_ID") or at), {"at": at})
+        if kind == PROCESS_EXIT:
+            run["at"] = at
+            status = str(entry.get("EXIT_STATUS", ""))
+            code = entry.get("EXIT_CODE")
+            if status.isdigit() and code == "exited":
+                run["exit_code"] = int(status)
+            elif status.isdigit() and code in ("killed", "dumped"):
+                run["signal"] = signal_name(int(status))
+        else:
+            run["result"] = str(entry.get("UNIT_RESULT", ""))
+    exits = [
+        Exit(float(r["at"]), r.get("exit_code"), r.get("signal"), str(r.get("result", "")))  # type: ignore[arg-type]
+        for r in runs.values()
+        if "exit_code" in r or "signal" in r
+    ]
+    return sorted(exits, key=lambda e: e.at)

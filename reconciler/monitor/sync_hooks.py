@@ -15,7 +15,7 @@ from reconciler.config import Settings
 from reconciler.core.counters import Action, Observation
 from reconciler.errors import ReconcilerError
 from reconciler.model import LiveUnit, Plan, RestartUnit, StartUnit, StopUnit
-from reconciler.monitor import Recorder, load_config, run_pass
+from reconciler.monitor import Recorder, exit_reader, load_config, run_pass
 from reconciler.store.finding_store import FindingStore
 
 if TYPE_CHECKING:
@@ -63,7 +63,7 @@ class SyncMonitoring:
                 for u in lives.values()
                 if u.load_state == "loaded" or u.name not in known
             ]
-            Recorder(db, config).record(looks)
+            Recorder(db, config, exit_reader(self.settings)).record(looks)
             # What these units did before is the old incarnation's (patterns look after it).
             db.mark_acted((j.unit for j in jobs), now)
         finally:
@@ -74,7 +74,7 @@ class SyncMonitoring:
         """A health-gate callback that folds each read into the monitor's counters."""
         config = load_config(self.settings)
         db = FindingStore(store.path, retention=config.retention)
-        recorder = Recorder(db, config)
+        recorder = Recorder(db, config, exit_reader(self.settings))
 
         def on_read(live: dict[str, LiveUnit]) -> None:
             now = time.time()

@@ -249,3 +249,71 @@ def test_the_watch_daemon_sees_what_a_sync_just_pushed(env: Env) -> None:
         assert f"{open_now} findings open" in started["MESSAGE"], started["MESSAGE"]
     finally:
         watch.stop()
+
+
+CRASH_THREE_TIMES = """\
+[Unit]
+StartLimitIntervalSec=0
+
+[Service]
+ExecStart=/bin/sh -c 'n=$(cat /run/{tag}.count 2>/dev/null || echo 0); \\
+  echo $((n+1)) > /run/{tag}.count; [ "$n" -ge 3 ] && exec sleep infinity; exit 3'
+Restart=always
+RestartSec=100ms
+"""
+WATCHDOG = """\
+[Service]
+Type=notify
+NotifyAccess=all
+ExecStart=/bin/sh -c 'systemd-notify --ready; exec sleep infinity'
+WatchdogSec=1
+Restart=on-watchdog
+RestartSec=100ms
+"""
+
+
+def test_counters_describe_the_last_crash_even_unseen(mon: Mon, make_unit) -> None:  # type: ignore[no-untyped-def]
+    """Crashes only the next read sees (the unit already runs again) keep their exit."""
+    from reconciler.store.finding_store import FindingStore
+
+    name = make_unit("exit3.service", CRASH_THREE_TIMES.format(tag=uuid.uuid4().hex[:8]))
+    dog = make_unit("watchdog.service", WATCHDOG)
+    mon.host.systemctl("daemon-reload")
+    mon.desire(mon.unit(name), mon.unit(dog))
+    mon.run()  # the baselines
+    mon.host.systemctl("start", name)
+    settle(mon, name, {"NRestarts": "3", "SubState": "running"}, 20)
+    mon.run()
+    counts = mon.counters(name)
+    assert (counts["crashes"], counts["last_exit_code"], counts["last_signal"]) == (3, 3, None)
+    db = FindingStore(mon.state / "state.db")
+    try:
+        events = db.load([name], observations_since=0, memory_since=0, events_since=0).events
+    finally:
+        db.close()
+    assert [e.exit_code for e in events[name] if e.kind == "crash"] == [3, 3, 3]
+
+    mon.host.systemctl("kill", "-s", "SEGV", name)  # seen crash, then two unseen SIGKILLs
+    settle(mon, name, {"NRestarts": "4", "SubState": "running"}, 10)
+    mon.run()
+    assert mon.counters(name)["last_signal"] == "SIGSEGV"
+    for n in (5, 6):
+        mon.host.systemctl("kill", "-s", "KILL", name)
+        settle(mon, name, {"NRestarts": str(n), "SubState": "running"}, 10)
+    mon.run()
+    counts = mon.counters(name)
+    assert (counts["crashes"], counts["last_signal"], counts["last_exit_code"]) == (
+        6,
+        "SIGKILL",
+        None,
+    )
+
+    mon.host.systemctl("start", dog)  # never pets its watchdog: killed after 1 s, restarted
+    settle(mon, dog, {"NRestarts": "1", "SubState": "running"}, 10)
+    mon.run()
+    counts = mon.counters(dog)
+    assert (counts["crashes"], counts["last_signal"], counts["last_result"]) == (
+        1,
+        "SIGABRT",
+        "watchdog",
+    )

@@ -454,11 +454,6 @@ def test_crash_loop_finding_resolves_once_healthy(day: Day) -> None:
     incident.end_us = day.now_us()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12.4 (worktree findings): after the fix is pushed, the crashes of the "
-    "rolled-back incarnation reopen a critical crash_loop finding",
-)
 def test_fix_pushed_is_watched_within_a_second_and_quiet(day: Day) -> None:
     start = day.now_us()
     day.push(
@@ -479,11 +474,6 @@ def test_fix_pushed_is_watched_within_a_second_and_quiet(day: Day) -> None:
     assert day.opened(start) == [], "the fix reopened a finding"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12.5 (worktree findings): the watch daemon adopts a pushed unit only on "
-    "its full pass or SIGHUP, minutes after the sync",
-)
 def test_pushed_unit_was_watched_within_a_second(day: Day) -> None:
     assert day.adoption_sec and day.adoption_sec[-1] < 1.0, day.adoption_sec
 
@@ -583,10 +573,5 @@ def test_every_incident_opened_exactly_one_finding(day: Day) -> None:
     assert per_incident and set(per_incident.values()) == {1}, per_incident
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12.4 (worktree findings): the fix's redeploy reopens the rolled-back "
-    "incarnation's crash_loop (one false finding in the day)",
-)
 def test_no_false_findings_all_day(day: Day) -> None:
     assert day.false_findings == [], day.false_findings

@@ -3,14 +3,19 @@ own actions are not incidents (tables: timelines in, findings out)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from reconciler.core.counters import (
     Counters,
     Event,
+    Exit,
     Finding,
     Observation,
+    apply_exits,
     never_ran,
+    unknown_exits,
     update_counters,
 )
 from reconciler.core.patterns import Thresholds, detect, hold
@@ -85,3 +90,33 @@ def test_a_unit_the_sync_starts_first_is_counted_from_its_first_start() -> None:
     baseline, nothing = update_counters(None, crashed_52)  # never seen, never started by us
     assert nothing == [] and baseline.crashes == 0
     assert isinstance(baseline, Counters)
+
+
+def test_unseen_crashes_take_their_exits_from_systemds_log() -> None:
+    prev = Counters(UNIT, last_state="active", last_sub_state="running", last_invocation_id="a")
+    prev = replace(prev, last_seen_at=T0, last_exit_code=None, last_signal="SIGSEGV")
+    # two unseen SIGKILLs: the unit runs again, its ExecMain* describe the new run
+    again = Observation(UNIT, T0 + 10, "active", "running", "success", 2, "c")
+    counters, events = update_counters(prev, again)
+    assert [e.kind for e in events] == ["crash", "start", "crash", "start"]
+    assert (counters.last_exit_code, counters.last_signal) == (None, None)  # not the SIGSEGV
+    assert unknown_exits(events) == 2
+    exits = [Exit(T0 + 3, None, "SIGKILL", "signal"), Exit(T0 + 7, None, "SIGABRT", "watchdog")]
+    counters, events = apply_exits(counters, events, exits)
+    assert [e.signal for e in events if e.kind == "crash"] == ["SIGKILL", "SIGABRT"]
+    assert (counters.last_signal, counters.last_result) == ("SIGABRT", "watchdog")
+    assert unknown_exits(events) == 0
+
+
+def test_a_seen_crash_keeps_its_own_exit_and_the_log_fills_the_earlier_ones() -> None:
+    prev = Counters(UNIT, last_state="active", last_sub_state="running", last_invocation_id="a")
+    prev = replace(prev, last_seen_at=T0)
+    seen = Observation(UNIT, T0 + 10, "activating", "auto-restart", "exit-code", 1, "b", 1, 3)
+    counters, events = update_counters(prev, seen)
+    crashes = [e for e in events if e.kind == "crash"]
+    assert [e.exit_code for e in crashes] == [None, 3]  # the first run's end was not seen
+    exits = [Exit(T0 + 4, 2, None, "exit-code"), Exit(T0 + 9, 3, None, "exit-code")]
+    counters, events = apply_exits(counters, events, exits)
+    assert [e.exit_code for e in events if e.kind == "crash"] == [2, 3]
+    assert (counters.last_exit_code, counters.last_result) == (3, "exit-code")
+    assert apply_exits(counters, events, []) == (counters, events)  # no log: nothing guessed

@@ -118,7 +118,9 @@ class Watcher:
         if self.db is not None:
             self.db.close()
         self.db = FindingStore(self.store.path, retention=self.monitor_config.retention)
-        self.recorder = monitor.Recorder(self.db, self.monitor_config)
+        self.recorder = monitor.Recorder(
+            self.db, self.monitor_config, monitor.exit_reader(self.pass_settings)
+        )
         self.set_desired(monitor.desired_units(self.store))
 
     def set_desired(self, desired: list[DesiredUnit]) -> None:
