@@ -163,6 +163,7 @@ def observations(view: HostView, now: float) -> list[Observation]:
 # -- recording (shared with the watch daemon) -------------------------------------------
 
 
+EXITS_RETRY_SEC = 0.3
 ExitReader = Callable[[str, float, float], Sequence[Exit]]  # (unit, since, until) -> exits
 
 
@@ -201,7 +202,7 @@ class Recorder:
                 new, evs = update_counters(prev, obs)
                 if self.exits is not None and unknown_exits(evs):
                     lo = prev.last_seen_at if prev and prev.last_seen_at else obs.at - STALE_SEC
-                    new, evs = apply_exits(new, evs, self.exits(obs.unit, lo, obs.at))
+                    new, evs = apply_exits(new, evs, self._exits(obs.unit, lo, obs.at, evs))
                 if new != prev:
                     changed[obs.unit] = new
                 if evs:
@@ -221,6 +222,17 @@ class Recorder:
         for obs in looks:
             self.latest[obs.unit] = obs
         return events
+
+    def _exits(self, unit: str, lo: float, at: float, events: Sequence[Event]) -> Sequence[Exit]:
+        """systemd's exit entries for the gap; read once more a moment later when some are
+        missing (journald stores what PID 1 sends asynchronously; a look right after a
+        restart can come first)."""
+        assert self.exits is not None
+        found = self.exits(unit, lo, at)
+        if len(found) < sum(e.kind == "crash" for e in events):
+            time.sleep(EXITS_RETRY_SEC)
+            found = self.exits(unit, lo, at)
+        return found
 
     def evaluate(
         self,
