@@ -423,11 +423,6 @@ def test_counters_equal_systemds_restart_counter(day: Day) -> None:
     assert len(by_systemd) == max(logged), events
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12.5/12.6 (worktree findings): a pushed unit is not watched, so a crash "
-    "only the next read sees (the unit already running again) has lost its exit code",
-)
 def test_every_crash_of_the_worker_has_its_exit_code(day: Day) -> None:
     events = json.loads(day.cli("events", "worker", "--since", "1h", "--json").stdout)
     crashes = [e for e in events if e["kind"] == "crash"]
