@@ -38,6 +38,7 @@ class LiveUnit:
     memory_current: int | None = None
     need_daemon_reload: bool = False
     service_type: str = ""  # simple, oneshot, notify, ... ("" for non-services)
+    fragment_path: str | None = None  # the file systemd loaded it from; None: not read
 
 
 # Actions: nouns, executed in order by ``apply``. ``plan`` builds them.
@@ -86,6 +87,13 @@ class StopUnit:
     name: str
 
 
+@dataclass(frozen=True)
+class ResetFailedUnit:
+    """Clear a pruned unit's ``failed`` state (it has nothing to stop)."""
+
+    name: str
+
+
 Action = (
     WriteUnitFile
     | RemoveUnitFile
@@ -95,6 +103,7 @@ Action = (
     | StartUnit
     | RestartUnit
     | StopUnit
+    | ResetFailedUnit
 )
 
 

@@ -18,11 +18,18 @@ if TYPE_CHECKING:
 
 
 def open_store(settings: Settings) -> Store:
-    """The state database under the state dir (created and migrated on first use)."""
+    """The state database under the state dir (created and migrated on first use).
+
+    A database that lost what the ledger next to it keeps (deleted, or moved aside as
+    corrupt) gets it back: the applied and last good revisions, the bad-revision marks.
+    """
     # sqlite3 and the store: not loaded by --help and the commands that never open it
+    from reconciler.store import ledger
     from reconciler.store.sync_store import Store
 
-    return Store.open(settings.state_dir / "state.db")
+    store = Store.open(settings.state_dir / "state.db")
+    ledger.restore(store, ledger.Ledger.load(settings.state_dir / ledger.FILE_NAME))
+    return store
 
 
 def connect(settings: Settings, *, retry_sec: float = 0.0) -> Systemd:

@@ -23,6 +23,7 @@ from reconciler.model import (
     LiveUnit,
     Plan,
     RemoveUnitFile,
+    ResetFailedUnit,
     RestartUnit,
     StartUnit,
     StopUnit,
@@ -47,6 +48,7 @@ def plan(
     foreign: frozenset[str] = frozenset(),
     interrupted: frozenset[str] = frozenset(),
     unit_dir: str = "/etc/systemd/system",
+    taken: Mapping[str, str] | None = None,
 ) -> Plan:
     """The ordered actions that make the host match ``desired``.
 
@@ -55,6 +57,13 @@ def plan(
     ``foreign``: files in the unit dir that reconciler does not own; never touched.
     ``interrupted``: units whose new file an earlier, killed apply wrote but did not get to
     (re)start; they are handled as changed so that the next sync converges.
+    ``taken``: unit names (and ``Alias=`` names) that exist elsewhere and are not ours, with
+    where: a vendor unit in systemd's search path, another unit's alias link. Refused.
+
+    A prune is a list of steps each done only while still needed, so that a sync killed at
+    any of them is finished by the next: stop a running unit systemd loaded from our file
+    (never a vendor unit that now answers to the name), clear a failed state, disable and
+    remove a file that is still there, reload while systemd's view is stale.
     """
     units = _index(desired)
     if not units and owned and not allow_empty:
@@ -71,16 +80,30 @@ def plan(
     masked = {n for n in units if _is_masked(live(n))}
     managed = [units[n] for n in sorted(units) if n not in masked]
     _check_collisions(managed, live_files, owned, foreign, unit_dir)
+    _check_names(managed, units, taken or {})
     changed = {d.name for d in managed if live_files.get(d.name) != d.content}
     touched = changed | (interrupted & {d.name for d in managed})
     removed = sorted(owned - units.keys())
 
+    ours = {n for n in removed if _from_own_file(live(n), n, unit_dir)}
     actions: list[Action] = [
         StopUnit(n)
         for n in sorted(removed, key=_timers_first)
-        if live(n).active_state in _STOPPABLE
+        if n in ours and live(n).active_state in RUNNING
     ]
-    actions += _batch(DisableUnits, (n for n in removed if live(n).unit_file_state in _ENABLED))
+    actions += [
+        ResetFailedUnit(n)
+        for n in removed
+        if live(n).active_state == "failed" and (n in ours or live(n).load_state == "not-found")
+    ]
+    actions += _batch(
+        DisableUnits,
+        (
+            n
+            for n in removed
+            if live_files.get(n) is not None and live(n).unit_file_state in _ENABLED
+        ),
+    )
     actions += [RemoveUnitFile(n, old) for n in removed if (old := live_files.get(n)) is not None]
     actions += [WriteUnitFile(n, units[n].content, live_files.get(n)) for n in sorted(changed)]
     files_changed = any(isinstance(a, WriteUnitFile | RemoveUnitFile) for a in actions)
@@ -170,6 +193,60 @@ def _check_collisions(
             "remove or move that file to let reconciler manage the unit (adopt it), "
             "or rename the service in the inventory",
         )
+
+
+def _from_own_file(unit: LiveUnit, name: str, unit_dir: str) -> bool:
+    """systemd loaded ``unit`` from our file ``unit_dir/name`` (None: not read, assume so).
+
+    ``unit_dir`` may be seen through a prefix (``/proc/PID/root/etc/systemd/system``) that
+    systemd's ``FragmentPath`` does not have, hence the suffix comparison.
+    """
+    fragment = unit.fragment_path
+    if fragment is None:
+        return True
+    path = PurePosixPath(fragment)
+    return path.name == name and unit_dir.rstrip("/").endswith(str(path.parent))
+
+
+def aliases(content: str) -> list[str]:
+    """The names ``[Install] Alias=`` gives a unit: links that enabling it creates."""
+    names: list[str] = []
+    for line in _install(content):
+        key, sep, value = line.partition("=")
+        if sep and key.strip() == "Alias":
+            names += value.split()
+    return names
+
+
+def _check_names(
+    managed: Sequence[DesiredUnit], units: Mapping[str, DesiredUnit], taken: Mapping[str, str]
+) -> None:
+    """Every unit name and alias is free or ours: never shadow a vendor unit or alias one."""
+    claimed: dict[str, str] = {}
+    for d in managed:
+        for alias in aliases(d.content):
+            kind = d.name.rpartition(".")[2]
+            if alias.rpartition(".")[2] != kind or "/" in alias:
+                raise ApplyError(
+                    f"cannot enable unit '{d.name}': Alias={alias} is not a .{kind} unit name",
+                    f"an alias keeps the unit's type: NAME.{kind}",
+                )
+            other = claimed.get(alias) or (alias if alias in units else None)
+            if other is not None:
+                raise ApplyError(
+                    f"cannot enable unit '{d.name}': Alias={alias} is also the name of '{other}'",
+                    "give every unit and alias a distinct name",
+                )
+            claimed[alias] = d.name
+    for name in [d.name for d in managed] + sorted(claimed):
+        if name in taken:
+            what = f"alias '{name}' of unit '{claimed[name]}'" if name in claimed else name
+            raise ApplyError(
+                f"cannot write unit '{name}': {what} already exists ({taken[name]}) and "
+                "is not managed by reconciler",
+                'adjust a vendor unit with a drop-in ([dropins."UNIT"] in the inventory) '
+                "instead of replacing it, or rename the service",
+            )
 
 
 def _timers_first(name: str) -> tuple[bool, str]:
@@ -273,6 +350,8 @@ def _describe(a: Action) -> str:
             return f"restart {name}"
         case StopUnit(name=name):
             return f"stop {name}"
+        case ResetFailedUnit(name=name):
+            return f"reset failed state of {name}"
     raise AssertionError(f"unknown action {a!r}")  # pragma: no cover - closed union
 
 

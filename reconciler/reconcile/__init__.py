@@ -32,6 +32,8 @@ from reconciler.reconcile.plan import make_plan
 from reconciler.reconcile.render import render_cached
 from reconciler.reconcile.rollback import roll_back
 from reconciler.runtime import connect, open_store
+from reconciler.store.ledger import FILE_NAME as LEDGER_FILE
+from reconciler.store.ledger import Ledger
 
 if TYPE_CHECKING:
     from reconciler.model import DesiredUnit, Snapshot
@@ -105,6 +107,8 @@ class _Sync:
         if not self.dry_run and outcome.result in RECORDED:
             try:
                 record(store, outcome, started_wall, started, self.trigger)
+                if outcome.result is not Result.FAILED:  # a copy that outlives the database
+                    Ledger.load(self.settings.state_dir / LEDGER_FILE).record(store)
             except ReconcilerError as record_exc:
                 if error is None:
                     raise
@@ -188,6 +192,8 @@ class _Sync:
                 f"{snapshot.revision[:12]} until a new commit"
             )
         if plan.empty:
+            if store.owned() != plan.owned_after:  # e.g. a pruned name now a vendor unit's
+                store.set_owned(plan.owned_after)
             outcome.result = Result.NOOP
             journal.event(
                 "sync.noop",

@@ -1,8 +1,10 @@
 """The sync's apply step (talks to systemd over D-Bus and the unit dir): execute a Plan.
 
-Every action of the plan runs in order; file writes are atomic (temp file, fsync,
-rename, fsync of the directory), so a kill at any point leaves each file either old or
-new, never half-written, and the next sync converges. Nothing here decides *what* to do:
+Every new file is first staged as a temp file of ours (fsynced) before the first action
+runs, so what can fail in the unit directory (read-only, full, a name too long) fails
+while the host is untouched; the actions then run in order and a write is a rename (plus
+an fsync of the directory), so a kill at any point leaves each file either old or new,
+never half-written, and the next sync converges. Nothing here decides *what* to do:
 that is ``plan``'s job.
 """
 
@@ -29,12 +31,14 @@ from reconciler.model import (
     LiveUnit,
     Plan,
     RemoveUnitFile,
+    ResetFailedUnit,
     RestartUnit,
     StartUnit,
     StopUnit,
     WriteUnitFile,
 )
 from reconciler.reconcile.hooks import Monitoring
+from reconciler.reconcile.render import MARKER
 from reconciler.store.sync_store import DESIRED_KEY, encode_desired
 
 if TYPE_CHECKING:
@@ -45,6 +49,8 @@ if TYPE_CHECKING:
 PENDING_KEY = "pending_jobs"  # units an apply is about to (re)start; cleared when done
 
 UNIT_FILE_MODE = 0o644
+TEMP_PREFIX = ".reconciler-"  # + 8 random characters: a fixed length, whatever the unit name
+TEMP_SUFFIX = ".tmp"
 NO_SUCH_UNIT = "org.freedesktop.systemd1.NoSuchUnit"
 
 
@@ -80,22 +86,89 @@ class ApplyResult:
 
 def write_unit_file(unit_dir: Path, name: str, content: str) -> None:
     """Atomically replace ``unit_dir/name`` (mode 0644)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=unit_dir)
+    commit_staged(unit_dir, name, stage_file(unit_dir, name, content))
+
+
+def stage_file(unit_dir: Path, name: str, content: str) -> Path:
+    """Write ``content`` to a temp file of ours in ``unit_dir`` (fsynced); returns its path.
+
+    The temp name has a fixed length (``.reconciler-XXXXXXXX.tmp``), so every unit name
+    systemd accepts fits next to it; ``name`` only appears in errors.
+    """
+    check_name_fits(unit_dir, name)
+    tmp = ""
     try:
+        fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=unit_dir)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(content)
             fh.flush()
             os.fchmod(fh.fileno(), UNIT_FILE_MODE)
             os.fsync(fh.fileno())
+    except OSError as exc:
+        if tmp:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        raise ApplyError(
+            f"cannot write unit file '{unit_dir / name}': {exc.strerror or exc}",
+            "nothing was changed; free space or fix permissions, then sync again",
+        ) from exc
+    return Path(tmp)
+
+
+def commit_staged(unit_dir: Path, name: str, tmp: Path) -> None:
+    """Rename a staged temp file over ``unit_dir/name`` and make the rename durable."""
+    try:
         os.rename(tmp, unit_dir / name)
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise ApplyError(
             f"cannot write unit file '{unit_dir / name}': {exc.strerror or exc}",
-            "the previous file is intact; free space or fix permissions, then sync again",
+            "the previous file is intact; fix the unit directory, then sync again",
         ) from exc
     _fsync_dir(unit_dir)
+
+
+def check_name_fits(unit_dir: Path, name: str) -> None:
+    """Refuse a name longer than the unit directory's file system allows (NAME_MAX)."""
+    try:
+        limit = os.pathconf(unit_dir, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    if len(os.fsencode(name)) > limit:
+        raise ApplyError(
+            f"cannot write unit file '{name[:40]}...': the name is "
+            f"{len(os.fsencode(name))} bytes, the file system of '{unit_dir}' allows {limit}",
+            "shorten the service name in inventory/services.toml",
+        )
+
+
+def stage(plan: Plan, unit_dir: Path) -> dict[str, Path]:
+    """Before the first stop: write every new file as a temp file (or probe the directory).
+
+    What can fail in the unit directory (read-only, full, names too long, permissions)
+    fails here, while the host is untouched; afterwards only renames and unlinks remain.
+    """
+    writes = [a for a in plan.actions if isinstance(a, WriteUnitFile)]
+    for a in writes:
+        check_name_fits(unit_dir, a.name)
+    staged: dict[str, Path] = {}
+    try:
+        for a in writes:
+            staged[a.name] = stage_file(unit_dir, a.name, a.content)
+        if not writes and any(isinstance(a, RemoveUnitFile) for a in plan.actions):
+            name = next(a.name for a in plan.actions if isinstance(a, RemoveUnitFile))
+            stage_file(unit_dir, name, "").unlink()  # removing needs a writable directory
+    except BaseException:
+        discard(staged)
+        raise
+    return staged
+
+
+def discard(staged: Mapping[str, Path]) -> None:
+    for tmp in staged.values():
+        with contextlib.suppress(OSError):
+            tmp.unlink()
 
 
 def remove_unit_file(unit_dir: Path, name: str) -> None:
@@ -114,12 +187,22 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def clean_temp_files(unit_dir: Path) -> None:
-    """Remove temp files a killed run left behind (``.NAME.xxxx.tmp``)."""
+def clean_temp_files(unit_dir: Path, marker: str) -> None:
+    """Remove the temp files a killed run of ours left behind, and nothing else.
+
+    Ours: named ``.reconciler-*.tmp`` and empty (killed before writing) or starting with
+    ``marker`` (every unit file we write does). Another tool's ``.*.tmp`` stays.
+    """
+    head = marker.encode()
     with contextlib.suppress(FileNotFoundError):
-        for path in unit_dir.glob(".*.tmp"):
+        for path in unit_dir.glob(f"{TEMP_PREFIX}*{TEMP_SUFFIX}"):
             with contextlib.suppress(OSError):
-                path.unlink()
+                if path.is_symlink() or not path.is_file():
+                    continue
+                with path.open("rb") as fh:
+                    start = fh.read(len(head))
+                if start in (b"", head):
+                    path.unlink()
 
 
 def apply(
@@ -136,6 +219,23 @@ def apply(
     """
     result = ApplyResult()
     actions = list(plan.actions)
+    staged = stage(plan, unit_dir)
+    try:
+        _run(actions, staged, unit_dir, systemd, result, job_timeout, on_action)
+    finally:
+        discard(staged)  # left only when an action failed half-way
+    return result
+
+
+def _run(
+    actions: list[Action],
+    staged: dict[str, Path],
+    unit_dir: Path,
+    systemd: SystemdPort,
+    result: ApplyResult,
+    job_timeout: float,
+    on_action: Callable[[Action], None] | None,
+) -> None:
     i = 0
     while i < len(actions):
         action = actions[i]
@@ -160,12 +260,11 @@ def apply(
                 if on_action:
                     on_action(a)
         else:
-            _run_one(action, unit_dir, systemd, result)
+            _run_one(action, unit_dir, systemd, result, staged)
             result.done.append(action)
             if on_action:
                 on_action(action)
         i += 1
-    return result
 
 
 def _reset_failed(systemd: SystemdPort, name: str) -> None:
@@ -176,9 +275,15 @@ def _reset_failed(systemd: SystemdPort, name: str) -> None:
             raise
 
 
-def _run_one(action: Action, unit_dir: Path, systemd: SystemdPort, result: ApplyResult) -> None:
+def _run_one(
+    action: Action,
+    unit_dir: Path,
+    systemd: SystemdPort,
+    result: ApplyResult,
+    staged: dict[str, Path],
+) -> None:
     if isinstance(action, WriteUnitFile):
-        write_unit_file(unit_dir, action.name, action.content)
+        commit_staged(unit_dir, action.name, staged.pop(action.name))
     elif isinstance(action, RemoveUnitFile):
         remove_unit_file(unit_dir, action.name)
         result.removed.add(action.name)
@@ -188,6 +293,8 @@ def _run_one(action: Action, unit_dir: Path, systemd: SystemdPort, result: Apply
         systemd.enable_unit_files(list(action.names))
     elif isinstance(action, DisableUnits):
         systemd.disable_unit_files(list(action.names))
+    elif isinstance(action, ResetFailedUnit):
+        _reset_failed(systemd, action.name)
     else:  # pragma: no cover - the plan types are closed
         raise ApplyError(f"cannot apply action {action!r}: unknown kind")
 
@@ -213,7 +320,7 @@ def apply_plan(
         store.set_owned(store.owned() | plan.owned_after)  # widen before writing anything
         store.kv_set(PENDING_KEY, json.dumps(pending))  # a kill before the jobs: redo them
     monitoring.record_jobs(store, plan, systemd)
-    clean_temp_files(settings.unit_dir)
+    clean_temp_files(settings.unit_dir, MARKER)
     lines = iter(describe(plan))
 
     def on_action(action: Action) -> None:
@@ -221,7 +328,7 @@ def apply_plan(
 
     result = apply(plan, settings.unit_dir, systemd, on_action=on_action)
     with store.transaction():
-        store.set_owned(plan.owned_after | (store.owned() - result.removed))
+        store.set_owned(plan.owned_after)  # every prune step is done: narrow
         store.kv_set(DESIRED_KEY, encode_desired(desired))
         store.kv_set(PENDING_KEY, "[]")
     return result

@@ -1,15 +1,20 @@
 """The sync's observe step: what is on the host now (talks to systemd and the unit dir).
 
 Unit files are read from disk and units from systemd; what the reconciler owns comes from
-the store's manifest, widened by the marker every written file opens with, so ownership
-survives a lost state database.
+the store's manifest, widened by every file in the unit directory that opens with the
+marker, so ownership survives a lost state database. Two more facts keep the sync off
+what is not its own: where systemd loaded each unit to be pruned from (``FragmentPath``:
+a unit now served by a vendor file is not stopped), and which names it would create
+(units, ``Alias=`` links) systemd already knows from a file that is not ours.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,6 +39,7 @@ class Observed:
     owned: frozenset[str]
     foreign: frozenset[str]  # files present that we did not write: never touched
     interrupted: frozenset[str]  # units whose start a killed apply left undone
+    taken: dict[str, str] = field(default_factory=dict)  # name we'd create -> whose it is
 
 
 # File timestamps come from the kernel's coarse clock (a few ms behind): a file written
@@ -84,11 +90,98 @@ def read_host(
 def observe(
     desired: Sequence[DesiredUnit], systemd: Systemd, store: Store, settings: Settings
 ) -> Observed:
-    """Read every unit desired or owned, and sort out which files are ours."""
-    owned = store.owned()
-    names = sorted({u.name for u in desired} | owned)
+    """Read every unit desired or owned, and sort out which files and names are ours."""
+    owned = store.owned() | marked_files(settings.unit_dir)
+    wanted = {u.name for u in desired}
+    names = sorted(wanted | owned)
     files, live = read_host(systemd, settings.unit_dir, names)
     owned |= {n for n, text in files.items() if text and text.startswith(MARKER)}
     foreign = frozenset(n for n in names if n not in owned and files.get(n) is not None)
     interrupted = frozenset(json.loads(store.kv_get(PENDING_KEY) or "[]"))
-    return Observed(files, live, frozenset(owned), foreign, interrupted)
+    removed = sorted(owned - wanted)
+    if removed:  # a prune stops only what systemd loaded from our own file
+        fragments = read_fragments(systemd, removed)
+        for n in removed:
+            live[n] = replace(live.get(n) or LiveUnit(n), fragment_path=fragments[n])
+    taken = find_taken(systemd, settings.unit_dir, desired, files)
+    return Observed(files, live, frozenset(owned), foreign, interrupted, taken)
+
+
+def marked_files(unit_dir: Path) -> frozenset[str]:
+    """Unit files in ``unit_dir`` that open with our marker: ours, whatever the store says.
+
+    Regular files only (a symlink is an alias or a mask, never our file); one short read
+    per file.
+    """
+    head = MARKER.encode()
+    found: set[str] = set()
+    try:
+        entries = list(os.scandir(unit_dir))
+    except OSError:
+        return frozenset()
+    for entry in entries:
+        if entry.name.startswith(".") or "." not in entry.name:
+            continue
+        with contextlib.suppress(OSError):
+            if entry.is_file(follow_symlinks=False):
+                with open(entry.path, "rb") as fh:
+                    if fh.read(len(head)) == head:
+                        found.add(entry.name)
+    return frozenset(found)
+
+
+def read_fragments(systemd: Systemd, names: Sequence[str]) -> dict[str, str]:
+    """``FragmentPath`` of each unit: the file systemd loaded it from ("" when none)."""
+    from reconciler.systemd.wire import UNIT
+
+    props = systemd.get_properties(names, UNIT, ["FragmentPath"])
+    return {n: str(props.get(n, {}).get("FragmentPath", "")) for n in names}
+
+
+def find_taken(
+    systemd: Systemd,
+    unit_dir: Path,
+    desired: Sequence[DesiredUnit],
+    files: dict[str, str | None],
+) -> dict[str, str]:
+    """Names (units and their ``Alias=``) we would create that already mean another unit.
+
+    A unit name with no file of ours in ``unit_dir`` must be unknown to systemd (no vendor
+    unit in ``/usr/lib`` or ``/run``, no alias of another unit, nothing generated or
+    transient); an alias link in ``unit_dir`` must point to its own unit. Answers
+    ``{name: where}``; the plan refuses them. A no-op sync asks systemd nothing here.
+    """
+    from reconciler.core.plan import aliases
+    from reconciler.errors import ReconcilerError
+    from reconciler.systemd.wire import UNIT, check_unit_name
+
+    taken: dict[str, str] = {}
+    check = [u.name for u in desired if files.get(u.name) is None]
+    for u in desired:
+        for alias in aliases(u.content):
+            link = unit_dir / alias
+            if link.is_symlink():
+                target = os.readlink(link)
+                if target.rpartition("/")[2] != u.name:
+                    taken[alias] = f"{link} links to {target}"
+            elif link.exists():
+                taken[alias] = str(link)
+            else:
+                try:
+                    check_unit_name(alias)
+                except ReconcilerError:
+                    continue  # the plan refuses the name itself
+                check.append(alias)
+    if not check:
+        return taken
+    props = systemd.get_properties(sorted(set(check)), UNIT, ["LoadState", "FragmentPath"])
+    inside = str(unit_dir).rstrip("/")
+    for name, p in props.items():
+        fragment = str(p.get("FragmentPath", ""))
+        if p.get("LoadState") in ("masked", "not-found") or not fragment:
+            continue
+        parent = fragment.rpartition("/")[0]
+        if parent and inside.endswith(parent):
+            continue  # our own file, removed since systemd loaded it
+        taken[name] = fragment
+    return taken

@@ -20,4 +20,5 @@ def make_plan(desired: Sequence[DesiredUnit], observed: Observed, settings: Sett
         foreign=observed.foreign,
         interrupted=observed.interrupted,
         unit_dir=str(settings.unit_dir),
+        taken=observed.taken,
     )

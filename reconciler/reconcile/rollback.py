@@ -21,6 +21,8 @@ from reconciler.reconcile.observe import observe
 from reconciler.reconcile.outcome import Outcome, Result, Unhealthy
 from reconciler.reconcile.plan import make_plan
 from reconciler.reconcile.render import render_cached
+from reconciler.store.ledger import FILE_NAME as LEDGER_FILE
+from reconciler.store.ledger import Ledger
 
 if TYPE_CHECKING:
     from reconciler.store.sync_store import Store
@@ -39,6 +41,7 @@ def roll_back(
     bad = outcome.revision or ""
     reasons = "; ".join(f"{u}: {r}" for u, r in sorted(failed.items()))
     store.mark_bad(bad, reasons)
+    Ledger.load(settings.state_dir / LEDGER_FILE).mark_bad(bad, reasons)  # outlives the store
     outcome.failed_units = failed
     outcome.result = Result.FAILED  # until the host is back on the good revision
     outcome.message = f"health gate failed: {reasons}"

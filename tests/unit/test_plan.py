@@ -22,6 +22,7 @@ from reconciler.model import (
     LiveUnit,
     Plan,
     RemoveUnitFile,
+    ResetFailedUnit,
     RestartUnit,
     StartUnit,
     StopUnit,
@@ -159,7 +160,8 @@ CASES = [
         ["stop web.service", "disable web.service", "remove web.service", "reload systemd"],
     ),
     Case(
-        "removed service failed and disabled: stop, remove, reload",
+        "removed service failed and disabled: reset its failed state (nothing to stop), remove, "
+        "reload",
         (API,),
         on_host(WEB, API),
         {
@@ -167,7 +169,7 @@ CASES = [
             "api.service": live("api.service"),
         },
         owned("web.service", "api.service"),
-        ["stop web.service", "remove web.service", "reload systemd"],
+        ["reset failed state of web.service", "remove web.service", "reload systemd"],
     ),
     Case(
         "removed file already gone (killed after remove): reload only",
@@ -179,6 +181,57 @@ CASES = [
         },
         owned("web.service", "api.service"),
         ["reload systemd"],
+    ),
+    Case(
+        "removed file gone, stale UnitFileState=enabled (killed before Reload): reload only, "
+        "no disable of a file that is gone",
+        (API,),
+        {"web.service": None, "api.service": API.content},
+        {
+            "web.service": live("web.service", "inactive", "enabled", need_daemon_reload=True),
+            "api.service": live("api.service"),
+        },
+        owned("web.service", "api.service"),
+        ["reload systemd"],
+    ),
+    Case(
+        "removed failed unit, file gone (killed at Reload): reset its failed state, reload",
+        (API,),
+        {"web.service": None, "api.service": API.content},
+        {
+            "web.service": live(
+                "web.service",
+                "failed",
+                "enabled",
+                need_daemon_reload=True,
+                fragment_path="/etc/systemd/system/web.service",
+            ),
+            "api.service": live("api.service"),
+        },
+        owned("web.service", "api.service"),
+        ["reset failed state of web.service", "reload systemd"],
+    ),
+    Case(
+        "removed unit now loaded from a vendor file: not stopped or disabled, only unowned",
+        (API,),
+        {"web.service": None, "api.service": API.content},
+        {
+            "web.service": live("web.service", fragment_path="/usr/lib/systemd/system/web.service"),
+            "api.service": live("api.service"),
+        },
+        owned("web.service", "api.service"),
+        [],
+    ),
+    Case(
+        "removed unit loaded from our file (seen through a prefix): stopped, disabled, removed",
+        (API,),
+        on_host(WEB, API),
+        {
+            "web.service": live("web.service", fragment_path="/etc/systemd/system/web.service"),
+            "api.service": live("api.service"),
+        },
+        owned("web.service", "api.service"),
+        ["stop web.service", "disable web.service", "remove web.service", "reload systemd"],
     ),
     Case(
         "foreign files are never touched",
@@ -517,7 +570,46 @@ ERRORS = [
         "cannot plan unit 'web.service': rendered by both services 'web' and 'www'",
         id="two services render the same unit",
     ),
+    pytest.param(
+        (DesiredUnit("web.service", service("web") + "Alias=sshd.service\n", "web"),),
+        {"web.service": None},
+        owned(),
+        owned(),
+        "cannot write unit 'sshd.service': alias 'sshd.service' of unit 'web.service' already "
+        "exists (/lib/systemd/system/sshd.service)",
+        id="alias of a unit systemd has",
+    ),
+    pytest.param(
+        (DesiredUnit("web.service", service("web") + "Alias=web.socket\n", "web"),),
+        {"web.service": None},
+        owned(),
+        owned(),
+        "cannot enable unit 'web.service': Alias=web.socket is not a .service unit name",
+        id="alias of another type",
+    ),
+    pytest.param(
+        (DesiredUnit("web.service", service("web") + "Alias=api.service\n", "web"), API),
+        {"web.service": None, "api.service": None},
+        owned(),
+        owned(),
+        "cannot enable unit 'web.service': Alias=api.service is also the name of 'api.service'",
+        id="alias of another desired unit",
+    ),
+    pytest.param(
+        (svc("systemd-logind"),),
+        {"systemd-logind.service": None},
+        owned(),
+        owned(),
+        "cannot write unit 'systemd-logind.service': systemd-logind.service already exists "
+        "(/lib/systemd/system/systemd-logind.service)",
+        id="vendor unit name",
+    ),
 ]
+
+TAKEN = {
+    "sshd.service": "/lib/systemd/system/sshd.service",
+    "systemd-logind.service": "/lib/systemd/system/systemd-logind.service",
+}
 
 
 @pytest.mark.parametrize(("desired", "files", "own", "foreign", "message"), ERRORS)
@@ -529,7 +621,7 @@ def test_plan_refuses(
     message: str,
 ) -> None:
     with pytest.raises(ApplyError) as err:
-        plan(desired, files, {}, own, foreign=foreign)
+        plan(desired, files, {}, own, foreign=foreign, taken=TAKEN)
     assert err.value.message.startswith(message)
     assert err.value.hint
 
@@ -688,7 +780,7 @@ def simulate(p: Plan, files: Mapping[str, str | None], units: Units) -> tuple[Fi
         after[name] = replace(get(name), **changes)  # type: ignore[arg-type]
 
     for a in p.actions:
-        if isinstance(a, StopUnit):
+        if isinstance(a, StopUnit | ResetFailedUnit):
             set_(a.name, active_state="inactive", sub_state="dead")
         elif isinstance(a, DisableUnits):
             for name in a.names:
