@@ -19,6 +19,7 @@ log is off: the journal entries of the service say what happened, without header
 from __future__ import annotations
 
 import contextlib
+import http.client
 import io
 import json
 import logging
@@ -52,6 +53,7 @@ PROTOCOL_ERRORS = {
     501: "method not supported",
     505: "HTTP version not supported",
 }
+HEAD_BYTES = (1 << 16) + (1 << 15)  # request line (http.server: 64 KiB) plus 32 KiB of headers
 DRAIN_BYTES, DRAIN_SEC = 256 * 1024, 1.0  # what is discarded of a refused body, at most
 
 
@@ -115,12 +117,19 @@ def activated_socket(environ: MutableMapping[str, str], pid: int) -> socket.sock
     return sock
 
 
+class _HeadersTooLarge(http.client.HTTPException):
+    """Raised inside header parsing: http.server answers 431 for any HTTPException there."""
+
+
 class _DeadlineReader(io.RawIOBase):
-    """The socket's bytes, each read bounded by what is left until ``deadline``."""
+    """The socket's bytes, each read bounded by what is left until ``deadline``, and the
+    request line with the headers bounded by ``HEAD_BYTES`` (http.server alone admits 100
+    header lines of 64 KiB each: 6.4 MB held per connection, twice over while parsed)."""
 
     def __init__(self, conn: socket.socket, deadline: float) -> None:
         self.conn = conn
         self.deadline = deadline
+        self.head_left: int | None = HEAD_BYTES  # None once the headers are read
 
     def readable(self) -> bool:
         return True
@@ -129,8 +138,16 @@ class _DeadlineReader(io.RawIOBase):
         remaining = self.deadline - time.monotonic()
         if remaining <= 0:
             raise TimeoutError("deadline passed")
+        view = memoryview(buffer)
+        if self.head_left is not None:
+            if self.head_left <= 0:
+                raise _HeadersTooLarge(f"request headers larger than {HEAD_BYTES} bytes")
+            view = view[: self.head_left]
         self.conn.settimeout(min(remaining, READ_TIMEOUT_SEC))
-        return self.conn.recv_into(buffer)
+        count = self.conn.recv_into(view)
+        if self.head_left is not None:
+            self.head_left -= count
+        return count
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -158,6 +175,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _handle(self) -> None:
         self.reader.deadline = time.monotonic() + self.server.config.body_timeout_sec
+        self.reader.head_left = None  # the body is bounded by max_body_bytes
         headers = {k.lower(): v for k, v in self.headers.items()}
         remote = self.client_address[0] if self.client_address else "?"
         self._send(self.server.hook.handle(self.command, self.path, headers, remote, self._read))

@@ -212,3 +212,55 @@ def test_webhook_body_trickle_is_cut(
     )
     assert sent < len(body) and cut_after < 5, (sent, cut_after, answer)
     assert started_syncs == 0 and healthz == 200
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_webhook_header_flood(
+    host: sandbox.Host, tmp_path: Path, sync_unit: SyncUnit, fault_report: Report
+) -> None:
+    """32 connections at once, each sending 98 header lines of 60 KiB (http.server admits 100
+    of 64 KiB: 6.4 MB per connection, held twice while parsed): 431 after 96 KiB."""
+    sync_unit.wait_idle()
+    server = Server(host, tmp_path)
+    try:
+        base = peak_rss_mb(server.proc.pid)
+        line = b"X-Pad: " + b"a" * 60_000 + b"\r\n"
+        request = b"POST /hooks/push HTTP/1.1\r\nHost: x\r\n" + line * 98 + b"\r\n"
+        statuses: list[bytes] = []
+
+        def flood() -> None:
+            address = ("127.0.0.1", server.port)
+            with socket.create_connection(address, timeout=10) as s:
+                with contextlib.suppress(OSError):
+                    s.sendall(request)
+                with contextlib.suppress(OSError):
+                    statuses.append(s.recv(64).split(b"\r\n", 1)[0])
+
+        threads = [threading.Thread(target=flood) for _ in range(32)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        grown = peak_rss_mb(server.proc.pid) - base
+        body = push_body()
+        after = legit(server.port, "POST", "/hooks/push", body, signed(body))[0]
+    finally:
+        assert server.stop() == 0
+    sync_unit.wait_idle()
+    refused = [s for s in statuses if s.startswith(b"HTTP/1.0 431")]
+    fault_report(
+        "webhook header flood: 32 x 98 header lines of 60 KiB",
+        f"{len(refused)}/32 answered 431; the webhook's peak RSS grew {grown:.0f} MB; "
+        f"a signed push afterwards: {after}",
+        None,
+        after == 202,
+    )
+    assert grown < 20, f"{grown:.0f} MB"
+    assert refused, statuses
+    assert after == 202
