@@ -120,7 +120,7 @@ def capture(seconds: float) -> dict[str, Any]:
 
 
 class ReplayConnection:
-    """Stands in for ``dbus_socket.Connection`` as a ``SignalQueue`` uses it: signals come
+    """Stands in for ``systemd.connection.Connection`` as a ``SignalQueue`` uses it: signals come
     from captured bytes, a socket-read's worth (``RECV_SIZE``) per ``receive``."""
 
     def __init__(self, frames: list[bytes]) -> None:
