@@ -63,6 +63,11 @@ def test_import_layers() -> None:
             "from reconciler import reconcile",
             "reconciler.monitor is not allowed to import reconciler.reconcile",
         ),
+        (  # the sync reaches the monitor only through reconcile.hooks.Monitoring
+            "reconcile/verify.py",
+            "from reconciler import monitor",
+            "reconciler.reconcile is not allowed to import reconciler.monitor",
+        ),
     ],
 )
 def test_import_contract_fails_on_a_forbidden_import(
