@@ -16,6 +16,7 @@ surprises; no redirects followed: a signed or authorised request never goes else
 from __future__ import annotations
 
 import logging
+import random
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -178,8 +179,6 @@ def request(
     None when the last attempt met an error (``Call.error`` says which). A streamed
     response is the caller's to close.
     """
-    import random
-
     trace = _Trace(policy, time.monotonic() + policy.total_sec, rand=rand or random.random)
     retry = _Retry(
         total=policy.retries,

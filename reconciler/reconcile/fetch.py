@@ -284,7 +284,7 @@ def _fetch(
 def _stderr_progress() -> Any:
     """A ``RemoteProgress`` that keeps every line git wrote to stderr, in order (GitPython
     keeps only the fatal ones). Built on first use: ``git`` is imported lazily."""
-    import git
+    import git  # lazy (60-80 ms): see the module docstring
 
     class Stderr(git.RemoteProgress):
         def __init__(self) -> None:

@@ -22,8 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler.config import Settings
-from reconciler.errors import RenderError, SystemdError, UsageError
+from reconciler.errors import ReconcilerError, RenderError, SystemdError, UsageError
 from reconciler.model import DesiredUnit, Plan, WriteUnitFile
+from reconciler.reconcile import jail, working_tree
+from reconciler.reconcile.render import render
 
 ANALYZE = "systemd-analyze"
 ARGS = ("verify", "--man=no", "--generators=no", "--recursive-errors=no", "--no-pager")
@@ -147,11 +149,7 @@ def check_tree(directory: Path, hosts: Sequence[str] | None = None) -> list[Host
     A problem shared by every host (the inventory, a read) raises; a host's render or
     verify problem is that host's ``error``.
     """
-    # pydantic and jinja2, imported only by commands that render
-    from reconciler.core import inventory
-    from reconciler.errors import ReconcilerError
-    from reconciler.reconcile import jail, working_tree
-    from reconciler.reconcile.render import render
+    from reconciler.core import inventory  # pydantic: only the commands that render
 
     snapshot = working_tree.read(directory)
     inv = inventory.load(snapshot.files)
