@@ -21,7 +21,6 @@ import contextlib
 import ctypes
 import json
 import os
-import re
 import shlex
 import shutil
 import signal
@@ -34,6 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from reconciler.devtools import teardown
+from reconciler.devtools.teardown import CGROUP_HIERARCHIES, CGROUP_ROOT, NAME_PREFIX, cleanup_stale
+from reconciler.devtools.teardown import stop_kept as stop_kept
 from reconciler.errors import SandboxError
 
 # Units that would touch the real machine, or are noise in a throwaway host.
@@ -65,9 +67,6 @@ DEFAULT_MASK: tuple[str, ...] = (
     "containerd.service",
 )
 
-CGROUP_ROOT = Path("/sys/fs/cgroup")
-CGROUP_HIERARCHIES = ("systemd", "unified")
-NAME_PREFIX = "reconciler-host-"
 PR_SET_PDEATHSIG = 1
 
 _BOOT_SCRIPT = r"""
@@ -217,10 +216,10 @@ class Host:
         remove it with ``remove`` (boot it with ``kept=True`` so that it outlives us)."""
         record = {
             "pid": self.pid,
-            "starttime": _starttime(self.pid),
+            "starttime": teardown.starttime(self.pid),
             "remove": [str(p) for p in remove],
         }
-        (self.workdir / RECORD).write_text(json.dumps(record))
+        (self.workdir / teardown.RECORD).write_text(json.dumps(record))
 
     def stop(self, timeout: float = 20.0) -> None:
         """Power the host off, then remove its cgroups and work dir. Safe to call twice."""
@@ -235,7 +234,7 @@ class Host:
                 self.process.wait(timeout=10)
         if self.process.stderr:
             self.process.stderr.close()
-        _remove_cgroups(self.name)
+        teardown.remove_cgroups(self.name)
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
@@ -263,81 +262,6 @@ def _network_of(netns: Path) -> Iterator[None]:
                 )
     finally:
         os.close(own)
-
-
-RECORD = "kept-host.json"  # in a kept host's work dir (outside view): what stop_kept needs
-
-
-def _starttime(pid: int) -> int:
-    """The process's start time in clock ticks (tells a reused PID apart)."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return int(stat.rsplit(")", 1)[1].split()[19])
-
-
-def stop_kept(name: str, *, timeout: float = 20.0) -> None:
-    """Power off a host ``Host.keep`` left running (from another process), then remove its
-    cgroups, its work dir and the paths it recorded. Nothing is left once this returns."""
-    if not re.fullmatch(re.escape(NAME_PREFIX) + r"[A-Za-z0-9_]{1,64}", name):
-        raise SandboxError(
-            f"cannot stop host '{name}': not a disposable host's name",
-            f"names look like {NAME_PREFIX}abc123 (printed by 'reconciler demo --keep')",
-        )
-    workdir = Path(tempfile.gettempdir()) / name
-    try:
-        record = json.loads((workdir / RECORD).read_text())
-    except (OSError, ValueError) as exc:
-        raise SandboxError(
-            f"cannot stop host '{name}': no record of a kept host in {workdir}: {exc}",
-            "it may be stopped already",
-        ) from exc
-    pid = int(record["pid"])
-    with contextlib.suppress(OSError):
-        if _starttime(pid) == record["starttime"]:
-            os.kill(pid, signal.SIGRTMIN + 4)  # systemd: orderly poweroff
-            deadline = time.monotonic() + timeout
-            while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if Path(f"/proc/{pid}").exists():
-                os.kill(pid, signal.SIGKILL)  # kills the whole PID namespace
-            while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline + 10:
-                time.sleep(0.05)
-    _remove_cgroups(name)
-    shutil.rmtree(workdir, ignore_errors=True)
-    for path in record.get("remove", []):
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def _remove_cgroups(name: str) -> None:
-    for hierarchy in CGROUP_HIERARCHIES:
-        top = CGROUP_ROOT / hierarchy / name
-        if not top.is_dir():
-            continue
-        for dirpath, _dirs, _files in sorted(os.walk(top), key=lambda w: -w[0].count("/")):
-            for _ in range(50):
-                try:
-                    os.rmdir(dirpath)
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.05)  # the kernel frees a cgroup shortly after its last task
-
-
-def cleanup_stale() -> None:
-    """Remove cgroup subtrees left by hosts whose processes are all gone (e.g. after kill -9)."""
-    for hierarchy in CGROUP_HIERARCHIES:
-        base = CGROUP_ROOT / hierarchy
-        if not base.is_dir():
-            continue
-        for top in base.glob(f"{NAME_PREFIX}*"):
-            procs = [
-                p
-                for p, _, files in os.walk(top)
-                if (Path(p) / "cgroup.procs").exists()
-                and (Path(p) / "cgroup.procs").read_text().strip()
-            ]
-            if not procs:
-                _remove_cgroups(top.name)
 
 
 def check_supported() -> None:
@@ -445,7 +369,7 @@ def boot(
             process.wait()
             if process.stderr:
                 process.stderr.close()
-            _remove_cgroups(name)
+            teardown.remove_cgroups(name)
             shutil.rmtree(workdir, ignore_errors=True)
         raise
 
