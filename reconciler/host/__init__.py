@@ -1,5 +1,6 @@
 """The host's own services the reconciler talks to: journald (``journal``), the service
-manager's notify socket (``sd_notify``) and advisory file locks (``lock``).
+manager's notify socket (``sd_notify``), advisory file locks (``lock``) and the network,
+for every outbound HTTP call (``http``, on requests).
 
-May import: ``core``, ``config``, ``model``, ``errors``, the standard library.
+May import: ``core``, ``config``, ``model``, ``errors``, the standard library, requests.
 """
