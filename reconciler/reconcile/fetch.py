@@ -17,8 +17,13 @@ Hand-written here, because GitPython has no such thing:
 * credentials: ``http(s)://user:secret@host/...`` never reaches a command line (every
   local user can read those in ``ps``); git gets the URL without them and asks a
   credential helper, which reads them from its environment (readable by its owner only);
-* the flock on the cache, and the mapping of ``GitCommandError`` to one ``SourceError``
-  line (git's stderr, redacted, boilerplate skipped).
+* the flock on the cache, removing what a killed fetch left (``tmp_pack``), and the mapping
+  of ``GitCommandError`` to one ``SourceError`` line (git's stderr, redacted, boilerplate
+  skipped).
+
+The cache is a partial clone: blobs over the largest file a sync reads (16 MiB) are never
+fetched, and reads run with no protocol allowed, so a missing blob is never fetched lazily
+(outside ``fetch_timeout_sec``); it is refused like any file over its limit.
 
 Cost: ``import git`` is 60-80 ms (bench/RESULTS.md), paid only when a function here runs
 git: each imports it locally, so a command that only imports ``reconcile`` (the backup job
@@ -61,6 +66,15 @@ _CACHE_CONFIG = (
     ("transfer", "fsckObjects", "true"),  # malformed objects from the remote are refused
 )
 _ORIGIN = 'remote "origin"'
+# A partial clone: blobs larger than any file a sync may read are never fetched (a 300 MB
+# blob anywhere in the history would otherwise be fetched, and time out, on every sync).
+_FILTER = f"blob:limit={MAX_INVENTORY_BYTES + 1}"
+_PARTIAL_CLONE = (
+    ("core", "repositoryformatversion", "1"),  # extensions are read from version 1 on
+    ("extensions", "partialClone", "origin"),
+    (_ORIGIN, "promisor", "true"),
+    (_ORIGIN, "partialclonefilter", _FILTER),
+)
 # git runs this for HTTP credentials; the values are in its environment, not in any argv.
 # It answers only for the configured origin (protocol and host[:port], as git sends them): a
 # redirect to another host gets no credentials (git would otherwise hand them over).
@@ -192,6 +206,9 @@ def _open(cache_dir: Path) -> Iterator[git.Repo]:
         repo = git.Repo(cache_dir)
     except (git.InvalidGitRepositoryError, git.NoSuchPathError) as exc:
         raise SourceError(f"cannot open git cache '{cache_dir}': not a git repository") from exc
+    # Reads never reach the network: a blob the filter left out stays missing (git would
+    # fetch it lazily, unbounded by fetch_timeout_sec); only _fetch allows a protocol.
+    repo.git.update_environment(GIT_ALLOW_PROTOCOL="none")
     try:
         yield repo
     finally:
@@ -254,8 +271,9 @@ def _fetch(
         "GIT_HTTP_LOW_SPEED_TIME": str(max(1, int(left))),
     }
     progress = _stderr_progress()
+    _clean(cache_dir)
     try:
-        with repo.git.custom_environment(**env):
+        with repo.git.custom_environment(**env, GIT_ALLOW_PROTOCOL=None):
             origin.fetch(
                 list(refspecs),
                 progress=progress,
@@ -263,6 +281,7 @@ def _fetch(
                 kill_after_timeout=left,
                 prune=len(refspecs) > 1,
                 no_recurse_submodules=True,
+                filter=_FILTER,
             )
     except git.GitCommandError as exc:
         if quiet_fail:
@@ -307,12 +326,31 @@ def _origin(repo: git.Repo, url: str) -> git.Remote:
     """The cache's one remote, pointed at ``url`` (rewritten only when the URL changed)."""
     import git  # lazy (60-80 ms): see the module docstring
 
+    wanted = [(_ORIGIN, "url", url), *_PARTIAL_CLONE]
     with repo.config_reader("repository") as reader:
-        current = reader.get_value(_ORIGIN, "url", default="")
-    if current != url:
+        stale = [(s, k, v) for s, k, v in wanted if str(reader.get_value(s, k, "")) != v]
+    if stale:
         with repo.config_writer() as writer:
-            writer.set_value(_ORIGIN, "url", url)
+            for section, key, value in stale:
+                writer.set_value(section, key, value)
     return git.Remote(repo, "origin")
+
+
+def _clean(cache_dir: Path) -> None:
+    """Remove what a killed fetch left (a ``tmp_pack`` can be as large as the largest blob).
+
+    Called under the cache lock: no other fetch of ours is writing these.
+    """
+    objects = cache_dir / "objects"
+    for leftover in [
+        *objects.glob("pack/tmp_*"),
+        *objects.glob("tmp_objdir-*"),
+        *objects.glob("incoming-*"),
+    ]:
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
 
 
 def split_credentials(url: str) -> tuple[str, list[str], dict[str, str]]:

@@ -87,7 +87,12 @@ def read_files(repo: git.Repo, commit: git.Commit) -> dict[str, bytes]:
                     blobs.append((path, binsha))
         files: dict[str, bytes] = {}
         for path, binsha in blobs:
-            info = repo.odb.info(binsha)
+            try:
+                info = repo.odb.info(binsha)
+            except (BadObject, ValueError):  # left out by the blob filter: over every limit
+                raise refused(
+                    revision, path, f"larger than {MAX_INVENTORY_BYTES // 1024} KiB (not fetched)"
+                ) from None
             limit = MAX_INVENTORY_BYTES if path.startswith("inventory/") else MAX_FILE_BYTES
             if info.type != b"blob":
                 raise SourceError(f"cannot read '{path}' at revision '{revision[:12]}': not a blob")

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import subprocess
 import threading
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -257,3 +259,53 @@ def test_ssh_password_never_on_a_command_line(fenv: FaultEnv, fault_report: Repo
     assert not ran, "no git (nor ssh) ran"
     assert proc.returncode != 0 and len(lines) == 1, proc.stderr
     assert "a password in an ssh URL" in lines[0] and secret not in proc.stderr
+
+
+# ---- large blobs (issue 11 #14) --------------------------------------------------------------
+
+
+def tree_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def test_large_blobs_are_never_fetched(fenv: FaultEnv, fault_report: Report) -> None:
+    """A 300 MB blob outside inventory/ and templates/ made every sync time out, also after
+    it was deleted from the branch; each killed fetch left a tmp_pack; the cache grew."""
+    git(fenv.repo.remote, "config", "uploadpack.allowFilter", "true")  # as GitHub, GitLab
+    a = fenv.name("light")
+    big = fenv.repo.work / "assets" / "big.bin"
+    big.parent.mkdir()
+    big.write_bytes(os.urandom(40 << 20))  # incompressible: 40 MiB on the wire if fetched
+    fenv.repo.commit(base_files(fenv, service(a)), message="add a large asset")
+    cache = fenv.state / "repo"
+    started = time.monotonic()
+    first = fenv.run("sync", "--json")
+    first_sec = time.monotonic() - started
+    first_size = tree_bytes(cache)
+    leftover = cache / "objects" / "pack" / "tmp_pack_killed"
+    leftover.write_bytes(b"\0" * (8 << 20))  # what a fetch killed at its deadline leaves
+    fenv.repo.remove("assets/big.bin")
+    fenv.repo.commit(base_files(fenv, service(a, greeting="two")), message="drop the asset")
+    second = fenv.run("sync", "--json")
+    huge = fenv.repo.work / "inventory" / "huge.toml"
+    huge.write_bytes(b"#" * ((16 << 20) + 1))
+    fenv.repo.commit({}, message="an inventory file over the limit")
+    refused = fenv.run("sync")
+    size = tree_bytes(cache)
+    lines = refused.stderr.strip().splitlines()
+    fault_report(
+        "large blob in the repository (40 MiB asset; a killed fetch's tmp_pack)",
+        "a partial clone: blobs over the 16 MiB read limit are never fetched, not even "
+        "lazily; what a killed fetch left is removed; an inventory file over the limit is "
+        f"refused in one line (first sync {first_sec:.1f}s, cache {size >> 10} KiB)",
+        None,
+        first.returncode == 0 and second.returncode == 0,
+    )
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout)["result"] == "applied"
+    assert first_size < 4 << 20, f"the cache holds {first_size} bytes: the blob was fetched"
+    assert second.returncode == 0, second.stderr
+    assert not leftover.exists(), "the killed fetch's tmp_pack was left"
+    assert refused.returncode != 0 and len(lines) == 1, refused.stderr
+    assert "'inventory/huge.toml'" in lines[0] and "larger than 16384 KiB" in lines[0]
+    assert size < 4 << 20, f"the cache holds {size} bytes after the refusal"
