@@ -261,7 +261,6 @@ def _fetch(
     import git  # lazy (60-80 ms): see the module docstring
 
     plain, options, secrets = split_credentials(url)
-    origin = _origin(repo, plain)
     left = max(deadline - time.monotonic(), 0.1)
     repo.git.set_persistent_git_options(c=["protocol.ext.allow=never", *options])
     env = {
@@ -274,6 +273,8 @@ def _fetch(
     _clean(cache_dir)
     try:
         with repo.git.custom_environment(**env, GIT_ALLOW_PROTOCOL=None):
+            partial = _smart(repo, plain, left)
+            origin = _origin(repo, plain, partial=partial)
             origin.fetch(
                 list(refspecs),
                 progress=progress,
@@ -281,7 +282,7 @@ def _fetch(
                 kill_after_timeout=left,
                 prune=len(refspecs) > 1,
                 no_recurse_submodules=True,
-                filter=_FILTER,
+                filter=_FILTER if partial else None,
             )
     except git.GitCommandError as exc:
         if quiet_fail:
@@ -322,18 +323,54 @@ def _stderr_progress() -> Any:
     return Stderr()
 
 
-def _origin(repo: git.Repo, url: str) -> git.Remote:
-    """The cache's one remote, pointed at ``url`` (rewritten only when the URL changed)."""
+def _origin(repo: git.Repo, url: str, *, partial: bool) -> git.Remote:
+    """The cache's one remote, pointed at ``url``; a partial clone unless the remote is dumb
+    HTTP (git's dumb walker loops on a promisor remote). Config written only when it changed.
+    """
     import git  # lazy (60-80 ms): see the module docstring
 
-    wanted = [(_ORIGIN, "url", url), *_PARTIAL_CLONE]
+    wanted = [(_ORIGIN, "url", url), *(_PARTIAL_CLONE if partial else ())]
+    unwanted = [] if partial else [(s, k) for s, k, _ in _PARTIAL_CLONE[1:]]
     with repo.config_reader("repository") as reader:
         stale = [(s, k, v) for s, k, v in wanted if str(reader.get_value(s, k, "")) != v]
-    if stale:
+        present = [(s, k) for s, k in unwanted if reader.has_option(s, k)]
+    if stale or present:
         with repo.config_writer() as writer:
             for section, key, value in stale:
                 writer.set_value(section, key, value)
+            for section, key in present:
+                writer.remove_option(section, key)
     return git.Remote(repo, "origin")
+
+
+def _smart(repo: git.Repo, url: str, left: float) -> bool:
+    """Whether the remote speaks git's protocol (every transport but dumb HTTP does).
+
+    For an http(s) URL, asked once (``ls-remote`` with a packet trace: smart HTTP talks in
+    packets, dumb HTTP serves files) and remembered in the cache's config for that URL.
+    """
+    if not url.lower().startswith(("http://", "https://")):
+        return True
+    with repo.config_reader("repository") as reader:
+        known = str(reader.get_value("reconciler", "transport", ""))
+    if known in (f"smart {url}", f"dumb {url}"):
+        return known.startswith("smart")
+    answer: Any = repo.git.ls_remote(
+        "--",
+        url,
+        "HEAD",
+        with_extended_output=True,
+        with_exceptions=False,
+        kill_after_timeout=left,
+        env={"GIT_TRACE_PACKET": "2"},
+    )
+    code, _, trace = answer
+    if code != 0:
+        return False  # the fetch says why; nothing remembered
+    smart = "packet:" in trace
+    with repo.config_writer() as writer:
+        writer.set_value("reconciler", "transport", f"{'smart' if smart else 'dumb'} {url}")
+    return smart
 
 
 def _clean(cache_dir: Path) -> None:
