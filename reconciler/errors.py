@@ -4,6 +4,7 @@
     ├── UsageError                          bad flag or config value (exit 2)
     ├── SourceError                         git: fetch, ref, signature          (waiting)
     ├── InventoryError                      inventory/*.toml refused            (stalling)
+    │   └── UnknownHostError                this host is not in the inventory   (exit 2)
     ├── RenderError                         template or unit validation failed  (stalling)
     ├── SystemdError(dbus_name)             D-Bus call refused or bus down      (waiting)
     ├── ApplyError                          a plan could not be applied/health gate failed
@@ -59,6 +60,10 @@ class SourceError(ReconcilerError):
 
 class InventoryError(ReconcilerError):
     stalling = True
+
+
+class UnknownHostError(InventoryError, UsageError):
+    """``--host`` (or the host name) names no host of the inventory: bad usage, exit 2."""
 
 
 class RenderError(ReconcilerError):

@@ -23,6 +23,9 @@ if TYPE_CHECKING:
     from types import ModuleType
 
 
+_DEBUG = "show tracebacks on errors"
+
+
 def _commands() -> dict[str, str]:
     """Command name -> module name, from the modules in this package (no pkgutil/inspect)."""
     names = {}
@@ -48,7 +51,7 @@ def build_parser(commands: dict[str, str], only: str | None = None) -> argparse.
         description="GitOps for systemd hosts: git push changes what runs on this host.",
     )
     parser.add_argument("--version", action="version", version=f"reconciler {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("--debug", action="store_true", help=_DEBUG)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module_name in sorted(commands.items()):
         if only is not None and name != only:
@@ -56,6 +59,8 @@ def build_parser(commands: dict[str, str], only: str | None = None) -> argparse.
         module = _module(module_name)
         cmd = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.configure(cmd)
+        # also after the command (``reconciler sync --debug``); absent, the global one stands
+        cmd.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG)
     return parser
 
 

@@ -36,5 +36,7 @@ def run(args: argparse.Namespace) -> int:
             line += f"  {r.summary}"
         if r.error:
             line += f"  {r.error}"
+        elif r.trigger == "rollback" and r.actions:
+            line += f"  {'; '.join(r.actions)}"  # what the rollback did
         print(line)
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from reconciler.cli import _options
+from reconciler.config import Settings
 
 HELP = "show the actions and the unit-file diff a sync would apply (touches nothing)"
 
@@ -17,13 +18,23 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from reconciler import reconcile
 
-    outcome = reconcile.run(_options.settings(args), dry_run=True)
+    settings = _options.settings(args)
+    check_systemd(settings)
+    outcome = reconcile.run(settings, dry_run=True)
     return show(outcome, as_json=args.json)
+
+
+def check_systemd(settings: Settings) -> None:
+    """Refuse at once when systemd does not answer: a plan needs it, and must then leave
+    nothing behind (no state dir, no git cache)."""
+    from reconciler import runtime
+
+    runtime.connect(settings).close()
 
 
 def show(outcome: object, *, as_json: bool) -> int:
     from reconciler.core import plan as plan_mod
-    from reconciler.reconcile import Outcome
+    from reconciler.reconcile import Outcome, Result
 
     assert isinstance(outcome, Outcome)
     if as_json:
@@ -33,6 +44,8 @@ def show(outcome: object, *, as_json: bool) -> int:
                 "resolved": outcome.resolved,
                 "commit": outcome.commit.__dict__ if outcome.commit else None,
                 "commits": [c.__dict__ for c in outcome.commits],
+                "result": outcome.result.value,
+                "message": outcome.message,
                 "actions": outcome.actions,
                 "notes": list(outcome.plan.notes),
                 "diff": plan_mod.diff(outcome.plan),
@@ -40,6 +53,10 @@ def show(outcome: object, *, as_json: bool) -> int:
         )
         return 0
     rev = (outcome.revision or "")[:12]
+    if outcome.message:
+        print(outcome.message)  # a revision marked bad: what a sync would do instead
+    if outcome.result is Result.HELD:
+        return 0
     for line in describe_commits(outcome):
         print(line)
     if outcome.plan.empty:

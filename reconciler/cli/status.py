@@ -5,11 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reconciler import runtime
 from reconciler.cli import _options
 
+if TYPE_CHECKING:
+    from reconciler.model import LiveUnit
+
+SYNC_TIMER = "gitops-sync.timer"
 HELP = "per managed unit: desired vs live; current revision, last sync, open findings"
 
 
@@ -23,8 +27,12 @@ def run(args: argparse.Namespace) -> int:
     from reconciler.store import finding_store
 
     settings = _options.settings(args)
-    store = runtime.open_store(settings)
-    systemd = runtime.connect(settings)
+    systemd = runtime.connect(settings)  # first: no systemd, nothing created
+    try:
+        store = runtime.open_store(settings)
+    except BaseException:
+        systemd.close()
+        raise
     db = finding_store.FindingStore(store.path)
     try:
         view = monitor.view_host(settings, systemd, store)
@@ -32,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
         open_findings = sorted(db.open_findings().values(), key=lambda f: (f.finding.unit, f.key))
         history = store.history(1)
         suspended = store.suspended()
+        timer = systemd.read_units([SYNC_TIMER], runtime=False)[SYNC_TIMER]
         data: dict[str, Any] = {
             "host": settings.host_name,
             "revision": store.applied_revision(),
@@ -48,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
                 else None
             ),
             "suspended": suspended.__dict__ if suspended else None,
+            "automatic": automatic(timer, suspended is not None),
             "units": [u.__dict__ for u in monitor.unit_reports(view, counters)],
             "drift": [i.to_dict() for items in view.drift.values() for i in items],
             "findings": [f.to_dict() for f in open_findings],
@@ -61,6 +71,20 @@ def run(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(render_table(data))
     return 0
+
+
+def automatic(timer: LiveUnit, suspended: bool) -> dict[str, Any]:
+    """Whether timer syncs happen: the timer installed, enabled and waiting, not suspended
+    (after ``uninstall`` there is no timer, whatever the suspension says)."""
+    if timer.load_state != "loaded":
+        why = f"{SYNC_TIMER} is not installed: run 'reconciler install'"
+    elif timer.active_state != "active":
+        why = f"{SYNC_TIMER} is {timer.active_state}"
+    elif timer.unit_file_state not in ("enabled", "static", "linked", ""):
+        why = f"{SYNC_TIMER} is {timer.unit_file_state}: it will not start at boot"
+    else:
+        why = ""
+    return {"on": not why and not suspended, "timer": timer.active_state, "why": why}
 
 
 def _when(ts: float | None) -> str:
@@ -80,10 +104,13 @@ def render_table(data: dict[str, Any]) -> str:
     else:
         lines.append("last sync: never")
     sus = data["suspended"]
+    auto = data.get("automatic") or {"on": True, "why": ""}
     lines.append(
         f"automatic syncs: SUSPENDED since {_when(sus['since'])} by {sus['by']}: {sus['reason']}"
         if sus
         else "automatic syncs: on"
+        if auto["on"]
+        else f"automatic syncs: off ({auto['why']})"
     )
     rows = [("UNIT", "FILE", "ENABLED", "ACTIVE", "RESTARTS", "CRASHES", "DRIFT")]
     for u in data["units"]:

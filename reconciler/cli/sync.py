@@ -58,19 +58,28 @@ def run(args: argparse.Namespace) -> int:
         settings = replace(settings, allow_downgrade=True)
     monitor = not (args.dry_run or args.no_monitor)
     monitoring = SyncMonitoring(settings)
+    trigger = args.trigger
+    if trigger == "timer" and not args.dry_run:
+        from reconciler.push import trigger as marks
+
+        trigger = marks.take(settings.state_dir) or trigger  # started by the webhook?
+    if args.dry_run:
+        from reconciler.cli import plan
+
+        plan.check_systemd(settings)
     try:
         outcome = reconcile.run(
             settings,
             dry_run=args.dry_run,
             force=args.force,
-            trigger=args.trigger,
+            trigger=trigger,
             monitoring=monitoring,
         )
     except LockedError:
         raise  # the sync holding the lock ends with its own monitoring pass
     except ReconcilerError:
         if monitor:  # the remote is down or the apply failed: still look at the units
-            monitoring.run_pass(None, None)
+            monitoring.run_pass(None, None, quiet=True)
         raise
     passed = monitoring.run_pass(None, None) if monitor else None
     if args.dry_run:

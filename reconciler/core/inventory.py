@@ -29,7 +29,7 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails, PydanticCustomError
 
-from reconciler.errors import InventoryError
+from reconciler.errors import InventoryError, UnknownHostError
 
 HOSTS_FILE = "inventory/hosts.toml"
 SERVICES_FILE = "inventory/services.toml"
@@ -297,7 +297,7 @@ class Inventory:
         found = self.hosts_file.hosts.get(host)
         if found is None:
             known = listing(self.hosts_file.hosts)
-            raise InventoryError(
+            raise UnknownHostError(
                 f"{HOSTS_FILE}: host '{quote(host)}' is not in the inventory (known: {known})",
                 hint="pass --host NAME or add a [hosts.NAME] table",
             )

@@ -306,6 +306,8 @@ class _StderrHandler(logging.Handler):
     """Writes to whatever ``sys.stderr`` is at the time (pytest swaps it per test)."""
 
     def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, "echo", True) is False:
+            return  # the command prints this itself (its error line, a job's summary)
         try:
             sys.stderr.write(self.format(record) + "\n")
             sys.stderr.flush()
@@ -385,9 +387,13 @@ def event(
     priority: int = 6,
     unit: str | None = None,
     revision: str | None = None,
+    echo: bool = True,
     **fields: object,
 ) -> None:
     """Log one event: RECONCILER_EVENT, its MESSAGE_ID, UNIT, RECONCILER_REVISION, fields.
+
+    ``echo=False``: journald only, never on stderr, because the command reports it itself
+    (a failed sync's error line; a job's summary): one line, not the same line twice.
 
     Extra fields are named ``RECONCILER_<NAME>`` unless journald knows the name (ERRNO,
     INVOCATION_ID, ...). Goes through the ``reconciler`` logger (set up on first use).
@@ -403,4 +409,4 @@ def event(
     if not _installed or _set_up_for[0] != available():
         setup()  # first use, or journald came or went (e.g. $RECONCILER_JOURNAL_SOCKET changed)
     logger = logging.getLogger(LOGGER)
-    logger.log(level_of(priority), message, extra={"fields": entry}, stacklevel=2)
+    logger.log(level_of(priority), message, extra={"fields": entry, "echo": echo}, stacklevel=2)

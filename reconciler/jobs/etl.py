@@ -263,7 +263,9 @@ def write_status(path: Path, data: Mapping[str, Any]) -> None:
 def run_job(settings: Settings, environ: Mapping[str, str] | None = None) -> int:
     config = from_section(settings.etl)
     if config is None:
-        journal.event("job.etl", "etl: no endpoint configured in [etl]", priority=5)
+        journal.event(
+            "job.etl", "etl: no endpoint configured in [etl]; nothing to do", priority=5, echo=False
+        )
         return 0
     token, warnings = read_token(config, os.environ if environ is None else environ)
     for warning in warnings:
@@ -291,6 +293,7 @@ def run_job(settings: Settings, environ: Mapping[str, str] | None = None) -> int
         "job.etl",
         scrub(message),
         priority=6 if result.ok else 3,
+        echo=False,
         url=url,
         method=config.method,
         http_status=result.status,

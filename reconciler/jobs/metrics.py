@@ -125,6 +125,7 @@ def run_job(settings: Settings) -> int:
         "job.metrics",
         message,
         priority=4 if missing else 6,
+        echo=False,
         samples=len(samples),
         store=store.kind,
         cpu_percent=cpu,

@@ -85,10 +85,13 @@ class SyncMonitoring:
         finally:
             db.close()
 
-    def run_pass(self, systemd: Systemd | None, store: Store | None) -> object:
-        """A monitoring pass; its failure is logged, never fails the sync."""
+    def run_pass(
+        self, systemd: Systemd | None, store: Store | None, *, quiet: bool = False
+    ) -> object:
+        """A monitoring pass; its failure is logged, never fails the sync. ``quiet``: after
+        a failed sync, whose one error line is all a terminal should show (journald only)."""
         try:
             return run_pass(self.settings, systemd=systemd, store=store)
         except (ReconcilerError, OSError) as exc:
-            log.warning("monitoring pass failed: %s", exc)
+            log.warning("monitoring pass failed: %s", exc, extra={"echo": not quiet})
             return None

@@ -321,7 +321,7 @@ def serve(
     secret, warnings = read_secret(settings, secret_file, env)
     sock = activated_socket(env, os.getpid())
     replays = Replays(settings.state_dir / REPLAY_FILE, config)
-    starter = Starter(settings.bus)
+    starter = Starter(settings.bus, state_dir=settings.state_dir)
     hook = Webhook(
         config, secret, settings.ref, starter, replays, socket_activated=sock is not None
     )

@@ -43,6 +43,7 @@ from reconciler.core.push_policy import (
 )
 from reconciler.errors import SystemdError
 from reconciler.host import journal
+from reconciler.push import trigger
 from reconciler.systemd.client import default_address
 from reconciler.systemd.connection import Connection
 from reconciler.systemd.wire import MANAGER, MANAGER_PATH, PROPERTIES, UNIT, unit_path
@@ -61,9 +62,12 @@ RECONNECT = frozenset(
 class Starter:
     """Starts the sync unit and reads whether it runs; one D-Bus connection, reopened once."""
 
-    def __init__(self, address: str | None, unit: str = SYNC_UNIT) -> None:
+    def __init__(
+        self, address: str | None, unit: str = SYNC_UNIT, state_dir: Path | None = None
+    ) -> None:
         self.address = address
         self.unit = unit
+        self.state_dir = state_dir  # where to leave the "webhook" mark for the sync
         self._conn: Connection | None = None
 
     def _call(
@@ -91,6 +95,11 @@ class Starter:
     def start(self) -> str:
         """StartUnit, mode "replace", without waiting for the job; returns its path."""
         what = f"start unit '{self.unit}'"
+        if self.state_dir is not None:
+            try:
+                trigger.mark(self.state_dir)  # the history says "webhook", not "timer"
+            except OSError as exc:
+                log.warning(f"webhook: cannot mark the sync as webhook-triggered: {exc}")
         (job,) = self._call(what, MANAGER_PATH, MANAGER, "StartUnit", "ss", (self.unit, "replace"))
         return str(job)
 

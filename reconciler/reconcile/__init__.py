@@ -97,8 +97,12 @@ class _Sync:
             error = exc
             if not self.dry_run and not outcome.settled:  # a failed fetch is a failed sync
                 outcome.result, outcome.message = Result.FAILED, str(exc)
-                journal.event(
-                    "sync.failed", f"sync failed: {exc}", priority=3, revision=outcome.revision
+                journal.event(  # echo=False: the CLI prints the error as its one line
+                    "sync.failed",
+                    f"sync failed: {exc}",
+                    priority=3,
+                    revision=outcome.revision,
+                    echo=False,
                 )
         finally:
             self.disconnect()
@@ -183,14 +187,14 @@ class _Sync:
         settings = self.settings
         plan = make_plan(desired, observe(desired, systemd, store, settings), settings)
         outcome.plan, outcome.actions = plan, describe(plan)
-        if self.dry_run:
-            outcome.result = Result.DRY_RUN
-            return
-        if held_from:
+        if held_from:  # plan says it as sync does
             outcome.message = (
                 f"revision {held_from[:12]} is marked bad; holding at "
                 f"{snapshot.revision[:12]} until a new commit"
             )
+        if self.dry_run:
+            outcome.result = Result.DRY_RUN
+            return
         if plan.empty:
             if store.owned() != plan.owned_after:  # e.g. a pruned name now a vendor unit's
                 store.set_owned(plan.owned_after)
@@ -282,12 +286,13 @@ def record(
         summary=f"{commit.subject} ({commit.author})" if commit else "",
     )
     if outcome.result is Result.ROLLED_BACK and outcome.rolled_back_to:
+        back = outcome.rollback
         store.record_sync(
             outcome.rolled_back_to,
-            time.time(),
-            0.0,
+            back.started_at if back else time.time(),
+            back.duration_sec if back else 0.0,
             Result.APPLIED.value,
-            ["rollback"],
+            back.actions if back else ["rollback"],  # what the rollback did
             None,
             "rollback",
         )

@@ -63,6 +63,7 @@ TMP_DIRS = ("/tmp", "/var/tmp")  # what PrivateTmp= replaces
 # Units that run a monitoring pass (and so write the textfile and diagnostics bundles).
 MONITORS = ("gitops-sync.service", "reconciler-monitor.service", "reconciler-watch.service")
 BACKUP = "volume-backup.service"
+WEBHOOK = "reconciler-webhook.service"
 # Paths written into unit files unquoted: anything else would need systemd escaping.
 _PLAIN_PATH = re.compile(r"^/[A-Za-z0-9._+@:,=~/-]*$")
 _MUTATING = frozenset(
@@ -256,7 +257,7 @@ def writable_paths(settings: Settings) -> dict[str, tuple[str, ...]]:
         },
     }
     result: dict[str, tuple[str, ...]] = {}
-    for name in (*MONITORS, BACKUP, "metrics-sample.service", "reading-sync.service"):
+    for name in (*MONITORS, BACKUP, "metrics-sample.service", "reading-sync.service", WEBHOOK):
         extra = [p for p in wanted.get(name, []) if p is not None]
         extra = [
             p for p in extra if not (p.is_relative_to(DEFAULT_STATE_DIR) or p.is_relative_to(state))

@@ -45,6 +45,15 @@ class Unhealthy:
         return f"{self.reason.value} {self.detail}"
 
 
+@dataclass(frozen=True)
+class Rollback:
+    """What the rollback step did: history's second row of a rolled-back sync."""
+
+    started_at: float
+    duration_sec: float
+    actions: list[str]
+
+
 @dataclass
 class Outcome:
     """What a sync did, for the CLI and the record."""
@@ -55,6 +64,7 @@ class Outcome:
     actions: list[str] = field(default_factory=list)
     failed_units: dict[str, Unhealthy] = field(default_factory=dict)
     rolled_back_to: str | None = None
+    rollback: Rollback | None = None
     message: str = ""
     dbus_calls: dict[str, int] = field(default_factory=dict)  # D-Bus method -> calls
     commit: CommitInfo | None = None  # the revision's author and subject

@@ -9,16 +9,18 @@ other. The step always ends by raising: the sync failed, whether the host is bac
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, NoReturn
 
 from reconciler.config import Settings
+from reconciler.core.plan import describe
 from reconciler.errors import ApplyError
 from reconciler.host import journal
 from reconciler.reconcile import fetch, verify
 from reconciler.reconcile.apply import apply_plan
 from reconciler.reconcile.hooks import Monitoring
 from reconciler.reconcile.observe import observe
-from reconciler.reconcile.outcome import Outcome, Result, Unhealthy
+from reconciler.reconcile.outcome import Outcome, Result, Rollback, Unhealthy
 from reconciler.reconcile.plan import make_plan
 from reconciler.reconcile.render import render_cached
 from reconciler.store.ledger import FILE_NAME as LEDGER_FILE
@@ -58,14 +60,18 @@ def roll_back(
             "no earlier good revision to roll back to; fix and push a new commit",
         )
     monitoring.run_pass(systemd, store)  # findings and bundles of the bad revision
+    started_wall, started = time.time(), time.monotonic()
     try:
-        _converge(good, settings, store, systemd, monitoring)
+        done = _converge(good, settings, store, systemd, monitoring)
     except Exception as exc:
         raise ApplyError(
             f"revision {bad[:12]} failed its health gate ({reasons}) and the "
             f"rollback to {good[:12]} failed: {exc}"
         ) from exc
     outcome.result, outcome.rolled_back_to = Result.ROLLED_BACK, good
+    outcome.rollback = Rollback(
+        started_wall, time.monotonic() - started, [f"roll back from {bad[:12]}", *done]
+    )
     outcome.message = f"rolled back to {good[:12]}"
     journal.event(
         "rollback",
@@ -82,11 +88,12 @@ def roll_back(
 
 def _converge(
     good: str, settings: Settings, store: Store, systemd: Systemd, monitoring: Monitoring
-) -> None:
+) -> list[str]:
     """The good revision through the steps of any sync (it passed validation once already;
-    its gate's verdict is not judged again)."""
+    its gate's verdict is not judged again); what it did."""
     snapshot = fetch.snapshot(settings, good)
     desired = render_cached(snapshot, settings, store)
     plan = make_plan(desired, observe(desired, systemd, store, settings), settings)
     applied = apply_plan(plan, desired, systemd, store, settings, good, monitoring)
     verify.gate(plan, applied, systemd, store, monitoring)
+    return describe(plan)

@@ -161,7 +161,12 @@ def run_job(settings: Settings) -> int:
     started = time.monotonic()
     config = policy.from_section(settings.backup, settings.state_dir)
     if not config.sources:
-        journal.event("job.backup", "backup: no sources configured in [backup]", priority=5)
+        journal.event(
+            "job.backup",
+            "backup: no sources configured in [backup]; nothing to do",
+            priority=5,
+            echo=False,
+        )
         return 0
     archive.ensure_dir(config.dest)
     outcome = Outcome()
@@ -195,7 +200,7 @@ def run_job(settings: Settings) -> int:
         "duration_ms": duration_ms,
         "dest": str(config.dest),
     }
-    journal.event("job.backup", message, priority=3 if errors else 6, **fields)
+    journal.event("job.backup", message, priority=3 if errors else 6, echo=False, **fields)
     if errors:
         first = errors[0]
         more = (
