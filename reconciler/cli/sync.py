@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from reconciler.cli import _options
+from reconciler.config import Settings
 
 HELP = "fetch, render, plan, apply, health-gate (roll back on failure) and record one sync"
 
@@ -67,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
         from reconciler.cli import plan
 
         plan.check_systemd(settings)
+    else:
+        follow_config(settings)
     try:
         outcome = reconcile.run(
             settings,
@@ -110,6 +113,26 @@ def run(args: argparse.Namespace) -> int:
     for f in findings:
         print(f"finding: {f['summary']}")
     return 0
+
+
+def follow_config(settings: Settings) -> None:
+    """The installed own units follow the host config first (``[backup] dest``, ``[webhook]
+    listen``, ...); a failure there is logged and never stops the sync."""
+    from reconciler.core import plan as plan_mod
+    from reconciler.errors import ReconcilerError
+    from reconciler.host import journal
+    from reconciler.reconcile import install
+
+    try:
+        plan = install.follow_config(settings)
+    except (ReconcilerError, OSError) as exc:
+        journal.event(
+            "install", f"cannot bring the own units in line with the config: {exc}", priority=4
+        )
+        return
+    if plan is not None and not plan.empty:
+        lines = plan_mod.describe(plan)
+        journal.event("install", "own units follow the host config: " + "; ".join(lines))
 
 
 def _findings(passed: object) -> list[dict[str, object]]:

@@ -52,11 +52,14 @@ from reconciler.reconcile import apply, validate
 from reconciler.reconcile.observe import read_host
 
 MANIFEST_KEY = "install_owned"
+USERNS_KEY = "install_user_namespaces"  # what install probed; a sync cannot probe it
 PLACEHOLDER = "@RECONCILER@"
 # Started and enabled by install; every other unit is run by one of these.
 ACTIVE = {"reconciler-watch.service"}
 DEFAULT_STATE_DIR = PurePosixPath("/var/lib/reconciler")
 DEFAULT_SECRET = PurePosixPath("/etc/reconciler/webhook-secret")
+DEFAULT_LISTEN = "127.0.0.1:9420"
+_LISTEN = re.compile(r"^(?:\[[0-9A-Fa-f:.%]+\]|[A-Za-z0-9.%-]*):[0-9]{1,5}$")
 ETL_TOKEN = PurePosixPath("/etc/reconciler/etl-token")
 HOME_DIRS = ("/home", "/root", "/run/user")  # what ProtectHome= hides
 TMP_DIRS = ("/tmp", "/var/tmp")  # what PrivateTmp= replaces
@@ -83,6 +86,8 @@ class Layout:
     etl_token: str | None = None  # None: no token file, no LoadCredential=etl-token
     writable: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # unit -> paths
     user_namespaces: bool = True  # False: PrivateUsers= would fail every unit using it
+    listen: str = DEFAULT_LISTEN  # the webhook socket's ListenStream= ([webhook] listen)
+    config: str = str(DEFAULT_CONFIG)  # the host config the path unit watches
 
 
 @dataclass(frozen=True)
@@ -145,7 +150,11 @@ def adapt(name: str, text: str, layout: Layout) -> str:
     if hidden_home or hidden_tmp:
         extra.append("BindReadOnlyPaths=" + " ".join(outermost(hidden_home + hidden_tmp)))
     if writable := layout.writable.get(name):
-        extra.append("ReadWritePaths=" + " ".join(f"-{p}" for p in outermost(writable)))
+        paths = outermost(writable)
+        extra.append("ReadWritePaths=" + " ".join(f"-{p}" for p in paths))
+        # ReadWritePaths= cannot grant what does not exist, and the unit cannot create it
+        # under ProtectSystem=strict: made first, outside the sandbox ("+"), when missing.
+        extra.append("ExecStartPre=+mkdir -p -m 0700 " + " ".join(paths))
     lines: list[str] = []
     section = ""
     for line in text.splitlines():
@@ -160,6 +169,10 @@ def adapt(name: str, text: str, layout: Layout) -> str:
             line = f"ConditionPathExists={layout.webhook_secret}"
         elif key == "LoadCredential" and value.startswith("webhook-secret:"):
             line = f"LoadCredential=webhook-secret:{layout.webhook_secret}"
+        elif key == "ListenStream":
+            line = f"ListenStream={listen_stream(layout.listen)}"
+        elif key == "PathChanged" and value == str(DEFAULT_CONFIG):
+            line = f"PathChanged={layout.config}"
         elif key == "PrivateUsers" and not layout.user_namespaces:
             continue  # 217/USER otherwise
         elif key == "LoadCredential" and value.startswith("etl-token:"):
@@ -170,6 +183,17 @@ def adapt(name: str, text: str, layout: Layout) -> str:
     if section == "[Service]":
         _append(lines, extra)
     return "\n".join(lines) + "\n"
+
+
+def listen_stream(listen: str) -> str:
+    """``[webhook] listen`` as systemd's ``ListenStream=``: ``:9420`` (every address) is
+    ``9420``; ``HOST:PORT`` and ``[V6]:PORT`` are written as they are."""
+    if not _LISTEN.match(listen):
+        raise UsageError(
+            f"cannot install: [webhook] listen '{listen}' is not HOST:PORT",
+            "use an address and a port, e.g. 127.0.0.1:9420, [::1]:9420 or :9420",
+        )
+    return listen[1:] if listen.startswith(":") else listen
 
 
 def _append(lines: list[str], extra: Sequence[str]) -> None:
@@ -200,9 +224,9 @@ def build_units(
         layout = read_layout(settings or Settings())
     units = []
     for path in sorted(units_dir.iterdir()):
-        if path.suffix not in (".service", ".timer", ".socket"):
+        if path.suffix not in (".service", ".timer", ".socket", ".path"):
             continue
-        active = path.suffix in (".timer", ".socket") or path.name in ACTIVE
+        active = path.suffix in (".timer", ".socket", ".path") or path.name in ACTIVE
         units.append(
             DesiredUnit(
                 name=path.name,
@@ -267,7 +291,8 @@ def writable_paths(settings: Settings) -> dict[str, tuple[str, ...]]:
     return result
 
 
-def read_layout(settings: Settings) -> Layout:
+def read_layout(settings: Settings, user_namespaces: bool | None = None) -> Layout:
+    """This host's layout; ``user_namespaces`` given: not probed again (see follow_config)."""
     command, pythonpath = exec_command()
     return Layout(
         command=command,
@@ -276,7 +301,9 @@ def read_layout(settings: Settings) -> Layout:
         webhook_secret=_plain(str(settings.webhook_secret_file or DEFAULT_SECRET)),
         etl_token=str(ETL_TOKEN) if Path(ETL_TOKEN).is_file() else None,
         writable=writable_paths(settings),
-        user_namespaces=user_namespaces_work(),
+        user_namespaces=user_namespaces_work() if user_namespaces is None else user_namespaces,
+        listen=settings.webhook.listen,
+        config=_plain(str(settings.path or DEFAULT_CONFIG)),
     )
 
 
@@ -346,6 +373,24 @@ def write_config(path: Path, settings: Settings) -> Path | None:
     return path
 
 
+def unapplied_flags(path: Path, settings: Settings) -> tuple[str, ...]:
+    """What ``--repo``/``--ref``/``--host`` asked that the existing config file does not say:
+    install never rewrites an operator's file, so it says so instead of seeming to apply."""
+    from reconciler.config import load
+
+    on_file = load(path, {})
+    notes = []
+    for key in ("repo", "ref", "host"):
+        wanted, kept = getattr(settings, key), getattr(on_file, key)
+        if wanted is not None and wanted != kept:
+            notes.append(
+                f"--{key} {wanted} was not applied: {path} exists and says {key} = "
+                f"{json.dumps(kept)} (install never rewrites it; edit it, and the next sync "
+                "follows it)"
+            )
+    return tuple(notes)
+
+
 def write_secret(path: Path) -> Path | None:
     """Create the webhook secret (64 hex digits, 0600) unless it exists; never shown."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
@@ -368,7 +413,9 @@ def install(
 ) -> Installed:
     """Config, webhook secret, writable dirs, then the own units through plan/apply."""
     units_dir = package_data.find("units") if units is None else None  # before any write
-    written = write_config(config_path or DEFAULT_CONFIG, settings)
+    path = config_path or DEFAULT_CONFIG
+    kept = unapplied_flags(path, settings) if path.exists() else ()
+    written = write_config(path, settings)
     secret = write_secret(Path(settings.webhook_secret_file or DEFAULT_SECRET))
     layout = read_layout(settings)
     textfile = settings.monitor.textfile
@@ -377,8 +424,23 @@ def install(
         for p in map(Path, paths):  # ReadWritePaths= cannot grant what does not exist
             p.mkdir(parents=True, exist_ok=True, mode=0o755 if p == shared else 0o700)
     desired = list(units) if units is not None else build_units(units_dir=units_dir, layout=layout)
-    plan, calls = _converge(settings, desired)
-    return Installed(plan, written, secret, notes_for(layout, settings), calls)
+    plan, calls = _converge(settings, desired, user_namespaces=layout.user_namespaces)
+    return Installed(plan, written, secret, (*kept, *notes_for(layout, settings)), calls)
+
+
+def follow_config(settings: Settings) -> Plan | None:
+    """Bring the installed own units in line with the host config, as ``install`` would
+    (what every sync does first; ``reconciler-config.path`` starts one when the file
+    changes). Nothing installed here (or uninstalled): None, and nothing is touched."""
+    store = runtime.open_store(settings)
+    if not json.loads(store.kv_get(MANIFEST_KEY) or "[]"):
+        return None
+    # The sync runs with RestrictNamespaces=yes: a probe there would always say "no user
+    # namespaces" and flip PrivateUsers= back and forth. Install's answer stands.
+    userns = store.kv_get(USERNS_KEY)
+    layout = read_layout(settings, None if userns is None else userns == "1")
+    plan, _ = _converge(settings, build_units(layout=layout))
+    return plan
 
 
 def uninstall(settings: Settings) -> Installed:
@@ -387,12 +449,16 @@ def uninstall(settings: Settings) -> Installed:
     return Installed(plan, dbus_calls=calls)
 
 
-def _converge(settings: Settings, desired: list[DesiredUnit]) -> tuple[Plan, dict[str, int]]:
+def _converge(
+    settings: Settings, desired: list[DesiredUnit], *, user_namespaces: bool | None = None
+) -> tuple[Plan, dict[str, int]]:
     with lock.hold(
         settings.run_dir / "sync.lock", timeout=settings.lock_timeout_sec, what="install"
     ):
         store = runtime.open_store(settings)
         owned = frozenset(json.loads(store.kv_get(MANIFEST_KEY) or "[]"))
+        if user_namespaces is not None:
+            store.kv_set(USERNS_KEY, "1" if user_namespaces else "0")
         systemd = runtime.connect(settings)
         try:
             names = sorted({u.name for u in desired} | owned)

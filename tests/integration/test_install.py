@@ -303,18 +303,26 @@ def test_every_job_runs_and_logs(host: sandbox.Host, installed: Installed, etl: 
             # in a chroot; measured), so the job's own fallback reads the same file here.
             f'token_file = "{TOKEN_FILE}"\n'
         )
-    # The units follow the config: the dest becomes writable, the token a credential.
-    changed = install_json(host)
-    assert changed["actions"] == [
-        "write reading-sync.service (changed)",
-        "write volume-backup.service (changed)",
-        "reload systemd",
-    ], changed
+    # The units follow the config without a re-install (issue 12.14): the config's change
+    # starts a sync (reconciler-config.path), which first brings the own units in line:
+    # the dest becomes writable (and is created on start), the token a credential.
     unit_dir = host.unit_dir
-    assert (
-        f"LoadCredential=etl-token:{TOKEN_FILE}" in (unit_dir / "reading-sync.service").read_text()
-    )
-    assert f"ReadWritePaths=-{BASE}/backups" in (unit_dir / "volume-backup.service").read_text()
+    deadline = time.monotonic() + 90
+    while True:
+        reading = (unit_dir / "reading-sync.service").read_text()
+        backup = (unit_dir / "volume-backup.service").read_text()
+        if f"LoadCredential=etl-token:{TOKEN_FILE}" in reading and (
+            f"ReadWritePaths=-{BASE}/backups" in backup
+        ):
+            break
+        assert time.monotonic() < deadline, (
+            reading,
+            backup,
+            host.systemctl("status", "gitops-sync.service", "-n", "30", check=False).stdout,
+        )
+        time.sleep(0.5)
+    assert not host_path(host, f"{BASE}/backups").exists()  # made by the unit when it starts
+    assert install_json(host)["actions"] == []  # nothing left for a re-install to do
 
     start_us = int(time.time() * 1e6)
     pids: dict[str, str] = {}
@@ -350,7 +358,19 @@ def test_every_job_runs_and_logs(host: sandbox.Host, installed: Installed, etl: 
     assert samples, samples
 
 
+def test_install_over_an_existing_config_says_what_it_did_not_apply(
+    host: sandbox.Host, installed: Installed
+) -> None:
+    data = install_json(host, "--repo", "https://git.example/other.git", "--ref", "prod")
+    notes = "\n".join(data["notes"])
+    assert "--repo https://git.example/other.git was not applied" in notes, notes
+    assert f'says repo = "{BASE}/config.git"' in notes, notes
+    assert "--ref prod was not applied" in notes, notes
+    assert f'repo = "{BASE}/config.git"' in host_path(host, CONFIG).read_text()
+
+
 def test_uninstall_removes_units_and_keeps_state(host: sandbox.Host, installed: Installed) -> None:
+    assert "automatic syncs: on" in cli(host, "status").stdout
     proc = cli(host, "uninstall", "--json")
     data = json.loads(proc.stdout)
     assert any(line.startswith("remove ") for line in data["actions"]), data
@@ -361,3 +381,6 @@ def test_uninstall_removes_units_and_keeps_state(host: sandbox.Host, installed: 
         assert host_path(host, kept).exists(), kept
     again = json.loads(cli(host, "uninstall", "--json").stdout)
     assert again["actions"] == [] and again["mutating_dbus_calls"] == 0, again
+    status = cli(host, "status").stdout
+    assert "automatic syncs: off (gitops-sync.timer is not installed" in status, status
+    assert json.loads(cli(host, "status", "--json").stdout)["automatic"]["on"] is False

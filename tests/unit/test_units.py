@@ -123,7 +123,34 @@ CASES = [
         "backup dest outside the state dir: writable, optional",
         "volume-backup.service",
         Layout(PY, writable={"volume-backup.service": ("/srv/backups",)}),
-        {"ReadWritePaths": ["/var/lib/reconciler", "-/srv/backups"]},
+        {
+            "ReadWritePaths": ["/var/lib/reconciler", "-/srv/backups"],
+            "ExecStartPre": ["+mkdir -p -m 0700 /srv/backups"],  # strict: cannot create it
+        },
+    ),
+    Case(
+        "webhook socket: 127.0.0.1:9420 by default ([webhook] listen's default)",
+        "reconciler-webhook.socket",
+        Layout(PY),
+        {"ListenStream": ["127.0.0.1:9420"]},
+    ),
+    Case(
+        "webhook socket follows [webhook] listen (':PORT': every address)",
+        "reconciler-webhook.socket",
+        Layout(PY, listen=":8443"),
+        {"ListenStream": ["8443"]},
+    ),
+    Case(
+        "webhook socket on an IPv6 address",
+        "reconciler-webhook.socket",
+        Layout(PY, listen="[::1]:9420"),
+        {"ListenStream": ["[::1]:9420"]},
+    ),
+    Case(
+        "the path unit watches the config file install was given",
+        "reconciler-config.path",
+        Layout(PY, config="/srv/conf/reconciler.toml"),
+        {"PathChanged": ["/srv/conf/reconciler.toml"], "Unit": ["gitops-sync.service"]},
     ),
     Case(
         "no user namespaces here: PrivateUsers= left out (217/USER otherwise)",
@@ -240,7 +267,7 @@ def test_every_unit_file_is_installed() -> None:
     assert names == {p.name for p in UNITS_DIR.iterdir() if p.suffix != ".md"}
     started = {u.name for u in units if u.start}
     assert started == {u.name for u in units if u.enable}
-    assert started == {n for n in names if n.endswith((".timer", ".socket"))} | {
+    assert started == {n for n in names if n.endswith((".timer", ".socket", ".path"))} | {
         "reconciler-watch.service"
     }
 
