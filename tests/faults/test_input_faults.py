@@ -428,3 +428,55 @@ def test_more_units_than_the_host_allows(fenv: FaultEnv, fault_report: Report) -
     assert refused, proc.stderr
     assert untouched
     assert results[:3] == ["applied", "failed", "applied"], results
+
+
+HOST_CONFIG_FAULTS = {
+    "[notify] urll (a typo: no alert would ever be sent)": (
+        ("notify", "urll = 'https://alerts.example/hook'"),
+        "notify.urll: unknown key",
+    ),
+    "[diagnostics] max_lines = 2.7 (not an integer)": (
+        ("diagnostics", "max_lines = 2.7"),
+        "diagnostics.max_lines: expected an integer, got 2.7",
+    ),
+    "[backup] keep_last = 0 (out of range)": (
+        ("backup", "keep_last = 0"),
+        "backup.keep_last: expected 1 or more, got 0",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(HOST_CONFIG_FAULTS))
+def test_bad_host_config_is_refused_before_anything(
+    fenv: FaultEnv, fault_report: Report, case: str
+) -> None:
+    """The host config (not the repository) is wrong: every command refuses at once, exit 2,
+    naming the file read and the key path; nothing is touched or recorded."""
+    a = fenv.name("steady")
+    fenv.repo.commit(base_files(fenv, service(a)))
+    fenv.sync()
+    before = fenv.invocations(f"{a}.service")
+    rows = len(fenv.history())
+    good = fenv.config.read_text()
+    (section, line), expect = HOST_CONFIG_FAULTS[case]
+    if f"[{section}]\n" in good:
+        fenv.config.write_text(good.replace(f"[{section}]\n", f"[{section}]\n{line}\n", 1))
+    else:
+        fenv.config.write_text(f"{good}\n[{section}]\n{line}\n")
+    faulted = time.monotonic()
+    procs = [fenv.run("sync"), fenv.run("plan"), fenv.reconciler("status", check=False)]
+    fenv.config.write_text(good)  # the operator fixes the file
+    again = fenv.sync()
+    converge = time.monotonic() - faulted
+    nothing_lost = fenv.invocations(f"{a}.service") == before and len(fenv.history()) == rows + 1
+    fault_report(
+        f"host config: {case}",
+        "every command refuses at once: one line naming the file read and the key path, exit 2",
+        converge,
+        nothing_lost,
+    )
+    for proc in procs:
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2, proc.stderr
+        assert len(lines) == 1 and f"cannot read config '{fenv.config}': {expect}" in lines[0]
+    assert again["result"] == "noop" and nothing_lost

@@ -260,7 +260,8 @@ def test_install_writes_config_and_secret_and_starts_the_units(
         if "OnCalendar=" in (REPO / "units" / timer).read_text():
             assert realtime > time.time() * 1e6 - 60e6, timer
     # The socket waits for the secret install created; it listens on 9420.
-    assert show(host, "reconciler-webhook.socket", "Listen")["Listen"].endswith("9420 (Stream)")
+    # The socket listens where [webhook] listen says: 127.0.0.1:9420 by default.
+    assert show(host, "reconciler-webhook.socket", "Listen")["Listen"] == "127.0.0.1:9420 (Stream)"
 
     installed_files = [f"/etc/systemd/system/{u}" for u in UNITS]
     proc = host.run(
@@ -302,6 +303,7 @@ def test_every_job_runs_and_logs(host: sandbox.Host, installed: Installed, etl: 
             # The disposable host hands services an empty credentials directory (systemd
             # in a chroot; measured), so the job's own fallback reads the same file here.
             f'token_file = "{TOKEN_FILE}"\n'
+            '\n[webhook]\nlisten = ":9421"\n'  # every address, another port
         )
     # The units follow the config without a re-install (issue 12.14): the config's change
     # starts a sync (reconciler-config.path), which first brings the own units in line:
@@ -311,8 +313,11 @@ def test_every_job_runs_and_logs(host: sandbox.Host, installed: Installed, etl: 
     while True:
         reading = (unit_dir / "reading-sync.service").read_text()
         backup = (unit_dir / "volume-backup.service").read_text()
-        if f"LoadCredential=etl-token:{TOKEN_FILE}" in reading and (
-            f"ReadWritePaths=-{BASE}/backups" in backup
+        hook = (unit_dir / "reconciler-webhook.socket").read_text()
+        if (
+            f"LoadCredential=etl-token:{TOKEN_FILE}" in reading
+            and f"ReadWritePaths=-{BASE}/backups" in backup
+            and "ListenStream=9421" in hook
         ):
             break
         assert time.monotonic() < deadline, (
@@ -322,6 +327,8 @@ def test_every_job_runs_and_logs(host: sandbox.Host, installed: Installed, etl: 
         )
         time.sleep(0.5)
     assert not host_path(host, f"{BASE}/backups").exists()  # made by the unit when it starts
+    listen = show(host, "reconciler-webhook.socket", "Listen", "ActiveState")
+    assert listen == {"Listen": "[::]:9421 (Stream)", "ActiveState": "active"}, listen
     assert install_json(host)["actions"] == []  # nothing left for a re-install to do
 
     start_us = int(time.time() * 1e6)

@@ -542,11 +542,6 @@ def test_a_sync_heals_hand_changes_and_resolves_their_findings(day: Day) -> None
     day.healthy_stretch(3)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12.14 (worktree config): volume-backup.service cannot write a new "
-    "[backup] dest until install runs again",
-)
 def test_backup_dest_changed_in_the_config_is_written(day: Day) -> None:
     conf = day.path(CONFIG)
     conf.write_text(HOST_CONFIG.format(repo=REPO, dest="/srv/backups"))

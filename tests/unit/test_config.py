@@ -105,3 +105,41 @@ def test_cli_names_the_config_flag_path_and_exits_2(tmp_path: Path) -> None:
     assert len(lines) == 1, proc.stderr
     assert f"cannot read config '{path}': notify.urll: unknown key" in lines[0]
     assert f"fix notify.urll in {path}" in lines[0]
+
+
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+
+
+def readme_section(title: str) -> str:
+    return README.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_readme_host_configuration_names_every_key() -> None:
+    text = readme_section("Host configuration")
+    top = {f.name for f in fields(config.Settings)} - {"sections", "path"}
+    missing = sorted(k for k in top if f"`{k}`" not in text)
+    for name, schema in config.SECTIONS.items():
+        assert f"`[{name}]`" in text, name
+        missing += [f"{name}.{k}" for k in config.keys(schema) if f"`{k}`" not in text]
+    missing += [f"backup.sources.{k}" for k in config.keys(config.BackupSource) if k not in text]
+    assert missing == []
+
+
+def test_readme_push_webhook_is_what_the_webhook_does() -> None:
+    from reconciler.core import push_policy
+
+    text = readme_section("Push webhook").lower()
+    assert f"`post {push_policy.PUSH_PATH}`" in text and push_policy.HEALTH_PATH in text
+    headers = (
+        *push_policy.SIGNATURE_HEADERS,
+        *push_policy.DELIVERY_HEADERS,
+        *push_policy.EVENT_HEADERS,
+        "x-gitlab-token",
+        "authorization: bearer",
+    )
+    assert [h for h in headers if h not in text] == []
+    assert f"**`{config.Webhook().listen}`**" in text
+    socket_unit = (
+        Path(__file__).resolve().parents[2] / "units/reconciler-webhook.socket"
+    ).read_text()
+    assert f"ListenStream={config.Webhook().listen}" in socket_unit
