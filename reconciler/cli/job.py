@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import sys
+import os
 
 from reconciler.cli import _options
 
@@ -52,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
         code: int = module.run_job(settings)
     finally:
         logger.removeHandler(summary)
-    # Timers: the summary is a journal entry. A terminal (or no journald): print it too.
-    if summary.line and (sys.stdout.isatty() or not journal.available()):
+    # The summary is a journal entry; printed too, unless stdout is the journal already
+    # (a timer's run: the same line twice there).
+    if summary.line and not journal.stderr_is_journal(os.environ.get("JOURNAL_STREAM"), 1):
         print(summary.line)
     return code

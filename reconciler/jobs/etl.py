@@ -313,5 +313,4 @@ def run_job(settings: Settings, environ: Mapping[str, str] | None = None) -> int
             ),
             f"see {settings.state_dir / STATUS_FILE} and the endpoint's logs",
         )
-    print(scrub(message), flush=True)
-    return 0
+    return 0  # the CLI prints the summary (the journal entry's message)

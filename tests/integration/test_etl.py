@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import socket
@@ -164,8 +165,12 @@ def assert_no_token(*texts: str) -> None:
 
 
 def test_503_twice_then_200_succeeds_with_three_requests(
-    tmp_path: Path, creds: dict[str, str], capfd: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    creds: dict[str, str],
+    capfd: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="reconciler")
     limited = (503, {"Retry-After": "1"}, b"busy, come back later")
     with serve(limited, UNAVAILABLE, OK) as (base, script):
         config = settings(tmp_path, base_url=base, retry_after_max_sec=0.3)
@@ -183,7 +188,8 @@ def test_503_twice_then_200_succeeds_with_three_requests(
     assert [h.get("status") for h in record["history"]] == [503, 503, 200]
     assert record["url"] == f"{base}/api/sync/reading" and record["token"] == "sent"
     out, err = capfd.readouterr()
-    assert "HTTP 200 after 3 attempts" in out
+    # the summary is the job.etl entry (the CLI prints it: test_job_etl_as_a_whole_process)
+    assert any("HTTP 200 after 3 attempts" in r.getMessage() for r in caplog.records)
     assert_no_token(out, err, json.dumps(record))
 
 

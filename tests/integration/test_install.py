@@ -326,6 +326,9 @@ def test_every_job_runs_and_logs(host: sandbox.Host, installed: Installed, etl: 
             host.systemctl("status", "gitops-sync.service", "-n", "30", check=False).stdout,
         )
         time.sleep(0.5)
+    while show(host, "gitops-sync.service", "ActiveState")["ActiveState"] != "inactive":
+        assert time.monotonic() < deadline  # the config's sync goes on: the examples
+        time.sleep(0.5)
     assert not host_path(host, f"{BASE}/backups").exists()  # made by the unit when it starts
     listen = show(host, "reconciler-webhook.socket", "Listen", "ActiveState")
     assert listen == {"Listen": "[::]:9421 (Stream)", "ActiveState": "active"}, listen

@@ -442,7 +442,10 @@ def _healthy(port: int) -> bool:
 def hardened_units(tag: str, port: int, etc: str) -> tuple[str, str]:
     """units/reconciler-webhook.{socket,service} as installed, pointed at this test's files."""
     socket_text = (REPO / "units" / "reconciler-webhook.socket").read_text()
-    socket_text = socket_text.replace("ListenStream=9420", f"ListenStream=127.0.0.1:{port}")
+    socket_text = socket_text.replace(
+        "ListenStream=127.0.0.1:9420", f"ListenStream=127.0.0.1:{port}"
+    )
+    assert f"ListenStream=127.0.0.1:{port}" in socket_text
     service = (REPO / "units" / "reconciler-webhook.service").read_text()
     command = shlex.join(
         [PYTHON_INSIDE, "-m", "reconciler", "webhook", "--secret-file", f"{etc}/secret"]
