@@ -49,6 +49,7 @@ OWN_UNIT_STEMS = frozenset(
         "gitops-sync",
         "metrics-sample",
         "reading-sync",
+        "reconciler-config",
         "reconciler-monitor",
         "reconciler-watch",
         "reconciler-webhook",
