@@ -508,9 +508,27 @@ def test_a_template_sees_only_the_vars_templates_name() -> None:
     units = render.render(instances, {NAME: UNIT})
     assert time.process_time() - started < 3  # 100 copies of 200,000 vars took 10 s and 1 GB
     assert "http.server 99" in units[-1].content
-    env = render.build_environment({NAME: UNIT, "b.j2": "{{ other }}{% include 'x' %}"})
-    assert render.referenced_names(env, {NAME: UNIT, "b.j2": "{{ other }}"}) >= {"other"}
-    assert render.referenced_names(env, {"bad.j2": "{% if %}"}) is None
+    sources = {
+        NAME: UNIT + "{% include 'b.j2' %}",
+        "b.j2": "{{ other }}{% import 'c.j2' as c %}",
+        "c.j2": "{% macro m() %}{{ deep }}{% endmacro %}",
+        "unused.j2": "{{ never }}{% if %}",  # not reachable: not even parsed
+        "dynamic.j2": "{% include name %}",
+        "bad.j2": "{% if %}",
+    }
+    env = render.build_environment(sources)
+    names = render.referenced_names(env, sources, [NAME])
+    assert names is not None and {"port", "other", "deep"} <= names and "never" not in names
+    assert render.referenced_names(env, sources, ["dynamic.j2"]) is None  # then every var
+    assert render.referenced_names(env, sources, ["bad.j2"]) is None
+
+
+def test_unused_templates_cost_nothing() -> None:
+    """10,000 templates in the repository, one used: only that one is parsed."""
+    sources = {f"t{i}.j2": UNIT * 10 for i in range(10_000)} | {NAME: UNIT}
+    started = time.process_time()
+    render.render([instance()], sources)
+    assert time.process_time() - started < 2  # parsing all 10,000 took 43 s
 
 
 def test_a_timer_larger_than_a_unit_may_be_is_refused() -> None:
