@@ -338,6 +338,11 @@ class Action(Record):
     at: float
     verb: str  # start | restart | stop
     by: str = "sync"
+    done_at: float | None = None  # when the job had finished (None: not known yet)
+
+
+JOB_SEC = 90.0  # a job whose end was not recorded (yet): what it may cause comes within this
+DONE_SLACK_SEC = 1.0  # a signal of the job's own transition may be handled just after its end
 
 
 def attribute(
@@ -349,8 +354,9 @@ def attribute(
     """Name who asked for the starts and stops ``update_counters`` could not attribute.
 
     Automatic restarts are already ``systemd``'s. Any other start or requested stop of a
-    unit is the reconciler's when it recorded a job for that unit after the previous look
-    (``since[unit]``: a job recorded before that look had its effect seen by it), else its
+    unit is the reconciler's when it recorded a job for that unit before it and the event
+    came by the job's end (``done_at``), or came first after the job (no look, ``since``,
+    between them), else its
     timer's (a start of a timer-run service), else an operator's. A stop with an exit code
     is the process ending on its own (a oneshot's success), and a crash is nobody's: both
     keep ``by`` empty.
@@ -362,7 +368,13 @@ def attribute(
             continue
         lo = since.get(e.unit)
         lo = e.at - STALE_SEC if lo is None else lo
-        mine = [a for a in actions if a.unit == e.unit and lo < a.at <= e.at]  # job, then effect
+        mine = [  # a job precedes what it causes, which comes by its end or after the last look
+            a
+            for a in actions
+            if a.unit == e.unit
+            and a.at <= e.at
+            and (e.at <= (a.done_at or a.at + JOB_SEC) + DONE_SLACK_SEC or lo < a.at)
+        ]
         if mine:
             by = mine[-1].by
         elif e.kind == "start" and e.unit in scheduled:

@@ -30,6 +30,7 @@ class SyncMonitoring:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self._jobs_at: float | None = None  # when record_jobs noted the jobs of this apply
 
     def record_jobs(self, store: Store, plan: Plan, systemd: Systemd) -> None:
         """The start/restart/stop jobs about to run, so ``reconciler events`` says "sync" and
@@ -49,6 +50,7 @@ class SyncMonitoring:
         ]
         if not jobs:
             return
+        self._jobs_at = now
         config = load_config(self.settings)
         db = FindingStore(store.path, retention=config.retention)
         try:
@@ -68,6 +70,16 @@ class SyncMonitoring:
             db.mark_acted((j.unit for j in jobs), now)
         finally:
             db.close()
+
+    def jobs_done(self, store: Store) -> None:
+        if self._jobs_at is None:
+            return
+        db = FindingStore(store.path, retention=load_config(self.settings).retention)
+        try:
+            db.finish_actions(self._jobs_at, time.time())
+        finally:
+            db.close()
+        self._jobs_at = None
 
     @contextlib.contextmanager
     def recording(self, store: Store) -> Iterator[Callable[[dict[str, LiveUnit]], None]]:

@@ -327,6 +327,7 @@ def apply_plan(
         journal.event("action", next(lines, str(action)), revision=revision)
 
     result = apply(plan, settings.unit_dir, systemd, on_action=on_action)
+    monitoring.jobs_done(store)
     with store.transaction():
         store.set_owned(plan.owned_after)  # every prune step is done: narrow
         store.kv_set(DESIRED_KEY, encode_desired(desired))

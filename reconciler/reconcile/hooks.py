@@ -28,6 +28,10 @@ class Monitoring(Protocol):
         "sync" for what they cause), before they run."""
         ...
 
+    def jobs_done(self, store: Store) -> None:
+        """The jobs ``record_jobs`` noted have finished (their effects came by now)."""
+        ...
+
     def recording(self, store: Store) -> AbstractContextManager[OnRead]:
         """A callback folding each health-gate read into the counters, open while gating."""
         ...
@@ -41,6 +45,9 @@ class NoMonitoring:
     """The hooks of a sync run without the monitor (tests, tools): nothing recorded."""
 
     def record_jobs(self, store: Store, plan: Plan, systemd: Systemd) -> None:
+        return None
+
+    def jobs_done(self, store: Store) -> None:
         return None
 
     def recording(self, store: Store) -> AbstractContextManager[OnRead]:

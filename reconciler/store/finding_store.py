@@ -200,11 +200,20 @@ class FindingStore(db.Database):
                 ((a.unit, a.at, a.verb, a.by) for a in actions),
             )
 
+    def finish_actions(self, at: float, done_at: float) -> None:
+        """The jobs recorded at ``at`` (one apply's) were done by ``done_at``."""
+        with self.transaction(), self._errors("record actions in"):
+            self._conn.execute(
+                "UPDATE monitor_action SET done_at = ? WHERE at = ? AND done_at IS NULL",
+                (done_at, at),
+            )
+
     def actions(self, units: Iterable[str], since: float) -> list[Action]:
         """The reconciler's own jobs on ``units`` since ``since``, oldest first."""
         wanted = set(units)
         rows = self._rows(
-            "SELECT unit, at, verb, actor FROM monitor_action WHERE at > ? ORDER BY at, id",
+            "SELECT unit, at, verb, actor, done_at FROM monitor_action WHERE at > ?"
+            " ORDER BY at, id",
             (since,),
         )
         return [Action(*row) for row in rows if row[0] in wanted]

@@ -116,6 +116,10 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX monitor_action_by_unit ON monitor_action (unit, at);
     """,
+    # 4: when those jobs were done (an event in between is the job's, whatever looks came)
+    """
+    ALTER TABLE monitor_action ADD COLUMN done_at REAL;
+    """,
 ]
 
 

@@ -510,11 +510,6 @@ def test_watch_daemon_restart_counts_nothing_twice(day: Day) -> None:
     assert day.opened(start) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12.5 (worktree findings): after a restart the watch daemon's STATUS= says "
-    "0 findings open until its first full pass",
-)
 def test_watch_status_shows_the_open_findings_at_once(day: Day) -> None:
     open_now = len(day.monitor()["findings"])
     assert open_now >= 2

@@ -274,8 +274,18 @@ def _ev(kind: str, at: float, by: str = "", code: int | None = None, sig: str | 
         # a job the sync recorded after the previous look: the sync's
         (_ev("start", 100.0), [Action("app.service", 99.0, "restart")], 90.0, False, "sync"),
         (_ev("stop", 100.0), [Action("app.service", 99.0, "stop")], 90.0, False, "sync"),
-        # recorded before the previous look: that look saw its effect; this is someone else
-        (_ev("start", 100.0), [Action("app.service", 89.0, "restart")], 90.0, False, "operator"),
+        # done before the previous look: that look saw its effect; this is someone else
+        (
+            _ev("start", 100),
+            [Action("app.service", 89, "restart", done_at=89.5)],
+            90,
+            0,
+            "operator",
+        ),
+        # a look came between job and event (the watch, a pass), but the event came by its end
+        (_ev("stop", 93.0), [Action("app.service", 92, "restart", done_at=94)], 92.5, 0, "sync"),
+        # a job not known to have ended: what follows within JOB_SEC is still its
+        (_ev("start", 100.0), [Action("app.service", 89.0, "restart")], 95.0, False, "sync"),
         # a job recorded after the look that saw the change did not cause it
         (_ev("start", 100.0), [Action("app.service", 100.5, "restart")], 90.0, False, "operator"),
         # another unit's job says nothing of this one
