@@ -210,10 +210,14 @@ def _from_own_file(unit: LiveUnit, name: str, unit_dir: str) -> bool:
 
 def aliases(content: str) -> list[str]:
     """The names ``[Install] Alias=`` gives a unit: links that enabling it creates."""
+    return _install_names(content, "Alias")
+
+
+def _install_names(content: str, key: str) -> list[str]:
     names: list[str] = []
     for line in _install(content):
-        key, sep, value = line.partition("=")
-        if sep and key.strip() == "Alias":
+        name, sep, value = line.partition("=")
+        if sep and name.strip() == key:
             names += value.split()
     return names
 
@@ -238,6 +242,13 @@ def _check_names(
                     "give every unit and alias a distinct name",
                 )
             claimed[alias] = d.name
+        for also in _install_names(d.content, "Also"):
+            if also not in units:  # enabling ours would enable (and own) another unit
+                raise ApplyError(
+                    f"cannot enable unit '{d.name}': Also={also} names a unit not managed by "
+                    "reconciler",
+                    "enable that unit through a service of its own in the inventory, or drop Also=",
+                )
     for name in [d.name for d in managed] + sorted(claimed):
         if name in taken:
             what = f"alias '{name}' of unit '{claimed[name]}'" if name in claimed else name

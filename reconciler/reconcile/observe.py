@@ -71,6 +71,8 @@ def read_host(
             files[name] = None
         except UnicodeDecodeError:
             files[name] = ""  # unreadable as text: differs from anything we render
+        except IsADirectoryError:
+            files[name] = ""  # a directory made by hand: foreign (see observe)
     if not str(unit_dir).rstrip("/").endswith(SYSTEM_UNIT_DIR):
         return files, systemd.read_units(sorted(names), runtime=False)
     root = Path(str(unit_dir).rstrip("/")[: -len(SYSTEM_UNIT_DIR)] or "/")
@@ -96,7 +98,9 @@ def observe(
     names = sorted(wanted | owned)
     files, live = read_host(systemd, settings.unit_dir, names)
     owned |= {n for n, text in files.items() if text and text.startswith(MARKER)}
+    owned -= (hand_made := {n for n in names if made_by_hand(settings.unit_dir / n)})
     foreign = frozenset(n for n in names if n not in owned and files.get(n) is not None)
+    foreign |= hand_made
     interrupted = frozenset(json.loads(store.kv_get(PENDING_KEY) or "[]"))
     removed = sorted(owned - wanted)
     if removed:  # a prune stops only what systemd loaded from our own file
@@ -105,6 +109,21 @@ def observe(
             live[n] = replace(live.get(n) or LiveUnit(n), fragment_path=fragments[n])
     taken = find_taken(systemd, settings.unit_dir, desired, files)
     return Observed(files, live, frozenset(owned), foreign, interrupted, taken)
+
+
+def made_by_hand(path: Path) -> bool:
+    """A directory, or a symlink other than a mask, where a unit file of ours would be.
+
+    The reconciler writes regular files only: whoever put something else there took the
+    name over, whatever the manifest says (a ``/dev/null`` link is a mask: the plan leaves
+    masked units alone with a note).
+    """
+    try:
+        if path.is_symlink():
+            return os.readlink(path) != "/dev/null"
+        return path.is_dir()
+    except OSError:
+        return False
 
 
 def marked_files(unit_dir: Path) -> frozenset[str]:

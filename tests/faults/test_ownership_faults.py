@@ -272,32 +272,38 @@ PRUNE_STEPS = {
 def test_kill_9_at_each_step_of_prune(
     fenv: FaultEnv, dbus_tap: Callable[[str], DBusTap], fault_report: Report, step: str
 ) -> None:
-    keep, gone = fenv.name("keep"), fenv.name("gone")
+    keep, gone, new = fenv.name("keep"), fenv.name("gone"), fenv.name("new")
     ukeep, ugone = f"{keep}.service", f"{gone}.service"
     fenv.repo.commit(base_files(fenv, service(keep), service(gone)))
     fenv.sync()
     before = fenv.invocations(ukeep)
-    fenv.repo.commit(base_files(fenv, service(keep)), message="prune gone")
+    fenv.repo.commit(base_files(fenv, service(keep), service(new)), message="gone -> new")
     tap = dbus_tap(fenv.host.bus_address)
     tap.arm(*PRUNE_STEPS[step])
     killed_at = killed_sync(fenv, tap)
     converge = fenv.converge(killed_at, timeout=30)
+    fenv.settled([ukeep, f"{new}.service"])
     again = fenv.sync()
     gone_state = fenv.show(ugone, "LoadState", "ActiveState")
     pruned = not (fenv.host.unit_dir / ugone).exists() and gone_state == {
         "LoadState": "not-found",
         "ActiveState": "inactive",
     }
-    nothing_lost = fenv.invocations(ukeep) == before and pruned and again["result"] == "noop"
+    temp_left = list(fenv.host.unit_dir.glob(".reconciler-*.tmp"))  # staged before the kill
+    nothing_lost = (
+        fenv.invocations(ukeep) == before and pruned and again["result"] == "noop" and not temp_left
+    )
     fault_report(
         f"kill -9 during a prune, {step}",
         "the next sync converges: each prune step is done only when still needed (stop a "
-        "running unit of its own file, disable a present file, remove, reload)",
+        "running unit of its own file, disable a present file, remove, reload); the new "
+        "unit's file staged before the kill is cleaned up",
         converge,
         nothing_lost,
     )
     assert pruned, gone_state
     assert again["result"] == "noop", again
+    assert not temp_left, temp_left
     assert nothing_lost
 
 
@@ -431,3 +437,101 @@ def test_read_only_unit_directory(own_env: FaultEnv, fault_report: Report) -> No
     assert clear, proc.stderr
     assert untouched, "nothing was stopped before the failure"
     assert active_state(env, f"{gone}.service") != "active"
+
+
+# ---- beyond the issue: what else an operator's hand or an inventory can do ----------------
+
+ALSO = """\
+[Unit]
+Description={{ service }} that enables another unit with it
+
+[Service]
+ExecStart=/bin/sleep infinity
+
+[Install]
+WantedBy=multi-user.target
+Also={{ also }}
+"""
+
+
+def test_also_naming_a_vendor_unit_is_refused(own_env: FaultEnv, fault_report: Report) -> None:
+    """``Also=debug-shell.service`` would enable a root shell on tty9 with our unit."""
+    env, host = own_env, own_env.host
+    vendor = "debug-shell.service"
+    assert (host.root / "lib/systemd/system" / vendor).exists()
+    a = env.name("also")
+    entry = (
+        f'[services.{a}]\ntemplate = "also.service.j2"\nhosts = ["web"]\n'
+        f'vars = {{ also = "{vendor}" }}\n'
+    )
+    env.repo.commit(base_files(env, service(env.name("keep"))))
+    env.sync()
+    before = unit_files(env)
+    env.repo.commit(files_with(env, service(env.name("keep")), entry, also=ALSO))
+    proc = env.run("sync")
+    refused_at = time.monotonic()
+    clear = one_line_failure(proc.stderr, proc.returncode) and vendor in proc.stderr
+    enabled = host.systemctl("is-enabled", vendor, check=False).stdout.strip()
+    untouched = unit_files(env) == before and enabled != "enabled"
+    env.repo.commit(base_files(env, service(env.name("keep"))), message="drop Also=")
+    converge = env.converge(refused_at)
+    fault_report(
+        "[Install] Also= naming a vendor unit (debug-shell.service)",
+        "refused before anything is written: enabling a unit may enable only units the "
+        "reconciler manages",
+        converge,
+        untouched,
+    )
+    assert clear, proc.stderr
+    assert untouched, enabled
+
+
+@pytest.mark.parametrize("what", ["directory", "symlink"])
+def test_managed_unit_file_replaced_by_hand(
+    fenv: FaultEnv, fault_report: Report, what: str
+) -> None:
+    """The operator replaces a managed unit file with a directory or a symlink to a file of
+    their own: it is no longer the reconciler's; a sync names it and touches nothing."""
+    a, b = fenv.name("alpha"), fenv.name("beta")
+    unit = f"{a}.service"
+    fenv.repo.commit(base_files(fenv, service(a, greeting="one"), service(b, greeting="one")))
+    fenv.sync()
+    path = fenv.host.unit_dir / unit
+    own_copy = fenv.host.root / "etc" / f"operator-{fenv.tag}.service"
+    path.unlink()
+    if what == "directory":
+        path.mkdir()
+        (path / "notes").write_text("the operator's\n")
+    else:
+        own_copy.write_text("[Service]\nExecStart=/bin/sleep infinity\n")
+        path.symlink_to(f"/etc/{own_copy.name}")
+    try:
+        fenv.repo.commit(base_files(fenv, service(a, greeting="two"), service(b, greeting="two")))
+        proc = fenv.run("sync")
+        refused_at = time.monotonic()
+        clear = one_line_failure(proc.stderr, proc.returncode) and unit in proc.stderr
+        kept = (
+            path.is_dir() and (path / "notes").read_text() == "the operator's\n"
+            if what == "directory"
+            else path.is_symlink() and own_copy.read_text().startswith("[Service]")
+        )
+        if what == "directory":
+            (path / "notes").unlink()
+            path.rmdir()
+        else:
+            path.unlink()
+        converge = fenv.converge(refused_at)
+        fenv.settled([unit, f"{b}.service"])
+        fault_report(
+            f"managed unit file replaced by a {what} by hand",
+            "not the reconciler's any more: one line naming it, nothing touched; converges "
+            "once the operator removes it",
+            converge,
+            kept,
+        )
+        assert clear, proc.stderr
+        assert kept
+    finally:
+        own_copy.unlink(missing_ok=True)
+        if path.is_symlink():
+            path.unlink()

@@ -596,6 +596,15 @@ ERRORS = [
         id="alias of another desired unit",
     ),
     pytest.param(
+        (DesiredUnit("web.service", service("web") + "Also=debug-shell.service\n", "web"),),
+        {"web.service": None},
+        owned(),
+        owned(),
+        "cannot enable unit 'web.service': Also=debug-shell.service names a unit not managed "
+        "by reconciler",
+        id="Also= naming a unit not ours",
+    ),
+    pytest.param(
         (svc("systemd-logind"),),
         {"systemd-logind.service": None},
         owned(),
