@@ -13,6 +13,7 @@ import hmac
 import http.client
 import json
 import os
+import re
 import shlex
 import socket
 import subprocess
@@ -237,6 +238,31 @@ def test_signed_push_starts_the_sync(server: Server, sync_unit: SyncUnit) -> Non
     assert health["last_accepted_at"] is not None and not health["socket_activated"]
     [entry] = entries(server.host, ACCEPTED, {headers["X-GitHub-Delivery"]})
     assert entry["RECONCILER_RESULT"] == "sync started" and entry["UNIT"] == SYNC
+    sync_unit.wait_idle()
+
+
+def test_the_readmes_plain_hmac_recipe_starts_a_sync(server: Server, sync_unit: SyncUnit) -> None:
+    """The README's Push webhook recipe (openssl + curl), as written, against a real webhook;
+    the sync it starts is marked as the webhook's for the history."""
+    section = (REPO / "README.md").read_text().split("\n## Push webhook\n", 1)[1]
+    [recipe] = re.findall(r"```sh\n(.*?)```", section.split("\n## ", 1)[0], re.S)
+    assert "sudo cat /etc/reconciler/webhook-secret" in recipe and ":9420/hooks/push" in recipe
+    recipe = recipe.replace(
+        "sudo cat /etc/reconciler/webhook-secret", f"cat {server.workdir / 'secret'}"
+    ).replace(":9420/", f":{server.port}/")
+    sync_unit.wait_idle()
+    runs = len(sync_unit.runs())
+    proc = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", recipe],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["status"] == "sync started", proc.stdout
+    wait_for(lambda: len(sync_unit.runs()) == runs + 1, 10, "gitops-sync to run")
+    assert (server.workdir / "state" / "sync-trigger").read_text() == "webhook\n"
     sync_unit.wait_idle()
 
 
