@@ -50,6 +50,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, fields
 from operator import attrgetter, mul
 
+from reconciler.config import Monitor, read_section
 from reconciler.core.counters import (
     Counters,
     Event,
@@ -115,25 +116,22 @@ class Thresholds:
                 raise ThresholdError(f"cannot use threshold '{f.name}': must be at most 1")
 
     @classmethod
+    def from_section(cls, section: Monitor) -> Thresholds:
+        """The thresholds ``[monitor]`` sets (read and checked by ``config``); the rest default."""
+        values = {f.name: getattr(section, f.name) for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if v is not None})
+
+    @classmethod
     def from_mapping(
         cls, data: Mapping[str, object], *, ignore: Collection[str] = (), section: str = "monitor"
     ) -> Thresholds:
-        """Thresholds from a config section; keys in ``ignore`` belong to the caller."""
-        known = {f.name: f.type for f in fields(cls)}
-        values: dict[str, int | float] = {}
-        for key, value in data.items():
-            if key in ignore:
-                continue
-            kind = known.get(key)
-            where = f"cannot read threshold '{section}.{key}'"
-            if kind is None:
-                raise ThresholdError(f"{where}: unknown key", f"known keys: {', '.join(known)}")
-            if kind == "int" and (isinstance(value, bool) or not isinstance(value, int)):
-                raise ThresholdError(f"{where}: expected an integer")
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ThresholdError(f"{where}: expected a number")
-            values[key] = value if kind == "int" else float(value)
-        return cls(**values)  # type: ignore[arg-type]
+        """Thresholds from a plain table, through the config reader; keys in ``ignore``
+        belong to the caller."""
+        table = {k: v for k, v in data.items() if k not in ignore}
+        try:
+            return cls.from_section(read_section(Monitor, table, section))
+        except UsageError as exc:  # a ValueError too, for callers outside the CLI
+            raise ThresholdError(exc.message, exc.hint) from None
 
 
 def detect(

@@ -84,11 +84,6 @@ def load_config(settings: Settings) -> MonitorConfig:
     ``textfile`` defaults to ``<state_dir>/reconciler.prom``; ``textfile = ""`` turns it off.
     """
     section = settings.monitor
-    given = {
-        f.name: getattr(section, f.name)
-        for f in fields(Thresholds)
-        if getattr(section, f.name) is not None
-    }
     base = Retention()
     retention = Retention(
         **{
@@ -102,7 +97,7 @@ def load_config(settings: Settings) -> MonitorConfig:
     if text is None:
         text = str(settings.state_dir / "reconciler.prom")
     return MonitorConfig(
-        thresholds=Thresholds(**given),
+        thresholds=Thresholds.from_section(section),
         retention=retention,
         textfile=Path(text) if text else None,
         impact_depth=section.impact_depth,

@@ -354,13 +354,13 @@ def test_thresholds_from_mapping() -> None:
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        ({"restart_treshold": 3}, "'monitor.restart_treshold': unknown key"),
-        ({"restart_threshold": 2.5}, "'monitor.restart_threshold': expected an integer"),
-        ({"restart_threshold": True}, "'monitor.restart_threshold': expected an integer"),
-        ({"restart_window_sec": "5m"}, "'monitor.restart_window_sec': expected a number"),
-        ({"restart_window_sec": 0}, "'restart_window_sec': must be above 0"),
-        ({"clustering_share": 1.5}, "'clustering_share': must be at most 1"),
-        ({"periodic_min_events": 2}, "'periodic_min_events': below 3"),
+        ({"restart_treshold": 3}, "monitor.restart_treshold: unknown key"),
+        ({"restart_threshold": 2.5}, "monitor.restart_threshold: expected an integer"),
+        ({"restart_threshold": True}, "monitor.restart_threshold: expected an integer"),
+        ({"restart_window_sec": "5m"}, "monitor.restart_window_sec: expected a number"),
+        ({"restart_window_sec": 0}, "monitor.restart_window_sec: expected a number above 0"),
+        ({"clustering_share": 1.5}, "monitor.clustering_share: expected at most 1"),
+        ({"periodic_min_events": 2}, "monitor.periodic_min_events: expected 3 or more"),
     ],
 )
 def test_thresholds_refused(data: dict[str, object], message: str) -> None:
