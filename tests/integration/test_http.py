@@ -141,6 +141,10 @@ def test_requests_is_the_only_http_client() -> None:
             elif isinstance(node, ast.ImportFrom) and node.module and id(node) not in typing_only:
                 names = [node.module]
             for name in names:
-                if name.split(".")[0] in clients and name not in ("urllib.parse", "http.server"):
+                if name in ("urllib.parse", "http.server"):
+                    continue  # URLs, and the inbound webhook
+                if name == "http.client" and "HTTPConnection" not in path.read_text():
+                    continue  # the webhook server parses headers with it: no outbound call
+                if name.split(".")[0] in clients:
                     offenders.append(f"{path.relative_to(PACKAGE)}: {name}")
     assert not offenders, offenders
