@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
-from reconciler.core.enablement import ETC, RUN, Entry, UnitDirs, install_kind, unit_file_state
+from reconciler.core.enablement import (
+    ETC,
+    RUN,
+    Entry,
+    UnitDirs,
+    install_kind,
+    unit_file_state,
+    unit_file_states,
+)
 
 LIB = "/lib/systemd/system"
 WANTS = "[Install]\nWantedBy=multi-user.target\n"
@@ -100,3 +110,18 @@ def dirs(entries: dict[str, list[Entry]], links: list[tuple[str, str, str]] = ()
 )
 def test_unit_file_state(table: UnitDirs, name: str, content: str | None, state: str) -> None:
     assert unit_file_state(table, name, content) == state
+    assert unit_file_states(table, [name], {name: content}) == {name: state}  # indexed
+
+
+def test_ten_thousand_enabled_units_take_linear_time() -> None:
+    """Scanning every link per unit took 3.4 s for 1,000 units, ~6 min for 10,000."""
+    n = 10_000
+    names = [f"bench{i:05d}.service" for i in range(n)]
+    table = UnitDirs(
+        {name: (Entry(ETC),) for name in names},
+        tuple((f"{ETC}/multi-user.target.wants", name, f"{ETC}/{name}") for name in names),
+    )
+    started = time.monotonic()
+    states = unit_file_states(table, names, dict.fromkeys(names, WANTS))
+    assert time.monotonic() - started < 5.0
+    assert set(states.values()) == {"enabled"}
