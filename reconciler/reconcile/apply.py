@@ -76,6 +76,8 @@ class SystemdPort(Protocol):
 
     def reset_failed(self, name: str) -> None: ...
 
+    def reset_failed_units(self, names: Sequence[str]) -> None: ...
+
 
 @dataclass
 class ApplyResult:
@@ -246,12 +248,10 @@ def _run(
                 batch.append(actions[i])  # type: ignore[arg-type]
             verb = {StartUnit: "start", RestartUnit: "restart", StopUnit: "stop"}[type(action)]
             if verb == "start":  # a unit that hit its start limit starts only once reset
-                for a in batch:
-                    _reset_failed(systemd, a.name)
+                systemd.reset_failed_units([a.name for a in batch])
             outcomes = systemd.run_jobs([(verb, a.name) for a in batch], timeout=job_timeout)
             if verb == "stop":  # stopped on purpose: a failed state left is stale (degraded)
-                for a in batch:
-                    _reset_failed(systemd, a.name)
+                systemd.reset_failed_units([a.name for a in batch])
             for a in batch:
                 outcome = outcomes.get(a.name)
                 if outcome is not None and outcome.result != "done":

@@ -59,6 +59,12 @@ __all__ = [
 ]
 
 DEFAULT_JOB_TIMEOUT = 300.0  # seconds run_jobs waits when no timeout is given
+# Bounds at scale (10,000 units): no single call whose answer takes systemd near the D-Bus
+# timeout (a ListUnitsByNames loads every unit it names; an EnableUnitFiles links every
+# file), and no more jobs in systemd's queue at once than it starts in a few seconds.
+LIST_BATCH = 500  # names per ListUnitsByNames
+FILE_BATCH = 500  # unit files per Enable/Disable/Mask/UnmaskUnitFiles
+JOB_WINDOW = 500  # jobs queued and not yet finished
 JOB_METHODS = {
     "start": "StartUnit",
     "stop": "StopUnit",
@@ -110,6 +116,10 @@ def _check_files(files: Sequence[str]) -> list[str]:
 class Systemd:
     """A client of systemd's Manager and units: one blocking connection, not thread-safe."""
 
+    list_batch = LIST_BATCH
+    file_batch = FILE_BATCH
+    job_window = JOB_WINDOW
+
     def __init__(self, address: str | None = None, *, timeout: float = 30.0) -> None:
         self._conn = Connection(address or default_address(), timeout=timeout)
         self.address = self._conn.address
@@ -140,18 +150,30 @@ class Systemd:
     # -- reading ------------------------------------------------------------------------
 
     def list_units(self, names: Sequence[str]) -> dict[str, LiveUnit]:
-        """Load and active/sub state of ``names`` in one ListUnitsByNames call (loads them)."""
+        """Load and active/sub state of ``names`` (loads them): ListUnitsByNames calls of
+        ``LIST_BATCH`` names, pipelined; one call for up to that many."""
         unique = _check_names(names)
-        if not unique:
-            return {}
-        (rows,) = self._manager(_units_what(unique), "ListUnitsByNames", "as", unique)
-        infos = parse_unit_infos(rows)
-        if len(infos) != len(unique):  # systemd answers one row per name, in order
-            return {u.name: u for u in infos}
-        return {
-            n: LiveUnit(n, u.load_state, u.active_state, u.sub_state)
-            for n, u in zip(unique, infos, strict=True)
-        }
+        batches = [unique[i : i + self.list_batch] for i in range(0, len(unique), self.list_batch)]
+        what = _units_what(unique)
+        requests = [
+            (
+                i,
+                "ListUnitsByNames",
+                partial(_manager_call, member="ListUnitsByNames", signature="as", body=(b,)),
+            )
+            for i, b in enumerate(batches)
+        ]
+        found: dict[str, LiveUnit] = {}
+        for i, reply in self._conn.pipeline(what, requests):
+            infos = parse_unit_infos(_unwrap(what, reply)[0])
+            if len(infos) != len(batches[i]):  # systemd answers one row per name, in order
+                found.update((u.name, u) for u in infos)
+                continue
+            found.update(
+                (n, LiveUnit(n, u.load_state, u.active_state, u.sub_state))
+                for n, u in zip(batches[i], infos, strict=True)
+            )
+        return {n: found[n] for n in unique if n in found} | found
 
     def list_units_by_patterns(
         self, states: Sequence[str], patterns: Sequence[str]
@@ -344,10 +366,15 @@ class Systemd:
     def _file_changes(
         self, verb: str, method: str, files: Sequence[str], *flags: bool
     ) -> list[UnitFileChange]:
-        what = f"{verb} {_files_what(files)}"
+        """``method`` on ``files`` in calls of ``FILE_BATCH`` files, one after the other."""
+        checked = _check_files(files)
         sig = "as" + "b" * len(flags)
-        reply = self._manager(what, method, sig, _check_files(files), *flags)
-        return [UnitFileChange(k, p, s) for k, p, s in reply[-1]]  # type: ignore[attr-defined]
+        changes: list[UnitFileChange] = []
+        for i in range(0, len(checked), self.file_batch):
+            batch = checked[i : i + self.file_batch]
+            reply = self._manager(f"{verb} {_files_what(batch)}", method, sig, batch, *flags)
+            changes += [UnitFileChange(k, p, s) for k, p, s in reply[-1]]  # type: ignore[attr-defined]
+        return changes
 
     def enable_unit_files(
         self, files: Sequence[str], *, runtime: bool = False, force: bool = False
@@ -372,6 +399,21 @@ class Systemd:
     def reset_failed(self, name: str) -> None:
         check_unit_name(name)
         self._manager(f"reset the failed state of unit '{name}'", "ResetFailedUnit", "s", name)
+
+    def reset_failed_units(self, names: Sequence[str]) -> None:
+        """ResetFailedUnit of each of ``names``, pipelined; units not loaded are skipped."""
+        unique = _check_names(names)
+        requests = [
+            (
+                n,
+                "ResetFailedUnit",
+                partial(_manager_call, member="ResetFailedUnit", signature="s", body=(n,)),
+            )
+            for n in unique
+        ]
+        for name, reply in self._conn.pipeline(_units_what(unique), requests):
+            if reply.type == ERROR and reply.error_name != "org.freedesktop.systemd1.NoSuchUnit":
+                _unwrap(f"reset the failed state of unit '{name}'", reply)
 
     # -- jobs ---------------------------------------------------------------------------
 
@@ -424,25 +466,46 @@ class Systemd:
     def _wait_jobs(
         self, jobs: Sequence[tuple[str, str]], mode: str, timeout: float | None
     ) -> dict[str, JobResult]:
-        deadline = time.monotonic() + (DEFAULT_JOB_TIMEOUT if timeout is None else timeout)
-        requests = [
-            (
-                (verb, unit),
-                JOB_METHODS[verb],
-                partial(_manager_call, member=JOB_METHODS[verb], signature="ss", body=(unit, mode)),
-            )
-            for verb, unit in jobs
-        ]
+        """At most ``JOB_WINDOW`` jobs in systemd's queue; each waited for ``timeout`` from
+        when it was queued, so 10,000 starts are not judged by one job's deadline."""
+        limit = DEFAULT_JOB_TIMEOUT if timeout is None else timeout
+        what = _jobs_what(jobs)
+        todo = deque(jobs)
         queued: dict[str, str] = {}  # unit -> job path
+        running: dict[str, float] = {}  # job path -> deadline, oldest first
         errors: list[SystemdError] = []
-        for (verb, unit), reply in self._conn.pipeline(_jobs_what(jobs), requests):
-            try:
-                queued[unit] = str(_unwrap(f"{verb} unit '{unit}'", reply)[0])
-            except SystemdError as exc:
-                errors.append(exc)
-        while any(job not in self._removed for job in queued.values()):
-            if time.monotonic() >= deadline or not self._conn.receive(deadline, _jobs_what(jobs)):
-                break
+        while todo or running:
+            if todo and len(running) < self.job_window:
+                batch = [
+                    todo.popleft() for _ in range(min(len(todo), self.job_window - len(running)))
+                ]
+                requests = [
+                    (
+                        (verb, unit),
+                        JOB_METHODS[verb],
+                        partial(
+                            _manager_call,
+                            member=JOB_METHODS[verb],
+                            signature="ss",
+                            body=(unit, mode),
+                        ),
+                    )
+                    for verb, unit in batch
+                ]
+                for (verb, unit), reply in self._conn.pipeline(what, requests):
+                    try:
+                        job = queued[unit] = str(_unwrap(f"{verb} unit '{unit}'", reply)[0])
+                    except SystemdError as exc:
+                        errors.append(exc)
+                    else:
+                        running[job] = time.monotonic() + limit
+            for job in [j for j in running if j in self._removed]:
+                del running[job]
+            now = time.monotonic()
+            while running and next(iter(running.values())) <= now:
+                del running[next(iter(running))]  # gave up on it: "wait-timeout"
+            if running and not (todo and len(running) < self.job_window):
+                self._conn.receive(next(iter(running.values())), what)
         results = {
             unit: JobResult(unit, job, self._removed.pop(job, "wait-timeout"))
             for unit, job in queued.items()

@@ -151,6 +151,32 @@ def test_many_jobs_are_waited_for_together(sd: Systemd, make_unit: UnitWriter) -
     assert {r.result for r in stopped.values()} == {"done"}
 
 
+def test_many_units_go_in_bounded_batches_and_job_windows(
+    sd: Systemd, make_unit: UnitWriter
+) -> None:
+    """At 10,000 units no call may take systemd past the D-Bus timeout and no more jobs
+    than a window wait in its queue: reads, enables and jobs are split, answers whole."""
+    sd.list_batch, sd.file_batch, sd.job_window = 2, 2, 2
+    names = [make_unit(f"many{i}.service", ENABLEABLE) for i in range(5)]
+    slow = make_unit("many-slow.service", SLOW)
+    sd.reload()
+    changes = sd.enable_unit_files(names)
+    assert sorted(c.path.rpartition("/")[2] for c in changes) == sorted(names)
+    assert sd.calls["EnableUnitFiles"] == 3
+    sd.reset_failed_units([*names, "never-loaded-x.service"])  # not loaded: skipped
+    results = sd.run_jobs([("start", slow), *(("start", n) for n in names)], timeout=3)
+    assert {u: r.result for u, r in results.items()} == {
+        slow: "wait-timeout",  # its own deadline passed; the others still ran
+        **dict.fromkeys(names, "done"),
+    }
+    units = sd.list_units([*names, "no-such-x.service"])
+    assert list(units) == [*names, "no-such-x.service"]
+    assert {u.active_state for n, u in units.items() if n in names} == {"active"}
+    assert units["no-such-x.service"].load_state == "not-found"
+    assert sd.calls["ListUnitsByNames"] == 3
+    sd.run_jobs([("stop", slow)], timeout=20)
+
+
 def test_missing_unit_is_a_clear_error_keeping_the_dbus_name(sd: Systemd) -> None:
     with pytest.raises(SystemdError) as info:
         sd.stop("no-such-x.service")

@@ -57,6 +57,10 @@ class RecordingSystemd:
     def reset_failed(self, name: str) -> None:
         self.calls.append(("reset-failed", (name,)))
 
+    def reset_failed_units(self, names: Sequence[str]) -> None:
+        for name in names:
+            self.reset_failed(name)
+
 
 def test_actions_run_in_plan_order_with_jobs_batched(tmp_path: Path) -> None:
     (tmp_path / "old.service").write_text("old")
