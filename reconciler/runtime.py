@@ -32,21 +32,31 @@ def open_store(settings: Settings) -> Store:
     return store
 
 
-def connect(settings: Settings, *, retry_sec: float = 0.0) -> Systemd:
+BUSY_ATTEMPTS = 3  # connections tried while systemd is too busy to authenticate in time
+
+
+def connect(settings: Settings, *, retry_sec: float = 0.0, timeout: float = 30.0) -> Systemd:
     """A connection to systemd at the configured bus address.
 
     ``retry_sec``: keep trying that long while nobody answers at the address (systemd
     re-executing, dbus-daemon restarting), backing off from 0.1 s to 2 s between tries.
+    A manager that accepts but does not authenticate within ``timeout`` (busy with
+    thousands of jobs, seen after a 10,000-unit apply) is tried ``BUSY_ATTEMPTS`` times.
     """
     # jeepney and the D-Bus client: not loaded by --help and the commands that never connect
     from reconciler.systemd.client import Systemd
+    from reconciler.systemd.connection import TIMEOUT
 
     deadline = time.monotonic() + retry_sec
     delay = 0.1
+    busy = 0
     while True:
         try:
-            return Systemd(settings.bus)
+            return Systemd(settings.bus, timeout=timeout)
         except SystemdError as exc:
+            busy += exc.dbus_name == TIMEOUT
+            if exc.dbus_name == TIMEOUT and busy < BUSY_ATTEMPTS:
+                continue
             if not exc.disconnected or time.monotonic() + delay > deadline:
                 raise
             time.sleep(delay)

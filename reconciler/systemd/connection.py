@@ -91,6 +91,7 @@ class _Listener:
 
 
 NO_SERVER = "org.freedesktop.DBus.Error.NoServer"  # nobody answers at the address (yet)
+TIMEOUT = "org.freedesktop.DBus.Error.Timeout"  # somebody is there but busy
 
 
 class Connection:
@@ -144,6 +145,13 @@ class Connection:
             raise SystemdError(
                 f"cannot {what}: authentication refused ({exc})", ROOT_HINT
             ) from None
+        except TimeoutError:
+            sock.close()
+            raise SystemdError(
+                f"cannot {what}: no answer to the authentication within {self.timeout:g}s",
+                "systemd may be busy (e.g. with thousands of jobs); retry",
+                dbus_name=TIMEOUT,
+            ) from None
         except (BrokenPipeError, ConnectionResetError) as exc:
             sock.close()
             hint = PRIVATE_HINT if self.private else BUS_HINT
@@ -195,7 +203,7 @@ class Connection:
             raise SystemdError(
                 f"cannot {what}: no reply from systemd within {self.timeout:g}s",
                 "systemd may be busy (e.g. reloading) or hung; retry",
-                dbus_name="org.freedesktop.DBus.Error.Timeout",
+                dbus_name=TIMEOUT,
             ) from None
         except OSError as exc:
             self.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from reconciler import runtime
+from reconciler.config import Settings
 from reconciler.devtools import sandbox
 from reconciler.errors import SystemdError
 from reconciler.model import LiveUnit
@@ -287,6 +290,36 @@ def test_silent_peer_gives_a_reply_timeout(tmp_path: Path) -> None:
     assert info.value.dbus_name == "org.freedesktop.DBus.Error.Timeout"
     server.close()
     thread.join(timeout=5)
+
+
+def test_a_manager_too_busy_to_authenticate_is_tried_a_bounded_number_of_times(
+    tmp_path: Path,
+) -> None:
+    """After a 10,000-unit apply systemd accepted but did not authenticate within the
+    timeout: that is one clear "busy" error after BUSY_ATTEMPTS connections, not a hang."""
+    path = str(tmp_path / "busy")
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(path)
+    server.listen(8)
+    server.settimeout(10)
+    accepted: list[socket.socket] = []
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            while len(accepted) < runtime.BUSY_ATTEMPTS + 1:
+                accepted.append(server.accept()[0])  # and never answer AUTH
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    with pytest.raises(SystemdError, match="no answer to the authentication within 0.3s") as info:
+        runtime.connect(Settings(bus=f"unix:path={path}"), timeout=0.3)
+    assert info.value.dbus_name == "org.freedesktop.DBus.Error.Timeout"
+    assert info.value.hint and "busy" in info.value.hint
+    assert len(accepted) == runtime.BUSY_ATTEMPTS
+    server.close()
+    thread.join(timeout=5)
+    for conn in accepted:
+        conn.close()
 
 
 def test_private_socket_from_outside_the_host_is_refused_clearly(host: sandbox.Host) -> None:
