@@ -16,6 +16,7 @@ inside a host and from outside it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -27,6 +28,7 @@ from reconciler.errors import SystemdError
 from reconciler.model import LiveUnit
 from reconciler.systemd.client import Systemd
 from reconciler.systemd.properties import UINT64_MAX
+from reconciler.systemd.unit_files import changed_since, file_states, host_root
 
 UNIT_IFACE = "org.freedesktop.systemd1.Unit"
 SERVICE_IFACE = "org.freedesktop.systemd1.Service"
@@ -77,6 +79,16 @@ def read_unit_files(unit_dir: Path, names: Sequence[str]) -> dict[str, str | Non
         except (UnicodeDecodeError, OSError):
             files[name] = ""  # unreadable: differs from anything rendered
     return files
+
+
+def _changed(unit_dir: Path, names: Sequence[str]) -> dict[str, float]:
+    """When each unit file last changed (mtime or ctime); absent files are left out."""
+    out: dict[str, float] = {}
+    for name in names:
+        with contextlib.suppress(OSError):
+            st = (unit_dir / name).stat()
+            out[name] = max(st.st_mtime, st.st_ctime)
+    return out
 
 
 def read_cgroup_memory(
@@ -148,8 +160,16 @@ def read_state(
     (and are not running) get ``ExecMainExitTimestamp`` read, and ``Restart=`` only failed
     ones: in a steady state the second round is nearly empty. None: read them for all.
     """
-    live = systemd.read_units(list(names))
     files = read_unit_files(unit_dir, names)
+    root = host_root(unit_dir)
+    if root is None:
+        live = systemd.read_units(list(names))
+    else:  # enablement from the directories, NeedDaemonReload only of changed files
+        live = systemd.read_units(
+            list(names),
+            file_states=file_states(root, names, files),
+            suspects=changed_since(_changed(unit_dir, names), names, systemd.units_loaded_at()),
+        )
     wall, mono = time.time(), time.monotonic()
     exited = [
         n

@@ -19,11 +19,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from reconciler.config import Settings
-from reconciler.core.enablement import unit_file_states
 from reconciler.model import DesiredUnit, LiveUnit
 from reconciler.reconcile.apply import PENDING_KEY
 from reconciler.reconcile.render import MARKER
-from reconciler.systemd.unit_files import read_content, read_unit_dirs
+from reconciler.systemd.unit_files import changed_since, file_states, host_root
 
 if TYPE_CHECKING:
     from reconciler.store.sync_store import Store
@@ -40,13 +39,6 @@ class Observed:
     foreign: frozenset[str]  # files present that we did not write: never touched
     interrupted: frozenset[str]  # units whose start a killed apply left undone
     taken: dict[str, str] = field(default_factory=dict)  # name we'd create -> whose it is
-
-
-# File timestamps come from the kernel's coarse clock (a few ms behind): a file written
-# just after a reload may carry an earlier time. A file this close to the last load is
-# asked about.
-LOAD_SLACK_SEC = 1.0
-SYSTEM_UNIT_DIR = "etc/systemd/system"
 
 
 def read_host(
@@ -73,19 +65,12 @@ def read_host(
             files[name] = ""  # unreadable as text: differs from anything we render
         except IsADirectoryError:
             files[name] = ""  # a directory made by hand: foreign (see observe)
-    if not str(unit_dir).rstrip("/").endswith(SYSTEM_UNIT_DIR):
+    root = host_root(unit_dir)
+    if root is None:
         return files, systemd.read_units(sorted(names), runtime=False)
-    root = Path(str(unit_dir).rstrip("/")[: -len(SYSTEM_UNIT_DIR)] or "/")
-    loaded_at = systemd.units_loaded_at()
-    suspects = {
-        n
-        for n in names
-        if loaded_at is None or n not in changed or changed[n] >= loaded_at - LOAD_SLACK_SEC
-    }
+    suspects = changed_since(changed, names, systemd.units_loaded_at())
     live = systemd.read_for_plan(sorted(names), suspects)
-    dirs = read_unit_dirs(root)
-    contents = {n: files[n] if files[n] is not None else read_content(root, dirs, n) for n in names}
-    states = unit_file_states(dirs, names, contents)
+    states = file_states(root, names, files)
     return files, {n: replace(u, unit_file_state=states.get(n, "")) for n, u in live.items()}
 
 

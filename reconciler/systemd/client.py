@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 
@@ -184,11 +184,21 @@ class Systemd:
         )
         return parse_unit_infos(rows)
 
-    def read_units(self, names: Sequence[str], *, runtime: bool = True) -> dict[str, LiveUnit]:
+    def read_units(
+        self,
+        names: Sequence[str],
+        *,
+        runtime: bool = True,
+        file_states: Mapping[str, str] | None = None,
+        suspects: Collection[str] | None = None,
+    ) -> dict[str, LiveUnit]:
         """What the monitor needs of ``names``: states in one call, then pipelined Gets.
 
         ``runtime=False`` (what a plan needs) skips the runtime properties of running
         units (Result, NRestarts, ExecMain*, MemoryCurrent): they keep their defaults.
+        ``file_states``: the enablement already known (from the unit directories), not
+        asked (systemd 252 rescans the directories per unit); ``suspects``: the only units
+        whose ``NeedDaemonReload`` is asked (files changed since systemd last loaded).
 
         Inactive units go first: when their InvocationID is empty they never ran since
         systemd loaded them, so their runtime properties are the defaults and are not
@@ -198,6 +208,12 @@ class Systemd:
         ``Result=success`` next to the crash's ``auto-restart`` state.
         """
         units = self.list_units(names)
+        skip = set()
+        if file_states is not None:
+            skip.add("unit_file_state")
+        if suspects is not None:
+            skip.add("need_daemon_reload")
+        suspects_ = suspects or ()
         order = sorted(
             (n for n, u in units.items() if u.load_state != "not-found"),
             key=lambda n: units[n].active_state != "inactive",
@@ -207,6 +223,8 @@ class Systemd:
         def fetch(name: str, props: tuple[Prop, ...]) -> None:
             path = unit_path(name)
             for i, p, field in props:
+                if field in skip and (field != "need_daemon_reload" or name not in suspects_):
+                    continue
                 queue.append(
                     ((name, field), "Get", partial(build_get, path=path, interface=i, prop=p))
                 )
@@ -216,6 +234,9 @@ class Systemd:
             idle = units[name].active_state == "inactive"
             fetch(name, file_props if idle or not runtime else file_props + runtime_props)
         values: dict[str, dict[str, object]] = {name: {} for name in units}
+        if file_states is not None:
+            for name in units:
+                values[name]["unit_file_state"] = file_states.get(name, "")
         for (name, field), reply in self._conn.pipeline(_units_what(units), queue):
             if reply.type == ERROR:
                 if reply.error_name in MISSING:

@@ -10,6 +10,7 @@ directories each time.
 from __future__ import annotations
 
 import os
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 from reconciler.core.enablement import (
@@ -19,7 +20,14 @@ from reconciler.core.enablement import (
     Entry,
     UnitDirs,
     template_of,
+    unit_file_states,
 )
+
+SYSTEM_UNIT_DIR = "etc/systemd/system"
+# File timestamps come from the kernel's coarse clock (a few ms behind): a file written
+# just after a reload may carry an earlier time. A file this close to the last load is
+# asked about.
+LOAD_SLACK_SEC = 1.0
 
 
 def _scan(path: Path) -> list[os.DirEntry[str]]:
@@ -64,3 +72,37 @@ def read_content(root: Path, dirs: UnitDirs, name: str) -> str | None:
             except OSError:
                 return None
     return None
+
+
+def host_root(unit_dir: Path) -> Path | None:
+    """The root whose search path ``unit_dir`` is the ``/etc/systemd/system`` of (``/``, or a
+    host's root from outside); None for any other directory (its units are asked of systemd)."""
+    text = str(unit_dir).rstrip("/")
+    if not text.endswith(SYSTEM_UNIT_DIR):
+        return None
+    return Path(text[: -len(SYSTEM_UNIT_DIR)] or "/")
+
+
+def file_states(
+    root: Path, names: Collection[str], files: Mapping[str, str | None]
+) -> dict[str, str]:
+    """``UnitFileState`` of ``names`` from one read of the search path under ``root``;
+    ``files``: texts already read from the unit dir (None: look along the path)."""
+    dirs = read_unit_dirs(root)
+    contents = {
+        n: text if (text := files.get(n)) is not None else read_content(root, dirs, n)
+        for n in names
+    }
+    return unit_file_states(dirs, names, contents)
+
+
+def changed_since(
+    changed: Mapping[str, float], names: Sequence[str], loaded_at: float | None
+) -> set[str]:
+    """Units whose file may differ from what systemd loaded at ``loaded_at`` (None:
+    unknown, so all): only they can need a daemon-reload. ``changed``: file mtime/ctime."""
+    return {
+        n
+        for n in names
+        if loaded_at is None or n not in changed or changed[n] >= loaded_at - LOAD_SLACK_SEC
+    }

@@ -111,6 +111,60 @@ def test_kill_9_at_each_step_of_apply(
     assert nothing_lost, results
 
 
+LARGE = 1_000  # units: as many as keep the test near a minute on a loaded 2-CPU machine
+
+
+def unit_table(env: FaultEnv, *argv: str) -> dict[str, str]:
+    """``systemctl list-units|list-unit-files`` of this env's services: name -> state."""
+    proc = env.host.systemctl(*argv, "--all", "--plain", "--no-legend", f"*-{env.tag}.service")
+    rows = (line.split() for line in proc.stdout.splitlines() if line.strip())
+    column = 2 if argv[0] == "list-units" else 1  # ACTIVE of list-units, STATE of the files
+    return {row[0]: row[column] for row in rows}
+
+
+def test_kill_9_in_the_middle_of_a_large_apply(
+    own_env: FaultEnv, dbus_tap: Callable[[str], DBusTap], fault_report: Report
+) -> None:
+    """1,000 new units: killed once their first start jobs are queued (files written,
+    systemd reloaded, every unit enabled, starts under way); the next sync starts the rest."""
+    env = own_env
+    names = [env.name(f"bulk{i:04d}") for i in range(LARGE)]
+    units = {f"{n}.service" for n in names}
+    env.repo.commit(base_files(env, *(service(n, greeting="hi") for n in names)))
+    tap = dbus_tap(env.host.bus_address)
+    tap.arm("StartUnit", "reply")
+    argv = env.argv("sync", "--no-monitor")
+    argv[argv.index("--bus") + 1] = tap.address
+    proc = popen_sync(argv, env.env())
+    tap.victim = proc.pid
+    proc.communicate(timeout=300)
+    killed_at = time.monotonic()
+    assert tap.fired.is_set() and proc.returncode == -9, (proc.returncode, tap.calls[-5:])
+    time.sleep(1)  # the jobs queued before the kill run on
+    active = {u for u, s in unit_table(env, "list-units").items() if s == "active"}
+    assert len(active) < LARGE, "killed in the middle: not every unit started yet"
+
+    converge = env.converge(killed_at, timeout=300)
+    files = unit_table(env, "list-unit-files")
+    after = unit_table(env, "list-units")
+    again = env.sync()["result"]
+    results = [r["result"] for r in env.history()]
+    nothing_lost = (
+        set(files) == units
+        and set(files.values()) == {"enabled"}
+        and {u for u, s in after.items() if s == "active"} == units
+        and results[0] == "applied"
+    )
+    fault_report(
+        f"kill -9 in the middle of a {LARGE:,}-unit apply",
+        "next sync converges: every file kept, the starts not done redone",
+        converge,
+        nothing_lost,
+    )
+    assert again == "noop"
+    assert nothing_lost, (len(files), set(files.values()), len(after), results)
+
+
 # ---- two syncs, suspension, a hand-masked unit ----------------------------------------------
 
 

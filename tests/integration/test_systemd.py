@@ -18,6 +18,7 @@ from reconciler.config import Settings
 from reconciler.devtools import sandbox
 from reconciler.errors import SystemdError
 from reconciler.model import LiveUnit
+from reconciler.monitor import live
 from reconciler.systemd.client import Systemd
 from tests.conftest import ENV_INSIDE, PYTHON_INSIDE, UnitWriter
 
@@ -178,6 +179,35 @@ def test_many_units_go_in_bounded_batches_and_job_windows(
     assert units["no-such-x.service"].load_state == "not-found"
     assert sd.calls["ListUnitsByNames"] == 3
     sd.run_jobs([("stop", slow)], timeout=20)
+
+
+def test_monitor_read_takes_enablement_from_the_directories(
+    sd: Systemd, host: sandbox.Host, make_unit: UnitWriter
+) -> None:
+    """The monitor's read asks no UnitFileState (systemd 252 rescans every .wants dir per
+    unit) and NeedDaemonReload only of files changed since the last load; the answers
+    still equal systemd's."""
+    names = [make_unit(f"mon{i}.service", ENABLEABLE) for i in range(4)]
+    sd.reload()
+    sd.enable_unit_files(names[:2])
+    sd.run_jobs([("start", n) for n in names])
+    time.sleep(1.1)  # past the slack around systemd's load time
+    changed = names[3]
+    (host.unit_dir / changed).write_text(ENABLEABLE + "# changed\n")
+    states = live.read_state(sd, names, host.unit_dir)
+    for name in names:
+        want = host.systemctl("show", "-p", "UnitFileState", "-p", "NeedDaemonReload", name)
+        got = states[name].live
+        have = f"NeedDaemonReload={'yes' if got.need_daemon_reload else 'no'}\n"
+        have += f"UnitFileState={got.unit_file_state}"
+        assert sorted(want.stdout.split()) == sorted(have.split()), name
+    assert states[changed].live.need_daemon_reload
+    gets = []
+    for kwargs in ({}, {"file_states": {}, "suspects": {changed}}):
+        before = sd.calls["Get"]
+        sd.read_units(names, **kwargs)  # type: ignore[arg-type]
+        gets.append(sd.calls["Get"] - before)
+    assert gets[0] - gets[1] == 2 * len(names) - 1  # no UnitFileState, one NeedDaemonReload
 
 
 def test_missing_unit_is_a_clear_error_keeping_the_dbus_name(sd: Systemd) -> None:
