@@ -513,7 +513,10 @@ class Systemd:
                     )
                     for verb, unit in batch
                 ]
-                for (verb, unit), reply in self._conn.pipeline(what, requests):
+                # systemd answers a job call once the job is queued; busy starting
+                # thousands of units it may take longer than a read: up to a job's timeout
+                replies = self._conn.pipeline(what, requests, timeout=max(self.timeout, limit))
+                for (verb, unit), reply in replies:
                     try:
                         job = queued[unit] = str(_unwrap(f"{verb} unit '{unit}'", reply)[0])
                     except SystemdError as exc:

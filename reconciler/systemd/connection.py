@@ -295,12 +295,17 @@ class Connection:
         return reply.body()
 
     def pipeline(
-        self, what: str, requests: Iterable[tuple[K, str, Callable[[int], bytes]]]
+        self,
+        what: str,
+        requests: Iterable[tuple[K, str, Callable[[int], bytes]]],
+        *,
+        timeout: float | None = None,
     ) -> Iterator[tuple[K, Message]]:
         """Send (key, method, build(serial)) calls, at most ``window`` outstanding; yield replies.
 
         Replies come in arrival order, error replies included, for the caller to judge.
         ``requests`` may be a deque the caller extends while consuming replies.
+        ``timeout``: how long to wait for the next reply (default: the connection's).
         """
         todo = requests if isinstance(requests, deque) else deque(requests)
         pending: dict[int, K] = {}
@@ -318,7 +323,7 @@ class Connection:
                     self._send(b"".join(chunks))
             if not pending:
                 return
-            deadline = time.monotonic() + self.timeout
+            deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
             while not (ready := [s for s in self._replies if s in pending]):
                 if not self.receive(deadline, what):
                     self._awaiting.difference_update(pending)
