@@ -366,9 +366,28 @@ def _describe(a: Action) -> str:
     raise AssertionError(f"unknown action {a!r}")  # pragma: no cover - closed union
 
 
+MAX_DIFF_PAIRS = 4_000_000  # old x new lines difflib may compare (its worst case is quadratic)
+
+
 def _unified(old: str, new: str, old_label: str, new_label: str) -> list[str]:
-    lines = difflib.unified_diff(
-        old.splitlines(keepends=True), new.splitlines(keepends=True), old_label, new_label
-    )
+    before, after = old.splitlines(keepends=True), new.splitlines(keepends=True)
+    if len(before) * len(after) <= MAX_DIFF_PAIRS:
+        lines: Iterable[str] = difflib.unified_diff(before, after, old_label, new_label)
+    else:  # 40,000 lines with every other one changed: minutes; so replace the whole file
+        lines = whole_file_diff(before, after, old_label, new_label)
     # Like git: a last line without a new line gets its own marker instead of merging.
     return [ln if ln.endswith("\n") else ln + "\n\\ No newline at end of file\n" for ln in lines]
+
+
+def whole_file_diff(
+    before: Sequence[str], after: Sequence[str], old_label: str, new_label: str
+) -> list[str]:
+    """One hunk replacing every line (linear), in difflib's format."""
+    head = [f"--- {old_label}\n", f"+++ {new_label}\n"]
+    head.append(f"@@ -{_range(len(before))} +{_range(len(after))} @@\n")
+    return head + ["-" + ln for ln in before] + ["+" + ln for ln in after]
+
+
+def _range(count: int) -> str:
+    """A whole file's range in a hunk header, as difflib writes it (``1,N``, ``1``, ``0,0``)."""
+    return "1" if count == 1 else f"{1 if count else 0},{count}"

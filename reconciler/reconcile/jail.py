@@ -42,7 +42,7 @@ def render_bounded(
     Raises the child's ReconcilerError as is; exceeding a limit is a RenderError naming it.
     """
     hint = "simplify the templates or the inventory (loops, string sizes), or raise the limit"
-    wait_sec = 2 * cpu_sec + 10  # CPU time is bounded by the kernel; waiting for it too
+    wait_sec = 4 * cpu_sec + 30  # CPU time is bounded by the kernel; waiting (a busy host) too
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: never returns
@@ -70,7 +70,11 @@ def render_bounded(
             f"cannot render {what}: more than {cpu_sec:g} s of CPU time (render_cpu_sec)", hint
         )
     if not complete:
-        raise RenderError(f"cannot render {what}: no complete answer within {wait_sec:g} s", hint)
+        raise RenderError(
+            f"cannot render {what}: no answer within {wait_sec:g} s (render_cpu_sec is "
+            f"{cpu_sec:g} s of CPU time; the host is busy or the render blocked)",
+            hint,
+        )
     crash = body.decode("utf-8", "replace")[:300] or f"exit status {status}"
     raise RenderError(f"cannot render {what}: the render process failed: {crash}")
 

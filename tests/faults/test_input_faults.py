@@ -135,7 +135,7 @@ CASES: list[tuple[str, Mutation, str]] = [
     ("render CPU: nested loops over a string",
      template(APP + "{% for a in 'x' * 100000 %}{% for b in 'x' * 100000 %}{% endfor %}"
               "{% endfor %}\n"),
-     "more than 3 s of CPU time (render_cpu_sec)"),
+     "3 s of CPU time"),  # "more than ..." or, on a busy host, "no answer within ..."
     ("render memory: center", template(APP + "{% set x = 'a' | center(1500000000) %}\n"),
      "more than 256 MB of memory (render_memory_mb)"),
     ("render memory: format", template(APP + "{% set x = '%1500000000s' | format('a') %}\n"),
@@ -147,7 +147,7 @@ CASES: list[tuple[str, Mutation, str]] = [
     ("render CPU: big integer squared in a loop",
      template(APP + "{% set ns = namespace(v=10**64) %}{% for i in range(26) %}"
               "{% set ns.v = ns.v * ns.v %}{% endfor %}\n"),
-     "more than 3 s of CPU time (render_cpu_sec)"),
+     "3 s of CPU time"),  # "more than ..." or, on a busy host, "no answer within ..."
     ("render memory: replace", template(APP + "{% set x = ('x' * 1000000) | replace('x', "
                                         "'x' * 1000000) %}\n"),
      "more than 256 MB of memory (render_memory_mb)"),
@@ -310,6 +310,35 @@ def test_200000_group_vars_for_100_services(fenv: FaultEnv, fault_report: Report
     assert applied, proc.stderr
     fenv.settled([f"{n}.service" for n in names[:3]])
     assert took < 60
+
+
+def test_plan_of_a_40000_line_change(fenv: FaultEnv, fault_report: Report) -> None:
+    """A unit of 40,000 lines (500 KB, under the 1 Mi cap) with every other line changed:
+    ``reconciler plan``'s diff ran difflib for minutes (quadratic); now one linear hunk."""
+    name = fenv.name("wide")
+
+    def unit(mark: str) -> str:  # comments: systemd reads 40,000 Environment= slowly itself
+        lines = [f"# {i:05d} note{mark if i % 2 else ''}\n" for i in range(40_000)]
+        return "[Unit]\nDescription=wide\n\n[Service]\nExecStart=/bin/true\n" + "".join(lines)
+
+    entry = f'[services.{name}]\ntemplate = "wide.j2"\nhosts = ["web"]\nenable = false\n'
+    entry += "start = false\n"
+    fenv.repo.commit({**base_files(fenv, entry), "templates/wide.j2": unit("")}, "wide")
+    assert fenv.sync()["result"] == "applied"
+    fenv.repo.commit({"templates/wide.j2": unit("x")}, "every other line changed")
+    started = time.monotonic()
+    proc = fenv.run("plan")
+    took = time.monotonic() - started
+    hunks = proc.stdout.count("\n@@ ")
+    fault_report(
+        "plan of a 40,000-line unit, every other line changed",
+        f"`plan` answered in {took:.1f}s with a whole-file hunk ({len(proc.stdout) >> 10} KiB)",
+        None,
+        proc.returncode == 0,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert hunks == 1 and took < 30
+    assert fenv.sync()["result"] == "applied"
 
 
 def test_empty_inventory_needs_allow_empty(fenv: FaultEnv, fault_report: Report) -> None:

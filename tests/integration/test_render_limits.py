@@ -26,7 +26,7 @@ CASES = [
     ("nested range()", "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}"
      "{% endfor %}", "range() asked for more than 1000000 items in all"),
     ("nested loops over a string", "{% for a in s %}{% for b in s %}{% endfor %}{% endfor %}",
-     "more than 1 s of CPU time (render_cpu_sec)"),
+     "1 s of CPU time"),
     ("center", "{% set x = 'a' | center(2000000000) %}", "more than 128 MB of memory"),
     ("format", "{% set x = '%2000000000s' | format('a') %}", "more than 128 MB of memory"),
     ("~ doubling in a loop", "{% set ns = namespace(v='0123456789') %}{% for i in range(40) %}"
@@ -35,7 +35,7 @@ CASES = [
     ("deep parentheses", "Environment=X={{ " + "(" * 5000 + "1" + ")" * 5000 + " }}",
      "templates/t.j2: nested too deep"),
     ("big integer squared in a loop", "{% set ns = namespace(v=10**64) %}{% for i in range(26) %}"
-     "{% set ns.v = ns.v * ns.v %}{% endfor %}", "more than 1 s of CPU time (render_cpu_sec)"),
+     "{% set ns.v = ns.v * ns.v %}{% endfor %}", "1 s of CPU time"),
     ("replace", "{% set x = ('x' * 1000000) | replace('x', 'x' * 1000000) %}",
      "more than 128 MB of memory"),
     ("macro recursion", "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}",
@@ -60,7 +60,7 @@ def test_exhausting_template_is_refused_in_one_line(what: str, tail: str, expect
     assert expect in message and "\n" not in message, message
     grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     assert grown_mb < 50, f"the parent grew by {grown_mb:.0f} MB"
-    assert took < 15  # 1 s of CPU; the rest is a loaded machine
+    assert took < 40  # 1 s of CPU; the wall deadline (34 s) bounds a busy machine
 
 
 def test_units_and_refusals_cross_the_pipe() -> None:

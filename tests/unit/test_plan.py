@@ -6,13 +6,15 @@ the host) and planned again: the second plan must be empty (pyinfra's idempotenc
 
 from __future__ import annotations
 
+import difflib
 import random
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
 import pytest
 
-from reconciler.core.plan import RUNNING, describe, diff, plan
+from reconciler.core.plan import RUNNING, describe, diff, plan, whole_file_diff
 from reconciler.errors import ApplyError
 from reconciler.model import (
     DaemonReload,
@@ -835,3 +837,24 @@ def test_simulate_models_a_full_prune() -> None:
     assert files == {"web.service": None}
     assert units["web.service"].load_state == "not-found"
     assert isinstance(p.actions[0], StopUnit)
+
+
+@pytest.mark.parametrize(
+    ("old", "new"), [(["a\n"], ["b\n", "c\n"]), ([], ["x\n"]), (["x\n", "y\n"], [])]
+)
+def test_whole_file_diff_is_difflib_format(old: list[str], new: list[str]) -> None:
+    expected = list(difflib.unified_diff(old, new, "a/u.service", "b/u.service"))
+    assert whole_file_diff(old, new, "a/u.service", "b/u.service") == expected
+
+
+def test_diff_of_a_large_unit_is_linear() -> None:
+    """40,000 lines, every other one changed: difflib compared for minutes (quadratic)."""
+    old = "".join(f"Environment=K{i}=v{i}\n" for i in range(40_000))
+    new = "".join(f"Environment=K{i}=v{i}{'' if i % 2 else 'x'}\n" for i in range(40_000))
+    changed = Plan(actions=(WriteUnitFile("u.service", new, old),))
+    started = time.process_time()
+    text = diff(changed)
+    assert time.process_time() - started < 2
+    lines = text.splitlines(keepends=True)[3:]
+    assert "".join(ln[1:] for ln in lines if ln[0] == "-") == old
+    assert "".join(ln[1:] for ln in lines if ln[0] == "+") == new
