@@ -286,6 +286,7 @@ class Settings:
     render_cpu_sec: float = 10.0  # CPU time of one render (reconcile/jail.py)
     render_memory_mb: float = 512.0  # memory a render may add to the sync process
     max_units: int = 20_000  # units one host may be given (10,000 services with timers)
+    cache_max_mb: int = 512  # the git cache is trimmed to what is reachable past this
     allow_downgrade: bool = False  # signed mode: allow a ref move that is not a fast-forward
     sections: dict[str, dict[str, Any]] = field(default_factory=dict, compare=False)
     path: Path | None = field(default=None, compare=False)  # the file read, if any
@@ -338,7 +339,7 @@ class Settings:
 _PATHS = {"state_dir", "unit_dir", "run_dir", "webhook_secret_file", "gpg_home"}
 _BOOLS = {"verify_signatures", "allow_empty", "allow_downgrade"}
 _FLOATS = {"lock_timeout_sec", "fetch_timeout_sec", "render_cpu_sec", "render_memory_mb"}
-_INTS = {"max_units"}
+_INTS = {"max_units", "cache_max_mb"}
 
 
 def _top(source: str, key: str, value: Any, *, text: bool) -> Any:

@@ -34,6 +34,7 @@ from reconciler.reconcile.rollback import roll_back
 from reconciler.runtime import connect, open_store
 from reconciler.store.ledger import FILE_NAME as LEDGER_FILE
 from reconciler.store.ledger import Ledger
+from reconciler.store.sync_store import GOOD_RESULTS
 
 if TYPE_CHECKING:
     from reconciler.model import DesiredUnit, Snapshot
@@ -117,6 +118,8 @@ class _Sync:
                 if error is None:
                     raise
                 log.warning("cannot record the failed sync: %s", record_exc)  # error matters
+        if not self.dry_run and outcome.result in (Result.APPLIED, Result.ROLLED_BACK):
+            keep_revisions(self.settings, store)
         if error is not None:
             raise error
         return outcome
@@ -223,6 +226,22 @@ class _Sync:
             ref=outcome.resolved or None,
             commits=" ".join(c.revision for c in outcome.commits) or None,
         )
+
+
+KEPT_REVISIONS = 20  # the newest applied revisions kept in the git cache for a rollback
+
+
+def keep_revisions(settings: Settings, store: Store) -> None:
+    """Pin the revisions a rollback may go back to in the git cache, and bound the cache."""
+    applied = [r.revision for r in store.history(200) if r.result in GOOD_RESULTS]
+    keep = list(dict.fromkeys([*applied, store.last_good() or ""]))[:KEPT_REVISIONS]
+    fetch.keep(
+        settings.state_dir / "repo",
+        keep,
+        max_bytes=settings.cache_max_mb << 20,
+        url=settings.repo,
+        timeout=settings.fetch_timeout_sec,
+    )
 
 
 def describe_source(settings: Settings, store: Store, snapshot: Snapshot, outcome: Outcome) -> None:

@@ -37,6 +37,7 @@ import logging
 import os
 import re
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -56,12 +57,15 @@ if TYPE_CHECKING:
     import git
 
 MAX_LOG = 50  # commits listed between the applied and the new revision
+KEEP_REF = "refs/reconciler/kept/"  # one ref per applied revision a rollback may need
 _HEX = re.compile(r"[0-9a-f]{4,40}")
 _FULL_SHA = re.compile(r"[0-9a-f]{40}")
 # Characters git never allows in a ref name, plus a leading '-' (option injection).
 _BAD_REF = re.compile(r"^-|[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{")
 _CACHE_CONFIG = (
-    ("gc", "pruneExpire", "never"),  # revisions fetched once stay readable (rollback)
+    # Unreachable objects (history force-pushed away, never applied) go after two weeks;
+    # what a rollback needs is kept by refs under KEEP_REF (``keep``), whatever the remote does.
+    ("gc", "pruneExpire", "2.weeks.ago"),
     ("gc", "autoDetach", "false"),  # no gc outliving the oneshot
     ("transfer", "fsckObjects", "true"),  # malformed objects from the remote are refused
 )
@@ -101,6 +105,7 @@ _BOILERPLATE = (
 # one-shot command must print one line, not a logging record.
 logging.getLogger("git").addHandler(logging.NullHandler())
 logging.getLogger("git").propagate = False
+log = logging.getLogger("reconciler")
 
 
 def fetch(
@@ -220,6 +225,7 @@ def _ensure_cache(cache_dir: Path) -> None:
     import git  # lazy (60-80 ms): see the module docstring
 
     if (cache_dir / "HEAD").is_file():
+        _configure(cache_dir)  # a cache made by an older version keeps its config up to date
         return
     if cache_dir.exists() and any(cache_dir.iterdir()):
         raise SourceError(
@@ -371,6 +377,99 @@ def _smart(repo: git.Repo, url: str, left: float) -> bool:
     with repo.config_writer() as writer:
         writer.set_value("reconciler", "transport", f"{'smart' if smart else 'dumb'} {url}")
     return smart
+
+
+def _configure(cache_dir: Path) -> None:
+    """Set ``_CACHE_CONFIG`` where it differs (one read of the config file when nothing does)."""
+    import git  # lazy (60-80 ms): see the module docstring
+
+    repo = git.Repo(cache_dir)
+    try:
+        with repo.config_reader() as reader:
+            stale = [(s, k, v) for s, k, v in _CACHE_CONFIG if str(reader.get_value(s, k, "")) != v]
+        if stale:
+            with repo.config_writer() as writer:
+                for section, key, value in stale:
+                    writer.set_value(section, key, value)
+    finally:
+        repo.close()
+
+
+def keep(
+    cache_dir: Path, revisions: list[str], *, max_bytes: int, url: str | None, timeout: float
+) -> None:
+    """Keep exactly ``revisions`` readable (refs under ``KEEP_REF``) and bound the cache.
+
+    The cache is a partial clone, and git keeps every object of a promisor pack, reachable
+    or not: history force-pushed away would stay forever. Past ``max_bytes`` the cache is
+    rebuilt: the kept revisions' objects are copied over locally, the rest is fetched anew
+    from the remote. Never fails a sync: a cache that cannot be trimmed is only logged.
+    """
+    import git  # lazy (60-80 ms): see the module docstring
+
+    want = {r for r in revisions if _FULL_SHA.fullmatch(r)}
+    deadline = time.monotonic() + timeout
+    try:
+        with _open(cache_dir) as repo:
+            have = {
+                ref.path[len(KEEP_REF) :]
+                for ref in repo.references
+                if ref.path.startswith(KEEP_REF)
+            }
+            for rev in sorted(have - want):
+                repo.git.update_ref("-d", KEEP_REF + rev)
+            for rev in sorted(want - have):
+                if _commit_by_id(repo, rev) is not None:
+                    repo.git.update_ref(KEEP_REF + rev, rev)
+        if url and _size(cache_dir) > max_bytes:
+            with _cache_lock(cache_dir, deadline):
+                _rebuild(cache_dir, url, deadline)
+            if (size := _size(cache_dir)) > max_bytes:
+                log.warning(
+                    "git cache '%s' holds %d MB after a rebuild, over cache_max_mb: the "
+                    "repository's own history is that large",
+                    cache_dir,
+                    size >> 20,
+                )
+    except (git.GitCommandError, SourceError, OSError) as exc:
+        log.warning("cannot trim git cache '%s': %s", cache_dir, exc)
+
+
+def _rebuild(cache_dir: Path, url: str, deadline: float) -> None:
+    """A new cache holding the kept revisions (copied locally) and the remote's refs."""
+    new = cache_dir.with_name(f"{cache_dir.name}.rebuild-{os.getpid()}")
+    trash = cache_dir.with_name(f"{cache_dir.name}.old-{os.getpid()}")
+    shutil.rmtree(new, ignore_errors=True)
+    try:
+        _ensure_cache(new)
+        with tempfile.TemporaryFile() as pack, _open(cache_dir) as old:
+            kept = {r.path: r.commit.hexsha for r in old.references if r.path.startswith(KEEP_REF)}
+            if kept:
+                with tempfile.TemporaryFile() as revs:
+                    revs.write("".join(f"{ref}\n" for ref in kept).encode())
+                    revs.seek(0)
+                    # a partial clone lacks the large blobs: they stay missing, as before
+                    old.git.pack_objects(
+                        "--revs", "--missing=allow-promisor", "--stdout",
+                        istream=revs, output_stream=pack,
+                    )  # fmt: skip
+                pack.seek(0)
+                with _open(new) as repo:
+                    name = repo.git.index_pack("--stdin", istream=pack).split()[-1]
+                    (new / "objects" / "pack" / f"pack-{name}.promisor").touch()
+                    for ref, sha in kept.items():
+                        repo.git.update_ref(ref, sha)
+        with _open(new) as repo:
+            _fetch(repo, url, new, deadline)
+        cache_dir.rename(trash)
+        new.rename(cache_dir)
+    finally:
+        shutil.rmtree(new, ignore_errors=True)
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def _size(cache_dir: Path) -> int:
+    return sum(p.stat().st_size for p in (cache_dir / "objects").rglob("*") if p.is_file())
 
 
 def _clean(cache_dir: Path) -> None:

@@ -309,3 +309,50 @@ def test_large_blobs_are_never_fetched(fenv: FaultEnv, fault_report: Report) -> 
     assert refused.returncode != 0 and len(lines) == 1, refused.stderr
     assert "'inventory/huge.toml'" in lines[0] and "larger than 16384 KiB" in lines[0]
     assert size < 4 << 20, f"the cache holds {size} bytes after the refusal"
+
+
+def test_git_cache_is_bounded(fenv: FaultEnv, fault_report: Report) -> None:
+    """Issue 11 #14: the cache kept every object forever (gc.pruneExpire=never). History
+    force-pushed away that the host never applied goes; applied revisions stay readable."""
+    a = fenv.name("bounded")
+    fenv.configure(top="cache_max_mb = 1\n")
+    first = fenv.repo.commit(base_files(fenv, service(a)), message="good")
+    fenv.sync()
+    blob = fenv.repo.work / "assets" / "noise.bin"
+    blob.parent.mkdir()
+    blob.write_bytes(os.urandom(3 << 20))  # 3 MiB under the read limit: it is fetched
+    bad = base_files(fenv, service(a, greeting="two"))
+    bad["inventory/services.toml"] += "\nunknown_key = 1\n"
+    fenv.repo.commit(bad, message="a broken push with a large asset")
+    broken = fenv.run("sync")
+    cache = fenv.state / "repo"
+    fetched = tree_bytes(cache / "objects")
+    work = fenv.repo.work
+    # History rewritten from scratch: the applied revision and the broken one are gone
+    git(work, "checkout", "-q", "--orphan", "rewritten")
+    git(work, "rm", "-q", "-r", "--cached", "assets")
+    blob.unlink()
+    fenv.repo.write(base_files(fenv, service(a, greeting="three")))
+    git(work, "add", "-A")
+    git(work, "commit", "-q", "-m", "fixed")
+    second = git(work, "rev-parse", "HEAD")
+    git(work, "push", "-q", "--force", "origin", f"HEAD:{fenv.repo.branch}")
+    faulted = time.monotonic()
+    fenv.sync()
+    converge = time.monotonic() - faulted
+    trimmed = tree_bytes(cache / "objects")
+    kept = git(cache, "for-each-ref", "--format=%(refname)", "refs/reconciler/kept/")
+    rollback = fenv.run("rollback", first)
+    fault_report(
+        "git cache grows forever (history force-pushed away)",
+        "applied revisions are pinned (refs/reconciler/kept/, the newest 20); the rest is "
+        "pruned by git's gc after two weeks, at once past cache_max_mb "
+        f"({fetched >> 10} KiB -> {trimmed >> 10} KiB)",
+        converge,
+        rollback.returncode == 0,
+    )
+    assert broken.returncode == 1 and fetched > 3 << 20, (broken.stderr, fetched)
+    assert trimmed < 1 << 20, f"the cache still holds {trimmed} bytes"
+    assert f"refs/reconciler/kept/{first}" in kept and f"refs/reconciler/kept/{second}" in kept
+    assert rollback.returncode == 0, rollback.stderr  # pinned: no branch of the remote has it
+    assert git(fenv.repo.remote, "branch", "--contains", first) == ""
