@@ -16,7 +16,7 @@ import tomllib
 from collections import ChainMap, Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -29,6 +29,7 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails, PydanticCustomError
 
+from reconciler.core import unitkind
 from reconciler.errors import InventoryError, UnknownHostError
 
 HOSTS_FILE = "inventory/hosts.toml"
@@ -39,7 +40,10 @@ RESERVED = frozenset({"service", "host"})  # names the template context sets its
 MAX_STEM = 255 - len(".service")  # systemd's unit name limit is 255 bytes
 TRIGGERS: tuple[str, ...] = ("calendar", "active_sec", "boot_sec", "startup_sec")
 TRIGGERS += ("unit_active_sec", "unit_inactive_sec")
-UNIT_TYPES = ("service", "socket", "target", "path", "timer", "mount", "slice", "scope")
+UNIT_TYPES = (*unitkind.KINDS, "scope")
+Kind = Literal[
+    "service", "socket", "path", "mount", "automount", "swap", "target", "slice", "timer"
+]
 MAX_NESTING = 64  # levels of tables and arrays in one file (deeper ones crash parsers)
 # The reconciler's own units (the project's units/ folder, written by `reconciler install`;
 # tests/unit/test_units.py checks the two agree): a service named like one would write over
@@ -57,7 +61,7 @@ OWN_UNIT_STEMS = frozenset(
     }
 )
 
-_STEM_CHARS = re.compile(r"[A-Za-z0-9:_.@-]+")
+_STEM_CHARS = re.compile(r"[A-Za-z0-9:_.@\\-]+")
 _HOST_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}")
 _VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
@@ -97,6 +101,8 @@ def check_stem(name: str) -> str | None:
     if bad:
         shown = ", ".join(f"'{quote(c)}'" for c in bad)
         return f"character {shown} not allowed (use ASCII letters, digits and ':_.@-')"
+    if "\\" in name and not re.fullmatch(r"(?:[^\\]|\\x[0-9a-f]{2})*", name):
+        return "'\\' only as a '\\xNN' escape, as systemd-escape writes it"
     if ".." in name:
         return "'..' is not allowed"
     if not (name[0].isalnum() or name[0] == "_"):
@@ -238,6 +244,7 @@ class Health(_Strict):
 
 class Service(_Strict):
     template: str
+    kind: Kind = "service"
     hosts: Annotated[list[str], AfterValidator(_unique)]
     vars: Vars = Field(default_factory=dict)
     enable: bool = True
@@ -277,6 +284,7 @@ class ServiceInstance:
     health_timeout_sec: float | None
     host_name: str
     host_groups: tuple[str, ...]
+    kind: str = "service"  # the unit's type: NAME.KIND is written
 
 
 @dataclass(frozen=True)
@@ -311,6 +319,7 @@ class Inventory:
             ServiceInstance(
                 name=name,
                 template=svc.template,
+                kind=svc.kind,
                 vars=ChainMap(svc.vars, base),  # shared, not copied: base may be large
                 enable=svc.enable,
                 start=svc.start,
@@ -441,6 +450,16 @@ def _template_problem(template: str, files: Mapping[str, bytes]) -> str | None:
     return None
 
 
+def _kind_problem(name: str, svc: Service) -> tuple[str, str] | None:
+    """(key, why) when the service's name or tables do not fit its ``kind``, else None."""
+    if svc.timer is not None and svc.kind != "service":
+        return "timer", f'only a kind = "service" has a [timer] table (this is a {svc.kind})'
+    if len(name) + 1 + len(svc.kind) > 255:
+        return "kind", f"'{quote(name)}.{svc.kind}' is longer than systemd's 255 characters"
+    problem = unitkind.name_problem(name, svc.kind)
+    return ("kind", f"invalid {svc.kind} name '{quote(name)}': {problem}") if problem else None
+
+
 def _check_services(
     services: ServicesFile, hosts: HostsFile, groups: frozenset[str], files: Mapping[str, bytes]
 ) -> tuple[list[tuple[str, str]], int]:
@@ -456,6 +475,11 @@ def _check_services(
                 "install ('reconciler install' writes them from units/): pick another name"
             )
             first = first or [(key_path(("services", name)), why)]
+        kind_problem = _kind_problem(name, svc)
+        if kind_problem:
+            count += 1
+            key, why = kind_problem
+            first = first or [(key_path(("services", name, key)), why)]
         problem = _template_problem(svc.template, files)
         if problem:
             count += 1

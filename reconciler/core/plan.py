@@ -13,6 +13,7 @@ import difflib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import PurePosixPath
 
+from reconciler.core import unitkind
 from reconciler.errors import ApplyError
 from reconciler.model import (
     Action,
@@ -310,9 +311,12 @@ def _install(content: str) -> list[str]:
 
 
 def _timer_driven(desired: Sequence[DesiredUnit]) -> set[str]:
-    """Units run by a timer of the same inventory service: the sync never (re)starts them."""
+    """Units run by a timer of the same inventory service, or started by a timer or path unit
+    of this host: the sync never (re)starts them (a socket's service is restarted if running
+    and changed, like any ``start = false`` unit)."""
     with_timer = {d.service for d in desired if d.name.endswith(".timer")}
-    return {d.name for d in desired if d.service in with_timer and not d.name.endswith(".timer")}
+    ours = {d.name for d in desired if d.service in with_timer and not d.name.endswith(".timer")}
+    return ours | unitkind.scheduled(unitkind.activated((d.name, d.content) for d in desired))
 
 
 def _job(

@@ -15,17 +15,18 @@ Values are not rewritten: ``{{ x | arg }}`` quotes one Exec*= argument (spaces, 
 compose (each escapes the original value once, in either order, and is idempotent); text
 made from their output by anything else (``~``, another filter) is plain text again.
 
-A service without a timer and ``enable = true`` needs an ``[Install]`` section (else
-enabling would do nothing, every sync). A timer service is never started by the sync and
-is enabled only if its own ``[Install]`` section asks for it; its timer carries ``enable``
-and ``start``.
+A unit (``NAME.KIND``, ``kind`` from the inventory) without a timer and ``enable = true``
+needs an ``[Install]`` section (else enabling would do nothing, every sync). A unit that a
+socket, path or timer of the same host starts is never started by the sync itself. A timer
+service is never started by the sync and is enabled only if its own ``[Install]`` section
+asks for it; its timer carries ``enable`` and ``start``.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any
 
@@ -34,6 +35,7 @@ from jinja2 import meta
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment, safe_range
 
+from reconciler.core import unitkind
 from reconciler.core.inventory import (
     SERVICES_FILE,
     TEMPLATE_DIR,
@@ -452,11 +454,17 @@ def build_timer(name: str, timer: Timer) -> str:
 def render_one(
     env: _Sandbox, inst: ServiceInstance, names: frozenset[str] | None = None
 ) -> list[DesiredUnit]:
-    """The units of one service instance: ``NAME.service`` and maybe ``NAME.timer``;
+    """The units of one service instance: ``NAME.KIND`` and maybe ``NAME.timer``;
     ``names``: the vars its templates may read (``referenced_names``), None for all."""
-    unit = f"{inst.name}.service"
+    unit = f"{inst.name}.{inst.kind}"
     content = _check(_render_text(env, inst, names), inst, unit)
     health = inst.health_timeout_sec
+    wrong_name = unitkind.path_name_problem(inst.name, inst.kind, content)
+    if wrong_name:
+        raise RenderError(
+            f"{TEMPLATE_DIR}{inst.template}: {wrong_name} (service '{inst.name}')",
+            hint=f"rename [services.{inst.name}] in {SERVICES_FILE}",
+        )
     if inst.timer is None:
         if inst.enable and not has_install(content):
             raise RenderError(
@@ -489,4 +497,6 @@ def render(instances: Sequence[ServiceInstance], templates: Mapping[str, str]) -
     units: list[DesiredUnit] = []
     for inst in instances:
         units.extend(render_one(env, inst, names))
-    return units
+    # A unit that a socket, path or timer of this host starts is started by it, not the sync.
+    by = unitkind.activated((u.name, u.content) for u in units)
+    return [replace(u, start=False) if u.start and u.name in by else u for u in units]

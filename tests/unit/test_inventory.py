@@ -354,6 +354,49 @@ BAD: list[tuple[str, dict[str, bytes], str, str]] = [
         "",
     ),
     (
+        "unknown kind",
+        files(services=svc('kind = "device"\n')),
+        f"{S}: services.web.kind: Input should be 'service', 'socket', 'path', 'mount'",
+        "",
+    ),
+    (
+        "mount not named after a path",
+        files(services=svc('kind = "mount"\n', name="srv--data")),
+        f"{S}: services.srv--data.kind: invalid mount name 'srv--data': a mount unit is named "
+        "after its escaped Where= path",
+        "systemd-escape --path",
+    ),
+    (
+        "mount named with a bare dash",
+        files(services=svc('kind = "mount"\n', name="'srv-my-data\\x2g'")),
+        f"{S}: services",
+        "'\\' only as a '\\xNN' escape",
+    ),
+    (
+        "swap named oddly",
+        files(services=svc('kind = "swap"\n', name="swap-")),
+        f"{S}: services",
+        "a swap unit is named after its escaped What= path",
+    ),
+    (
+        "escape outside a path-named unit",
+        files(services=svc("", name="'srv-my\\x2ddata'")),
+        f'{S}: services."srv-my\\\\x2ddata".kind: invalid service name',
+        "'\\' escapes are for path-named units",
+    ),
+    (
+        "slice with an empty part",
+        files(services=svc('kind = "slice"\n', name="apps--web")),
+        f"{S}: services.apps--web.kind: invalid slice name 'apps--web': a slice's name",
+        "",
+    ),
+    (
+        "timer table on a socket",
+        files(services=svc('kind = "socket"\n[services.web.timer]\non_calendar = "daily"\n')),
+        f'{S}: services.web.timer: only a kind = "service" has a [timer] table (this is a socket)',
+        "",
+    ),
+    (
         "several problems",
         files(services=svc("foo = 1\nbar = 2\nenable = 3\n")),
         f"{S}: services.web.enable: Input should be a valid boolean (and 2 more)",
@@ -494,3 +537,22 @@ def test_example_content_loads() -> None:
 )
 def test_key_path(loc: tuple[str | int, ...], expected: str) -> None:
     assert inventory.key_path(loc) == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [
+        ("web", "socket"),
+        ("web", "path"),
+        ("srv-data", "mount"),
+        ("srv-my\\x2ddata", "automount"),
+        ("var-swap.img", "swap"),
+        ("apps-web", "slice"),
+        ("stack", "target"),
+        ("nightly", "timer"),
+    ],
+)
+def test_every_kind_loads(name: str, kind: str) -> None:
+    body = f"[services.'{name}']\ntemplate = 'web.service.j2'\nhosts = ['h1']\nkind = '{kind}'\n"
+    (inst,) = inventory.load(files(services=body.encode())).select("h1")
+    assert (inst.name, inst.kind) == (name, kind)

@@ -317,6 +317,48 @@ CASES = [
         ["write backup.service (changed)", "reload systemd"],
     ),
     Case(
+        "service behind a path unit changed while running: not restarted (the path starts it)",
+        (
+            DesiredUnit("spool.path", "[Path]\nPathChanged=/srv/in\nUnit=run.service\n", "spool"),
+            DesiredUnit("run.service", service("run", "true", wanted_by=""), "run", False),
+        ),
+        {"spool.path": "[Path]\nPathChanged=/srv/in\nUnit=run.service\n", "run.service": None},
+        {
+            "spool.path": live("spool.path"),
+            "run.service": live("run.service", "activating", "static"),
+        },
+        owned("spool.path"),
+        ["write run.service (new)", "reload systemd"],
+    ),
+    Case(
+        "socket's service changed while running: restarted; not started when idle",
+        (
+            DesiredUnit("echo.socket", "[Socket]\nListenStream=7000\n", "echo"),
+            DesiredUnit("echo.service", service("echo", wanted_by=""), "echo", False, False),
+            DesiredUnit("idle.socket", "[Socket]\nListenStream=7001\n", "idle"),
+            DesiredUnit("idle.service", service("idle", wanted_by=""), "idle", False, False),
+        ),
+        {
+            "echo.socket": "[Socket]\nListenStream=7000\n",
+            "echo.service": "old",
+            "idle.socket": "[Socket]\nListenStream=7001\n",
+            "idle.service": "old",
+        },
+        {
+            "echo.socket": live("echo.socket"),
+            "echo.service": live("echo.service", file_state="static"),
+            "idle.socket": live("idle.socket"),
+            "idle.service": live("idle.service", "inactive", "static"),
+        },
+        owned("echo.socket", "echo.service", "idle.socket", "idle.service"),
+        [
+            "write echo.service (changed)",
+            "write idle.service (changed)",
+            "reload systemd",
+            "restart echo.service",
+        ],
+    ),
+    Case(
         "timer stopped by hand: started again",
         BACKUP,
         on_host(*BACKUP),

@@ -536,3 +536,68 @@ def test_a_timer_larger_than_a_unit_may_be_is_refused() -> None:
     timer = Timer(on_calendar=calendar)
     with pytest.raises(RenderError, match=r"^inventory/services.toml: services.web.timer: web"):
         render.render([instance(timer=timer, enable=False)], {NAME: UNIT})
+
+
+def kinded(name: str, kind: str) -> ServiceInstance:
+    return ServiceInstance(name, f"{name}.j2", {}, False, True, None, None, "h1", (), kind)
+
+
+def test_every_kind_renders_name_dot_kind() -> None:
+    body = "[Unit]\nDescription=x\n"
+    instances = [kinded(n, k) for n, k in [("a", "socket"), ("srv-data", "mount")]]
+    units = render.render(instances, {i.template: body for i in instances})
+    assert [u.name for u in units] == ["a.socket", "srv-data.mount"]
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "body", "message"),
+    [
+        (
+            "srv-data",
+            "mount",
+            "[Mount]\nWhere=/srv/my-data\nWhat=/dev/vdb\n",
+            "templates/srv-data.j2: Where=/srv/my-data needs the unit name "
+            "'srv-my\\x2ddata.mount', not 'srv-data.mount'",
+        ),
+        (
+            "srv-data",
+            "automount",
+            "[Automount]\nWhere=/data\n",
+            "needs the unit name 'data.automount', not 'srv-data.automount'",
+        ),
+        (
+            "swapfile",
+            "swap",
+            "[Swap]\nWhat=/var/swap.img\n",
+            "What=/var/swap.img needs the unit name 'var-swap.img.swap', not 'swapfile.swap'",
+        ),
+    ],
+)
+def test_path_named_unit_must_match_its_path(name: str, kind: str, body: str, message: str) -> None:
+    inst = kinded(name, kind)
+    with pytest.raises(RenderError) as info:
+        render.render([inst], {inst.template: body})
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_activated_units_are_not_started_by_the_sync() -> None:
+    bodies = {
+        "echo.j2": "[Socket]\nListenStream=127.0.0.1:7000\n",
+        "echo-svc.j2": "[Service]\nExecStart=/bin/cat\n",
+        "spool.j2": "[Path]\nPathChanged=/srv/spool\nUnit=spool-run.service\n",
+        "spool-run.j2": "[Service]\nType=oneshot\nExecStart=/bin/true\n",
+    }
+    instances = [
+        kinded("echo", "socket"),
+        ServiceInstance("echo", "echo-svc.j2", {}, False, True, None, None, "h1", ()),
+        kinded("spool", "path"),
+        ServiceInstance("spool-run", "spool-run.j2", {}, False, True, None, None, "h1", ()),
+    ]
+    units = {u.name: u for u in render.render(instances, bodies)}
+    assert {n: u.start for n, u in units.items()} == {
+        "echo.socket": True,
+        "echo.service": False,
+        "spool.path": True,
+        "spool-run.service": False,
+    }

@@ -1,0 +1,145 @@
+"""Unit kinds: how systemd names them and which unit starts which (pure).
+
+A mount, automount or swap unit is named after a path (``/srv/my-data`` ->
+``srv-my\\x2ddata.mount``, as ``systemd-escape --path`` prints it); systemd refuses to load
+one whose ``Where=``/``What=`` says otherwise, so the render refuses it first, naming the
+right name. A socket, path or timer starts a service of its own (``NAME.service`` unless
+``Service=``/``Unit=`` says otherwise): the sync leaves starting that service to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+KINDS = ("service", "socket", "path", "mount", "automount", "swap", "target", "slice", "timer")
+PATH_NAMED = {"mount": "Where", "automount": "Where", "swap": "What"}  # kind -> directive
+# kind -> (section, directive naming the unit it starts)
+ACTIVATES = {"socket": ("Socket", "Service"), "path": ("Path", "Unit"), "timer": ("Timer", "Unit")}
+_PLAIN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789:_.")
+
+
+def escape_path(path: str) -> str:
+    """``systemd-escape --path``: ``/srv/my-data`` -> ``srv-my\\x2ddata`` (``/`` -> ``-``)."""
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if not parts:
+        return "-"
+    out = []
+    for i, char in enumerate("/".join(parts)):
+        if char == "/":
+            out.append("-")
+        elif char in _PLAIN and not (i == 0 and char == "."):
+            out.append(char)
+        else:
+            out.extend(f"\\x{b:02x}" for b in char.encode("utf-8"))
+    return "".join(out)
+
+
+def unescape_path(name: str) -> str | None:
+    """The path a path-named unit stem stands for (None: not a valid escaped path)."""
+    if name == "-":
+        return "/"
+    data = bytearray(b"/")
+    i = 0
+    while i < len(name):
+        char = name[i]
+        if char == "-":
+            data += b"/"
+        elif char == "\\":
+            hexa = name[i + 2 : i + 4]
+            if name[i + 1 : i + 2] != "x" or len(hexa) != 2:
+                return None
+            try:
+                data.append(int(hexa, 16))
+            except ValueError:
+                return None
+            i += 3
+        else:
+            data += char.encode("utf-8")
+        i += 1
+    try:
+        path = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return path if escape_path(path) == name and ".." not in path.split("/") else None
+
+
+def name_problem(stem: str, kind: str) -> str | None:
+    """Why ``stem`` cannot name a unit of ``kind`` (beyond the common name rules), or None."""
+    if kind in PATH_NAMED:
+        if unescape_path(stem) is None:
+            return (
+                f"a {kind} unit is named after its escaped {PATH_NAMED[kind]}= path "
+                "('systemd-escape --path /srv/data' prints 'srv-data')"
+            )
+    elif "\\" in stem:
+        return "'\\' escapes are for path-named units (mount, automount, swap)"
+    if (
+        kind == "slice"
+        and stem != "-"
+        and ("--" in stem or stem.startswith("-") or stem[-1] == "-")
+    ):
+        return "a slice's name is its parent slices joined by '-' (no empty part)"
+    return None
+
+
+def section_values(content: str, section: str, key: str) -> list[str]:
+    """Every value of ``key=`` in ``[section]`` of a unit file, in order."""
+    values: list[str] = []
+    inside = False
+    for raw in content.splitlines():
+        line = raw.strip()
+        if line.startswith("["):
+            inside = line == f"[{section}]"
+        elif inside and line and not line.startswith(("#", ";")):
+            name, sep, value = line.partition("=")
+            if sep and name.strip() == key:
+                values.append(value.strip())
+    return values
+
+
+def path_name_problem(stem: str, kind: str, content: str) -> str | None:
+    """A mount/automount/swap unit whose ``Where=``/``What=`` is not its name, or None."""
+    directive = PATH_NAMED.get(kind)
+    if directive is None:
+        return None
+    values = section_values(content, kind.capitalize(), directive)
+    if not values:
+        return None  # systemd takes the path from the name
+    right = escape_path(values[-1])
+    if right == stem:
+        return None
+    return (
+        f"{directive}={values[-1]} needs the unit name '{right}.{kind}', not '{stem}.{kind}' "
+        f"(a {kind} unit is named after its escaped {directive}= path)"
+    )
+
+
+def activated(units: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """``{unit: activator}``: the unit each socket, path or timer of ``(name, content)`` starts.
+
+    A socket with ``Accept=yes`` starts instances of ``NAME@.service``, which no sync starts.
+    """
+    out: dict[str, str] = {}
+    for name, content in units:
+        stem, _, kind = name.rpartition(".")
+        if kind not in ACTIVATES:
+            continue
+        section, key = ACTIVATES[kind]
+        named = section_values(content, section, key)
+        if named:
+            out.setdefault(named[-1], name)
+        elif kind == "socket" and section_values(content, "Socket", "Accept")[-1:] in (
+            ["yes"],
+            ["true"],
+            ["1"],
+            ["on"],
+        ):
+            out.setdefault(f"{stem}@.service", name)
+        else:
+            out.setdefault(f"{stem}.service", name)
+    return out
+
+
+def scheduled(activators: Mapping[str, str]) -> set[str]:
+    """The units a timer or path unit starts (the sync never starts or restarts them)."""
+    return {unit for unit, by in activators.items() if not by.endswith(".socket")}
