@@ -89,6 +89,7 @@ def test_toml_snippets_are_a_valid_repository() -> None:
     for host in inv.hosts_file.hosts:
         rendered += [u.name for u in render.render(inv.select(host), templates)]
     assert {"web.service", "readings-etl.service", "readings-etl.timer"} <= set(rendered)
+    assert {"echo.socket", "echo-server.service"} <= set(rendered)
 
 
 def test_no_snippet_service_is_named_like_an_own_unit() -> None:

@@ -147,7 +147,10 @@ class Demo:
         shutil.copytree(package_data.find("templates"), clone / "templates")
         # The examples' ports (web on 8080) are the host's own: it has a network of its own.
         self.git("checkout", "-q", "-B", "main")
-        self.push("example host: web, readings-etl, system-metrics, srv-backup")
+        self.push(
+            "example host: web, readings-etl, system-metrics, srv-backup, echo (socket), "
+            "inbox (path)"
+        )
         state = self.work / "state"
         (self.work / "config.toml").write_text(
             f'repo = "{bare}"\nref = "main"\nhost = "sandbox"\n'

@@ -3,8 +3,10 @@
 A long-running unit is healthy once it has stayed active with the same InvocationID and
 NRestarts for a settle period: a crash-looping service is briefly "active" between
 crashes, so one look is not enough. A oneshot is healthy once it finished with success
-(or stays active with RemainAfterExit=yes). A unit that does not get there within its
-``timeout_sec`` fails the gate.
+(or stays active with RemainAfterExit=yes). Every other kind is read the same way, since
+systemd says ``active`` for what each means by up: a socket listening (or running its
+service), a mount mounted, a path or timer waiting, a target reached. A unit that does not
+get there within its ``timeout_sec`` fails the gate.
 """
 
 from __future__ import annotations

@@ -75,6 +75,15 @@ def append(text: str) -> Mutation:
     return mutate
 
 
+def misnamed_mount(work: Path, name: str) -> None:
+    """A mount whose Where= is not its name: systemd would refuse to load it."""
+    (work / "templates/data.mount.j2").write_text("[Mount]\nWhat=tmpfs\nWhere=/srv/my-data\n")
+    append(
+        f'[services."srv-{name}"]\nkind = "mount"\ntemplate = "data.mount.j2"\n'
+        'hosts = ["web"]\nenable = false'
+    )(work, name)
+
+
 def symlink_template(work: Path, name: str) -> None:
     os.symlink("/etc/shadow", work / "templates/shadow.j2")
     edit("inventory/services.toml", '"app.service.j2"', '"shadow.j2"')(work, name)
@@ -161,6 +170,15 @@ CASES: list[tuple[str, Mutation, str]] = [
             "[services.NAME-t.timer]\non_calendar = ["
             + ", ".join(f"'*-*-* 00:00:{i % 60:02d}'" for i in range(100_000)) + "]"),
      "timer would be larger than 1048576 characters"),
+    ("unknown unit kind", append("[services.NAME-k]\ntemplate = 'app.service.j2'\n"
+                                 "hosts = ['web']\nkind = 'device'"),
+     ".kind: Input should be 'service', 'socket'"),
+    ("mount not named after its Where= path", misnamed_mount,
+     "Where=/srv/my-data needs the unit name 'srv-my\\x2ddata.mount'"),
+    ("socket with a [timer] table", append("[services.NAME-s]\ntemplate = 'app.service.j2'\n"
+                                           "hosts = ['web']\nkind = 'socket'\n"
+                                           "[services.NAME-s.timer]\non_calendar = 'daily'"),
+     'only a kind = "service" has a [timer] table (this is a socket)'),
     ("host named like a group", lambda work, _name: (work / "inventory/hosts.toml").write_text(
         (work / "inventory/hosts.toml").read_text() + "\n[hosts.web]\n"),
      "hosts.testhost.groups[0]: group 'web' is also a host's name"),

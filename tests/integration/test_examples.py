@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,7 +28,8 @@ def example_files() -> dict[str, bytes]:
 @dataclasses.dataclass
 class Examples:
     units: dict[str, DesiredUnit]  # example unit name -> its uniquely named copy
-    port: int  # the web service's port
+    port: int  # the web service's port (the echo socket's: one more)
+    tag: str
 
 
 @pytest.fixture
@@ -40,7 +42,16 @@ def examples(host: sandbox.Host) -> Iterator[Examples]:
         dataclasses.replace(
             inst,
             name=f"{inst.name}-{tag}",
-            vars={**inst.vars, "port": port, "etl_url": f"http://127.0.0.1:{port}/"},
+            vars={
+                **inst.vars,
+                "port": port,
+                "etl_url": f"http://127.0.0.1:{port}/",
+                "listen": f"127.0.0.1:{port + 1}",
+                "server": f"echo-server-{tag}",
+                "socket": f"echo-{tag}",
+                "importer": f"inbox-import-{tag}",
+                "inbox_dir": f"/srv/inbox-{tag}",
+            },
         )
         for inst in inventory.load(files).select("sandbox")
     ]
@@ -48,7 +59,7 @@ def examples(host: sandbox.Host) -> Iterator[Examples]:
     for unit in units:
         (host.unit_dir / unit.name).write_text(unit.content)
     host.systemctl("daemon-reload")
-    yield Examples({u.name.replace(f"-{tag}", ""): u for u in units}, port)
+    yield Examples({u.name.replace(f"-{tag}", ""): u for u in units}, port, tag)
     names = [u.name for u in units]
     host.systemctl("stop", *names, check=False)
     for name in names:
@@ -122,3 +133,27 @@ def test_timers_are_scheduled(host: sandbox.Host, examples: Examples) -> None:
         props = _show(host, timer, "ActiveState", "NextElapseUSecRealtime")
         assert props["ActiveState"] == "active", props
         assert props["NextElapseUSecRealtime"], props
+
+
+def test_the_echo_socket_starts_its_server(host: sandbox.Host, examples: Examples) -> None:
+    sock, server = examples.units["echo.socket"].name, examples.units["echo-server.service"].name
+    host.systemctl("start", sock)
+    assert _show(host, server, "ActiveState")["ActiveState"] == "inactive"
+    with host.network(), socket.create_connection(("127.0.0.1", examples.port + 1), 5) as conn:
+        conn.sendall(b"ping\n")
+        assert conn.recv(16) == b"ping\n"
+    assert _show(host, server, "ActiveState")["ActiveState"] == "active"
+
+
+def test_the_inbox_path_runs_its_importer(host: sandbox.Host, examples: Examples) -> None:
+    path, importer = examples.units["inbox.path"].name, examples.units["inbox-import.service"].name
+    host.systemctl("start", path)
+    inbox = host.root / f"srv/inbox-{examples.tag}"
+    (inbox / "reading.csv").write_text("1,2\n")
+    state = host.root / "var/lib" / importer.removesuffix(".service") / "reading.csv"
+    deadline = time.monotonic() + 10
+    while not state.exists():
+        assert time.monotonic() < deadline, host.run(["journalctl", "-u", importer]).stdout
+        time.sleep(0.1)
+    assert not list(inbox.iterdir())
+    assert _show(host, path, "SubState")["SubState"] == "waiting"
