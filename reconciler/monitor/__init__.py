@@ -20,6 +20,7 @@ May import: ``runtime``, ``systemd``, ``store``, ``host``, ``core``, ``config``,
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -113,16 +114,41 @@ def desired_units(store: Store) -> list[DesiredUnit]:
     return sync_store.decode_desired(store.kv_get(sync_store.DESIRED_KEY))
 
 
+def own_units(store: Store, unit_dir: Path, desired: Sequence[DesiredUnit]) -> list[DesiredUnit]:
+    """The reconciler's own units ``install`` wrote (its manifest), as desired units, so its
+    timers are monitored like an inventory's: missed runs, failed runs. A service with a
+    timer or socket of its own is run by it (not started); the file is the one on disk
+    (install, not the sync, decides its content)."""
+    names = json.loads(store.kv_get(sync_store.INSTALLED_KEY) or "[]")
+    if not isinstance(names, list):
+        return []
+    managed = {d.name for d in desired}
+    stems = {n.rsplit(".", 1)[0] for n in names if n.endswith((".timer", ".socket"))}
+    own = []
+    for name in sorted(str(n) for n in names):
+        if name in managed or not name.endswith((".service", ".timer", ".socket")):
+            continue
+        active = not name.endswith(".service") or name.removesuffix(".service") not in stems
+        content = unitstate.read_unit_files(unit_dir, [name]).get(name) or ""
+        own.append(DesiredUnit(name, content, name.rsplit(".", 1)[0], enable=active, start=active))
+    return own
+
+
 def view_host(
     settings: Settings,
     systemd: Systemd,
     store: Store,
     counters: Mapping[str, Counters] | None = None,
+    *,
+    own: bool = False,
 ) -> HostView:
     """Read the desired units' state; ``counters`` (the last looks) spare unchanged units'
-    exit times. No counters: none are read (``status`` does not count)."""
+    exit times. No counters: none are read (``status`` does not count). ``own``: the
+    reconciler's own units too (the monitoring pass)."""
     started = time.monotonic()
     desired = desired_units(store)
+    if own:
+        desired = [*desired, *own_units(store, settings.unit_dir, desired)]
     names = [d.name for d in desired]
     known = counters or {}
 
@@ -408,7 +434,7 @@ def run_pass(
     db = FindingStore(store.path, retention=config.retention)
     try:
         at = time.time() if now is None else now
-        view = view_host(settings, systemd, store, db.counters())
+        view = view_host(settings, systemd, store, db.counters(), own=True)
         recorder = Recorder(db, config, exit_reader(settings))
         scheduled = _timer_run(view.desired)
         recorder.record(observations(view, at), scheduled)

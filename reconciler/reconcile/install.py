@@ -50,8 +50,9 @@ from reconciler.host import lock
 from reconciler.model import DesiredUnit, Plan
 from reconciler.reconcile import apply, validate
 from reconciler.reconcile.observe import read_host
+from reconciler.store.sync_store import INSTALLED_KEY
 
-MANIFEST_KEY = "install_owned"
+MANIFEST_KEY = INSTALLED_KEY  # the monitor reads it too: the own timers are monitored
 USERNS_KEY = "install_user_namespaces"  # what install probed; a sync cannot probe it
 PLACEHOLDER = "@RECONCILER@"
 # Started and enabled by install; every other unit is run by one of these.

@@ -377,6 +377,7 @@ def _move_aside(path: Path, exc: Exception) -> Path:
 
 
 DESIRED_KEY = "applied_units"  # kv key: the units of the applied revision, as JSON
+INSTALLED_KEY = "install_owned"  # kv key: the own units 'reconciler install' wrote (names)
 
 
 def encode_desired(desired: Iterable[DesiredUnit]) -> str:

@@ -317,3 +317,41 @@ def test_counters_describe_the_last_crash_even_unseen(mon: Mon, make_unit) -> No
         "SIGABRT",
         "watchdog",
     )
+
+
+OWN_TIMER = """\
+[Timer]
+OnActiveSec=1s
+OnUnitActiveSec=1s
+AccuracySec=100ms
+"""
+
+
+def test_the_reconcilers_own_timers_are_monitored(mon: Mon, make_unit) -> None:  # type: ignore[no-untyped-def]
+    """Units ``install`` wrote (its manifest, not the inventory): missed and failed runs."""
+    from reconciler.store.sync_store import Store
+
+    sync = make_unit("gitops-sync.service", "[Service]\nType=oneshot\nExecStart=/bin/true\n")
+    sync_timer = make_unit("gitops-sync.timer", OWN_TIMER)
+    backup = make_unit("volume-backup.service", "[Service]\nType=oneshot\nExecStart=/bin/false\n")
+    backup_timer = make_unit("volume-backup.timer", "[Timer]\nOnCalendar=daily\n")
+    mon.host.systemctl("daemon-reload")
+    mon.desire()  # the inventory manages nothing here
+    with Store.open(mon.state / "state.db") as store:
+        owned = [sync, sync_timer, backup, backup_timer]
+        store.kv_set("install_owned", json.dumps(sorted(owned)))  # install's manifest
+    mon.host.systemctl("start", sync_timer, backup_timer)
+    wait_for(lambda: mon.show(sync_timer, "LastTriggerUSec")["LastTriggerUSec"] != "", 10, "run")
+    healthy = mon.run()
+    assert [f.key for f in healthy.open if f.finding.unit in owned] == []
+    assert {u.unit for u in healthy.units} >= set(owned)
+
+    mon.host.systemctl("start", backup, check=False)  # a failed run of an own job
+    # and someone breaks the sync's service by hand: its timer stops triggering it
+    (mon.host.unit_dir / sync).write_text("[Service]\nType=oneshot\nExecStart=relative/true\n")
+    mon.host.systemctl("daemon-reload")
+    wait_for(lambda: mon.show(sync_timer, "ActiveState")["ActiveState"] == "failed", 10, "fail")
+    time.sleep(2.5)
+    result = mon.run()
+    assert finding(result, "drift", backup)["evidence"]["active"].startswith("failed")
+    assert finding(result, "missed_run", sync_timer)["evidence"]["overdue_sec"] > 1
