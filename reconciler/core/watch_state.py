@@ -146,13 +146,15 @@ def settled(view: UnitView) -> bool:
     """Not in the middle of a transition; two of systemd's are not looks:
 
     - a start job shows the new run's ``InvocationID`` with ``inactive``/``dead`` first;
+    - a stop or restart job shows ``deactivating`` first: a look there would move the last
+      look past the job (a sync's restart then looked like an operator's, ``attribute``);
     - a run that ended and will be restarted shows ``failed`` for an instant before
       ``auto-restart``. Counting it as "dead for good" would make the next run look
       manually started, its ``NRestarts`` runs unseen ones.
     """
     live = view.live
-    if view.job and live.active_state == "inactive":
-        return False
+    if view.job and live.active_state in ("inactive", "deactivating"):
+        return False  # a stop or restart job under way: its end is the look
     return not (
         live.active_state == "failed"
         and not limit_possible(view)

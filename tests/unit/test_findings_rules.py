@@ -120,3 +120,14 @@ def test_a_seen_crash_keeps_its_own_exit_and_the_log_fills_the_earlier_ones() ->
     assert [e.exit_code for e in events if e.kind == "crash"] == [2, 3]
     assert (counters.last_exit_code, counters.last_result) == (3, "exit-code")
     assert apply_exits(counters, events, []) == (counters, events)  # no log: nothing guessed
+
+
+def test_a_restart_job_under_way_is_not_a_look() -> None:
+    """A look at ``deactivating`` mid-restart would come after the sync's recorded job and
+    make the restart's stop and start look like an operator's."""
+    from reconciler.core.watch_state import UnitView, settled
+    from reconciler.model import LiveUnit
+
+    live = LiveUnit(UNIT, "loaded", "deactivating", "stop-sigterm")
+    assert not settled(UnitView(live, job=True))
+    assert settled(UnitView(live, job=False))  # a process ending by itself: a real state
