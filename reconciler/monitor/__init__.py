@@ -147,8 +147,8 @@ def view_host(
     reconciler's own units too (the monitoring pass)."""
     started = time.monotonic()
     desired = desired_units(store)
-    if own:
-        desired = [*desired, *own_units(store, settings.unit_dir, desired)]
+    mine = own_units(store, settings.unit_dir, desired) if own else []
+    desired = [*desired, *mine]
     names = [d.name for d in desired]
     known = counters or {}
 
@@ -164,6 +164,8 @@ def view_host(
         unitstate.read_state(systemd, names, settings.unit_dir, changed=changed) if names else {}
     )
     drift = {d.name: drift_mod.check(d, states[d.name]) for d in desired}
+    for d in mine:  # their runs are watched (missed, failed); their schedule is install's
+        drift[d.name] = [i for i in drift[d.name] if i.aspect != "timer"]
     return HostView(desired, states, drift, time.monotonic() - started)
 
 
