@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 from reconciler import runtime
 from reconciler.config import Settings
 from reconciler.core import drift as drift_mod
+from reconciler.core import unitkind
 from reconciler.core.counters import (
     STALE_SEC,
     Counters,
@@ -438,7 +439,7 @@ def run_pass(
         at = time.time() if now is None else now
         view = view_host(settings, systemd, store, db.counters(), own=True)
         recorder = Recorder(db, config, exit_reader(settings))
-        scheduled = _timer_run(view.desired)
+        scheduled = scheduled_units(view.desired)
         recorder.record(observations(view, at), scheduled)
         extra = [
             f
@@ -482,7 +483,9 @@ def run_pass(
             store.close()
 
 
-def _timer_run(desired: Sequence[DesiredUnit]) -> set[str]:
-    """Services started by a timer of theirs (flapping counts only failures for them)."""
+def scheduled_units(desired: Sequence[DesiredUnit]) -> set[str]:
+    """Services started by a timer or a path unit (flapping counts only failures for them):
+    a timer of their inventory service, or a timer or path of the host naming them."""
     timers = {d.name.removesuffix(".timer") for d in desired if d.name.endswith(".timer")}
-    return {d.name for d in desired if d.name.endswith(".service") and d.name[:-8] in timers}
+    by_timer = {d.name for d in desired if d.name.endswith(".service") and d.name[:-8] in timers}
+    return by_timer | unitkind.scheduled(unitkind.activated((d.name, d.content) for d in desired))

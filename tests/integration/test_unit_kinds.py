@@ -3,10 +3,10 @@ not), a path unit waits, a mount is mounted, a target is active; a second sync i
 
 from __future__ import annotations
 
+import json
 import random
 import socket
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,9 +14,8 @@ import pytest
 
 from reconciler.core.unitkind import escape_path
 from reconciler.devtools import sandbox
-from tests.faults.conftest import clean_units
-from tests.integration.gitrepo import ConfigRepo
-from tests.integration.test_sync import HOSTS, MUTATING, Env
+from tests.faults.conftest import FaultEnv, clean_units, make_env
+from tests.integration.test_sync import HOSTS, MUTATING
 
 pytestmark = pytest.mark.host
 
@@ -66,11 +65,8 @@ def entry(name: str, kind: str, template: str, extra: str = "", **vars_: object)
 
 
 @pytest.fixture
-def kinds_env(host: sandbox.Host, tmp_path: Path) -> Iterator[Env]:
-    state = tmp_path / "state"
-    state.mkdir()
-    (state / "none.toml").write_text("")
-    env = Env(host, ConfigRepo(tmp_path / "git"), state, uuid.uuid4().hex[:6])
+def kinds_env(host: sandbox.Host, tmp_path: Path) -> Iterator[FaultEnv]:
+    env = make_env(host, tmp_path)
     try:
         yield env
     finally:
@@ -81,7 +77,7 @@ def kinds_env(host: sandbox.Host, tmp_path: Path) -> Iterator[Env]:
         clean_units(env)
 
 
-def test_every_kind_runs_as_systemd_means_it(kinds_env: Env) -> None:
+def test_every_kind_runs_as_systemd_means_it(kinds_env: FaultEnv) -> None:
     env = kinds_env
     port = random.randint(20000, 29999)
     echo, spool, job, stack = (env.name(n) for n in ("echo", "spool", "job", "stack"))
@@ -131,6 +127,16 @@ def test_every_kind_runs_as_systemd_means_it(kinds_env: Env) -> None:
         while env.show(started, "InvocationID")["InvocationID"] == "":
             assert time.monotonic() < deadline, f"{started} was not started by its socket/path"
             time.sleep(0.1)
+
+    env.host.run(["rm", f"/run/{spool}.flag"])
+    env.host.run(["touch", f"/run/{spool}.flag"])  # a second run: a job, not a flapping unit
+    time.sleep(0.5)
+    monitor = json.loads(env.run("monitor", "--json", repo=None, host=None).stdout)
+    ours = {f"{echo}.socket", f"{echo}-svc.service", f"{spool}.path", f"{job}.service"}
+    ours |= {f"{mount}.mount", f"{stack}.target"}
+    assert {u["unit"] for u in monitor["units"]} >= ours, monitor["units"]
+    assert [d for d in monitor["drift"] if d["unit"] in ours] == []
+    assert [f for f in monitor["findings"] if f["unit"] in ours] == []
 
     second = env.sync()
     assert second["result"] == "noop", second

@@ -125,8 +125,7 @@ class Watcher:
 
     def set_desired(self, desired: list[DesiredUnit]) -> None:
         self.desired = desired
-        timers = {d.name.removesuffix(".timer") for d in desired if d.name.endswith(".timer")}
-        self.scheduled = {d.name for d in desired if d.name.removesuffix(".service") in timers}
+        self.scheduled = monitor.scheduled_units(desired)
 
     def select(self) -> list[str]:
         loaded: list[str] = []
