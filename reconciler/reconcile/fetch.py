@@ -11,15 +11,16 @@ Hand-written here, because GitPython has no such thing:
 
 * the read policy (``revision``): only ``inventory/`` and ``templates/``, sizes checked
   before a blob is read, symlinks and submodules refused; and the signature check;
-* unambiguous ref resolution: ``refs/heads/X``, ``refs/tags/X`` or a commit id, a short
-  name that matches more than one of them refused (GitPython's ``rev_parse`` takes the
-  first hit, as git does, so a branch named like a tag or a commit id would win);
-* credentials: ``http(s)://user:secret@host/...`` never reaches a command line (every
-  local user can read those in ``ps``); git gets the URL without them and asks a
-  credential helper, which reads them from its environment (readable by its owner only);
-* the flock on the cache, removing what a killed fetch left (``tmp_pack``), and the mapping
-  of ``GitCommandError`` to one ``SourceError`` line (git's stderr, redacted, boilerplate
-  skipped).
+* unambiguous ref resolution (``refs``): ``refs/heads/X``, ``refs/tags/X`` or a commit id,
+  a short name that matches more than one of them refused (GitPython's ``rev_parse`` takes
+  the first hit, as git does, so a branch named like a tag or a commit id would win);
+* credentials (``credentials``): ``http(s)://user:secret@host/...`` never reaches a command
+  line (every local user can read those in ``ps``); git gets the URL without them and asks
+  a credential helper, which reads them from its environment (readable by its owner only);
+* the cache on disk (``cache``): created whole, its flock, removing what a killed fetch
+  left (``tmp_pack``); here, pinning applied revisions and rebuilding a cache past
+  ``cache_max_mb``, and the mapping of ``GitCommandError`` to one ``SourceError`` line
+  (git's stderr, redacted, boilerplate skipped).
 
 The cache is a partial clone: blobs over the largest file a sync reads (16 MiB) are never
 fetched, and reads run with no protocol allowed, so a missing blob is never fetched lazily
@@ -32,22 +33,20 @@ takes its lock) does not pay it.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote
 
 from reconciler.config import Settings
 from reconciler.errors import SourceError, UsageError, redact
 from reconciler.model import CommitInfo, Snapshot
+from reconciler.reconcile import cache, credentials, refs
 from reconciler.reconcile.revision import MAX_FILE_BYTES as MAX_FILE_BYTES
 from reconciler.reconcile.revision import MAX_INVENTORY_BYTES as MAX_INVENTORY_BYTES
 from reconciler.reconcile.revision import Verification as Verification
@@ -58,17 +57,8 @@ if TYPE_CHECKING:
 
 MAX_LOG = 50  # commits listed between the applied and the new revision
 KEEP_REF = "refs/reconciler/kept/"  # one ref per applied revision a rollback may need
-_HEX = re.compile(r"[0-9a-f]{4,40}")
-_FULL_SHA = re.compile(r"[0-9a-f]{40}")
 # Characters git never allows in a ref name, plus a leading '-' (option injection).
 _BAD_REF = re.compile(r"^-|[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{")
-_CACHE_CONFIG = (
-    # Unreachable objects (history force-pushed away, never applied) go after two weeks;
-    # what a rollback needs is kept by refs under KEEP_REF (``keep``), whatever the remote does.
-    ("gc", "pruneExpire", "2.weeks.ago"),
-    ("gc", "autoDetach", "false"),  # no gc outliving the oneshot
-    ("transfer", "fsckObjects", "true"),  # malformed objects from the remote are refused
-)
 _ORIGIN = 'remote "origin"'
 # A partial clone: blobs larger than any file a sync may read are never fetched (a 300 MB
 # blob anywhere in the history would otherwise be fetched, and time out, on every sync).
@@ -78,21 +68,6 @@ _PARTIAL_CLONE = (
     ("extensions", "partialClone", "origin"),
     (_ORIGIN, "promisor", "true"),
     (_ORIGIN, "partialclonefilter", _FILTER),
-)
-# git runs this for HTTP credentials; the values are in its environment, not in any argv.
-# It answers only for the configured origin (protocol and host[:port], as git sends them): a
-# redirect to another host gets no credentials (git would otherwise hand them over).
-_CREDENTIAL_HELPER = (
-    '!f() { test "$1" = get || return 0; p=; h=; while IFS= read -r l; do case "$l" in '
-    "protocol=*) p=${l#protocol=};; host=*) h=${l#host=};; esac; done; "
-    'if test "$p" = "$RECONCILER_GIT_PROTOCOL" && test "$h" = "$RECONCILER_GIT_HOST"; then '
-    'printf "username=%s\\npassword=%s\\n" "$RECONCILER_GIT_USERNAME" '
-    '"$RECONCILER_GIT_PASSWORD"; fi; }; f'
-)
-# userinfo with a password that may hold an unencoded '/' (urlsplit takes it for the path)
-_USERINFO = re.compile(
-    r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*)://(?P<user>[^/@:\s]*)(?::(?P<password>\S*))?"
-    r"@(?P<host>[^@/\s]+)(?P<path>/\S*)?"
 )
 _BOILERPLATE = (
     "fatal: could not read from remote repository.",
@@ -122,21 +97,23 @@ def fetch(
     """
     if not url or url.startswith("-") or "\n" in url:
         raise SourceError(f"cannot fetch repository '{_printable(url)}': not a repository URL")
-    split_credentials(url)  # refuses a URL whose password git would put on a command line
+    credentials.split_credentials(
+        url
+    )  # refuses a URL whose password git would put on a command line
     _check_ref(ref)
     deadline = time.monotonic() + timeout
-    _ensure_cache(cache_dir)
-    full_sha = bool(_FULL_SHA.fullmatch(ref))
-    with _open(cache_dir) as repo:
-        found = _resolve(repo, ref) if full_sha else None
+    cache.ensure(cache_dir)
+    full_sha = bool(refs.FULL_SHA.fullmatch(ref))
+    with cache.open_repo(cache_dir) as repo:
+        found = refs.resolve(repo, ref) if full_sha else None
         if found is None:
-            with _cache_lock(cache_dir, deadline):
+            with cache.lock(cache_dir, deadline):
                 _fetch(repo, url, cache_dir, deadline)
-            found = _resolve(repo, ref)
+            found = refs.resolve(repo, ref)
         if found is None and full_sha:
-            with _cache_lock(cache_dir, deadline):  # a commit no branch or tag points to
+            with cache.lock(cache_dir, deadline):  # a commit no branch or tag points to
                 _fetch(repo, url, cache_dir, deadline, refspecs=(ref,), quiet_fail=True)
-            found = _resolve(repo, ref)
+            found = refs.resolve(repo, ref)
         if found is None:
             raise SourceError(
                 f"cannot resolve ref '{ref}' in '{url}': no such branch, tag or commit",
@@ -151,9 +128,9 @@ def read_revision(
 ) -> Snapshot:
     """The files of ``revision`` from the cache only: rollback works while the remote is down."""
     deadline = time.monotonic() + timeout
-    if (cache_dir / "HEAD").is_file() and _HEX.fullmatch(revision):
-        with _open(cache_dir) as repo:
-            commit = _commit_by_id(repo, revision)
+    if (cache_dir / "HEAD").is_file() and refs.HEX.fullmatch(revision):
+        with cache.open_repo(cache_dir) as repo:
+            commit = refs.commit_by_id(repo, revision)
             if commit is not None:
                 return read_snapshot(repo, cache_dir, commit, "", verify, deadline)
     raise SourceError(
@@ -170,10 +147,10 @@ def commits_between(cache_dir: Path, old: str, new: str, limit: int = MAX_LOG) -
     import git  # lazy (60-80 ms): see the module docstring
     from git.exc import BadName, BadObject
 
-    if not (_FULL_SHA.fullmatch(old) and _FULL_SHA.fullmatch(new)) or old == new:
+    if not (refs.FULL_SHA.fullmatch(old) and refs.FULL_SHA.fullmatch(new)) or old == new:
         return []
     try:
-        with _open(cache_dir) as repo:
+        with cache.open_repo(cache_dir) as repo:
             return [info(c) for c in repo.iter_commits(f"{old}..{new}", max_count=limit)]
     except (git.GitCommandError, ValueError, BadName, BadObject, SourceError):
         return []
@@ -185,7 +162,7 @@ def is_ancestor(cache_dir: Path, old: str, new: str) -> bool | None:
     from git.exc import BadName, BadObject
 
     try:
-        with _open(cache_dir) as repo:
+        with cache.open_repo(cache_dir) as repo:
             return repo.is_ancestor(repo.commit(old), repo.commit(new))
     except (git.GitCommandError, ValueError, BadName, BadObject, SourceError):
         return None
@@ -202,58 +179,6 @@ def _check_ref(ref: str) -> None:
         )
 
 
-@contextmanager
-def _open(cache_dir: Path) -> Iterator[git.Repo]:
-    """The cache as a GitPython ``Repo``; its cat-file processes end with the block."""
-    import git  # lazy (60-80 ms): see the module docstring
-
-    try:
-        repo = git.Repo(cache_dir)
-    except (git.InvalidGitRepositoryError, git.NoSuchPathError) as exc:
-        raise SourceError(f"cannot open git cache '{cache_dir}': not a git repository") from exc
-    # Reads never reach the network: a blob the filter left out stays missing (git would
-    # fetch it lazily, unbounded by fetch_timeout_sec); only _fetch allows a protocol.
-    repo.git.update_environment(GIT_ALLOW_PROTOCOL="none")
-    try:
-        yield repo
-    finally:
-        repo.close()
-
-
-def _ensure_cache(cache_dir: Path) -> None:
-    """A bare repository under cache_dir (0700); built aside then renamed, so never half-made."""
-    import git  # lazy (60-80 ms): see the module docstring
-
-    if (cache_dir / "HEAD").is_file():
-        _configure(cache_dir)  # a cache made by an older version keeps its config up to date
-        return
-    if cache_dir.exists() and any(cache_dir.iterdir()):
-        raise SourceError(
-            f"cannot use git cache '{cache_dir}': not empty and not a git repository",
-            hint="remove the directory; it is rebuilt on the next fetch",
-        )
-    cache_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache_dir.with_name(f"{cache_dir.name}.tmp-{os.getpid()}")
-    try:
-        repo = git.Repo.init(tmp, bare=True, quiet=True)
-        with repo.config_writer() as config:
-            for section, key, value in _CACHE_CONFIG:
-                config.set_value(section, key, value)
-        repo.close()
-    except (git.GitCommandError, OSError) as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        why = _stderr_line(exc) if isinstance(exc, git.GitCommandError) else exc.strerror
-        raise SourceError(f"cannot create git cache '{cache_dir}': {why}") from None
-    tmp.chmod(0o700)
-    try:
-        tmp.rename(cache_dir)  # replaces an empty directory too
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if (cache_dir / "HEAD").is_file():  # another fetch made it meanwhile
-            return
-        raise SourceError(f"cannot create git cache '{cache_dir}': {exc.strerror}") from None
-
-
 def _fetch(
     repo: git.Repo,
     url: str,
@@ -266,7 +191,7 @@ def _fetch(
     """Mirror the remote's branches and tags; '+' accepts force-pushed (rewritten) history."""
     import git  # lazy (60-80 ms): see the module docstring
 
-    plain, options, secrets = split_credentials(url)
+    plain, options, secrets = credentials.split_credentials(url)
     left = max(deadline - time.monotonic(), 0.1)
     repo.git.set_persistent_git_options(c=["protocol.ext.allow=never", *options])
     env = {
@@ -276,7 +201,7 @@ def _fetch(
         "GIT_HTTP_LOW_SPEED_TIME": str(max(1, int(left))),
     }
     progress = _stderr_progress()
-    _clean(cache_dir)
+    cache.clean(cache_dir)
     try:
         with repo.git.custom_environment(**env, GIT_ALLOW_PROTOCOL=None):
             partial = _smart(repo, plain, left)
@@ -379,22 +304,6 @@ def _smart(repo: git.Repo, url: str, left: float) -> bool:
     return smart
 
 
-def _configure(cache_dir: Path) -> None:
-    """Set ``_CACHE_CONFIG`` where it differs (one read of the config file when nothing does)."""
-    import git  # lazy (60-80 ms): see the module docstring
-
-    repo = git.Repo(cache_dir)
-    try:
-        with repo.config_reader() as reader:
-            stale = [(s, k, v) for s, k, v in _CACHE_CONFIG if str(reader.get_value(s, k, "")) != v]
-        if stale:
-            with repo.config_writer() as writer:
-                for section, key, value in stale:
-                    writer.set_value(section, key, value)
-    finally:
-        repo.close()
-
-
 def keep(
     cache_dir: Path, revisions: list[str], *, max_bytes: int, url: str | None, timeout: float
 ) -> None:
@@ -407,10 +316,10 @@ def keep(
     """
     import git  # lazy (60-80 ms): see the module docstring
 
-    want = {r for r in revisions if _FULL_SHA.fullmatch(r)}
+    want = {r for r in revisions if refs.FULL_SHA.fullmatch(r)}
     deadline = time.monotonic() + timeout
     try:
-        with _open(cache_dir) as repo:
+        with cache.open_repo(cache_dir) as repo:
             have = {
                 ref.path[len(KEEP_REF) :]
                 for ref in repo.references
@@ -419,12 +328,12 @@ def keep(
             for rev in sorted(have - want):
                 repo.git.update_ref("-d", KEEP_REF + rev)
             for rev in sorted(want - have):
-                if _commit_by_id(repo, rev) is not None:
+                if refs.commit_by_id(repo, rev) is not None:
                     repo.git.update_ref(KEEP_REF + rev, rev)
-        if url and _size(cache_dir) > max_bytes:
-            with _cache_lock(cache_dir, deadline):
+        if url and cache.size(cache_dir) > max_bytes:
+            with cache.lock(cache_dir, deadline):
                 _rebuild(cache_dir, url, deadline)
-            if (size := _size(cache_dir)) > max_bytes:
+            if (size := cache.size(cache_dir)) > max_bytes:
                 log.warning(
                     "git cache '%s' holds %d MB after a rebuild, over cache_max_mb: the "
                     "repository's own history is that large",
@@ -441,8 +350,8 @@ def _rebuild(cache_dir: Path, url: str, deadline: float) -> None:
     trash = cache_dir.with_name(f"{cache_dir.name}.old-{os.getpid()}")
     shutil.rmtree(new, ignore_errors=True)
     try:
-        _ensure_cache(new)
-        with tempfile.TemporaryFile() as pack, _open(cache_dir) as old:
+        cache.ensure(new)
+        with tempfile.TemporaryFile() as pack, cache.open_repo(cache_dir) as old:
             kept = {r.path: r.commit.hexsha for r in old.references if r.path.startswith(KEEP_REF)}
             if kept:
                 with tempfile.TemporaryFile() as revs:
@@ -454,12 +363,12 @@ def _rebuild(cache_dir: Path, url: str, deadline: float) -> None:
                         istream=revs, output_stream=pack,
                     )  # fmt: skip
                 pack.seek(0)
-                with _open(new) as repo:
+                with cache.open_repo(new) as repo:
                     name = repo.git.index_pack("--stdin", istream=pack).split()[-1]
                     (new / "objects" / "pack" / f"pack-{name}.promisor").touch()
                     for ref, sha in kept.items():
                         repo.git.update_ref(ref, sha)
-        with _open(new) as repo:
+        with cache.open_repo(new) as repo:
             _fetch(repo, url, new, deadline)
         cache_dir.rename(trash)
         new.rename(cache_dir)
@@ -468,167 +377,9 @@ def _rebuild(cache_dir: Path, url: str, deadline: float) -> None:
         shutil.rmtree(trash, ignore_errors=True)
 
 
-def _size(cache_dir: Path) -> int:
-    return sum(p.stat().st_size for p in (cache_dir / "objects").rglob("*") if p.is_file())
-
-
-def _clean(cache_dir: Path) -> None:
-    """Remove what a killed fetch left (a ``tmp_pack`` can be as large as the largest blob).
-
-    Called under the cache lock: no other fetch of ours is writing these.
-    """
-    objects = cache_dir / "objects"
-    for leftover in [
-        *objects.glob("pack/tmp_*"),
-        *objects.glob("tmp_objdir-*"),
-        *objects.glob("incoming-*"),
-    ]:
-        if leftover.is_dir():
-            shutil.rmtree(leftover, ignore_errors=True)
-        else:
-            leftover.unlink(missing_ok=True)
-
-
-def split_credentials(url: str) -> tuple[str, list[str], dict[str, str]]:
-    """``http(s)://user:secret@host/x`` -> (the URL without them, ``-c`` values, environment).
-
-    The ``-c`` values install ``_CREDENTIAL_HELPER`` (and drop other helpers); the environment
-    holds the percent-decoded user and secret and the origin they are for. A password may
-    hold an unencoded ``/``. An ``ssh://`` URL with a password is refused: git would put it
-    on ssh's command line. Other URLs are returned as they are.
-    """
-    match = _USERINFO.fullmatch(url)
-    if match is None:
-        return url, [], {}
-    scheme = match["scheme"].lower()
-    if "ssh" in scheme and match["password"] is not None:
-        raise SourceError(
-            f"cannot fetch repository '{url}': a password in an ssh URL would be on the "
-            "command line of git and ssh",
-            hint="use a key (ssh-agent or IdentityFile) or an https URL with a token",
-        )
-    if scheme not in ("http", "https"):
-        return url, [], {}
-    host = match["host"]
-    options = ["credential.helper=", f"credential.helper={_CREDENTIAL_HELPER}"]
-    secrets = {
-        "RECONCILER_GIT_USERNAME": unquote(match["user"]),
-        "RECONCILER_GIT_PASSWORD": unquote(match["password"] or ""),
-        "RECONCILER_GIT_PROTOCOL": scheme,
-        "RECONCILER_GIT_HOST": host,
-    }
-    return f"{scheme}://{host}{match['path'] or ''}", options, secrets
-
-
-def _resolve(repo: git.Repo, ref: str) -> tuple[git.Commit, str] | None:
-    """(commit, what ``ref`` resolved to), None when nothing matches.
-
-    ``refs/...`` and a full commit id mean exactly that; a short name may be a branch, a tag
-    or an abbreviated commit id, and is refused when more than one of them exists.
-    """
-    import git  # lazy (60-80 ms): see the module docstring
-
-    if _FULL_SHA.fullmatch(ref):
-        commit = _commit_by_id(repo, ref)
-        return (commit, f"commit {ref}") if commit is not None else None
-    names = [ref] if ref.startswith("refs/") else [f"refs/heads/{ref}", f"refs/tags/{ref}"]
-    matches: list[tuple[git.Commit, str]] = []
-    for name in names:
-        reference = git.Reference(repo, name, check_path=False)
-        if reference.is_valid():
-            matches.append((_peel(repo, ref, reference), name))
-    if not ref.startswith("refs/") and _HEX.fullmatch(ref):
-        commit = _commit_by_id(repo, ref)
-        if commit is not None:
-            matches.append((commit, f"commit {commit.hexsha}"))
-    if len(matches) > 1:
-        kinds = " and ".join(f"{_kind(what)} ({c.hexsha[:12]})" for c, what in matches)
-        raise SourceError(
-            f"cannot resolve ref '{ref}': ambiguous, it names {kinds}",
-            hint=f"set ref to 'refs/heads/{ref}', 'refs/tags/{ref}' or a full commit id",
-        )
-    return matches[0] if matches else None
-
-
-def _kind(what: str) -> str:
-    if what.startswith("refs/heads/"):
-        return "a branch"
-    return "a tag" if what.startswith("refs/tags/") else "a commit"
-
-
-def _peel(repo: git.Repo, ref: str, reference: git.Reference) -> git.Commit:
-    import git  # lazy (60-80 ms): see the module docstring
-    from git.exc import BadName, BadObject
-
-    try:
-        obj = reference.object
-        while isinstance(obj, git.TagObject):
-            obj = obj.object
-    except (ValueError, BadObject, BadName) as exc:
-        raise SourceError(f"cannot resolve ref '{ref}': {exc}") from None
-    if not isinstance(obj, git.Commit):
-        raise SourceError(f"cannot resolve ref '{ref}': it points to a {obj.type}, not a commit")
-    return obj
-
-
-def _commit_by_id(repo: git.Repo, revision: str) -> git.Commit | None:
-    """The commit with this (possibly abbreviated) id, peeling a tag object; None if absent."""
-    import git  # lazy (60-80 ms): see the module docstring
-    from git.exc import BadName, BadObject
-
-    try:
-        found: list[git.Commit] = []
-        for hexsha in [revision] if len(revision) == 40 else _objects_named(repo, revision):
-            obj: git.Object = git.Object.new_from_sha(repo, bytes.fromhex(hexsha))
-            while isinstance(obj, git.TagObject):
-                obj = obj.object
-            if isinstance(obj, git.Commit):
-                found.append(obj)
-    except (BadObject, BadName, ValueError):
-        return None
-    if len(found) > 1:
-        raise SourceError(
-            f"cannot resolve ref '{revision}': ambiguous commit id",
-            hint="give more digits of the commit id",
-        )
-    return found[0] if found else None
-
-
-def _objects_named(repo: git.Repo, prefix: str) -> list[str]:
-    """Every object id starting with ``prefix``, never a ref: ``cat-file`` and ``rev-parse``
-    take a branch named like the prefix first (git's own ref confusion)."""
-    import git  # lazy (60-80 ms): see the module docstring
-
-    try:
-        out = repo.git.rev_parse(f"--disambiguate={prefix}")
-    except git.GitCommandError:
-        return []
-    return [line for line in out.split() if _FULL_SHA.fullmatch(line)]
-
-
 def _printable(text: str) -> str:
     """Control characters escaped, so a hostile value cannot break the one-line message."""
     return text.encode("unicode_escape").decode("ascii")
-
-
-@contextmanager
-def _cache_lock(cache_dir: Path, deadline: float) -> Iterator[None]:
-    """``flock`` on a file in the cache, so two fetches never race on the refs."""
-    fd = os.open(cache_dir / "reconciler-fetch.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise SourceError(
-                        f"cannot lock git cache '{cache_dir}': another fetch runs"
-                    ) from None
-                time.sleep(0.05)
-        yield
-    finally:
-        os.close(fd)  # closing drops the lock
 
 
 def _stderr_line(exc: git.GitCommandError) -> str:

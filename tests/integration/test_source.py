@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.errors import SourceError
-from reconciler.reconcile import fetch
+from reconciler.reconcile import credentials, fetch
 from tests.integration.gitrepo import git_daemon, tcp_server
 
 IDENTITY = ["-c", "user.name=Tester", "-c", "user.email=tester@example.com"]
@@ -500,7 +500,7 @@ def test_missing_keyring_refused(remote: Remote, cache: Path, tmp_path: Path) ->
 def test_credentials_go_to_a_helper_not_the_command_line(
     url: str, plain: str, user: str | None, password: str | None
 ) -> None:
-    got, options, env = fetch.split_credentials(url)
+    got, options, env = credentials.split_credentials(url)
     assert got == plain
     assert all(not password or password not in o for o in options)
     if user is None:
