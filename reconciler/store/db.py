@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 from collections.abc import Iterator, Sequence
@@ -32,7 +33,14 @@ def connect(
     if create:
         if not path.parent.is_dir():
             path.parent.mkdir(mode=0o700, parents=True)
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        if not path.exists():
+            # Never open and close an fd of a database this process may already have open:
+            # closing it drops every POSIX lock the process holds on the file (SQLite's
+            # locks of the other connection), and another process then checkpoints under
+            # a reader that thinks it is protected ("unable to get the page", a healthy
+            # file taken for corrupt and moved aside).
+            with contextlib.suppress(FileExistsError):
+                os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
         os.chmod(path, 0o600)  # -wal and -shm inherit the mode
     conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
     try:
