@@ -17,6 +17,7 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING
 
 from reconciler.config import Settings
@@ -29,7 +30,7 @@ from reconciler.reconcile.hooks import Monitoring, NoMonitoring
 from reconciler.reconcile.observe import observe
 from reconciler.reconcile.outcome import Outcome, Reason, Result, Unhealthy
 from reconciler.reconcile.plan import make_plan
-from reconciler.reconcile.render import render_cached
+from reconciler.reconcile.render import is_cached, render_cached
 from reconciler.reconcile.rollback import roll_back
 from reconciler.runtime import connect, open_store
 from reconciler.store.ledger import FILE_NAME as LEDGER_FILE
@@ -129,7 +130,8 @@ class _Sync:
     ) -> None:
         """fetch → render → observe → plan → validate → apply → verify, filling ``outcome``."""
         settings = self.settings
-        snapshot = fetch.snapshot(settings, revision)
+        rendered = partial(is_cached, settings=settings, store=store)
+        snapshot = fetch.snapshot(settings, revision, rendered)
         outcome.revision = snapshot.revision
         describe_source(settings, store, snapshot, outcome)
         if revision is None:
@@ -142,7 +144,7 @@ class _Sync:
                 journal.event("sync.noop", msg, priority=4, revision=snapshot.revision)
                 outcome.result, outcome.message = Result.HELD, msg
                 return
-            held_from, snapshot = snapshot.revision, fetch.snapshot(settings, good)
+            held_from, snapshot = snapshot.revision, fetch.snapshot(settings, good, rendered)
             outcome.revision = snapshot.revision
             describe_source(settings, store, snapshot, outcome)
         desired = render_cached(snapshot, settings, store)

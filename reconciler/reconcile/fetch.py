@@ -90,8 +90,10 @@ def fetch(
     *,
     timeout: float = 60,
     verify: Verification | None = None,
+    rendered: Callable[[str], bool] | None = None,
 ) -> Snapshot:
-    """Fetch ``ref`` (branch, tag or commit id) from ``url`` and read that commit's files.
+    """Fetch ``ref`` (branch, tag or commit id) from ``url`` and read that commit's files
+    (none when ``rendered`` says its units are in the render cache).
 
     A full commit id already in the cache is not fetched again (commit ids never change).
     """
@@ -120,11 +122,16 @@ def fetch(
                 hint="check 'ref' in the config file or --ref",
             )
         commit, resolved = found
-        return read_snapshot(repo, cache_dir, commit, resolved, verify, deadline)
+        return read_snapshot(repo, cache_dir, commit, resolved, verify, deadline, rendered)
 
 
 def read_revision(
-    cache_dir: Path, revision: str, *, verify: Verification | None = None, timeout: float = 60
+    cache_dir: Path,
+    revision: str,
+    *,
+    verify: Verification | None = None,
+    timeout: float = 60,
+    rendered: Callable[[str], bool] | None = None,
 ) -> Snapshot:
     """The files of ``revision`` from the cache only: rollback works while the remote is down."""
     deadline = time.monotonic() + timeout
@@ -132,7 +139,7 @@ def read_revision(
         with cache.open_repo(cache_dir) as repo:
             commit = refs.commit_by_id(repo, revision)
             if commit is not None:
-                return read_snapshot(repo, cache_dir, commit, "", verify, deadline)
+                return read_snapshot(repo, cache_dir, commit, "", verify, deadline, rendered)
     raise SourceError(
         f"cannot read revision '{_printable(revision[:12])}': not in the cache '{cache_dir}'",
         hint="only revisions fetched before can be read without the remote",
@@ -408,8 +415,15 @@ def _last_line(stderr: list[str]) -> str:
     return redact(last)[:300]
 
 
-def snapshot(settings: Settings, revision: str | None = None) -> Snapshot:
-    """The sync's fetch step: the configured ref, or ``revision`` from the cache (rollback)."""
+def snapshot(
+    settings: Settings,
+    revision: str | None = None,
+    rendered: Callable[[str], bool] | None = None,
+) -> Snapshot:
+    """The sync's fetch step: the configured ref, or ``revision`` from the cache (rollback).
+
+    ``rendered(revision)``: whether that revision's units are already rendered; its files
+    are then not read (a no-op sync reads no blob)."""
     cache = settings.state_dir / "repo"
     verify = None
     if settings.verify_signatures:
@@ -421,10 +435,12 @@ def snapshot(settings: Settings, revision: str | None = None) -> Snapshot:
         verify = Verification(settings.gpg_home)
     timeout = settings.fetch_timeout_sec
     if revision is not None:
-        return read_revision(cache, revision, verify=verify, timeout=timeout)
+        return read_revision(cache, revision, verify=verify, timeout=timeout, rendered=rendered)
     if not settings.repo:
         raise UsageError(
             "cannot sync: no config repository configured",
             "set repo in /etc/reconciler/config.toml, $RECONCILER_REPO or --repo",
         )
-    return fetch(settings.repo, settings.ref, cache, timeout=timeout, verify=verify)
+    return fetch(
+        settings.repo, settings.ref, cache, timeout=timeout, verify=verify, rendered=rendered
+    )

@@ -70,10 +70,19 @@ def check_size(units: list[DesiredUnit], snapshot: Snapshot, settings: Settings)
         )
 
 
+def cache_key(revision: str, settings: Settings) -> str:
+    return f"{revision}:{settings.host_name}:{__version__}"
+
+
+def is_cached(revision: str, settings: Settings, store: Store) -> bool:
+    """Whether the units of ``revision`` are in the render cache: its files need no reading."""
+    return store.kv_get(RENDER_KEY) == cache_key(revision, settings)
+
+
 def render_cached(snapshot: Snapshot, settings: Settings, store: Store) -> list[DesiredUnit]:
     """Render (bounded), reusing the units of the last render of the same revision, host and
     version."""
-    key = f"{snapshot.revision}:{settings.host_name}:{__version__}"
+    key = cache_key(snapshot.revision, settings)
     if store.kv_get(RENDER_KEY) == key:
         return decode_desired(store.kv_get(RENDERED_KEY))
     units = render_bounded(snapshot, settings)

@@ -11,6 +11,7 @@ signature by a key in ``gpg_home`` (``git verify-commit`` through GitPython's wr
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -41,12 +42,16 @@ def read_snapshot(
     resolved: str,
     verify: Verification | None,
     deadline: float,
+    rendered: Callable[[str], bool] | None = None,
 ) -> Snapshot:
+    """The commit's files, or none when ``rendered`` says its units are already rendered
+    (a no-op sync reads no blob); the signature is checked either way."""
     if verify is not None:
         verify_signature(repo, commit.hexsha, verify, deadline)
+    skip = rendered is not None and rendered(commit.hexsha)
     return Snapshot(
         commit.hexsha,
-        read_files(repo, commit),
+        {} if skip else read_files(repo, commit),
         commit.summary.strip() if isinstance(commit.summary, str) else "",
         commit=info(commit),
         resolved=resolved,

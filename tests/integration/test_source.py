@@ -518,3 +518,26 @@ def test_credentials_go_to_a_helper_not_the_command_line(
 def test_ssh_url_with_a_password_is_refused(cache: Path) -> None:
     err = fetch_error("ssh://deploy:s3cret@127.0.0.1:1/c.git", cache)
     assert "a password in an ssh URL" in str(err) and "s3cret" not in str(err)
+
+
+def test_a_rendered_revision_reads_no_blob(remote: Remote, cache: Path) -> None:
+    """Issue 13: on a render-cache hit the sync reads no blob of the commit. The cache here
+    holds no blob at all (``--filter=blob:none``) and reads may not fetch one: reading the
+    files fails, so a snapshot without them proves that none was read."""
+    git(remote.bare, "config", "uploadpack.allowFilter", "true")
+    subprocess.run(
+        ["git", "clone", "-q", "--bare", "--filter=blob:none", f"file://{remote.bare}", str(cache)],
+        check=True,
+    )
+    rev = git(remote.work, "rev-parse", "HEAD")
+    seen: list[str] = []
+
+    def rendered(revision: str) -> bool:
+        seen.append(revision)
+        return True
+
+    snap = fetch.fetch(f"file://{remote.bare}", "main", cache, rendered=rendered)
+    assert (snap.revision, snap.files, snap.summary, seen) == (rev, {}, "first: add web", [rev])
+    assert fetch.read_revision(cache, rev, rendered=rendered).files == {}
+    with pytest.raises(SourceError):  # the same read with the files wanted needs the blobs
+        fetch.fetch(f"file://{remote.bare}", "main", cache)
