@@ -67,8 +67,10 @@ def main() -> int:
         )  # fmt: skip
         monitor = inside(host, PYTHON_INSIDE, "-m", "reconciler", "monitor", "--json")
         bare = inside(host, PYTHON_INSIDE, "-c", "pass")
+        print(describe_machine(), flush=True)
         first, first_rss, first_out = timed(sync)
         assert first_out.get("result") == "applied", first_out
+        print(f"  (first apply {first:.2f} s, peak RSS {first_rss:.1f} MB)", flush=True)
         names = [f"bench{i:04d}.service" for i in range(n)]
         show = inside(host, "systemctl", "show", "--no-pager", *names)
         base, noop, noop_rss, change, mon, shows = [], [], [], [], [], []
@@ -81,15 +83,18 @@ def main() -> int:
             noop.append(t)
             noop_rss.append(rss)
             noop_calls = out.get("dbus_calls")
+            print(f"  (no-op {t * 1000:.1f} ms, RSS {rss:.1f} MB, {noop_calls})", flush=True)
             repo.commit(inventory(n, changed=i % n, version=i + 1))
             t, _, out = timed(sync)
             assert out["result"] == "applied", out
             change.append(t)
             change_calls = out.get("dbus_calls")
+            print(f"  (one change {t * 1000:.1f} ms, {change_calls})", flush=True)
             repo.commit(inventory(n))
             timed(sync)  # back to the baseline revision
             mon.append(timed(monitor)[0])
             shows.append(timed(show)[0])
+            print(f"  (monitor {mon[-1]:.2f} s, systemctl show {shows[-1]:.2f} s)", flush=True)
         b = statistics.median(base)
         print(f"bench_scale: {n} services run inside the host, {opts.repeat} repeats")
         print(describe_machine())
