@@ -19,6 +19,7 @@ class DesiredUnit:
     enable: bool = True
     start: bool = True  # False for a service run by its timer
     health_timeout_sec: float | None = None  # None: no health gate
+    restart: bool = True  # a drop-in (name UNIT.d/FILE.conf): restart UNIT when it changes
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,7 @@ OWN_UNIT_STEMS = frozenset(
 
 _STEM_CHARS = re.compile(r"[A-Za-z0-9:_.@\\-]+")
 _HOST_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}")
+_DROPIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 _VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _TIMESPAN = re.compile(
@@ -137,6 +138,22 @@ def _unit_problem(value: str) -> str | None:
     return problem and f"invalid unit name '{quote(value)}': {problem}"
 
 
+def _dropin_unit_problem(value: str) -> str | None:
+    """A unit a drop-in may adjust: ``nginx.service``, ``foo@.service``, ``foo@1.service``."""
+    stem, _, suffix = value.rpartition(".")
+    template = stem.endswith("@") and stem.count("@") == 1
+    problem = check_stem(stem.removesuffix("@") if template else stem)
+    if suffix not in unitkind.KINDS:
+        problem = f"no unit type suffix (one of {', '.join(unitkind.KINDS)})"
+    return problem and f"invalid unit name '{quote(value)}': {problem}"
+
+
+def _dropin_name_problem(value: str) -> str | None:
+    if _DROPIN_NAME.fullmatch(value):
+        return None
+    return f"invalid drop-in name '{quote(value)}': use ASCII letters, digits and '_.-'"
+
+
 def _host_problem(value: str) -> str | None:
     if _HOST_NAME.fullmatch(value) and value != ALL:
         return None
@@ -206,6 +223,8 @@ HostName = Annotated[str, _refusing("host_name", _host_problem)]
 VarName = Annotated[str, _refusing("var_name", _var_problem)]
 ServiceName = Annotated[str, _refusing("service_name", _service_problem)]
 Timespan = Annotated[str, PlainValidator(_timespan)]
+DropinUnit = Annotated[str, _refusing("unit_name", _dropin_unit_problem)]
+DropinName = Annotated[str, _refusing("dropin_name", _dropin_name_problem)]
 Vars = dict[VarName, Any]
 
 
@@ -253,6 +272,15 @@ class Service(_Strict):
     health: Health | None = None
 
 
+class Dropin(_Strict):
+    """``[dropins."UNIT".NAME]``: ``UNIT.d/50-reconciler-NAME.conf`` adjusting any unit."""
+
+    template: str
+    hosts: Annotated[list[str], AfterValidator(_unique)]
+    vars: Vars = Field(default_factory=dict)
+    restart: bool = True  # restart the unit when its drop-ins change (False: only Reload)
+
+
 class Host(_Strict):
     groups: Annotated[list[HostName], AfterValidator(_unique)] = Field(default_factory=list)
     vars: Vars = Field(default_factory=dict)
@@ -269,6 +297,7 @@ class HostsFile(_Strict):
 
 class ServicesFile(_Strict):
     services: dict[ServiceName, Service] = Field(default_factory=dict)
+    dropins: dict[DropinUnit, dict[DropinName, Dropin]] = Field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -288,6 +317,24 @@ class ServiceInstance:
 
 
 @dataclass(frozen=True)
+class DropinInstance:
+    """One drop-in as one host has it: ``unit`` is what it adjusts, ``name`` its own name."""
+
+    unit: str
+    name: str
+    template: str
+    vars: Mapping[str, Any]
+    restart: bool
+    host_name: str
+    host_groups: tuple[str, ...]
+
+    @property
+    def path(self) -> str:
+        """Its file, relative to the unit directory."""
+        return f"{self.unit}.d/50-reconciler-{self.name}.conf"
+
+
+@dataclass(frozen=True)
 class Inventory:
     hosts_file: HostsFile
     services_file: ServicesFile
@@ -301,8 +348,20 @@ class Inventory:
         used = {g for h in self.hosts_file.hosts.values() for g in h.groups}
         return frozenset(used | set(self.hosts_file.groups))
 
-    def select(self, host: str) -> list[ServiceInstance]:
-        """The services ``host`` runs, in services.toml order."""
+    def select_dropins(self, host: str) -> list[DropinInstance]:
+        """The drop-ins ``host`` has, in services.toml order (vars merged as for services)."""
+        found, base = self._host(host)
+        targets = {host, ALL, *found.groups}
+        return [
+            DropinInstance(
+                unit, name, d.template, ChainMap(d.vars, base), d.restart, host, tuple(found.groups)
+            )
+            for unit, table in self.services_file.dropins.items()
+            for name, d in table.items()
+            if targets.intersection(d.hosts)
+        ]
+
+    def _host(self, host: str) -> tuple[Host, dict[str, Any]]:
         found = self.hosts_file.hosts.get(host)
         if found is None:
             known = listing(self.hosts_file.hosts)
@@ -310,11 +369,16 @@ class Inventory:
                 f"{HOSTS_FILE}: host '{quote(host)}' is not in the inventory (known: {known})",
                 hint="pass --host NAME or add a [hosts.NAME] table",
             )
-        targets = {host, ALL, *found.groups}
         base: dict[str, Any] = {}
         for group in found.groups:
             base.update(self.hosts_file.groups.get(group, Group()).vars)
         base.update(found.vars)
+        return found, base
+
+    def select(self, host: str) -> list[ServiceInstance]:
+        """The services ``host`` runs, in services.toml order."""
+        found, base = self._host(host)
+        targets = {host, ALL, *found.groups}
         return [
             ServiceInstance(
                 name=name,
@@ -364,7 +428,7 @@ def _one_line(path: str, problems: list[tuple[str, str]], count: int = 0) -> Inv
     return InventoryError(prefix + message + more)
 
 
-_MODELS = (Timer, Health, Service, Host, Group, HostsFile, ServicesFile)
+_MODELS = (Timer, Health, Service, Dropin, Host, Group, HostsFile, ServicesFile)
 _KNOWN_KEYS = sorted({field for model in _MODELS for field in model.model_fields})
 
 
@@ -491,6 +555,17 @@ def _check_services(
                     where = key_path(("services", name, "hosts", i))
                     why = f"'{quote(target)}' is neither a host nor a group"
                     first = [(where, f"{why} (known: {listing(known)})")]
+    for unit, table in services.dropins.items():
+        for name, dropin in table.items():
+            problem = _template_problem(dropin.template, files)
+            if problem:
+                count += 1
+                first = first or [(key_path(("dropins", unit, name, "template")), problem)]
+            for i, target in enumerate(dropin.hosts):
+                if target not in known:
+                    count += 1
+                    why = f"'{quote(target)}' is neither a host nor a group"
+                    first = first or [(key_path(("dropins", unit, name, "hosts", i)), why)]
     return first, count
 
 

@@ -79,12 +79,15 @@ def plan(
         return live_units.get(name) or LiveUnit(name)
 
     masked = {n for n in units if _is_masked(live(n))}
-    managed = [units[n] for n in sorted(units) if n not in masked]
-    _check_collisions(managed, live_files, owned, foreign, unit_dir)
+    files = [units[n] for n in sorted(units) if n not in masked]  # units and drop-ins
+    _check_collisions(files, live_files, owned, foreign, unit_dir)
+    managed = [d for d in files if unitkind.is_unit(d.name)]
     _check_names(managed, units, taken or {})
-    changed = {d.name for d in managed if live_files.get(d.name) != d.content}
-    touched = changed | (interrupted & {d.name for d in managed})
+    changed = {d.name for d in files if live_files.get(d.name) != d.content}
     removed = sorted(owned - units.keys())
+    adjusted = _adjusted(units, changed, [n for n in removed if live_files.get(n) is not None])
+    adjusted |= {t for t in interrupted if any(unitkind.dropin_target(n) == t for n in units)}
+    touched = changed | (interrupted & {d.name for d in managed}) | (adjusted & units.keys())
 
     ours = {n for n in removed if _from_own_file(live(n), n, unit_dir)}
     actions: list[Action] = [
@@ -108,7 +111,11 @@ def plan(
     actions += [RemoveUnitFile(n, old) for n in removed if (old := live_files.get(n)) is not None]
     actions += [WriteUnitFile(n, units[n].content, live_files.get(n)) for n in sorted(changed)]
     files_changed = any(isinstance(a, WriteUnitFile | RemoveUnitFile) for a in actions)
-    stale = any(_needs_reload(live(n), live_files.get(n) is not None) for n in [*units, *removed])
+    stale = any(
+        _needs_reload(live(n), live_files.get(n) is not None)
+        for n in [*units, *removed]
+        if unitkind.is_unit(n)
+    )
     if files_changed or stale:
         actions.append(DaemonReload())
     disable, enable = _enablement(managed, live, live_files)
@@ -120,6 +127,8 @@ def plan(
     }
     started = sorted(n for n, job in jobs.items() if job is StartUnit)
     restarted = sorted(n for n, job in jobs.items() if job is RestartUnit)
+    # a unit that is not ours (a vendor's) restarted for its changed drop-ins, if it runs
+    restarted += sorted(n for n in adjusted - units.keys() if live(n).active_state in RUNNING)
     actions += [StartUnit(n) for n in started] + [RestartUnit(n) for n in restarted]
 
     gated = set(started) | set(restarted)
@@ -259,6 +268,21 @@ def _check_names(
                 'adjust a vendor unit with a drop-in ([dropins."UNIT"] in the inventory) '
                 "instead of replacing it, or rename the service",
             )
+
+
+def _adjusted(
+    units: Mapping[str, DesiredUnit], changed: Iterable[str], removed: Iterable[str]
+) -> set[str]:
+    """Units whose drop-ins of ours changed and that are to be restarted for it (a removed
+    drop-in restarts its unit; a changed one unless ``restart = false``: then the Reload
+    alone applies it)."""
+    out: set[str] = set()
+    for name in changed:
+        target = unitkind.dropin_target(name)
+        if target is not None and units[name].restart:
+            out.add(target)
+    out |= {t for n in removed if (t := unitkind.dropin_target(n)) is not None}
+    return out
 
 
 def _timers_first(name: str) -> tuple[bool, str]:

@@ -39,6 +39,7 @@ from reconciler.core import unitkind
 from reconciler.core.inventory import (
     SERVICES_FILE,
     TEMPLATE_DIR,
+    DropinInstance,
     ServiceInstance,
     Timer,
     key_path,
@@ -485,6 +486,25 @@ def render_one(
         DesiredUnit(unit, content, inst.name, enable_service, False, health),
         DesiredUnit(f"{inst.name}.timer", timer_text, inst.name, inst.enable, inst.start),
     ]
+
+
+def render_dropins(
+    dropins: Sequence[DropinInstance], templates: Mapping[str, str]
+) -> list[DesiredUnit]:
+    """Each drop-in as a file ``UNIT.d/50-reconciler-NAME.conf`` (``DesiredUnit.name``), never
+    enabled or started itself: its unit is restarted when it changes (``restart``), or not.
+
+    Its template sees the merged vars, ``service`` (the unit it adjusts, ``dbus.service``)
+    and ``host``; the same line checks as a unit's apply.
+    """
+    env = build_environment(templates)
+    out = []
+    for d in dropins:
+        inst = ServiceInstance(d.unit, d.template, d.vars, False, False, None, None,
+                               d.host_name, d.host_groups)  # fmt: skip
+        content = _check(_render_text(env, inst), inst, d.path)
+        out.append(DesiredUnit(d.path, content, d.unit, False, False, restart=d.restart))
+    return out
 
 
 def render(instances: Sequence[ServiceInstance], templates: Mapping[str, str]) -> list[DesiredUnit]:

@@ -18,6 +18,20 @@ ACTIVATES = {"socket": ("Socket", "Service"), "path": ("Path", "Unit"), "timer":
 _PLAIN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789:_.")
 
 
+DROPIN_PREFIX = "50-reconciler-"
+
+
+def dropin_target(name: str) -> str | None:
+    """The unit a drop-in file ``UNIT.d/50-reconciler-NAME.conf`` adjusts; None: not one."""
+    unit, sep, file = name.partition(".d/")
+    return unit if sep and file.startswith(DROPIN_PREFIX) and file.endswith(".conf") else None
+
+
+def is_unit(name: str) -> bool:
+    """A unit name systemd knows (not one of our drop-in files)."""
+    return "/" not in name
+
+
 def escape_path(path: str) -> str:
     """``systemd-escape --path``: ``/srv/my-data`` -> ``srv-my\\x2ddata`` (``/`` -> ``-``)."""
     parts = [p for p in path.split("/") if p not in ("", ".")]

@@ -111,8 +111,10 @@ def load_config(settings: Settings) -> MonitorConfig:
 
 
 def desired_units(store: Store) -> list[DesiredUnit]:
-    """The desired units of the applied revision (what the last sync wrote)."""
-    return sync_store.decode_desired(store.kv_get(sync_store.DESIRED_KEY))
+    """The desired units of the applied revision (what the last sync wrote; its drop-in files
+    are not units: they are read with the unit they adjust)."""
+    desired = sync_store.decode_desired(store.kv_get(sync_store.DESIRED_KEY))
+    return [d for d in desired if unitkind.is_unit(d.name)]
 
 
 def own_units(store: Store, unit_dir: Path, desired: Sequence[DesiredUnit]) -> list[DesiredUnit]:

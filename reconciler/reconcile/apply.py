@@ -119,8 +119,11 @@ def stage_file(unit_dir: Path, name: str, content: str) -> Path:
 
 def commit_staged(unit_dir: Path, name: str, tmp: Path) -> None:
     """Rename a staged temp file over ``unit_dir/name`` and make the rename durable."""
+    target = unit_dir / name
     try:
-        os.rename(tmp, unit_dir / name)
+        if target.parent != unit_dir:  # a drop-in: UNIT.d/ is made on its first write
+            target.parent.mkdir(mode=0o755, exist_ok=True)
+        os.rename(tmp, target)
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -128,7 +131,9 @@ def commit_staged(unit_dir: Path, name: str, tmp: Path) -> None:
             f"cannot write unit file '{unit_dir / name}': {exc.strerror or exc}",
             "the previous file is intact; fix the unit directory, then sync again",
         ) from exc
-    _fsync_dir(unit_dir)
+    _fsync_dir(target.parent)
+    if target.parent != unit_dir:
+        _fsync_dir(unit_dir)
 
 
 def check_name_fits(unit_dir: Path, name: str) -> None:
@@ -178,7 +183,8 @@ def remove_unit_file(unit_dir: Path, name: str) -> None:
         (unit_dir / name).unlink(missing_ok=True)
     except OSError as exc:
         raise ApplyError(f"cannot remove unit file '{unit_dir / name}': {exc.strerror}") from exc
-    _fsync_dir(unit_dir)
+    with contextlib.suppress(FileNotFoundError):
+        _fsync_dir((unit_dir / name).parent)
 
 
 def _fsync_dir(path: Path) -> None:

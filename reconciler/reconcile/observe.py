@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from reconciler.config import Settings
+from reconciler.core import unitkind
 from reconciler.model import DesiredUnit, LiveUnit
 from reconciler.reconcile.apply import PENDING_KEY
 from reconciler.reconcile.render import MARKER
@@ -53,6 +54,8 @@ def read_host(
     """
     files: dict[str, str | None] = {}
     changed: dict[str, float] = {}
+    targets = {t for n in names if (t := unitkind.dropin_target(n)) and "@." not in t}
+    units = sorted({n for n in names if unitkind.is_unit(n)} | targets)  # drop-ins: their unit
     for name in names:
         path = unit_dir / name
         try:
@@ -67,10 +70,10 @@ def read_host(
             files[name] = ""  # a directory made by hand: foreign (see observe)
     root = host_root(unit_dir)
     if root is None:
-        return files, systemd.read_units(sorted(names), runtime=False)
-    suspects = changed_since(changed, names, systemd.units_loaded_at())
-    live = systemd.read_for_plan(sorted(names), suspects)
-    states = file_states(root, names, files)
+        return files, systemd.read_units(units, runtime=False)
+    suspects = changed_since(changed, units, systemd.units_loaded_at())
+    live = systemd.read_for_plan(units, suspects)
+    states = file_states(root, units, files)
     return files, {n: replace(u, unit_file_state=states.get(n, "")) for n, u in live.items()}
 
 
@@ -89,6 +92,7 @@ def observe(
     interrupted = frozenset(json.loads(store.kv_get(PENDING_KEY) or "[]"))
     removed = sorted(owned - wanted)
     if removed:  # a prune stops only what systemd loaded from our own file
+        removed = [n for n in removed if unitkind.is_unit(n)]
         fragments = read_fragments(systemd, removed)
         for n in removed:
             live[n] = replace(live.get(n) or LiveUnit(n), fragment_path=fragments[n])
@@ -126,12 +130,28 @@ def marked_files(unit_dir: Path) -> frozenset[str]:
     for entry in entries:
         if entry.name.startswith(".") or "." not in entry.name:
             continue
+        if entry.name.endswith(".d") and entry.is_dir(follow_symlinks=False):
+            found |= _marked_dropins(Path(entry.path), head)
+            continue
         with contextlib.suppress(OSError):
             if entry.is_file(follow_symlinks=False):
                 with open(entry.path, "rb") as fh:
                     if fh.read(len(head)) == head:
                         found.add(entry.name)
     return frozenset(found)
+
+
+def _marked_dropins(directory: Path, head: bytes) -> set[str]:
+    """Our drop-in files in ``UNIT.d`` (``50-reconciler-*.conf`` opening with the marker)."""
+    found: set[str] = set()
+    with contextlib.suppress(OSError):
+        for path in directory.glob(f"{unitkind.DROPIN_PREFIX}*.conf"):
+            with contextlib.suppress(OSError):
+                if path.is_file() and not path.is_symlink():
+                    with open(path, "rb") as fh:
+                        if fh.read(len(head)) == head:
+                            found.add(f"{directory.name}/{path.name}")
+    return found
 
 
 def read_fragments(systemd: Systemd, names: Sequence[str]) -> dict[str, str]:
@@ -160,7 +180,7 @@ def find_taken(
     from reconciler.systemd.wire import UNIT, check_unit_name
 
     taken: dict[str, str] = {}
-    check = [u.name for u in desired if files.get(u.name) is None]
+    check = [u.name for u in desired if files.get(u.name) is None and unitkind.is_unit(u.name)]
     for u in desired:
         for alias in aliases(u.content):
             link = unit_dir / alias

@@ -34,7 +34,9 @@ def render(snapshot: Snapshot, host: str) -> list[DesiredUnit]:
     from reconciler.core import render as templates
 
     inv = inventory.load(snapshot.files)
-    units = templates.render(inv.select(host), templates.decode_templates(snapshot.files))
+    sources = templates.decode_templates(snapshot.files)
+    units = templates.render(inv.select(host), sources)
+    units += templates.render_dropins(inv.select_dropins(host), sources)
     return [
         replace(
             u,

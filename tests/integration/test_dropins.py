@@ -1,0 +1,98 @@
+"""Drop-ins on the real disposable systemd: a vendor unit adjusted, restarted when its drop-in
+changes (only reloaded with ``restart = false``), a hand-made drop-in never touched, the
+reconciler's own removed when the inventory drops it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from reconciler.devtools import sandbox
+from tests.faults.conftest import FaultEnv, clean_units, make_env
+from tests.integration.test_sync import HOSTS, MUTATING
+
+pytestmark = pytest.mark.host
+
+VENDOR = "[Service]\nExecStart=/bin/sleep infinity\n"
+CONF = "[Service]\nEnvironment=GREETING={{ greeting }}\n"
+
+
+def dropin(unit: str, name: str, greeting: str, restart: bool = True) -> str:
+    return (
+        f'[dropins."{unit}".{name}]\ntemplate = "env.conf.j2"\nhosts = ["web"]\n'
+        f'vars = {{ greeting = "{greeting}" }}\nrestart = {str(restart).lower()}\n'
+    )
+
+
+@pytest.fixture
+def dropin_env(host: sandbox.Host, tmp_path: Path) -> Iterator[tuple[FaultEnv, str, str]]:
+    env = make_env(host, tmp_path)
+    vendor, template = f"vend-{env.tag}.service", f"tpl-{env.tag}@.service"
+    lib = host.root / "usr/lib/systemd/system"
+    (lib / vendor).write_text(VENDOR)
+    (lib / template).write_text(VENDOR)
+    host.systemctl("daemon-reload")
+    host.systemctl("start", vendor)
+    try:
+        yield env, vendor, template
+    finally:
+        host.systemctl("stop", vendor, check=False)
+        for name in (vendor, template):
+            (lib / name).unlink(missing_ok=True)
+            d = host.unit_dir / f"{name}.d"
+            if d.is_dir():
+                for f in d.iterdir():
+                    f.unlink()
+                d.rmdir()
+        clean_units(env)
+
+
+def commit(env: FaultEnv, *entries: str) -> None:
+    env.repo.commit(
+        {
+            "inventory/hosts.toml": HOSTS,
+            "inventory/services.toml": "\n".join(entries),
+            "templates/env.conf.j2": CONF,
+        }
+    )
+
+
+def test_dropins_adjust_vendor_units(dropin_env: tuple[FaultEnv, str, str]) -> None:
+    env, vendor, template = dropin_env
+    ours = env.host.unit_dir / f"{vendor}.d/50-reconciler-env.conf"
+    before = env.show(vendor, "InvocationID")["InvocationID"]
+
+    commit(env, dropin(vendor, "env", "hello"), dropin(template, "env", "hi"))
+    first = env.sync()
+    assert first["result"] == "applied", first
+    assert ours.read_text().startswith("# Managed by reconciler")
+    assert (env.host.unit_dir / f"{template}.d/50-reconciler-env.conf").is_file()
+    props = env.show(vendor, "InvocationID", "Environment", "DropInPaths")
+    assert props["Environment"] == "GREETING=hello"
+    assert props["InvocationID"] != before, "the adjusted unit is restarted"
+    assert f"restart {vendor}" in first["actions"]  # type: ignore[operator]
+
+    second = env.sync()
+    assert second["result"] == "noop", second
+    assert not MUTATING & set(second["dbus_calls"])  # type: ignore[arg-type]
+
+    foreign = env.host.unit_dir / f"{vendor}.d/10-local.conf"
+    foreign.write_text("[Service]\nNice=5\n")  # an operator's own drop-in
+    env.host.systemctl("daemon-reload")
+    running = env.show(vendor, "InvocationID")["InvocationID"]
+    commit(env, dropin(vendor, "env", "changed", restart=False), dropin(template, "env", "hi"))
+    third = env.sync()
+    assert third["result"] == "applied", third
+    assert "GREETING=changed" in ours.read_text()
+    props = env.show(vendor, "InvocationID", "Environment")
+    assert props == {"InvocationID": running, "Environment": "GREETING=changed"}, "reload only"
+    assert foreign.read_text() == "[Service]\nNice=5\n"
+
+    commit(env, dropin(template, "env", "hi"))
+    fourth = env.sync()
+    assert fourth["result"] == "applied", fourth
+    assert not ours.exists() and foreign.exists(), "only our drop-in is pruned"
+    assert env.show(vendor, "InvocationID")["InvocationID"] != running
+    assert env.show(vendor, "Environment")["Environment"] == ""
