@@ -115,7 +115,7 @@ def plan(
         _needs_reload(live(n), live_files.get(n) is not None)
         for n in [*units, *removed]
         if unitkind.is_unit(n)
-    )
+    ) or any(not unitkind.is_unit(n) for n in interrupted)  # a drop-in a killed apply wrote
     if files_changed or stale:
         actions.append(DaemonReload())
     disable, enable = _enablement(managed, live, live_files)

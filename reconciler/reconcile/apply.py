@@ -322,6 +322,13 @@ def apply_plan(
     only once the apply is done.
     """
     pending = sorted(a.name for a in plan.actions if isinstance(a, StartUnit | RestartUnit))
+    # systemd does not flag a unit whose new drop-in it never loaded: a kill before the
+    # Reload leaves it to the next sync to know (drop-in files are noted as pending too)
+    pending += sorted(
+        a.name
+        for a in plan.actions
+        if isinstance(a, WriteUnitFile | RemoveUnitFile) and "/" in a.name
+    )
     with store.transaction():
         store.set_owned(store.owned() | plan.owned_after)  # widen before writing anything
         store.kv_set(PENDING_KEY, json.dumps(pending))  # a kill before the jobs: redo them

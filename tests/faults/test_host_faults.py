@@ -593,3 +593,57 @@ def test_watch_daemon_killed_its_figures_say_it_is_down(
         True,
     )
     assert (fresh, stale) == (1, 0)
+
+
+@pytest.mark.parametrize("step", ["after writing files", "during restarts"])
+def test_kill_9_while_dropins_are_applied(
+    fenv: FaultEnv, dbus_tap: Callable[[str], DBusTap], fault_report: Report, step: str
+) -> None:
+    """Two drop-ins on a running vendor unit, the sync killed once they are written (before
+    the Reload) or while the unit restarts: the next sync reloads and restarts it, once."""
+    from tests.integration.test_dropins import VENDOR, commit, dropin
+
+    vendor = f"vend-{fenv.tag}.service"
+    lib = fenv.host.root / "usr/lib/systemd/system"
+    (lib / vendor).write_text(VENDOR.replace("[Service]", "[Service]\nExecStartPre=/bin/sleep 1"))
+    fenv.host.systemctl("daemon-reload")
+    fenv.host.systemctl("start", vendor)
+    try:
+        before = fenv.invocations(vendor)[vendor]
+        commit(fenv, dropin(vendor, "env", "hello"), dropin(vendor, "more", "again"))
+        tap = dbus_tap(fenv.host.bus_address)
+        tap.arm(*STEPS[step])
+        argv = fenv.argv("sync", "--no-monitor")
+        argv[argv.index("--bus") + 1] = tap.address
+        proc = popen_sync(argv, fenv.env())
+        tap.victim = proc.pid
+        proc.communicate(timeout=60)
+        killed_at = time.monotonic()
+        assert tap.fired.is_set() and proc.returncode == -9, (proc.returncode, tap.calls)
+        files = sorted(p.name for p in (fenv.host.unit_dir / f"{vendor}.d").iterdir())
+
+        converge = fenv.converge(killed_at)
+        wait_for(lambda: active_state(fenv, vendor) == "active", 15)
+        props = fenv.show(vendor, "Environment", "InvocationID", "NeedDaemonReload")
+        again = fenv.sync()["result"]
+        nothing_lost = (
+            props["InvocationID"] != before
+            and props["Environment"] == "GREETING=again"
+            and props["NeedDaemonReload"] == "no"
+            and again == "noop"
+        )
+        fault_report(
+            f"kill -9 {step} of drop-ins",
+            "next sync converges: the drop-ins kept, the reload and the vendor unit's restart "
+            "redone (pending list)",
+            converge,
+            nothing_lost,
+        )
+        assert files == ["50-reconciler-env.conf", "50-reconciler-more.conf"], files
+        assert nothing_lost, (props, again)
+    finally:
+        fenv.host.systemctl("stop", vendor, check=False)
+        (lib / vendor).unlink(missing_ok=True)
+        for f in (fenv.host.unit_dir / f"{vendor}.d").glob("*"):
+            f.unlink()
+        (fenv.host.unit_dir / f"{vendor}.d").rmdir()

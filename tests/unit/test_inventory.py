@@ -397,6 +397,50 @@ BAD: list[tuple[str, dict[str, bytes], str, str]] = [
         "",
     ),
     (
+        "drop-in for no unit type",
+        files(services=b'[dropins."nginx".limits]\ntemplate = "web.service.j2"\nhosts = ["h1"]\n'),
+        f"{S}: dropins.nginx: invalid unit name 'nginx': no unit type suffix",
+        "",
+    ),
+    (
+        "drop-in for a unit with a slash",
+        files(services=b'[dropins."a/b.service".x]\ntemplate = "web.service.j2"\nhosts = ["h1"]\n'),
+        f'{S}: dropins."a/b.service": invalid unit name',
+        "",
+    ),
+    (
+        "drop-in name with a slash",
+        files(
+            services=b'[dropins."nginx.service"."../x"]\ntemplate = "web.service.j2"\n'
+            b'hosts = ["h1"]\n'
+        ),
+        f'{S}: dropins."nginx.service"."../x": invalid drop-in name',
+        "",
+    ),
+    (
+        "drop-in restart not a boolean",
+        files(
+            services=b'[dropins."nginx.service".x]\ntemplate = "web.service.j2"\n'
+            b'hosts = ["h1"]\nrestart = "no"\n'
+        ),
+        f'{S}: dropins."nginx.service".x.restart: Input should be a valid boolean',
+        "",
+    ),
+    (
+        "drop-in for an unknown host",
+        files(
+            services=b'[dropins."nginx.service".x]\ntemplate = "web.service.j2"\nhosts = ["nope"]\n'
+        ),
+        f"{S}: dropins.\"nginx.service\".x.hosts[0]: 'nope' is neither a host nor a group",
+        "",
+    ),
+    (
+        "drop-in template missing",
+        files(services=b'[dropins."nginx.service".x]\ntemplate = "no.j2"\nhosts = ["h1"]\n'),
+        f"{S}: dropins.\"nginx.service\".x.template: template 'no.j2' not found",
+        "",
+    ),
+    (
         "several problems",
         files(services=svc("foo = 1\nbar = 2\nenable = 3\n")),
         f"{S}: services.web.enable: Input should be a valid boolean (and 2 more)",
@@ -558,3 +602,22 @@ def test_every_kind_loads(name: str, kind: str) -> None:
     body = f"[services.'{name}']\ntemplate = 'web.service.j2'\nhosts = ['h1']\nkind = '{kind}'\n"
     (inst,) = inventory.load(files(services=body.encode())).select("h1")
     assert (inst.name, inst.kind) == (name, kind)
+
+
+def test_dropins_select_per_host_with_merged_vars() -> None:
+    body = (
+        b'[dropins."dbus.service".limits]\ntemplate = "web.service.j2"\nhosts = ["web"]\n'
+        b'vars = { level = "dropin" }\n'
+        b'[dropins."foo@.service".env]\ntemplate = "web.service.j2"\nhosts = ["h3"]\n'
+        b"restart = false\n"
+    )
+    inv = inventory.load(files(services=body))
+    (limits,) = inv.select_dropins("h1")
+    assert (limits.unit, limits.path, limits.restart) == (
+        "dbus.service",
+        "dbus.service.d/50-reconciler-limits.conf",
+        True,
+    )
+    assert (limits.vars["level"], limits.vars["only_web"]) == ("dropin", 2)
+    (env,) = inv.select_dropins("h3")
+    assert (env.path, env.restart) == ("foo@.service.d/50-reconciler-env.conf", False)

@@ -73,6 +73,7 @@ def live(name: str, active: str = "active", file_state: str = "enabled", **kw: o
 
 
 WEB, API = svc("web"), svc("api")
+DROPIN = "nginx.service.d/50-reconciler-limits.conf"
 WEB2 = svc("web", "sleep 1000")  # web with a new rendered content
 BACKUP = job("backup")
 BACKUP_HOURLY = job("backup", "hourly")
@@ -357,6 +358,82 @@ CASES = [
             "reload systemd",
             "restart echo.service",
         ],
+    ),
+    Case(
+        "new drop-in on a running vendor unit: written, reloaded, the unit restarted",
+        (DesiredUnit(DROPIN, "[Service]\nNice=5\n", "nginx.service", False, False),),
+        {DROPIN: None},
+        {"nginx.service": live("nginx.service")},
+        owned(),
+        [f"write {DROPIN} (new)", "reload systemd", "restart nginx.service"],
+    ),
+    Case(
+        "drop-in changed with restart = false: reloaded only",
+        (DesiredUnit(DROPIN, "[Service]\nNice=5\n", "nginx.service", False, False, restart=False),),
+        {DROPIN: "[Service]\nNice=1\n"},
+        {"nginx.service": live("nginx.service")},
+        owned(DROPIN),
+        [f"write {DROPIN} (changed)", "reload systemd"],
+    ),
+    Case(
+        "drop-in unchanged: nothing (no reload for a file systemd does not name)",
+        (DesiredUnit(DROPIN, "[Service]\nNice=5\n", "nginx.service", False, False),),
+        {DROPIN: "[Service]\nNice=5\n"},
+        {"nginx.service": live("nginx.service")},
+        owned(DROPIN),
+        [],
+    ),
+    Case(
+        "drop-in removed: removed, reloaded, its (running) unit restarted; a stopped one not",
+        (WEB,),
+        {"web.service": WEB.content, DROPIN: "x", "idle.service.d/50-reconciler-a.conf": "y"},
+        {
+            "web.service": live("web.service"),
+            "nginx.service": live("nginx.service"),
+            "idle.service": live("idle.service", "inactive"),
+        },
+        owned("web.service", DROPIN, "idle.service.d/50-reconciler-a.conf"),
+        [
+            "remove idle.service.d/50-reconciler-a.conf",
+            f"remove {DROPIN}",
+            "reload systemd",
+            "restart nginx.service",
+        ],
+    ),
+    Case(
+        "drop-in on a managed unit: that unit restarted once",
+        (
+            WEB,
+            DesiredUnit(
+                "web.service.d/50-reconciler-m.conf",
+                "[Service]\nNice=1\n",
+                "web.service",
+                False,
+                False,
+            ),
+        ),
+        {"web.service": WEB.content, "web.service.d/50-reconciler-m.conf": None},
+        {"web.service": live("web.service")},
+        owned("web.service"),
+        ["write web.service.d/50-reconciler-m.conf (new)", "reload systemd", "restart web.service"],
+    ),
+    Case(
+        "vendor restart killed before it ran (interrupted): restarted by the next sync",
+        (DesiredUnit(DROPIN, "[Service]\nNice=5\n", "nginx.service", False, False),),
+        {DROPIN: "[Service]\nNice=5\n"},
+        {"nginx.service": live("nginx.service")},
+        owned(DROPIN),
+        ["restart nginx.service"],
+        interrupted=frozenset({"nginx.service"}),
+    ),
+    Case(
+        "drop-in written by a killed apply before its Reload: reloaded, restarted",
+        (DesiredUnit(DROPIN, "[Service]\nNice=5\n", "nginx.service", False, False),),
+        {DROPIN: "[Service]\nNice=5\n"},
+        {"nginx.service": live("nginx.service")},
+        owned(DROPIN),
+        ["reload systemd", "restart nginx.service"],
+        interrupted=frozenset({"nginx.service", DROPIN}),
     ),
     Case(
         "timer stopped by hand: started again",
