@@ -76,7 +76,8 @@ def test_one_host_in_text(tree: Path) -> None:
     proc = validate(tree, "--host", "web1")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == [
-        "ok    web1: 3 units (web.service, system-metrics.service, system-metrics.timer)"
+        "ok    web1: 4 units (web.service, system-metrics.service, system-metrics.timer, "
+        "systemd-tmpfiles-clean.service.d/50-reconciler-idle.conf)"
     ]
 
 
