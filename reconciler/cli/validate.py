@@ -26,10 +26,15 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from reconciler.cli import _options
-    from reconciler.errors import RenderError
+    from reconciler.errors import ReconcilerError, RenderError
     from reconciler.reconcile.validate import check_tree
 
-    results = check_tree(Path(args.dir), args.host)
+    try:
+        results = check_tree(Path(args.dir), args.host)
+    except ReconcilerError as exc:
+        if args.json:  # a CI job parsing stdout still gets a document; the line goes to stderr
+            _options.print_json({"dir": args.dir, "valid": False, "error": str(exc), "hosts": []})
+        raise
     failed = [r for r in results if r.error]
     if args.json:
         _options.print_json(

@@ -88,7 +88,10 @@ class _Sync:
         store = open_store(self.settings)
         suspended = store.suspended()
         if suspended and not self.force and not self.dry_run and revision is None:
-            msg = f"automatic syncs are suspended ({suspended.reason}); nothing done"
+            msg = (
+                f"automatic syncs are suspended ({suspended.reason}); nothing done "
+                "(sync --force or reconciler resume)"
+            )
             journal.event("sync.suspended", msg, priority=5)
             return Outcome(Result.SUSPENDED, message=msg)
         outcome = Outcome(Result.APPLIED)

@@ -423,3 +423,5 @@ def test_suspend_resume_and_rollback(env: Env) -> None:
     env.reconciler("rollback", first[:8])
     assert "one" in (env.host.unit_dir / f"{a}.service").read_text()
     assert env.sync()["result"] == "suspended"  # rollback suspends automatic syncs
+    proc = env.reconciler("sync")  # a manual sync too: the line says how to go on
+    assert proc.stdout.strip().endswith("nothing done (sync --force or reconciler resume)")

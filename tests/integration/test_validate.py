@@ -134,6 +134,17 @@ def test_a_broken_tree_is_one_line(
         assert {h["host"] for h in data["hosts"] if not h["valid"]} == failing
 
 
+def test_a_refused_inventory_is_still_a_json_document(tree: Path) -> None:
+    """A user's trial: ``validate --json`` printed nothing when the inventory was refused."""
+    edit("inventory/services.toml", "[services.web]\n", "[services.web]\nbogus = 1\n")(tree)
+    proc = validate(tree, "--json")
+    assert proc.returncode == 1, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["valid"] is False and data["hosts"] == []
+    assert "services.web.bogus: unknown key" in data["error"]
+
+
 @pytest.mark.parametrize(
     ("args", "line"),
     [
