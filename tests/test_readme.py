@@ -154,3 +154,12 @@ def test_every_referenced_command_and_flag_exists(words: tuple[str, ...]) -> Non
                 texts.append(_help((*parent, word)))
     for flag in flags:
         assert any(flag in t for t in texts), f"'reconciler {' '.join(words)}': no {flag}"
+
+
+def test_message_ids_table_matches_the_journal_module() -> None:
+    """Operators look MESSAGE_IDs up in the README (they used to be only in the source)."""
+    from reconciler.host.journal import EVENTS
+
+    table = README.split("| event kind (`RECONCILER_EVENT`) | `MESSAGE_ID` |", 1)[1]
+    rows = re.findall(r"^\| `([a-z_.]+)` \| `([0-9a-f]{32})` \|$", table.split("\n\n", 1)[0], re.M)
+    assert dict(rows) == EVENTS and len(rows) == len(EVENTS)

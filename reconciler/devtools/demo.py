@@ -85,6 +85,18 @@ class Demo:
             raise ReconcilerError(f"demo step 'reconciler {shown}' failed (exit {proc.returncode})")
         return proc
 
+    def cli_line(self, command: str) -> str:
+        """The shell line that runs the CLI against the kept host as ``run`` does: its config,
+        and its journal socket (without it the events go to stderr only, and
+        ``journalctl MESSAGE_ID=...`` on the host finds nothing)."""
+        assert self.host is not None
+        cli = Path(sys.executable).parent / "reconciler"
+        return (
+            f"RECONCILER_CONFIG={self.work / 'config.toml'} "
+            f"RECONCILER_JOURNAL_SOCKET={self.host.journal_socket} "
+            f"{cli if cli.exists() else 'reconciler'} {command}"
+        )
+
     def journal(self, event: str) -> None:
         """What an operator on the host would run: journalctl MESSAGE_ID=<the event's id>."""
         assert self.host is not None
@@ -199,9 +211,7 @@ class Demo:
             enter = " ".join(self.host.nsenter(["bash"]))
             self.out(f"\nhost {self.host.name} kept (systemd PID {self.host.pid})")
             self.out(f"  enter it:       {enter}")
-            self.out(
-                f"  the CLI on it:  RECONCILER_CONFIG={self.work / 'config.toml'} reconciler status"
-            )
+            self.out(f"  the CLI on it:  {self.cli_line('status')}")
             self.out(f"  stop it:        reconciler demo --stop {self.host.name}")
             self.out("                  (powers it off, removes its work dir, cgroups and repos)")
             return

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.host.journal import message_id
+
 pytestmark = pytest.mark.host
 
 RECONCILER = str(Path(sys.executable).parent / "reconciler")
@@ -73,6 +75,20 @@ def test_demo_keep_leaves_a_live_host_and_stop_removes_everything(host: object) 
         assert inside.stdout.strip() in ("running", "degraded"), inside
         assert Path(f"/proc/{pid}").exists() and work.is_dir()
         assert all(c.is_dir() for c in cgroups)
+        # the printed CLI line reaches the host's journal: an event of it is found by MESSAGE_ID
+        cli = re.search(r"the CLI on it:\s+(.*) status$", proc.stdout, re.MULTILINE)
+        assert cli and "RECONCILER_JOURNAL_SOCKET=" in cli[1], proc.stdout[-2000:]
+        outside = subprocess.run(
+            ["sh", "-c", f"{cli[1]} suspend --reason from-outside"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert outside.returncode == 0, outside.stderr
+        match = f"MESSAGE_ID={message_id('sync.suspended')}"
+        in_journal = subprocess.run(
+            [*enter[1].split()[:-1], "sh", "-c", f"journalctl --sync; journalctl -o cat {match}"],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+        assert "from-outside" in in_journal.stdout, in_journal
     finally:
         stopped = subprocess.run(
             [RECONCILER, "demo", "--stop", name], capture_output=True, text=True, timeout=60,
