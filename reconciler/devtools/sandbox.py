@@ -25,6 +25,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -295,6 +296,26 @@ def check_supported() -> None:
             )
 
 
+def check_bind(src: str, dst: str) -> tuple[str, str]:
+    """The resolved source and the target of one bind, or a SandboxError naming both."""
+    if not dst.startswith("/") or dst.startswith(("/tmp", "/run")):
+        raise SandboxError(
+            f"cannot bind '{src}' at '{dst}': needs an absolute path outside /tmp and /run"
+        )
+    source = Path(src).resolve()
+    if not source.exists():
+        raise SandboxError(f"cannot bind '{src}' at '{dst}': no such file or directory")
+    return str(source), dst
+
+
+def parse_bind(text: str) -> tuple[str, str]:
+    """``SRC:DST`` from the command line, or a SandboxError naming it."""
+    src, colon, dst = text.partition(":")
+    if not (src and colon and dst):
+        raise SandboxError(f"cannot bind '{text}': expected SRC:DST (e.g. /srv/data:/srv/data)")
+    return check_bind(src, dst)
+
+
 def boot(
     *,
     binds: Mapping[str, str] | None = None,
@@ -311,21 +332,17 @@ def boot(
     this process (no parent-death signal, a session of its own) until ``stop_kept``.
     """
     check_supported()
-    cleanup_stale()
-    workdir = Path(tempfile.mkdtemp(prefix=NAME_PREFIX))
-    name = workdir.name
     args: list[str] = []
     for unit in mask:
         if unit not in unmask:
             args += ["mask", unit]
     for unit in unmask:
         args += ["unmask", unit]
-    for src, dst in (binds or {}).items():
-        if not dst.startswith("/") or dst.startswith(("/tmp", "/run")):
-            raise SandboxError(
-                f"cannot bind '{src}' at '{dst}': needs an absolute path outside /tmp and /run"
-            )
-        args += ["bind", str(Path(src).resolve()), dst]
+    for src, dst in (binds or {}).items():  # checked before anything is created
+        args += ["bind", *check_bind(src, dst)]
+    cleanup_stale()
+    workdir = Path(tempfile.mkdtemp(prefix=NAME_PREFIX))
+    name = workdir.name
     script = _BOOT_SCRIPT.replace("HIERARCHIES", " ".join(CGROUP_HIERARCHIES))
     process = subprocess.Popen(
         [
@@ -429,15 +446,41 @@ def _wait_until_up(host: Host, timeout: float) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m reconciler.devtools.sandbox``: boot a host and keep it until Ctrl-C (for ci/)."""
     parser = argparse.ArgumentParser(
-        prog="python -m reconciler.devtools.sandbox", description="boot a disposable systemd host"
+        prog="python -m reconciler.devtools.sandbox",
+        description=(
+            "boot a disposable systemd host; print one JSON line (pid, name, bus, root, "
+            "boot_sec, enter, enter_network) and keep it until SIGTERM or Ctrl-C"
+        ),
     )
-    parser.add_argument("--bind", action="append", default=[], metavar="SRC:DST")
-    parser.add_argument("--unmask", action="append", default=[], metavar="UNIT")
+    parser.add_argument(
+        "--bind",
+        action="append",
+        default=[],
+        metavar="SRC:DST",
+        help="mount SRC (a path on this machine) read-only at DST inside the host "
+        "(absolute, outside /tmp and /run, which the host has of its own); repeat",
+    )
+    parser.add_argument(
+        "--unmask",
+        action="append",
+        default=[],
+        metavar="UNIT",
+        help="let UNIT run (the host masks units it has no use for or cannot run, "
+        "e.g. postgresql.service, getty@.service, apt-daily.timer); repeat",
+    )
     parser.add_argument("--check", action="store_true", help="boot, print the state, stop")
     opts = parser.parse_args(argv)
-    binds = dict(b.split(":", 1) for b in opts.bind)
+    try:
+        binds = dict(parse_bind(b) for b in opts.bind)
+    except SandboxError as exc:  # one line, before anything is created
+        print(f"sandbox-host: {exc}", file=sys.stderr)
+        return 2
     started = time.monotonic()
-    host = boot(binds=binds, unmask=opts.unmask)
+    try:
+        host = boot(binds=binds, unmask=opts.unmask)
+    except SandboxError as exc:
+        print(f"sandbox-host: {exc}", file=sys.stderr)
+        return 1
     try:
         print(
             json.dumps(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -103,3 +104,42 @@ def test_ci_sandbox_host_prints_how_to_enter_the_host_and_its_network(host: sand
     info = json.loads(proc.stdout)
     assert info["enter"].startswith("nsenter -t ") and " -n " in info["enter"]
     assert info["enter_network"].startswith(f"nsenter --net=/proc/{info['pid']}/ns/net ")
+
+
+@pytest.mark.parametrize(
+    "bind", ["nocolon", "/srv:relative", "/srv:/tmp/x", "/no/such/path:/srv/x"]
+)
+def test_ci_sandbox_host_refuses_a_bad_bind_in_one_line(tmp_path: Path, bind: str) -> None:
+    """A user's trial: a traceback, and an empty /tmp/reconciler-host-XXXX left behind."""
+    proc = subprocess.run(
+        [str(REPO / "ci" / "sandbox-host"), "--bind", bind, "--check"],
+        capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, "PYTHON": sys.executable, "TMPDIR": str(tmp_path)},
+    )  # fmt: skip
+    assert proc.returncode != 0 and proc.stdout == ""
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert proc.stderr.startswith("sandbox-host: cannot bind ") and "Traceback" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing created
+
+
+def test_ci_sandbox_host_help_and_interpreter_without_a_venv(tmp_path: Path) -> None:
+    """``--help`` describes every option; without .venv the script uses the interpreter of the
+    ``reconciler`` on PATH (it used to hard-code .venv/bin/python)."""
+    (tmp_path / "ci").mkdir()
+    shutil.copy(REPO / "ci" / "sandbox-host", tmp_path / "ci" / "sandbox-host")
+    path = f"{Path(sys.executable).parent}:/usr/bin:/bin"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHON"}
+    proc = subprocess.run(
+        [str(tmp_path / "ci" / "sandbox-host"), "--help"],
+        capture_output=True, text=True, timeout=60, check=False, env={**env, "PATH": path},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    text = " ".join(proc.stdout.split())
+    assert "read-only at DST inside the host" in text and "let UNIT run" in text
+    assert "until SIGTERM or Ctrl-C" in text
+    nothing = subprocess.run(
+        [str(tmp_path / "ci" / "sandbox-host"), "--help"],
+        capture_output=True, text=True, timeout=60, check=False,
+        env={**env, "PATH": "/usr/bin:/bin", "PYTHON": "/bin/false"},
+    )  # fmt: skip
+    assert nothing.returncode == 1 and "cannot import reconciler" in nothing.stderr
