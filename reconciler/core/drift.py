@@ -12,6 +12,7 @@ it with the ``DesiredUnit`` and says what differs, one ``DriftItem`` per aspect:
   cannot be enabled and are fine);
 - ``active``: should run (``start``) but is inactive, or is failed (any unit, also one run
   by a timer). A oneshot that finished with success is not "inactive";
+- ``dropin``: a drop-in of ours missing or edited by hand, or a foreign one in ``UNIT.d/``;
 - ``timer``: an active timer with a repeating schedule but no next elapse, while the unit
   it triggers does not run (during a run systemd has no next elapse: a long job is not
   drift).
@@ -141,6 +142,21 @@ def check(desired: DesiredUnit, state: UnitState) -> list[DriftItem]:
         and not timer.job_running
     ):
         add("timer", "next run scheduled", "no next elapse")
+    return items
+
+
+def dropin_items(unit: str, ours: Mapping[str, str], on_disk: Mapping[str, str]) -> list[DriftItem]:
+    """A managed unit's drop-ins (file name -> content) against the applied revision's: ours
+    missing or edited by hand, and any other drop-in (put there by hand: reported, never
+    removed)."""
+    items = []
+    for name in sorted(ours):
+        have = on_disk.get(name)
+        if have != ours[name]:
+            what = "missing" if have is None else "edited by hand"
+            items.append(DriftItem(unit, "dropin", f"{name} as rendered", f"{name} {what}"))
+    for name in sorted(set(on_disk) - set(ours)):
+        items.append(DriftItem(unit, "dropin", "only the reconciler's drop-ins", f"{name} foreign"))
     return items
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import fields, replace
@@ -117,6 +118,32 @@ def desired_units(store: Store) -> list[DesiredUnit]:
     return [d for d in desired if unitkind.is_unit(d.name)]
 
 
+def dropins_by_unit(store: Store) -> dict[str, dict[str, str]]:
+    """The applied revision's drop-ins: unit -> {file name: content}."""
+    out: dict[str, dict[str, str]] = {}
+    for d in sync_store.decode_desired(store.kv_get(sync_store.DESIRED_KEY)):
+        target = unitkind.dropin_target(d.name)
+        if target is not None:
+            out.setdefault(target, {})[d.name.rpartition("/")[2]] = d.content
+    return out
+
+
+def read_dropins(unit_dir: Path, unit: str) -> dict[str, str]:
+    """The ``*.conf`` files in ``unit_dir/UNIT.d/`` (one listing; most units have none)."""
+    out: dict[str, str] = {}
+    try:
+        entries = list(os.scandir(unit_dir / f"{unit}.d"))
+    except OSError:
+        return out
+    for entry in entries:
+        if entry.name.endswith(".conf"):
+            try:
+                out[entry.name] = Path(entry.path).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError):
+                out[entry.name] = ""
+    return out
+
+
 def own_units(store: Store, unit_dir: Path, desired: Sequence[DesiredUnit]) -> list[DesiredUnit]:
     """The reconciler's own units ``install`` wrote (its manifest), as desired units, so its
     timers are monitored like an inventory's: missed runs, failed runs. A service with a
@@ -167,6 +194,11 @@ def view_host(
         unitstate.read_state(systemd, names, settings.unit_dir, changed=changed) if names else {}
     )
     drift = {d.name: drift_mod.check(d, states[d.name]) for d in desired}
+    ours = dropins_by_unit(store)
+    for d in desired:
+        on_disk = read_dropins(settings.unit_dir, d.name)
+        if on_disk or d.name in ours:
+            drift[d.name] += drift_mod.dropin_items(d.name, ours.get(d.name, {}), on_disk)
     for d in mine:  # their runs are watched (missed, failed); their schedule is install's
         drift[d.name] = [i for i in drift[d.name] if i.aspect != "timer"]
     return HostView(desired, states, drift, time.monotonic() - started)

@@ -4,6 +4,7 @@ reconciler's own removed when the inventory drops it."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 
 from reconciler.devtools import sandbox
 from tests.faults.conftest import FaultEnv, clean_units, make_env
-from tests.integration.test_sync import HOSTS, MUTATING
+from tests.integration.test_sync import APP, HOSTS, MUTATING
 
 pytestmark = pytest.mark.host
 
@@ -49,12 +50,17 @@ def dropin_env(host: sandbox.Host, tmp_path: Path) -> Iterator[tuple[FaultEnv, s
         clean_units(env)
 
 
+def app(name: str) -> str:
+    return f'[services.{name}]\ntemplate = "app.service.j2"\nhosts = ["web"]\n'
+
+
 def commit(env: FaultEnv, *entries: str) -> None:
     env.repo.commit(
         {
             "inventory/hosts.toml": HOSTS,
             "inventory/services.toml": "\n".join(entries),
             "templates/env.conf.j2": CONF,
+            "templates/app.service.j2": APP,
         }
     )
 
@@ -77,6 +83,20 @@ def test_dropins_adjust_vendor_units(dropin_env: tuple[FaultEnv, str, str]) -> N
     second = env.sync()
     assert second["result"] == "noop", second
     assert not MUTATING & set(second["dbus_calls"])  # type: ignore[arg-type]
+
+    # a hand-made drop-in on a managed unit is reported by the monitor, never removed
+    managed = env.name("app")
+    commit(env, dropin(vendor, "env", "hello"), dropin(template, "env", "hi"), app(managed))
+    assert env.sync()["result"] == "applied"
+    by_hand = env.host.unit_dir / f"{managed}.service.d/10-by-hand.conf"
+    by_hand.parent.mkdir()
+    by_hand.write_text("[Service]\nNice=3\n")
+    monitor = json.loads(env.run("monitor", "--json", repo=None, host=None).stdout)
+    drift = [d for d in monitor["drift"] if d["unit"] == f"{managed}.service"]
+    assert [(d["aspect"], d["have"]) for d in drift] == [("dropin", "10-by-hand.conf foreign")]
+    assert env.sync()["result"] == "noop" and by_hand.exists()
+    by_hand.unlink()
+    by_hand.parent.rmdir()
 
     foreign = env.host.unit_dir / f"{vendor}.d/10-local.conf"
     foreign.write_text("[Service]\nNice=5\n")  # an operator's own drop-in

@@ -144,3 +144,18 @@ def test_missed_run_uses_the_schedule() -> None:
     assert drift.schedule_interval(TimerInfo(), {}) is None
     states = {"t.timer": state(GOOD, timer=timer)}
     assert drift.specs_needing_interval(states) == ["*-*-* *:00:00"]
+
+
+@pytest.mark.parametrize(
+    ("ours", "on_disk", "have"),
+    [
+        ({"50-reconciler-a.conf": "x"}, {"50-reconciler-a.conf": "x"}, []),
+        ({"50-reconciler-a.conf": "x"}, {}, ["50-reconciler-a.conf missing"]),
+        ({"50-reconciler-a.conf": "x"}, {"50-reconciler-a.conf": "y"},
+         ["50-reconciler-a.conf edited by hand"]),
+        ({}, {"10-local.conf": "z"}, ["10-local.conf foreign"]),
+    ],
+)  # fmt: skip
+def test_dropin_drift(ours: dict[str, str], on_disk: dict[str, str], have: list[str]) -> None:
+    items = drift.dropin_items("web.service", ours, on_disk)
+    assert [(i.aspect, i.have) for i in items] == [("dropin", h) for h in have]
