@@ -116,3 +116,17 @@ def test_dropins_adjust_vendor_units(dropin_env: tuple[FaultEnv, str, str]) -> N
     assert not ours.exists() and foreign.exists(), "only our drop-in is pruned"
     assert env.show(vendor, "InvocationID")["InvocationID"] != running
     assert env.show(vendor, "Environment")["Environment"] == ""
+
+
+def test_rollback_restores_dropins(dropin_env: tuple[FaultEnv, str, str]) -> None:
+    env, vendor, template = dropin_env
+    ours = env.host.unit_dir / f"{vendor}.d/50-reconciler-env.conf"
+    gone = env.host.unit_dir / f"{vendor}.d/50-reconciler-old.conf"
+    commit(env, dropin(vendor, "env", "good"), dropin(vendor, "old", "kept"))
+    good = env.sync()["revision"]
+    commit(env, dropin(vendor, "env", "later"))
+    assert env.sync()["result"] == "applied"
+    assert not gone.exists() and "GREETING=later" in ours.read_text()
+    env.run("rollback", str(good)[:12])
+    assert "GREETING=good" in ours.read_text() and gone.exists()
+    assert env.show(vendor, "Environment")["Environment"] == "GREETING=kept"  # later file wins
