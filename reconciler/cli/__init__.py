@@ -85,13 +85,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     from reconciler.errors import ReconcilerError
 
     debug = args.debug or os.environ.get("RECONCILER_DEBUG") == "1"
+    from reconciler.cli import _streams
+
+    _streams.deduplicate()  # under systemd: a line the journal has natively is not repeated
     try:
         code: int = _module(commands[args.command]).run(args)
         return code
     except ReconcilerError as exc:
         if debug:
             raise
-        print(f"reconciler {args.command}: {exc}", file=sys.stderr)
+        from reconciler.host import journal
+
+        # a failed sync logged its error natively: under systemd the line is not repeated
+        if not journal.logged_natively(str(exc), sys.stderr, part=True):
+            print(f"reconciler {args.command}: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"reconciler {args.command}: interrupted", file=sys.stderr)

@@ -13,6 +13,7 @@ so ``journalctl MESSAGE_ID=...`` finds every sync, rollback or crash loop.
 from __future__ import annotations
 
 import atexit
+import collections
 import errno
 import fcntl
 import logging
@@ -25,6 +26,7 @@ import threading
 import time
 import traceback
 from collections.abc import Mapping
+from typing import TextIO
 
 DEFAULT_SOCKET = "/run/systemd/journal/socket"
 SOCKET_ENV = "RECONCILER_JOURNAL_SOCKET"
@@ -268,7 +270,9 @@ class JournalHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             delivered = send_payload(encode_entry(self.entry(record))) is not None
-            if not delivered and self.fallback:
+            if delivered:
+                _delivered.append(record.getMessage())
+            elif self.fallback:
                 sys.stderr.write(HumanFormatter(timestamps=True).format(record) + "\n")
         except Exception:
             self.handleError(record)
@@ -325,6 +329,26 @@ def stderr_is_journal(journal_stream: str | None, fd: int) -> bool:
     except (ValueError, OSError):
         return False
     return (st.st_dev, st.st_ino) == (dev, ino)
+
+
+_delivered: collections.deque[str] = collections.deque(maxlen=256)  # this process's entries
+
+
+def logged_natively(text: str, stream: TextIO, *, part: bool = False) -> bool:
+    """Whether writing ``text`` to ``stream`` would log it twice: ``stream`` is the one systemd
+    connects to the journal (``$JOURNAL_STREAM``) and an entry this process delivered through
+    the native protocol is the text (``part``: holds it) already (``journalctl -u`` showed
+    every line of an installed sync twice: as ``reconciler[PID]`` and as ``python[PID]``)."""
+    text = text.strip()
+    if not text:
+        return False
+    if not any((text in m) if part else (text == m.strip()) for m in _delivered):
+        return False
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return False
+    return stderr_is_journal(os.environ.get("JOURNAL_STREAM"), fd)
 
 
 def _stderr_state() -> tuple[bool, bool]:

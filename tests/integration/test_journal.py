@@ -164,3 +164,34 @@ def test_entries_sent_from_outside_through_the_socket_override(
     assert text(small["RECONCILER_DETAIL"]) == DETAIL
     assert big["MESSAGE"] == "big from outside"
     assert text(big["RECONCILER_BLOB"]) == BIG
+
+
+def test_the_cli_run_as_a_unit_logs_each_message_once(
+    host: sandbox.Host, make_unit: UnitWriter
+) -> None:
+    """A user's trial: under ``journalctl -u gitops-sync`` every line was there twice, once
+    as ``reconciler[PID]`` (native) and once as ``python[PID]`` (the CLI's printed line)."""
+    environment = " ".join(f"{k}={v}" for k, v in ENV_INSIDE.items())
+    state = f"/var/tmp/journal-once-{uuid.uuid4().hex[:8]}"
+    commands = {
+        "suspend": f"suspend --reason journal-once --state-dir {state}",
+        "sync": f"sync --repo /nonexistent/repo.git --state-dir {state} --force --trigger timer",
+    }
+    try:
+        for name, command in commands.items():
+            unit = make_unit(
+                f"journal-once-{name}.service",
+                f"[Service]\nType=oneshot\nEnvironment={environment}\n"
+                f"ExecStart={PYTHON_INSIDE} -m reconciler {command}\n",
+            )
+            host.systemctl("daemon-reload")
+            host.systemctl("start", unit, check=False)
+            host.journal_sync()
+            entries = host.journal(f"_SYSTEMD_UNIT={unit}")
+            native = [text(e["MESSAGE"]) for e in entries if e.get("_TRANSPORT") == "journal"]
+            plain = [text(e["MESSAGE"]) for e in entries if e.get("_TRANSPORT") == "stdout"]
+            assert native, (name, entries)
+            twice = [line for line in plain if any(line.split(": ", 1)[-1] in m for m in native)]
+            assert twice == [], (name, native, plain)
+    finally:
+        host.run(["rm", "-rf", state], check=False)
