@@ -51,3 +51,9 @@ def settings(args: argparse.Namespace) -> config.Settings:
 def print_json(data: Any) -> None:
     json.dump(data, sys.stdout, indent=2, sort_keys=True, default=str)
     sys.stdout.write("\n")
+
+
+def count(n: int, noun: str) -> str:
+    """``1 unit``, ``2 units``: a count with its noun in the right number (``finding``,
+    ``unit``, ``commit``, ``action``, ``archive`` all take an ``s``)."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

@@ -30,7 +30,9 @@ def run(args: argparse.Namespace) -> int:
     config_path = Path(args.config) if args.config else DEFAULT_CONFIG
     done = install.install(settings, config_path=config_path)
     lines = plan_mod.describe(done.plan)
-    journal.event("install", f"installed the reconciler's units: {len(lines)} actions")
+    journal.event(
+        "install", f"installed the reconciler's units: {_options.count(len(lines), 'action')}"
+    )
     if args.json:
         _options.print_json(
             {

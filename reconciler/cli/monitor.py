@@ -26,8 +26,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     drifted = len({d.unit for d in result.drift})
     print(
-        f"monitor pass: {len(result.units)} managed units, {drifted} drifted, "
-        f"{len(result.open)} findings open ({len(result.opened)} new, "
+        f"monitor pass: {_options.count(len(result.units), 'managed unit')}, {drifted} drifted, "
+        f"{_options.count(len(result.open), 'finding')} open ({len(result.opened)} new, "
         f"{len(result.resolved)} resolved) in {result.duration_sec:.2f}s"
     )
     new = {f.id for f in result.opened}

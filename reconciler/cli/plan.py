@@ -62,7 +62,7 @@ def show(outcome: object, *, as_json: bool) -> int:
     if outcome.plan.empty:
         print(f"revision {rev}: host already matches; nothing to do")
     else:
-        print(f"revision {rev}: {len(outcome.actions)} actions")
+        print(f"revision {rev}: {_options.count(len(outcome.actions), 'action')}")
         for line in outcome.actions:
             print(f"  {line}")
     for note in outcome.plan.notes:
@@ -85,6 +85,8 @@ def describe_commits(outcome: object) -> list[str]:
         via = f" [{outcome.resolved}]" if outcome.resolved else ""
         lines.append(f"commit {c.revision[:12]}{via}: {c.subject} ({c.author})")
     if outcome.commits:
-        lines.append(f"{len(outcome.commits)} commits since the applied revision:")
+        lines.append(
+            f"{_options.count(len(outcome.commits), 'commit')} since the applied revision:"
+        )
         lines += [f"  {c.revision[:12]} {c.subject} ({c.author})" for c in outcome.commits]
     return lines

@@ -60,8 +60,8 @@ def run(args: argparse.Namespace) -> int:
         revision=target,
     )
     print(
-        f"rolled back to {target[:12]} ({len(outcome.actions)} actions); automatic syncs "
-        "suspended: run 'reconciler resume' to follow the branch again"
+        f"rolled back to {target[:12]} ({_options.count(len(outcome.actions), 'action')}); "
+        "automatic syncs suspended: run 'reconciler resume' to follow the branch again"
     )
     # Like a sync, a rollback ends with a monitoring pass: findings of the units it
     # replaced resolve now, not at the next timer run.

@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
 
         for line in describe_commits(outcome):
             print(line)
-        print(f"revision {rev}: {len(outcome.actions)} actions")
+        print(f"revision {rev}: {_options.count(len(outcome.actions), 'action')}")
         for line in outcome.actions:
             print(f"  {line}")
         print(f"{outcome.result.value}" + (f": {outcome.message}" if outcome.message else ""))

@@ -25,7 +25,9 @@ def run(args: argparse.Namespace) -> int:
     journal.setup()
     done = install.uninstall(_options.settings(args))
     lines = plan_mod.describe(done.plan)
-    journal.event("install", f"uninstalled the reconciler's units: {len(lines)} actions")
+    journal.event(
+        "install", f"uninstalled the reconciler's units: {_options.count(len(lines), 'action')}"
+    )
     if args.json:
         _options.print_json(
             {

@@ -51,10 +51,11 @@ def run(args: argparse.Namespace) -> int:
         return 1 if failed else 0
     for r in results:
         if r.error is None:
-            print(f"ok    {r.host}: {len(r.units)} units ({', '.join(r.units) or 'none'})")
+            units = _options.count(len(r.units), "unit")
+            print(f"ok    {r.host}: {units} ({', '.join(r.units) or 'none'})")
         else:
             print(f"FAIL  {r.host}: {r.error}")
     if failed:
-        more = f" (and {len(failed) - 1} more hosts)" if len(failed) > 1 else ""
+        more = f" (and {_options.count(len(failed) - 1, 'more host')})" if len(failed) > 1 else ""
         raise RenderError(f"host '{failed[0].host}': {failed[0].error}{more}")
     return 0

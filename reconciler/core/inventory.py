@@ -420,10 +420,15 @@ def _message(error: ErrorDetails) -> str:
 
 
 def _one_line(path: str, problems: list[tuple[str, str]], count: int = 0) -> InventoryError:
-    """The first problem and how many more there are (``count``: all, if not ``problems``)."""
+    """The first problem, and where the others are (``count``: all, if not ``problems``):
+    a bare "(and 1 more)" left the user guessing which key it was."""
     where, message = problems[0]
     count = count or len(problems)
-    more = f" (and {count - 1} more)" if count > 1 else ""
+    shown = [key or path for key, _ in problems[1:4]]
+    hidden = count - 1 - len(shown)
+    more = ""
+    if shown:
+        more = f" (also at {', '.join(shown)}" + (f" and {hidden} more)" if hidden > 0 else ")")
     prefix = f"{path}: {where}: " if where else f"{path}: "
     return InventoryError(prefix + message + more)
 
@@ -463,8 +468,8 @@ def _parse(files: Mapping[str, bytes], path: str, model: type[_Strict]) -> Any:
         return model.model_validate(data)
     except ValidationError as exc:
         errors = exc.errors(include_url=False)
-        first = (key_path(errors[0]["loc"]), _message(errors[0]))  # only the first is shown
-        raise _one_line(path, [first], len(errors)) from None
+        problems = [(key_path(e["loc"]), _message(e)) for e in errors]
+        raise _one_line(path, problems) from None
 
 
 def _too_deep(data: object) -> tuple[str | int, ...] | None:
@@ -527,7 +532,7 @@ def _kind_problem(name: str, svc: Service) -> tuple[str, str] | None:
 def _check_services(
     services: ServicesFile, hosts: HostsFile, groups: frozenset[str], files: Mapping[str, bytes]
 ) -> tuple[list[tuple[str, str]], int]:
-    """The first problem (only it is shown, so only it is worded) and how many there are."""
+    """The problems (where, why) in order and how many there are."""
     first: list[tuple[str, str]] = []
     count = 0
     known = {ALL, *hosts.hosts, *groups}
@@ -538,34 +543,34 @@ def _check_services(
                 f"'{quote(name)}' is one of the reconciler's own units, which belong to its "
                 "install ('reconciler install' writes them from units/): pick another name"
             )
-            first = first or [(key_path(("services", name)), why)]
+            first += [(key_path(("services", name)), why)]
         kind_problem = _kind_problem(name, svc)
         if kind_problem:
             count += 1
             key, why = kind_problem
-            first = first or [(key_path(("services", name, key)), why)]
+            first += [(key_path(("services", name, key)), why)]
         problem = _template_problem(svc.template, files)
         if problem:
             count += 1
-            first = first or [(key_path(("services", name, "template")), problem)]
+            first += [(key_path(("services", name, "template")), problem)]
         for i, target in enumerate(svc.hosts):
             if target not in known:
                 count += 1
-                if not first:
+                if len(first) < 4:  # only four are named: a listing per problem is not free
                     where = key_path(("services", name, "hosts", i))
                     why = f"'{quote(target)}' is neither a host nor a group"
-                    first = [(where, f"{why} (known: {listing(known)})")]
+                    first += [(where, f"{why} (known: {listing(known)})")]
     for unit, table in services.dropins.items():
         for name, dropin in table.items():
             problem = _template_problem(dropin.template, files)
             if problem:
                 count += 1
-                first = first or [(key_path(("dropins", unit, name, "template")), problem)]
+                first += [(key_path(("dropins", unit, name, "template")), problem)]
             for i, target in enumerate(dropin.hosts):
                 if target not in known:
                     count += 1
                     why = f"'{quote(target)}' is neither a host nor a group"
-                    first = first or [(key_path(("dropins", unit, name, "hosts", i)), why)]
+                    first += [(key_path(("dropins", unit, name, "hosts", i)), why)]
     return first, count
 
 

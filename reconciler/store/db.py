@@ -101,6 +101,12 @@ def statements(script: str) -> Iterator[str]:
             buf = ""
 
 
+def cause(exc: BaseException) -> str:
+    """SQLite's message on one line: a corruption's spans two ("... *** in database main
+    ***\nPage 2: btreeInitPage() ..."), which split a warning over two lines."""
+    return " ".join(str(exc).split())
+
+
 def is_locked(exc: sqlite3.Error) -> bool:
     text = str(exc)
     return "locked" in text or "busy" in text
@@ -175,7 +181,7 @@ class Database:
 
 def translate(exc: sqlite3.Error, what: str, verb: str) -> StateError:
     """``cannot <verb> <what>: <cause>``, with a hint for a lock or an unwritable file."""
-    text = str(exc)
+    text = cause(exc)
     if is_locked(exc):
         return StateError(f"cannot {verb} {what}: locked by another process", LOCKED_HINT)
     if "readonly" in text or "unable to open" in text:

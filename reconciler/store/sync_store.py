@@ -164,7 +164,7 @@ class Store(db.Database):
                 log.warning(
                     "state database '%s' was corrupted (%s); moved aside to '%s', starting afresh",
                     path,
-                    exc,
+                    db.cause(exc),
                     aside,
                 )
             return cls(path, _connect(path, busy_timeout), busy_timeout)
@@ -312,7 +312,7 @@ class Store(db.Database):
             aside = _move_aside(self.path, exc)
             log.warning("state database '%s' corrupted; moved aside to '%s'", self.path, aside)
             return StateError(
-                f"cannot {verb} state database '{self.path}': corrupted ({exc})",
+                f"cannot {verb} state database '{self.path}': corrupted ({db.cause(exc)})",
                 hint=f"moved aside to '{aside}'; the next run starts with a fresh database",
             )
         return super()._translate(exc, verb)
@@ -370,7 +370,8 @@ def _move_aside(path: Path, exc: Exception) -> Path:
         Path(f"{path}-shm").unlink(missing_ok=True)  # derived from the WAL; rebuilt
     except OSError as err:
         raise StateError(
-            f"cannot move corrupted state database '{path}' aside: {err.strerror} ({exc})",
+            f"cannot move corrupted state database '{path}' aside: {err.strerror} "
+            f"({db.cause(exc)})",
             hint="move or remove the file by hand",
         ) from None
     return aside

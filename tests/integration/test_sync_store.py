@@ -257,6 +257,28 @@ def test_corruption_found_later_is_moved_aside(db: Path) -> None:
     assert list(db.parent.glob("state.db.corrupt-*"))
 
 
+def test_corruption_warning_is_one_line(db: Path) -> None:
+    """A user's trial: SQLite's message for a bad page spans two lines, and so did the
+    warning ``reconciler history`` printed when it moved the database aside."""
+    with Store.open(db) as s:
+        s.record_sync("r", 1.0, 1.0, "applied", [], None, "timer")
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    raw = bytearray(db.read_bytes())
+    raw[4096 * 1 : 4096 * 2] = b"\xff" * 4096  # the sync table's root page
+    db.write_bytes(bytes(raw))
+    Path(f"{db}-shm").unlink(missing_ok=True)
+    cli = str(Path(sys.executable).parent / "reconciler")
+    proc = subprocess.run(
+        [cli, "history", "--state-dir", str(db.parent)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "corrupted" in lines[0] and "moved aside" in lines[0], lines
+
+
 def test_deleted_database_is_recreated(db: Path) -> None:
     with Store.open(db) as s:
         s.set_owned(["web.service"])

@@ -443,7 +443,8 @@ BAD: list[tuple[str, dict[str, bytes], str, str]] = [
     (
         "several problems",
         files(services=svc("foo = 1\nbar = 2\nenable = 3\n")),
-        f"{S}: services.web.enable: Input should be a valid boolean (and 2 more)",
+        f"{S}: services.web.enable: Input should be a valid boolean "
+        "(also at services.web.foo, services.web.bar)",
         "",
     ),
 ]
@@ -489,7 +490,7 @@ def test_150000_names_validate_in_linear_time(where: str) -> None:
         if where == "groups":
             assert [s.name for s in inventory.load(given).select("h1")] == ["web"]
         else:  # the groups are unknown: refused, the first named, the rest counted
-            with pytest.raises(InventoryError, match=r"hosts\[1\]: 'g000000' .* 149999 more"):
+            with pytest.raises(InventoryError, match=r"hosts\[1\]: 'g000000' .* and 149996 more\)"):
                 inventory.load(given)
         used = time.process_time() - started
     finally:
