@@ -368,6 +368,30 @@ def test_every_job_runs_and_logs(host: sandbox.Host, installed: Installed, etl: 
     assert samples, samples
 
 
+def test_the_installed_sync_logs_each_message_once(
+    host: sandbox.Host, installed: Installed
+) -> None:
+    """A user's trial: ``journalctl -u gitops-sync`` showed every line of an applied sync
+    twice, natively as ``reconciler[PID]`` and printed as ``python[PID]``."""
+    work = f"{BASE}/work"
+    services = host_path(host, f"{work}/inventory/services.toml")
+    old = 'description = "Static web server (python3 http.server)"'
+    assert old in services.read_text()
+    services.write_text(services.read_text().replace(old, old[:-1] + ', once"', 1))
+    host.run([*GIT, "-C", work, "commit", "-q", "-am", "describe web once"])
+    host.run([*GIT, "-C", work, "push", "-q", f"{BASE}/config.git", "HEAD:main"])
+    start_us = int(time.time() * 1e6)
+    proc = host.systemctl("start", "gitops-sync.service", check=False)
+    assert proc.returncode == 0, host.systemctl("status", "gitops-sync.service", check=False)
+    pid = show(host, "gitops-sync.service", "ExecMainPID")["ExecMainPID"]
+    host.journal_sync()
+    run = since(host.journal(f"_PID={pid}"), start_us)
+    native = [str(e.get("MESSAGE")) for e in run if e.get("_TRANSPORT") == "journal"]
+    printed = [str(e.get("MESSAGE")).strip() for e in run if e.get("_TRANSPORT") == "stdout"]
+    assert "restart web.service" in native, (native, printed)
+    assert not [line for line in printed if line in native], (native, printed)
+
+
 def test_install_over_an_existing_config_says_what_it_did_not_apply(
     host: sandbox.Host, installed: Installed
 ) -> None:
