@@ -9,9 +9,11 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from itertools import count
 from pathlib import Path
 
 import pytest
+from jeepney.low_level import HeaderFields
 
 from reconciler import runtime
 from reconciler.config import Settings
@@ -318,6 +320,43 @@ def test_silent_peer_gives_a_reply_timeout(tmp_path: Path) -> None:
     with pytest.raises(SystemdError, match="no reply from systemd within 0.5s") as info:
         Systemd(f"unix:path={path}", timeout=0.5)
     assert info.value.dbus_name == "org.freedesktop.DBus.Error.Timeout"
+    server.close()
+    thread.join(timeout=5)
+
+
+def test_reload_waits_longer_than_a_read(tmp_path: Path) -> None:
+    """A Reload of 10,000 units took systemd over the 30 s a read may take: it is one call
+    that cannot be split, so it is awaited up to RELOAD_TIMEOUT (a peer answering late)."""
+    from jeepney import new_method_return
+    from jeepney.low_level import Parser
+
+    path = str(tmp_path / "slow-reload")
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(path)
+    server.listen()
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        parser, serial, began = Parser(), count(1), False
+        with conn:
+            while data := conn.recv(4096):
+                if not began and b"AUTH" in data:
+                    conn.sendall(b"OK 0123456789abcdef0123456789abcdef\r\n")
+                if not began and b"BEGIN" in data:
+                    began, data = True, data[data.index(b"BEGIN") + len(b"BEGIN\r\n") :]
+                for msg in parser.feed(data) if began else ():
+                    member = msg.header.fields.get(HeaderFields.member)
+                    if member == "Reload":
+                        time.sleep(1.0)  # past the connection's 0.3 s
+                    body = (":1.1",) if member == "Hello" else ()
+                    reply = new_method_return(msg, "s" if body else "", body)
+                    conn.sendall(reply.serialise(next(serial)))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    with Systemd(f"unix:path={path}", timeout=0.3) as client:
+        client.reload()
+        assert client.calls["Reload"] == 1
     server.close()
     thread.join(timeout=5)
 
