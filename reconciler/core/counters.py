@@ -355,8 +355,8 @@ def attribute(
 
     Automatic restarts are already ``systemd``'s. Any other start or requested stop of a
     unit is the reconciler's when it recorded a job for that unit before it and the event
-    came by the job's end (``done_at``), or came first after the job (no look, ``since``,
-    between them), else its
+    came by the job's end (``done_at``) with no look since that end, or came first after
+    the job (no look, ``since``, between them), else its
     timer's (a start of a timer-run service), else an operator's. A stop with an exit code
     is the process ending on its own (a oneshot's success), and a crash is nobody's: both
     keep ``by`` empty.
@@ -371,9 +371,7 @@ def attribute(
         mine = [  # a job precedes what it causes, which comes by its end or after the last look
             a
             for a in actions
-            if a.unit == e.unit
-            and a.at <= e.at
-            and (e.at <= (a.done_at or a.at + JOB_SEC) + DONE_SLACK_SEC or lo < a.at)
+            if a.unit == e.unit and a.at <= e.at and (lo < a.at or _by_its_end(e.at, a, lo))
         ]
         if mine:
             by = mine[-1].by
@@ -383,6 +381,14 @@ def attribute(
             by = "operator"
         out.append(replace(e, by=by))
     return out
+
+
+def _by_its_end(at: float, action: Action, last_look: float) -> bool:
+    """The event came by the job's end (with slack for the signal of its own transition),
+    and no look since that end: a look after it has seen all the job did, so what it finds
+    changed next (an operator's restart a second after the sync) is someone else's."""
+    end = action.done_at or action.at + JOB_SEC
+    return at <= end + DONE_SLACK_SEC and last_look < end
 
 
 @dataclass(frozen=True)

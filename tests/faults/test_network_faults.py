@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import socket
 import subprocess
@@ -50,7 +51,8 @@ def journal_since(host: sandbox.Host, since: float) -> str:
     """Every journal entry of the host since ``since`` (epoch seconds), as raw JSON text."""
     host.journal_sync()
     return host.run(
-        ["journalctl", "--no-pager", "-o", "json", "--all", "--since", f"@{since:.0f}"],
+        # floored: rounding 100.6 up to 101 lost what a fast run logged at 100.7 (CI, 5xx)
+        ["journalctl", "--no-pager", "-o", "json", "--all", "--since", f"@{math.floor(since)}"],
         check=False,
     ).stdout
 

@@ -233,7 +233,7 @@ def test_secrets_never_appear(fenv: FaultEnv, fault_report: Report) -> None:
         texts[f"{what} --json"] = proc.stdout + proc.stderr
     fenv.host.journal_sync()
     texts["journal"] = fenv.host.run(
-        ["journalctl", "--no-pager", "-o", "json", "--all", "--since", f"@{since:.0f}"],
+        ["journalctl", "--no-pager", "-o", "json", "--all", "--since", f"@{int(since)}"],
         check=False,
     ).stdout
     bundles = list((fenv.state / "diagnostics").glob("*.tar.gz"))

@@ -284,6 +284,15 @@ def _ev(kind: str, at: float, by: str = "", code: int | None = None, sig: str | 
         ),
         # a look came between job and event (the watch, a pass), but the event came by its end
         (_ev("stop", 93.0), [Action("app.service", 92, "restart", done_at=94)], 92.5, 0, "sync"),
+        # within the slack after its end, but a look after that end saw the job's effect:
+        # an operator's restart a moment after the sync (the CI run of aa516f1)
+        (
+            _ev("stop", 94.5),
+            [Action("app.service", 92, "restart", done_at=94)],
+            94.2,
+            0,
+            "operator",
+        ),
         # a job not known to have ended: what follows within JOB_SEC is still its
         (_ev("start", 100.0), [Action("app.service", 89.0, "restart")], 95.0, False, "sync"),
         # a job recorded after the look that saw the change did not cause it
