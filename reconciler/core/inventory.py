@@ -14,7 +14,7 @@ import json
 import re
 import tomllib
 from collections import ChainMap, Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -411,11 +411,11 @@ def key_path(loc: tuple[str | int, ...]) -> str:
     return out
 
 
-def _message(error: ErrorDetails) -> str:
+def _message(error: ErrorDetails, known: Sequence[str]) -> str:
     if error["type"] != "extra_forbidden":
         return error["msg"]
     key = str(error["loc"][-1])
-    close = difflib.get_close_matches(key, _KNOWN_KEYS, n=1)
+    close = difflib.get_close_matches(key, known, n=1)
     return "unknown key" + (f" (did you mean '{close[0]}'?)" if close else "")
 
 
@@ -437,7 +437,11 @@ _MODELS = (Timer, Health, Service, Dropin, Host, Group, HostsFile, ServicesFile)
 _KNOWN_KEYS = sorted({field for model in _MODELS for field in model.model_fields})
 
 
-def _parse(files: Mapping[str, bytes], path: str, model: type[_Strict]) -> Any:
+def parse_file(
+    files: Mapping[str, bytes], path: str, model: type[BaseModel], known: Sequence[str] = ()
+) -> Any:
+    """One TOML file of the inventory validated as ``model`` (``known``: the keys an unknown
+    key is compared with for a "did you mean"; default: the inventory's own)."""
     if path not in files:
         raise InventoryError(
             f"{path}: file missing from the config repository",
@@ -468,7 +472,7 @@ def _parse(files: Mapping[str, bytes], path: str, model: type[_Strict]) -> Any:
         return model.model_validate(data)
     except ValidationError as exc:
         errors = exc.errors(include_url=False)
-        problems = [(key_path(e["loc"]), _message(e)) for e in errors]
+        problems = [(key_path(e["loc"]), _message(e, known or _KNOWN_KEYS)) for e in errors]
         raise _one_line(path, problems) from None
 
 
@@ -588,12 +592,12 @@ def _clashes(hosts: HostsFile) -> Iterator[tuple[str, str]]:
 
 def load(files: Mapping[str, bytes]) -> Inventory:
     """Validate the inventory of a snapshot (repo-relative path -> bytes)."""
-    hosts: HostsFile = _parse(files, HOSTS_FILE, HostsFile)
+    hosts: HostsFile = parse_file(files, HOSTS_FILE, HostsFile)
     clashes = list(_clashes(hosts))
     if clashes:
         error = _one_line(HOSTS_FILE, clashes)
         raise InventoryError(error.message, hint="host and group names share one namespace")
-    services: ServicesFile = _parse(files, SERVICES_FILE, ServicesFile)
+    services: ServicesFile = parse_file(files, SERVICES_FILE, ServicesFile)
     inventory = Inventory(hosts, services)
     first, count = _check_services(services, hosts, inventory.group_names(), files)
     if first:
