@@ -139,15 +139,17 @@ def adapt(name: str, text: str, layout: Layout) -> str:
     text = text.replace(PLACEHOLDER, layout.command)
     service = _settings(text, "Service")
     home = service.get("ProtectHome", "no")
-    hidden_home = [
-        p for p in layout.code_paths if home in ("yes", "tmpfs") and _under(p, HOME_DIRS)
-    ]
-    hidden_tmp = [
-        p for p in layout.code_paths if service.get("PrivateTmp") == "yes" and _under(p, TMP_DIRS)
-    ]
+    # A config file install was given elsewhere than the default: every command the units
+    # run reads that one (RECONCILER_CONFIG), and it is bound back in where hidden.
+    own_config = layout.config != str(DEFAULT_CONFIG)
+    needed = (*layout.code_paths, layout.config) if own_config else layout.code_paths
+    hidden_home = [p for p in needed if home in ("yes", "tmpfs") and _under(p, HOME_DIRS)]
+    hidden_tmp = [p for p in needed if service.get("PrivateTmp") == "yes" and _under(p, TMP_DIRS)]
     extra: list[str] = []
     if "[Service]" in text and layout.pythonpath:
         extra.append(f"Environment=PYTHONPATH={layout.pythonpath}")
+    if "[Service]" in text and own_config:
+        extra.append(f"Environment=RECONCILER_CONFIG={layout.config}")
     if hidden_home or hidden_tmp:
         extra.append("BindReadOnlyPaths=" + " ".join(outermost(hidden_home + hidden_tmp)))
     if writable := layout.writable.get(name):

@@ -153,6 +153,27 @@ CASES = [
         {"PathChanged": ["/srv/conf/reconciler.toml"], "Unit": ["gitops-sync.service"]},
     ),
     Case(
+        "a config file elsewhere: every command reads it",
+        "gitops-sync.service",
+        Layout(PY, config="/srv/conf/reconciler.toml"),
+        {"Environment": ["RECONCILER_CONFIG=/srv/conf/reconciler.toml"]},
+    ),
+    Case(
+        "a config file under /root: bound back in past ProtectHome=",
+        "reconciler-monitor.service",
+        Layout(PY, config="/root/rc/config.toml"),
+        {
+            "Environment": ["RECONCILER_CONFIG=/root/rc/config.toml"],
+            "BindReadOnlyPaths": ["/root/rc/config.toml"],
+        },
+    ),
+    Case(
+        "the default config file: nothing added",
+        "gitops-sync.service",
+        Layout(PY),
+        {"Environment": []},
+    ),
+    Case(
         "no user namespaces here: PrivateUsers= left out (217/USER otherwise)",
         "metrics-sample.service",
         Layout(PY, user_namespaces=False),
