@@ -238,7 +238,15 @@ def without_watch_keys(section: Mapping[str, object]) -> dict[str, object]:
 
 
 def status_line(units: int, findings: int, events: int, dropped: int) -> str:
-    return f"watching {units} units, {findings} findings open, {events} events, {dropped} dropped"
+    """What ``systemctl status reconciler-watch`` shows (``STATUS=``), in plain English."""
+    return (
+        f"watching {_count(units, 'unit')}, {_count(findings, 'finding')} open, "
+        f"{_count(events, 'event')}, {dropped} dropped"
+    )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 @dataclass

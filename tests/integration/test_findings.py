@@ -246,7 +246,8 @@ def test_the_watch_daemon_sees_what_a_sync_just_pushed(env: Env) -> None:
         assert open_now >= 1
         watch.stop()
         started = watch.start()
-        assert f"{open_now} findings open" in started["MESSAGE"], started["MESSAGE"]
+        said = f"{open_now} finding{'s' * (open_now != 1)} open"
+        assert said in started["MESSAGE"], started["MESSAGE"]
     finally:
         watch.stop()
 

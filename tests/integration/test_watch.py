@@ -68,7 +68,7 @@ db = FindingStore(Path(sys.argv[1]))
 found = db.counters([sys.argv[2]])
 print(json.dumps(found[sys.argv[2]].to_dict() if sys.argv[2] in found else {}))
 """
-STATUS = re.compile(r"watching (\d+) units, (\d+) findings open, (\d+) events, (\d+) dropped")
+STATUS = re.compile(r"watching (\d+) units?, (\d+) findings? open, (\d+) events?, (\d+) dropped")
 SYSTEMD_EXIT = "Main process exited"
 
 

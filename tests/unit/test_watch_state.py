@@ -273,6 +273,7 @@ def test_restarts_on(policy: str, result: str, restarts: bool) -> None:
 
 
 def test_status_line_and_throttle() -> None:
-    assert status_line(3, 1, 42, 0) == "watching 3 units, 1 findings open, 42 events, 0 dropped"
+    assert status_line(3, 1, 42, 0) == "watching 3 units, 1 finding open, 42 events, 0 dropped"
+    assert status_line(1, 0, 1, 2) == "watching 1 unit, 0 findings open, 1 event, 2 dropped"
     t = Throttle(60.0)
     assert [t.due(x) for x in (0.0, 10.0, 59.9, 60.0, 61.0)] == [True, False, False, True, False]
