@@ -143,3 +143,22 @@ def test_ci_sandbox_host_help_and_interpreter_without_a_venv(tmp_path: Path) -> 
         env={**env, "PATH": "/usr/bin:/bin", "PYTHON": "/bin/false"},
     )  # fmt: skip
     assert nothing.returncode == 1 and "cannot import reconciler" in nothing.stderr
+
+
+def test_boot_raises_the_inotify_instance_limit_for_many_hosts() -> None:
+    """Debian's default of 128 inotify instances for root let ~40 hosts boot; the next one's
+    systemd exited 255 with no output (a 50-host fleet). ``boot`` raises it, never lowers."""
+    before = int(sandbox.INOTIFY_INSTANCES.read_text())
+    try:
+        sandbox.INOTIFY_INSTANCES.write_text("128\n")
+        with booted_host() as host:
+            assert host.systemctl("is-system-running", check=False).stdout.strip() in (
+                "running",
+                "degraded",
+            )
+        assert int(sandbox.INOTIFY_INSTANCES.read_text()) == sandbox.MIN_INOTIFY_INSTANCES
+        sandbox.INOTIFY_INSTANCES.write_text("65536\n")
+        sandbox._raise_inotify_limit()
+        assert int(sandbox.INOTIFY_INSTANCES.read_text()) == 65536
+    finally:
+        sandbox.INOTIFY_INSTANCES.write_text(f"{max(before, sandbox.MIN_INOTIFY_INSTANCES)}\n")
