@@ -288,12 +288,24 @@ class Settings:
     max_units: int = 20_000  # units one host may be given (10,000 services with timers)
     cache_max_mb: int = 512  # the git cache is trimmed to what is reachable past this
     allow_downgrade: bool = False  # signed mode: allow a ref move that is not a fast-forward
+    files_roots: tuple[str, ...] = ()  # where [files."PATH"] may write (empty: nowhere)
+    root_dir: Path | None = None  # the host's / (None: the root unit_dir is under, else /)
     sections: dict[str, dict[str, Any]] = field(default_factory=dict, compare=False)
     path: Path | None = field(default=None, compare=False)  # the file read, if any
 
     @property
     def host_name(self) -> str:
         return self.host or socket.gethostname()
+
+    @property
+    def host_root(self) -> Path:
+        """The host's ``/``: ``root_dir``, else the root ``unit_dir`` is the
+        ``etc/systemd/system`` of (a disposable host's from outside), else ``/``."""
+        if self.root_dir is not None:
+            return self.root_dir
+        text = str(self.unit_dir).rstrip("/")
+        suffix = "/etc/systemd/system"
+        return Path(text[: -len(suffix)] or "/") if text.endswith(suffix) else Path("/")
 
     @property
     def source(self) -> str:
@@ -336,7 +348,25 @@ class Settings:
         return self._read("webhook", Webhook)
 
 
-_PATHS = {"state_dir", "unit_dir", "run_dir", "webhook_secret_file", "gpg_home"}
+_PATHS = {"state_dir", "unit_dir", "run_dir", "webhook_secret_file", "gpg_home", "root_dir"}
+_PATH_LISTS = {"files_roots"}
+
+
+def _roots(source: str, key: str, value: Any, *, text: bool) -> tuple[str, ...]:
+    """Absolute, plain directory paths (``..``, ``.``, ``//`` refused); ``:``-separated in
+    the environment."""
+    items = [v for v in value.split(":") if v] if text and isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+        raise ConfigError(source, key, f"expected a list of absolute paths, got {value!r}")
+    out = []
+    for item in items:
+        parts = item.rstrip("/").split("/")
+        if not item.startswith("/") or any(p in ("", ".", "..") for p in parts[1:]):
+            raise ConfigError(source, key, f"expected a plain absolute path, got {item!r}")
+        out.append(item.rstrip("/") or "/")
+    return tuple(out)
+
+
 _BOOLS = {"verify_signatures", "allow_empty", "allow_downgrade"}
 _FLOATS = {"lock_timeout_sec", "fetch_timeout_sec", "render_cpu_sec", "render_memory_mb"}
 _INTS = {"max_units", "cache_max_mb"}
@@ -344,6 +374,8 @@ _INTS = {"max_units", "cache_max_mb"}
 
 def _top(source: str, key: str, value: Any, *, text: bool) -> Any:
     """A top-level key; ``text``: it came from the environment or a flag (always a string)."""
+    if key in _PATH_LISTS:
+        return _roots(source, key, value, text=text)
     if key in _PATHS:
         if not isinstance(value, str) or not value:
             raise ConfigError(source, key, "expected a path")

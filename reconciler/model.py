@@ -23,6 +23,48 @@ class DesiredUnit:
 
 
 @dataclass(frozen=True)
+class DesiredFile:
+    """One config file (``[files."PATH"]``) the inventory wants on this host, as rendered.
+
+    ``path`` is the host's absolute path; ``owner``/``group`` are names, resolved on the host.
+    """
+
+    path: str
+    content: bytes
+    mode: int = 0o644
+    owner: str = "root"
+    group: str = "root"
+    restart: tuple[str, ...] = ()  # units restarted when the file changes
+    reload: tuple[str, ...] = ()  # units reloaded (ReloadUnit) when the file changes
+    adopt: bool = False  # overwrite a file already there (kept for restore) instead of refusing
+
+
+@dataclass(frozen=True)
+class FileMeta:
+    """A regular file's content and metadata, as kept in the file manifest."""
+
+    content: bytes
+    mode: int
+    uid: int
+    gid: int
+
+
+@dataclass(frozen=True)
+class ManagedFile:
+    """An entry of the file manifest: what a sync wrote at ``path``, and (adopted) what was
+    there before it, restored when the entry goes."""
+
+    path: str
+    sha256: str
+    mode: int
+    uid: int
+    gid: int
+    original: FileMeta | None = None
+    restart: tuple[str, ...] = ()  # units restarted when it changes (also when it goes)
+    reload: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class LiveUnit:
     """What systemd says of one unit right now."""
 
@@ -56,6 +98,32 @@ class WriteUnitFile:
 class RemoveUnitFile:
     name: str
     previous: str = ""
+
+
+@dataclass(frozen=True)
+class WriteFile:
+    """Write a config file atomically (temp file, fsync, chmod/chown, rename)."""
+
+    path: str  # the host's absolute path
+    content: bytes
+    mode: int
+    uid: int
+    gid: int
+    previous: bytes | None = None  # None: a new file
+    restore: bool = False  # an adopted file's original put back
+
+
+@dataclass(frozen=True)
+class RemoveFile:
+    path: str
+    previous: bytes = b""
+
+
+@dataclass(frozen=True)
+class ReloadUnit:
+    """``ReloadUnit``: a running unit re-reads a config file it uses."""
+
+    name: str
 
 
 @dataclass(frozen=True)
@@ -105,6 +173,9 @@ Action = (
     | RestartUnit
     | StopUnit
     | ResetFailedUnit
+    | WriteFile
+    | RemoveFile
+    | ReloadUnit
 )
 
 
@@ -116,6 +187,8 @@ class Plan:
     owned_after: frozenset[str] = field(default_factory=frozenset)  # manifest once applied
     health_checks: tuple[tuple[str, float], ...] = ()  # (unit, timeout_sec) to gate on
     notes: tuple[str, ...] = ()  # warnings for the operator (e.g. a hand-masked unit left alone)
+    files_during: tuple[ManagedFile, ...] = ()  # file manifest while applying (old and new)
+    files_after: tuple[ManagedFile, ...] = ()  # file manifest once applied
 
     @property
     def empty(self) -> bool:

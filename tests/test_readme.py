@@ -77,10 +77,12 @@ def test_toml_snippets_are_a_valid_repository() -> None:
     snippets = toml_snippets()
     hosts = [s for s in snippets if "[hosts." in s or "[groups." in s]
     services = [s for s in snippets if "[services." in s]
-    assert len(hosts) == 1 and len(services) == 1 and len(snippets) == 2, snippets
+    config_files = [s for s in snippets if s.startswith('[files."')]
+    assert len(hosts) == 1 and len(services) == 1, snippets
+    assert len(snippets) == 2 + len(config_files), snippets
     files = {
         "inventory/hosts.toml": hosts[0].encode(),
-        "inventory/services.toml": services[0].encode(),
+        "inventory/services.toml": "\n".join([services[0], *config_files]).encode(),
     }
     templates = {p.name: p.read_text() for p in (REPO / "templates").iterdir()}
     files.update({f"templates/{n}": t.encode() for n, t in templates.items()})
@@ -90,6 +92,8 @@ def test_toml_snippets_are_a_valid_repository() -> None:
         rendered += [u.name for u in render.render(inv.select(host), templates)]
     assert {"web.service", "readings-etl.service", "readings-etl.timer"} <= set(rendered)
     assert {"echo.socket", "echo-server.service"} <= set(rendered)
+    written = [f.path for h in inv.hosts_file.hosts for f in inv.select_files(h)]
+    assert "/etc/greeter/greeting.conf" in written
 
 
 def test_no_snippet_service_is_named_like_an_own_unit() -> None:

@@ -26,6 +26,11 @@ def add_settings(parser: argparse.ArgumentParser, *, source: bool = True) -> Non
     parser.add_argument("--unit-dir", metavar="DIR", help="default /etc/systemd/system")
     parser.add_argument("--run-dir", metavar="DIR", help="default /run/reconciler")
     parser.add_argument(
+        "--root-dir",
+        metavar="DIR",
+        help="the host's / for config files (default: the root the unit dir is under, else /)",
+    )
+    parser.add_argument(
         "--bus",
         metavar="ADDRESS",
         help="D-Bus address of systemd (default: $RECONCILER_BUS, else systemd's private "
@@ -42,7 +47,7 @@ def settings(args: argparse.Namespace) -> config.Settings:
 
     from reconciler import config
 
-    keys = ("repo", "ref", "host", "state_dir", "unit_dir", "run_dir", "bus")
+    keys = ("repo", "ref", "host", "state_dir", "unit_dir", "run_dir", "root_dir", "bus")
     overrides = {key: getattr(args, key, None) for key in keys}
     path = getattr(args, "config", None)
     return config.load(Path(path) if path else None, overrides)

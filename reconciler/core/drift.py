@@ -24,11 +24,13 @@ its schedule allows.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from reconciler.core.files import HostFile
 from reconciler.core.patterns import Finding, Thresholds, detect_missed_run
-from reconciler.model import DesiredUnit, LiveUnit
+from reconciler.model import DesiredUnit, LiveUnit, ManagedFile
 
 ENABLED = frozenset({"enabled", "enabled-runtime"})
 NOT_ENABLEABLE = frozenset({"static", "indirect", "generated", "transient", "alias"})
@@ -73,7 +75,7 @@ class UnitState:
 @dataclass(frozen=True)
 class DriftItem:
     unit: str
-    aspect: str  # file | masked | load | reload | enablement | active | timer
+    aspect: str  # file | masked | load | reload | enablement | active | timer | dropin | config
     want: str
     have: str
     severity: str = "warning"  # critical for a failed or unloadable unit
@@ -157,6 +159,29 @@ def dropin_items(unit: str, ours: Mapping[str, str], on_disk: Mapping[str, str])
             items.append(DriftItem(unit, "dropin", f"{name} as rendered", f"{name} {what}"))
     for name in sorted(set(on_disk) - set(ours)):
         items.append(DriftItem(unit, "dropin", "only the reconciler's drop-ins", f"{name} foreign"))
+    return items
+
+
+def config_file_items(entry: ManagedFile, have: HostFile) -> list[DriftItem]:
+    """A managed config file against what the sync wrote: content, mode and owner changed
+    by hand (reported; only the next sync with a changed entry rewrites it)."""
+    path = entry.path
+
+    def item(want: str, got: str) -> DriftItem:
+        return DriftItem(path, "config", want, got)
+
+    if have.blocked:
+        return [item("a regular file", f"{have.blocked} is a symlink or not a directory")]
+    if have.kind != "file" or have.meta is None:
+        return [item("a regular file", "missing" if have.kind == "absent" else have.kind)]
+    items = []
+    if hashlib.sha256(have.meta.content).hexdigest() != entry.sha256:
+        items.append(item("content as rendered", "content edited by hand"))
+    if have.meta.mode != entry.mode:
+        items.append(item(f"mode {entry.mode:04o}", f"mode {have.meta.mode:04o}"))
+    if (have.meta.uid, have.meta.gid) != (entry.uid, entry.gid):
+        want, got = f"{entry.uid}:{entry.gid}", f"{have.meta.uid}:{have.meta.gid}"
+        items.append(item(f"owner {want}", f"owner {got}"))
     return items
 
 

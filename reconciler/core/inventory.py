@@ -35,6 +35,8 @@ from reconciler.errors import InventoryError, UnknownHostError
 HOSTS_FILE = "inventory/hosts.toml"
 SERVICES_FILE = "inventory/services.toml"
 TEMPLATE_DIR = "templates/"
+FILES_DIR = "files/"  # [files."PATH"] source = "..." is copied verbatim from here
+MAX_PATH = 4095  # PATH_MAX less the terminating NUL
 ALL = "all"
 RESERVED = frozenset({"service", "host"})  # names the template context sets itself
 MAX_STEM = 255 - len(".service")  # systemd's unit name limit is 255 bytes
@@ -64,6 +66,7 @@ OWN_UNIT_STEMS = frozenset(
 _STEM_CHARS = re.compile(r"[A-Za-z0-9:_.@\\-]+")
 _HOST_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}")
 _DROPIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+_USER = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?")
 _VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _TIMESPAN = re.compile(
@@ -154,6 +157,29 @@ def _dropin_name_problem(value: str) -> str | None:
     return f"invalid drop-in name '{quote(value)}': use ASCII letters, digits and '_.-'"
 
 
+def file_path_problem(value: str) -> str | None:
+    """Why ``value`` is no plain absolute path for ``[files."PATH"]``, or None."""
+    if not value.startswith("/"):
+        return f"'{quote(value)}' is not an absolute path"
+    parts = value.split("/")[1:]
+    if any(p in ("", ".", "..") for p in parts):
+        return f"'{quote(value)}': '..', '.', '//' and a trailing '/' are not allowed"
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        return f"'{quote(value)}' contains a control character"
+    if len(value.encode()) > MAX_PATH:
+        return f"longer than {MAX_PATH} bytes"
+    return None
+
+
+def _mode(value: object) -> int:
+    if isinstance(value, str) and re.fullmatch(r"0?[0-7]{3}", value):
+        return int(value, 8)
+    raise PydanticCustomError(
+        "mode",
+        'Input should be an octal mode string like "0644" (no setuid, setgid or sticky bit)',
+    )
+
+
 def _host_problem(value: str) -> str | None:
     if _HOST_NAME.fullmatch(value) and value != ALL:
         return None
@@ -225,6 +251,15 @@ ServiceName = Annotated[str, _refusing("service_name", _service_problem)]
 Timespan = Annotated[str, PlainValidator(_timespan)]
 DropinUnit = Annotated[str, _refusing("unit_name", _dropin_unit_problem)]
 DropinName = Annotated[str, _refusing("dropin_name", _dropin_name_problem)]
+FilePath = Annotated[str, _refusing("file_path", file_path_problem)]
+UserName = Annotated[
+    str,
+    _refusing(
+        "user_name",
+        lambda v: None if _USER.fullmatch(v) else (f"invalid user or group name '{quote(v)}'"),
+    ),
+]
+Mode = Annotated[int, PlainValidator(_mode)]
 Vars = dict[VarName, Any]
 
 
@@ -281,6 +316,29 @@ class Dropin(_Strict):
     restart: bool = True  # restart the unit when its drop-ins change (False: only Reload)
 
 
+class FileEntry(_Strict):
+    """``[files."PATH"]``: a config file written under the host's ``files_roots``."""
+
+    template: str | None = None
+    source: str | None = None
+    hosts: Annotated[list[str], AfterValidator(_unique)]
+    vars: Vars = Field(default_factory=dict)
+    mode: Mode = 0o644
+    owner: UserName = "root"
+    group: UserName = "root"
+    restart: Annotated[list[DropinUnit], AfterValidator(_unique)] = Field(default_factory=list)
+    reload: Annotated[list[DropinUnit], AfterValidator(_unique)] = Field(default_factory=list)
+    adopt: bool = False
+
+    @model_validator(mode="after")
+    def _one_source(self) -> FileEntry:
+        if (self.template is None) == (self.source is None):
+            raise PydanticCustomError(
+                "file_source", "give exactly one of template (rendered) or source (copied)"
+            )
+        return self
+
+
 class Host(_Strict):
     groups: Annotated[list[HostName], AfterValidator(_unique)] = Field(default_factory=list)
     vars: Vars = Field(default_factory=dict)
@@ -298,6 +356,7 @@ class HostsFile(_Strict):
 class ServicesFile(_Strict):
     services: dict[ServiceName, Service] = Field(default_factory=dict)
     dropins: dict[DropinUnit, dict[DropinName, Dropin]] = Field(default_factory=dict)
+    files: dict[FilePath, FileEntry] = Field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -335,6 +394,17 @@ class DropinInstance:
 
 
 @dataclass(frozen=True)
+class FileInstance:
+    """One config file as one host has it (vars merged as for services)."""
+
+    path: str
+    entry: FileEntry
+    vars: Mapping[str, Any]
+    host_name: str
+    host_groups: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Inventory:
     hosts_file: HostsFile
     services_file: ServicesFile
@@ -359,6 +429,16 @@ class Inventory:
             for unit, table in self.services_file.dropins.items()
             for name, d in table.items()
             if targets.intersection(d.hosts)
+        ]
+
+    def select_files(self, host: str) -> list[FileInstance]:
+        """The config files ``host`` has, in services.toml order."""
+        found, base = self._host(host)
+        targets = {host, ALL, *found.groups}
+        return [
+            FileInstance(path, f, ChainMap(f.vars, base), host, tuple(found.groups))
+            for path, f in self.services_file.files.items()
+            if targets.intersection(f.hosts)
         ]
 
     def _host(self, host: str) -> tuple[Host, dict[str, Any]]:
@@ -415,6 +495,8 @@ def _message(error: ErrorDetails, known: Sequence[str]) -> str:
     if error["type"] != "extra_forbidden":
         return error["msg"]
     key = str(error["loc"][-1])
+    if error["loc"][:1] == ("files",) and known is _KNOWN_KEYS:
+        known = _FILE_KEYS
     close = difflib.get_close_matches(key, known, n=1)
     return "unknown key" + (f" (did you mean '{close[0]}'?)" if close else "")
 
@@ -435,6 +517,7 @@ def _one_line(path: str, problems: list[tuple[str, str]], count: int = 0) -> Inv
 
 _MODELS = (Timer, Health, Service, Dropin, Host, Group, HostsFile, ServicesFile)
 _KNOWN_KEYS = sorted({field for model in _MODELS for field in model.model_fields})
+_FILE_KEYS = sorted(FileEntry.model_fields)  # [files."PATH"] keys: suggested only there
 
 
 def parse_file(
@@ -575,6 +658,24 @@ def _check_services(
                     count += 1
                     why = f"'{quote(target)}' is neither a host nor a group"
                     first += [(key_path(("dropins", unit, name, "hosts", i)), why)]
+    for path, entry in services.files.items():
+        if entry.source is not None:
+            problem = None
+            if not template_name_ok(entry.source):
+                problem = f"'{quote(entry.source)}' must be a relative path inside {FILES_DIR}"
+            elif FILES_DIR + entry.source not in files:
+                problem = f"file '{quote(entry.source)}' not found in {FILES_DIR}"
+            key = "source"
+        else:
+            problem, key = _template_problem(entry.template or "", files), "template"
+        if problem:
+            count += 1
+            first += [(key_path(("files", path, key)), problem)]
+        for i, target in enumerate(entry.hosts):
+            if target not in known:
+                count += 1
+                why = f"'{quote(target)}' is neither a host nor a group"
+                first += [(key_path(("files", path, "hosts", i)), why)]
     return first, count
 
 

@@ -10,6 +10,7 @@ Everything is sorted: the same inputs always give the same plan.
 from __future__ import annotations
 
 import difflib
+import hashlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import PurePosixPath
 
@@ -23,11 +24,14 @@ from reconciler.model import (
     EnableUnits,
     LiveUnit,
     Plan,
+    ReloadUnit,
+    RemoveFile,
     RemoveUnitFile,
     ResetFailedUnit,
     RestartUnit,
     StartUnit,
     StopUnit,
+    WriteFile,
     WriteUnitFile,
 )
 
@@ -162,7 +166,40 @@ def diff(plan: Plan) -> str:
             out += _unified(a.previous or "", a.content, old, f"b/{a.name}")
         elif isinstance(a, RemoveUnitFile):
             out += _unified(a.previous, "", f"a/{a.name}", "/dev/null")
+        elif isinstance(a, WriteFile | RemoveFile):
+            new = a.content if isinstance(a, WriteFile) else None
+            out += file_diff(a.path, a.previous, new)
     return "".join(out)
+
+
+def _text(data: bytes | None) -> str | None:
+    """``data`` as text if it is UTF-8 without NUL (else it is shown as binary)."""
+    if data is None:
+        return ""
+    if b"\0" in data:
+        return None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def file_diff(path: str, old: bytes | None, new: bytes | None) -> list[str]:
+    """A config file's change: a unified diff, or for a binary file its size and sha256."""
+    if old == new:
+        return []  # mode or owner only: the action line says it
+    old_label = "/dev/null" if old is None else f"a{path}"
+    new_label = "/dev/null" if new is None else f"b{path}"
+    before, after = _text(old), _text(new)
+    if before is not None and after is not None:
+        return _unified(before, after, old_label, new_label)
+
+    def summary(data: bytes | None) -> str:
+        if data is None:
+            return "none"
+        return f"{len(data)} bytes, sha256 {hashlib.sha256(data).hexdigest()}"
+
+    return [f"Binary file {path}: {summary(old)} -> {summary(new)}\n"]
 
 
 def _index(desired: Sequence[DesiredUnit]) -> dict[str, DesiredUnit]:
@@ -391,6 +428,15 @@ def _describe(a: Action) -> str:
             return f"stop {name}"
         case ResetFailedUnit(name=name):
             return f"reset failed state of {name}"
+        case WriteFile(path=path, restore=True):
+            return f"restore {path} (the original it had before reconciler adopted it)"
+        case WriteFile(path=path, previous=previous, mode=mode, uid=uid, gid=gid):
+            what = "new" if previous is None else "changed"
+            return f"write {path} ({what}; mode {mode:04o}, owner {uid}:{gid})"
+        case RemoveFile(path=path):
+            return f"remove {path}"
+        case ReloadUnit(name=name):
+            return f"reload {name}"
     raise AssertionError(f"unknown action {a!r}")  # pragma: no cover - closed union
 
 

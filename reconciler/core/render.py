@@ -37,9 +37,11 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment, safe_range
 
 from reconciler.core import unitkind
 from reconciler.core.inventory import (
+    FILES_DIR,
     SERVICES_FILE,
     TEMPLATE_DIR,
     DropinInstance,
+    FileInstance,
     ServiceInstance,
     Timer,
     key_path,
@@ -48,7 +50,7 @@ from reconciler.core.inventory import (
     template_name_ok,
 )
 from reconciler.errors import RenderError
-from reconciler.model import DesiredUnit
+from reconciler.model import DesiredFile, DesiredUnit
 
 OPEN, CLOSE = "\ufdd0", "\ufdd1"  # Unicode non-characters: never in legitimate text
 MAX_UNIT_CHARS = 1 << 20
@@ -196,8 +198,11 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         return super().call_binop(context, operator, left, right)
 
 
-def build_environment(templates: Mapping[str, str]) -> _Sandbox:
-    """The sandbox over ``templates``: names relative to templates/ -> text."""
+def build_environment(templates: Mapping[str, str], *, unit_lines: bool = True) -> _Sandbox:
+    """The sandbox over ``templates``: names relative to templates/ -> text.
+
+    ``unit_lines``: every value must stay on its unit-file line (off for config files,
+    whose format is not systemd's)."""
     for name, text in templates.items():
         if not template_name_ok(name):
             raise RenderError(f"cannot load template '{quote(name)}': not a path inside templates/")
@@ -211,7 +216,7 @@ def build_environment(templates: Mapping[str, str]) -> _Sandbox:
         autoescape=False,
         keep_trailing_newline=True,
         trim_blocks=True,  # like Ansible: a {% tag %} line leaves no blank line
-        finalize=_finalize,
+        finalize=_finalize if unit_lines else None,
         auto_reload=False,
         cache_size=-1,
     )
@@ -297,7 +302,7 @@ def referenced_names(
 
 def _render_text(env: _Sandbox, inst: ServiceInstance, names: frozenset[str] | None = None) -> str:
     where = f"{TEMPLATE_DIR}{inst.template}"
-    suffix = f" (service '{inst.name}')"
+    suffix = f" ({'file' if inst.name.startswith('/') else 'service'} '{inst.name}')"
     variables = inst.vars if names is None else {n: inst.vars[n] for n in names if n in inst.vars}
     for name, item in variables.items():
         for path, text in _walk(name, item):
@@ -504,6 +509,38 @@ def render_dropins(
                                d.host_name, d.host_groups)  # fmt: skip
         content = _check(_render_text(env, inst), inst, d.path)
         out.append(DesiredUnit(d.path, content, d.unit, False, False, restart=d.restart))
+    return out
+
+
+def render_files(
+    files: Sequence[FileInstance], templates: Mapping[str, str], sources: Mapping[str, bytes]
+) -> list[DesiredFile]:
+    """Each ``[files."PATH"]``: its template rendered (UTF-8; the context of a unit, with
+    ``service`` the file's path, and no unit-line checks: the format is the file's own), or its
+    source under ``files/`` copied byte for byte."""
+    env = build_environment(templates, unit_lines=False) if files else None
+    out = []
+    for f in files:
+        e = f.entry
+        if e.source is not None:
+            content = sources[FILES_DIR + e.source]
+        else:
+            assert env is not None and e.template is not None
+            inst = ServiceInstance(f.path, e.template, f.vars, False, False, None, None,
+                                   f.host_name, f.host_groups)  # fmt: skip
+            content = _render_text(env, inst).encode("utf-8")
+        out.append(
+            DesiredFile(
+                f.path,
+                content,
+                e.mode,
+                e.owner,
+                e.group,
+                tuple(e.restart),
+                tuple(e.reload),
+                e.adopt,
+            )  # fmt: skip
+        )
     return out
 
 

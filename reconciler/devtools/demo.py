@@ -168,6 +168,7 @@ class Demo:
             f'repo = "{bare}"\nref = "main"\nhost = "sandbox"\n'
             f'state_dir = "{state}"\nunit_dir = "{self.host.unit_dir}"\n'
             f'run_dir = "{self.work / "run"}"\nbus = "{self.host.bus_address}"\n'
+            'files_roots = ["/etc/greeter"]\n'  # the example's config file (this host only)
             f"\n[monitor]\nrestart_threshold = 3\nrestart_window_sec = 60\n"
         )
         self.out(f"  bare repo {bare}; host config {self.work / 'config.toml'}")
@@ -188,6 +189,15 @@ class Demo:
             )
         )
         self.push("web: new description")
+        self.run("plan")
+        self.run("sync")
+        self.step("push a config-file and a drop-in change: the file's service is reloaded")
+        services.write_text(
+            services.read_text()
+            .replace('vars = { greeting = "hello" }', 'vars = { greeting = "hello again" }')
+            .replace("vars = { nice = 19 }", "vars = { nice = 15 }")
+        )
+        self.push("greeter: new greeting; tmpfiles-clean: nice 15")
         self.run("plan")
         self.run("sync")
         self.step("push a crash-looping service: the health gate fails and rolls back")

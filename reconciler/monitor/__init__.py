@@ -201,7 +201,27 @@ def view_host(
             drift[d.name] += drift_mod.dropin_items(d.name, ours.get(d.name, {}), on_disk)
     for d in mine:  # their runs are watched (missed, failed); their schedule is install's
         drift[d.name] = [i for i in drift[d.name] if i.aspect != "timer"]
+    for unit in sorted(ours.keys() - drift.keys()):  # a vendor unit: only ours are checked
+        on_disk = read_dropins(settings.unit_dir, unit)
+        mine_now = {n: t for n, t in on_disk.items() if n in ours[unit]}
+        items = drift_mod.dropin_items(unit, ours[unit], mine_now)
+        if items:
+            drift[unit] = items
+    drift |= config_file_drift(settings)
     return HostView(desired, states, drift, time.monotonic() - started)
+
+
+def config_file_drift(settings: Settings) -> dict[str, list[drift_mod.DriftItem]]:
+    """Managed config files changed by hand (the file manifest against the host), by path."""
+    from reconciler.host.config_files import read_path
+    from reconciler.store import file_manifest
+
+    out = {}
+    for path, entry in file_manifest.load(settings.state_dir).items():
+        items = drift_mod.config_file_items(entry, read_path(settings.host_root, path))
+        if items:
+            out[path] = items
+    return out
 
 
 def observations(view: HostView, now: float) -> list[Observation]:
@@ -486,12 +506,16 @@ def run_pass(
             if state.timer is not None and starts[name]:
                 missed = drift_mod.missed_run(name, state.timer, at, config.thresholds, intervals)
                 extra += [missed] if missed else []
+        # config files and vendor units with our drop-ins: drift only, no patterns
+        others = [n for n in view.drift if n not in view.states]
         changes = recorder.evaluate(
-            list(view.states), at, extra=extra, kinds=PASS_KINDS, scheduled=scheduled
+            [*view.states, *others], at, extra=extra, kinds=PASS_KINDS, scheduled=scheduled
         )
         # A unit no longer managed (pruned, or rolled back away) has nothing left to fix.
         changes.resolved += [
-            f for k, f in db.open_findings().items() if k[1] not in view.states and k[1] not in keep
+            f
+            for k, f in db.open_findings().items()
+            if k[1] not in view.states and k[1] not in keep and k[1] not in others
         ]
         impacts = impacts_of(systemd, troubled(changes), config.impact_depth)
         applied = recorder.apply(changes, impacts, at)

@@ -27,10 +27,11 @@ from reconciler.host import journal, lock
 from reconciler.reconcile import fetch, validate, verify
 from reconciler.reconcile.apply import apply_plan
 from reconciler.reconcile.hooks import Monitoring, NoMonitoring
+from reconciler.reconcile.host_files import observe_files, save_manifest
 from reconciler.reconcile.observe import observe
 from reconciler.reconcile.outcome import Outcome, Reason, Result, Unhealthy
 from reconciler.reconcile.plan import make_plan
-from reconciler.reconcile.render import is_cached, render_cached
+from reconciler.reconcile.render import is_cached, render_cached, rendered_files
 from reconciler.reconcile.rollback import roll_back
 from reconciler.runtime import connect, open_store
 from reconciler.store.ledger import FILE_NAME as LEDGER_FILE
@@ -193,7 +194,10 @@ class _Sync:
         ``steps`` run this again on a new one: the plan is made anew from what is live, and
         the units a killed apply left to (re)start are in the store, so it converges."""
         settings = self.settings
-        plan = make_plan(desired, observe(desired, systemd, store, settings), settings)
+        files = rendered_files(store)
+        observed = observe(desired, systemd, store, settings)
+        facts = observe_files(files, systemd, settings)
+        plan = make_plan(desired, observed, settings, files, facts)
         outcome.plan, outcome.actions = plan, describe(plan)
         if held_from:  # plan says it as sync does
             outcome.message = (
@@ -206,6 +210,8 @@ class _Sync:
         if plan.empty:
             if store.owned() != plan.owned_after:  # e.g. a pruned name now a vendor unit's
                 store.set_owned(plan.owned_after)
+            if plan.files_during:  # e.g. an adopted file that already had the content
+                save_manifest(settings, plan.files_after)
             outcome.result = Result.NOOP
             journal.event(
                 "sync.noop",

@@ -30,13 +30,17 @@ from reconciler.model import (
     EnableUnits,
     LiveUnit,
     Plan,
+    ReloadUnit,
+    RemoveFile,
     RemoveUnitFile,
     ResetFailedUnit,
     RestartUnit,
     StartUnit,
     StopUnit,
+    WriteFile,
     WriteUnitFile,
 )
+from reconciler.reconcile import host_files
 from reconciler.reconcile.hooks import Monitoring
 from reconciler.reconcile.render import MARKER
 from reconciler.store.sync_store import DESIRED_KEY, encode_desired
@@ -150,7 +154,7 @@ def check_name_fits(unit_dir: Path, name: str) -> None:
         )
 
 
-def stage(plan: Plan, unit_dir: Path) -> dict[str, Path]:
+def stage(plan: Plan, unit_dir: Path, root: Path = Path("/")) -> dict[str, Path]:
     """Before the first stop: write every new file as a temp file (or probe the directory).
 
     What can fail in the unit directory (read-only, full, names too long, permissions)
@@ -163,6 +167,9 @@ def stage(plan: Plan, unit_dir: Path) -> dict[str, Path]:
     try:
         for a in writes:
             staged[a.name] = stage_file(unit_dir, a.name, a.content)
+        for f in plan.actions:  # config files: keyed by their absolute path
+            if isinstance(f, WriteFile):
+                staged[f.path] = host_files.stage_file(root, f)
         if not writes and any(isinstance(a, RemoveUnitFile) for a in plan.actions):
             name = next(a.name for a in plan.actions if isinstance(a, RemoveUnitFile))
             stage_file(unit_dir, name, "").unlink()  # removing needs a writable directory
@@ -220,16 +227,18 @@ def apply(
     *,
     job_timeout: float = 90.0,
     on_action: Callable[[Action], None] | None = None,
+    root: Path = Path("/"),
 ) -> ApplyResult:
     """Run the plan's actions in order; consecutive start/stop jobs are waited on together.
 
     Job failures are collected, not raised: the health gate and the caller decide.
+    ``root``: the host's ``/``, under which config files are written.
     """
     result = ApplyResult()
     actions = list(plan.actions)
-    staged = stage(plan, unit_dir)
+    staged = stage(plan, unit_dir, root)
     try:
-        _run(actions, staged, unit_dir, systemd, result, job_timeout, on_action)
+        _run(actions, staged, unit_dir, systemd, result, job_timeout, on_action, root)
     finally:
         discard(staged)  # left only when an action failed half-way
     return result
@@ -243,16 +252,26 @@ def _run(
     result: ApplyResult,
     job_timeout: float,
     on_action: Callable[[Action], None] | None,
+    root: Path = Path("/"),
 ) -> None:
     i = 0
     while i < len(actions):
         action = actions[i]
-        if isinstance(action, StartUnit | RestartUnit | StopUnit):
+        if isinstance(action, WriteFile | RemoveFile):
+            if isinstance(action, WriteFile):
+                host_files.commit_file(root, action.path, staged.pop(action.path))
+            else:
+                host_files.remove_file(root, action.path)
+            result.done.append(action)
+            if on_action:
+                on_action(action)
+        elif isinstance(action, StartUnit | RestartUnit | StopUnit | ReloadUnit):
             batch = [action]
             while i + 1 < len(actions) and type(actions[i + 1]) is type(action):
                 i += 1
                 batch.append(actions[i])  # type: ignore[arg-type]
-            verb = {StartUnit: "start", RestartUnit: "restart", StopUnit: "stop"}[type(action)]
+            verbs = {StartUnit: "start", RestartUnit: "restart", StopUnit: "stop"}
+            verb = verbs.get(type(action), "reload")
             if verb == "start":  # a unit that hit its start limit starts only once reset
                 systemd.reset_failed_units([a.name for a in batch])
             outcomes = systemd.run_jobs([(verb, a.name) for a in batch], timeout=job_timeout)
@@ -321,7 +340,9 @@ def apply_plan(
     be (re)started are noted so a kill before their jobs has them redone. Both narrow
     only once the apply is done.
     """
-    pending = sorted(a.name for a in plan.actions if isinstance(a, StartUnit | RestartUnit))
+    pending = sorted(
+        a.name for a in plan.actions if isinstance(a, StartUnit | RestartUnit | ReloadUnit)
+    )
     # systemd does not flag a unit whose new drop-in it never loaded: a kill before the
     # Reload leaves it to the next sync to know (drop-in files are noted as pending too)
     pending += sorted(
@@ -332,15 +353,20 @@ def apply_plan(
     with store.transaction():
         store.set_owned(store.owned() | plan.owned_after)  # widen before writing anything
         store.kv_set(PENDING_KEY, json.dumps(pending))  # a kill before the jobs: redo them
+    if plan.files_during:  # widen: adopted originals are kept before anything is written
+        host_files.save_manifest(settings, plan.files_during)
     monitoring.record_jobs(store, plan, systemd)
     clean_temp_files(settings.unit_dir, MARKER)
+    host_files.clean_temp_files(settings.host_root, [m.path for m in plan.files_during])
     lines = iter(describe(plan))
 
     def on_action(action: Action) -> None:
         journal.event("action", next(lines, str(action)), revision=revision)
 
-    result = apply(plan, settings.unit_dir, systemd, on_action=on_action)
+    result = apply(plan, settings.unit_dir, systemd, on_action=on_action, root=settings.host_root)
     monitoring.jobs_done(store)
+    if plan.files_during:
+        host_files.save_manifest(settings, plan.files_after)
     with store.transaction():
         store.set_owned(plan.owned_after)  # every prune step is done: narrow
         store.kv_set(DESIRED_KEY, encode_desired(desired))

@@ -41,13 +41,21 @@ def render_bounded(
 
     Raises the child's ReconcilerError as is; exceeding a limit is a RenderError naming it.
     """
+    text = run_bounded(
+        lambda: encode_desired(render()), what=what, cpu_sec=cpu_sec, memory_mb=memory_mb
+    )
+    return decode_desired(text)
+
+
+def run_bounded(produce: Callable[[], str], *, what: str, cpu_sec: float, memory_mb: float) -> str:
+    """``produce()`` (a render, its result as text) in a bounded child, as ``render_bounded``."""
     hint = "simplify the templates or the inventory (loops, string sizes), or raise the limit"
     wait_sec = 4 * cpu_sec + 30  # CPU time is bounded by the kernel; waiting (a busy host) too
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: never returns
         os.close(read_fd)
-        _child(render, write_fd, cpu_sec, memory_mb)
+        _child(produce, write_fd, cpu_sec, memory_mb)
     os.close(write_fd)
     try:
         data, complete = _read_all(read_fd, time.monotonic() + wait_sec)
@@ -58,7 +66,7 @@ def render_bounded(
     _, status = os.waitpid(pid, 0)
     kind, body = data[:1], data[1:]
     if kind == UNITS and complete and os.waitstatus_to_exitcode(status) == 0:
-        return decode_desired(body.decode("utf-8"))
+        return body.decode("utf-8")
     if kind == REFUSED and complete:
         raise _error(json.loads(body))
     if kind == OUT_OF_MEMORY:
@@ -107,9 +115,7 @@ def _address_space() -> int:
         return 0
 
 
-def _child(
-    render: Callable[[], list[DesiredUnit]], fd: int, cpu_sec: float, memory_mb: float
-) -> NoReturn:
+def _child(produce: Callable[[], str], fd: int, cpu_sec: float, memory_mb: float) -> NoReturn:
     """Limit, render, answer on ``fd``, exit without running the parent's clean-ups."""
     status = 0
     reply = CRASHED
@@ -120,7 +126,7 @@ def _child(
         limit = _address_space() + int(memory_mb * (1 << 20))
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         try:
-            reply = UNITS + encode_desired(render()).encode("utf-8")
+            reply = UNITS + produce().encode("utf-8")
         except MemoryError:
             reply = OUT_OF_MEMORY
         except ReconcilerError as exc:

@@ -9,15 +9,21 @@ bounded CPU time and memory (``jail``).
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from reconciler import __version__
 from reconciler.config import Settings
 from reconciler.errors import RenderError
-from reconciler.model import DesiredUnit, Snapshot
+from reconciler.model import DesiredFile, DesiredUnit, Snapshot
 from reconciler.reconcile import jail
-from reconciler.store.sync_store import decode_desired, encode_desired
+from reconciler.store.sync_store import (
+    decode_desired,
+    decode_files,
+    encode_desired,
+    encode_files,
+)
 
 if TYPE_CHECKING:
     from reconciler.store.sync_store import Store
@@ -25,10 +31,16 @@ if TYPE_CHECKING:
 MARKER = "# Managed by reconciler"  # first line of every unit file a sync writes
 RENDER_KEY = "render_key"  # revision:host:version of the last render
 RENDERED_KEY = "rendered_units"  # its output, reused while the key matches
+RENDERED_FILES_KEY = "rendered_files"  # its config files ([files."PATH"]), likewise
 
 
 def render(snapshot: Snapshot, host: str) -> list[DesiredUnit]:
     """Render ``host``'s units from a snapshot, each opening with the ownership marker."""
+    return render_all(snapshot, host)[0]
+
+
+def render_all(snapshot: Snapshot, host: str) -> tuple[list[DesiredUnit], list[DesiredFile]]:
+    """``host``'s units (each opening with the ownership marker) and config files."""
     # inventory and render import pydantic and jinja2: only a changed revision pays for them
     from reconciler.core import inventory
     from reconciler.core import render as templates
@@ -37,6 +49,7 @@ def render(snapshot: Snapshot, host: str) -> list[DesiredUnit]:
     sources = templates.decode_templates(snapshot.files)
     units = templates.render(inv.select(host), sources)
     units += templates.render_dropins(inv.select_dropins(host), sources)
+    files = templates.render_files(inv.select_files(host), sources, snapshot.files)
     return [
         replace(
             u,
@@ -44,21 +57,30 @@ def render(snapshot: Snapshot, host: str) -> list[DesiredUnit]:
             f"sync.\n{u.content}",
         )
         for u in units
-    ]
+    ], files
 
 
-def render_bounded(snapshot: Snapshot, settings: Settings) -> list[DesiredUnit]:
-    """``render`` in a child process with bounded CPU time and memory (``jail``)."""
+def render_bounded(
+    snapshot: Snapshot, settings: Settings
+) -> tuple[list[DesiredUnit], list[DesiredFile]]:
+    """``render_all`` in a child process with bounded CPU time and memory (``jail``)."""
     # jinja2 and pydantic, imported before the fork (only a changed revision pays for them)
     import reconciler.core.render  # noqa: F401
 
     host = settings.host_name
-    return jail.render_bounded(
-        lambda: render(snapshot, host),
+
+    def produce() -> str:
+        units, files = render_all(snapshot, host)
+        return json.dumps([encode_desired(units), encode_files(files)])
+
+    text = jail.run_bounded(
+        produce,
         what=f"revision {snapshot.revision[:12]} for host '{host}'",
         cpu_sec=settings.render_cpu_sec,
         memory_mb=settings.render_memory_mb,
     )
+    units_text, files_text = json.loads(text)
+    return decode_desired(units_text), decode_files(files_text)
 
 
 def check_size(units: list[DesiredUnit], snapshot: Snapshot, settings: Settings) -> None:
@@ -83,13 +105,19 @@ def is_cached(revision: str, settings: Settings, store: Store) -> bool:
 
 def render_cached(snapshot: Snapshot, settings: Settings, store: Store) -> list[DesiredUnit]:
     """Render (bounded), reusing the units of the last render of the same revision, host and
-    version."""
+    version; its config files are then in ``rendered_files``."""
     key = cache_key(snapshot.revision, settings)
     if store.kv_get(RENDER_KEY) == key:
         return decode_desired(store.kv_get(RENDERED_KEY))
-    units = render_bounded(snapshot, settings)
+    units, files = render_bounded(snapshot, settings)
     check_size(units, snapshot, settings)
     with store.transaction():
         store.kv_set(RENDER_KEY, key)
         store.kv_set(RENDERED_KEY, encode_desired(units))
+        store.kv_set(RENDERED_FILES_KEY, encode_files(files))
     return units
+
+
+def rendered_files(store: Store) -> list[DesiredFile]:
+    """The config files of the last ``render_cached`` (the same revision and host)."""
+    return decode_files(store.kv_get(RENDERED_FILES_KEY))

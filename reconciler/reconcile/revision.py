@@ -22,7 +22,7 @@ from reconciler.model import CommitInfo, Snapshot
 if TYPE_CHECKING:
     import git
 
-READ_DIRS = ("inventory", "templates")
+READ_DIRS = ("inventory", "templates", "files")  # files/: [files."PATH"] source = ...
 MAX_FILE_BYTES = 1024 * 1024  # a template (render caps a unit at 1 Mi characters too)
 MAX_INVENTORY_BYTES = 16 * 1024 * 1024  # inventory/*.toml: large fleets, still bounded
 _MODE_LINK, _MODE_SUBMODULE = 0o120000, 0o160000

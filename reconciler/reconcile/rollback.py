@@ -19,10 +19,11 @@ from reconciler.host import journal
 from reconciler.reconcile import fetch, verify
 from reconciler.reconcile.apply import apply_plan
 from reconciler.reconcile.hooks import Monitoring
+from reconciler.reconcile.host_files import observe_files
 from reconciler.reconcile.observe import observe
 from reconciler.reconcile.outcome import Outcome, Result, Rollback, Unhealthy
 from reconciler.reconcile.plan import make_plan
-from reconciler.reconcile.render import render_cached
+from reconciler.reconcile.render import render_cached, rendered_files
 from reconciler.store.ledger import FILE_NAME as LEDGER_FILE
 from reconciler.store.ledger import Ledger
 
@@ -93,7 +94,9 @@ def _converge(
     its gate's verdict is not judged again); what it did."""
     snapshot = fetch.snapshot(settings, good)
     desired = render_cached(snapshot, settings, store)
-    plan = make_plan(desired, observe(desired, systemd, store, settings), settings)
+    files = rendered_files(store)
+    observed = observe(desired, systemd, store, settings)
+    plan = make_plan(desired, observed, settings, files, observe_files(files, systemd, settings))
     applied = apply_plan(plan, desired, systemd, store, settings, good, monitoring)
     verify.gate(plan, applied, systemd, store, monitoring)
     return describe(plan)

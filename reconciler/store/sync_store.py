@@ -10,6 +10,7 @@ lost. A database locked past ``busy_timeout`` is a ``StateError``, never a hang.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler.errors import ReconcilerError, StateError
-from reconciler.model import DesiredUnit
+from reconciler.model import DesiredFile, DesiredUnit
 from reconciler.store import db
 
 log = logging.getLogger("reconciler")
@@ -387,3 +388,20 @@ def encode_desired(desired: Iterable[DesiredUnit]) -> str:
 
 def decode_desired(text: str | None) -> list[DesiredUnit]:
     return [DesiredUnit(**item) for item in json.loads(text)] if text else []
+
+
+def encode_files(files: Iterable[DesiredFile]) -> str:
+    """Config files as JSON (content in base64: a ``source`` may be binary)."""
+    return json.dumps(
+        [{**f.__dict__, "content": base64.b64encode(f.content).decode()} for f in files],
+        sort_keys=True,
+    )
+
+
+def decode_files(text: str | None) -> list[DesiredFile]:
+    out = []
+    for item in json.loads(text) if text else []:
+        item["content"] = base64.b64decode(item["content"])
+        item["restart"], item["reload"] = tuple(item["restart"]), tuple(item["reload"])
+        out.append(DesiredFile(**item))
+    return out

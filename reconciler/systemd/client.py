@@ -72,6 +72,7 @@ JOB_METHODS = {
     "restart": "RestartUnit",
     "try-restart": "TryRestartUnit",
     "reload-or-restart": "ReloadOrRestartUnit",
+    "reload": "ReloadUnit",
 }
 
 

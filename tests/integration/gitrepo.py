@@ -9,7 +9,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from reconciler.devtools import sandbox
@@ -50,16 +50,21 @@ class ConfigRepo:
     def url(self) -> str:
         return str(self.remote)
 
-    def write(self, files: dict[str, str]) -> None:
+    def write(self, files: Mapping[str, str | bytes]) -> None:
         for rel, text in files.items():
             path = self.work / rel
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
+            if isinstance(text, bytes):
+                path.write_bytes(text)
+            else:
+                path.write_text(text)
 
     def remove(self, rel: str) -> None:
         git(self.work, "rm", "-q", rel)
 
-    def commit(self, files: dict[str, str] | None = None, message: str = "change") -> str:
+    def commit(
+        self, files: Mapping[str, str | bytes] | None = None, message: str = "change"
+    ) -> str:
         if files:
             self.write(files)
         git(self.work, "add", "-A")

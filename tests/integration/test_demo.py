@@ -42,6 +42,9 @@ def test_demo_narrates_every_step(host: object) -> None:
     change = section(out, "push a change to one variable")
     sync_part = change[change.index("$ reconciler sync") :]
     assert re.findall(r"restart \S+", sync_part) == ["restart web.service"]
+    files = section(out, "push a config-file and a drop-in change")
+    assert "+hello again" in files and "+Nice=15" in files, files
+    assert "reload greeter.service" in files[files.index("$ reconciler sync") :]
     crash = section(out, "push a crash-looping service")
     assert "failed its health gate" in crash and "rolled back to" in crash
     found = section(out, "the crash loop was found")

@@ -565,8 +565,14 @@ def test_example_content_loads() -> None:
     inv = inventory.load({str(p.relative_to(REPO)): p.read_bytes() for p in paths})
     names = [s.name for s in inv.select("sandbox")]
     assert names[:4] == ["web", "readings-etl", "system-metrics", "srv-backup"]
-    assert names[4:] == ["echo", "echo-server", "inbox", "inbox-import"]
-    assert [s.kind for s in inv.select("sandbox")][4:] == ["socket", "service", "path", "service"]
+    assert names[4:] == ["echo", "echo-server", "inbox", "inbox-import", "greeter"]
+    assert [s.kind for s in inv.select("sandbox")][4:] == [
+        "socket",
+        "service",
+        "path",
+        "service",
+    ] + ["service"]
+    assert [f.path for f in inv.select_files("sandbox")] == ["/etc/greeter/greeting.conf"]
     assert [s.name for s in inv.select("web1")] == ["web", "system-metrics"]
     assert [s.name for s in inv.select("nas1")] == ["system-metrics", "srv-backup"]
     nas = {s.name: s for s in inv.select("nas1")}["srv-backup"]
