@@ -2,7 +2,8 @@
 but for ``load``, which reads the one file).
 
 Every section of the file is declared here as a small schema class (``[notify]``,
-``[diagnostics]``, ``[monitor]``, ``[metrics]``, ``[backup]``, ``[etl]``, ``[webhook]``) and read
+``[diagnostics]``, ``[monitor]``, ``[metrics]``, ``[backup]``, ``[etl]``, ``[webhook]``,
+``[promote]``) and read
 by **one** generic reader, ``schema.read_section``: the key's annotation is its type (an
 ``int`` refuses ``2.7``, a ``bool`` refuses ``1``), ``opt(...)`` holds the default, the
 range, the choices or a check, and a class may add a ``problem()`` for rules between keys.
@@ -253,6 +254,25 @@ class Webhook(Section):
     body_timeout_sec: float = opt(10.0, above=0)  # the body, in all
 
 
+class Promote(Section):
+    """``[promote]``: the promoter (``reconciler promote``, ``fleet``), run on one machine."""
+
+    repo: str | None = opt(None)  # None: the top-level repo
+    source: str | None = opt(None)  # branch read first for rollout.toml; None: the top-level ref
+    prometheus_url: str | None = opt(None, check=_http_url)
+    alertmanager_url: str | None = opt(None, check=_http_url)  # set: alerts from it (silences)
+    webhook: str | None = opt(None, check=_http_url)  # halts notified here (else [notify] url)
+    webhook_secret_file: Path | None = opt(None)
+    timeout_sec: float = opt(10.0, above=0)  # each git process and each HTTP call
+    max_response_mb: float = opt(64.0, above=0)  # a Prometheus answer larger is refused
+    cache_dir: Path | None = opt(None)  # None: <state_dir>/promote
+
+    def problem(self) -> tuple[str, str] | None:
+        if self.webhook and self.webhook_secret_file is None:
+            return "webhook_secret_file", "required with promote.webhook"
+        return None
+
+
 SECTIONS: dict[str, type] = {
     "notify": Notify,
     "diagnostics": Diagnostics,
@@ -261,6 +281,7 @@ SECTIONS: dict[str, type] = {
     "backup": Backup,
     "etl": Etl,
     "webhook": Webhook,
+    "promote": Promote,
 }
 
 
@@ -346,6 +367,10 @@ class Settings:
     @cached_property
     def webhook(self) -> Webhook:
         return self._read("webhook", Webhook)
+
+    @cached_property
+    def promote(self) -> Promote:
+        return self._read("promote", Promote)
 
 
 _PATHS = {"state_dir", "unit_dir", "run_dir", "webhook_secret_file", "gpg_home", "root_dir"}

@@ -11,6 +11,8 @@
     │   └── LockedError                     another sync holds the lock        (waiting)
     ├── StateError                          the SQLite store                    (generic)
     ├── JobError                            a scheduled job (metrics, backup, etl)
+    ├── RolloutError                        the promoter: refs, Prometheus, a halt (waiting)
+    │   └── LeaseError                      another promoter moved a ref first  (exit 75)
     └── SandboxError                        the disposable systemd host could not boot
 
 Whether to retry follows Flux's split: *stalling* errors need a new commit or an
@@ -103,6 +105,16 @@ class StateError(ReconcilerError):
 
 class JobError(ReconcilerError):
     pass
+
+
+class RolloutError(ReconcilerError):
+    """``reconciler promote`` / ``fleet``: nothing was moved (or the rollout was halted)."""
+
+
+class LeaseError(RolloutError):
+    """A compare-and-swap push lost: the ref moved since it was read (another promoter)."""
+
+    exit_code = 75  # EX_TEMPFAIL: the next step reads the new refs
 
 
 class SandboxError(ReconcilerError):

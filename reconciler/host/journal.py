@@ -69,6 +69,11 @@ EVENTS: dict[str, str] = {
     "watch.dropped": "3d4da7ed133b48d4a14c0b01116df434",
     "watch.units": "b1f0d4c2a7e34f5c9d8e6a3b2c1f0e97",
     "install": "7fb5afc16ed64ca0b4de33d6b0ed2b51",
+    "rollout.advanced": "71dcd58f173940f28b3e8546cd6e0675",
+    "rollout.waiting": "271befd636b14ca4a24557fade8dbed9",
+    "rollout.halted": "2ff1b8eef2ba4a8f881153f4caef7db2",
+    "rollout.paused": "7c89b95133984ad4a1b0d38d7255b857",
+    "rollout.resumed": "7b51d28b1ea5491eb2c49ad862e706d3",
 }
 
 # Fields journald and its tools already give a meaning; event() keeps these names as is.

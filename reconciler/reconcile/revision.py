@@ -129,9 +129,18 @@ def verify_signature(repo: git.Repo, revision: str, verify: Verification, deadli
     )
     if status.startswith("Timeout:"):
         raise SourceError(f"cannot verify commit '{short}': gpg did not answer in time")
-    if code == 0 and "[GNUPG:] GOODSIG " in status:
+    problem = signature_problem(code, status)
+    if problem is None:
         return
-    raise SourceError(f"cannot verify commit '{short}': {_signature_problem(status)}", hint)
+    raise SourceError(f"cannot verify commit '{short}': {problem}", hint)
+
+
+def signature_problem(code: int, status: str) -> str | None:
+    """None for a good signature (``git verify-commit``/``verify-tag --raw``: exit 0 and a
+    GOODSIG status line), else what is wrong with it; the promoter checks tags with it."""
+    if code == 0 and "[GNUPG:] GOODSIG " in status:
+        return None
+    return _signature_problem(status)
 
 
 def _signature_problem(status: str) -> str:

@@ -74,13 +74,15 @@ class ConfigRepo:
 
 
 @contextlib.contextmanager
-def git_daemon(base: Path, host: sandbox.Host | None = None) -> Iterator[int]:
+def git_daemon(
+    base: Path, host: sandbox.Host | None = None, *, push: bool = False
+) -> Iterator[int]:
     """``git daemon`` serving the repositories under ``base`` on 127.0.0.1; yields its port.
 
     With ``host``, the daemon listens on that disposable host's own network (for a sync
     running inside it) while it reads ``base`` from this machine's files.
     ``git daemon`` runs ``git-daemon`` as a child: the whole process group is killed, or
-    the daemon would outlive the test.
+    the daemon would outlive the test. ``push``: it accepts pushes too (receive-pack).
     """
     network = host.network if host is not None else contextlib.nullcontext
     with network(), socket.socket() as s:
@@ -88,6 +90,8 @@ def git_daemon(base: Path, host: sandbox.Host | None = None) -> Iterator[int]:
         port = int(s.getsockname()[1])
     argv = ["git", "daemon", "--reuseaddr", "--export-all", f"--base-path={base}"]
     argv += ["--listen=127.0.0.1", f"--port={port}", str(base)]
+    if push:
+        argv.insert(2, "--enable=receive-pack")
     proc = subprocess.Popen(
         host.nsenter_net(argv) if host is not None else argv,
         stdout=subprocess.DEVNULL,

@@ -1,0 +1,199 @@
+"""What the fleet reports, read from Prometheus's HTTP API (talks HTTP through requests).
+
+One instant query (``/api/v1/query``) fetches every host's rollout series and the firing
+``severity="page"`` alerts at once (the ``__name__`` label tells them apart); with
+``alertmanager_url`` the alerts come from Alertmanager's ``/api/v2/alerts`` instead (active,
+neither silenced nor inhibited: a silence there is an operator's decision). The answer is
+turned into the core's plain types (``promotion.Report``, ``promotion.Alert``).
+
+Anything but a well-formed answer (unreachable, a timeout, an HTTP error, a body over
+``max_bytes``, JSON that is not a Prometheus vector) is a :class:`RolloutError`: the step
+stops before it moves or halts anything. A host that Prometheus does not report (its
+exporter down: the series go stale) is simply absent, which the core counts as unknown.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from reconciler.core.promotion import Alert, Report
+from reconciler.core.retry import RetryPolicy
+from reconciler.errors import RolloutError, redact
+
+INFO = "reconciler_rollout_info"
+HEALTHY_SINCE = "reconciler_rollout_healthy_since_timestamp_seconds"
+FAILED = "reconciler_rollout_failed"
+LAST_SUCCESS = "reconciler_last_success_timestamp_seconds"
+QUERY = (
+    f'{{__name__=~"{INFO}|{HEALTHY_SINCE}|{FAILED}|{LAST_SUCCESS}"}}'
+    ' or ALERTS{alertstate="firing",severity="page"}'
+)
+QUERY_NO_ALERTS = f'{{__name__=~"{INFO}|{HEALTHY_SINCE}|{FAILED}|{LAST_SUCCESS}"}}'
+
+
+class Client:
+    """Prometheus (and optionally Alertmanager) at the configured URLs."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        alertmanager: str | None = None,
+        timeout: float = 10.0,
+        max_bytes: int = 64 << 20,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.alertmanager = alertmanager.rstrip("/") if alertmanager else None
+        self.timeout = timeout
+        self.max_bytes = max_bytes
+
+    def fleet(self) -> tuple[dict[str, Report], list[Alert]]:
+        """Every reporting host's report, and the firing paging alerts."""
+        query = QUERY_NO_ALERTS if self.alertmanager else QUERY
+        data = self._get(f"{self.url}/api/v1/query", {"query": query}, "Prometheus")
+        series = vector(data, self.url)
+        alerts = (
+            alertmanager_alerts(self._get(f"{self.alertmanager}/api/v2/alerts", {}, "Alertmanager"))
+            if self.alertmanager
+            else [
+                Alert(m.get("alertname", "?"), m)
+                for m, _ in series
+                if m.get("__name__") == "ALERTS"
+            ]
+        )
+        return reports(series), alerts
+
+    def query(self, promql: str) -> list[tuple[dict[str, str], float]]:
+        """One instant query (the dashboard check uses it too)."""
+        return vector(
+            self._get(f"{self.url}/api/v1/query", {"query": promql}, "Prometheus"), self.url
+        )
+
+    def _get(self, url: str, params: Mapping[str, str], what: str) -> Any:
+        from reconciler.host import http  # requests (~50 ms): only when a step asks
+
+        where = redact(url)
+        policy = RetryPolicy(
+            retries=1, backoff_sec=0.2, backoff_max_sec=1.0, retry_after_max_sec=1.0,
+            total_sec=self.timeout,
+        )  # fmt: skip
+        query = "&".join(f"{k}={_quote(v)}" for k, v in params.items())
+        full = f"{url}?{query}" if query else url
+        with http.request(
+            "GET", full, policy=policy, timeout=(min(3.0, self.timeout), self.timeout),
+            headers={"Accept": "application/json"}, stream=True,
+        ) as call:  # fmt: skip
+            response = call.response
+            if response is None:
+                raise _unreachable(what, where, call.error or "no answer")
+            if response.status_code != 200:
+                raise _unreachable(what, where, f"HTTP {response.status_code}")
+            body = bytearray()
+            try:
+                for chunk in response.iter_content(65536):
+                    body += chunk
+                    if len(body) > self.max_bytes:
+                        raise _unreachable(
+                            what, where, f"answer larger than {self.max_bytes >> 20} MiB"
+                        )
+            except OSError as exc:  # requests' own errors derive from OSError
+                raise _unreachable(what, where, f"answer cut short: {exc}") from None
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise _unreachable(what, where, "the answer is not JSON") from None
+
+
+def _quote(text: str) -> str:
+    from urllib.parse import quote
+
+    return quote(text, safe="")
+
+
+def _unreachable(what: str, where: str, cause: str) -> RolloutError:
+    return RolloutError(
+        f"cannot reach {what} '{where}': {cause}",
+        hint="nothing was moved or halted; the hosts keep their revisions",
+    )
+
+
+def vector(data: Any, where: str) -> list[tuple[dict[str, str], float]]:
+    """An instant-vector answer as (labels, value) pairs, or a RolloutError."""
+
+    def bad(why: str) -> RolloutError:
+        return _unreachable("Prometheus", redact(where), f"not a Prometheus answer ({why})")
+
+    if not isinstance(data, dict) or data.get("status") != "success":
+        error = data.get("error") if isinstance(data, dict) else None
+        raise bad(f"error: {str(error)[:200]}" if error else "no status success")
+    inner = data.get("data")
+    if not isinstance(inner, dict) or inner.get("resultType") != "vector":
+        raise bad("not a vector")
+    result = inner.get("result")
+    if not isinstance(result, list):
+        raise bad("no result list")
+    found = []
+    for item in result:
+        if not isinstance(item, dict):
+            raise bad("a result is not an object")
+        metric, value = item.get("metric"), item.get("value")
+        if not isinstance(metric, dict) or not isinstance(value, list) or len(value) != 2:
+            raise bad("a result has no metric or value")
+        try:
+            number = float(value[1])
+        except (TypeError, ValueError):
+            raise bad(f"value {str(value[1])[:40]!r}") from None
+        found.append(({str(k): str(v) for k, v in metric.items()}, number))
+    return found
+
+
+def reports(series: list[tuple[dict[str, str], float]]) -> dict[str, Report]:
+    """The per-host reports from the rollout series (hosts without an info series: absent)."""
+    info: dict[str, dict[str, str]] = {}
+    healthy: dict[tuple[str, str], float] = {}
+    failed: dict[str, set[str]] = {}
+    last: dict[str, float] = {}
+    for labels, value in series:
+        name, host = labels.get("__name__"), labels.get("host", "")
+        if not host:
+            continue
+        if name == INFO and value == 1:
+            info[host] = labels
+        elif name == HEALTHY_SINCE:
+            key = (host, labels.get("revision", ""))
+            healthy[key] = max(healthy.get(key, 0.0), value)
+        elif name == FAILED and value == 1:
+            failed.setdefault(host, set()).add(labels.get("target", ""))
+        elif name == LAST_SUCCESS:
+            last[host] = max(last.get(host, 0.0), value)
+    out = {}
+    for host, labels in info.items():
+        revision = labels.get("revision", "")
+        out[host] = Report(
+            host=host,
+            revision=revision,
+            target=labels.get("target", ""),
+            healthy_since=healthy.get((host, revision), 0.0),
+            failed=frozenset(failed.get(host, ())),
+            instance=labels.get("instance", ""),
+            last_success=last.get(host, 0.0),
+        )
+    return out
+
+
+def alertmanager_alerts(data: Any) -> list[Alert]:
+    """Alertmanager's ``/api/v2/alerts``: the active, unsilenced paging alerts."""
+    if not isinstance(data, list):
+        raise _unreachable("Alertmanager", "", "not an Alertmanager answer (no alert list)")
+    found = []
+    for item in data:
+        if not isinstance(item, dict) or not isinstance(item.get("labels"), dict):
+            raise _unreachable("Alertmanager", "", "not an Alertmanager answer (an alert)")
+        status = item.get("status")
+        state = status.get("state") if isinstance(status, dict) else None
+        labels = {str(k): str(v) for k, v in item["labels"].items()}
+        if state == "active" and labels.get("severity") == "page":
+            found.append(Alert(labels.get("alertname", "?"), labels))
+    return found
