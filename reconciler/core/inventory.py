@@ -57,6 +57,7 @@ OWN_UNIT_STEMS = frozenset(
         "reading-sync",
         "reconciler-config",
         "reconciler-monitor",
+        "reconciler-promote",
         "reconciler-watch",
         "reconciler-webhook",
         "volume-backup",

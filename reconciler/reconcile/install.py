@@ -57,6 +57,9 @@ USERNS_KEY = "install_user_namespaces"  # what install probed; a sync cannot pro
 PLACEHOLDER = "@RECONCILER@"
 # Started and enabled by install; every other unit is run by one of these.
 ACTIVE = {"reconciler-watch.service"}
+# Installed, never enabled by install: the promoter's timer runs on ONE machine of a fleet,
+# where an operator enables it (systemctl enable --now reconciler-promote.timer).
+OPT_IN = {"reconciler-promote.timer"}
 DEFAULT_STATE_DIR = PurePosixPath("/var/lib/reconciler")
 DEFAULT_SECRET = PurePosixPath("/etc/reconciler/webhook-secret")
 DEFAULT_LISTEN = "127.0.0.1:9420"
@@ -230,6 +233,7 @@ def build_units(
         if path.suffix not in (".service", ".timer", ".socket", ".path"):
             continue
         active = path.suffix in (".timer", ".socket", ".path") or path.name in ACTIVE
+        active = active and path.name not in OPT_IN
         units.append(
             DesiredUnit(
                 name=path.name,

@@ -288,9 +288,9 @@ def test_every_unit_file_is_installed() -> None:
     assert names == {p.name for p in UNITS_DIR.iterdir() if p.suffix != ".md"}
     started = {u.name for u in units if u.start}
     assert started == {u.name for u in units if u.enable}
-    assert started == {n for n in names if n.endswith((".timer", ".socket", ".path"))} | {
-        "reconciler-watch.service"
-    }
+    assert started == {n for n in names if n.endswith((".timer", ".socket", ".path"))} - {
+        "reconciler-promote.timer"  # opt-in: the promoter runs on one machine of a fleet
+    } | {"reconciler-watch.service"}
 
 
 # ---- systemd's own checks, on this machine ---------------------------------------------
