@@ -118,7 +118,8 @@ def test_promoter_killed_mid_push_moves_all_or_nothing(
     world.set_waves(canary=b)
     world.report({CANARY: b, EARLY: a, REST: a})  # two moves: canary b->c, early a->b
     marker = tmp_path / "in-hook"
-    world.hook(f"touch {marker}; sleep 2")
+    done = tmp_path / "hook-done"
+    world.hook(f"touch {marker}; sleep 2; touch {done}")
     proc = subprocess.Popen(
         [sys.executable, "-m", "reconciler", "promote", "--config", str(world.config)],
         stdout=subprocess.DEVNULL,
@@ -133,7 +134,10 @@ def test_promoter_killed_mid_push_moves_all_or_nothing(
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     proc.wait()
-    time.sleep(2.5)  # the server side finishes (or drops) the atomic update
+    while not done.exists():  # the server side finishes (or drops) the atomic update
+        assert time.monotonic() < deadline + 30, "the hook never finished"
+        time.sleep(0.05)
+    time.sleep(0.5)
     waves = (world.wave("canary"), world.wave("early"))
     assert waves in ((b, a), (c, b)), f"half-moved: {waves}"
     world.hook("exit 0")

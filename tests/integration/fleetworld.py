@@ -41,19 +41,19 @@ source = "main"
 [[rollout.waves]]
 name = "canary"
 hosts = ["canary"]
-soak_sec = 2
+soak_sec = 30
 min_reporting = 1.0
 
 [[rollout.waves]]
 name = "early"
 hosts = ["early"]
-soak_sec = 2
+soak_sec = 30
 min_reporting = 0.75
 
 [[rollout.waves]]
 name = "rest"
 hosts = ["rest"]
-soak_sec = 2
+soak_sec = 30
 """
 PAGING_RULE = """\
 groups:

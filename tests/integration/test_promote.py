@@ -51,14 +51,14 @@ def test_advance_after_soak_wait_while_soaking(world: World) -> None:
     assert "early: wait: 0 of 2 needed hosts of wave 'canary' soaked" in soaking.stdout
     assert world.wave("early") == a
 
-    time.sleep(2.1)  # soak_sec = 2
+    world.report({CANARY: b, EARLY: a, REST: a}, since=time.time() - 31)  # soak_sec = 30
     started = time.monotonic()
     soaked = world.promote("--json")
     elapsed = time.monotonic() - started
     assert soaked.returncode == 0, soaked.stderr
     assert json.loads(soaked.stdout)["moved"] == {"early": [a, b]}
     assert world.wave("early") == b and world.wave("rest") == a
-    assert elapsed < 3, f"a step took {elapsed:.2f} s"  # < 1 s on an idle machine (bench/)
+    assert elapsed < 10, f"a step took {elapsed:.2f} s"  # 0.4-0.65 s unloaded (bench/)
 
 
 def test_paging_alert_on_the_canaries_halts_and_a_revert_rolls_through(
