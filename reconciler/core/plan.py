@@ -132,7 +132,10 @@ def plan(
     started = sorted(n for n, job in jobs.items() if job is StartUnit)
     restarted = sorted(n for n, job in jobs.items() if job is RestartUnit)
     # a unit that is not ours (a vendor's) restarted for its changed drop-ins, if it runs
-    restarted += sorted(n for n in adjusted - units.keys() if live(n).active_state in RUNNING)
+    # (not one pruned with its drop-ins: it is stopped and its file gone)
+    restarted += sorted(
+        n for n in adjusted - units.keys() - set(removed) if live(n).active_state in RUNNING
+    )
     actions += [StartUnit(n) for n in started] + [RestartUnit(n) for n in restarted]
 
     gated = set(started) | set(restarted)

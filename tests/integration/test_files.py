@@ -89,6 +89,7 @@ def test_config_files_lifecycle(files_env: tuple[FaultEnv, str]) -> None:
     assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o640, 0, group_daemon)
     assert (root / blob.lstrip("/")).read_bytes() == BLOB
     assert not list((root / top.lstrip("/")).glob(".reconciler-*")), "no temp file left"
+    assert not Path(top).exists(), "written under the host's root, never this machine's /etc"
     assert env.sync()["result"] == "noop"
 
     # a changed template: plan shows the diff; the sync restarts the service that uses it

@@ -401,6 +401,24 @@ CASES = [
         ],
     ),
     Case(
+        "a unit pruned with its drop-in: stopped and removed, never restarted",
+        (WEB,),
+        {
+            "web.service": WEB.content,
+            "app.service": "[Service]\nExecStart=/bin/true\n",
+            "app.service.d/50-reconciler-a.conf": "y",
+        },
+        {"web.service": live("web.service"), "app.service": live("app.service")},
+        owned("web.service", "app.service", "app.service.d/50-reconciler-a.conf"),
+        [
+            "stop app.service",
+            "disable app.service",
+            "remove app.service",
+            "remove app.service.d/50-reconciler-a.conf",
+            "reload systemd",
+        ],
+    ),
+    Case(
         "drop-in on a managed unit: that unit restarted once",
         (
             WEB,
