@@ -14,7 +14,11 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
+import requests
 
 from reconciler.monitor import alert_webhook
 from tests.integration.fleetworld import (
@@ -23,14 +27,17 @@ from tests.integration.fleetworld import (
     EARLY,
     NEEDS_PROMETHEUS,
     REST,
+    ROLLOUT_TOML,
     RULES,
     World,
+    free_port,
     one_line,
     prometheus,
     query,
     world,
 )
-from tests.integration.gitrepo import git, tcp_server
+from tests.integration.gitrepo import GIT_ENV, git, tcp_server
+from tests.integration.test_source import gpg, new_key
 
 pytestmark = NEEDS_PROMETHEUS
 __all__ = ["prometheus", "world"]  # the fixtures, used by name
@@ -195,3 +202,147 @@ def test_shipped_rules_and_dashboard_against_prometheus(world: World) -> None:
     assert len(exprs) >= 8
     for expr in exprs:
         query(prom, expr.replace("$wave", ".*"))  # status success, or the assert says why
+
+
+@contextlib.contextmanager
+def alertmanager(base: Path) -> Iterator[str]:
+    """Debian's Alertmanager on 127.0.0.1 (no cluster), alerts posted by the test."""
+    binary = shutil.which("prometheus-alertmanager")
+    assert binary, "prometheus-alertmanager is not installed (ci/test installs it)"
+    base.mkdir()
+    (base / "am.yml").write_text("route:\n  receiver: none\nreceivers:\n  - name: none\n")
+    port = free_port()
+    with (base / "am.log").open("w") as log:
+        proc = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={base / 'am.yml'}",
+                f"--storage.path={base / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--cluster.listen-address=",
+                "--log.level=warn",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            start_new_session=True,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                with contextlib.suppress(requests.RequestException):
+                    if requests.get(f"{url}/-/ready", timeout=1).status_code == 200:
+                        break
+                assert proc.poll() is None, (base / "am.log").read_text()
+                assert time.monotonic() < deadline, "alertmanager did not get ready in 30 s"
+                time.sleep(0.1)
+            yield url
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+
+def test_alertmanager_alerts_and_their_silences(world: World, tmp_path: Path) -> None:
+    """With alertmanager_url the paging alerts come from Alertmanager: a silenced one does
+    not hold the rollout, the same alert unsilenced halts it."""
+    a = world.a
+    b = world.repo.commit({"templates/x": "1"}, "B")
+    world.set_waves(canary=b)
+    world.report({CANARY: b, EARLY: a, REST: a})
+    with alertmanager(tmp_path / "am") as am:
+        labels = {"alertname": "CanarySlow", "severity": "page", "wave": "canary"}
+        ends = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600))
+        posted = requests.post(
+            f"{am}/api/v2/alerts", json=[{"labels": labels, "endsAt": ends}], timeout=5
+        )
+        assert posted.status_code == 200, posted.text
+        silence = requests.post(
+            f"{am}/api/v2/silences",
+            json={
+                "matchers": [{"name": "alertname", "value": "CanarySlow", "isRegex": False}],
+                "startsAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 60)),
+                "endsAt": ends,
+                "createdBy": "test",
+                "comment": "known, harmless",
+            },
+            timeout=5,
+        ).json()["silenceID"]
+        world.write_config(world.prom, f'alertmanager_url = "{am}"\n')
+        deadline = time.monotonic() + 10
+        while requests.get(f"{am}/api/v2/alerts", timeout=5).json()[0]["status"]["state"] != (
+            "suppressed"
+        ):
+            assert time.monotonic() < deadline, "the silence never applied"
+            time.sleep(0.1)
+        silenced = world.promote()
+        assert silenced.returncode == 0, silenced.stderr
+        assert world.wave("early") == b  # the silenced alert did not hold it
+
+        world.set_waves(early=a)
+        requests.delete(f"{am}/api/v2/silence/{silence}", timeout=5).raise_for_status()
+        while requests.get(f"{am}/api/v2/alerts", timeout=5).json()[0]["status"]["state"] != (
+            "active"
+        ):
+            assert time.monotonic() < deadline + 10, "the alert never came back"
+            time.sleep(0.1)
+        halted = world.promote()
+    assert halted.returncode == 1, halted.stdout
+    assert "paging alert CanarySlow firing on wave 'canary'" in one_line(halted)
+    assert world.wave("early") == a
+
+
+def test_approve_wave_needs_a_signed_tag(world: World, tmp_path: Path) -> None:
+    """``approve = true``: the wave waits until its target carries an annotated tag signed
+    by a key of gpg_home (a lightweight tag or a stranger's signature is not enough)."""
+    if shutil.which("gpg") is None:
+        pytest.fail("gpg is needed for the approval test")
+    root = tmp_path / "g"  # short: gpg-agent's socket path must stay short
+    root.mkdir()
+    signer, other, trusted = root / "s", root / "o", root / "t"
+    try:
+        signer_fpr = new_key(signer, "Signer <signer@example.com>")
+        other_fpr = new_key(other, "Other <other@example.com>")
+        trusted.mkdir(mode=0o700)
+        gpg(trusted, "--import", data=gpg(signer, "--export", signer_fpr))
+        a = world.a
+        b = world.repo.commit(
+            {
+                "inventory/rollout.toml": ROLLOUT_TOML.replace(
+                    "min_reporting = 0.75", "min_reporting = 0.75\napprove = true"
+                )
+            },
+            "B: early needs approval",
+        )
+        world.set_waves(canary=b)
+        world.report({CANARY: b, EARLY: a, REST: a})
+        world.write_config(world.prom)
+        world.config.write_text(f'gpg_home = "{trusted}"\n' + world.config.read_text())
+
+        def tag(name: str, home: Path | None, fpr: str = "") -> None:
+            args = ["tag", name, b] if home is None else ["tag", "-s", "-m", name, name, b]
+            env = {"GNUPGHOME": str(home)} if home else {}
+            subprocess.run(
+                ["git", "-c", f"user.signingkey={fpr}", *args],
+                cwd=world.repo.work,
+                env={**GIT_ENV, **env},
+                check=True,
+                capture_output=True,
+            )
+            git(world.repo.work, "push", "-q", "origin", f"refs/tags/{name}")
+
+        tag("v1-light", None)
+        tag("v1-stranger", other, other_fpr)
+        waiting = world.promote()
+        assert waiting.returncode == 0, waiting.stderr
+        assert f"early: wait: needs approval: no verified signed tag on {b[:12]}" in waiting.stdout
+        assert world.wave("early") == a
+        tag("v1", signer, signer_fpr)
+        approved = world.promote()
+        assert approved.returncode == 0, approved.stderr
+        assert world.wave("early") == b
+    finally:
+        for home in (signer, other, trusted):  # the agents this test started
+            if home.exists():
+                subprocess.run(
+                    ["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"], check=False
+                )
