@@ -20,8 +20,11 @@ The rules, in the order they are checked:
   report T applied and healthy since ``now - soak_sec`` or earlier; it halts T when more
   than ``failure_budget`` of them failed T, or when a ``severity="page"`` alert fires on
   wave N (its ``host`` or ``wave`` label, or its ``instance`` mapped to a host through the
-  reports). A host that does not report (offline, or never scraped) is *unknown*: never
-  healthy, and harmless while the others are enough (``min_reporting`` < 1).
+  reports) that T may have caused: its host runs T and it started after T got there
+  (``caused_by``). A paging alert on wave N that started before (the revision T replaces,
+  e.g. a bad commit whose revert is T) holds the wave without halting T. A host that does
+  not report (offline, or never scraped) is *unknown*: never healthy, and harmless while
+  the others are enough (``min_reporting`` < 1).
 """
 
 from __future__ import annotations
@@ -33,6 +36,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 SHA = re.compile(r"[0-9a-f]{40}")
+# An alert that started this long before the target was healthy on its host (the health
+# gate's settle time, a scrape, a rule evaluation) may still be the target's doing.
+ATTRIBUTION_GRACE_SEC = 120.0
 HALT_TRAILER = "Halted-Target"
 MAX_HALTED = 20  # targets one halt commit keeps held (older halts are dropped)
 _EPS = 1e-9
@@ -75,6 +81,7 @@ class Report:
 class Alert:
     name: str
     labels: Mapping[str, str]
+    since: float = 0.0  # when it started firing (Prometheus activeAt, Alertmanager startsAt)
 
 
 @dataclass(frozen=True)
@@ -234,6 +241,30 @@ def paging(
     return found
 
 
+def caused_by(alert: Alert, target: str, policy: WavePolicy, reports: Mapping[str, Report]) -> bool:
+    """Whether a paging alert on ``policy``'s wave may be ``target``'s doing: its host runs
+    the target (for an alert naming only the wave: some host of it does) and it started
+    firing after the target got there (less ``ATTRIBUTION_GRACE_SEC``). An alert still
+    firing from the revision before (a revert on its way to the canaries) holds the wave but
+    does not halt the revert; when either time is unknown, it is the target's doing."""
+    labels = alert.labels
+    by_instance = {r.instance: h for h, r in reports.items() if r.instance}
+    host = labels.get("host") or by_instance.get(labels.get("instance", ""), "")
+    if host in policy.hosts:
+        report = reports.get(host)
+        if report is None or report.revision != target:
+            return False
+        landed = report.healthy_since
+    else:
+        on = [reports[h] for h in policy.hosts if h in reports and reports[h].revision == target]
+        if not on:
+            return False
+        landed = min((r.healthy_since for r in on if r.healthy_since > 0), default=0.0)
+    if alert.since <= 0 or landed <= 0:
+        return True
+    return alert.since >= landed - ATTRIBUTION_GRACE_SEC
+
+
 # ---- the step -------------------------------------------------------------------------------
 
 
@@ -298,11 +329,20 @@ def _wave(
                 f"{share(counts.failed, counts.hosts)} of wave '{previous.name}' failed "
                 f"{short(follows)} (failure budget {budget})",
             )
-        if pages:
-            names = ", ".join(sorted({a.name for a in pages}))
+        caused = [a for a in pages if caused_by(a, follows, previous, facts.reports)]
+        if caused:
+            names = ", ".join(sorted({a.name for a in caused}))
             return decision(
                 Verdict.HALT,
                 f"paging alert {names} firing on wave '{previous.name}' at {short(follows)}",
+            )
+        if pages:  # firing since before the target reached those hosts: not its doing
+            names = ", ".join(sorted({a.name for a in pages}))
+            return decision(
+                Verdict.WAIT,
+                f"paging alert {names} firing on wave '{previous.name}' from before "
+                f"{short(follows)} (not on a host running it, or older than it there): "
+                "waiting for it to clear",
             )
         want = needed(previous)
         if counts.soaked < want:

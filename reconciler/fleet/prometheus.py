@@ -1,10 +1,12 @@
 """What the fleet reports, read from Prometheus's HTTP API (talks HTTP through requests).
 
-One instant query (``/api/v1/query``) fetches every host's rollout series and the firing
-``severity="page"`` alerts at once (the ``__name__`` label tells them apart); with
-``alertmanager_url`` the alerts come from Alertmanager's ``/api/v2/alerts`` instead (active,
-neither silenced nor inhibited: a silence there is an operator's decision). The answer is
-turned into the core's plain types (``promotion.Report``, ``promotion.Alert``).
+One instant query (``/api/v1/query``) fetches every host's rollout series at once (the
+``__name__`` label tells them apart), and ``/api/v1/alerts`` the firing ``severity="page"``
+alerts with the time each started (``activeAt``: the core tells an alert the target caused
+from one still firing from the revision before). With ``alertmanager_url`` the alerts come
+from Alertmanager's ``/api/v2/alerts`` instead (active, neither silenced nor inhibited: a
+silence there is an operator's decision; ``startsAt``). The answers are turned into the
+core's plain types (``promotion.Report``, ``promotion.Alert``).
 
 Anything but a well-formed answer (unreachable, a timeout, an HTTP error, a body over
 ``max_bytes``, JSON that is not a Prometheus vector) is a :class:`RolloutError`: the step
@@ -15,6 +17,7 @@ exporter down: the series go stale) is simply absent, which the core counts as u
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,11 +29,7 @@ INFO = "reconciler_rollout_info"
 HEALTHY_SINCE = "reconciler_rollout_healthy_since_timestamp_seconds"
 FAILED = "reconciler_rollout_failed"
 LAST_SUCCESS = "reconciler_last_success_timestamp_seconds"
-QUERY = (
-    f'{{__name__=~"{INFO}|{HEALTHY_SINCE}|{FAILED}|{LAST_SUCCESS}"}}'
-    ' or ALERTS{alertstate="firing",severity="page"}'
-)
-QUERY_NO_ALERTS = f'{{__name__=~"{INFO}|{HEALTHY_SINCE}|{FAILED}|{LAST_SUCCESS}"}}'
+QUERY = f'{{__name__=~"{INFO}|{HEALTHY_SINCE}|{FAILED}|{LAST_SUCCESS}"}}'
 
 
 class Client:
@@ -51,18 +50,13 @@ class Client:
 
     def fleet(self) -> tuple[dict[str, Report], list[Alert]]:
         """Every reporting host's report, and the firing paging alerts."""
-        query = QUERY_NO_ALERTS if self.alertmanager else QUERY
-        data = self._get(f"{self.url}/api/v1/query", {"query": query}, "Prometheus")
+        data = self._get(f"{self.url}/api/v1/query", {"query": QUERY}, "Prometheus")
         series = vector(data, self.url)
-        alerts = (
-            alertmanager_alerts(self._get(f"{self.alertmanager}/api/v2/alerts", {}, "Alertmanager"))
-            if self.alertmanager
-            else [
-                Alert(m.get("alertname", "?"), m)
-                for m, _ in series
-                if m.get("__name__") == "ALERTS"
-            ]
-        )
+        if self.alertmanager:
+            answer = self._get(f"{self.alertmanager}/api/v2/alerts", {}, "Alertmanager")
+            alerts = alertmanager_alerts(answer)
+        else:
+            alerts = prometheus_alerts(self._get(f"{self.url}/api/v1/alerts", {}, "Prometheus"))
         return reports(series), alerts
 
     def query(self, promql: str) -> list[tuple[dict[str, str], float]]:
@@ -183,6 +177,39 @@ def reports(series: list[tuple[dict[str, str], float]]) -> dict[str, Report]:
     return out
 
 
+def timestamp(text: Any) -> float:
+    """RFC 3339 (``2026-12-04T21:00:00.123456789Z``) as epoch seconds; 0 when unreadable."""
+    from datetime import datetime
+
+    match = re.fullmatch(r"(.{19})(?:\.(\d+))?(Z|[+-]\d\d:\d\d)", str(text))
+    if match is None:
+        return 0.0
+    zone = "+00:00" if match[3] == "Z" else match[3]
+    try:
+        whole = datetime.fromisoformat(match[1] + zone).timestamp()
+    except ValueError:
+        return 0.0
+    return whole + (float(f"0.{match[2]}") if match[2] else 0.0)
+
+
+def prometheus_alerts(data: Any) -> list[Alert]:
+    """Prometheus's ``/api/v1/alerts``: the firing paging alerts, with ``activeAt``."""
+    inner = data.get("data") if isinstance(data, dict) else None
+    items = inner.get("alerts") if isinstance(inner, dict) else None
+    if not isinstance(data, dict) or data.get("status") != "success" or not isinstance(items, list):
+        raise _unreachable("Prometheus", "", "not a Prometheus answer (no alert list)")
+    found = []
+    for item in items:
+        if not isinstance(item, dict) or not isinstance(item.get("labels"), dict):
+            raise _unreachable("Prometheus", "", "not a Prometheus answer (an alert)")
+        labels = {str(k): str(v) for k, v in item["labels"].items()}
+        if item.get("state") == "firing" and labels.get("severity") == "page":
+            found.append(
+                Alert(labels.get("alertname", "?"), labels, timestamp(item.get("activeAt")))
+            )
+    return found
+
+
 def alertmanager_alerts(data: Any) -> list[Alert]:
     """Alertmanager's ``/api/v2/alerts``: the active, unsilenced paging alerts."""
     if not isinstance(data, list):
@@ -195,5 +222,6 @@ def alertmanager_alerts(data: Any) -> list[Alert]:
         state = status.get("state") if isinstance(status, dict) else None
         labels = {str(k): str(v) for k, v in item["labels"].items()}
         if state == "active" and labels.get("severity") == "page":
-            found.append(Alert(labels.get("alertname", "?"), labels))
+            since = timestamp(item.get("startsAt"))
+            found.append(Alert(labels.get("alertname", "?"), labels, since))
     return found

@@ -119,8 +119,7 @@ def test_paging_alert_on_the_canaries_halts_and_a_revert_rolls_through(
     assert json.loads(body)["events"][0]["target"] == bad
 
     world.write_config(world.prom)
-    world.report({CANARY: bad, EARLY: a, REST: a}, since=time.time() - 600)
-    again = world.promote()  # the alert has cleared; the halt still holds the bad target
+    again = world.promote()  # still firing; the halt holds the bad target, once
     assert again.returncode == 0, again.stderr
     assert f"early: wait: {bad[:12]} is halted" in again.stdout
     assert world.wave("early") == a
@@ -131,6 +130,21 @@ def test_paging_alert_on_the_canaries_halts_and_a_revert_rolls_through(
     rolled = world.promote()  # a newer commit is a new rollout: the canaries take it
     assert rolled.returncode == 0, rolled.stderr
     assert world.wave("canary") == fix and world.wave("early") == a
+
+    # c1 runs the revert, c2 has not synced it yet and its alert still fires: that holds the
+    # next wave but does not halt the revert (the alert is not on a host running it)
+    world.metrics.publish(
+        world.prom,
+        {"c1": (fix, fix, time.time(), False), "c2": (bad, fix, time.time() - 600, False)},
+        wrong=("c2",),
+    )
+    held = world.promote()
+    assert held.returncode == 0, held.stdout + held.stderr
+    assert "paging alert CanaryAnswersWrong firing on wave 'canary' from before" in held.stdout
+    world.report({CANARY: fix, EARLY: a, REST: a}, since=time.time() - 600)  # cleared, soaked
+    through = world.promote()
+    assert through.returncode == 0, through.stderr
+    assert world.wave("early") == fix
 
 
 def test_offline_host_is_unknown_and_does_not_freeze_the_fleet(world: World) -> None:

@@ -310,3 +310,25 @@ def test_hand_written_halt_holds_the_commit_it_names() -> None:
 
 def test_pause_message() -> None:
     assert pause_reason(pause_message("incident\n42", "alice@ops")) == "incident 42 (by alice@ops)"
+
+
+def test_an_alert_from_before_the_target_holds_without_halting_it() -> None:
+    """A revert on its way to the canaries: the bad commit's alert still fires; it holds the
+    next wave but does not halt the revert. Once it started after the target landed, it
+    halts."""
+    reports = hosts(CANARY.hosts, on(C, since=NOW - 100))
+    old = Alert("Err", {"severity": "page", "wave": "canary"}, since=NOW - 1800)
+    step = decide(WAVES, facts(reports=reports, alerts=(old,)))
+    assert step.decisions[1].verdict.value == "wait" and not step.halts
+    assert "from before" in step.decisions[1].reason
+    new = Alert("Err", {"severity": "page", "wave": "canary"}, since=NOW - 50)
+    assert list(decide(WAVES, facts(reports=reports, alerts=(new,))).halts) == [C]
+
+
+def test_a_host_alert_counts_only_while_its_host_runs_the_target() -> None:
+    reports = {**hosts(CANARY.hosts, on(C)), "c2": Report("c2", B, C, NOW - 900)}
+    alert = Alert("Err", {"severity": "page", "host": "c2"}, since=NOW - 10)
+    step = decide(WAVES, facts(reports=reports, alerts=(alert,)))
+    assert step.decisions[1].verdict.value == "wait" and not step.halts
+    on_target = Alert("Err", {"severity": "page", "host": "c1"}, since=NOW - 10)
+    assert list(decide(WAVES, facts(reports=reports, alerts=(on_target,))).halts) == [C]
