@@ -308,9 +308,12 @@ class Settings:
     render_memory_mb: float = 512.0  # memory a render may add to the sync process
     max_units: int = 20_000  # units one host may be given (10,000 services with timers)
     cache_max_mb: int = 512  # the git cache is trimmed to what is reachable past this
-    allow_downgrade: bool = False  # signed mode: allow a ref move that is not a fast-forward
+    allow_downgrade: bool = False  # allow a ref move that is not a fast-forward (signed, rollout)
     files_roots: tuple[str, ...] = ()  # where [files."PATH"] may write (empty: nowhere)
     root_dir: Path | None = None  # the host's / (None: the root unit_dir is under, else /)
+    rollout: bool = False  # follow this host's wave ref (inventory/rollout.toml), not `ref`
+    poll_backoff_sec: float = 60.0  # after a git server refused: the first wait, doubled ...
+    poll_backoff_max_sec: float = 3600.0  # ... up to this (a Retry-After is capped here too)
     sections: dict[str, dict[str, Any]] = field(default_factory=dict, compare=False)
     path: Path | None = field(default=None, compare=False)  # the file read, if any
 
@@ -392,8 +395,9 @@ def _roots(source: str, key: str, value: Any, *, text: bool) -> tuple[str, ...]:
     return tuple(out)
 
 
-_BOOLS = {"verify_signatures", "allow_empty", "allow_downgrade"}
+_BOOLS = {"verify_signatures", "allow_empty", "allow_downgrade", "rollout"}
 _FLOATS = {"lock_timeout_sec", "fetch_timeout_sec", "render_cpu_sec", "render_memory_mb"}
+_FLOATS |= {"poll_backoff_sec", "poll_backoff_max_sec"}
 _INTS = {"max_units", "cache_max_mb"}
 
 

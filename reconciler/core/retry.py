@@ -46,3 +46,34 @@ def parse_retry_after(value: str | None, now: datetime) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return max(0.0, (when - now).total_seconds())
+
+
+@dataclass(frozen=True)
+class PollBackoff:
+    """A git server that refused: no poll of ``url`` before ``until`` (epoch seconds)."""
+
+    url: str
+    failures: int  # in a row
+    until: float
+    why: str  # the refusal, one line
+
+
+def next_poll_backoff(
+    previous: PollBackoff | None,
+    url: str,
+    why: str,
+    *,
+    now: float,
+    retry_after: float | None,
+    base: float,
+    cap: float,
+    rand: float,
+) -> PollBackoff:
+    """The backoff after one more refusal: ``base * 2**(n-1)`` capped and jittered, or the
+    server's ``Retry-After`` (capped) when it sent one. Failures count per URL."""
+    failures = (previous.failures if previous and previous.url == url else 0) + 1
+    if retry_after is not None:
+        delay = min(max(retry_after, 0.0), cap)
+    else:
+        delay = backoff_delay(failures, base, cap, rand)
+    return PollBackoff(url, failures, now + delay, why)

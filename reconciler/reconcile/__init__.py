@@ -16,27 +16,37 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import TYPE_CHECKING
 
 from reconciler.config import Settings
 from reconciler.core.plan import describe
-from reconciler.errors import ReconcilerError, SourceError, SystemdError
+from reconciler.errors import (
+    ApplyError,
+    InventoryError,
+    LockedError,
+    ReconcilerError,
+    RenderError,
+    SourceError,
+    SystemdError,
+)
 from reconciler.host import journal, lock
-from reconciler.reconcile import fetch, validate, verify
+from reconciler.reconcile import backoff, fetch, validate, verify, wave
 from reconciler.reconcile.apply import apply_plan
 from reconciler.reconcile.hooks import Monitoring, NoMonitoring
 from reconciler.reconcile.host_files import observe_files, save_manifest
 from reconciler.reconcile.observe import observe
 from reconciler.reconcile.outcome import Outcome, Reason, Result, Unhealthy
 from reconciler.reconcile.plan import make_plan
+from reconciler.reconcile.remote import BusyError
 from reconciler.reconcile.render import is_cached, render_cached, rendered_files
 from reconciler.reconcile.rollback import roll_back
 from reconciler.runtime import connect, open_store
 from reconciler.store.ledger import FILE_NAME as LEDGER_FILE
 from reconciler.store.ledger import Ledger
-from reconciler.store.sync_store import GOOD_RESULTS
+from reconciler.store.sync_store import FLEET_KEY, GOOD_RESULTS
 
 if TYPE_CHECKING:
     from reconciler.model import DesiredUnit, Snapshot
@@ -116,6 +126,7 @@ class _Sync:
                 outcome.dbus_calls = dict(self.calls)
         if not self.dry_run and outcome.result in RECORDED:
             try:
+                track_fleet(store, outcome, error)
                 record(store, outcome, started_wall, started, self.trigger)
                 if outcome.result is not Result.FAILED:  # a copy that outlives the database
                     Ledger.load(self.settings.state_dir / LEDGER_FILE).record(store)
@@ -133,9 +144,11 @@ class _Sync:
         self, outcome: Outcome, store: Store, revision: str | None, monitoring: Monitoring
     ) -> None:
         """fetch → render → observe → plan → validate → apply → verify, filling ``outcome``."""
-        settings = self.settings
-        rendered = partial(is_cached, settings=settings, store=store)
-        snapshot = fetch.snapshot(settings, revision, rendered)
+        rendered = partial(is_cached, settings=self.settings, store=store)
+        snapshot = self.fetch(outcome, store, revision, rendered)
+        if snapshot is None:
+            return  # held: backing off, or the host's wave ref does not exist yet
+        settings = self.settings  # in a rollout, its ref is the host's wave ref
         outcome.revision = snapshot.revision
         describe_source(settings, store, snapshot, outcome)
         if revision is None:
@@ -168,6 +181,65 @@ class _Sync:
                     revision=snapshot.revision,
                 )
                 self.disconnect()
+
+    def fetch(
+        self,
+        outcome: Outcome,
+        store: Store,
+        revision: str | None,
+        rendered: Callable[[str], bool],
+    ) -> Snapshot | None:
+        """The fetch step: one poll of the git server (``rollout``: of the wave refs), a
+        fetch when the ref moved; None when the sync holds (``outcome`` says why)."""
+        settings, url = self.settings, self.settings.repo or ""
+        if revision is not None:
+            return fetch.snapshot(settings, revision, rendered)
+        if not self.force and not self.dry_run:
+            waiting = backoff.current(store, url)
+            if waiting is not None:
+                msg = f"backing off from the git server: {backoff.describe(waiting)}; the "
+                msg += f"host keeps its revision (it refused: {waiting.why})"
+                journal.event("sync.backoff", msg, priority=4)
+                outcome.result, outcome.message = Result.HELD, msg
+                return None
+        try:
+            advertised = None
+            if settings.rollout and url:
+                place = wave.find(
+                    url,
+                    settings.host_name,
+                    settings.state_dir / "repo",
+                    store.applied_revision(),
+                    settings.fetch_timeout_sec,
+                )
+                if not self.dry_run:
+                    store.kv_update(
+                        FLEET_KEY, wave=place.wave, target=place.target, polled_at=time.time()
+                    )
+                if place.target is None:
+                    msg = (
+                        f"wave '{place.wave}': its ref {place.ref} does not exist on the git "
+                        "server yet; the host keeps its revision until the promoter moves it"
+                    )
+                    journal.event("sync.noop", msg, priority=5)
+                    outcome.result, outcome.message = Result.HELD, msg
+                    return None
+                self.settings = settings = replace(settings, ref=place.ref)
+                advertised = place.advertised
+            snapshot = fetch.snapshot(settings, None, rendered, advertised=advertised)
+        except BusyError as exc:
+            if self.dry_run:
+                raise
+            waited = backoff.record(settings, store, exc, url)
+            raise BusyError(
+                f"{exc.message}; {backoff.describe(waited)}",
+                exc.hint,
+                status=exc.status,
+                retry_after=exc.retry_after,
+            ) from None
+        if not self.dry_run:
+            backoff.clear(store)
+        return snapshot
 
     def connect(self, retry_sec: float) -> Systemd:
         self.systemd = connect(self.settings, retry_sec=retry_sec)
@@ -278,14 +350,24 @@ def check_forward(settings: Settings, store: Store, snapshot: Snapshot, outcome:
         f"revision {new[:12]} of '{settings.ref}' is not a fast-forward of the applied "
         f"revision {applied[:12]} (the ref was moved back or its history rewritten)"
     )
-    refuse = settings.verify_signatures and not settings.allow_downgrade
+    mode = "signed mode" if settings.verify_signatures else "rollout"
+    refuse = (settings.verify_signatures or settings.rollout) and not settings.allow_downgrade
     journal.event(
         "sync.downgrade",
-        what + ("; refused (signed mode)" if refuse else ""),
+        what + (f"; refused ({mode})" if refuse else ""),
         priority=4,
         revision=new,
         applied_revision=applied,
     )
+    if refuse and not settings.verify_signatures:
+        raise SourceError(
+            f"cannot apply revision '{new[:12]}' of wave ref '{settings.ref}': not a "
+            f"fast-forward of the applied revision '{applied[:12]}' (wave refs only move "
+            "forward: was it force-pushed?); the host keeps its revision",
+            "undo a bad commit with a revert on the source branch; to accept the move: "
+            "reconciler sync --allow-downgrade, or allow_downgrade = true in "
+            "/etc/reconciler/config.toml",
+        )
     if refuse:
         raise SourceError(
             f"cannot apply revision '{new[:12]}': not a fast-forward of the applied revision "
@@ -294,6 +376,26 @@ def check_forward(settings: Settings, store: Store, snapshot: Snapshot, outcome:
             "true in /etc/reconciler/config.toml",
         )
     outcome.message = what
+
+
+def track_fleet(store: Store, outcome: Outcome, error: Exception | None) -> None:
+    """What the fleet's metrics say of this sync: the revision it tried and failed (its
+    health gate, a rollback, a refused render or inventory), rollbacks, gate failures."""
+    fleet = store.kv_json(FLEET_KEY)
+    refused = isinstance(error, InventoryError | RenderError | ApplyError)
+    changes: dict[str, object] = {}
+    if (
+        outcome.revision
+        and (refused or outcome.failed_units)
+        and not isinstance(error, LockedError)
+    ):
+        changes["failed_target"] = outcome.revision
+    if outcome.result is Result.ROLLED_BACK:
+        changes["rollbacks"] = int(fleet.get("rollbacks", 0)) + 1
+    if outcome.failed_units:
+        changes["health_gate_failures"] = int(fleet.get("health_gate_failures", 0)) + 1
+    if changes:
+        store.kv_update(FLEET_KEY, **changes)
 
 
 def record(

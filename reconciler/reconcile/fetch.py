@@ -39,14 +39,14 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from reconciler.config import Settings
-from reconciler.errors import SourceError, UsageError, redact
+from reconciler.errors import SourceError, UsageError
 from reconciler.model import CommitInfo, Snapshot
-from reconciler.reconcile import cache, credentials, refs
+from reconciler.reconcile import cache, credentials, refs, remote
 from reconciler.reconcile.revision import MAX_FILE_BYTES as MAX_FILE_BYTES
 from reconciler.reconcile.revision import MAX_INVENTORY_BYTES as MAX_INVENTORY_BYTES
 from reconciler.reconcile.revision import Verification as Verification
@@ -69,12 +69,6 @@ _PARTIAL_CLONE = (
     (_ORIGIN, "promisor", "true"),
     (_ORIGIN, "partialclonefilter", _FILTER),
 )
-_BOILERPLATE = (
-    "fatal: could not read from remote repository.",
-    "please make sure you have the correct access rights",
-    "and the repository exists.",
-    "error: process killed because it timed out.",
-)
 
 # GitPython logs git's stderr as warnings; the errors raised here already carry it, and a
 # one-shot command must print one line, not a logging record.
@@ -91,11 +85,15 @@ def fetch(
     timeout: float = 60,
     verify: Verification | None = None,
     rendered: Callable[[str], bool] | None = None,
+    advertised: Mapping[str, str] | None = None,
 ) -> Snapshot:
     """Fetch ``ref`` (branch, tag or commit id) from ``url`` and read that commit's files
     (none when ``rendered`` says its units are in the render cache).
 
-    A full commit id already in the cache is not fetched again (commit ids never change).
+    A poll costs the git server one ref advertisement of the names ``ref`` may mean
+    (``remote.list_refs``; ``advertised``: one the caller already has), and a fetch only of
+    the refs that moved, shallow (``--depth 1``) into an empty cache. A full commit id
+    already in the cache is not fetched again (commit ids never change).
     """
     if not url or url.startswith("-") or "\n" in url:
         raise SourceError(f"cannot fetch repository '{_printable(url)}': not a repository URL")
@@ -108,7 +106,14 @@ def fetch(
     full_sha = bool(refs.FULL_SHA.fullmatch(ref))
     with cache.open_repo(cache_dir) as repo:
         found = refs.resolve(repo, ref) if full_sha else None
-        if found is None:
+        if found is None and not full_sha:
+            names = [ref] if ref.startswith("refs/") else [f"refs/heads/{ref}", f"refs/tags/{ref}"]
+            if advertised is None:
+                left = max(deadline - time.monotonic(), 0.1)
+                advertised = remote.list_refs(url, names, timeout=left)
+            if follow(repo, url, cache_dir, remote.matching(advertised, names), names, deadline):
+                found = refs.resolve(repo, ref)
+        if found is None:  # an abbreviated commit id, or a name the remote lacks: mirror all
             with cache.lock(cache_dir, deadline):
                 _fetch(repo, url, cache_dir, deadline)
             found = refs.resolve(repo, ref)
@@ -123,6 +128,55 @@ def fetch(
             )
         commit, resolved = found
         return read_snapshot(repo, cache_dir, commit, resolved, verify, deadline, rendered)
+
+
+def follow(
+    repo: git.Repo,
+    url: str,
+    cache_dir: Path,
+    wanted: Mapping[str, str],
+    names: list[str],
+    deadline: float,
+) -> bool:
+    """Make the cache's refs ``names`` what the remote advertised (``wanted``: name ->
+    commit): fetch the ones that moved, delete the ones the remote no longer has. False
+    when the remote has none of them (nothing changed in the cache)."""
+    if not wanted:
+        return False
+    stale = sorted(n for n, sha in wanted.items() if local_commit(repo, n) != sha)
+    for name in names:
+        if name not in wanted and local_commit(repo, name) is not None:
+            repo.git.update_ref("-d", name)
+    if stale:
+        empty = not any(True for _ in repo.references)
+        with cache.lock(cache_dir, deadline):
+            _fetch(
+                repo,
+                url,
+                cache_dir,
+                deadline,
+                refspecs=tuple(f"+{n}:{n}" for n in stale),
+                prune=False,
+                depth=1 if empty else None,  # a first fetch needs no history
+            )
+    return True
+
+
+def local_commit(repo: git.Repo, name: str) -> str | None:
+    """The commit the cache's ref ``name`` points to (a tag peeled), None if it has none."""
+    import git  # lazy (60-80 ms): see the module docstring
+    from git.exc import BadName, BadObject
+
+    reference = git.Reference(repo, name, check_path=False)
+    try:
+        if not reference.is_valid():
+            return None
+        obj = reference.object
+        while isinstance(obj, git.TagObject):
+            obj = obj.object
+    except (ValueError, BadObject, BadName):
+        return None
+    return str(obj.hexsha)
 
 
 def read_revision(
@@ -194,8 +248,11 @@ def _fetch(
     *,
     refspecs: tuple[str, ...] = ("+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"),
     quiet_fail: bool = False,
+    prune: bool | None = None,
+    depth: int | None = None,
 ) -> None:
-    """Mirror the remote's branches and tags; '+' accepts force-pushed (rewritten) history."""
+    """Mirror the remote's branches and tags (or ``refspecs``); '+' accepts force-pushed
+    (rewritten) history. A refusal (429, 5xx, no connection) is a ``remote.BusyError``."""
     import git  # lazy (60-80 ms): see the module docstring
 
     plain, options, secrets = credentials.split_credentials(url)
@@ -218,20 +275,28 @@ def _fetch(
                 progress=progress,
                 verbose=False,
                 kill_after_timeout=left,
-                prune=len(refspecs) > 1,
+                prune=len(refspecs) > 1 if prune is None else prune,
                 no_recurse_submodules=True,
                 filter=_FILTER if partial else None,
+                depth=depth,
             )
     except git.GitCommandError as exc:
         if quiet_fail:
             return
         if "kill_after_timeout" in str(exc.stderr):
-            raise SourceError(
+            raise remote.BusyError(
                 f"cannot fetch repository '{url}': the remote did not answer in time",
                 hint="check the remote and the network; nothing on the host was changed",
             ) from None
+        busy = remote.busy_status(progress.lines)
+        if busy is not None:
+            raise remote.BusyError(
+                f"cannot fetch repository '{url}': {remote.last_line(progress.lines)}",
+                hint=remote.BUSY_HINT,
+                status=busy or None,
+            ) from None
         raise SourceError(
-            f"cannot fetch repository '{url}': {_last_line(progress.lines)}",
+            f"cannot fetch repository '{url}': {remote.last_line(progress.lines)}",
             hint="check the URL, the credentials and that the remote is reachable; "
             "nothing on the host was changed",
         ) from None
@@ -370,6 +435,8 @@ def _rebuild(cache_dir: Path, url: str, deadline: float) -> None:
                         istream=revs, output_stream=pack,
                     )  # fmt: skip
                 pack.seek(0)
+                if (cache_dir / "shallow").is_file():  # the history's cut of a shallow cache
+                    shutil.copyfile(cache_dir / "shallow", new / "shallow")
                 with cache.open_repo(new) as repo:
                     name = repo.git.index_pack("--stdin", istream=pack).split()[-1]
                     (new / "objects" / "pack" / f"pack-{name}.promisor").touch()
@@ -395,30 +462,15 @@ def _stderr_line(exc: git.GitCommandError) -> str:
     text = text.strip().removeprefix("stderr: ").strip()
     if text.startswith("'") and text.endswith("'"):
         text = text[1:-1]
-    return _last_line(text.splitlines())
-
-
-def _last_line(stderr: list[str]) -> str:
-    """The last meaningful line of git's stderr, redacted; git's boilerplate is skipped."""
-    lines = [
-        line.strip()
-        for line in stderr
-        if line.strip() and not line.strip().lower().startswith(_BOILERPLATE)
-    ]
-    if not lines:
-        return "git failed without a message"
-    last = lines[-1]
-    if len(lines) > 1 and lines[-2].endswith(":"):  # "unable to connect to X:" + "...errno=E"
-        last = f"{lines[-2]} {last.rpartition('errno=')[2]}"
-    for prefix in ("fatal: ", "error: ", "remote: "):
-        last = last.removeprefix(prefix)
-    return redact(last)[:300]
+    return remote.last_line(text.splitlines())
 
 
 def snapshot(
     settings: Settings,
     revision: str | None = None,
     rendered: Callable[[str], bool] | None = None,
+    *,
+    advertised: Mapping[str, str] | None = None,
 ) -> Snapshot:
     """The sync's fetch step: the configured ref, or ``revision`` from the cache (rollback).
 
@@ -442,5 +494,11 @@ def snapshot(
             "set repo in /etc/reconciler/config.toml, $RECONCILER_REPO or --repo",
         )
     return fetch(
-        settings.repo, settings.ref, cache, timeout=timeout, verify=verify, rendered=rendered
+        settings.repo,
+        settings.ref,
+        cache,
+        timeout=timeout,
+        verify=verify,
+        rendered=rendered,
+        advertised=advertised,
     )

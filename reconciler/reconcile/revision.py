@@ -170,3 +170,26 @@ def refused(revision: str, path: str, why: str) -> SourceError:
         f"cannot read '{path}' at revision '{revision[:12]}': {why}",
         hint="commit a regular file under inventory/ or templates/ instead",
     )
+
+
+def read_paths(repo: git.Repo, commit: git.Commit, paths: list[str]) -> dict[str, bytes]:
+    """Only ``paths`` of a commit (those it has: regular files within the inventory limit)."""
+    import git  # lazy (60-80 ms): see the module docstring
+    from git.exc import BadName, BadObject
+
+    files: dict[str, bytes] = {}
+    for path in paths:
+        try:
+            item = commit.tree / path
+        except KeyError:
+            continue
+        if not isinstance(item, git.Blob) or item.mode in (_MODE_LINK, _MODE_SUBMODULE):
+            raise refused(commit.hexsha, path, "not a regular file")
+        try:
+            info = repo.odb.info(item.binsha)
+        except (BadObject, BadName, ValueError):
+            raise refused(commit.hexsha, path, "larger than the inventory limit") from None
+        if info.size > MAX_INVENTORY_BYTES:
+            raise refused(commit.hexsha, path, f"larger than {MAX_INVENTORY_BYTES // 1024} KiB")
+        files[path] = repo.odb.stream(item.binsha).read()
+    return files

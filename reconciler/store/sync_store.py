@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from reconciler.errors import ReconcilerError, StateError
 from reconciler.model import DesiredFile, DesiredUnit
@@ -298,6 +299,31 @@ class Store(db.Database):
                     "INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)", (key, value)
                 )
 
+    def kv_json(self, key: str) -> dict[str, Any]:
+        """A kv value holding a JSON object ({} when absent or unreadable)."""
+        text = self.kv_get(key)
+        try:
+            value = json.loads(text) if text else {}
+        except ValueError:
+            return {}
+        return value if isinstance(value, dict) else {}
+
+    def kv_update(self, key: str, **changes: Any) -> dict[str, Any]:
+        """Merge ``changes`` into the JSON object under ``key``, in one transaction."""
+        with self.transaction():
+            value = {**self.kv_json(key), **changes}
+            self.kv_set(key, json.dumps(value, sort_keys=True))
+        return value
+
+    def last_success(self) -> float | None:
+        """When the newest sync that left the host at its revision ended (unix time)."""
+        rows = self._rows(
+            "SELECT started_at + duration_sec FROM sync WHERE result IN (?, ?, ?)"
+            " ORDER BY id DESC LIMIT 1",
+            GOOD_RESULTS,
+        )
+        return float(rows[0][0]) if rows else None
+
     # --- internals ---------------------------------------------------------------------
 
     def _what(self) -> str:
@@ -380,6 +406,10 @@ def _move_aside(path: Path, exc: Exception) -> Path:
 
 DESIRED_KEY = "applied_units"  # kv key: the units of the applied revision, as JSON
 INSTALLED_KEY = "install_owned"  # kv key: the own units 'reconciler install' wrote (names)
+# kv key, a JSON object: the host's place in a rollout and its record there, for the fleet's
+# metrics (wave, target, polled_at, failed_target, healthy_revision, healthy_since,
+# rollbacks, health_gate_failures)
+FLEET_KEY = "fleet"
 
 
 def encode_desired(desired: Iterable[DesiredUnit]) -> str:
