@@ -72,21 +72,25 @@ def toml_snippets() -> list[str]:
 def test_toml_snippets_are_a_valid_repository() -> None:
     """The Config repository format snippets, loaded by the real inventory models and
     rendered with this project's templates/ for every host they declare."""
-    from reconciler.core import inventory, render
+    from reconciler.core import inventory, render, rollout
 
     snippets = toml_snippets()
     hosts = [s for s in snippets if "[hosts." in s or "[groups." in s]
     services = [s for s in snippets if "[services." in s]
     config_files = [s for s in snippets if s.startswith('[files."')]
-    assert len(hosts) == 1 and len(services) == 1, snippets
-    assert len(snippets) == 2 + len(config_files), snippets
+    waves = [s for s in snippets if "[rollout" in s]
+    assert len(hosts) == 1 and len(services) == 1 and len(waves) == 1, snippets
+    assert len(snippets) == 3 + len(config_files), snippets
     files = {
         "inventory/hosts.toml": hosts[0].encode(),
         "inventory/services.toml": "\n".join([services[0], *config_files]).encode(),
+        "inventory/rollout.toml": waves[0].encode(),
     }
     templates = {p.name: p.read_text() for p in (REPO / "templates").iterdir()}
     files.update({f"templates/{n}": t.encode() for n, t in templates.items()})
     inv = inventory.load(files)
+    definition = rollout.parse(files, inv)
+    assert definition is not None and definition.wave_of("web1").name == "canary"
     rendered = []
     for host in inv.hosts_file.hosts:
         rendered += [u.name for u in render.render(inv.select(host), templates)]

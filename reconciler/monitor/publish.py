@@ -26,6 +26,7 @@ from reconciler.host import journal
 from reconciler.monitor import live
 from reconciler.monitor import textfile as tf
 from reconciler.store.finding_store import FindingStore, StoredFinding
+from reconciler.store.sync_store import FLEET_KEY
 
 if TYPE_CHECKING:
     from reconciler.monitor.types import HostView, MonitorConfig, PassResult
@@ -190,12 +191,45 @@ def watch_figures(db: FindingStore) -> tf.WatchFigures | None:
         return None
 
 
+def fleet_sample(settings: Settings, store: Store, result: PassResult) -> tf.FleetSample | None:
+    """The host's place in a rollout for the textfile, and when its applied revision became
+    healthy (no open critical finding; kept in the sync store); None outside a rollout."""
+    if not settings.rollout:
+        return None
+    fleet = store.kv_json(FLEET_KEY)
+    wave = str(fleet.get("wave") or "")
+    if not wave:
+        return None  # never polled its wave yet
+    applied = store.applied_revision() or ""
+    healthy = bool(applied) and not any(f.finding.severity == "critical" for f in result.open)
+    since = float(fleet.get("healthy_since") or 0.0)
+    if not healthy:
+        since = 0.0
+    elif fleet.get("healthy_revision") != applied or not since:
+        since = result.at
+    if since != fleet.get("healthy_since") or applied != fleet.get("healthy_revision"):
+        store.kv_update(FLEET_KEY, healthy_revision=applied, healthy_since=since)
+    target = str(fleet.get("target") or "")
+    return tf.FleetSample(
+        host=settings.host_name,
+        wave=wave,
+        revision=applied,
+        target=target,
+        healthy_since=since,
+        failed=bool(target) and fleet.get("failed_target") == target,
+        last_success=store.last_success(),
+        rollbacks=int(fleet.get("rollbacks", 0)),
+        health_gate_failures=int(fleet.get("health_gate_failures", 0)),
+    )
+
+
 def textfile(
     config: MonitorConfig,
     store: Store,
     view: HostView,
     result: PassResult,
     db: FindingStore | None = None,
+    fleet: tf.FleetSample | None = None,
 ) -> None:
     if config.textfile is None:
         return
@@ -230,6 +264,7 @@ def textfile(
         pass_at=result.at,
         pass_duration_sec=result.duration_sec,
         watch=watch_figures(db) if db is not None else None,
+        fleet=fleet,
     )
     tf.write(config.textfile, text)
 
@@ -294,7 +329,7 @@ def publish(
     result.open = [replace(f, bundle=written.get(f.id, f.bundle)) for f in result.open]
     result.duration_sec = time.monotonic() - started
     try:
-        textfile(config, store, view, result, db)
+        textfile(config, store, view, result, db, fleet_sample(settings, store, result))
     except Exception as exc:
         log.warning("cannot write the monitor textfile '%s': %s", config.textfile, exc)
         result.warnings.append(f"textfile: {exc}")

@@ -70,6 +70,21 @@ class WatchFigures:
     FRESH_SEC: ClassVar[float] = 60.0  # the daemon stores them every few seconds
 
 
+@dataclass(frozen=True)
+class FleetSample:
+    """The host in a rollout (``rollout = true``), as the promoter reads it from Prometheus."""
+
+    host: str  # the inventory name
+    wave: str
+    revision: str  # applied, 40 hex ("" before the first sync)
+    target: str  # the commit the wave ref pointed at when the host last polled
+    healthy_since: float  # when the applied revision last became healthy; 0 while not
+    failed: bool  # the host tried ``target`` and failed (gate, rollback, refused render)
+    last_success: float | None  # when the last sync that left it at its revision ended
+    rollbacks: int
+    health_gate_failures: int
+
+
 SUCCESS_RESULTS = frozenset({"applied", "noop", "success"})
 
 
@@ -128,6 +143,7 @@ def build(
     pass_at: float,
     pass_duration_sec: float,
     watch: WatchFigures | None = None,
+    fleet: FleetSample | None = None,
 ) -> str:
     """The whole file's text (ends with a new line)."""
     out = _Text()
@@ -226,7 +242,47 @@ def build(
     )
     if watch is not None:
         _watch(out, watch, pass_at)
+    if fleet is not None:
+        _fleet(out, fleet)
     return "\n".join(out.lines) + "\n"
+
+
+def _fleet(out: _Text, f: FleetSample) -> None:
+    """The contract of issue 15: every line carries ``host`` and ``wave``."""
+    who = {"host": f.host, "wave": f.wave}
+    out.family(
+        "reconciler_rollout_info",
+        "gauge",
+        "The applied revision and the target its wave ref pointed at when the host polled.",
+        [({**who, "revision": f.revision, "target": f.target}, 1)],
+    )
+    out.family(
+        "reconciler_rollout_healthy_since_timestamp_seconds",
+        "gauge",
+        "When the applied revision last became healthy (unix time); 0 while unhealthy.",
+        [({**who, "revision": f.revision}, f.healthy_since)],
+    )
+    out.family(
+        "reconciler_rollout_failed",
+        "gauge",
+        "1 when the host tried the target and failed (health gate, rollback, refused render).",
+        [({**who, "target": f.target}, int(f.failed))],
+    )
+    if f.last_success is not None:
+        out.family(
+            "reconciler_last_success_timestamp_seconds",
+            "gauge",
+            "When the last sync that left the host at its revision ended (unix time).",
+            [(who, f.last_success)],
+        )
+    out.family(
+        "reconciler_rollbacks_total", "counter", "Rollbacks after a failed health gate.",
+        [(who, f.rollbacks)],
+    )  # fmt: skip
+    out.family(
+        "reconciler_health_gate_failures_total", "counter", "Health gates that failed.",
+        [(who, f.health_gate_failures)],
+    )  # fmt: skip
 
 
 def _watch(out: _Text, w: WatchFigures, now: float) -> None:

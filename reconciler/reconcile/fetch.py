@@ -278,7 +278,7 @@ def _fetch(
                 prune=len(refspecs) > 1 if prune is None else prune,
                 no_recurse_submodules=True,
                 filter=_FILTER if partial else None,
-                depth=depth,
+                depth=depth if partial else None,  # dumb HTTP cannot cut history
             )
     except git.GitCommandError as exc:
         if quiet_fail:

@@ -42,10 +42,11 @@ def render(snapshot: Snapshot, host: str) -> list[DesiredUnit]:
 def render_all(snapshot: Snapshot, host: str) -> tuple[list[DesiredUnit], list[DesiredFile]]:
     """``host``'s units (each opening with the ownership marker) and config files."""
     # inventory and render import pydantic and jinja2: only a changed revision pays for them
-    from reconciler.core import inventory
+    from reconciler.core import inventory, rollout
     from reconciler.core import render as templates
 
     inv = inventory.load(snapshot.files)
+    rollout.parse(snapshot.files, inv)  # a bad rollout.toml never becomes the applied one
     sources = templates.decode_templates(snapshot.files)
     units = templates.render(inv.select(host), sources)
     units += templates.render_dropins(inv.select_dropins(host), sources)

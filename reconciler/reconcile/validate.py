@@ -149,10 +149,11 @@ def check_tree(directory: Path, hosts: Sequence[str] | None = None) -> list[Host
     A problem shared by every host (the inventory, a read) raises; a host's render or
     verify problem is that host's ``error``.
     """
-    from reconciler.core import inventory  # pydantic: only the commands that render
+    from reconciler.core import inventory, rollout  # pydantic: only the commands that render
 
     snapshot = working_tree.read(directory)
     inv = inventory.load(snapshot.files)
+    rollout.parse(snapshot.files, inv)  # the waves, every host in exactly one
     known = list(inv.hosts_file.hosts)
     for name in hosts or ():
         if name not in inv.hosts_file.hosts:

@@ -203,7 +203,51 @@ def every_family() -> str:
         pass_at=1_790_000_100.0,
         pass_duration_sec=0.2,
         watch=figures,
+        fleet=FLEET,
     )
+
+
+APPLIED, TARGET = "a" * 40, "b" * 40
+FLEET = tf.FleetSample(
+    host="web-1",
+    wave="canary",
+    revision=APPLIED,
+    target=TARGET,
+    healthy_since=1_790_000_050.0,
+    failed=True,
+    last_success=1_790_000_040.5,
+    rollbacks=2,
+    health_gate_failures=3,
+)
+
+
+def test_fleet_metrics_are_the_contract() -> None:
+    """Issue 15's fleet contract: every line carries host and wave; the values the promoter
+    reads, as prometheus_client's parser reads them back."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = tf.build([], [], None, pass_at=1_790_000_100.0, pass_duration_sec=0.1, fleet=FLEET)
+    samples = {
+        s.name: (s.labels, s.value)
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name.startswith(("reconciler_rollout", "reconciler_last_success", "reconciler_roll"))
+        or s.name.startswith("reconciler_health_gate")
+    }
+    who = {"host": "web-1", "wave": "canary"}
+    assert samples == {
+        "reconciler_rollout_info": ({**who, "revision": APPLIED, "target": TARGET}, 1.0),
+        "reconciler_rollout_healthy_since_timestamp_seconds": (
+            {**who, "revision": APPLIED},
+            1_790_000_050.0,
+        ),
+        "reconciler_rollout_failed": ({**who, "target": TARGET}, 1.0),
+        "reconciler_last_success_timestamp_seconds": (who, 1_790_000_040.5),
+        "reconciler_rollbacks_total": (who, 2.0),
+        "reconciler_health_gate_failures_total": (who, 3.0),
+    }
+    plain = tf.build([], [], None, pass_at=1_790_000_100.0, pass_duration_sec=0.1)
+    assert "reconciler_rollout" not in plain, "outside a rollout: no fleet lines"
 
 
 def test_prometheus_client_parser_reads_every_family_as_written() -> None:

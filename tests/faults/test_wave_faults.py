@@ -1,0 +1,135 @@
+"""Faults of the host side of a rollout (issue 15): a wave ref force-pushed backwards, a git
+server that rate-limits, a rollout definition that leaves the host in no wave.
+
+Every sync is the CLI as a whole process against the shared disposable systemd host; the
+git server is a real bare repository (local path, or git's ``http-backend`` behind a
+counting front on 127.0.0.1).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from tests.faults.conftest import FaultEnv, Report
+from tests.faults.test_network_faults import journal_since
+from tests.integration.gitrepo import git
+from tests.integration.gitserver import git_http
+from tests.integration.test_sync import base_files, service
+
+pytestmark = pytest.mark.host
+
+ONE_WAVE = '[[rollout.waves]]\nname = "all"\nhosts = ["all"]\n'
+
+
+def push_wave(fenv: FaultEnv, rev: str, *flags: str) -> None:
+    git(fenv.repo.work, "push", "-q", *flags, "origin", f"{rev}:refs/heads/rollout/all")
+
+
+def events(fenv: FaultEnv, since: float, kind: str) -> list[dict[str, str]]:
+    found = []
+    for line in journal_since(fenv.host, since).splitlines():
+        entry = json.loads(line)
+        if entry.get("RECONCILER_EVENT") == kind:
+            found.append(entry)
+    return found
+
+
+def test_wave_ref_forced_backwards_is_refused(fenv: FaultEnv, fault_report: Report) -> None:
+    a = fenv.name("waved")
+    unit = f"{a}.service"
+    fenv.configure(top="rollout = true\n")
+    old = fenv.repo.commit({**base_files(fenv, service(a)), "inventory/rollout.toml": ONE_WAVE})
+    push_wave(fenv, old)
+    assert fenv.sync()["result"] == "applied"
+    new = fenv.repo.commit(base_files(fenv, service(a, greeting="new")))
+    push_wave(fenv, new)
+    assert fenv.sync()["revision"] == new
+    before, text = fenv.invocations(unit), (fenv.host.unit_dir / unit).read_text()
+    push_wave(fenv, old, "--force")  # someone force-pushed the wave ref back
+    proc = fenv.run("sync")
+    lines = proc.stderr.strip().splitlines()
+    untouched = fenv.invocations(unit) == before and (fenv.host.unit_dir / unit).read_text() == text
+    kept = fenv.history()[0]["result"] == "failed" and "echo new;" in text
+    started = time.monotonic()
+    allowed = fenv.run("sync", "--json", "--allow-downgrade")
+    fault_report(
+        "wave ref force-pushed backwards",
+        f"{lines[0] if lines else proc.stderr!r}; host untouched; --allow-downgrade applies it",
+        time.monotonic() - started,
+        untouched,
+    )
+    assert proc.returncode == 1 and len(lines) == 1, proc.stderr
+    assert "not a fast-forward of the applied revision" in lines[0]
+    assert "wave refs only move forward" in lines[0]
+    assert untouched and kept
+    assert allowed.returncode == 0 and json.loads(allowed.stdout)["revision"] == old
+
+
+def test_rate_limited_git_server_is_backed_off(fenv: FaultEnv, fault_report: Report) -> None:
+    a = fenv.name("polled")
+    # the server asks for 30 s; this host caps any wait at 6 s
+    fenv.configure(top="rollout = true\npoll_backoff_sec = 1\npoll_backoff_max_sec = 6\n")
+    first = fenv.repo.commit({**base_files(fenv, service(a)), "inventory/rollout.toml": ONE_WAVE})
+    push_wave(fenv, first)
+    with git_http(fenv.repo.remote.parent) as server:
+        url = server.url("remote.git")
+        assert json.loads(fenv.run("sync", "--json", repo=url).stdout)["result"] == "applied"
+        server.take()
+        assert json.loads(fenv.run("sync", "--json", repo=url).stdout)["result"] == "noop"
+        assert [r[2] for r in server.take()] == ["ls-refs"], "a no-change poll: one request"
+        since = time.time()
+        server.refuse, server.retry_after = 429, "30"
+        refused = fenv.run("sync", repo=url)
+        asked_refused = server.take()
+        held = fenv.run("sync", repo=url)  # the timer's next run, within the backoff
+        asked_held = server.take()
+        server.refuse = None
+        started = time.monotonic()
+        converge = fenv.converge(started, extra=("--repo", url))  # held until the 6 s pass
+        logged = events(fenv, since, "sync.backoff")
+    lines = refused.stderr.strip().splitlines()
+    fault_report(
+        "git server rate-limits (429, Retry-After 30, capped at 6 s)",
+        f"{lines[0] if lines else refused.stderr!r}; the next run asks nothing "
+        f"({held.stdout.strip()[:80]}...); the first poll after the wait converges",
+        converge,
+        True,
+    )
+    assert refused.returncode == 1 and len(lines) == 1, refused.stderr
+    assert "answered 429" in lines[0] and "next poll not before" in lines[0]
+    assert len(asked_refused) == 1, "no retry inside the run"
+    assert held.returncode == 0 and "backing off from the git server" in held.stdout
+    assert asked_held == [], "a run within the backoff asks the git server nothing"
+    assert len(logged) >= 1, "a journal line for a held run"
+    assert all("backing off" in e["MESSAGE"] for e in logged)
+    assert 3 < converge < 30, "held until the capped wait passed, then converged"
+
+
+def test_host_left_in_no_wave_is_refused(fenv: FaultEnv, fault_report: Report) -> None:
+    a = fenv.name("nowave")
+    unit = f"{a}.service"
+    fenv.configure(top="rollout = true\n")
+    good = fenv.repo.commit({**base_files(fenv, service(a)), "inventory/rollout.toml": ONE_WAVE})
+    push_wave(fenv, good)
+    assert fenv.sync()["result"] == "applied"
+    before = fenv.invocations(unit)
+    bad_waves = '[[rollout.waves]]\nname = "all"\nhosts = ["web"]\npercent = 10\n'
+    bad = fenv.repo.commit(
+        {**base_files(fenv, service(a, greeting="x")), "inventory/rollout.toml": bad_waves}
+    )
+    push_wave(fenv, bad)
+    proc = fenv.run("sync")
+    lines = proc.stderr.strip().splitlines()
+    untouched = fenv.invocations(unit) == before
+    fault_report(
+        "rollout.toml refused (a wave with both hosts and percent)",
+        f"{lines[0] if lines else proc.stderr!r}; host untouched, keeps its revision",
+        None,
+        untouched,
+    )
+    assert proc.returncode == 1 and len(lines) == 1, proc.stderr
+    assert "inventory/rollout.toml: rollout.waves[0]: a wave has either" in lines[0]
+    assert untouched
