@@ -196,7 +196,11 @@ def _ls_remote(url: str, prefixes: tuple[str, ...], timeout: float) -> dict[str,
     argv = ["git", "-c", "protocol.ext.allow=never"]
     for option in options:
         argv += ["-c", option]
-    argv += ["ls-remote", "--", plain, *(f"{p}*" for p in prefixes)]
+    argv.append("ls-remote")
+    for kind in ("heads", "tags"):  # lets git ask a v2 server for that prefix only
+        if prefixes and all(p.startswith(f"refs/{kind}/") for p in prefixes):
+            argv.append(f"--{kind}")
+    argv += ["--", plain, *(f"{p}*" for p in prefixes)]
     env = {
         **os.environ,  # ssh's keys and config, git's own config: as the fetch has them
         "GIT_TERMINAL_PROMPT": "0",
