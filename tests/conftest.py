@@ -15,6 +15,10 @@ import pytest
 from reconciler.devtools import sandbox
 from reconciler.errors import SandboxError
 
+# The fleet's Prometheus (one per session: its first scrape takes ~5 s), for
+# tests/integration/test_promote.py and tests/faults/test_rollout_faults.py.
+from tests.integration.fleetworld import fleet_prometheus as fleet_prometheus
+
 REPO = Path(__file__).resolve().parent.parent
 # Inside the host the checkout and the venv are bound read-only at fixed paths outside /tmp.
 SRC_INSIDE = "/opt/reconciler"

@@ -27,13 +27,12 @@ from tests.integration.fleetworld import (
     descendants,
     free_port,
     one_line,
-    prometheus,
     world,
 )
 from tests.integration.gitrepo import git, tcp_server
 
 pytestmark = NEEDS_PROMETHEUS
-__all__ = ["prometheus", "world"]  # the fixtures, used by name
+__all__ = ["world"]  # the fixture, used by name
 
 
 def test_two_promoters_racing_one_wins(world: World, fault_report: Report) -> None:

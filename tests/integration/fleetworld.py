@@ -167,8 +167,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Metrics]]:
+@pytest.fixture(scope="session")
+def fleet_prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Metrics]]:
+    """Registered by tests/conftest.py: one per session."""
     with running_prometheus(tmp_path_factory.mktemp("prometheus")) as found:
         yield found
 
@@ -211,7 +212,7 @@ def running_prometheus(base: Path) -> Iterator[tuple[str, Metrics]]:
                 assert time.monotonic() < deadline, "prometheus did not get ready in 30 s"
                 time.sleep(0.1)
             # its scrape manager applies targets every 5 s: the first scrape comes ~5 s after
-            # start (Prometheus 2.42 has no flag for it), paid here once per module
+            # start (Prometheus 2.42 has no flag for it), paid here once per session
             metrics.publish(url, {})
             yield url, metrics
         finally:
@@ -298,8 +299,8 @@ class World:
 
 
 @pytest.fixture
-def world(tmp_path: Path, prometheus: tuple[str, Metrics]) -> Iterator[World]:
-    with new_world(tmp_path, *prometheus) as found:
+def world(tmp_path: Path, fleet_prometheus: tuple[str, Metrics]) -> Iterator[World]:
+    with new_world(tmp_path, *fleet_prometheus) as found:
         yield found
 
 

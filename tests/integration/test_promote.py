@@ -32,7 +32,6 @@ from tests.integration.fleetworld import (
     World,
     free_port,
     one_line,
-    prometheus,
     query,
     world,
 )
@@ -40,7 +39,7 @@ from tests.integration.gitrepo import GIT_ENV, git, tcp_server
 from tests.integration.test_source import gpg, new_key
 
 pytestmark = NEEDS_PROMETHEUS
-__all__ = ["prometheus", "world"]  # the fixtures, used by name
+__all__ = ["world"]  # the fixture, used by name
 
 
 def test_advance_after_soak_wait_while_soaking(world: World) -> None:
