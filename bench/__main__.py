@@ -58,6 +58,18 @@ BENCHMARKS = {
         "an operator's day: 0 false findings per hour, 1 finding per incident, "
         "a pushed unit watched < 1 s after its sync (issue 12)",
     ),
+    "promote": (
+        "bench_promote",
+        [],
+        "`reconciler promote`, whole process, one step that moves a wave ref: < 1 s (issue 15)",
+    ),
+    "fleet_sim": (
+        "bench_fleet_sim",
+        [],
+        "virtual-clock fleet, 3 waves: time for a commit to reach every host and git "
+        "requests/min at 1,000 / 10,000 / 100,000 hosts; 10,000 hosts every 5 min < 600/min "
+        "(issue 15)",
+    ),
 }
 
 

@@ -9,7 +9,8 @@ What is real: ``core.promotion.decide`` (every promoter step: the same rules, th
   polls once per interval at its own stable offset (systemd hashes the machine id and the
   timer's name; here sha256 of the host name), so the polls are spread evenly and stay so;
 * a poll costs the git server 1 request (the ref advertisement of ``refs/heads/rollout/``);
-  a poll that finds its wave ref moved costs 1 more (the fetch), then the host applies the
+  a poll that finds its wave ref moved costs 1 more (the fetch; 0 more when the fetch runs
+  in the poll's own session, as one SSH ``git-upload-pack``), then the host applies the
   target in ``apply_sec`` and its textfile is scraped ``scrape_sec`` later;
 * ``offline`` hosts (a share, by hash) never poll nor report: unknown to the promoter;
 * failure tables per revision: the share of each wave's hosts whose health gate fails it,
@@ -115,6 +116,7 @@ def simulate(
     offline_share: float = 0.01,
     revisions: list[tuple[float, Revision]],
     horizon: float = 4 * 3600.0,
+    fetch_folded: bool = False,
 ) -> Result:
     hosts = make_fleet(n, offline_share, interval)
     by_name = {h.name: h for h in hosts}
@@ -192,7 +194,7 @@ def simulate(
             want = waves[h.wave]
             if want == h.revision or want in h.failed:
                 continue
-            requests[minute] += 1
+            requests[minute] += 0 if fetch_folded else 1
             fetches[minute] += 1
             rev = table.get(want)
             fails = rev is not None and stable(h.name, want) < rev.fail_share.get(h.wave, 0.0)
@@ -269,20 +271,30 @@ def main() -> int:
             f"{'yes' if bad.reach_all_sec is not None else 'NO'}"
         )
         ok = ok and bad.bad_outside_canary == 0 and bad.reach_all_sec is not None
-    print("the git server's budget (600 operations/min), 10,000 hosts:")
-    for minutes in (5, 15, 17, 30):
-        r = simulate(10_000, interval=minutes * 60.0, soak_sec=opts.soak, revisions=good)
-        verdict = "within" if r.peak_per_min < BUDGET else "OVER"
+    print("the git server's budget (600 operations/min), 10,000 hosts, by poll interval:")
+    meets: dict[bool, int | None] = {False: None, True: None}
+    for minutes in (5, 10, 15, 17, 20, 25, 30, 33, 35):
+        line = []
+        for folded in (False, True):
+            r = simulate(
+                10_000, interval=minutes * 60.0, soak_sec=opts.soak, revisions=good,
+                fetch_folded=folded,
+            )  # fmt: skip
+            if r.peak_per_min < BUDGET and meets[folded] is None:
+                meets[folded] = minutes
+            line.append(f"{r.peak_per_min:>5}/min")
         print(
-            f"  poll every {minutes:>2} min: peak {r.peak_per_min}/min (polls {r.peak_polls}, "
-            f"fetches {r.peak_fetches}), mean {r.mean_per_min:.0f}/min: {verdict} the budget; "
-            f"commit everywhere in {(r.reach_all_sec or math.nan) / 60:.0f} min"
+            f"  every {minutes:>2} min: peak {line[0]} with a separate fetch, {line[1]} with the "
+            f"fetch in the poll's session; mean polls {10_000 / minutes:.0f}/min; commit "
+            f"everywhere in {(r.reach_all_sec or math.nan) / 60:.0f} min"
         )
     print(
-        "arithmetic: 1 request per poll is a floor (the ref advertisement); 10,000 hosts "
-        "every 5 min = 10,000 / 5 = 2,000 polls/min before any fetch: the 600/min target "
-        "needs an interval of at least 10,000 / 600 = 16.7 min (17 min), plus the fetches of "
-        "a moving wave (80 % of the fleet fetch once within one interval)"
+        "arithmetic: a poll is at least 1 operation (the ref advertisement), so 10,000 hosts "
+        "every 5 min make 10,000 / 5 = 2,000 operations/min before any fetch: the 600/min "
+        "target cannot be met at 5 min; it needs an interval of 10,000 / 600 = 16.7 min or "
+        "more when the fetch shares the poll's session (one SSH upload-pack), and about "
+        "(1 + 0.8) x 10,000 / 600 = 30 min when a moving 80 % wave adds one fetch per host "
+        f"in the same interval; simulated: {meets[True]} min and {meets[False]} min"
     )
     return 0 if ok else 1
 

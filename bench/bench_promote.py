@@ -97,6 +97,7 @@ def measure(base: Path, prom: str, metrics: Metrics, hosts: int, runs: int) -> d
     files = fleet_files(hosts)
     with git_daemon(base / f"srv{hosts}", push=True) as port:
         world = World(base / f"w{hosts}", prom, metrics, port, repo)
+        world.write_config(prom, timeout=60)  # a loaded machine: measured, not refused
         a = repo.commit(files, "A")
         b = repo.commit({"templates/x": "1"}, "B")
         with metrics.lock:

@@ -237,10 +237,10 @@ class World:
         self.config = base / "config.toml"
         self.write_config(prom)
 
-    def write_config(self, prometheus_url: str, extra: str = "") -> None:
+    def write_config(self, prometheus_url: str, extra: str = "", timeout: float = 5) -> None:
         self.config.write_text(
             f'state_dir = "{self.base / "state"}"\n\n[promote]\nrepo = "{self.url}"\n'
-            f'prometheus_url = "{prometheus_url}"\ntimeout_sec = 5\n{extra}'
+            f'prometheus_url = "{prometheus_url}"\ntimeout_sec = {timeout}\n{extra}'
         )
 
     def run(
