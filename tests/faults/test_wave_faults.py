@@ -28,6 +28,19 @@ def push_wave(fenv: FaultEnv, rev: str, *flags: str) -> None:
     git(fenv.repo.work, "push", "-q", *flags, "origin", f"{rev}:refs/heads/rollout/all")
 
 
+def fleet_metrics(fenv: FaultEnv) -> dict[str, tuple[dict[str, str], float]]:
+    """The fleet's lines of the monitoring pass's textfile, through prometheus_client."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = (fenv.state / "reconciler.prom").read_text()
+    return {
+        s.name: (s.labels, s.value)
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name.startswith(("reconciler_roll", "reconciler_last_success", "reconciler_health"))
+    }
+
+
 def events(fenv: FaultEnv, since: float, kind: str) -> list[dict[str, str]]:
     found = []
     for line in journal_since(fenv.host, since).splitlines():
@@ -53,6 +66,7 @@ def test_wave_ref_forced_backwards_is_refused(fenv: FaultEnv, fault_report: Repo
     lines = proc.stderr.strip().splitlines()
     untouched = fenv.invocations(unit) == before and (fenv.host.unit_dir / unit).read_text() == text
     kept = fenv.history()[0]["result"] == "failed" and "echo new;" in text
+    metrics = fleet_metrics(fenv)  # the refused run's pass: on `new`, its wave ref at `old`
     started = time.monotonic()
     allowed = fenv.run("sync", "--json", "--allow-downgrade")
     fault_report(
@@ -65,6 +79,11 @@ def test_wave_ref_forced_backwards_is_refused(fenv: FaultEnv, fault_report: Repo
     assert "not a fast-forward of the applied revision" in lines[0]
     assert "wave refs only move forward" in lines[0]
     assert untouched and kept
+    who = {"host": "testhost", "wave": "all"}
+    assert metrics["reconciler_rollout_info"] == ({**who, "revision": new, "target": old}, 1)
+    assert metrics["reconciler_rollout_failed"] == ({**who, "target": old}, 0)
+    since = metrics["reconciler_rollout_healthy_since_timestamp_seconds"]
+    assert since[0] == {**who, "revision": new} and since[1] > 0
     assert allowed.returncode == 0 and json.loads(allowed.stdout)["revision"] == old
 
 
@@ -138,3 +157,10 @@ def test_host_left_in_no_wave_is_refused(fenv: FaultEnv, fault_report: Report) -
     assert proc.returncode == 1 and len(lines) == 1, proc.stderr
     assert "inventory/rollout.toml: rollout.waves[0]: a wave has either" in lines[0]
     assert untouched
+    metrics = fleet_metrics(fenv)  # the host tried `bad` and failed; healthy on `good`
+    who = {"host": "testhost", "wave": "all"}
+    assert metrics["reconciler_rollout_info"] == ({**who, "revision": good, "target": bad}, 1)
+    assert metrics["reconciler_rollout_failed"] == ({**who, "target": bad}, 1)
+    assert metrics["reconciler_rollout_healthy_since_timestamp_seconds"][1] > 0
+    assert metrics["reconciler_rollbacks_total"] == (who, 0)
+    assert metrics["reconciler_last_success_timestamp_seconds"][1] > 0
