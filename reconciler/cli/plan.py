@@ -49,6 +49,7 @@ def show(outcome: object, *, as_json: bool) -> int:
                 "actions": outcome.actions,
                 "notes": list(outcome.plan.notes),
                 "diff": plan_mod.diff(outcome.plan),
+                "merged": outcome.merged,
             }
         )
         return 0
@@ -71,6 +72,10 @@ def show(outcome: object, *, as_json: bool) -> int:
     if text:
         print()
         print(text, end="" if text.endswith("\n") else "\n")
+    for unit, merged in outcome.merged.items():
+        print()
+        print(f"{unit} after this plan, as systemd will load it (systemctl cat {unit}):")
+        print(merged, end="" if merged.endswith("\n") else "\n")
     return 0
 
 

@@ -132,9 +132,12 @@ def plan(
     started = sorted(n for n, job in jobs.items() if job is StartUnit)
     restarted = sorted(n for n, job in jobs.items() if job is RestartUnit)
     # a unit that is not ours (a vendor's) restarted for its changed drop-ins, if it runs
-    # (not one pruned with its drop-ins: it is stopped and its file gone)
+    # (not one pruned with its drop-ins: it is stopped and its file gone); a template's
+    # drop-ins restart its running instances
+    vendor = adjusted - units.keys() - set(removed)
+    vendor |= {i for t in vendor for i in unitkind.instances(t, live_units)}
     restarted += sorted(
-        n for n in adjusted - units.keys() - set(removed) if live(n).active_state in RUNNING
+        n for n in vendor - set(restarted) if n in live_units and live(n).active_state in RUNNING
     )
     actions += [StartUnit(n) for n in started] + [RestartUnit(n) for n in restarted]
 

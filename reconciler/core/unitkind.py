@@ -27,6 +27,49 @@ def dropin_target(name: str) -> str | None:
     return unit if sep and file.startswith(DROPIN_PREFIX) and file.endswith(".conf") else None
 
 
+def instances(template: str, names: Iterable[str]) -> list[str]:
+    """The instances (``foo@1.service``) of ``template`` (``foo@.service``) among ``names``;
+    [] when ``template`` is no template."""
+    stem, dot, kind = template.rpartition(".")
+    if not stem.endswith("@"):
+        return []
+    return sorted(
+        n for n in names if n.startswith(stem) and n.endswith(dot + kind) and n != template
+    )
+
+
+def dropin_dirs(unit: str) -> list[str]:
+    """The ``.d`` directory names systemd reads drop-ins of ``unit`` from, most specific
+    first: ``foo-bar@1.service.d``, ``foo-bar@.service.d``, ``foo-bar-.service.d``,
+    ``foo-.service.d``, ``service.d``."""
+    stem, _, kind = unit.rpartition(".")
+    names = [unit]
+    if "@" in stem and not stem.endswith("@"):
+        names.append(stem.partition("@")[0] + "@." + kind)
+    base = stem.partition("@")[0]
+    parts = base.split("-")
+    names += ["-".join(parts[:i]) + "-." + kind for i in range(len(parts) - 1, 0, -1)]
+    return [f"{n}.d" for n in names] + [f"{kind}.d"]
+
+
+def merge_dropins(found: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Drop-ins as systemd applies them: ``found`` (path, text) in priority order (search
+    path, then ``dropin_dirs``); one per file name, the first found winning; sorted by name."""
+    by_name: dict[str, tuple[str, str]] = {}
+    for path, text in found:
+        by_name.setdefault(path.rpartition("/")[2], (path, text))
+    return [by_name[n] for n in sorted(by_name)]
+
+
+def cat(fragment: tuple[str, str] | None, dropins: Iterable[tuple[str, str]]) -> str:
+    """``systemctl cat``: each file of the unit under a ``# PATH`` line, the unit file first."""
+    parts = [f"# {path}\n{text}" for path, text in ([fragment] if fragment else [])]
+    parts += [f"# {path}\n{text}" for path, text in dropins]
+    if fragment is None:
+        parts.insert(0, "# (no unit file: the drop-ins adjust nothing yet)\n")
+    return "\n".join(p if p.endswith("\n") else p + "\n" for p in parts)
+
+
 def is_unit(name: str) -> bool:
     """A unit name systemd knows (not one of our drop-in files)."""
     return "/" not in name

@@ -277,6 +277,10 @@ class _Sync:
                 f"{snapshot.revision[:12]} until a new commit"
             )
         if self.dry_run:
+            from reconciler.core.unitkind import cat
+
+            views = validate.merged_views(plan, desired, settings)
+            outcome.merged = {unit: cat(*view) for unit, view in views.items()}
             outcome.result = Result.DRY_RUN
             return
         if plan.empty:
@@ -291,7 +295,7 @@ class _Sync:
                 revision=snapshot.revision,
             )
             return
-        validate.check_units(desired, plan)
+        validate.check_units(desired, plan, settings)
         applied = apply_plan(plan, desired, systemd, store, settings, snapshot.revision, monitoring)
         failed = verify.gate(plan, applied, systemd, store, monitoring)
         if failed:

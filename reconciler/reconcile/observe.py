@@ -97,6 +97,11 @@ def observe(
         for n in removed:
             live[n] = replace(live.get(n) or LiveUnit(n), fragment_path=fragments[n])
     taken = find_taken(systemd, settings.unit_dir, desired, files)
+    templates = sorted({t for n in names if (t := unitkind.dropin_target(n)) and "@." in t})
+    if templates:  # a template's drop-ins restart its running instances: read them
+        patterns = [t.replace("@.", "@*.") for t in templates]
+        for unit in systemd.list_units_by_patterns([], patterns):
+            live.setdefault(unit.name, unit)
     return Observed(files, live, frozenset(owned), foreign, interrupted, taken)
 
 

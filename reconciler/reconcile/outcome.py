@@ -70,6 +70,7 @@ class Outcome:
     commit: CommitInfo | None = None  # the revision's author and subject
     commits: list[CommitInfo] = field(default_factory=list)  # since the applied one, newest first
     resolved: str = ""  # what the ref resolved to (refs/heads/main, refs/tags/v1, commit ...)
+    merged: dict[str, str] = field(default_factory=dict)  # plan: unit -> systemctl cat, after
 
     @property
     def settled(self) -> bool:

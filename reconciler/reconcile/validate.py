@@ -23,7 +23,7 @@ from pathlib import Path
 
 from reconciler.config import Settings
 from reconciler.errors import ReconcilerError, RenderError, SystemdError, UsageError
-from reconciler.model import DesiredUnit, Plan, WriteUnitFile
+from reconciler.model import DesiredUnit, Plan, RemoveUnitFile, WriteUnitFile
 from reconciler.reconcile import jail, working_tree
 from reconciler.reconcile.render import render
 
@@ -88,11 +88,14 @@ def verify_units(
     with tempfile.TemporaryDirectory(prefix="reconciler-verify-") as directory:
         paths = []
         for unit in units:
-            if "/" in unit.name or unit.name.startswith("."):
+            dropin = unit.name.count("/") == 1 and unit.name.endswith(".conf")
+            if ("/" in unit.name and not dropin) or unit.name.startswith("."):
                 raise SystemdError(f"cannot verify unit '{unit.name}': not a plain unit name")
             path = Path(directory) / unit.name
+            path.parent.mkdir(exist_ok=True)
             path.write_text(unit.content, encoding="utf-8")
-            paths.append(str(path))
+            if not dropin:  # a drop-in is read with its unit, from the unit's directory
+                paths.append(str(path))
         try:
             proc = subprocess.run(
                 [ANALYZE, *ARGS, *paths],
@@ -120,11 +123,59 @@ def verify_units(
     return complaints
 
 
-def check_units(desired: Sequence[DesiredUnit], plan: Plan) -> None:
-    """The sync's validate step: verify the units this plan writes; refuse before touching
-    the host."""
+View = tuple[tuple[str, str] | None, list[tuple[str, str]]]  # (unit file, drop-ins), host paths
+
+
+def merged_views(plan: Plan, desired: Sequence[DesiredUnit], settings: Settings) -> dict[str, View]:
+    """Each unit whose drop-ins this plan changes, as systemd will load it afterwards: its unit
+    file (ours as rendered, else the one on disk, a vendor's) and every drop-in in systemd's
+    order (ours as rendered or gone, an operator's and the distribution's as they are)."""
+    from reconciler.core import unitkind
+    from reconciler.core.enablement import SEARCH_PATH
+    from reconciler.systemd.unit_files import read_unit_view
+
+    root = str(settings.host_root).rstrip("/")
+    unit_dir = str(settings.unit_dir).rstrip("/")
+    if root and unit_dir.startswith(root + "/"):
+        unit_dir = unit_dir[len(root) :]
+    changes: dict[str, dict[str, str | None]] = {}
+    for a in plan.actions:
+        target = unitkind.dropin_target(getattr(a, "name", ""))
+        if target is not None and isinstance(a, WriteUnitFile | RemoveUnitFile):
+            text = a.content if isinstance(a, WriteUnitFile) else None
+            changes.setdefault(target, {})[f"{unit_dir}/{a.name}"] = text
+    by_name = {d.name: d for d in desired}
+
+    def priority(item: tuple[str, str]) -> int:
+        directory = item[0].rpartition("/")[0].rpartition("/")[0]
+        return SEARCH_PATH.index(directory) if directory in SEARCH_PATH else 0
+
+    views: dict[str, View] = {}
+    for unit, ours in sorted(changes.items()):
+        fragment, found = read_unit_view(settings.host_root, unit)
+        if unit in by_name:
+            fragment = (f"{unit_dir}/{unit}", by_name[unit].content)
+        files = [(p, t) for p, t in found if p not in ours]
+        files += [(p, t) for p, t in ours.items() if t is not None]
+        views[unit] = (fragment, unitkind.merge_dropins(sorted(files, key=priority)))
+    return views
+
+
+def check_units(
+    desired: Sequence[DesiredUnit], plan: Plan, settings: Settings | None = None
+) -> None:
+    """The sync's validate step: verify the units this plan writes, and each unit whose
+    drop-ins it changes as merged (``settings``: where to read the rest of it); refuse before
+    touching the host."""
     written = {a.name for a in plan.actions if isinstance(a, WriteUnitFile)}
-    units = [u for u in desired if u.name in written and "/" not in u.name]  # no drop-ins
+    units = [u for u in desired if u.name in written and "/" not in u.name]
+    views = merged_views(plan, desired, settings) if settings is not None else {}
+    for unit, (fragment, dropins) in views.items():
+        if fragment is None or "@." in unit:  # nothing to verify yet; a template: no instance
+            continue
+        units = [u for u in units if u.name != unit]
+        units.append(DesiredUnit(unit, fragment[1], unit))
+        units += [DesiredUnit(f"{unit}.d/{p.rpartition('/')[2]}", t, unit) for p, t in dropins]
     if not units:
         return
     complaints = verify_units(units)

@@ -74,6 +74,34 @@ def read_content(root: Path, dirs: UnitDirs, name: str) -> str | None:
     return None
 
 
+def read_unit_view(root: Path, unit: str) -> tuple[tuple[str, str] | None, list[tuple[str, str]]]:
+    """The files systemd loads for ``unit`` under ``root``: its unit file (host path, text)
+    and every drop-in found along the search path (priority order, not yet merged)."""
+    from reconciler.core.unitkind import dropin_dirs
+
+    def read(path: Path) -> str:
+        try:
+            return path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+
+    fragment = None
+    stem, _, kind = unit.rpartition(".")
+    template = stem.partition("@")[0] + "@." + kind if "@" in stem else None
+    for candidate in (unit, template):
+        for directory in SEARCH_PATH if candidate else ():
+            path = root / directory.lstrip("/") / str(candidate)
+            if fragment is None and path.is_file():
+                fragment = (f"{directory}/{candidate}", read(path))
+    found = []
+    for directory in SEARCH_PATH:
+        for name in dropin_dirs(unit):
+            for entry in _scan(root / directory.lstrip("/") / name):
+                if entry.name.endswith(".conf") and entry.is_file():
+                    found.append((f"{directory}/{name}/{entry.name}", read(Path(entry.path))))
+    return fragment, found
+
+
 def host_root(unit_dir: Path) -> Path | None:
     """The root whose search path ``unit_dir`` is the ``/etc/systemd/system`` of (``/``, or a
     host's root from outside); None for any other directory (its units are asked of systemd)."""

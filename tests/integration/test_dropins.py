@@ -130,3 +130,57 @@ def test_rollback_restores_dropins(dropin_env: tuple[FaultEnv, str, str]) -> Non
     env.run("rollback", str(good)[:12])
     assert "GREETING=good" in ours.read_text() and gone.exists()
     assert env.show(vendor, "Environment")["Environment"] == "GREETING=kept"  # later file wins
+
+
+def test_template_dropin_restarts_running_instances(
+    dropin_env: tuple[FaultEnv, str, str],
+) -> None:
+    env, _, template = dropin_env
+    running, stopped = template.replace("@.", "@one."), template.replace("@.", "@two.")
+    env.host.systemctl("start", running)
+    try:
+        before = env.show(running, "InvocationID")["InvocationID"]
+        commit(env, dropin(template, "env", "hi"))
+        out = env.sync()
+        assert out["result"] == "applied", out
+        assert f"restart {running}" in out["actions"], out  # type: ignore[operator]
+        props = env.show(running, "InvocationID", "Environment")
+        assert props["InvocationID"] != before and props["Environment"] == "GREETING=hi"
+        assert env.show(stopped, "ActiveState")["ActiveState"] == "inactive", "not started"
+        assert env.sync()["result"] == "noop"
+    finally:
+        env.host.systemctl("stop", running, check=False)
+
+
+def test_plan_shows_the_merged_unit_and_drift_covers_vendor_dropins(
+    dropin_env: tuple[FaultEnv, str, str],
+) -> None:
+    env, vendor, _ = dropin_env
+    local = env.host.unit_dir / f"{vendor}.d/10-local.conf"
+    local.parent.mkdir()
+    local.write_text("[Service]\nNice=5\n")  # an operator's own drop-in, applied before ours
+    commit(env, dropin(vendor, "env", "hello"))
+    plan = env.run("plan")
+    assert plan.returncode == 0, plan.stderr
+    merged = plan.stdout[plan.stdout.index(f"{vendor} after this plan") :]
+    order = [line for line in merged.splitlines() if line.startswith("# /")]
+    assert order == [
+        f"# /usr/lib/systemd/system/{vendor}",
+        f"# /etc/systemd/system/{vendor}.d/10-local.conf",
+        f"# /etc/systemd/system/{vendor}.d/50-reconciler-env.conf",
+    ], merged
+    assert "Environment=GREETING=hello" in merged and "Nice=5" in merged
+    assert env.sync()["result"] == "applied"
+
+    # ours edited by hand on a vendor unit: a drift finding (the operator's own is not ours)
+    ours = env.host.unit_dir / f"{vendor}.d/50-reconciler-env.conf"
+    ours.write_text(ours.read_text().replace("hello", "by hand"))
+    monitor = json.loads(env.run("monitor", "--json", repo=None, host=None).stdout)
+    drift = [(d["aspect"], d["have"]) for d in monitor["drift"] if d["unit"] == vendor]
+    assert drift == [("dropin", "50-reconciler-env.conf edited by hand")], monitor["drift"]
+
+    # a drop-in that makes the merged unit invalid is refused before it is written
+    env.repo.commit({"templates/env.conf.j2": "[Service]\nNice={{ greeting }}\n"})
+    refused = env.run("sync")
+    assert refused.returncode == 1 and "systemd-analyze refused" in refused.stderr, refused
+    assert "by hand" in ours.read_text(), "nothing written"

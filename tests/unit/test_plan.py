@@ -419,6 +419,26 @@ CASES = [
         ],
     ),
     Case(
+        "drop-in on a template: its running instances restarted, a stopped one not",
+        (
+            DesiredUnit(
+                "tpl@.service.d/50-reconciler-a.conf", "[Service]\nNice=2\n", "tpl@.service"
+            ),
+        ),
+        {"tpl@.service.d/50-reconciler-a.conf": "[Service]\nNice=1\n"},
+        {
+            "tpl@1.service": live("tpl@1.service"),
+            "tpl@2.service": live("tpl@2.service", "inactive"),
+            "other@1.service": live("other@1.service"),
+        },
+        owned("tpl@.service.d/50-reconciler-a.conf"),
+        [
+            "write tpl@.service.d/50-reconciler-a.conf (changed)",
+            "reload systemd",
+            "restart tpl@1.service",
+        ],
+    ),
+    Case(
         "drop-in on a managed unit: that unit restarted once",
         (
             WEB,

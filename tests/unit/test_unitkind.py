@@ -48,3 +48,38 @@ def test_timers_and_paths_schedule_their_units_sockets_do_not() -> None:
         "conn@.service": "conn.socket",
     }
     assert monitor.scheduled_units(desired) == {"importer.service", "nightly.service"}
+
+
+@pytest.mark.parametrize(
+    ("unit", "dirs"),
+    [
+        ("nginx.service", ["nginx.service.d", "service.d"]),
+        (
+            "foo-bar@1.service",
+            ["foo-bar@1.service.d", "foo-bar@.service.d", "foo-.service.d", "service.d"],
+        ),
+        ("a-b-c.socket", ["a-b-c.socket.d", "a-b-.socket.d", "a-.socket.d", "socket.d"]),
+    ],
+)
+def test_dropin_dirs_as_systemd_reads_them(unit: str, dirs: list[str]) -> None:
+    assert unitkind.dropin_dirs(unit) == dirs
+
+
+def test_merged_dropins_first_found_wins_sorted_by_name() -> None:
+    found = [
+        ("/etc/systemd/system/x.service.d/50-a.conf", "etc"),
+        ("/etc/systemd/system/x.service.d/90-z.conf", "z"),
+        ("/usr/lib/systemd/system/x.service.d/50-a.conf", "vendor, masked by /etc"),
+        ("/usr/lib/systemd/system/service.d/10-all.conf", "all"),
+    ]
+    merged = unitkind.merge_dropins(found)
+    assert [t for _, t in merged] == ["all", "etc", "z"]
+    text = unitkind.cat(("/usr/lib/systemd/system/x.service", "[Service]\n"), merged)
+    assert text.splitlines()[0] == "# /usr/lib/systemd/system/x.service"
+    assert text.index("10-all.conf") < text.index("50-a.conf") < text.index("90-z.conf")
+
+
+def test_instances_of_a_template() -> None:
+    names = ["w@1.service", "w@2.service", "w@.service", "w@1.socket", "ww@1.service"]
+    assert unitkind.instances("w@.service", names) == ["w@1.service", "w@2.service"]
+    assert unitkind.instances("w.service", names) == []
