@@ -66,6 +66,12 @@ DEFAULT_MASK: tuple[str, ...] = (
     "docker.service",
     "docker.socket",
     "containerd.service",
+    # servers the test suite installs on the machine (ci/test): the machine's own
+    # packages are the host's root, so Debian's enabled units would start in every host
+    "prometheus.service",
+    "prometheus-alertmanager.service",
+    "prometheus-node-exporter.service",
+    "dpkg-db-backup.timer",
 )
 
 PR_SET_PDEATHSIG = 1

@@ -25,6 +25,18 @@ def test_host_is_running_systemd(host: sandbox.Host) -> None:
     assert host.run(["cat", "/proc/1/comm"]).stdout.strip() == "systemd"
 
 
+def test_machine_servers_do_not_start_in_the_host(host: sandbox.Host) -> None:
+    """The machine's own packages are the host's root: a server ci/test installs there
+    (Prometheus, Alertmanager, node-exporter: enabled by Debian) must not start and fail in
+    every host, where an operator's day asserts that nothing is failed."""
+    out = host.systemctl("list-units", "--failed", "--plain", "--no-legend", check=False).stdout
+    failed = {line.split()[0] for line in out.splitlines() if line.strip()}
+    assert not failed & set(sandbox.DEFAULT_MASK)  # other tests' units may fail on purpose
+    for unit in ("prometheus.service", "prometheus-alertmanager.service"):
+        state = host.systemctl("is-enabled", unit, check=False).stdout.strip()
+        assert state in ("masked", ""), (unit, state)  # "" where the package is not installed
+
+
 def test_host_has_its_own_tmp_and_cgroup(host: sandbox.Host, tmp_path: Path) -> None:
     marker = tmp_path / "outside-marker"
     marker.write_text("x")
