@@ -152,6 +152,8 @@ class _Sync:
         outcome.revision = snapshot.revision
         describe_source(settings, store, snapshot, outcome)
         if revision is None:
+            if behind_its_new_wave(settings, store, snapshot, outcome):
+                return
             check_forward(settings, store, snapshot, outcome)
         held_from: str | None = None
         if revision is None and not self.force and store.is_bad(snapshot.revision):
@@ -205,16 +207,23 @@ class _Sync:
         try:
             advertised = None
             if settings.rollout and url:
+                applied = store.applied_revision()
                 place = wave.find(
                     url,
                     settings.host_name,
                     settings.state_dir / "repo",
-                    store.applied_revision(),
+                    applied,
                     settings.fetch_timeout_sec,
                 )
                 if not self.dry_run:
+                    before = store.kv_json(FLEET_KEY).get("wave")
+                    joined = {"joined_at": applied} if before and before != place.wave else {}
                     store.kv_update(
-                        FLEET_KEY, wave=place.wave, target=place.target, polled_at=time.time()
+                        FLEET_KEY,
+                        wave=place.wave,
+                        target=place.target,
+                        polled_at=time.time(),
+                        **joined,
                     )
                 if place.target is None:
                     msg = (
@@ -339,6 +348,27 @@ def describe_source(settings: Settings, store: Store, snapshot: Snapshot, outcom
         outcome.commits = fetch.commits_between(
             settings.state_dir / "repo", applied, snapshot.revision
         )
+
+
+def behind_its_new_wave(
+    settings: Settings, store: Store, snapshot: Snapshot, outcome: Outcome
+) -> bool:
+    """A host moved to another wave (by the rollout.toml it applied) whose ref is still
+    behind that revision holds until the wave reaches it: not a downgrade to refuse."""
+    applied = store.applied_revision()
+    fleet = store.kv_json(FLEET_KEY) if settings.rollout else {}
+    if not applied or fleet.get("joined_at") != applied or snapshot.revision == applied:
+        return False
+    if fetch.is_ancestor(settings.state_dir / "repo", snapshot.revision, applied) is not True:
+        return False
+    msg = (
+        f"this host moved to wave '{fleet.get('wave')}' at revision {applied[:12]}, and "
+        f"'{settings.ref}' is still behind it ({snapshot.revision[:12]}); holding until the "
+        "wave reaches it"
+    )
+    journal.event("sync.noop", msg, priority=5, revision=applied)
+    outcome.result, outcome.message, outcome.revision = Result.HELD, msg, applied
+    return True
 
 
 def check_forward(settings: Settings, store: Store, snapshot: Snapshot, outcome: Outcome) -> None:

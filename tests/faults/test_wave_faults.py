@@ -164,3 +164,39 @@ def test_host_left_in_no_wave_is_refused(fenv: FaultEnv, fault_report: Report) -
     assert metrics["reconciler_rollout_healthy_since_timestamp_seconds"][1] > 0
     assert metrics["reconciler_rollbacks_total"] == (who, 0)
     assert metrics["reconciler_last_success_timestamp_seconds"][1] > 0
+
+
+def test_host_moved_to_a_wave_behind_it_holds(fenv: FaultEnv, fault_report: Report) -> None:
+    """An operator moves the host from wave a to wave b: the commit doing it reaches the
+    host through a, and b's ref is still behind it. Not a force-push: the host holds."""
+    a = fenv.name("mover")
+    unit = f"{a}.service"
+    fenv.configure(top="rollout = true\n")
+    in_a = '[[rollout.waves]]\nname = "a"\nhosts = ["testhost"]\n'
+    in_a += '[[rollout.waves]]\nname = "b"\npercent = 100\n'
+    first = fenv.repo.commit({**base_files(fenv, service(a)), "inventory/rollout.toml": in_a})
+    for name in ("a", "b"):
+        git(fenv.repo.work, "push", "-q", "origin", f"{first}:refs/heads/rollout/{name}")
+    assert fenv.sync()["result"] == "applied"
+    in_b = '[[rollout.waves]]\nname = "a"\nhosts = []\n'
+    in_b += '[[rollout.waves]]\nname = "b"\npercent = 100\n'
+    moved = fenv.repo.commit({"inventory/rollout.toml": in_b}, "move testhost to wave b")
+    git(fenv.repo.work, "push", "-q", "origin", f"{moved}:refs/heads/rollout/a")
+    assert fenv.sync()["revision"] == moved  # through wave a
+    before = fenv.invocations(unit)
+    held = fenv.run("sync", "--json")  # now in wave b, whose ref is at `first`
+    started = time.monotonic()
+    git(fenv.repo.work, "push", "-q", "origin", f"{moved}:refs/heads/rollout/b")
+    caught_up = fenv.sync()
+    fault_report(
+        "host moved to a wave whose ref is behind its revision",
+        "held (exit 0, one line: holding until the wave reaches it), never refused as a "
+        "downgrade; follows the new wave once it caught up",
+        time.monotonic() - started,
+        fenv.invocations(unit) == before,
+    )
+    assert held.returncode == 0, held.stderr
+    result = json.loads(held.stdout)
+    assert result["result"] == "held" and "moved to wave 'b'" in result["message"]
+    assert fenv.invocations(unit) == before
+    assert caught_up["result"] == "noop" and caught_up["revision"] == moved
