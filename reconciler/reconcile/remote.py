@@ -12,8 +12,9 @@ in its ``GET``. A v2 server is stateless between requests (git's ``http-backend`
 ``upload-pack --stateless-rpc`` per request), so the ``ls-refs`` command is sent in one
 ``POST`` with the header ``Git-Protocol: version=2``, in git's pkt-line framing
 (``gitprotocol-v2(5)``, ``gitprotocol-common(5)``). A server that does not answer it in
-kind (dumb HTTP, v0 only, a redirect) is asked by ``git ls-remote`` instead, as are
-ssh://, git:// and local URLs (one connection each).
+kind (dumb HTTP, v0 only, a redirect), a TLS or name failure (git may trust another CA) and
+a proxy in the environment leave it to ``git ls-remote``, as do ssh://, git:// and local
+URLs (one connection each).
 
 A server that refuses (connection refused or reset, a timeout, HTTP 429 or 5xx) raises
 ``BusyError``, with its ``Retry-After``: the sync backs off (``reconcile.backoff``).
@@ -127,12 +128,18 @@ def parse_ls_refs(body: bytes) -> dict[str, str]:
 def list_refs(url: str, prefixes: Iterable[str], *, timeout: float) -> dict[str, str]:
     """The remote's refs under ``prefixes`` (``{ref: commit}``, tags peeled): one request."""
     wanted = tuple(prefixes)
-    if url.lower().startswith(("http://", "https://")):
+    if url.lower().startswith(("http://", "https://")) and not _proxied():
         try:
             return _http(url, wanted, timeout)
         except _NotV2:
             pass
     return _ls_remote(url, wanted, timeout)
+
+
+def _proxied() -> bool:
+    """A proxy in the environment: git honours it, the hand-written request does not."""
+    names = ("http_proxy", "https_proxy", "all_proxy")
+    return any(os.environ.get(n) or os.environ.get(n.upper()) for n in names)
 
 
 def _http(url: str, prefixes: tuple[str, ...], timeout: float) -> dict[str, str]:
@@ -164,12 +171,15 @@ def _http(url: str, prefixes: tuple[str, ...], timeout: float) -> dict[str, str]
         response = call.response
         if response is None:
             last = call.attempts[-1] if call.attempts else None
-            timed_out = last is not None and last.timed_out
-            why = "the remote did not answer in time" if timed_out else call.error
-            raise BusyError(
-                f"cannot fetch repository '{url}': {why or 'no answer'}",
-                hint=BUSY_HINT,
-            )
+            error = (last.error or "") if last else ""
+            if last is not None and last.timed_out:
+                raise BusyError(
+                    f"cannot fetch repository '{url}': the remote did not answer in time",
+                    hint=BUSY_HINT,
+                )
+            if "refused" not in error.lower():  # TLS (git may trust another CA), DNS...
+                raise _NotV2(error)  # git says what it is, with git's own settings
+            raise BusyError(f"cannot fetch repository '{url}': {call.error}", hint=BUSY_HINT)
         status = response.status_code
         if status in BUSY_STATUSES:
             raise BusyError(

@@ -106,3 +106,13 @@ def test_a_refusing_server_is_busy(
     assert caught.value.retry_after == (float(retry_after) if retry_after else None)
     assert f"answered {status}" in caught.value.message
     assert len(server.take()) == 1, "no retry inside a poll: the next poll backs off"
+
+
+def test_a_server_that_refuses_connections_is_busy(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(remote.BusyError, match="Connection refused"):
+        remote.list_refs(f"http://127.0.0.1:{port}/x.git", ["refs/heads/main"], timeout=5)
