@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
                 "valid": not failed,
                 "hosts": [
                     {"host": r.host, "valid": r.error is None, "units": list(r.units),
-                     "error": r.error}
+                     "files": list(r.files), "error": r.error}
                     for r in results
                 ],
             }
@@ -52,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
     for r in results:
         if r.error is None:
             units = _options.count(len(r.units), "unit")
-            print(f"ok    {r.host}: {units} ({', '.join(r.units) or 'none'})")
+            files = f", {_options.count(len(r.files), 'config file')}" if r.files else ""
+            print(f"ok    {r.host}: {units} ({', '.join(r.units) or 'none'}){files}")
         else:
             print(f"FAIL  {r.host}: {r.error}")
     if failed:

@@ -18,14 +18,14 @@ import re
 import subprocess
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from reconciler.config import Settings
 from reconciler.errors import ReconcilerError, RenderError, SystemdError, UsageError
 from reconciler.model import DesiredUnit, Plan, RemoveUnitFile, WriteUnitFile
-from reconciler.reconcile import jail, working_tree
-from reconciler.reconcile.render import render
+from reconciler.reconcile import working_tree
+from reconciler.reconcile.render import render_bounded
 
 ANALYZE = "systemd-analyze"
 ARGS = ("verify", "--man=no", "--generators=no", "--recursive-errors=no", "--no-pager")
@@ -191,6 +191,7 @@ class HostCheck:
     host: str
     units: tuple[str, ...] = ()
     error: str | None = None  # the line a sync would print for this host
+    files: tuple[str, ...] = ()  # its config files ([files."PATH"]), rendered
 
 
 def check_tree(directory: Path, hosts: Sequence[str] | None = None) -> list[HostCheck]:
@@ -217,12 +218,8 @@ def check_tree(directory: Path, hosts: Sequence[str] | None = None) -> list[Host
     results = []
     for name in hosts or known:
         try:
-            units = jail.render_bounded(
-                lambda name=name: render(snapshot, name),  # type: ignore[misc]
-                what=f"the working tree for host '{name}'",
-                cpu_sec=defaults.render_cpu_sec,
-                memory_mb=defaults.render_memory_mb,
-            )
+            # units and config files (their templates too), bounded like a sync's render
+            units, files = render_bounded(snapshot, replace(defaults, host=name))
             plain = [u for u in units if "/" not in u.name]  # drop-ins: not verified alone
             complaints = verify_units(plain, check_executables=False)
             if complaints:
@@ -231,5 +228,7 @@ def check_tree(directory: Path, hosts: Sequence[str] | None = None) -> list[Host
         except ReconcilerError as exc:
             results.append(HostCheck(name, error=str(exc)))
             continue
-        results.append(HostCheck(name, tuple(u.name for u in units)))
+        results.append(
+            HostCheck(name, tuple(u.name for u in units), files=tuple(f.path for f in files))
+        )
     return results

@@ -66,6 +66,7 @@ def test_the_example_tree_is_valid_for_every_host(tree: Path, as_nobody: bool) -
     assert set(hosts) == {"sandbox", "web1", "nas1"}
     assert "web.service" in hosts["web1"]["units"] and "srv-backup.timer" in hosts["nas1"]["units"]
     assert all(h["valid"] and h["error"] is None for h in hosts.values())
+    assert hosts["sandbox"]["files"] == ["/etc/greeter/greeting.conf"]
     assert freeze(tree) == before  # nothing written
     if as_nobody:
         who = subprocess.run([*NOBODY, "id", "-u"], capture_output=True, text=True, check=True)
@@ -110,6 +111,9 @@ BROKEN: list[tuple[str, Breakage, int, str, set[str]]] = [
                            '[services.reading-sync]\ntemplate = "web.service.j2"\n'
                            'hosts = ["web1"]\n\n[services.web]'),
      1, "belong to its install", set()),
+    ("config file template", edit("templates/greeting.conf.j2", "{{ greeting }}",
+                                  "{{ nosuch_greeting }}"), 1,
+     "'nosuch_greeting' is undefined (file '/etc/greeter/greeting.conf')", {"sandbox"}),
     ("symlinked template", symlink, 1,
      "cannot read 'templates/web.service.j2'", set()),
 ]  # fmt: skip
