@@ -127,6 +127,12 @@ def bundles(
     futures = []
     for f in wanted:
         unit = f.finding.unit
+        if unit.startswith("/"):  # a config file's drift: no unit to read, its content stays out
+            incident = diagnostics.Incident(
+                f.finding.kind, unit, f.finding.first_seen, f.to_dict(), {}, None
+            )
+            futures.append((f, collector.submit(incident)))
+            continue
         props = live.read_all_properties(systemd, unit)
         path = settings.unit_dir / unit
         if (

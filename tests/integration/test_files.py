@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import stat
+import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -124,6 +125,9 @@ def test_config_files_lifecycle(files_env: tuple[FaultEnv, str]) -> None:
     drift = sorted((d["aspect"], d["have"]) for d in monitor["drift"] if d["unit"] == conf)
     assert drift == [("config", "content edited by hand"), ("config", "mode 0666")], monitor
     assert on_host.read_text() == "edited\n"
+    bundles = list((env.state / "diagnostics").glob("*-drift-_etc_app-*.tar.gz"))
+    with tarfile.open(bundles[0]) as tar:  # the finding's bundle: no unit, not the file's content
+        assert not [m for m in tar.getnames() if m.startswith("unit/")], tar.getnames()
 
     # removed from the repository: pruned (and the edit goes with it: the file was ours)
     commit(env, file_entry(conf, 'template = "app.conf.j2"'))
