@@ -237,10 +237,14 @@ class Remote:
         if proc.returncode == 0:
             return
         # a lease the client saw fail ("stale info"), or the server's own compare under its
-        # ref lock ("failed to update ref": a push that landed while this one waited)
-        refused = "stale info" in proc.stdout or "remote rejected" in proc.stdout
-        now = self.list_refs() if refused else {}
-        moved = [u.ref for u in updates if refused and now.get(u.ref) != u.old]
+        # ref lock ("failed to update ref": a push that landed while this one waited): told
+        # apart from other failures by reading the refs again, not by git's wording
+        now: dict[str, str | None]
+        try:
+            now = dict(self.list_refs())
+        except RolloutError:
+            now = {u.ref: u.old for u in updates}  # the push's own error says more
+        moved = [u.ref for u in updates if now.get(u.ref) != u.old]
         if moved:
             raise LeaseError(
                 f"cannot move '{', '.join(moved)}': the remote ref changed since it was read "
