@@ -178,7 +178,8 @@ def reports(series: list[tuple[dict[str, str], float]]) -> dict[str, Report]:
 
 
 def timestamp(text: Any) -> float:
-    """RFC 3339 (``2026-12-04T21:00:00.123456789Z``) as epoch seconds; 0 when unreadable."""
+    """RFC 3339 (``2026-12-04T21:00:00.123456789Z``) as epoch seconds; 0 when unreadable or
+    before 1970."""
     from datetime import datetime
 
     match = re.fullmatch(r"(.{19})(?:\.(\d+))?(Z|[+-]\d\d:\d\d)", str(text))
@@ -189,7 +190,8 @@ def timestamp(text: Any) -> float:
         whole = datetime.fromisoformat(match[1] + zone).timestamp()
     except ValueError:
         return 0.0
-    return whole + (float(f"0.{match[2]}") if match[2] else 0.0)
+    value = whole + (float(f"0.{match[2]}") if match[2] else 0.0)
+    return max(value, 0.0)  # Go's zero time (0001-01-01) means unknown
 
 
 def prometheus_alerts(data: Any) -> list[Alert]:
