@@ -208,19 +208,22 @@ class _Sync:
             advertised = None
             if settings.rollout and url:
                 applied = store.applied_revision()
+                fleet = store.kv_json(FLEET_KEY)
+                before = fleet.get("wave")
                 place = wave.find(
                     url,
                     settings.host_name,
                     settings.state_dir / "repo",
                     applied,
                     settings.fetch_timeout_sec,
+                    known=str(before) if before and fleet.get("wave_at") == applied else None,
                 )
                 if not self.dry_run:
-                    before = store.kv_json(FLEET_KEY).get("wave")
                     joined = {"joined_at": applied} if before and before != place.wave else {}
                     store.kv_update(
                         FLEET_KEY,
                         wave=place.wave,
+                        wave_at=applied,
                         target=place.target,
                         polled_at=time.time(),
                         **joined,

@@ -37,8 +37,19 @@ class Place:
     advertised: Mapping[str, str]  # the listing of the poll, for the fetch step
 
 
-def find(url: str, host: str, cache_dir: Path, applied: str | None, timeout: float) -> Place:
-    """The host's wave and its ref's tip, for one request to the git server."""
+def find(
+    url: str,
+    host: str,
+    cache_dir: Path,
+    applied: str | None,
+    timeout: float,
+    known: str | None = None,
+) -> Place:
+    """The host's wave and its ref's tip, for one request to the git server.
+
+    ``known``: the wave found for ``applied`` before (a no-op poll then parses nothing:
+    pydantic and a 10,000-host hosts.toml cost more than the poll itself).
+    """
     deadline = time.monotonic() + timeout
     advertised = remote.list_refs(url, [rollout.WAVE_PREFIX], timeout=timeout)
     tips = {
@@ -46,6 +57,8 @@ def find(url: str, host: str, cache_dir: Path, applied: str | None, timeout: flo
         for name, sha in advertised.items()
         if name.startswith(rollout.WAVE_PREFIX) and "/" not in name[len(rollout.WAVE_PREFIX) :]
     }
+    if applied and known:
+        return Place(known, rollout.wave_ref(known), tips.get(known), advertised)
     cache.ensure(cache_dir)
     with cache.open_repo(cache_dir) as repo:
         definition = _definition(repo, applied) if applied else None

@@ -407,8 +407,8 @@ def _move_aside(path: Path, exc: Exception) -> Path:
 DESIRED_KEY = "applied_units"  # kv key: the units of the applied revision, as JSON
 INSTALLED_KEY = "install_owned"  # kv key: the own units 'reconciler install' wrote (names)
 # kv key, a JSON object: the host's place in a rollout and its record there, for the fleet's
-# metrics (wave, target, polled_at, failed_target, healthy_revision, healthy_since,
-# rollbacks, health_gate_failures)
+# metrics (wave and the applied revision it was found for, wave_at; target, polled_at,
+# joined_at, failed_target, healthy_revision, healthy_since, rollbacks, health_gate_failures)
 FLEET_KEY = "fleet"
 
 

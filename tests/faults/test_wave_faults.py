@@ -24,6 +24,21 @@ pytestmark = pytest.mark.host
 ONE_WAVE = '[[rollout.waves]]\nname = "all"\nhosts = ["all"]\n'
 
 
+def configure(fenv: FaultEnv, top: str) -> None:
+    """The fault env's config with ``top`` and a fetch bound that a loaded CI machine keeps
+    (3 s was shorter than one HTTP fetch at a load of 60)."""
+    fenv.configure(top=top)
+    text = fenv.config.read_text().replace("fetch_timeout_sec = 3\n", "fetch_timeout_sec = 30\n")
+    fenv.config.write_text(text)
+
+
+def synced(fenv: FaultEnv, *args: str, **flags: str) -> dict[str, str]:
+    proc = fenv.run("sync", "--json", *args, **flags)
+    assert proc.returncode == 0, proc.stderr
+    result: dict[str, str] = json.loads(proc.stdout)
+    return result
+
+
 def push_wave(fenv: FaultEnv, rev: str, *flags: str) -> None:
     git(fenv.repo.work, "push", "-q", *flags, "origin", f"{rev}:refs/heads/rollout/all")
 
@@ -53,7 +68,7 @@ def events(fenv: FaultEnv, since: float, kind: str) -> list[dict[str, str]]:
 def test_wave_ref_forced_backwards_is_refused(fenv: FaultEnv, fault_report: Report) -> None:
     a = fenv.name("waved")
     unit = f"{a}.service"
-    fenv.configure(top="rollout = true\n")
+    configure(fenv, "rollout = true\n")
     old = fenv.repo.commit({**base_files(fenv, service(a)), "inventory/rollout.toml": ONE_WAVE})
     push_wave(fenv, old)
     assert fenv.sync()["result"] == "applied"
@@ -89,14 +104,14 @@ def test_wave_ref_forced_backwards_is_refused(fenv: FaultEnv, fault_report: Repo
 
 def test_rate_limited_git_server_is_backed_off(fenv: FaultEnv, fault_report: Report) -> None:
     a = fenv.name("polled")
-    fenv.configure(top="rollout = true\n")
+    configure(fenv, "rollout = true\n")
     first = fenv.repo.commit({**base_files(fenv, service(a)), "inventory/rollout.toml": ONE_WAVE})
     push_wave(fenv, first)
     with git_http(fenv.repo.remote.parent) as server:
         url = server.url("remote.git")
-        assert json.loads(fenv.run("sync", "--json", repo=url).stdout)["result"] == "applied"
+        assert synced(fenv, repo=url)["result"] == "applied"
         server.take()
-        assert json.loads(fenv.run("sync", "--json", repo=url).stdout)["result"] == "noop"
+        assert synced(fenv, repo=url)["result"] == "noop"
         assert [r[2] for r in server.take()] == ["ls-refs"], "a no-change poll: one request"
         since = time.time()
         server.refuse, server.retry_after = 429, "30"
@@ -106,7 +121,7 @@ def test_rate_limited_git_server_is_backed_off(fenv: FaultEnv, fault_report: Rep
         asked_held = server.take()
         server.refuse = None
         started = time.monotonic()  # the operator does not wait the 30 s out: --force asks
-        forced = json.loads(fenv.run("sync", "--json", "--force", repo=url).stdout)
+        forced = synced(fenv, "--force", repo=url)
         converge = time.monotonic() - started
         server.take()
         after = fenv.run("sync", "--json", repo=url)  # the backoff ended with that success
@@ -135,7 +150,7 @@ def test_rate_limited_git_server_is_backed_off(fenv: FaultEnv, fault_report: Rep
 def test_host_left_in_no_wave_is_refused(fenv: FaultEnv, fault_report: Report) -> None:
     a = fenv.name("nowave")
     unit = f"{a}.service"
-    fenv.configure(top="rollout = true\n")
+    configure(fenv, "rollout = true\n")
     good = fenv.repo.commit({**base_files(fenv, service(a)), "inventory/rollout.toml": ONE_WAVE})
     push_wave(fenv, good)
     assert fenv.sync()["result"] == "applied"
@@ -171,7 +186,7 @@ def test_host_moved_to_a_wave_behind_it_holds(fenv: FaultEnv, fault_report: Repo
     host through a, and b's ref is still behind it. Not a force-push: the host holds."""
     a = fenv.name("mover")
     unit = f"{a}.service"
-    fenv.configure(top="rollout = true\n")
+    configure(fenv, "rollout = true\n")
     in_a = '[[rollout.waves]]\nname = "a"\nhosts = ["testhost"]\n'
     in_a += '[[rollout.waves]]\nname = "b"\npercent = 100\n'
     first = fenv.repo.commit({**base_files(fenv, service(a)), "inventory/rollout.toml": in_a})

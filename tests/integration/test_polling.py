@@ -84,6 +84,9 @@ def test_the_host_follows_its_wave(served: tuple[ConfigRepo, GitServer], tmp_pat
     assert server.take() == [LS_REFS], "the poll's one listing serves the fetch step too"
     with pytest.raises(Exception, match="host 'nobody' is not in the inventory"):
         wave.find(url, "nobody", cache, new, 10)
+    # the wave already found for the applied revision: nothing read, nothing parsed
+    known = wave.find(url, "web2", tmp_path / "no-cache", new, 10, known="rest")
+    assert (known.wave, known.target) == ("rest", old) and not (tmp_path / "no-cache").exists()
 
 
 def test_no_wave_refs_yet_is_one_line(served: tuple[ConfigRepo, GitServer], tmp_path: Path) -> None:
