@@ -119,3 +119,13 @@ def test_a_server_that_refuses_connections_is_busy(tmp_path: Path) -> None:
         port = s.getsockname()[1]
     with pytest.raises(remote.BusyError, match="Connection refused"):
         remote.list_refs(f"http://127.0.0.1:{port}/x.git", ["refs/heads/main"], timeout=5)
+
+
+def test_a_wave_whose_ref_does_not_exist_yet_has_no_target(
+    served: tuple[ConfigRepo, GitServer], tmp_path: Path
+) -> None:
+    repo, server = served
+    first = repo.commit(FILES, "first")
+    push_wave(repo, "canary", first)  # the promoter has not created rest's ref yet
+    place = wave.find(server.url("remote.git"), "web1", tmp_path / "cache", None, 10)
+    assert (place.wave, place.target) == ("rest", None)  # the sync holds: result "held"
