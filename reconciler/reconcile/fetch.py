@@ -17,6 +17,9 @@ Hand-written here, because GitPython has no such thing:
 * credentials (``credentials``): ``http(s)://user:secret@host/...`` never reaches a command
   line (every local user can read those in ``ps``); git gets the URL without them and asks
   a credential helper, which reads them from its environment (readable by its owner only);
+* the poll (``remote``): one ref listing per sync (one request), a fetch only of the refs
+  that moved (``follow``), shallow into an empty cache, and a refusing server told apart
+  (``remote.BusyError``: the sync backs off);
 * the cache on disk (``cache``): created whole, its flock, removing what a killed fetch
   left (``tmp_pack``); here, pinning applied revisions and rebuilding a cache past
   ``cache_max_mb``, and the mapping of ``GitCommandError`` to one ``SourceError`` line
@@ -143,9 +146,9 @@ def follow(
     when the remote has none of them (nothing changed in the cache)."""
     if not wanted:
         return False
-    stale = sorted(n for n, sha in wanted.items() if local_commit(repo, n) != sha)
+    stale = sorted(n for n, sha in wanted.items() if refs.local_commit(repo, n) != sha)
     for name in names:
-        if name not in wanted and local_commit(repo, name) is not None:
+        if name not in wanted and refs.local_commit(repo, name) is not None:
             repo.git.update_ref("-d", name)
     if stale:
         empty = not any(True for _ in repo.references)
@@ -160,23 +163,6 @@ def follow(
                 depth=1 if empty else None,  # a first fetch needs no history
             )
     return True
-
-
-def local_commit(repo: git.Repo, name: str) -> str | None:
-    """The commit the cache's ref ``name`` points to (a tag peeled), None if it has none."""
-    import git  # lazy (60-80 ms): see the module docstring
-    from git.exc import BadName, BadObject
-
-    reference = git.Reference(repo, name, check_path=False)
-    try:
-        if not reference.is_valid():
-            return None
-        obj = reference.object
-        while isinstance(obj, git.TagObject):
-            obj = obj.object
-    except (ValueError, BadObject, BadName):
-        return None
-    return str(obj.hexsha)
 
 
 def read_revision(

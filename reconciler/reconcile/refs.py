@@ -103,3 +103,20 @@ def _objects_named(repo: git.Repo, prefix: str) -> list[str]:
     except git.GitCommandError:
         return []
     return [line for line in out.split() if FULL_SHA.fullmatch(line)]
+
+
+def local_commit(repo: git.Repo, name: str) -> str | None:
+    """The commit the cache's ref ``name`` points to (a tag peeled), None if it has none."""
+    import git  # lazy (60-80 ms): see reconcile.fetch's docstring
+    from git.exc import BadName, BadObject
+
+    reference = git.Reference(repo, name, check_path=False)
+    try:
+        if not reference.is_valid():
+            return None
+        obj = reference.object
+        while isinstance(obj, git.TagObject):
+            obj = obj.object
+    except (ValueError, BadObject, BadName):
+        return None
+    return str(obj.hexsha)
