@@ -90,7 +90,8 @@ def plan(
     changed = {d.name for d in files if live_files.get(d.name) != d.content}
     removed = sorted(owned - units.keys())
     adjusted = _adjusted(units, changed, [n for n in removed if live_files.get(n) is not None])
-    adjusted |= {t for t in interrupted if any(unitkind.dropin_target(n) == t for n in units)}
+    targets = {unitkind.dropin_target(n) for n in units}
+    adjusted |= {t for t in interrupted if t in targets or _template(t) in targets}
     touched = changed | (interrupted & {d.name for d in managed}) | (adjusted & units.keys())
 
     ours = {n for n in removed if _from_own_file(live(n), n, unit_dir)}
@@ -326,6 +327,13 @@ def _adjusted(
             out.add(target)
     out |= {t for n in removed if (t := unitkind.dropin_target(n)) is not None}
     return out
+
+
+def _template(name: str) -> str | None:
+    """``foo@.service`` for an instance ``foo@1.service``; None for any other name."""
+    stem, dot, kind = name.rpartition(".")
+    prefix, at, instance = stem.partition("@")
+    return f"{prefix}@{dot}{kind}" if at and instance else None
 
 
 def _timers_first(name: str) -> tuple[bool, str]:

@@ -439,6 +439,19 @@ CASES = [
         ],
     ),
     Case(
+        "a template instance's restart killed before it ran: restarted by the next sync",
+        (
+            DesiredUnit(
+                "tpl@.service.d/50-reconciler-a.conf", "[Service]\nNice=2\n", "tpl@.service"
+            ),
+        ),
+        {"tpl@.service.d/50-reconciler-a.conf": "[Service]\nNice=2\n"},
+        {"tpl@1.service": live("tpl@1.service"), "tpl@2.service": live("tpl@2.service")},
+        owned("tpl@.service.d/50-reconciler-a.conf"),
+        ["restart tpl@1.service"],
+        interrupted=frozenset({"tpl@1.service"}),
+    ),
+    Case(
         "drop-in on a managed unit: that unit restarted once",
         (
             WEB,
