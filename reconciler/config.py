@@ -314,6 +314,7 @@ class Settings:
     rollout: bool = False  # follow this host's wave ref (inventory/rollout.toml), not `ref`
     poll_backoff_sec: float = 60.0  # after a git server refused: the first wait, doubled ...
     poll_backoff_max_sec: float = 3600.0  # ... up to this (a Retry-After is capped here too)
+    poll_retry_sec: float = 120.0  # a timer's run refused for at most this tries once more
     sections: dict[str, dict[str, Any]] = field(default_factory=dict, compare=False)
     path: Path | None = field(default=None, compare=False)  # the file read, if any
 
@@ -397,7 +398,7 @@ def _roots(source: str, key: str, value: Any, *, text: bool) -> tuple[str, ...]:
 
 _BOOLS = {"verify_signatures", "allow_empty", "allow_downgrade", "rollout"}
 _FLOATS = {"lock_timeout_sec", "fetch_timeout_sec", "render_cpu_sec", "render_memory_mb"}
-_FLOATS |= {"poll_backoff_sec", "poll_backoff_max_sec"}
+_FLOATS |= {"poll_backoff_sec", "poll_backoff_max_sec", "poll_retry_sec"}
 _INTS = {"max_units", "cache_max_mb"}
 
 

@@ -17,7 +17,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -33,14 +33,13 @@ from reconciler.errors import (
     SystemdError,
 )
 from reconciler.host import journal, lock
-from reconciler.reconcile import backoff, fetch, validate, verify, wave
+from reconciler.reconcile import fetch, poll, validate, verify
 from reconciler.reconcile.apply import apply_plan
 from reconciler.reconcile.hooks import Monitoring, NoMonitoring
 from reconciler.reconcile.host_files import observe_files, save_manifest
 from reconciler.reconcile.observe import observe
 from reconciler.reconcile.outcome import Outcome, Reason, Result, Unhealthy
 from reconciler.reconcile.plan import make_plan
-from reconciler.reconcile.remote import BusyError
 from reconciler.reconcile.render import is_cached, render_cached, rendered_files
 from reconciler.reconcile.rollback import roll_back
 from reconciler.runtime import connect, open_store
@@ -193,64 +192,17 @@ class _Sync:
     ) -> Snapshot | None:
         """The fetch step: one poll of the git server (``rollout``: of the wave refs), a
         fetch when the ref moved; None when the sync holds (``outcome`` says why)."""
-        settings, url = self.settings, self.settings.repo or ""
         if revision is not None:
-            return fetch.snapshot(settings, revision, rendered)
-        if not self.force and not self.dry_run:
-            waiting = backoff.current(store, url)
-            if waiting is not None:
-                msg = f"backing off from the git server: {backoff.describe(waiting)}; the "
-                msg += f"host keeps its revision (it refused: {waiting.why})"
-                journal.event("sync.backoff", msg, priority=4)
-                outcome.result, outcome.message = Result.HELD, msg
-                return None
-        try:
-            advertised = None
-            if settings.rollout and url:
-                applied = store.applied_revision()
-                fleet = store.kv_json(FLEET_KEY)
-                before = fleet.get("wave")
-                place = wave.find(
-                    url,
-                    settings.host_name,
-                    settings.state_dir / "repo",
-                    applied,
-                    settings.fetch_timeout_sec,
-                    known=str(before) if before and fleet.get("wave_at") == applied else None,
-                )
-                if not self.dry_run:
-                    joined = {"joined_at": applied} if before and before != place.wave else {}
-                    store.kv_update(
-                        FLEET_KEY,
-                        wave=place.wave,
-                        wave_at=applied,
-                        target=place.target,
-                        polled_at=time.time(),
-                        **joined,
-                    )
-                if place.target is None:
-                    msg = (
-                        f"wave '{place.wave}': its ref {place.ref} does not exist on the git "
-                        "server yet; the host keeps its revision until the promoter moves it"
-                    )
-                    journal.event("sync.noop", msg, priority=5)
-                    outcome.result, outcome.message = Result.HELD, msg
-                    return None
-                self.settings = settings = replace(settings, ref=place.ref)
-                advertised = place.advertised
-            snapshot = fetch.snapshot(settings, None, rendered, advertised=advertised)
-        except BusyError as exc:
-            if self.dry_run:
-                raise
-            waited = backoff.record(settings, store, exc, url)
-            raise BusyError(
-                f"{exc.message}; {backoff.describe(waited)}",
-                exc.hint,
-                status=exc.status,
-                retry_after=exc.retry_after,
-            ) from None
-        if not self.dry_run:
-            backoff.clear(store)
+            return fetch.snapshot(self.settings, revision, rendered)
+        snapshot, self.settings = poll.poll(
+            self.settings,
+            store,
+            outcome,
+            rendered,
+            dry_run=self.dry_run,
+            force=self.force,
+            trigger=self.trigger,
+        )
         return snapshot
 
     def connect(self, retry_sec: float) -> Systemd:

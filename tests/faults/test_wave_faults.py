@@ -215,3 +215,29 @@ def test_host_moved_to_a_wave_behind_it_holds(fenv: FaultEnv, fault_report: Repo
     assert result["result"] == "held" and "moved to wave 'b'" in result["message"]
     assert fenv.invocations(unit) == before
     assert caught_up["result"] == "noop" and caught_up["revision"] == moved
+
+
+def test_timer_run_refused_briefly_asks_once_more(fenv: FaultEnv, fault_report: Report) -> None:
+    """The timer's run meets a per-minute limiter (429, Retry-After 1): it asks once more
+    within the run at a random moment past the wait, and syncs (``poll_retry_sec = 2``
+    keeps the test short: the moment is drawn within 2 s past the wait, not a minute)."""
+    a = fenv.name("retried")
+    configure(fenv, "rollout = true\npoll_retry_sec = 2\n")
+    first = fenv.repo.commit({**base_files(fenv, service(a)), "inventory/rollout.toml": ONE_WAVE})
+    push_wave(fenv, first)
+    with git_http(fenv.repo.remote.parent) as server:
+        url = server.url("remote.git")
+        server.refuse, server.retry_after, server.refuse_count = 429, "1", 1
+        started = time.monotonic()
+        result = synced(fenv, "--trigger", "timer", repo=url)
+        seconds = time.monotonic() - started
+        asked = [r[2] for r in server.take()]
+    fault_report(
+        "git server refuses a timer's poll once (429, Retry-After 1)",
+        f"asked once more within the run after {seconds:.1f}s and applied",
+        seconds,
+        True,
+    )
+    assert result["result"] == "applied"
+    assert asked[:2] == ["ls-refs", "ls-refs"], asked  # refused, then asked again
+    assert seconds >= 1, "not before the Retry-After"

@@ -27,6 +27,7 @@ class GitServer:
     requests: list[tuple[str, str, str]] = field(default_factory=list)  # method, path, command
     refuse: int | None = None  # answer every request with this status
     retry_after: str | None = None  # with this Retry-After header
+    refuse_count: int | None = None  # only this many requests (None: every one)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def url(self, name: str) -> str:
@@ -65,7 +66,11 @@ def _handler(server: GitServer) -> type[http.server.BaseHTTPRequestHandler]:
                 body = gzip.decompress(body)
             with server.lock:
                 server.requests.append((self.command, url.path, _command(body)))
-            if server.refuse:
+            with server.lock:
+                refusing = bool(server.refuse) and server.refuse_count != 0
+                if refusing and server.refuse_count is not None:
+                    server.refuse_count -= 1
+            if refusing:
                 extra = [("Retry-After", server.retry_after)] if server.retry_after else []
                 self._answer(server.refuse, b"refused by the test\n", extra)
                 return
