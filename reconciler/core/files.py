@@ -236,12 +236,14 @@ def merge(
     active: Mapping[str, str],
     interrupted: Iterable[str] = (),
     health: Mapping[str, float] | None = None,
+    cannot_reload: Iterable[str] = (),
 ) -> Plan:
     """The unit plan with the file actions: files written after the units' writes and
     prunes (before the Reload, enabling and jobs), then restarts and reloads of the running
     units that use them (``active``: their ActiveState; a template's instances by name).
 
     ``interrupted``: units a killed apply was to restart or reload: asked again.
+    ``cannot_reload``: running units without ``ExecReload=``: a reload of one is refused.
     """
     actions = list(plan.actions)
     unit_steps = (StopUnit, ResetFailedUnit, RemoveUnitFile, WriteUnitFile)
@@ -251,9 +253,20 @@ def merge(
     pending = set(interrupted)
     asked = files.restart | (pending & {u for m in files.after for u in m.restart})
     reloads = files.reload | (pending & {u for m in files.after for u in m.reload})
-    restart = {u for u in _instances(asked, active) if active.get(u) in RUNNING} - jobs
-    reload = {u for u in _instances(reloads, active) if active.get(u) in RUNNING}
+    restart = {u for u in expand(asked, active) if active.get(u) in RUNNING} - jobs
+    reload = {u for u in expand(reloads, active) if active.get(u) in RUNNING}
     reload -= jobs | restart
+    refused = _Refusals()
+    for unit in sorted(reload & set(cannot_reload)):
+        for m in files.after:
+            if unit in expand(m.reload, {unit: ""}):
+                refused.add(
+                    m.path,
+                    "reload",
+                    f"'{quote(unit)}' cannot reload (it has no ExecReload=): "
+                    "name it in restart instead",  # fmt: skip
+                )
+    refused.raise_first()
     actions += [RestartUnit(u) for u in sorted(restart)]
     actions += [ReloadUnit(u) for u in sorted(reload)]
     gated = dict(plan.health_checks)
@@ -274,7 +287,7 @@ def targets(desired: Iterable[DesiredFile], manifest: Mapping[str, ManagedFile])
     return units | {u for m in manifest.values() for u in (*m.restart, *m.reload)}
 
 
-def _instances(names: Iterable[str], active: Mapping[str, str]) -> set[str]:
+def expand(names: Iterable[str], active: Mapping[str, str]) -> set[str]:
     """Names, a template (``foo@.service``) replaced by its instances known in ``active``."""
     out: set[str] = set()
     for name in names:

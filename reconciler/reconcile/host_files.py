@@ -45,6 +45,7 @@ class FileFacts:
     groups: dict[str, int]
     active: dict[str, str] = field(default_factory=dict)
     policy: Policy = Policy()
+    cannot_reload: frozenset[str] = frozenset()  # running reload targets without ExecReload=
 
 
 def host_policy(settings: Settings) -> Policy:
@@ -76,7 +77,17 @@ def observe_files(
     if templates:
         running = systemd.list_units_by_patterns([], templates)
         active |= {u.name: u.active_state for u in running}
-    return FileFacts(host, manifest, users, groups, active, host_policy(settings))
+    reloads = {u for f in desired for u in f.reload}
+    reloading = [
+        u for u in sorted(policy.expand(reloads, active)) if active.get(u, "") in policy.RUNNING
+    ]
+    cannot: frozenset[str] = frozenset()
+    if reloading:  # ReloadUnit on a unit that cannot reload fails: refuse it in the plan
+        from reconciler.systemd.wire import UNIT
+
+        props = systemd.get_properties(reloading, UNIT, ["CanReload"])
+        cannot = frozenset(n for n, p in props.items() if p.get("CanReload") is False)
+    return FileFacts(host, manifest, users, groups, active, host_policy(settings), cannot)
 
 
 def stage_file(root: Path, action: WriteFile) -> Path:

@@ -38,4 +38,6 @@ def make_plan(
         files, facts.host, facts.manifest, facts.policy, facts.users, facts.groups
     )
     health = {d.name: d.health_timeout_sec for d in desired if d.health_timeout_sec is not None}
-    return file_planner.merge(plan, file_plan, facts.active, observed.interrupted, health)
+    return file_planner.merge(
+        plan, file_plan, facts.active, observed.interrupted, health, facts.cannot_reload
+    )

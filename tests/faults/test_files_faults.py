@@ -118,6 +118,10 @@ BAD: dict[str, tuple[Callable[[str, str], str], str]] = {
         lambda top, tag: entry(f"{top}/theirs.conf"),
         "exists and is not managed by reconciler (set adopt = true",
     ),
+    "reload of a running unit that cannot reload": (
+        lambda top, tag: entry(f"{top}/r.conf", 'reload = ["systemd-journald.service"]'),
+        ".reload: 'systemd-journald.service' cannot reload (it has no ExecReload=)",
+    ),
     "a drop-in for an invalid unit name": (
         lambda top, tag: (
             '[dropins."bad name.service".x]\ntemplate = "env.conf.j2"\n'

@@ -178,3 +178,12 @@ def test_binary_diff_shows_sizes_and_sha256() -> None:
     fp = plan([DesiredFile("/etc/app/b.bin", b"\0\1\2")])
     text = diff(files.merge(Plan(), fp, {}))
     assert text.startswith("Binary file /etc/app/b.bin: none -> 3 bytes, sha256 ")
+
+
+def test_reload_of_a_unit_that_cannot_reload_is_refused() -> None:
+    fp = plan([wanted(reload=("oneshot.service",))])
+    with pytest.raises(InventoryError) as exc:
+        files.merge(Plan(), fp, {"oneshot.service": "active"}, cannot_reload={"oneshot.service"})
+    assert ".reload: 'oneshot.service' cannot reload" in str(exc.value)
+    stopped = files.merge(Plan(), fp, {"oneshot.service": "inactive"}, cannot_reload=())
+    assert not [a for a in stopped.actions if isinstance(a, ReloadUnit)]
