@@ -60,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
             "automatic": automatic(timer, suspended is not None),
             "units": [u.__dict__ for u in monitor.unit_reports(view, counters)],
             "drift": [i.to_dict() for items in view.drift.values() for i in items],
+            "files": config_files(settings, view.drift),
             "findings": [f.to_dict() for f in open_findings],
         }
     finally:
@@ -71,6 +72,22 @@ def run(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(render_table(data))
     return 0
+
+
+def config_files(settings: Any, drift: dict[str, Any]) -> list[dict[str, Any]]:
+    """The managed config files (``[files."PATH"]``, from the file manifest) and their drift."""
+    from reconciler.store import file_manifest
+
+    return [
+        {
+            "path": m.path,
+            "mode": f"{m.mode:04o}",
+            "owner": f"{m.uid}:{m.gid}",
+            "adopted": m.original is not None,
+            "drift": [i.text() for i in drift.get(m.path, [])],
+        }
+        for m in file_manifest.load(settings.state_dir).values()
+    ]
 
 
 def automatic(timer: LiveUnit, suspended: bool) -> dict[str, Any]:
@@ -133,6 +150,14 @@ def render_table(data: dict[str, Any]) -> str:
         lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
     if len(rows) == 1:
         lines.append("(no managed units: no sync applied yet)")
+    files = data.get("files") or []
+    if files:
+        lines.append("")
+        cells = [("CONFIG FILE", "MODE", "OWNER", "DRIFT")]
+        cells += [(f["path"], f["mode"], f["owner"], "; ".join(f["drift"])) for f in files]
+        wide = [max(len(c[i]) for c in cells) for i in range(4)]
+        for cell in cells:
+            lines.append("  ".join(c.ljust(w) for c, w in zip(cell, wide, strict=True)).rstrip())
     lines.append("")
     if not data["findings"]:
         lines.append("open findings: none")

@@ -125,6 +125,16 @@ def test_config_files_lifecycle(files_env: tuple[FaultEnv, str]) -> None:
     drift = sorted((d["aspect"], d["have"]) for d in monitor["drift"] if d["unit"] == conf)
     assert drift == [("config", "content edited by hand"), ("config", "mode 0666")], monitor
     assert on_host.read_text() == "edited\n"
+    status = json.loads(env.run("status", "--json", repo=None, host=None).stdout)
+    listed = {f["path"]: f for f in status["files"]}
+    assert listed[conf]["drift"] == [
+        "config: content edited by hand (want content as rendered)",
+        "config: mode 0666 (want mode 0640)",
+    ], listed
+    assert listed[blob]["mode"] == "0644" and listed[blob]["owner"] == "0:0"
+    text = env.run("status", repo=None, host=None).stdout
+    row = next(line.split() for line in text.splitlines() if line.startswith(conf))
+    assert row[:4] == [conf, "0640", "0:1", "config:"], text
     bundles = list((env.state / "diagnostics").glob("*-drift-_etc_app-*.tar.gz"))
     with tarfile.open(bundles[0]) as tar:  # the finding's bundle: no unit, not the file's content
         assert not [m for m in tar.getnames() if m.startswith("unit/")], tar.getnames()
