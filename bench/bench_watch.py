@@ -85,7 +85,7 @@ def capture(seconds: float) -> dict[str, Any]:
         conn.call("subscribe", "/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager",
                   "Subscribe")  # fmt: skip
         rule = MatchRule(PROPERTIES, "PropertiesChanged", path_namespace=UNIT_PATH_PREFIX[:-1])
-        queue = SignalQueue(conn, [rule], 10**7)
+        queue = SignalQueue(conn, [rule], 10**7, lambda msg, at: (msg, at))
         frames: list[bytes] = []
         loops = [n for n in names if n.startswith("wloop")]
         shots = [n for n in names if n.startswith("wshot")]
@@ -310,7 +310,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--capture-sec", type=float, default=3.0)
     parser.add_argument("--units", type=int, default=1000)
     parser.add_argument("--rss-runs", type=int, default=3)
+    parser.add_argument("--only", choices=("replay", "memory"), help="one half of the bench")
     opts = parser.parse_args(argv)
+    if opts.only == "memory":
+        mem = memory(opts.units, opts.rss_runs)
+        hwm = statistics.median(m["hwm_mb"] for m in mem)
+        print(describe_machine())
+        hwms = ", ".join(f"{m['hwm_mb']:.1f}" for m in mem)
+        rsss = ", ".join(f"{m['rss_mb']:.1f}" for m in mem)
+        print(
+            f"  memory with {opts.units} units watched: VmHWM median {hwm:.1f} MB ({hwms}), "
+            f"VmRSS {rsss} MB; {mem[-1]['status']!r}"
+        )
+        print(json.dumps(mem), file=sys.stderr)
+        return 0 if hwm < TARGET_RSS_MB else 1
 
     data = capture(opts.capture_sec)
     frames: list[bytes] = data["frames"]

@@ -43,7 +43,7 @@ def connect(settings: Settings, *, retry_sec: float = 0.0, timeout: float = 30.0
     A manager that accepts but does not authenticate within ``timeout`` (busy with
     thousands of jobs, seen after a 10,000-unit apply) is tried ``BUSY_ATTEMPTS`` times.
     """
-    # jeepney and the D-Bus client: not loaded by --help and the commands that never connect
+    # the D-Bus client: not loaded by --help and the commands that never connect
     from reconciler.systemd.client import Systemd
     from reconciler.systemd.connection import TIMEOUT
 

@@ -68,10 +68,15 @@ def is_running(active_state: str, sub_state: str) -> bool:
 class Record:
     """Plain rows: ``to_dict`` gives JSON/SQLite-ready values, ``from_dict`` reads them back."""
 
+    __slots__ = ()  # subclasses are slotted dataclasses: one per unit in the watch daemon
     __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        """The fields as they are (no deep copy, unlike ``to_dict``): for flat records."""
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Self:
@@ -80,7 +85,7 @@ class Record:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Observation(Record):
     """One look at a unit: what ``LiveUnit`` says plus when it was read."""
 
@@ -137,7 +142,7 @@ class Observation(Record):
         return None, None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Event(Record):
     unit: str
     at: float
@@ -148,7 +153,7 @@ class Event(Record):
     by: str = ""  # who started or stopped it: systemd | sync | timer | operator ("": itself)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Counters(Record):
     """Per-unit totals kept across monitor runs and reboots, plus what the next look needs."""
 

@@ -9,7 +9,6 @@ path, because an operator reads it in a journal entry, not in a debugger.
 
 from __future__ import annotations
 
-import difflib
 import json
 import re
 import tomllib
@@ -498,6 +497,8 @@ def _message(error: ErrorDetails, known: Sequence[str]) -> str:
     key = str(error["loc"][-1])
     if error["loc"][:1] == ("files",) and known is _KNOWN_KEYS:
         known = _FILE_KEYS
+    import difflib  # only a refused key needs it
+
     close = difflib.get_close_matches(key, known, n=1)
     return "unknown key" + (f" (did you mean '{close[0]}'?)" if close else "")
 

@@ -9,7 +9,6 @@ Everything is sorted: the same inputs always give the same plan.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import PurePosixPath
@@ -460,6 +459,8 @@ MAX_DIFF_PAIRS = 4_000_000  # old x new lines difflib may compare (its worst cas
 def _unified(old: str, new: str, old_label: str, new_label: str) -> list[str]:
     before, after = old.splitlines(keepends=True), new.splitlines(keepends=True)
     if len(before) * len(after) <= MAX_DIFF_PAIRS:
+        import difflib  # only a plan with a diff to show needs it (not the watch daemon)
+
         lines: Iterable[str] = difflib.unified_diff(before, after, old_label, new_label)
     else:  # 40,000 lines with every other one changed: minutes; so replace the whole file
         lines = whole_file_diff(before, after, old_label, new_label)

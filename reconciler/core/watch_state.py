@@ -53,7 +53,7 @@ WATCH_KEYS = frozenset(
 )
 
 
-@dataclass
+@dataclass(slots=True)
 class UnitView:
     """One watched unit as the signals left it (mutable: updated in place per signal)."""
 

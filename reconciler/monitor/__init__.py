@@ -114,14 +114,21 @@ def load_config(settings: Settings) -> MonitorConfig:
 def desired_units(store: Store) -> list[DesiredUnit]:
     """The desired units of the applied revision (what the last sync wrote; its drop-in files
     are not units: they are read with the unit they adjust)."""
-    desired = sync_store.decode_desired(store.kv_get(sync_store.DESIRED_KEY))
-    return [d for d in desired if unitkind.is_unit(d.name)]
+    return _units_of(sync_store.decode_desired(store.kv_get(sync_store.DESIRED_KEY)))
+
+
+def _units_of(applied: Sequence[DesiredUnit]) -> list[DesiredUnit]:
+    return [d for d in applied if unitkind.is_unit(d.name)]
 
 
 def dropins_by_unit(store: Store) -> dict[str, dict[str, str]]:
     """The applied revision's drop-ins: unit -> {file name: content}."""
+    return _dropins_of(sync_store.decode_desired(store.kv_get(sync_store.DESIRED_KEY)))
+
+
+def _dropins_of(applied: Sequence[DesiredUnit]) -> dict[str, dict[str, str]]:
     out: dict[str, dict[str, str]] = {}
-    for d in sync_store.decode_desired(store.kv_get(sync_store.DESIRED_KEY)):
+    for d in applied:
         target = unitkind.dropin_target(d.name)
         if target is not None:
             out.setdefault(target, {})[d.name.rpartition("/")[2]] = d.content
@@ -176,7 +183,8 @@ def view_host(
     exit times. No counters: none are read (``status`` does not count). ``own``: the
     reconciler's own units too (the monitoring pass)."""
     started = time.monotonic()
-    desired = desired_units(store)
+    applied = sync_store.decode_desired(store.kv_get(sync_store.DESIRED_KEY))  # read once
+    desired = _units_of(applied)
     mine = own_units(store, settings.unit_dir, desired) if own else []
     desired = [*desired, *mine]
     names = [d.name for d in desired]
@@ -194,7 +202,8 @@ def view_host(
         unitstate.read_state(systemd, names, settings.unit_dir, changed=changed) if names else {}
     )
     drift = {d.name: drift_mod.check(d, states[d.name]) for d in desired}
-    ours = dropins_by_unit(store)
+    ours = _dropins_of(applied)
+    del applied
     for d in desired:
         on_disk = read_dropins(settings.unit_dir, d.name)
         if on_disk or d.name in ours:

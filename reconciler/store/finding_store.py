@@ -136,7 +136,7 @@ class FindingStore(db.Database):
             self._conn.executemany(
                 "INSERT INTO monitor_counters (unit, first_seen, data) VALUES (?, ?, ?)"
                 " ON CONFLICT (unit) DO UPDATE SET data = excluded.data",
-                ((c.unit, now, json.dumps(vars(c))) for c in counters),  # flat: no asdict
+                ((c.unit, now, json.dumps(c.flat())) for c in counters),  # flat: no asdict
             )
 
     def mark_acted(self, units: Iterable[str], at: float) -> None:

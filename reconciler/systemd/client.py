@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 
@@ -44,6 +44,8 @@ from reconciler.systemd.wire import (
     unit_name_from_path,
     unit_path,
 )
+
+Request = tuple[tuple[str, str], str, Callable[[int], bytes]]  # (unit, field), method, build
 
 __all__ = [
     "JobResult",
@@ -220,26 +222,32 @@ class Systemd:
             (n for n, u in units.items() if u.load_state != "not-found"),
             key=lambda n: units[n].active_state != "inactive",
         )
-        queue: deque[tuple[tuple[str, str], str, Callable[[int], bytes]]] = deque()
+        more: deque[Request] = deque()
 
-        def fetch(name: str, props: tuple[Prop, ...]) -> None:
+        def gets(name: str, props: tuple[Prop, ...]) -> Iterator[Request]:
             path = unit_path(name)
             for i, p, field in props:
                 if field in skip and (field != "need_daemon_reload" or name not in suspects_):
                     continue
-                queue.append(
-                    ((name, field), "Get", partial(build_get, path=path, interface=i, prop=p))
+                yield (name, field), "Get", partial(build_get, path=path, interface=i, prop=p)
+
+        def fetch(name: str, props: tuple[Prop, ...]) -> None:
+            more.extend(gets(name, props))
+
+        def first() -> Iterator[Request]:  # built as the window frees (Connection.pipeline)
+            for name in order:
+                file_props, runtime_props = monitor_properties(name)
+                idle = units[name].active_state == "inactive"
+                yield from gets(
+                    name, file_props if idle or not runtime else file_props + runtime_props
                 )
 
-        for name in order:
-            file_props, runtime_props = monitor_properties(name)
-            idle = units[name].active_state == "inactive"
-            fetch(name, file_props if idle or not runtime else file_props + runtime_props)
         values: dict[str, dict[str, object]] = {name: {} for name in units}
         if file_states is not None:
             for name in units:
                 values[name]["unit_file_state"] = file_states.get(name, "")
-        for (name, field), reply in self._conn.pipeline(_units_what(units), queue):
+        replies = self._conn.pipeline(_units_what(units), first(), more=more)
+        for (name, field), reply in replies:
             if reply.type == ERROR:
                 if reply.error_name in MISSING:
                     continue
@@ -324,11 +332,11 @@ class Systemd:
     ) -> dict[str, dict[str, object]]:
         """``props`` of ``interface`` for every unit, pipelined Gets; any error raises."""
         unique = _check_names(names)
-        requests = [
+        requests = (  # built as the window frees (Connection.pipeline)
             ((n, p), "Get", partial(build_get, path=unit_path(n), interface=interface, prop=p))
             for n in unique
             for p in props
-        ]
+        )
         out: dict[str, dict[str, object]] = {n: {} for n in unique}
         for (name, prop), reply in self._conn.pipeline(_units_what(unique), requests):
             if reply.type == ERROR:
@@ -341,7 +349,7 @@ class Systemd:
     def get_all(self, names: Sequence[str], interface: str = "") -> dict[str, dict[str, object]]:
         """Every property of ``interface`` ("" = all interfaces) per unit, pipelined GetAll."""
         unique = _check_names(names)
-        requests = [
+        requests = (  # built as the window frees (Connection.pipeline)
             (
                 n,
                 "GetAll",
@@ -355,7 +363,7 @@ class Systemd:
                 ),
             )
             for n in unique
-        ]
+        )
         out: dict[str, dict[str, object]] = {}
         for name, reply in self._conn.pipeline(_units_what(unique), requests):
             out[name] = dict(_unwrap(f"read unit '{name}'", reply)[0])  # type: ignore[call-overload]
@@ -364,14 +372,14 @@ class Systemd:
     def unit_file_states(self, names: Sequence[str]) -> dict[str, str]:
         """Enablement of unit files (works for units not loaded); "" when there is no file."""
         unique = _check_names(names)
-        requests = [
+        requests = (  # built as the window frees (Connection.pipeline)
             (
                 n,
                 "GetUnitFileState",
                 partial(_manager_call, member="GetUnitFileState", signature="s", body=(n,)),
             )
             for n in unique
-        ]
+        )
         out: dict[str, str] = {}
         for name, reply in self._conn.pipeline(_units_what(unique), requests):
             if reply.type == ERROR and reply.error_name in _NO_FILE:
@@ -436,14 +444,14 @@ class Systemd:
     def reset_failed_units(self, names: Sequence[str]) -> None:
         """ResetFailedUnit of each of ``names``, pipelined; units not loaded are skipped."""
         unique = _check_names(names)
-        requests = [
+        requests = (  # built as the window frees (Connection.pipeline)
             (
                 n,
                 "ResetFailedUnit",
                 partial(_manager_call, member="ResetFailedUnit", signature="s", body=(n,)),
             )
             for n in unique
-        ]
+        )
         for name, reply in self._conn.pipeline(_units_what(unique), requests):
             if reply.type == ERROR and reply.error_name != "org.freedesktop.systemd1.NoSuchUnit":
                 _unwrap(f"reset the failed state of unit '{name}'", reply)

@@ -1,6 +1,6 @@
 """One blocking D-Bus connection to systemd (talks to a unix socket: dbus-daemon or systemd's own).
 
-It authenticates (jeepney's state machine), says ``Hello`` on a bus or, on systemd's
+It authenticates (``auth``'s handshake), says ``Hello`` on a bus or, on systemd's
 peer-to-peer ``/run/systemd/private``, a ``Ping`` that is resent until answered (systemd
 252 can leave the first call unanswered). Replies are routed by serial, signals to
 listeners; calls can be pipelined in bounded windows. Every D-Bus error and socket
@@ -10,6 +10,7 @@ failure becomes a ``SystemdError`` here, D-Bus errors in one function (:func:`db
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import time
 from collections import Counter, deque
@@ -17,12 +18,10 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from errno import ECONNRESET
 from itertools import count
-from typing import TypeVar
-
-from jeepney.auth import BEGIN, AuthenticationError, Authenticator
-from jeepney.bus import get_connectable_addresses
+from typing import Generic, TypeVar
 
 from reconciler.errors import SystemdError
+from reconciler.systemd.auth import BEGIN, AuthenticationError, Handshake, external, socket_path
 from reconciler.systemd.wire import (
     ERROR,
     MANAGER_PATH,
@@ -36,6 +35,7 @@ from reconciler.systemd.wire import (
 )
 
 K = TypeVar("K")
+T = TypeVar("T")
 
 SYSTEM_BUS = "unix:path=/run/dbus/system_bus_socket"
 PRIVATE_SOCKET = "/run/systemd/private"
@@ -120,8 +120,8 @@ class Connection:
     def _connect(self) -> socket.socket:
         what = f"connect to systemd at '{self.address}'"
         try:
-            path = next(get_connectable_addresses(self.address))  # type: ignore[no-untyped-call]
-        except (RuntimeError, ValueError, StopIteration):
+            path = socket_path(self.address)
+        except ValueError:
             raise SystemdError(
                 f"cannot {what}: not a D-Bus unix socket address",
                 f"use e.g. {SYSTEM_BUS}; check --bus / RECONCILER_BUS",
@@ -131,10 +131,9 @@ class Connection:
         sock.settimeout(self.timeout)
         try:
             sock.connect(path)
-            sock.sendall(b"\0")
-            auth = Authenticator(inc_null_byte=False)  # type: ignore[no-untyped-call]
-            for line in auth:
-                sock.sendall(line)
+            sock.sendall(b"\0" + external(os.geteuid()))
+            auth = Handshake()
+            while not auth.done:
                 data = sock.recv(1024)
                 if not data:
                     raise ConnectionResetError(ECONNRESET, "closed during authentication")
@@ -300,19 +299,28 @@ class Connection:
         requests: Iterable[tuple[K, str, Callable[[int], bytes]]],
         *,
         timeout: float | None = None,
+        more: deque[tuple[K, str, Callable[[int], bytes]]] | None = None,
     ) -> Iterator[tuple[K, Message]]:
         """Send (key, method, build(serial)) calls, at most ``window`` outstanding; yield replies.
 
         Replies come in arrival order, error replies included, for the caller to judge.
-        ``requests`` may be a deque the caller extends while consuming replies.
-        ``timeout``: how long to wait for the next reply (default: the connection's).
+        ``requests`` is consumed as the window frees (a generator: never all built at once,
+        which at 10,000 units was ~10 MB of pending calls); ``more``, a deque the caller
+        extends while consuming replies, goes first. ``timeout``: how long to wait for the
+        next reply (default: the connection's).
         """
-        todo = requests if isinstance(requests, deque) else deque(requests)
+        todo = iter(requests)
+        extra: deque[tuple[K, str, Callable[[int], bytes]]] = deque() if more is None else more
         pending: dict[int, K] = {}
         while True:
             chunks = []
-            while todo and len(pending) < self.window:
-                key, member, build = todo.popleft()
+            while len(pending) < self.window:
+                if extra:
+                    key, member, build = extra.popleft()
+                elif (item := next(todo, None)) is not None:
+                    key, member, build = item
+                else:
+                    break
                 serial = next(self._serials)
                 chunks.append(build(serial))
                 self.calls[member] += 1
@@ -369,11 +377,14 @@ class Connection:
                 )
 
 
-class SignalQueue:
+class SignalQueue(Generic[T]):
     """Signals matching ``rules``, queued as the connection receives them, up to ``size``.
 
     What arrives while the queue is full is dropped and counted (jeepney's own filter
     queue silently keeps only one message): a monitor must know it missed something.
+    Each signal is queued as ``decode(message, monotonic time received)`` makes it, at
+    once: a watcher's queue holds what it reads of a signal (~0.3 KB), not the signal
+    (~1.3 KB a ``PropertiesChanged`` of a service; a full queue of 4,096 was ~5 MB).
     """
 
     def __init__(
@@ -381,13 +392,15 @@ class SignalQueue:
         conn: Connection,
         rules: Sequence[MatchRule],
         size: int,
+        decode: Callable[[Message, float], T],
         accept: Callable[[Message], bool] | None = None,
     ) -> None:
-        self.items: deque[tuple[Message, float]] = deque()
+        self.items: deque[T] = deque()
         self.size = size
         self.dropped = 0
         self.closed = False
         self._conn = conn
+        self._decode = decode
         self._accept = accept
         self._keys = [(rule, conn.listen(rule, self._offer)) for rule in rules]
 
@@ -397,10 +410,10 @@ class SignalQueue:
         if len(self.items) >= self.size:
             self.dropped += 1
         else:
-            self.items.append((msg, time.monotonic()))
+            self.items.append(self._decode(msg, time.monotonic()))
 
-    def next(self, timeout: float | None, what: str) -> tuple[Message, float] | None:
-        """The next (signal, monotonic time received), waiting up to ``timeout``; None then."""
+    def next(self, timeout: float | None, what: str) -> T | None:
+        """The next signal, waiting up to ``timeout``; None then."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self.items:
             if not self._conn.receive(deadline, what):

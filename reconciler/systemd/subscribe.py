@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 MAX_PATH_RULES = 20  # beyond this, one rule for all units and a filter here
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PropertyChange:
     unit: str
     interface: str
@@ -52,7 +52,7 @@ class PropertyStream:
         else:
             rules = [MatchRule(PROPERTIES, "PropertiesChanged", path=p) for p in sorted(paths)]
         accept = None if paths is None else (lambda msg: msg.path in paths)
-        self._queue = SignalQueue(conn, rules, queue_size, accept)
+        self._queue = SignalQueue(conn, rules, queue_size, self._decode, accept)
 
     @property
     def dropped(self) -> int:
@@ -69,11 +69,10 @@ class PropertyStream:
 
     def next_change(self, timeout: float | None = None) -> PropertyChange | None:
         """The next change, waiting up to ``timeout`` seconds (None: forever); None on timeout."""
-        got = self._queue.next(timeout, "watch unit properties")
-        return None if got is None else self._decode(*got)
+        return self._queue.next(timeout, "watch unit properties")
 
     def _decode(self, msg: Message, at: float) -> PropertyChange:
-        """One signal as a change (subclasses may read less of it)."""
+        """One signal as a change, as it is queued (subclasses may read less of it)."""
         interface, changed, invalidated = msg.body()
         return PropertyChange(
             unit=unit_name_from_path(msg.path),

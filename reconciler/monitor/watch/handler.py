@@ -124,8 +124,9 @@ class Watcher:
         self.set_desired(monitor.desired_units(self.store))
 
     def set_desired(self, desired: list[DesiredUnit]) -> None:
-        self.desired = desired
         self.scheduled = monitor.scheduled_units(desired)
+        # names are what the watch keeps of them (the contents: a pass reads its own)
+        self.desired = [replace(d, content="") for d in desired]
 
     def select(self) -> list[str]:
         loaded: list[str] = []

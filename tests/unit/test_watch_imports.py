@@ -1,0 +1,53 @@
+"""The watch daemon's import set stays lean (issue 13: RSS < 25 MB at 1,000 units).
+
+Every module a long-running process imports stays in its memory for good (~30-300 KB each:
+jeepney was 23 modules for two lines of handshake). Cheap: one interpreter, no timing.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+# What the daemon's code path imports when it starts (its command, the daemon, the pass).
+DAEMON = (
+    "reconciler.cli",
+    "reconciler.cli.watch",
+    "reconciler.monitor.watch.daemon",
+    "reconciler.runtime",
+)
+# Never needed by the daemon, or only in a rare branch that imports it itself.
+HEAVY = {
+    "jeepney": "the D-Bus handshake is systemd/auth.py",
+    "difflib": "plan diffs and key suggestions import it where used",
+    "tarfile": "diagnostics bundles (a finding opening) import it",
+    "concurrent": "diagnostics bundles' thread pool",
+    "git": "only the sync fetches",
+    "jinja2": "only the sync renders",
+    "pydantic": "only the inventory",
+    "requests": "only webhooks and jobs",
+    "urllib3": "only webhooks and jobs",
+    "sqlalchemy": "the metric store's PostgreSQL backend",
+    "psycopg": "the metric store's PostgreSQL backend",
+    "http": "the push server, webhooks",
+    "email": "pulled in by http and urllib.request",
+    "asyncio": "never",
+    "multiprocessing": "never",
+    "uuid": "alert webhooks only",
+    "hashlib": "signatures and webhooks only",
+}
+
+
+def test_the_watch_daemon_imports_nothing_heavy() -> None:
+    code = (
+        "import importlib, json, sys\n"
+        f"for m in {DAEMON!r}: importlib.import_module(m)\n"
+        "print(json.dumps(sorted(sys.modules)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    loaded = {name.partition(".")[0] for name in json.loads(out)}
+    assert {m: why for m, why in HEAVY.items() if m in loaded} == {}
+    assert len(json.loads(out)) < 200  # 182 when written (was 189 with jeepney and difflib)
