@@ -65,6 +65,7 @@ from reconciler.monitor.types import (
 )
 from reconciler.store import sync_store
 from reconciler.store.finding_store import FindingStore, Impacted, Retention
+from reconciler.systemd.unit_files import Reloads
 
 if TYPE_CHECKING:
     from reconciler.store.sync_store import Store
@@ -198,9 +199,14 @@ def view_host(
             != (c.last_invocation_id, c.last_state, c.last_sub_state, c.last_n_restarts)
         )
 
+    reloads = Reloads(store.kv_get(sync_store.RELOADS_KEY), systemd.units_loaded_at())
     states = (
-        unitstate.read_state(systemd, names, settings.unit_dir, changed=changed) if names else {}
+        unitstate.read_state(systemd, names, settings.unit_dir, changed=changed, reloads=reloads)
+        if names
+        else {}
     )
+    if (text := reloads.dump()) is not None:
+        store.kv_set(sync_store.RELOADS_KEY, text)
     drift = {d.name: drift_mod.check(d, states[d.name]) for d in desired}
     ours = _dropins_of(applied)
     del applied
@@ -251,15 +257,22 @@ def observations(view: HostView, now: float) -> list[Observation]:
 
 
 EXITS_RETRY_SEC = 0.3
-ExitReader = Callable[[str, float, float], Sequence[Exit]]  # (unit, since, until) -> exits
+# (units, since, until) -> {unit: its exits, oldest first}
+ExitReader = Callable[[Collection[str], float, float], Mapping[str, Sequence[Exit]]]
 
 
 def exit_reader(settings: Settings) -> ExitReader:
     """Reads systemd's exit entries with the journal command of ``[diagnostics]``."""
-    from reconciler.monitor import diagnostics  # tarfile, tempfile: only when a look needs it
+    command = settings.diagnostics.journal_command  # not diagnostics: tarfile, a thread pool
+    return lambda units, since, until: unitstate.read_exits(command, units, since, until)
 
-    command = diagnostics.load_config(settings).journal_command
-    return lambda unit, since, until: unitstate.read_exits(command, unit, since, until)
+
+def _gap_start(prev: Counters | None, obs: Observation) -> float:
+    return prev.last_seen_at if prev and prev.last_seen_at else obs.at - STALE_SEC
+
+
+def _within(exits: Sequence[Exit], gap: tuple[float, float, int]) -> int:
+    return sum(gap[0] <= e.at <= gap[1] + 1.0 for e in exits)
 
 
 class Recorder:
@@ -284,12 +297,14 @@ class Recorder:
             current = self.db.counters({o.unit for o in looks})
             changed: dict[str, Counters] = {}
             since: dict[str, float | None] = {}
+            exits = self._exits(looks, current)
             for obs in sorted(looks, key=lambda o: o.at):
                 prev = changed.get(obs.unit) or current.get(obs.unit)
                 new, evs = update_counters(prev, obs)
                 if self.exits is not None and unknown_exits(evs):
-                    lo = prev.last_seen_at if prev and prev.last_seen_at else obs.at - STALE_SEC
-                    new, evs = apply_exits(new, evs, self._exits(obs.unit, lo, obs.at, evs))
+                    lo = _gap_start(prev, obs)
+                    found = [e for e in exits.get(obs.unit, ()) if lo <= e.at <= obs.at + 1.0]
+                    new, evs = apply_exits(new, evs, found)
                 if new != prev:
                     changed[obs.unit] = new
                 if evs:
@@ -310,15 +325,35 @@ class Recorder:
             self.latest[obs.unit] = obs
         return events
 
-    def _exits(self, unit: str, lo: float, at: float, events: Sequence[Event]) -> Sequence[Exit]:
-        """systemd's exit entries for the gap; read once more a moment later when some are
-        missing (journald stores what PID 1 sends asynchronously; a look right after a
+    def _exits(
+        self, looks: Sequence[Observation], current: Mapping[str, Counters]
+    ) -> Mapping[str, Sequence[Exit]]:
+        """systemd's exit entries for the gaps ``looks`` leave unexplained (crashes of runs
+        no look saw), in one read for all units; read once more a moment later when some
+        are missing (journald stores what PID 1 sends asynchronously; a look right after a
         restart can come first)."""
-        assert self.exits is not None
-        found = self.exits(unit, lo, at)
-        if len(found) < sum(e.kind == "crash" for e in events):
-            time.sleep(EXITS_RETRY_SEC)
-            found = self.exits(unit, lo, at)
+        if self.exits is None:
+            return {}
+        gaps: dict[str, tuple[float, float, int]] = {}  # unit -> since, until, crashes
+        state = dict(current)
+        for obs in sorted(looks, key=lambda o: o.at):  # as ``record`` will see them
+            prev = state.get(obs.unit)
+            state[obs.unit], evs = update_counters(prev, obs)
+            if unknown_exits(evs):
+                lo, hi, n = gaps.get(obs.unit, (_gap_start(prev, obs), obs.at, 0))
+                crashes = sum(e.kind == "crash" for e in evs)
+                gaps[obs.unit] = (min(lo, _gap_start(prev, obs)), max(hi, obs.at), n + crashes)
+        if not gaps:
+            return {}
+        lo, hi = min(g[0] for g in gaps.values()), max(g[1] for g in gaps.values())
+        found = self.exits(list(gaps), lo, hi)
+        if any(_within(found.get(u, ()), g) < g[2] for u, g in gaps.items()):
+            # journald had EXITS_RETRY_SEC after the newest look to store it, then no more:
+            # a batch of old looks (a crash storm's backlog) is not held up again
+            wait = hi + EXITS_RETRY_SEC - time.time()
+            if wait > 0:
+                time.sleep(wait)
+                found = self.exits(list(gaps), lo, hi)
         return found
 
     def evaluate(

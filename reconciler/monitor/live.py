@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 
 from reconciler.core.counters import Exit, signal_name
@@ -28,7 +28,7 @@ from reconciler.errors import SystemdError
 from reconciler.model import LiveUnit
 from reconciler.systemd.client import Systemd
 from reconciler.systemd.properties import UINT64_MAX
-from reconciler.systemd.unit_files import changed_since, file_states, host_root
+from reconciler.systemd.unit_files import Reloads, changed_since, file_states, host_root
 
 UNIT_IFACE = "org.freedesktop.systemd1.Unit"
 SERVICE_IFACE = "org.freedesktop.systemd1.Service"
@@ -153,6 +153,7 @@ def read_state(
     *,
     changed: Callable[[LiveUnit], bool] | None = None,
     cgroup_roots: Sequence[Path] = CGROUP_ROOTS,
+    reloads: Reloads | None = None,
 ) -> dict[str, UnitState]:
     """Every unit in ``names`` (not loaded ones too: their LiveUnit says not-found).
 
@@ -165,11 +166,14 @@ def read_state(
     if root is None:
         live = systemd.read_units(list(names))
     else:  # enablement from the directories, NeedDaemonReload only of changed files
+        reloads = reloads or Reloads(None, systemd.units_loaded_at())
+        touched = _changed(unit_dir, names)
+        suspects = changed_since(touched, names, reloads.loaded_at, reloads.clean)
         live = systemd.read_units(
-            list(names),
-            file_states=file_states(root, names, files),
-            suspects=changed_since(_changed(unit_dir, names), names, systemd.units_loaded_at()),
+            list(names), file_states=file_states(root, names, files), suspects=suspects
         )
+        loaded = {n: u.need_daemon_reload for n, u in live.items() if u.load_state == "loaded"}
+        reloads.learn(suspects, touched, loaded)
     wall, mono = time.time(), time.monotonic()
     exited = [
         n
@@ -275,16 +279,20 @@ UNIT_FAILURE = "d9b373ed55a64feb8242e02dbe79a49c"  # systemd: "Failed with resul
 EXITS_TIMEOUT_SEC = 5.0
 
 
-def read_exits(command: Sequence[str], unit: str, since: float, until: float) -> list[Exit]:
-    """How ``unit``'s runs ended between ``since`` and ``until``, from systemd's own journal
-    entries (one per run, by ``INVOCATION_ID``), oldest first; [] when the journal cannot
-    say. Once a crashed unit runs again its ``ExecMain*`` describe the new run: this is
-    where an unseen crash's exit code, signal and ``watchdog`` result are still kept."""
+def read_exits(
+    command: Sequence[str], units: Collection[str], since: float, until: float
+) -> dict[str, list[Exit]]:
+    """How the runs of ``units`` ended between ``since`` and ``until``, from systemd's own
+    journal entries (one per run, by ``INVOCATION_ID``), oldest first per unit; nothing
+    for a unit when the journal cannot say. Once a crashed unit runs again its
+    ``ExecMain*`` describe the new run: this is where an unseen crash's exit code, signal
+    and ``watchdog`` result are still kept. One ``journalctl`` for all of them (a batch of
+    the watch daemon in a crash storm asked once per unit: ~40 processes a batch)."""
     import json
     import subprocess
 
     argv = [*command, "--no-pager", "-o", "json", "--since", f"@{int(since)}"]
-    argv += [f"UNIT={unit}", "_PID=1"]
+    argv += [*(f"UNIT={unit}" for unit in sorted(units)), "_PID=1"]  # UNIT=a UNIT=b: a or b
     try:
         proc = subprocess.run(
             argv,
@@ -295,20 +303,21 @@ def read_exits(command: Sequence[str], unit: str, since: float, until: float) ->
             stdin=subprocess.DEVNULL,
         )
     except (OSError, subprocess.TimeoutExpired):
-        return []
-    runs: dict[str, dict[str, object]] = {}
+        return {}
+    runs: dict[tuple[str, str], dict[str, object]] = {}
     for line in proc.stdout.splitlines():
         try:
             entry = json.loads(line)
         except ValueError:
             continue
         kind = entry.get("MESSAGE_ID")
-        if kind not in (PROCESS_EXIT, UNIT_FAILURE):
+        unit = entry.get("UNIT")
+        if kind not in (PROCESS_EXIT, UNIT_FAILURE) or unit not in units:
             continue
         at = int(entry.get("__REALTIME_TIMESTAMP", 0)) / 1e6
         if not since <= at <= until + 1.0:
             continue
-        run = runs.setdefault(str(entry.get("INVOCATION_ID") or at), {"at": at})
+        run = runs.setdefault((unit, str(entry.get("INVOCATION_ID") or at)), {"at": at})
         if kind == PROCESS_EXIT:
             run["at"] = at
             status = str(entry.get("EXIT_STATUS", ""))
@@ -319,9 +328,10 @@ def read_exits(command: Sequence[str], unit: str, since: float, until: float) ->
                 run["signal"] = signal_name(int(status))
         else:
             run["result"] = str(entry.get("UNIT_RESULT", ""))
-    exits = [
-        Exit(float(r["at"]), r.get("exit_code"), r.get("signal"), str(r.get("result", "")))  # type: ignore[arg-type]
-        for r in runs.values()
-        if "exit_code" in r or "signal" in r
-    ]
-    return sorted(exits, key=lambda e: e.at)
+    out: dict[str, list[Exit]] = {}
+    for (unit, _), r in runs.items():
+        if "exit_code" in r or "signal" in r:
+            out.setdefault(unit, []).append(
+                Exit(float(r["at"]), r.get("exit_code"), r.get("signal"), str(r.get("result", "")))  # type: ignore[arg-type]
+            )
+    return {unit: sorted(exits, key=lambda e: e.at) for unit, exits in out.items()}

@@ -23,7 +23,8 @@ from reconciler.core import unitkind
 from reconciler.model import DesiredUnit, LiveUnit
 from reconciler.reconcile.apply import PENDING_KEY
 from reconciler.reconcile.render import MARKER
-from reconciler.systemd.unit_files import changed_since, file_states, host_root
+from reconciler.store import sync_store
+from reconciler.systemd.unit_files import Reloads, changed_since, file_states, host_root
 
 if TYPE_CHECKING:
     from reconciler.store.sync_store import Store
@@ -43,14 +44,15 @@ class Observed:
 
 
 def read_host(
-    systemd: Systemd, unit_dir: Path, names: Sequence[str]
+    systemd: Systemd, unit_dir: Path, names: Sequence[str], store: Store | None = None
 ) -> tuple[dict[str, str | None], dict[str, LiveUnit]]:
     """The unit files under ``unit_dir`` and what the plan needs of the units ``names``.
 
     Under the standard unit dir (``/etc/systemd/system``, or a host's from outside) the
     enablement comes from one read of the unit directories and ``NeedDaemonReload`` is
-    asked only of files changed since systemd last loaded units: a host of unchanged
-    running units answers in a handful of calls. Elsewhere systemd is asked per unit.
+    asked only of files changed since systemd last loaded units (and not already answered
+    for, ``Reloads`` in ``store``): a host of unchanged running units answers in a handful
+    of calls. Elsewhere systemd is asked per unit.
     """
     files: dict[str, str | None] = {}
     changed: dict[str, float] = {}
@@ -71,8 +73,14 @@ def read_host(
     root = host_root(unit_dir)
     if root is None:
         return files, systemd.read_units(units, runtime=False)
-    suspects = changed_since(changed, units, systemd.units_loaded_at())
+    known = store.kv_get(sync_store.RELOADS_KEY) if store else None
+    reloads = Reloads(known, systemd.units_loaded_at())
+    suspects = changed_since(changed, units, reloads.loaded_at, reloads.clean)
     live = systemd.read_for_plan(units, suspects)
+    loaded = {n: u.need_daemon_reload for n, u in live.items() if u.load_state == "loaded"}
+    reloads.learn(suspects, changed, loaded)
+    if store is not None and (text := reloads.dump()) is not None:
+        store.kv_set(sync_store.RELOADS_KEY, text)
     states = file_states(root, units, files)
     return files, {n: replace(u, unit_file_state=states.get(n, "")) for n, u in live.items()}
 
@@ -84,7 +92,7 @@ def observe(
     owned = store.owned() | marked_files(settings.unit_dir)
     wanted = {u.name for u in desired}
     names = sorted(wanted | owned)
-    files, live = read_host(systemd, settings.unit_dir, names)
+    files, live = read_host(systemd, settings.unit_dir, names, store)
     owned |= {n for n, text in files.items() if text and text.startswith(MARKER)}
     owned -= (hand_made := {n for n in names if made_by_hand(settings.unit_dir / n)})
     foreign = frozenset(n for n in names if n not in owned and files.get(n) is not None)

@@ -405,6 +405,7 @@ def _move_aside(path: Path, exc: Exception) -> Path:
 
 
 DESIRED_KEY = "applied_units"  # kv key: the units of the applied revision, as JSON
+RELOADS_KEY = "reloads"  # systemd.unit_files.Reloads: files systemd loaded as they are
 INSTALLED_KEY = "install_owned"  # kv key: the own units 'reconciler install' wrote (names)
 # kv key, a JSON object: the host's place in a rollout and its record there, for the fleet's
 # metrics (wave and the applied revision it was found for, wave_at; target, polled_at,

@@ -9,6 +9,7 @@ directories each time.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
@@ -125,12 +126,56 @@ def file_states(
 
 
 def changed_since(
-    changed: Mapping[str, float], names: Sequence[str], loaded_at: float | None
+    changed: Mapping[str, float],
+    names: Sequence[str],
+    loaded_at: float | None,
+    clean: Mapping[str, float] | None = None,
 ) -> set[str]:
     """Units whose file may differ from what systemd loaded at ``loaded_at`` (None:
-    unknown, so all): only they can need a daemon-reload. ``changed``: file mtime/ctime."""
+    unknown, so all): only they can need a daemon-reload. ``changed``: file mtime/ctime;
+    ``clean``: files systemd already said it loaded as they are (``Reloads.clean``)."""
+    known = clean or {}
     return {
         n
         for n in names
-        if loaded_at is None or n not in changed or changed[n] >= loaded_at - LOAD_SLACK_SEC
+        if loaded_at is None
+        or n not in changed
+        or (changed[n] >= loaded_at - LOAD_SLACK_SEC and known.get(n) != changed[n])
     }
+
+
+class Reloads:
+    """What systemd said about files changed within ``LOAD_SLACK_SEC`` of its last load.
+
+    A sync that writes 10,000 files leaves the last ~2,000 within that second of its
+    ``Reload``: each later sync and pass asked their ``NeedDaemonReload`` again (2,279
+    ``Get`` per no-op at 10,000 units). An answer "no reload needed" holds while systemd
+    has not loaded units again and the file's change time is the same (any write moves
+    it), so it is kept: ``{"loaded_at": ..., "clean": {unit: change time}}`` as JSON.
+    """
+
+    def __init__(self, text: str | None, loaded_at: float | None) -> None:
+        self.loaded_at = loaded_at
+        data = json.loads(text) if text else {}
+        same = loaded_at is not None and data.get("loaded_at") == loaded_at
+        self.clean: dict[str, float] = dict(data.get("clean", {})) if same else {}
+        self._dirty = bool(text) and not same
+
+    def learn(
+        self, suspects: Collection[str], changed: Mapping[str, float], need: Mapping[str, bool]
+    ) -> None:
+        """Keep the suspects systemd said need no reload (``need``: unit -> its answer)."""
+        for n in suspects:
+            if n in changed and n in need:
+                if need[n]:
+                    self._dirty |= self.clean.pop(n, None) is not None
+                elif self.clean.get(n) != changed[n]:
+                    self.clean[n] = changed[n]
+                    self._dirty = True
+
+    def dump(self) -> str | None:
+        """The JSON to store, or None when nothing changed."""
+        if not self._dirty or self.loaded_at is None:
+            return None
+        self._dirty = False
+        return json.dumps({"loaded_at": self.loaded_at, "clean": self.clean})
