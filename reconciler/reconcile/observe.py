@@ -89,12 +89,16 @@ def observe(
     desired: Sequence[DesiredUnit], systemd: Systemd, store: Store, settings: Settings
 ) -> Observed:
     """Read every unit desired or owned, and sort out which files and names are ours."""
-    owned = store.owned() | marked_files(settings.unit_dir)
+    marked, taken_over = scan_unit_dir(settings.unit_dir)
+    owned = store.owned() | marked
     wanted = {u.name for u in desired}
     names = sorted(wanted | owned)
     files, live = read_host(systemd, settings.unit_dir, names, store)
     owned |= {n for n, text in files.items() if text and text.startswith(MARKER)}
-    owned -= (hand_made := {n for n in names if made_by_hand(settings.unit_dir / n)})
+    hand_made = {  # units from the listing; a drop-in's own path is looked at
+        n for n in names if n in taken_over or ("/" in n and made_by_hand(settings.unit_dir / n))
+    }
+    owned -= hand_made
     foreign = frozenset(n for n in names if n not in owned and files.get(n) is not None)
     foreign |= hand_made
     interrupted = frozenset(json.loads(store.kv_get(PENDING_KEY) or "[]"))
@@ -128,30 +132,45 @@ def made_by_hand(path: Path) -> bool:
         return False
 
 
-def marked_files(unit_dir: Path) -> frozenset[str]:
-    """Unit files in ``unit_dir`` that open with our marker: ours, whatever the store says.
+def scan_unit_dir(unit_dir: Path) -> tuple[frozenset[str], frozenset[str]]:
+    """One pass over ``unit_dir``: (files that open with our marker: ours, whatever the
+    store says; names taken over by hand, see :func:`made_by_hand`).
 
-    Regular files only (a symlink is an alias or a mask, never our file); one short read
-    per file.
+    Regular files only are ours (a symlink is an alias or a mask, never our file); one
+    short read per file. The entry types come with the directory listing: no ``stat``
+    per unit (10,000 of them on a big host).
     """
     head = MARKER.encode()
     found: set[str] = set()
+    by_hand: set[str] = set()
     try:
         entries = list(os.scandir(unit_dir))
     except OSError:
-        return frozenset()
+        return frozenset(), frozenset()
     for entry in entries:
         if entry.name.startswith(".") or "." not in entry.name:
             continue
-        if entry.name.endswith(".d") and entry.is_dir(follow_symlinks=False):
-            found |= _marked_dropins(Path(entry.path), head)
-            continue
         with contextlib.suppress(OSError):
+            if entry.is_symlink():
+                if os.readlink(entry.path) != "/dev/null":
+                    by_hand.add(entry.name)
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                if entry.name.endswith(".d"):
+                    found |= _marked_dropins(Path(entry.path), head)
+                else:
+                    by_hand.add(entry.name)
+                continue
             if entry.is_file(follow_symlinks=False):
                 with open(entry.path, "rb") as fh:
                     if fh.read(len(head)) == head:
                         found.add(entry.name)
-    return frozenset(found)
+    return frozenset(found), frozenset(by_hand)
+
+
+def marked_files(unit_dir: Path) -> frozenset[str]:
+    """Unit files in ``unit_dir`` that open with our marker (see :func:`scan_unit_dir`)."""
+    return scan_unit_dir(unit_dir)[0]
 
 
 def _marked_dropins(directory: Path, head: bytes) -> set[str]:
