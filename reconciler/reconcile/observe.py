@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -89,9 +89,10 @@ def observe(
     desired: Sequence[DesiredUnit], systemd: Systemd, store: Store, settings: Settings
 ) -> Observed:
     """Read every unit desired or owned, and sort out which files and names are ours."""
-    marked, taken_over = scan_unit_dir(settings.unit_dir)
-    owned = store.owned() | marked
     wanted = {u.name for u in desired}
+    manifest = store.owned()
+    marked, taken_over = scan_unit_dir(settings.unit_dir, known=wanted | manifest)
+    owned = manifest | marked
     names = sorted(wanted | owned)
     files, live = read_host(systemd, settings.unit_dir, names, store)
     owned |= {n for n, text in files.items() if text and text.startswith(MARKER)}
@@ -132,13 +133,16 @@ def made_by_hand(path: Path) -> bool:
         return False
 
 
-def scan_unit_dir(unit_dir: Path) -> tuple[frozenset[str], frozenset[str]]:
+def scan_unit_dir(
+    unit_dir: Path, known: Collection[str] = ()
+) -> tuple[frozenset[str], frozenset[str]]:
     """One pass over ``unit_dir``: (files that open with our marker: ours, whatever the
     store says; names taken over by hand, see :func:`made_by_hand`).
 
     Regular files only are ours (a symlink is an alias or a mask, never our file); one
-    short read per file. The entry types come with the directory listing: no ``stat``
-    per unit (10,000 of them on a big host).
+    short read per file, except the ``known`` ones (desired or in the manifest: the
+    caller reads them whole anyway). The entry types come with the directory listing: no
+    ``stat`` per unit (10,000 of them on a big host).
     """
     head = MARKER.encode()
     found: set[str] = set()
@@ -157,11 +161,11 @@ def scan_unit_dir(unit_dir: Path) -> tuple[frozenset[str], frozenset[str]]:
                 continue
             if entry.is_dir(follow_symlinks=False):
                 if entry.name.endswith(".d"):
-                    found |= _marked_dropins(Path(entry.path), head)
+                    found |= _marked_dropins(Path(entry.path), head) - set(known)
                 else:
                     by_hand.add(entry.name)
                 continue
-            if entry.is_file(follow_symlinks=False):
+            if entry.name not in known and entry.is_file(follow_symlinks=False):
                 with open(entry.path, "rb") as fh:
                     if fh.read(len(head)) == head:
                         found.add(entry.name)
