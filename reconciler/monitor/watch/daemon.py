@@ -159,6 +159,7 @@ def _loop(watcher: Watcher, state: Flags, load_settings: Callable[[], Settings])
             if now >= next_pass:
                 next_pass = now + watcher.config.pass_sec
                 safely("run the monitoring pass", watcher.full_pass)
+            safely("take the monitoring pass's outcome", watcher.pass_done)
         except SystemdError as exc:
             if exc.dbus_name != DISCONNECTED:
                 raise
