@@ -24,13 +24,15 @@ its schedule allows.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from reconciler.core.files import HostFile
 from reconciler.core.patterns import Finding, Thresholds, detect_missed_run
 from reconciler.model import DesiredUnit, LiveUnit, ManagedFile
+
+if TYPE_CHECKING:  # core.files imports the inventory (pydantic): not the monitor's to load
+    from reconciler.core.files import HostFile
 
 ENABLED = frozenset({"enabled", "enabled-runtime"})
 NOT_ENABLEABLE = frozenset({"static", "indirect", "generated", "transient", "alias"})
@@ -175,6 +177,8 @@ def config_file_items(entry: ManagedFile, have: HostFile) -> list[DriftItem]:
     if have.kind != "file" or have.meta is None:
         return [item("a regular file", "missing" if have.kind == "absent" else have.kind)]
     items = []
+    import hashlib  # OpenSSL's libcrypto: ~3.6 MB a monitor need not map without config files
+
     if hashlib.sha256(have.meta.content).hexdigest() != entry.sha256:
         items.append(item("content as rendered", "content edited by hand"))
     if have.meta.mode != entry.mode:

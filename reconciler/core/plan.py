@@ -9,7 +9,6 @@ Everything is sorted: the same inputs always give the same plan.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import PurePosixPath
 
@@ -203,6 +202,8 @@ def file_diff(path: str, old: bytes | None, new: bytes | None) -> list[str]:
     def summary(data: bytes | None) -> str:
         if data is None:
             return "none"
+        import hashlib  # OpenSSL libcrypto (~3.6 MB): not for the watch daemon, which imports plan
+
         return f"{len(data)} bytes, sha256 {hashlib.sha256(data).hexdigest()}"
 
     return [f"Binary file {path}: {summary(old)} -> {summary(new)}\n"]
