@@ -50,7 +50,9 @@ def parse_retry_after(value: str | None, now: datetime) -> float | None:
 
 @dataclass(frozen=True)
 class PollBackoff:
-    """A git server that refused: no poll of ``url`` before ``until`` (epoch seconds)."""
+    """A git server that refused: no poll of it before ``until`` (epoch seconds). ``url``
+    is whatever names the server to the caller; the store keeps a digest, never the URL
+    itself (it may carry credentials)."""
 
     url: str
     failures: int  # in a row

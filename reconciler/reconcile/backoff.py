@@ -10,6 +10,7 @@ anyway; the first poll that succeeds clears it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import time
@@ -23,6 +24,11 @@ from reconciler.store.sync_store import Store
 KEY = "poll_backoff"
 
 
+def _server(url: str) -> str:
+    """The key the store keeps for ``url``: a digest, since a URL may carry a password."""
+    return "sha256:" + hashlib.sha256(url.encode()).hexdigest()
+
+
 def current(store: Store, url: str, now: float | None = None) -> PollBackoff | None:
     """The backoff from ``url`` still running, if any."""
     text = store.kv_get(KEY)
@@ -31,7 +37,7 @@ def current(store: Store, url: str, now: float | None = None) -> PollBackoff | N
     except (TypeError, ValueError):
         return None
     now = time.time() if now is None else now
-    return found if found is not None and found.url == url and found.until > now else None
+    return found if found is not None and found.url == _server(url) and found.until > now else None
 
 
 def record(settings: Settings, store: Store, error: BusyError, url: str) -> PollBackoff:
@@ -43,7 +49,7 @@ def record(settings: Settings, store: Store, error: BusyError, url: str) -> Poll
         previous = None
     backoff = next_poll_backoff(
         previous,
-        url,
+        _server(url),
         error.message,
         now=time.time(),
         retry_after=error.retry_after,
