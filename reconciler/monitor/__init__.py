@@ -156,7 +156,8 @@ def own_units(store: Store, unit_dir: Path, desired: Sequence[DesiredUnit]) -> l
     """The reconciler's own units ``install`` wrote (its manifest), as desired units, so its
     timers are monitored like an inventory's: missed runs, failed runs. A service with a
     timer or socket of its own is run by it (not started); the file is the one on disk
-    (install, not the sync, decides its content)."""
+    (install, not the sync, decides its content). An opt-in unit (the promoter's timer) is
+    wanted as the operator left it: monitored where enabled, never reported where not."""
     names = json.loads(store.kv_get(sync_store.INSTALLED_KEY) or "[]")
     if not isinstance(names, list):
         return []
@@ -165,6 +166,8 @@ def own_units(store: Store, unit_dir: Path, desired: Sequence[DesiredUnit]) -> l
     own = []
     for name in sorted(str(n) for n in names):
         if name in managed or not name.endswith((".service", ".timer", ".socket")):
+            continue
+        if name in sync_store.OPT_IN_UNITS and not any(unit_dir.glob(f"*.wants/{name}")):
             continue
         active = not name.endswith(".service") or name.removesuffix(".service") not in stems
         content = unitstate.read_unit_files(unit_dir, [name]).get(name) or ""

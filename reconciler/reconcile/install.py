@@ -23,7 +23,9 @@ host config, because hardening that hides the code makes a unit fail with 203/EX
   would fail the unit with 217/USER. It costs 0.2 of exposure score;
 * writable paths named in the config outside the state dir (``[backup] dest``,
   ``[monitor] textfile``, ``[diagnostics] directory``, ``state_dir``) get
-  ``ReadWritePaths=-PATH`` in the units that write them, and install creates them.
+  ``ReadWritePaths=-PATH`` in the units that write them, and install creates them;
+* ``files_roots`` are writable for the sync (``ReadWritePaths=-ROOT``; a missing root is
+  created 0755 before it starts: ``ProtectSystem=strict`` would refuse the first file).
 
 Install also creates the webhook secret (random, 0600) the webhook socket waits for, and
 writes ``/etc/reconciler/config.toml`` once (never over an operator's file).
@@ -50,16 +52,14 @@ from reconciler.host import lock
 from reconciler.model import DesiredUnit, Plan
 from reconciler.reconcile import apply, validate
 from reconciler.reconcile.observe import read_host
-from reconciler.store.sync_store import INSTALLED_KEY
+from reconciler.store.sync_store import INSTALLED_KEY, OPT_IN_UNITS
 
 MANIFEST_KEY = INSTALLED_KEY  # the monitor reads it too: the own timers are monitored
 USERNS_KEY = "install_user_namespaces"  # what install probed; a sync cannot probe it
 PLACEHOLDER = "@RECONCILER@"
 # Started and enabled by install; every other unit is run by one of these.
 ACTIVE = {"reconciler-watch.service"}
-# Installed, never enabled by install: the promoter's timer runs on ONE machine of a fleet,
-# where an operator enables it (systemctl enable --now reconciler-promote.timer).
-OPT_IN = {"reconciler-promote.timer"}
+OPT_IN = OPT_IN_UNITS  # installed, never enabled by install
 DEFAULT_STATE_DIR = PurePosixPath("/var/lib/reconciler")
 DEFAULT_SECRET = PurePosixPath("/etc/reconciler/webhook-secret")
 DEFAULT_LISTEN = "127.0.0.1:9420"
@@ -70,6 +70,7 @@ TMP_DIRS = ("/tmp", "/var/tmp")  # what PrivateTmp= replaces
 # Units that run a monitoring pass (and so write the textfile and diagnostics bundles).
 MONITORS = ("gitops-sync.service", "reconciler-monitor.service", "reconciler-watch.service")
 BACKUP = "volume-backup.service"
+SYNC = "gitops-sync.service"
 WEBHOOK = "reconciler-webhook.service"
 # Paths written into unit files unquoted: anything else would need systemd escaping.
 _PLAIN_PATH = re.compile(r"^/[A-Za-z0-9._+@:,=~/-]*$")
@@ -92,6 +93,7 @@ class Layout:
     user_namespaces: bool = True  # False: PrivateUsers= would fail every unit using it
     listen: str = DEFAULT_LISTEN  # the webhook socket's ListenStream= ([webhook] listen)
     config: str = str(DEFAULT_CONFIG)  # the host config the path unit watches
+    files_roots: tuple[str, ...] = ()  # where the sync writes config files (files_roots)
 
 
 @dataclass(frozen=True)
@@ -161,6 +163,12 @@ def adapt(name: str, text: str, layout: Layout) -> str:
         # ReadWritePaths= cannot grant what does not exist, and the unit cannot create it
         # under ProtectSystem=strict: made first, outside the sandbox ("+"), when missing.
         extra.append("ExecStartPre=+mkdir -p -m 0700 " + " ".join(paths))
+    if name == SYNC and layout.files_roots:
+        # The sync writes config files under the host's files_roots, which
+        # ProtectSystem=strict keeps read-only; a missing root is made as a config directory.
+        roots = outermost(layout.files_roots)
+        extra.append("ReadWritePaths=" + " ".join(f"-{p}" for p in roots))
+        extra.append("ExecStartPre=+mkdir -p -m 0755 " + " ".join(roots))
     lines: list[str] = []
     section = ""
     for line in text.splitlines():
@@ -311,6 +319,7 @@ def read_layout(settings: Settings, user_namespaces: bool | None = None) -> Layo
         user_namespaces=user_namespaces_work() if user_namespaces is None else user_namespaces,
         listen=settings.webhook.listen,
         config=_plain(str(settings.path or DEFAULT_CONFIG)),
+        files_roots=tuple(_plain(r) for r in settings.files_roots),
     )
 
 

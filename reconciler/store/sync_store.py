@@ -407,6 +407,9 @@ def _move_aside(path: Path, exc: Exception) -> Path:
 DESIRED_KEY = "applied_units"  # kv key: the units of the applied revision, as JSON
 RELOADS_KEY = "reloads"  # systemd.unit_files.Reloads: files systemd loaded as they are
 INSTALLED_KEY = "install_owned"  # kv key: the own units 'reconciler install' wrote (names)
+# Own units install writes but never enables: the promoter's timer runs on ONE machine of a
+# fleet, where an operator enables it (systemctl enable --now reconciler-promote.timer).
+OPT_IN_UNITS = frozenset({"reconciler-promote.timer"})
 # kv key, a JSON object: the host's place in a rollout and its record there, for the fleet's
 # metrics (wave and the applied revision it was found for, wave_at; target, polled_at,
 # joined_at, failed_target, healthy_revision, healthy_since, rollbacks, health_gate_failures)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import stat
@@ -351,3 +352,30 @@ def test_lock_released_then_writes_work(db: Path, locker: subprocess.Popen[str])
         s.kv_set("mine", "1")
         assert s.kv_get("mine") == "1"
         assert s.kv_get("held") is None
+
+
+def test_the_monitor_wants_an_opt_in_own_unit_as_the_operator_left_it(
+    store: Store, tmp_path: Path
+) -> None:
+    """The promoter's timer is installed on every host and enabled on one: where it is not
+    enabled, the monitoring pass reported it drifted (a false alarm on every host)."""
+    from reconciler.monitor import own_units
+
+    unit_dir = tmp_path / "units"
+    unit_dir.mkdir()
+    names = ["gitops-sync.service", "gitops-sync.timer", "reconciler-promote.service",
+             "reconciler-promote.timer"]  # fmt: skip
+    for name in names:
+        (unit_dir / name).write_text("[Unit]\n")
+    store.kv_set(sync_store.INSTALLED_KEY, json.dumps(names))
+    wanted = {u.name: (u.enable, u.start) for u in own_units(store, unit_dir, [])}
+    assert wanted == {
+        "gitops-sync.service": (False, False),  # run by its timer
+        "gitops-sync.timer": (True, True),
+        "reconciler-promote.service": (False, False),
+    }
+    wants = unit_dir / "timers.target.wants"
+    wants.mkdir()
+    (wants / "reconciler-promote.timer").symlink_to(unit_dir / "reconciler-promote.timer")
+    wanted = {u.name: (u.enable, u.start) for u in own_units(store, unit_dir, [])}
+    assert wanted["reconciler-promote.timer"] == (True, True)  # enabled here: monitored

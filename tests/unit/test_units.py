@@ -129,6 +129,24 @@ CASES = [
         },
     ),
     Case(
+        "files_roots: the sync may write config files there (a user's trial: EROFS)",
+        "gitops-sync.service",
+        Layout(PY, files_roots=("/etc/nginx", "/etc/nginx/conf.d", "/etc/greeter")),
+        {
+            "ReadWritePaths": [
+                "/etc/systemd/system /var/lib/reconciler /run/reconciler",
+                "-/etc/greeter -/etc/nginx",
+            ],
+            "ExecStartPre": ["+mkdir -p -m 0755 /etc/greeter /etc/nginx"],
+        },
+    ),
+    Case(
+        "files_roots concern the sync alone",
+        "reconciler-monitor.service",
+        Layout(PY, files_roots=("/etc/nginx",)),
+        {"ExecStartPre": []},
+    ),
+    Case(
         "webhook socket: 127.0.0.1:9420 by default ([webhook] listen's default)",
         "reconciler-webhook.socket",
         Layout(PY),
@@ -307,6 +325,7 @@ LAYOUTS = {
             Settings(sections={"backup": {"dest": "/srv/b"}, "diagnostics": {"directory": "/d"}})
         ),
         user_namespaces=False,
+        files_roots=("/etc/nginx", "/srv/app"),
     ),
 }
 
