@@ -20,6 +20,9 @@ class DesiredUnit:
     start: bool = True  # False for a service run by its timer
     health_timeout_sec: float | None = None  # None: no health gate
     restart: bool = True  # a drop-in (name UNIT.d/FILE.conf): restart UNIT when it changes
+    # a unit Podman's Quadlet generator makes from this host file at the Reload: never
+    # written, enabled or verified by the sync, only started, gated and monitored
+    generated_from: str | None = None
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,7 @@ class DesiredFile:
     restart: tuple[str, ...] = ()  # units restarted when the file changes
     reload: tuple[str, ...] = ()  # units reloaded (ReloadUnit) when the file changes
     adopt: bool = False  # overwrite a file already there (kept for restore) instead of refusing
+    quadlet: bool = False  # a Quadlet file of a [services.NAME] (not under files_roots' rule)
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
                 "valid": not failed,
                 "hosts": [
                     {"host": r.host, "valid": r.error is None, "units": list(r.units),
-                     "files": list(r.files), "error": r.error}
+                     "files": list(r.files), "error": r.error, "notes": list(r.notes)}
                     for r in results
                 ],
             }
@@ -54,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
             units = _options.count(len(r.units), "unit")
             files = f", {_options.count(len(r.files), 'config file')}" if r.files else ""
             print(f"ok    {r.host}: {units} ({', '.join(r.units) or 'none'}){files}")
+            for note in r.notes:
+                print(f"      note: {note}")
         else:
             print(f"FAIL  {r.host}: {r.error}")
     if failed:

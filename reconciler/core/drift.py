@@ -96,7 +96,10 @@ class DriftItem:
 
 
 def file_status(desired: DesiredUnit, state: UnitState) -> str:
-    """``matches``, ``drifted`` (edited by hand) or ``missing``."""
+    """``matches``, ``drifted`` (edited by hand) or ``missing``. A Quadlet-generated unit
+    has no file of ours: its Quadlet file is checked as a config file."""
+    if desired.generated_from:
+        return "matches"
     if state.file is None:
         return "missing"
     return "matches" if state.file == desired.content else "drifted"

@@ -18,9 +18,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from reconciler.core.inventory import SERVICES_FILE, key_path, quote
+from reconciler.core.unitkind import is_quadlet_path
 from reconciler.errors import InventoryError
 from reconciler.model import (
     Action,
+    DaemonReload,
     DesiredFile,
     FileMeta,
     ManagedFile,
@@ -97,6 +99,7 @@ class FilePlan:
     actions: tuple[Action, ...] = ()
     restart: frozenset[str] = frozenset()
     reload: frozenset[str] = frozenset()
+    stop: frozenset[str] = frozenset()  # generated units whose Quadlet file goes
     during: tuple[ManagedFile, ...] = ()
     after: tuple[ManagedFile, ...] = ()
     notes: tuple[str, ...] = ()
@@ -108,6 +111,8 @@ class _Refusals:
 
     def add(self, path: str, key: str | None, why: str) -> None:
         loc = ("files", path, key) if key else ("files", path)
+        if is_quadlet_path(path):  # a Quadlet file is a [services.NAME]'s
+            loc = ("services", path.rpartition("/")[2].rpartition(".")[0])
         self.problems.append((key_path(loc), why))
 
     def raise_first(self) -> None:
@@ -144,7 +149,7 @@ def plan_files(
         if f.path in seen:  # a TOML table cannot repeat a key; kept for direct callers
             refused.add(f.path, None, "listed twice")
         seen.add(f.path)
-        problem = path_problem(f.path, policy)
+        problem = None if f.quadlet and is_quadlet_path(f.path) else path_problem(f.path, policy)
         facts = host.get(f.path, HostFile(f.path))
         if problem:
             refused.add(f.path, None, problem)
@@ -193,6 +198,7 @@ def plan_files(
             restart |= set(f.restart)
             reload |= set(f.reload)
     notes: list[str] = []
+    stop: set[str] = set()
     for path in sorted(manifest.keys() - after.keys()):
         old = manifest[path]
         facts = host.get(path, HostFile(path))
@@ -218,12 +224,16 @@ def plan_files(
             actions.append(RemoveFile(path, live.content))
         else:
             continue
+        if is_quadlet_path(path):  # its generated unit is stopped first, and goes
+            stop |= set(old.restart)
+            continue
         restart |= set(old.restart)
         reload |= set(old.reload)
     return FilePlan(
         tuple(actions),
-        frozenset(restart),
-        frozenset(reload - restart),
+        frozenset(restart - stop),
+        frozenset(reload - restart - stop),
+        frozenset(stop),
         tuple(during[p] for p in sorted(during)),
         tuple(after[p] for p in sorted(after)),
         tuple(notes),
@@ -248,7 +258,13 @@ def merge(
     actions = list(plan.actions)
     unit_steps = (StopUnit, ResetFailedUnit, RemoveUnitFile, WriteUnitFile)
     at = max((i + 1 for i, a in enumerate(actions) if isinstance(a, unit_steps)), default=0)
-    actions[at:at] = files.actions
+    stops: list[Action] = [StopUnit(u) for u in sorted(files.stop) if active.get(u) in RUNNING]
+    stops += [ResetFailedUnit(u) for u in sorted(files.stop) if active.get(u) == "failed"]
+    generator = [a for a in files.actions if is_quadlet_path(getattr(a, "path", ""))]
+    reload_after: list[Action] = (
+        [DaemonReload()] if generator and DaemonReload() not in actions else []
+    )
+    actions[at:at] = stops + list(files.actions) + reload_after
     jobs = {a.name for a in actions if isinstance(a, StartUnit | RestartUnit)}
     pending = set(interrupted)
     asked = files.restart | (pending & {u for m in files.after for u in m.restart})

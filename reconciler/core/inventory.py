@@ -43,7 +43,21 @@ TRIGGERS: tuple[str, ...] = ("calendar", "active_sec", "boot_sec", "startup_sec"
 TRIGGERS += ("unit_active_sec", "unit_inactive_sec")
 UNIT_TYPES = (*unitkind.KINDS, "scope")
 Kind = Literal[
-    "service", "socket", "path", "mount", "automount", "swap", "target", "slice", "timer"
+    "service",
+    "socket",
+    "path",
+    "mount",
+    "automount",
+    "swap",
+    "target",
+    "slice",
+    "timer",
+    "container",
+    "volume",
+    "network",
+    "pod",
+    "kube",
+    "image",
 ]
 MAX_NESTING = 64  # levels of tables and arrays in one file (deeper ones crash parsers)
 # The reconciler's own units (the project's units/ folder, written by `reconciler install`;

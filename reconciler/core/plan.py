@@ -81,9 +81,11 @@ def plan(
         return live_units.get(name) or LiveUnit(name)
 
     masked = {n for n in units if _is_masked(live(n))}
-    files = [units[n] for n in sorted(units) if n not in masked]  # units and drop-ins
+    # units and drop-ins we write; a Quadlet-generated unit is the generator's file
+    generated = [units[n] for n in sorted(units) if units[n].generated_from and n not in masked]
+    files = [units[n] for n in sorted(units) if n not in masked and not units[n].generated_from]
     _check_collisions(files, live_files, owned, foreign, unit_dir)
-    managed = [d for d in files if unitkind.is_unit(d.name)]
+    managed = sorted([d for d in files if unitkind.is_unit(d.name)] + generated, key=_name)
     _check_names(managed, units, taken or {})
     changed = {d.name for d in files if live_files.get(d.name) != d.content}
     removed = sorted(owned - units.keys())
@@ -119,9 +121,12 @@ def plan(
         for n in [*units, *removed]
         if unitkind.is_unit(n)
     ) or any(not unitkind.is_unit(n) for n in interrupted)  # a drop-in a killed apply wrote
+    stale |= any(live(d.name).load_state == "not-found" for d in generated)  # not generated yet
     if files_changed or stale:
         actions.append(DaemonReload())
-    disable, enable = _enablement(managed, live, live_files)
+    disable, enable = _enablement(
+        [d for d in managed if not d.generated_from], live, live_files
+    )  # a generated unit cannot be enabled over D-Bus: Quadlet links its [Install] itself
     actions += _batch(DisableUnits, disable) + _batch(EnableUnits, enable)
 
     timer_driven = _timer_driven(desired)
@@ -143,7 +148,7 @@ def plan(
     gated = set(started) | set(restarted)
     return Plan(
         actions=tuple(actions),
-        owned_after=frozenset(units.keys() - (masked - owned)),
+        owned_after=frozenset(units.keys() - (masked - owned) - {d.name for d in generated}),
         health_checks=tuple(
             (d.name, d.health_timeout_sec)
             for d in managed
@@ -220,6 +225,10 @@ def _index(desired: Sequence[DesiredUnit]) -> dict[str, DesiredUnit]:
             )
         units[d.name] = d
     return units
+
+
+def _name(d: DesiredUnit) -> str:
+    return d.name
 
 
 def _is_masked(unit: LiveUnit) -> bool:

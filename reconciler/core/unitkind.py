@@ -5,6 +5,10 @@ A mount, automount or swap unit is named after a path (``/srv/my-data`` ->
 one whose ``Where=``/``What=`` says otherwise, so the render refuses it first, naming the
 right name. A socket, path or timer starts a service of its own (``NAME.service`` unless
 ``Service=``/``Unit=`` says otherwise): the sync leaves starting that service to it.
+
+A Quadlet kind (``container``, ``volume``, ...) is no systemd unit: its file goes into
+``QUADLET_DIR`` and Podman's generator makes a service of it at every Reload, named as
+``quadlet`` names it (``generated_unit``); that service is what the sync starts.
 """
 
 from __future__ import annotations
@@ -19,6 +23,28 @@ _PLAIN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ01234567
 
 
 DROPIN_PREFIX = "50-reconciler-"
+
+QUADLET_KINDS = ("container", "volume", "network", "pod", "kube", "image")
+QUADLET_DIR = "/etc/containers/systemd"  # the host's; Podman's generator reads it
+QUADLET_GENERATOR = "/usr/lib/systemd/system-generators/podman-system-generator"
+# kind -> the generated service's suffix after NAME (podman-systemd.unit(5))
+_GENERATED = {"container": "", "kube": "", "volume": "-volume", "network": "-network",
+              "pod": "-pod", "image": "-image"}  # fmt: skip
+
+
+def generated_unit(stem: str, kind: str, content: str) -> str:
+    """The service Quadlet generates from ``STEM.KIND``: ``ServiceName=`` in the kind's
+    section, else ``STEM.service`` (container, kube) or ``STEM-KIND.service``."""
+    named = section_values(content, kind.capitalize(), "ServiceName")
+    if named and named[-1]:
+        return named[-1] if named[-1].endswith(".service") else f"{named[-1]}.service"
+    return f"{stem}{_GENERATED[kind]}.service"
+
+
+def is_quadlet_path(path: str) -> bool:
+    """A host path of a Quadlet file (``/etc/containers/systemd/NAME.KIND``)."""
+    directory, _, name = path.rpartition("/")
+    return directory == QUADLET_DIR and name.rpartition(".")[2] in QUADLET_KINDS
 
 
 def dropin_target(name: str) -> str | None:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from reconciler.config import Settings
 from reconciler.core.plan import describe
+from reconciler.core.unitkind import is_quadlet_path
 from reconciler.errors import (
     ApplyError,
     InventoryError,
@@ -234,6 +235,10 @@ class _Sync:
         observed = observe(desired, systemd, store, settings)
         facts = observe_files(files, systemd, settings)
         plan = make_plan(desired, observed, settings, files, facts)
+        if any(is_quadlet_path(getattr(a, "path", "")) for a in plan.actions):
+            from reconciler.reconcile import quadlet  # Podman's own dry run, before any write
+
+            quadlet.check(files, settings.host_root)
         outcome.plan, outcome.actions = plan, describe(plan)
         if held_from:  # plan says it as sync does
             outcome.message = (

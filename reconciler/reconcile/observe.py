@@ -31,6 +31,11 @@ if TYPE_CHECKING:
     from reconciler.systemd.client import Systemd
 
 
+# where systemd keeps what generators wrote (normal, early, late)
+GENERATOR_DIRS = ("/run/systemd/generator/", "/run/systemd/generator.early/",
+                  "/run/systemd/generator.late/")  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Observed:
     """The host as the plan sees it: files and units by name, and what is whose."""
@@ -236,10 +241,13 @@ def find_taken(
         return taken
     props = systemd.get_properties(sorted(set(check)), UNIT, ["LoadState", "FragmentPath"])
     inside = str(unit_dir).rstrip("/")
+    generated = {u.name for u in desired if u.generated_from}
     for name, p in props.items():
         fragment = str(p.get("FragmentPath", ""))
         if p.get("LoadState") in ("masked", "not-found") or not fragment:
             continue
+        if name in generated and fragment.startswith(GENERATOR_DIRS):
+            continue  # Quadlet made it from our file
         parent = fragment.rpartition("/")[0]
         if parent and inside.endswith(parent):
             continue  # our own file, removed since systemd loaded it

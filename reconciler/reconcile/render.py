@@ -51,14 +51,14 @@ def render_all(snapshot: Snapshot, host: str) -> tuple[list[DesiredUnit], list[D
     units = templates.render(inv.select(host), sources)
     units += templates.render_dropins(inv.select_dropins(host), sources)
     files = templates.render_files(inv.select_files(host), sources, snapshot.files)
-    return [
-        replace(
-            u,
-            content=f"{MARKER} (service {u.service}); edits are reverted by the next "
-            f"sync.\n{u.content}",
-        )
-        for u in units
-    ], files
+    units, quadlets = templates.split_quadlets(units, header)
+    marked = [u if u.generated_from else replace(u, content=header(u) + u.content) for u in units]
+    return marked, quadlets + files
+
+
+def header(unit: DesiredUnit) -> str:
+    """The marker line a unit file (or Quadlet file) of ``unit`` opens with."""
+    return f"{MARKER} (service {unit.service}); edits are reverted by the next sync.\n"
 
 
 def render_bounded(
