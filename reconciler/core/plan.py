@@ -122,12 +122,14 @@ def plan(
         if unitkind.is_unit(n)
     ) or any(not unitkind.is_unit(n) for n in interrupted)  # a drop-in a killed apply wrote
     stale |= any(live(d.name).load_state == "not-found" for d in generated)  # not generated yet
-    if files_changed or stale:
-        actions.append(DaemonReload())
     disable, enable = _enablement(
         [d for d in managed if not d.generated_from], live, live_files
     )  # a generated unit cannot be enabled over D-Bus: Quadlet links its [Install] itself
+    # enabled before the Reload, as `systemctl enable` does: systemd 257 marks a unit enabled
+    # after its load as needing a reload (NeedDaemonReload), so the next sync reloaded again
     actions += _batch(DisableUnits, disable) + _batch(EnableUnits, enable)
+    if files_changed or stale or disable or enable:
+        actions.append(DaemonReload())
 
     timer_driven = _timer_driven(desired)
     jobs = {

@@ -377,7 +377,8 @@ def check_structure(marked: str) -> tuple[int, str] | None:
     in_section = continuing = False
     for number, raw in enumerate(marked.split("\n"), 1):
         pieces = _segments(raw.removesuffix("\r"))
-        text = _MARKERS.sub("", raw.removesuffix("\r")) if len(pieces) > 1 else raw.strip("\r")
+        marked_line = len(pieces) > 1 or OPEN in raw  # one empty value: no pieces at all
+        text = _MARKERS.sub("", raw.removesuffix("\r")) if marked_line else raw.strip("\r")
         stripped = text.lstrip()
         if not stripped:
             continuing = False

@@ -111,7 +111,7 @@ CASES = [
         {"web.service": None},
         {},
         owned(),
-        ["write web.service (new)", "reload systemd", "enable web.service", "start web.service"],
+        ["write web.service (new)", "enable web.service", "reload systemd", "start web.service"],
     ),
     Case(
         "unchanged: empty plan, no reload",
@@ -242,7 +242,7 @@ CASES = [
         {"web.service": None},
         {"sshd.service": live("sshd.service")},
         owned(),
-        ["write web.service (new)", "reload systemd", "enable web.service", "start web.service"],
+        ["write web.service (new)", "enable web.service", "reload systemd", "start web.service"],
         foreign=owned("sshd.service", "legacy.service"),
     ),
     Case(
@@ -271,8 +271,8 @@ CASES = [
         [
             "write backup.service (new)",
             "write backup.timer (new)",
-            "reload systemd",
             "enable backup.timer",
+            "reload systemd",
             "start backup.timer",
         ],
     ),
@@ -498,7 +498,7 @@ CASES = [
         ["start backup.timer"],
     ),
     Case(
-        "enable flips: no file change, no reload",
+        "enable flips: no file change, a reload after (systemd 257 marks them stale)",
         (replace(WEB, enable=False), API),
         on_host(WEB, API),
         {
@@ -506,7 +506,7 @@ CASES = [
             "api.service": live("api.service", file_state="disabled"),
         },
         owned("web.service", "api.service"),
-        ["disable web.service", "enable api.service"],
+        ["disable web.service", "enable api.service", "reload systemd"],
     ),
     Case(
         "[Install] changed on an enabled unit: re-enabled",
@@ -516,9 +516,9 @@ CASES = [
         owned("web.service"),
         [
             "write web.service (changed)",
-            "reload systemd",
             "disable web.service",
             "enable web.service",
+            "reload systemd",
             "restart web.service",
         ],
     ),
@@ -530,8 +530,8 @@ CASES = [
         owned(),
         [
             "write helper.service (new)",
-            "reload systemd",
             "enable helper.service",
+            "reload systemd",
             "start helper.service",
         ],
     ),
@@ -549,7 +549,7 @@ CASES = [
         on_host(WEB),
         {"web.service": LiveUnit("web.service")},
         owned("web.service"),
-        ["reload systemd", "enable web.service", "start web.service"],
+        ["enable web.service", "reload systemd", "start web.service"],
     ),
     Case(
         "failed unit unchanged: start, health-gated",
@@ -693,7 +693,8 @@ def test_plan_is_deterministic(case: Case) -> None:
 
 
 def check_invariants(case: Case, p: Plan) -> None:
-    """Files outside the manifest are never touched; one reload, after every file change."""
+    """Files outside the manifest are never touched; one reload, after every file change
+    and every enabling."""
     for a in p.actions:
         if isinstance(a, RemoveUnitFile):
             assert a.name in case.owned
@@ -705,7 +706,9 @@ def check_invariants(case: Case, p: Plan) -> None:
     if DaemonReload in kinds:
         reload_at = kinds.index(DaemonReload)
         assert all(k not in (WriteUnitFile, RemoveUnitFile, StopUnit) for k in kinds[reload_at:])
-        assert all(k not in (EnableUnits, StartUnit, RestartUnit) for k in kinds[:reload_at])
+        assert all(k not in (StartUnit, RestartUnit) for k in kinds[:reload_at])
+        # enabling changes what systemd 257 loaded (NeedDaemonReload): the Reload comes after
+        assert all(k not in (EnableUnits, DisableUnits) for k in kinds[reload_at:])
 
 
 ERRORS = [
@@ -851,8 +854,8 @@ GOLDEN_DESCRIBE = [
     "remove old.service",
     "write new.service (new)",
     "write web.service (changed)",
-    "reload systemd",
     "enable new.service",
+    "reload systemd",
     "start new.service",
     "restart web.service",
     "note: db.service is masked on this host: not written, enabled or started "
