@@ -23,17 +23,26 @@ REPO = Path(__file__).resolve().parent.parent
 # Inside the host the checkout and the venv are bound read-only at fixed paths outside /tmp.
 SRC_INSIDE = "/opt/reconciler"
 VENV_INSIDE = "/opt/reconciler-venv"
-PYTHON_INSIDE = f"{VENV_INSIDE}/bin/python"
+# RECONCILER_TEST_ROOT=trixie: every host boots the Debian 13 root (systemd 257, Podman 5,
+# built once into .roots/, see reconciler/devtools/rootfs.py) instead of the machine's /.
+# The venv is built for the machine's Python: there the root's python3 runs the checkout.
+TEST_ROOT = os.environ.get("RECONCILER_TEST_ROOT") or None
+PYTHON_INSIDE = "/usr/bin/python3" if TEST_ROOT else f"{VENV_INSIDE}/bin/python"
 ENV_INSIDE = {"PYTHONPATH": SRC_INSIDE}
 
 
 @contextlib.contextmanager
-def booted_host(**kwargs: Any) -> Iterator[sandbox.Host]:
-    """A disposable host with the checkout and venv bound in, stopped at the end.
+def booted_host(root: str | None = TEST_ROOT, **kwargs: Any) -> Iterator[sandbox.Host]:
+    """A disposable host with the checkout and venv bound in, stopped at the end; ``root``
+    names a test root (``"trixie"``) to boot instead of the machine's own ``/``.
 
     CI=true turns 'cannot boot' into a failure, never a skip (the one place for that rule).
     """
     try:
+        if root is not None:
+            from reconciler.devtools import rootfs
+
+            kwargs["root"] = rootfs.ensure(root)
         h = sandbox.boot(binds={str(REPO): SRC_INSIDE, sys.prefix: VENV_INSIDE}, **kwargs)
     except SandboxError as exc:
         if os.environ.get("CI"):
@@ -49,6 +58,13 @@ def booted_host(**kwargs: Any) -> Iterator[sandbox.Host]:
 def host() -> Iterator[sandbox.Host]:
     """The disposable systemd host shared by the whole test session."""
     with booted_host() as h:
+        yield h
+
+
+@pytest.fixture(scope="session")
+def trixie_host() -> Iterator[sandbox.Host]:
+    """A Debian 13 host (systemd 257, Podman 5) shared by the session's tests that need one."""
+    with booted_host("trixie") as h:
         yield h
 
 

@@ -78,10 +78,10 @@ PR_SET_PDEATHSIG = 1
 
 _BOOT_SCRIPT = r"""
 set -eu
-D=$1; NAME=$2; HOSTNAME_=$3; shift 3
+D=$1; NAME=$2; HOSTNAME_=$3; LOWER=$4; shift 4
 mount -t tmpfs -o mode=0755 reconciler-host "$D"
 mkdir "$D/upper" "$D/work" "$D/root"
-mount -t overlay overlay -o "lowerdir=/,upperdir=$D/upper,workdir=$D/work" "$D/root"
+mount -t overlay overlay -o "lowerdir=$LOWER,upperdir=$D/upper,workdir=$D/work" "$D/root"
 R="$D/root"
 mountpoint -q "$R" || { echo "overlay not mounted on $R" >&2; exit 97; }
 mount -t proc proc "$R/proc"
@@ -347,14 +347,20 @@ def boot(
     hostname: str = "sandbox",
     timeout: float = 60.0,
     kept: bool = False,
+    root: Path | None = None,
 ) -> Host:
     """Boot a host and wait until systemd reports running (or degraded).
+
+    ``root``: the lower layer of its overlay (default the machine's ``/``), e.g. a Debian 13
+    root from ``rootfs.ensure()`` to boot systemd 257 and Podman 5.
 
     ``binds`` maps outside paths to paths inside the host (mounted read-only), e.g. a
     checkout under /tmp, which the host's own /tmp would hide. A ``kept`` host outlives
     this process (no parent-death signal, a session of its own) until ``stop_kept``.
     """
     check_supported()
+    if root is not None and not (root / "lib/systemd/systemd").exists():
+        raise SandboxError(f"cannot boot a disposable systemd host: no {root}/lib/systemd/systemd")
     args: list[str] = []
     for unit in mask:
         if unit not in unmask:
@@ -388,6 +394,7 @@ def boot(
             str(workdir),
             name,
             hostname,
+            str(root or "/"),
             *args,
         ],
         stdin=subprocess.DEVNULL,

@@ -161,3 +161,28 @@ def test_a_generated_unit_has_no_file_drift() -> None:
         LiveUnit("web.service", "loaded", "active", "running", "generated"), None
     )
     assert drift.check(generated(), state) == []
+
+
+def test_a_line_of_one_empty_value_renders_as_a_blank_line() -> None:
+    from reconciler.core.render import CLOSE, OPEN, check_structure
+
+    assert check_structure(f"[Container]\nImage=x\n{OPEN}{CLOSE}\n") is None
+
+
+def test_the_test_roots_mirror_comes_from_apt_sources(tmp_path: Path) -> None:
+    from reconciler.devtools import rootfs
+    from reconciler.errors import SandboxError
+
+    (tmp_path / "sources.list.d").mkdir()
+    with pytest.raises(SandboxError, match="no Debian mirror"):
+        rootfs.mirror(tmp_path)
+    (tmp_path / "sources.list").write_text(
+        "# deb http://old.example/debian bookworm main\n"
+        "deb [signed-by=/k.gpg] http://mirror.example/debian bookworm main\n"
+    )
+    assert rootfs.mirror(tmp_path) == "http://mirror.example/debian"
+    (tmp_path / "sources.list.d/debian.sources").write_text(
+        "Types: deb\nURIs: http://deb.example/debian-security\nSuites: x\n\n"
+        "Types: deb\nURIs: http://deb.example/debian\nSuites: bookworm\n"
+    )
+    assert rootfs.mirror(tmp_path) == "http://deb.example/debian"
