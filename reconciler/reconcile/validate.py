@@ -278,7 +278,7 @@ def check_tree(directory: Path, hosts: Sequence[str] | None = None) -> list[Host
             HostCheck(
                 name,
                 tuple(u.name for u in units),
-                files=tuple(f.path for f in files),
+                files=tuple(f.path for f in files if not f.quadlet),  # Quadlet: its unit's
                 notes=(f"not checked here: {note}",) if note else (),
             )
         )

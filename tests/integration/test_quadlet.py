@@ -187,3 +187,16 @@ def test_plan_shows_the_quadlet_file_and_its_service(qenv: FaultEnv) -> None:
     started = time.monotonic()
     assert qenv.sync()["result"] == "applied"
     assert time.monotonic() - started < 30
+
+
+def test_the_examples_container_passes_podman_5s_dry_run() -> None:
+    from reconciler.devtools import rootfs
+    from reconciler.reconcile import quadlet
+    from reconciler.reconcile.render import render_all
+    from reconciler.reconcile.working_tree import read
+    from tests.conftest import REPO
+
+    units, files = render_all(read(REPO), "apps1")
+    assert [f.path for f in files if f.quadlet] == ["/etc/containers/systemd/whoami.container"]
+    assert "whoami.service" in [u.name for u in units]
+    assert quadlet.check(files, rootfs.ensure()) is None

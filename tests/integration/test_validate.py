@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.reconcile import quadlet
 from tests.conftest import REPO
 
 RECONCILER = str(Path(sys.executable).parent / "reconciler")
@@ -63,10 +64,14 @@ def test_the_example_tree_is_valid_for_every_host(tree: Path, as_nobody: bool) -
     data = json.loads(proc.stdout)
     assert data["valid"] is True
     hosts = {h["host"]: h for h in data["hosts"]}
-    assert set(hosts) == {"sandbox", "web1", "nas1"}
+    assert set(hosts) == {"sandbox", "web1", "nas1", "apps1"}
     assert "web.service" in hosts["web1"]["units"] and "srv-backup.timer" in hosts["nas1"]["units"]
     assert all(h["valid"] and h["error"] is None for h in hosts.values())
     assert hosts["sandbox"]["files"] == ["/etc/greeter/greeting.conf"]
+    # a Quadlet container: its generated service
+    assert "whoami.service" in hosts["apps1"]["units"] and hosts["apps1"]["files"] == []
+    if quadlet.missing(Path("/")):  # Debian 12: no Quadlet here, said as a note
+        assert "Quadlet needs Podman >= 4.4" in hosts["apps1"]["notes"][0]
     assert freeze(tree) == before  # nothing written
     if as_nobody:
         who = subprocess.run([*NOBODY, "id", "-u"], capture_output=True, text=True, check=True)
