@@ -47,16 +47,23 @@ TEMPLATES = {
 }
 
 
-@pytest.fixture(scope="module")
-def podman_host(trixie_host: sandbox.Host) -> sandbox.Host:
-    """The 257 host with the test image imported from a tarball (once per module)."""
-    trixie_host.run(
+def import_image(host: sandbox.Host) -> sandbox.Host:
+    """The test image, imported from a busybox tarball on ``host`` (~0.1 s; again: a no-op)."""
+    if host.run(["podman", "image", "exists", IMAGE], check=False).returncode == 0:
+        return host
+    host.run(
         ["sh", "-c", "mkdir -p /tmp/bb/bin && cp /bin/busybox /tmp/bb/bin/ && "
          "for c in sh sleep true false; do ln -sf busybox /tmp/bb/bin/$c; done && "
          f"tar -C /tmp/bb -cf /tmp/bb.tar . && podman import -q /tmp/bb.tar {IMAGE}"],
         env={"PODMAN_IGNORE_CGROUPSV1_WARNING": "1"},
     )  # fmt: skip
-    return trixie_host
+    return host
+
+
+@pytest.fixture(scope="module")
+def podman_host(trixie_host: sandbox.Host) -> sandbox.Host:
+    """The 257 host with the test image (once per module)."""
+    return import_image(trixie_host)
 
 
 def clean_quadlets(env: FaultEnv) -> None:
