@@ -4,6 +4,7 @@ service. Each is refused before anything is written, or finished by the next syn
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.devtools import sandbox
+from tests.conftest import TEST_ROOT, booted_host
 from tests.faults.conftest import DBusTap, FaultEnv, Report, clean_units, make_env
 from tests.integration.test_quadlet import clean_quadlets, import_image, inventory
 
@@ -58,11 +60,24 @@ def test_a_unit_the_generator_rejects_is_refused_before_anything(
     assert untouched and again == "noop"
 
 
+@pytest.fixture
+def debian12_env(host: sandbox.Host, tmp_path: Path) -> Iterator[FaultEnv]:
+    """The shared host, or (RECONCILER_TEST_ROOT set) one on the machine's own root."""
+    with contextlib.ExitStack() as stack:
+        if TEST_ROOT is not None:
+            host = stack.enter_context(booted_host(None))
+        env = make_env(host, tmp_path)
+        try:
+            yield env
+        finally:
+            clean_units(env)
+
+
 def test_a_container_kind_on_a_host_without_quadlet_is_refused(
-    fenv: FaultEnv, fault_report: Report
+    debian12_env: FaultEnv, fault_report: Report
 ) -> None:
     """The machine's own Debian 12 root: Podman 4.3 at most, no Quadlet generator."""
-    env = fenv
+    env = debian12_env
     inventory(env, container=False)
     env.sync()
     app = f"{env.name('app')}.service"
