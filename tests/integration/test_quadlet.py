@@ -145,6 +145,19 @@ def test_container_synced_changed_refused_rolled_back_and_removed(qenv: FaultEnv
     again = env.sync()
     assert again["result"] == "noop" and not MUTATING & set(again["dbus_calls"])  # type: ignore[arg-type]
 
+    # monitored: no drift while it runs as synced; a hand edit and a stop are drift
+    monitor = json.loads(env.run("monitor", "--json", repo=None, host=None).stdout)
+    assert monitor["drift"] == [], monitor["drift"]
+    quadlet_path = f"/etc/containers/systemd/{env.name('web')}.container"
+    path.write_text(path.read_text() + "# edited\n")
+    host.systemctl("stop", web)
+    monitor = json.loads(env.run("monitor", "--json", repo=None, host=None).stdout)
+    drift = {(d["unit"], d["aspect"], d["have"]) for d in monitor["drift"]}
+    stale = (web, "reload", "changed on disk since the last daemon-reload")  # its SourcePath=
+    edited = (quadlet_path, "config", "content edited by hand")
+    assert drift == {edited, (web, "active", "inactive"), stale}, drift
+    assert env.sync()["result"] == "applied"  # puts the file back, starts the container
+
     # a change restarts the container's service only
     before = env.invocations(web, app)
     inventory(env, greeting="changed", volume=True)
