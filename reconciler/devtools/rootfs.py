@@ -39,8 +39,9 @@ PACKAGES = (
 REPO = Path(__file__).resolve().parents[2]
 ROOTS = REPO / ".roots"
 STAMP = ".reconciler-root"
-# Podman in a disposable host: vfs (overlay on the host's overlay fails), no cgroup writes
-# it cannot make, the machine's own default network settings otherwise.
+# Podman in a disposable host: vfs ("'overlay' is not supported over overlayfs, a
+# mount_program is required"); containers use Network=none or host (the default bridge
+# needs nftables' nft, not in the root).
 STORAGE_CONF = '[storage]\ndriver = "vfs"\nrunroot = "/run/containers/storage"\n' \
     'graphroot = "/var/lib/containers/storage"\n'  # fmt: skip
 CONTAINERS_CONF = '[engine]\nevents_logger = "file"\ncgroup_manager = "systemd"\n'

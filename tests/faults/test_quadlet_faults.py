@@ -42,6 +42,7 @@ def test_a_unit_the_generator_rejects_is_refused_before_anything(
     env.sync()
     good, before = quadlet_file(env).read_text(), env.invocations(web, app)
     inventory(env, greeting="v2", template="bad.container.j2")  # v2: the app changes too
+    planned = env.run("plan")  # plan asks the generator too
     proc = env.run("sync")
     line = proc.stderr.strip()
     untouched = quadlet_file(env).read_text() == good and env.invocations(web, app) == before
@@ -55,6 +56,7 @@ def test_a_unit_the_generator_rejects_is_refused_before_anything(
         time.monotonic() - started,
         untouched and again == "noop",
     )
+    assert planned.returncode == 1 and "Quadlet refuses" in planned.stderr, planned.stderr
     assert proc.returncode == 1 and len(line.splitlines()) == 1, line
     assert f"services.{env.name('web')}.kind: Quadlet refuses" in line and "NoSuchKey" in line
     assert untouched and again == "noop"
