@@ -545,36 +545,6 @@ def render_files(
     return out
 
 
-def split_quadlets(
-    units: Sequence[DesiredUnit], header: Callable[[DesiredUnit], str]
-) -> tuple[list[DesiredUnit], list[DesiredFile]]:
-    """Quadlet files (``NAME.container``, ...) out of ``units``: each becomes a file in
-    ``QUADLET_DIR`` (``header`` first, mode 0644, root's; it restarts its generated
-    service when it changes) and, in its place, that service, which the generator writes.
-
-    Enabling is the file's own business (Quadlet links ``[Install] WantedBy=`` itself).
-    """
-    plain: list[DesiredUnit] = []
-    files: list[DesiredFile] = []
-    for u in units:
-        stem, _, kind = u.name.rpartition(".")
-        if kind not in unitkind.QUADLET_KINDS:
-            plain.append(u)
-            continue
-        path = f"{unitkind.QUADLET_DIR}/{u.name}"
-        service = unitkind.generated_unit(stem, kind, u.content)
-        content = (header(u) + u.content).encode("utf-8")
-        files.append(
-            DesiredFile(path, content, 0o644, "root", "root", restart=(service,), quadlet=True)
-        )
-        plain.append(
-            DesiredUnit(
-                service, "", u.service, False, u.start, u.health_timeout_sec, generated_from=path
-            )  # fmt: skip
-        )
-    return plain, files
-
-
 def render(instances: Sequence[ServiceInstance], templates: Mapping[str, str]) -> list[DesiredUnit]:
     """Render every instance; ``templates``: name relative to templates/ -> text.
 

@@ -44,6 +44,7 @@ def render_all(snapshot: Snapshot, host: str) -> tuple[list[DesiredUnit], list[D
     # inventory and render import pydantic and jinja2: only a changed revision pays for them
     from reconciler.core import inventory, rollout
     from reconciler.core import render as templates
+    from reconciler.core.quadlet import split_quadlets
 
     inv = inventory.load(snapshot.files)
     rollout.parse(snapshot.files, inv)  # a bad rollout.toml never becomes the applied one
@@ -51,7 +52,7 @@ def render_all(snapshot: Snapshot, host: str) -> tuple[list[DesiredUnit], list[D
     units = templates.render(inv.select(host), sources)
     units += templates.render_dropins(inv.select_dropins(host), sources)
     files = templates.render_files(inv.select_files(host), sources, snapshot.files)
-    units, quadlets = templates.split_quadlets(units, header)
+    units, quadlets = split_quadlets(units, header)
     marked = [u if u.generated_from else replace(u, content=header(u) + u.content) for u in units]
     return marked, quadlets + files
 

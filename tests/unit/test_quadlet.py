@@ -10,7 +10,7 @@ import pytest
 from reconciler.core import files, unitkind
 from reconciler.core import plan as planner
 from reconciler.core.files import HostFile, Policy
-from reconciler.core.render import split_quadlets
+from reconciler.core.quadlet import split_quadlets
 from reconciler.errors import InventoryError
 from reconciler.model import (
     DaemonReload,
