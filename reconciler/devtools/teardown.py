@@ -80,18 +80,34 @@ def remove_cgroups(name: str) -> None:
                     time.sleep(0.05)  # the kernel frees a cgroup shortly after its last task
 
 
+STALE_AFTER_SEC = 60.0  # a younger subtree may be a host booting beside us right now
+
+
 def cleanup_stale() -> None:
-    """Remove cgroup subtrees left by hosts whose processes are all gone (e.g. after kill -9)."""
+    """Remove cgroup subtrees left by hosts whose processes are all gone (e.g. after kill -9).
+
+    Hosts booted side by side (a fleet) run this concurrently: a subtree created in the last
+    minute is left alone (its boot script may not have moved in yet), and one whose files
+    change under the walk counts as alive (a host's unit cgroups come and go)."""
+    now = time.time()
     for hierarchy in CGROUP_HIERARCHIES:
         base = CGROUP_ROOT / hierarchy
         if not base.is_dir():
             continue
         for top in base.glob(f"{NAME_PREFIX}*"):
-            procs = [
-                p
-                for p, _, files in os.walk(top)
-                if (Path(p) / "cgroup.procs").exists()
-                and (Path(p) / "cgroup.procs").read_text().strip()
-            ]
-            if not procs:
-                remove_cgroups(top.name)
+            try:
+                if now - top.stat().st_mtime < STALE_AFTER_SEC or _has_tasks(top):
+                    continue
+            except OSError:
+                continue  # removed by its own host meanwhile
+            remove_cgroups(top.name)
+
+
+def _has_tasks(top: Path) -> bool:
+    for p, _, _ in os.walk(top):
+        try:
+            if (Path(p) / "cgroup.procs").read_text().strip():
+                return True
+        except FileNotFoundError:
+            return True  # changing under us: a live host's unit came or went
+    return False

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -188,33 +188,42 @@ def running_prometheus(base: Path) -> Iterator[tuple[str, Metrics]]:
             "scrape_configs:\n  - job_name: fleet\n    honor_labels: true\n"
             f"    static_configs:\n      - targets: ['127.0.0.1:{mport}']\n"
         )
-        log = (base / "prometheus.log").open("w")
-        proc = subprocess.Popen(
-            [
-                PROMETHEUS,
-                f"--config.file={base / 'prometheus.yml'}",
-                f"--storage.tsdb.path={base / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                "--log.level=warn",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-            start_new_session=True,
-        )
+        argv = [
+            PROMETHEUS,
+            f"--config.file={base / 'prometheus.yml'}",
+            f"--storage.tsdb.path={base / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--log.level=warn",
+        ]
         url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                with contextlib.suppress(requests.RequestException):
-                    if requests.get(f"{url}/-/ready", timeout=1).status_code == 200:
-                        break
-                assert proc.poll() is None, (base / "prometheus.log").read_text()
-                assert time.monotonic() < deadline, "prometheus did not get ready in 30 s"
-                time.sleep(0.1)
+        with running(argv, url, base / "prometheus.log"):
             # its scrape manager applies targets every 5 s: the first scrape comes ~5 s after
             # start (Prometheus 2.42 has no flag for it), paid here once per session
             metrics.publish(url, {})
             yield url, metrics
+
+
+@contextlib.contextmanager
+def running(
+    argv: list[str],
+    url: str,
+    log_path: Path,
+    network: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A server (Prometheus, Alertmanager) started with ``argv`` until ``url/-/ready``
+    answers 200 (asked from ``network``), terminated at the end."""
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                with contextlib.suppress(requests.RequestException), network():
+                    if requests.get(f"{url}/-/ready", timeout=1).status_code == 200:
+                        break
+                assert proc.poll() is None, f"{argv[0]}: {log_path.read_text()}"
+                assert time.monotonic() < deadline, f"{argv[0]} did not get ready in 30 s"
+                time.sleep(0.1)
+            yield proc
         finally:
             proc.terminate()
             try:
@@ -222,7 +231,6 @@ def running_prometheus(base: Path) -> Iterator[tuple[str, Metrics]]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-            log.close()
 
 
 # ---- the repository and the promoter ---------------------------------------------------------
@@ -246,18 +254,7 @@ class World:
     def run(
         self, *args: str, env: dict[str, str] | None = None
     ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "reconciler", *args, "--config", str(self.config)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env={
-                **os.environ,
-                "RECONCILER_JOURNAL_SOCKET": str(self.base / "no-journal"),
-                **(env or {}),
-            },
-            check=False,
-        )
+        return promoter_cli(self.config, self.base, args, env)
 
     def promote(self, *args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
         return self.run("promote", *args, **kw)
@@ -296,6 +293,25 @@ class World:
         path = self.repo.remote / "hooks" / "pre-receive"
         path.write_text(f"#!/bin/sh\n{script}\n")
         path.chmod(0o755)
+
+
+def promoter_cli(
+    config: Path,
+    base: Path,
+    args: Sequence[str],
+    env: dict[str, str] | None = None,
+    wrap: Callable[[list[str]], list[str]] = list,
+) -> subprocess.CompletedProcess[str]:
+    """``reconciler ARGS --config CONFIG`` as the promoter's machine runs it (``wrap``: e.g.
+    on a fleet's LAN), its journal entries dropped (no journald here)."""
+    return subprocess.run(
+        wrap([sys.executable, "-m", "reconciler", *args, "--config", str(config)]),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "RECONCILER_JOURNAL_SOCKET": str(base / "no-journal"), **(env or {})},
+        check=False,
+    )
 
 
 @pytest.fixture

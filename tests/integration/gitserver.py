@@ -1,7 +1,8 @@
 """A smart-HTTP git server for tests: git's own ``http-backend`` behind a counting front.
 
 Every request is recorded (method, path, the protocol v2 command of a POST: ``ls-refs`` or
-``fetch``), so a test proves what a poll costs the server. ``refuse`` answers every request
+``fetch``), and per client address, so a test proves what a poll costs the server (a fleet's
+hosts each have an address of their own). ``refuse`` answers every request
 with a status (429, 503) and an optional ``Retry-After`` instead of serving it.
 """
 
@@ -29,6 +30,7 @@ class GitServer:
     retry_after: str | None = None  # with this Retry-After header
     refuse_count: int | None = None  # only this many requests (None: every one)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    by_client: dict[str, list[tuple[str, str, str]]] = field(default_factory=dict)
 
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.port}/{name}"
@@ -37,6 +39,12 @@ class GitServer:
         """The requests since the last take."""
         with self.lock:
             out, self.requests = self.requests, []
+        return out
+
+    def take_by_client(self) -> dict[str, list[tuple[str, str, str]]]:
+        """The requests since the last take of this, per client address."""
+        with self.lock:
+            out, self.by_client = self.by_client, {}
         return out
 
 
@@ -64,8 +72,10 @@ def _handler(server: GitServer) -> type[http.server.BaseHTTPRequestHandler]:
                 import gzip
 
                 body = gzip.decompress(body)
+            seen = (self.command, url.path, _command(body))
             with server.lock:
-                server.requests.append((self.command, url.path, _command(body)))
+                server.requests.append(seen)
+                server.by_client.setdefault(self.client_address[0], []).append(seen)
             with server.lock:
                 refusing = bool(server.refuse) and server.refuse_count != 0
                 if refusing and server.refuse_count is not None:
@@ -84,6 +94,7 @@ def _handler(server: GitServer) -> type[http.server.BaseHTTPRequestHandler]:
                 "CONTENT_LENGTH": str(len(body)),
                 "GIT_PROTOCOL": self.headers.get("Git-Protocol", ""),
                 "PATH": "/usr/bin:/bin",
+                "REMOTE_ADDR": self.client_address[0],
             }
             proc = subprocess.run(
                 [BACKEND], input=body, env=env, capture_output=True, timeout=60, check=False
@@ -120,10 +131,10 @@ class _Server(http.server.ThreadingHTTPServer):
 
 
 @contextlib.contextmanager
-def git_http(root: Path, address: str = "127.0.0.1") -> Iterator[GitServer]:
+def git_http(root: Path, address: str = "127.0.0.1", port: int = 0) -> Iterator[GitServer]:
     """Serve the repositories under ``root`` on ``address`` (a free port) in a thread."""
     server = GitServer(root)
-    httpd = _Server((address, 0), _handler(server))
+    httpd = _Server((address, port), _handler(server))
     server.port = int(httpd.server_address[1])
     thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
     thread.start()

@@ -33,6 +33,7 @@ from tests.integration.fleetworld import (
     free_port,
     one_line,
     query,
+    running,
     world,
 )
 from tests.integration.gitrepo import GIT_ENV, git, tcp_server
@@ -225,34 +226,17 @@ def alertmanager(base: Path) -> Iterator[str]:
     base.mkdir()
     (base / "am.yml").write_text("route:\n  receiver: none\nreceivers:\n  - name: none\n")
     port = free_port()
-    with (base / "am.log").open("w") as log:
-        proc = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={base / 'am.yml'}",
-                f"--storage.path={base / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                "--cluster.listen-address=",
-                "--log.level=warn",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-            start_new_session=True,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                with contextlib.suppress(requests.RequestException):
-                    if requests.get(f"{url}/-/ready", timeout=1).status_code == 200:
-                        break
-                assert proc.poll() is None, (base / "am.log").read_text()
-                assert time.monotonic() < deadline, "alertmanager did not get ready in 30 s"
-                time.sleep(0.1)
-            yield url
-        finally:
-            proc.terminate()
-            proc.wait(10)
+    argv = [
+        binary,
+        f"--config.file={base / 'am.yml'}",
+        f"--storage.path={base / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--cluster.listen-address=",
+        "--log.level=warn",
+    ]
+    url = f"http://127.0.0.1:{port}"
+    with running(argv, url, base / "am.log"):
+        yield url
 
 
 def test_alertmanager_alerts_and_their_silences(world: World, tmp_path: Path) -> None:
