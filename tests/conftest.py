@@ -19,6 +19,8 @@ from reconciler.errors import SandboxError
 # tests/integration/test_promote.py and tests/faults/test_rollout_faults.py.
 from tests.integration.fleetworld import fleet_prometheus as fleet_prometheus
 
+pytest_plugins = ["tests.faultmatrix"]  # the fault matrix's summary (xdist's controller too)
+
 REPO = Path(__file__).resolve().parent.parent
 # Inside the host the checkout and the venv are bound read-only at fixed paths outside /tmp.
 SRC_INSIDE = "/opt/reconciler"

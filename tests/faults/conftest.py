@@ -1,12 +1,11 @@
 """Fixtures of the fault matrix (issue 7): the report, sync environments, a D-Bus tap.
 
-Every fault test calls ``fault_report(fault, behaviour, converge_sec, nothing_lost)``. At the
-end of a session that ran fault tests, ``pytest_terminal_summary`` prints one row per fault
-(with the test's outcome) and writes the same rows as JSON under pytest's base temp dir,
-never into the tree. The sync environments reuse ``Env`` of tests/integration/test_sync.py
-(the CLI as a whole process, a real bare repo) with a config file of short timeouts, on the
-shared ``host`` or on an ``own_host`` for faults that break a host (restarting dbus-daemon,
-re-executing systemd, a full disk).
+Every fault test calls ``fault_report(fault, behaviour, converge_sec, nothing_lost)``, which
+attaches the row to the test's report; tests/faultmatrix.py prints the matrix at the end.
+The sync environments reuse ``Env`` of tests/integration/test_sync.py (the CLI as a whole
+process, a real bare repo) with a config file of short timeouts, on the shared ``host`` or on
+an ``own_host`` for faults that break a host (restarting dbus-daemon, re-executing systemd, a
+full disk).
 """
 
 from __future__ import annotations
@@ -30,6 +29,7 @@ import pytest
 
 from reconciler.devtools import sandbox
 from reconciler.systemd.wire import ERROR, METHOD_CALL, METHOD_RETURN, split_frames
+from tests import faultmatrix
 from tests.conftest import booted_host
 from tests.integration.gitrepo import ConfigRepo
 from tests.integration.test_sync import Env
@@ -40,40 +40,13 @@ restart_threshold = 3
 restart_window_sec = 120
 """
 
-# ---- the report ---------------------------------------------------------------------------
-
-ROWS = pytest.StashKey[list[dict[str, Any]]]()
-OUTCOMES = pytest.StashKey[dict[str, str]]()
-JSON_PATH = pytest.StashKey[Path]()
+# ---- the report (collected and printed by tests/faultmatrix.py) --------------------------
 
 Report = Callable[[str, str, float | None, bool | None], None]
 
 
-def _is_fault_test(nodeid: str) -> bool:
-    return nodeid.startswith("tests/faults/")
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    report: pytest.TestReport = yield  # type: ignore[misc]
-    if _is_fault_test(report.nodeid) and (report.when == "call" or report.outcome != "passed"):
-        outcomes = item.config.stash.setdefault(OUTCOMES, {})
-        if outcomes.get(report.nodeid) in (None, "passed"):
-            outcomes[report.nodeid] = report.outcome
-    return report  # type: ignore[return-value]
-
-
-@pytest.fixture(scope="session")
-def fault_rows(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> list[dict[str, Any]]:
-    config = request.config
-    config.stash[JSON_PATH] = tmp_path_factory.getbasetemp() / "fault-matrix.json"
-    return config.stash.setdefault(ROWS, [])
-
-
 @pytest.fixture
-def fault_report(request: pytest.FixtureRequest, fault_rows: list[dict[str, Any]]) -> Report:
+def fault_report(request: pytest.FixtureRequest) -> Report:
     """Record one fault: what the reconciler did, seconds to converge, nothing lost."""
     area = request.node.module.__name__.rpartition(".")[2].removeprefix("test_")
     area = area.removesuffix("_faults")
@@ -81,60 +54,17 @@ def fault_report(request: pytest.FixtureRequest, fault_rows: list[dict[str, Any]
     def report(
         fault: str, behaviour: str, converge_sec: float | None, nothing_lost: bool | None
     ) -> None:
-        fault_rows.append(
-            {
-                "area": area,
-                "fault": fault,
-                "behaviour": behaviour,
-                "converge_sec": None if converge_sec is None else round(converge_sec, 2),
-                "nothing_lost": nothing_lost,
-                "test": request.node.nodeid,
-            }
-        )
+        row = {
+            "area": area,
+            "fault": fault,
+            "behaviour": behaviour,
+            "converge_sec": None if converge_sec is None else round(converge_sec, 2),
+            "nothing_lost": nothing_lost,
+            "test": request.node.nodeid,
+        }
+        request.node.user_properties.append((faultmatrix.ROW, row))
 
     return report
-
-
-def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    outcomes = config.stash.get(OUTCOMES, {})
-    if not outcomes:
-        return  # no fault test ran in this session
-    rows = [dict(r) for r in config.stash.get(ROWS, [])]
-    reported = {r["test"] for r in rows}
-    for nodeid in outcomes:
-        if nodeid not in reported:  # failed (or skipped) before it could report
-            rows.append(
-                {
-                    "area": nodeid.split("/")[-1].split("::")[0][5:].removesuffix("_faults.py"),
-                    "fault": nodeid.split("::")[-1],
-                    "behaviour": "",
-                    "converge_sec": None,
-                    "nothing_lost": None,
-                    "test": nodeid,
-                }
-            )
-    for row in rows:
-        outcome = outcomes.get(row["test"], "")
-        row["result"] = {"passed": "pass", "failed": "FAIL", "skipped": "skip"}.get(outcome, "?")
-    tr = terminalreporter
-    tr.section("fault matrix")
-    tr.write_line(f"{'area':<9} {'fault':<52} {'result':<6} {'converge':>8}  lost  test")
-    for r in rows:
-        conv = "-" if r["converge_sec"] is None else f"{r['converge_sec']:.2f}s"
-        lost = {True: "none", False: "LOST", None: "-"}[r["nothing_lost"]]
-        test = r["test"].split("::", 1)[1]
-        tr.write_line(
-            f"{r['area']:<9} {r['fault'][:52]:<52} {r['result']:<6} {conv:>8}  {lost:<4}  {test}"
-        )
-    counts = {k: sum(1 for r in rows if r["result"] == k) for k in ("pass", "FAIL", "skip")}
-    tr.write_line(
-        f"{len(rows)} faults: {counts['pass']} passed, {counts['FAIL']} failed"
-        + (f", {counts['skip']} skipped" if counts["skip"] else "")
-    )
-    path = config.stash.get(JSON_PATH, None)
-    if path is not None:
-        path.write_text(json.dumps(rows, indent=2) + "\n")
-        tr.write_line(f"machine-readable: {path}")
 
 
 # ---- sync environments --------------------------------------------------------------------
