@@ -134,7 +134,7 @@ CASES = [
         Layout(PY, files_roots=("/etc/nginx", "/etc/nginx/conf.d", "/etc/greeter")),
         {
             "ReadWritePaths": [
-                "/etc/systemd/system /var/lib/reconciler /run/reconciler",
+                "/etc/systemd/system /var/lib/reconciler /run/reconciler -/etc/containers/systemd",
                 "-/etc/greeter -/etc/nginx",
             ],
             "ExecStartPre": ["+mkdir -p -m 0755 /etc/greeter /etc/nginx"],
