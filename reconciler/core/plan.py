@@ -84,15 +84,18 @@ def plan(
     # units and drop-ins we write; a Quadlet-generated unit is the generator's file
     generated = [units[n] for n in sorted(units) if units[n].generated_from and n not in masked]
     files = [units[n] for n in sorted(units) if n not in masked and not units[n].generated_from]
-    _check_collisions(files, live_files, owned, foreign, unit_dir)
+    # a unit file here would shadow what Quadlet generates (/etc before /run): refused, or
+    # removed when it is ours (the service was a plain one and is now a container)
+    _check_collisions([*files, *generated], live_files, owned, foreign, unit_dir)
     managed = sorted([d for d in files if unitkind.is_unit(d.name)] + generated, key=_name)
     _check_names(managed, units, taken or {})
     changed = {d.name for d in files if live_files.get(d.name) != d.content}
-    removed = sorted(owned - units.keys())
+    removed = sorted(owned - {n for n, d in units.items() if not d.generated_from})
     adjusted = _adjusted(units, changed, [n for n in removed if live_files.get(n) is not None])
     targets = {unitkind.dropin_target(n) for n in units}
     adjusted |= {t for t in interrupted if t in targets or _template(t) in targets}
     touched = changed | (interrupted & {d.name for d in managed}) | (adjusted & units.keys())
+    touched |= {d.name for d in generated if d.name in removed}  # stopped for its old file
 
     ours = {n for n in removed if _from_own_file(live(n), n, unit_dir)}
     actions: list[Action] = [

@@ -220,3 +220,23 @@ def test_the_examples_container_passes_podman_5s_dry_run() -> None:
     assert [f.path for f in files if f.quadlet] == ["/etc/containers/systemd/whoami.container"]
     assert "whoami.service" in [u.name for u in units]
     assert quadlet.check(files, rootfs.ensure()) is None
+
+
+def test_a_plain_service_becomes_a_container(qenv: FaultEnv) -> None:
+    """Same name, kind changed: our unit file goes (it would shadow the generated unit)."""
+    env, web = qenv, f"{qenv.name('web')}.service"
+    env.repo.commit(
+        {"inventory/hosts.toml": HOSTS, "templates/app.service.j2": APP,
+         "inventory/services.toml":
+             f'[services.{env.name("web")}]\ntemplate = "app.service.j2"\nhosts = ["web"]\n'}
+    )  # fmt: skip
+    assert env.sync()["result"] == "applied"
+    assert (env.host.unit_dir / web).exists()
+    inventory(env, app=False)
+    assert env.sync()["result"] == "applied"
+    assert not (env.host.unit_dir / web).exists()
+    assert env.show(web, "ActiveState", "FragmentPath") == {
+        "ActiveState": "active",
+        "FragmentPath": f"/run/systemd/generator/{web}",
+    }
+    assert env.sync()["result"] == "noop"

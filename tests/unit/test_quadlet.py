@@ -186,3 +186,25 @@ def test_the_test_roots_mirror_comes_from_apt_sources(tmp_path: Path) -> None:
         "Types: deb\nURIs: http://deb.example/debian\nSuites: bookworm\n"
     )
     assert rootfs.mirror(tmp_path) == "http://deb.example/debian"
+
+
+def test_a_plain_service_turned_container_loses_its_unit_file_then_runs_generated() -> None:
+    old = "# Managed by reconciler\n[Service]\nExecStart=/bin/sleep infinity\n"
+    live = {"web.service": LiveUnit("web.service", "loaded", "active", "running", "enabled",
+                                    fragment_path="/etc/systemd/system/web.service")}  # fmt: skip
+    p = planner.plan([generated()], {"web.service": old}, live, frozenset({"web.service"}))
+    assert planner.describe(p) == [
+        "stop web.service",
+        "disable web.service",
+        "remove web.service",
+        "reload systemd",
+        "restart web.service",  # now the generator's unit
+    ]
+    assert p.owned_after == frozenset()
+
+
+def test_a_foreign_unit_file_shadowing_a_generated_unit_is_refused() -> None:
+    from reconciler.errors import ApplyError
+
+    with pytest.raises(ApplyError, match="web.service exists and is not managed"):
+        planner.plan([generated()], {"web.service": "[Service]\n"}, {}, frozenset())
