@@ -240,3 +240,9 @@ def test_a_plain_service_becomes_a_container(qenv: FaultEnv) -> None:
         "FragmentPath": f"/run/systemd/generator/{web}",
     }
     assert env.sync()["result"] == "noop"
+    # and back: refused in one line while the generated unit holds the name
+    plain = f'[services.{env.name("web")}]\ntemplate = "app.service.j2"\nhosts = ["web"]\n'
+    env.repo.commit({"inventory/services.toml": plain})
+    proc = env.run("sync")
+    assert proc.returncode == 1 and f"/run/systemd/generator/{web}" in proc.stderr, proc.stderr
+    assert env.show(web, "ActiveState")["ActiveState"] == "active"
