@@ -63,6 +63,12 @@ BENCHMARKS = {
         [],
         "`reconciler promote`, whole process, one step that moves a wave ref: < 1 s (issue 15)",
     ),
+    "fleet": (
+        "bench_fleet",
+        [],
+        "50 real hosts on a LAN, good commit, 3 waves with 60 s soak: every host on it < 5 min, "
+        "1 git request per no-change poll, `reconciler promote` < 1 s per step (issue 15)",
+    ),
     "fleet_sim": (
         "bench_fleet_sim",
         [],

@@ -220,6 +220,31 @@ class Fleet:
             {"inventory/services.toml": services(release, wrong_answers)}, message
         )
 
+    def no_change_polls(
+        self, names: Sequence[str], since: float, timeout: float
+    ) -> dict[str, tuple[list[tuple[str, str, str]], int]]:
+        """Per host of ``names`` (whose wave ref does not move meanwhile): the git requests
+        it made since the last ``take_by_client`` and the polls its journal logged as no-ops
+        since ``since``, once each has polled at least once."""
+        asked: dict[str, list[tuple[str, str, str]]] = {}
+
+        def each_polled() -> bool:
+            for address, seen in self.server.take_by_client().items():
+                asked.setdefault(address, []).extend(seen)
+            return all(asked.get(self.address[h]) for h in names)
+
+        wait_for(each_polled, timeout, "a poll of every host")
+        until = time.time()
+        found = {}
+        for name in names:
+            noops = [
+                e
+                for e in self.hosts[name].journal("RECONCILER_EVENT=sync.noop")
+                if since <= int(e["__REALTIME_TIMESTAMP"]) / 1e6 <= until
+            ]
+            found[name] = (asked[self.address[name]], len(noops))
+        return found
+
     def diagnose(self, names: Sequence[str], lines: int = 15) -> str:
         """The last lines of a few hosts' sync and node-exporter journals (a timeout's why)."""
         out = []
@@ -393,7 +418,10 @@ def real_fleet(
             for host in hosts:  # polls start once every install is done: none slows them
                 _start_polls(host, period_sec)
             figures["install_sec"] = round(time.monotonic() - started, 1)
-            figures["install_each_sec_median"] = round(sorted(installs)[len(installs) // 2], 2)
+            figures["install_each_sec"] = {
+                "median": round(sorted(installs)[len(installs) // 2], 2),
+                "max": round(max(installs), 2),
+            }
             started = time.monotonic()
             try:
                 wait_for(
