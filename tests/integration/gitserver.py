@@ -125,6 +125,9 @@ def _handler(server: GitServer) -> type[http.server.BaseHTTPRequestHandler]:
 
 class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver's default backlog is 5: 50 hosts polling a loaded machine overflowed it,
+    # a reset connection made the host's client fall back to git's (GET + POST: 2 requests)
+    request_queue_size = 128
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         pass  # a client hanging up early (a refused poll) is expected
