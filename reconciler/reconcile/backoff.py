@@ -5,7 +5,8 @@ the next poll may ask that server again (``core.retry.next_poll_backoff``: expon
 ``poll_backoff_sec`` up to ``poll_backoff_max_sec``, or the server's ``Retry-After``), in
 the state database, so a oneshot started by the timer a minute later remembers it. A sync
 before that time asks nothing (result ``held``, one journal line); ``sync --force`` asks
-anyway; the first poll that succeeds clears it.
+anyway; the first poll that succeeds clears it. A repository on this machine (a path,
+``file://``) is never backed off from: there is no server to spare.
 """
 
 from __future__ import annotations
@@ -22,6 +23,18 @@ from reconciler.reconcile.remote import BusyError
 from reconciler.store.sync_store import Store
 
 KEY = "poll_backoff"
+
+
+def served(url: str) -> bool:
+    """Whether ``url`` names a git server (``https://``, ``ssh://``, ``git://``,
+    ``user@host:path``), which a poll spares by backing off. A repository on this machine
+    (a path, ``file://``) has no server to spare: a slow read there is retried next run."""
+    if url.startswith("file://"):
+        return False
+    if "://" in url:
+        return True
+    head = url.split("/", 1)[0]
+    return ":" in head  # scp-like host:path; a path has no colon before its first slash
 
 
 def _server(url: str) -> str:

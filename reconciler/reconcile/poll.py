@@ -42,7 +42,8 @@ def poll(
     """The snapshot to apply (None: the sync holds, ``outcome`` says why) and the settings
     it was fetched with (in a rollout, ``ref`` is the host's wave ref)."""
     url = settings.repo or ""
-    if not force and not dry_run:
+    served = backoff.served(url)
+    if not force and not dry_run and served:
         waiting = backoff.current(store, url)
         if waiting is not None:
             msg = f"backing off from the git server: {backoff.describe(waiting)}; the "
@@ -54,7 +55,7 @@ def poll(
         try:
             found = _ask(settings, store, outcome, rendered, dry_run=dry_run)
         except BusyError as exc:
-            if dry_run:
+            if dry_run or not served:
                 raise
             waited = backoff.record(settings, store, exc, url)
             left = waited.until - time.time()
@@ -75,7 +76,7 @@ def poll(
                 status=exc.status,
                 retry_after=exc.retry_after,
             ) from None
-        if not dry_run:
+        if not dry_run and served:
             backoff.clear(store)
         return found
     raise AssertionError("unreachable")  # pragma: no cover

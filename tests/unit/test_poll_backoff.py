@@ -66,3 +66,24 @@ def test_anything_but_an_ls_refs_answer_asks_git_instead(answer: bytes) -> None:
 def test_a_server_error_line_is_one_line() -> None:
     with pytest.raises(remote.SourceError, match="refused the ref listing: access denied"):
         remote.parse_ls_refs(remote.pkt_line("ERR access denied\n"))
+
+
+@pytest.mark.parametrize(
+    ("url", "served"),
+    [
+        ("https://git.example.com/ops/hosts.git", True),
+        ("http://deploy:tok@10.0.0.1:8080/hosts.git", True),
+        ("ssh://git@git.example.com/ops/hosts.git", True),
+        ("git://127.0.0.1:9418/remote.git", True),
+        ("git@git.example.com:ops/hosts.git", True),
+        ("/srv/git/hosts.git", False),
+        ("./hosts.git", False),
+        ("hosts.git", False),
+        ("file:///srv/git/hosts.git", False),
+    ],
+)
+def test_only_a_git_server_is_backed_off_from(url: str, served: bool) -> None:
+    """A local repository timed out under load and held every later sync for a minute."""
+    from reconciler.reconcile.backoff import served as is_served
+
+    assert is_served(url) is served
