@@ -77,11 +77,12 @@ class FaultEnv(Env):
     def config(self) -> Path:
         return self.state / "config.toml"
 
-    def configure(self, top: str = "", sections: str = "") -> None:
-        """Short timeouts, a fast monitor, the host's journal for bundles; plus ``top``-level
+    def configure(self, top: str = "", sections: str = "", fetch_timeout: float = 30) -> None:
+        """A fast monitor, the host's journal for bundles, a fetch bound a loaded CI machine
+        keeps (3 s was shorter than one local fetch at a load of 60); plus ``top``-level
         settings and more ``sections``."""
         self.config.write_text(
-            "lock_timeout_sec = 30\nfetch_timeout_sec = 3\n"
+            f"lock_timeout_sec = 30\nfetch_timeout_sec = {fetch_timeout:g}\n"
             + top
             + FAST_MONITOR
             + f'\n[diagnostics]\njournal_command = ["journalctl", "--root={self.host.root}"]\n'

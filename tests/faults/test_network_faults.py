@@ -68,10 +68,19 @@ def garbage(conn: socket.socket) -> None:
     conn.close()
 
 
-def free_port() -> int:
+@contextlib.contextmanager
+def refused_port() -> Iterator[int]:
+    """A port bound but not listening: connections are refused, and a parallel test cannot
+    take it meanwhile (a closed "free" port can be, and then it answers)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        yield int(s.getsockname()[1])
+
+
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    with refused_port() as port:
+        yield port
 
 
 # ---- the git remote -------------------------------------------------------------------------
@@ -96,10 +105,12 @@ def test_git_remote_fault(fenv: FaultEnv, fault_report: Report, fault: str) -> N
     fenv.sync()
     before, text = fenv.invocations(unit), (fenv.host.unit_dir / unit).read_text()
     fenv.repo.commit(base_files(fenv, service(a, greeting="changed")))
+    fenv.configure(fetch_timeout=3)  # the bound under test
     since = time.time()
     with contextlib.ExitStack() as stack:
         if fault == "unreachable":
-            url = f"git://127.0.0.1:{free_port()}/remote.git"
+            port = stack.enter_context(refused_port())
+            url = f"git://127.0.0.1:{port}/remote.git"
         else:
             port = stack.enter_context(tcp_server(hang if fault == "slow" else garbage))
             url = f"git://127.0.0.1:{port}/remote.git"
@@ -192,17 +203,33 @@ def run_etl(host: sandbox.Host, config: Path, state: Path) -> tuple[int, str, st
     env["RECONCILER_JOURNAL_SOCKET"] = str(host.journal_socket)
     argv = [CLI, "job", "etl", "--config", str(config), "--state-dir", str(state)]
     out, err = config.with_suffix(".out"), config.with_suffix(".err")
+    rss = config.with_suffix(".rss")
     with out.open("w") as fo, err.open("w") as fe:
-        proc = subprocess.Popen(argv, env=env, stdout=fo, stderr=fe)
-    _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak RSS
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, out.read_text(), err.read_text(), usage.ru_maxrss
+        # Measured by a small parent: a child spawned by this process (vfork) counts this
+        # process's resident set in its own peak, which is a pytest-xdist worker's ~100 MB.
+        proc = subprocess.run(
+            [sys.executable, "-c", PEAK_RSS, str(rss), *argv],
+            env=env, stdout=fo, stderr=fe, timeout=120, check=False,
+        )  # fmt: skip
+    return proc.returncode, out.read_text(), err.read_text(), int(rss.read_text())
+
+
+PEAK_RSS = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+open(sys.argv[1], "w").write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
 
 
 @pytest.mark.parametrize("fault", ["down", "5xx", "slow", "huge"])
 def test_etl_endpoint_fault(
     host: sandbox.Host,
     etl_server: EtlServer,
+    closed_port: int,
     tmp_path: Path,
     fault_report: Report,
     fault: str,
@@ -212,7 +239,7 @@ def test_etl_endpoint_fault(
     token_file.chmod(0o600)
     state = tmp_path / "state"
     port = etl_server.server_address[1]
-    url = f"http://127.0.0.1:{free_port() if fault == 'down' else port}/api/sync/reading"
+    url = f"http://127.0.0.1:{closed_port if fault == 'down' else port}/api/sync/reading"
     config = tmp_path / "config.toml"
     settings = (
         f'[etl]\nurl = "{url}"\ntoken_file = "{token_file}"\nretries = 1\nbackoff_sec = 0.05\n'

@@ -25,11 +25,7 @@ ONE_WAVE = '[[rollout.waves]]\nname = "all"\nhosts = ["all"]\n'
 
 
 def configure(fenv: FaultEnv, top: str) -> None:
-    """The fault env's config with ``top`` and a fetch bound that a loaded CI machine keeps
-    (3 s was shorter than one HTTP fetch at a load of 60)."""
     fenv.configure(top=top)
-    text = fenv.config.read_text().replace("fetch_timeout_sec = 3\n", "fetch_timeout_sec = 30\n")
-    fenv.config.write_text(text)
 
 
 def synced(fenv: FaultEnv, *args: str, **flags: str) -> dict[str, str]:

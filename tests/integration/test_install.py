@@ -216,6 +216,13 @@ def installed(host: sandbox.Host) -> Iterator[Installed]:
         # only where the host allows it, as the README says: the operator edits the config.
         config = host_path(host, CONFIG)
         config.write_text('files_roots = ["/etc/greeter"]\n' + config.read_text())
+        # The change starts a sync (reconciler-config.path) that gives the sync's unit the
+        # root; one that was already running read the old config: the tests start after one
+        # that saw it (a second install found the unit still to write).
+        for _ in range(3):
+            host.systemctl("start", "gitops-sync.service", check=False)
+            if "-/etc/greeter" in (host.unit_dir / "gitops-sync.service").read_text():
+                break
         yield Installed(proc.stdout, proc.stderr)
     finally:
         cli(host, "uninstall", check=False)
