@@ -130,7 +130,9 @@ class _Retry(Retry):
 
     def get_retry_after(self, response: Any) -> float | None:
         seconds = parse_retry_after(response.headers.get("Retry-After"), datetime.now(UTC))
-        return None if seconds is None else min(seconds, self.retry_after_max)
+        if seconds is None or self.trace is None:
+            return seconds
+        return min(seconds, self.trace.policy.retry_after_max_sec)
 
     def get_backoff_time(self) -> float:
         trace = self.trace
@@ -191,8 +193,8 @@ def request(
         status_forcelist=RETRY_STATUSES,
         raise_on_status=False,  # the last retried status is returned, not raised
         raise_on_redirect=False,
-        respect_retry_after_header=True,
-        retry_after_max=policy.retry_after_max_sec,
+        respect_retry_after_header=True,  # capped by get_retry_after: urllib3's own
+        # retry_after_max is 2.6's (Debian 13 has 2.3, its security fixes backported)
         trace=trace,
     )
     session = requests.Session()
