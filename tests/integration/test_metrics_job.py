@@ -251,8 +251,13 @@ def test_sqlite_store_newer_than_the_code_is_refused(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def pg_host() -> Iterator[sandbox.Host]:
-    """A host of its own with PostgreSQL unmasked, on a unix socket only (port PG_PORT)."""
-    with booted_host(unmask=["postgresql.service"]) as h:
+    """A host of its own with PostgreSQL unmasked, on a unix socket only (port PG_PORT).
+
+    Always the machine's root (ci/test installs PostgreSQL there), also when
+    RECONCILER_TEST_ROOT boots the others on Debian 13: the job under test runs here, the
+    server is only its database, and PostgreSQL with its LLVM, ICU and Perl would add about
+    200 MB to that root."""
+    with booted_host(None, unmask=["postgresql.service"]) as h:
         clusters = h.run(["pg_lsclusters", "--no-header"], check=False)
         if clusters.returncode == 127 or not (h.root / "usr/lib/postgresql").is_dir():
             if os.environ.get("CI"):

@@ -84,7 +84,11 @@ def test_two_hosts_listen_on_9420_and_the_machine_stays_free(host: sandbox.Host)
                 h.systemctl("daemon-reload")
                 h.systemctl("start", "port-9420.socket")
                 assert h.systemctl("is-active", "port-9420.socket").stdout.strip() == "active"
-                links = h.run(["ip", "-o", "link"]).stdout.splitlines()
+                # the machine's ip on the host's network: a test root (Debian 13) has none
+                links = subprocess.run(
+                    h.nsenter_net(["ip", "-o", "link"]), capture_output=True, text=True,
+                    timeout=30, check=True,
+                ).stdout.splitlines()  # fmt: skip
                 assert [line.split(":")[1].strip() for line in links] == ["lo"]
                 assert "state UNKNOWN" in links[0] or "state UP" in links[0]
                 with h.network():  # reachable from here through the host's own loopback
