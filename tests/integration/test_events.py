@@ -25,8 +25,14 @@ from tests.integration.test_monitor import RECONCILER, REPO_HOSTS, Mon, mon, wai
 pytestmark = pytest.mark.host
 __all__ = ["mon"]  # the fixture, shared with test_monitor
 
-# Exits 3 on SIGUSR1 (the shell waits on a child, so the trap runs at once).
+# Exits 3 on SIGUSR1 (the shell waits on a child, so the trap runs at once). Six starts in
+# about 8 s: systemd's default start limit (5 in 10 s) would refuse the last one. 252 reset
+# the limit's count on every daemon-reload (the second sync reloads), 257 keeps it across
+# reloads, so the operator's restart after the counters' reset hit it there.
 APP = """\
+[Unit]
+StartLimitBurst=20
+
 [Service]
 ExecStart=/bin/sh -c 'echo v={{ version }}; trap "exit 3" USR1; \\
   while :; do sleep 0.2 & wait $!; done'
