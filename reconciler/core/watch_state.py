@@ -40,6 +40,7 @@ FIELDS: dict[str, str] = {
     "ExecMainStatus": "exec_main_status",
     "LoadState": "load_state",
 }
+QUEUED = "auto-restart-queued"  # systemd 257: the automatic restart's job is running
 WANTED = (*FIELDS, "ExecMainExitTimestamp", "Job")  # what a signal is read down to
 WATCH_KEYS = frozenset(
     {
@@ -113,9 +114,10 @@ def merge(view: UnitView, changed: Mapping[str, object], at: float) -> bool:
 def limit_possible(view: UnitView) -> bool:
     """Whether a failed state may be the start limit's: failed straight after a run is a
     crash about to be restarted (systemd shows ``failed`` for an instant before
-    ``auto-restart``); the limit refuses a restart, so it fails coming from ``auto-restart``.
+    ``auto-restart``); the limit refuses a restart, so it fails coming from ``auto-restart``
+    (257: from ``auto-restart-queued``, the restart job's state, when that was looked at).
     Unknown after a read: the monitor pass's rule (``drift.effective_result``) applies."""
-    return view.came_from in ("", "auto-restart")
+    return view.came_from in ("", "auto-restart", QUEUED)
 
 
 def restarts_on(policy: str, result: str) -> bool:
@@ -149,12 +151,19 @@ def settled(view: UnitView) -> bool:
     - a stop or restart job shows ``deactivating`` first: a look there would move the last
       look past the job (a sync's restart then looked like an operator's, ``attribute``);
     - a run that ended and will be restarted shows ``failed`` for an instant before
-      ``auto-restart``. Counting it as "dead for good" would make the next run look
-      manually started, its ``NRestarts`` runs unseen ones.
+      ``auto-restart`` (257 names it: ``failed-before-auto-restart``). Counting it as "dead
+      for good" would make the next run look manually started, its ``NRestarts`` runs
+      unseen ones.
+
+    systemd 257 runs the automatic restart's job in a state of its own, ``activating`` /
+    ``auto-restart-queued``, and shows the new run's ``InvocationID`` there (252: with
+    ``inactive``/``dead``), then ``running``, or ``failed`` when the start limit refuses it.
     """
     live = view.live
-    if view.job and live.active_state in ("inactive", "deactivating"):
-        return False  # a stop or restart job under way: its end is the look
+    if view.job and (live.active_state in ("inactive", "deactivating") or live.sub_state == QUEUED):
+        return False  # a stop, start or restart job under way: its end is the look
+    if live.sub_state == "failed-before-auto-restart":
+        return False
     return not (
         live.active_state == "failed"
         and not limit_possible(view)

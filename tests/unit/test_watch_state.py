@@ -1,8 +1,9 @@
 """watchstate: signals folded into looks, coalescing, settled states, selection, settings.
 
-The signal sequences are systemd 252's own (recorded from the disposable host, reduced to
-the properties a look uses): what it sends for a crash loop with ``Restart=always`` and for
-a unit stopped by its start limit.
+The signal sequences are systemd 252's and 257's own (recorded from the disposable host on
+the machine's root and on the Debian 13 root, reduced to the properties a look uses): what
+they send for a crash loop with ``Restart=``, for a unit stopped by its start limit and for
+one stopped while waiting for its restart.
 """
 
 from __future__ import annotations
@@ -101,6 +102,60 @@ STOPPED = [
 ]
 
 
+# systemd 257: the restart job runs in a state of its own, auto-restart-queued, where the new
+# run's id first shows (252: inactive/dead); the crash's instant of failed is named
+# failed-before-auto-restart; a running unit repeats its running state once.
+def run257(inv: str, n: int, job: int, after_crash: bool = True) -> list[Signal]:
+    first = unit("activating", "auto-restart-queued", job, inv)
+    if not after_crash:  # a start job (the first run): inactive/dead first, as 252
+        first = unit("inactive", "dead", job, inv)
+    return [
+        svc("success", n, 0),
+        first,
+        svc("success", n, 0),
+        unit("active", "running", job, inv),
+        unit("active", "running", 0, inv),
+        svc("success", n, 0),
+        unit("active", "running", 0, inv),
+    ]
+
+
+def crash257(inv: str, n: int, at: int) -> list[Signal]:
+    return [
+        svc("exit-code", n, 1, at),
+        unit("failed", "failed-before-auto-restart", 0, inv),
+        unit("activating", "auto-restart", 0, inv),
+        svc("exit-code", n + 1, 1, at),  # the restart job: NRestarts first
+        unit("activating", "auto-restart", 7, inv),
+        unit("activating", "auto-restart-queued", 7, inv),
+    ]
+
+
+CRASH_LOOP_257 = [
+    *run257("aa", 0, 5, after_crash=False),
+    *crash257("aa", 0, 1_000_100_000),
+    *run257("bb", 1, 6),
+    *crash257("bb", 1, 1_000_200_000),
+    *run257("cc", 2, 7),
+    *crash257("cc", 2, 1_000_300_000),
+    *run257("dd", 3, 8),
+]
+START_LIMIT_257 = [
+    *run257("aa", 0, 5, after_crash=False),
+    *crash257("aa", 0, 1_000_100_000),
+    # the restart is refused: failed straight from auto-restart-queued, then the job gone
+    unit("failed", "failed", 7, "aa"),
+    unit("failed", "failed", 0, "aa"),
+]
+STOPPED_257 = [
+    *CRASH_LOOP_257,
+    *crash257("dd", 3, 1_000_400_000)[:3],  # stopped before the restart job was queued
+    unit("activating", "auto-restart", 9, "dd"),
+    unit("inactive", "dead", 9, "dd"),
+    unit("inactive", "dead", 0, "dd"),
+]
+
+
 def fold(batches: Sequence[Sequence[Signal]], restart_policy: str = "always") -> Counters:
     """Feed batches as the daemon does: a look per run first seen settled, one at the end."""
     view = UnitView(LiveUnit(U, "loaded"), restart_policy=restart_policy)
@@ -125,8 +180,13 @@ def batched(signals: list[Signal], size: int) -> list[list[Signal]]:
 
 @pytest.mark.parametrize(
     ("signals", "counts"),
-    [(CRASH_LOOP, (4, 3, 0)), (STOPPED, (4, 4, 0))],
-    ids=["crash-loop", "stopped-during-auto-restart"],
+    [
+        (CRASH_LOOP, (4, 3, 0)),
+        (STOPPED, (4, 4, 0)),
+        (CRASH_LOOP_257, (4, 3, 0)),
+        (STOPPED_257, (4, 4, 0)),
+    ],
+    ids=["crash-loop", "stopped-during-auto-restart", "crash-loop-257", "stopped-257"],
 )
 @pytest.mark.parametrize("size", [1, 2, 3, 5, 7, 11, 1000])
 def test_counts_are_the_same_however_coalesced(
@@ -164,6 +224,8 @@ def test_transient_inactive_of_a_start_job_is_not_a_look() -> None:
     [
         pytest.param(START_LIMIT, "start-limit-hit", id="refused-restart"),
         pytest.param(CRASH_LOOP[:8], "exit-code", id="crash"),
+        pytest.param(START_LIMIT_257, "start-limit-hit", id="refused-restart-257"),
+        pytest.param(CRASH_LOOP_257[:10], "exit-code", id="crash-257"),
     ],
 )
 def test_start_limit_only_when_a_restart_was_refused(signals: list[Signal], result: str) -> None:
