@@ -21,7 +21,10 @@ systemd keeps for us rather than on seeing every transition:
   two looks and marked ``estimated``: counts and rates stay right, their times are guesses.
 - The first look at a unit is a baseline and counts nothing. A look older than the last one
   (a stale read racing a newer one, up to ``STALE_SEC``) is ignored; a larger step back is
-  taken as a clock change and accepted. Feeding the same look twice changes nothing.
+  taken as a clock change and accepted. Feeding the same look twice changes nothing. A look
+  at the run before the last one seen is ignored too, whatever its time: a run never comes
+  back, so it is a late delivery (the watch receives a signal after a sync read the next
+  run), and counting it as a new run would count that run and the next one again.
 
 Findings (made by ``patterns``) are carried the same way: ``reconcile_findings`` folds a new
 result into the open ones, so a finding is alerted when it opens and when it resolves, not
@@ -170,6 +173,7 @@ class Counters(Record):
     last_n_restarts: int = 0
     last_sub_state: str = ""
     last_seen_at: float | None = None
+    prev_invocation_id: str = ""  # the run before the last one: a look at it is late
     # When the reconciler last started, restarted or stopped the unit (a sync, a rollback):
     # what the unit did before is the old incarnation's, not an incident now (patterns).
     acted_at: float | None = None
@@ -208,6 +212,8 @@ def update_counters(prev: Counters | None, obs: Observation) -> tuple[Counters, 
         raise ValueError(f"counters of '{prev.unit}' fed an observation of '{obs.unit}'")
     if prev.last_seen_at is not None and 0 < prev.last_seen_at - obs.at <= STALE_SEC:
         return prev, []
+    if obs.invocation_id and obs.invocation_id == prev.prev_invocation_id:
+        return prev, []  # the run before the last one seen: a late look
     new_run = bool(obs.invocation_id) and obs.invocation_id != prev.last_invocation_id
     events = _infer_events(prev, obs, new_run)
     crashes = [e for e in events if e.kind == "crash"]
@@ -227,6 +233,7 @@ def update_counters(prev: Counters | None, obs: Observation) -> tuple[Counters, 
         last_sub_state=obs.sub_state,
         last_change_at=(events[-1].at if events else obs.at) if moved else prev.last_change_at,
         last_invocation_id=obs.invocation_id or prev.last_invocation_id,
+        prev_invocation_id=prev.last_invocation_id if new_run else prev.prev_invocation_id,
         last_n_restarts=prev.last_n_restarts if keep_n else obs.n_restarts,
         last_seen_at=obs.at,
     ), events

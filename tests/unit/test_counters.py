@@ -322,3 +322,16 @@ def test_attribute(event, actions, since, scheduled, by) -> None:  # type: ignor
     sched = {"app.service"} if scheduled else set()
     (got,) = attribute([event], actions, {"app.service": since}, sched)
     assert got.by == by
+
+
+def test_a_late_look_at_the_run_before_is_ignored() -> None:
+    """A look delivered late (the watch's signal, received after a sync's read of the next
+    run) shows the previous run with a newer time: a run never comes back, so it counts
+    nothing, and the run after it is not counted again."""
+    looks = [run(0, "a"), waiting(1, "a", 0), run(4.0, "b", 1)]
+    late = [look(4.01, "a", "activating", "auto-restart", 1, "exit-code", 1, 2), run(4.5, "b", 1)]
+    counters, events = fold([*looks, *late])
+    assert counters is not None
+    assert [(e.kind, e.at - T0) for e in events] == [("crash", 1.0), ("start", 4.0)]
+    assert (counters.starts, counters.stops, counters.crashes) == (1, 0, 1)
+    assert counters.last_invocation_id == "b" and counters.last_seen_at == T0 + 4.5
