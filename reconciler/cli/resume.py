@@ -19,8 +19,10 @@ def run(args: argparse.Namespace) -> int:
 
     journal.setup()
     store = runtime.open_store(_options.settings(args))
-    was = store.suspended()
+    if not store.suspended():  # nothing changed: nothing to log
+        print("automatic syncs were not suspended")
+        return 0
     store.resume()
-    journal.event("sync.started", "automatic syncs resumed", priority=5)
-    print("automatic syncs resumed" if was else "automatic syncs were not suspended")
+    journal.event("sync.resumed", "automatic syncs resumed", priority=5, echo=False)
+    print("automatic syncs resumed")
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from reconciler.cli import _options
 from reconciler.config import Settings
@@ -93,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         _options.print_json({**_as_dict(outcome), "findings": findings})
         return 0
+    if journal.stderr_is_journal(os.environ.get("JOURNAL_STREAM"), 1):
+        return 0  # a unit's run: its journal entries (sync.*, action, findings) say it once
     rev = (outcome.revision or "")[:12]
     if outcome.result in (Result.SUSPENDED, Result.HELD):
         print(outcome.message)

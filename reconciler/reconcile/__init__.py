@@ -56,6 +56,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("reconciler")
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def run(
     settings: Settings,
     *,
@@ -105,6 +109,10 @@ class _Sync:
             )
             journal.event("sync.suspended", msg, priority=5)
             return Outcome(Result.SUSPENDED, message=msg)
+        if not self.dry_run:  # a start with no end in the journal is a killed sync
+            journal.event(
+                "sync.started", f"sync started ({self.trigger})", trigger=self.trigger, echo=False
+            )
         outcome = Outcome(Result.APPLIED)
         error: Exception | None = None
         try:
@@ -272,9 +280,9 @@ class _Sync:
         commit = snapshot.commit
         journal.event(
             "sync.applied",
-            f"applied revision {snapshot.revision[:12]}: {len(plan.actions)} actions"
+            f"applied revision {snapshot.revision[:12]}: {_count(len(plan.actions), 'action')}"
             + (f" ({commit.subject!r} by {commit.author})" if commit else "")
-            + (f"; {len(outcome.commits)} new commits" if outcome.commits else ""),
+            + (f"; {_count(len(outcome.commits), 'new commit')}" if outcome.commits else ""),
             revision=snapshot.revision,
             actions=len(plan.actions),
             author=commit.author if commit else None,

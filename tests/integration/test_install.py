@@ -406,6 +406,9 @@ def test_the_installed_sync_logs_each_message_once(
     printed = [str(e.get("MESSAGE")).strip() for e in run if e.get("_TRANSPORT") == "stdout"]
     assert "restart web.service" in native, (native, printed)
     assert not [line for line in printed if line in native], (native, printed)
+    assert printed == [], printed  # the run's report is its entries: nothing printed beside
+    applied = [e for e in run if e.get("RECONCILER_EVENT") == "sync.applied"]
+    assert applied and str(applied[0]["MESSAGE"]).endswith("; 1 new commit"), applied
 
 
 def test_install_over_an_existing_config_says_what_it_did_not_apply(

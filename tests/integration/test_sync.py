@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.devtools import sandbox
+from reconciler.host import journal
 from tests.integration.gitrepo import ConfigRepo
 
 pytestmark = pytest.mark.host
@@ -440,6 +441,15 @@ def test_suspend_resume_and_rollback(env: Env) -> None:
     assert env.sync("--force")["result"] == "applied"
     assert "two" in (env.host.unit_dir / f"{a}.service").read_text()
     env.reconciler("resume")
+    again = env.reconciler("resume")  # not suspended: says so, logs nothing
+    assert again.stdout.strip() == "automatic syncs were not suspended"
+    env.host.journal_sync()
+    resumed = env.host.journal("RECONCILER_EVENT=sync.resumed")
+    assert [e["MESSAGE"] for e in resumed] == ["automatic syncs resumed"], resumed
+    assert resumed[0]["MESSAGE_ID"] == journal.EVENTS["sync.resumed"]
+    started = env.host.journal("RECONCILER_EVENT=sync.started")  # the suspended one: none
+    assert started and all(e["RECONCILER_TRIGGER"] for e in started), started
+    assert started[0]["MESSAGE_ID"] == journal.EVENTS["sync.started"]
     env.reconciler("rollback", first[:8])
     assert "one" in (env.host.unit_dir / f"{a}.service").read_text()
     assert env.sync()["result"] == "suspended"  # rollback suspends automatic syncs
