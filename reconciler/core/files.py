@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 
 from reconciler.core.inventory import SERVICES_FILE, key_path, quote
@@ -238,6 +239,19 @@ def plan_files(
         tuple(after[p] for p in sorted(after)),
         tuple(notes),
     )
+
+
+def refuse_unknown_units(desired: Iterable[DesiredFile], unknown: AbstractSet[str]) -> None:
+    """A ``restart``/``reload`` naming a unit that is neither in the inventory nor on the
+    host is refused: a typo there meant the service never saw its new config, silently."""
+    refused = _Refusals()
+    for f in desired:
+        for key, units in (("restart", f.restart), ("reload", f.reload)):
+            for unit in sorted(set(units) & unknown):
+                refused.add(
+                    f.path, key, f"'{quote(unit)}' is no unit of this host or its inventory"
+                )
+    refused.raise_first()
 
 
 def merge(

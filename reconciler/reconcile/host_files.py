@@ -46,6 +46,7 @@ class FileFacts:
     active: dict[str, str] = field(default_factory=dict)
     policy: Policy = Policy()
     cannot_reload: frozenset[str] = frozenset()  # running reload targets without ExecReload=
+    not_found: frozenset[str] = frozenset()  # restart/reload targets systemd does not know
 
 
 def host_policy(settings: Settings) -> Policy:
@@ -71,8 +72,11 @@ def observe_files(
     units = policy.targets(desired, manifest)
     active: dict[str, str] = {}
     plain = sorted(u for u in units if "@." not in u)
+    not_found: frozenset[str] = frozenset()
     if plain:
-        active = {n: u.active_state for n, u in systemd.list_units(plain).items()}
+        listed = systemd.list_units(plain)
+        active = {n: u.active_state for n, u in listed.items()}
+        not_found = frozenset(n for n, u in listed.items() if u.load_state == "not-found")
     templates = sorted(u.replace("@.", "@*.") for u in units if "@." in u)
     if templates:
         running = systemd.list_units_by_patterns([], templates)
@@ -87,7 +91,9 @@ def observe_files(
 
         props = systemd.get_properties(reloading, UNIT, ["CanReload"])
         cannot = frozenset(n for n, p in props.items() if p.get("CanReload") is False)
-    return FileFacts(host, manifest, users, groups, active, host_policy(settings), cannot)
+    return FileFacts(
+        host, manifest, users, groups, active, host_policy(settings), cannot, not_found
+    )
 
 
 def stage_file(root: Path, action: WriteFile) -> Path:

@@ -38,6 +38,7 @@ def make_plan(
         files, facts.host, facts.manifest, facts.policy, facts.users, facts.groups
     )
     health = {d.name: d.health_timeout_sec for d in desired if d.health_timeout_sec is not None}
+    file_planner.refuse_unknown_units(files, facts.not_found - {d.name for d in desired})
     return file_planner.merge(
         plan, file_plan, facts.active, observed.interrupted, health, facts.cannot_reload
     )

@@ -122,6 +122,10 @@ BAD: dict[str, tuple[Callable[[str, str], str], str]] = {
         lambda top, tag: entry(f"{top}/r.conf", 'reload = ["systemd-journald.service"]'),
         ".reload: 'systemd-journald.service' cannot reload (it has no ExecReload=)",
     ),
+    "reload of a unit that is nowhere": (
+        lambda top, tag: entry(f"{top}/n.conf", 'reload = ["nosuch.service"]'),
+        ".reload: 'nosuch.service' is no unit of this host or its inventory",
+    ),
     "a drop-in for an invalid unit name": (
         lambda top, tag: (
             '[dropins."bad name.service".x]\ntemplate = "env.conf.j2"\n'
