@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from reconciler.cli import _options
+from reconciler.config import Settings
 
 HELP = (
     "write /etc/reconciler/config.toml and the webhook secret (once), and install, enable "
@@ -14,6 +15,12 @@ HELP = (
 
 def configure(parser: argparse.ArgumentParser) -> None:
     _options.add_settings(parser)
+    parser.add_argument(
+        "--follow",
+        action="store_true",
+        help="only bring the installed units in line with the host config, then start a "
+        "sync (what reconciler-config.service runs when the config changes)",
+    )
     _options.add_json(parser)
 
 
@@ -27,6 +34,8 @@ def run(args: argparse.Namespace) -> int:
 
     journal.setup()
     settings = _options.settings(args)
+    if args.follow:
+        return follow(settings)
     config_path = Path(args.config) if args.config else DEFAULT_CONFIG
     done = install.install(settings, config_path=config_path)
     lines = plan_mod.describe(done.plan)
@@ -54,3 +63,27 @@ def run(args: argparse.Namespace) -> int:
     for note in done.notes:
         print(f"note: {note}")
     return 0
+
+
+def follow(settings: Settings) -> int:
+    """Follow the config, then start the sync whatever came of it: the sync runs under the
+    units just written (its own new files roots writable), and the config change asked for
+    one. Exit 1 when the units could not follow (logged; the sync retries it first)."""
+    from reconciler.cli.sync import follow_config
+    from reconciler.errors import SystemdError
+    from reconciler.host import journal
+    from reconciler.push.service import Starter
+    from reconciler.reconcile.install import SYNC
+
+    followed = follow_config(settings) is not False
+    starter = Starter(settings.bus, SYNC)
+    try:
+        starter.start()  # no wait: this unit is After= the sync, never the other way
+    except SystemdError as exc:
+        journal.event(
+            "install", f"cannot start {SYNC} after following the config: {exc}", priority=4
+        )
+        return 1
+    finally:
+        starter.close()
+    return 0 if followed else 1

@@ -69,8 +69,8 @@ def run(args: argparse.Namespace) -> int:
         from reconciler.cli import plan
 
         plan.check_systemd(settings)
-    else:
-        follow_config(settings)
+    elif follow_config(settings) is None:
+        return 0  # this run's own unit changed: the run under the new one follows
     try:
         outcome = reconcile.run(
             settings,
@@ -118,9 +118,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def follow_config(settings: Settings) -> None:
+def follow_config(settings: Settings) -> bool | None:
     """The installed own units follow the host config first (``[backup] dest``, ``[webhook]
-    listen``, ...); a failure there is logged and never stops the sync."""
+    listen``, ...); a failure there is logged and never stops the sync (False).
+
+    None: this process runs in gitops-sync.service and the follow rewrote that unit. Its
+    sandbox stays the old one (a new files root read-only): rather than fail half-way, the
+    run stops after one line and starts reconciler-config.service, which is ordered after
+    this run and starts the sync again under the new unit.
+    """
     from reconciler.core import plan as plan_mod
     from reconciler.errors import ReconcilerError
     from reconciler.host import journal
@@ -132,10 +138,36 @@ def follow_config(settings: Settings) -> None:
         journal.event(
             "install", f"cannot bring the own units in line with the config: {exc}", priority=4
         )
-        return
+        return False
     if plan is not None and not plan.empty:
         lines = plan_mod.describe(plan)
         journal.event("install", "own units follow the host config: " + "; ".join(lines))
+    if not (install.changes_sync_unit(plan) and _running_in(install.SYNC)):
+        return True
+    from reconciler.errors import SystemdError
+    from reconciler.push.service import Starter
+
+    starter = Starter(settings.bus, install.CONFIG_UNIT)
+    try:
+        starter.start()
+        then = f"{install.CONFIG_UNIT} starts a sync under the new unit once this run ends"
+    except SystemdError as exc:
+        then = f"the next run applies it (cannot start {install.CONFIG_UNIT}: {exc})"
+    finally:
+        starter.close()
+    journal.event(
+        "install", f"{install.SYNC} changed with the host config: this run stops here; {then}"
+    )
+    return None
+
+
+def _running_in(unit: str) -> bool:
+    """Whether this process runs in ``unit``'s cgroup (its sandbox is that unit's)."""
+    try:
+        with open("/proc/self/cgroup", encoding="utf-8") as fh:
+            return any(line.rstrip("\n").endswith("/" + unit) for line in fh)
+    except OSError:
+        return False
 
 
 def _findings(passed: object) -> list[dict[str, object]]:

@@ -27,6 +27,10 @@ host config, because hardening that hides the code makes a unit fail with 203/EX
 * ``files_roots`` are writable for the sync (``ReadWritePaths=-ROOT``; a missing root is
   created 0755 before it starts: ``ProtectSystem=strict`` would refuse the first file).
 
+A config change reaches the units through ``reconciler-config.service`` (``follow_config``,
+then a sync under the unit it wrote): a running sync cannot widen its own sandbox, so one
+that finds its own unit changed (``changes_sync_unit``) hands over to that service.
+
 Install also creates the webhook secret (random, 0600) the webhook socket waits for, and
 writes ``/etc/reconciler/config.toml`` once (never over an operator's file).
 """
@@ -49,7 +53,7 @@ from reconciler.config import DEFAULT_CONFIG, Settings
 from reconciler.core import plan as plan_mod
 from reconciler.errors import ApplyError, UsageError
 from reconciler.host import lock
-from reconciler.model import DesiredUnit, Plan
+from reconciler.model import DesiredUnit, Plan, WriteUnitFile
 from reconciler.reconcile import apply, validate
 from reconciler.reconcile.observe import read_host
 from reconciler.store.sync_store import INSTALLED_KEY, OPT_IN_UNITS
@@ -71,6 +75,7 @@ TMP_DIRS = ("/tmp", "/var/tmp")  # what PrivateTmp= replaces
 MONITORS = ("gitops-sync.service", "reconciler-monitor.service", "reconciler-watch.service")
 BACKUP = "volume-backup.service"
 SYNC = "gitops-sync.service"
+CONFIG_UNIT = "reconciler-config.service"  # follows the host config, then starts SYNC
 WEBHOOK = "reconciler-webhook.service"
 # Paths written into unit files unquoted: anything else would need systemd escaping.
 _PLAIN_PATH = re.compile(r"^/[A-Za-z0-9._+@:,=~/-]*$")
@@ -296,7 +301,8 @@ def writable_paths(settings: Settings) -> dict[str, tuple[str, ...]]:
         },
     }
     result: dict[str, tuple[str, ...]] = {}
-    for name in (*MONITORS, BACKUP, "metrics-sample.service", "reading-sync.service", WEBHOOK):
+    jobs = (*MONITORS, BACKUP, "metrics-sample.service", "reading-sync.service", WEBHOOK)
+    for name in (*jobs, CONFIG_UNIT):
         extra = [p for p in wanted.get(name, []) if p is not None]
         extra = [
             p for p in extra if not (p.is_relative_to(DEFAULT_STATE_DIR) or p.is_relative_to(state))
@@ -457,6 +463,14 @@ def follow_config(settings: Settings) -> Plan | None:
     layout = read_layout(settings, None if userns is None else userns == "1")
     plan, _ = _converge(settings, build_units(layout=layout))
     return plan
+
+
+def changes_sync_unit(plan: Plan | None) -> bool:
+    """Whether ``plan`` rewrites gitops-sync.service (a sync running under it keeps the old
+    sandbox: ``ReadWritePaths=`` of a new files root, a new textfile directory...)."""
+    return plan is not None and any(
+        isinstance(a, WriteUnitFile) and a.name == SYNC for a in plan.actions
+    )
 
 
 def uninstall(settings: Settings) -> Installed:

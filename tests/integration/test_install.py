@@ -38,6 +38,7 @@ SECRET = "/etc/reconciler/webhook-secret"
 TOKEN_FILE = "/etc/reconciler/etl-token"
 TOKEN = "etl-token-for-the-install-test-0123456789"
 STATE = "/var/lib/reconciler"
+GREETING = "/etc/greeter/greeting.conf"  # the examples' [files] entry for host "sandbox"
 UNITS = sorted(p.name for p in (REPO / "units").iterdir() if p.suffix != ".md")
 OPT_IN = {"reconciler-promote.timer"}  # installed, enabled by an operator on one machine
 TIMERS = [u for u in UNITS if u.endswith(".timer") and u not in OPT_IN]
@@ -112,6 +113,13 @@ def wait_for_entries(
         if ours or time.monotonic() > deadline:
             return ours
         time.sleep(0.2)
+
+
+def idle(host: sandbox.Host) -> bool:
+    """No follow of the config and no sync running (the follow starts the sync before it
+    ends: the sync's job is queued by then)."""
+    units = ("reconciler-config.service", "gitops-sync.service")
+    return all(show(host, u, "ActiveState")["ActiveState"] == "inactive" for u in units)
 
 
 def host_path(host: sandbox.Host, path: str) -> Path:
@@ -195,6 +203,8 @@ class Installed:
 
     stdout: str
     stderr: str
+    roots_at_us: int = 0  # when files_roots was added to the host config
+    roots_sec: float = 0.0  # until the file under it was written (or the wait gave up)
 
 
 @pytest.fixture(scope="module")
@@ -213,22 +223,25 @@ def installed(host: sandbox.Host) -> Iterator[Installed]:
     try:
         assert proc.returncode == 0, proc.stderr
         # The examples' config file for host "sandbox" (/etc/greeter/greeting.conf) is written
-        # only where the host allows it, as the README says: the operator edits the config.
+        # only where the host allows it, as the README says: the operator edits the config,
+        # and nothing else. reconciler-config.path starts reconciler-config.service, which
+        # gives gitops-sync.service the root, then starts the sync that writes the file.
+        start_us = int(time.time() * 1e6)
         config = host_path(host, CONFIG)
         config.write_text('files_roots = ["/etc/greeter"]\n' + config.read_text())
-        # The change starts a sync (reconciler-config.path) that gives the sync's unit the
-        # root; one that was already running read the old config: the tests start after one
-        # that saw it (a second install found the unit still to write).
-        for _ in range(3):
-            host.systemctl("start", "gitops-sync.service", check=False)
-            if "-/etc/greeter" in (host.unit_dir / "gitops-sync.service").read_text():
+        greeting = host_path(host, GREETING)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if greeting.exists() and idle(host):
                 break
-        yield Installed(proc.stdout, proc.stderr)
+            time.sleep(0.5)
+        followed = time.time() - start_us / 1e6
+        yield Installed(proc.stdout, proc.stderr, start_us, followed)
     finally:
         cli(host, "uninstall", check=False)
         prune_examples(host)
         host.systemctl("reset-failed", *UNITS, check=False)
-        host.run(["rm", "-rf", BASE, CONFIG, SECRET, TOKEN_FILE], check=False)
+        host.run(["rm", "-rf", BASE, CONFIG, SECRET, TOKEN_FILE, "/etc/greeter"], check=False)
         if not etc_existed:
             host.run(["rmdir", "/etc/reconciler"], check=False)
         if not state_existed:
@@ -289,6 +302,69 @@ def test_install_writes_config_and_secret_and_starts_the_units(
     assert complaints == [] and proc.returncode == 0, proc.stderr
 
 
+def test_a_new_files_root_is_written_by_the_sync_the_config_change_starts(
+    host: sandbox.Host, installed: Installed
+) -> None:
+    """A first user's report: with files_roots added to the host config, the sync the path
+    unit started ran under gitops-sync.service's old sandbox and failed with 'Read-only file
+    system' on the new root; nothing synced until a manual start or the timer (16 min).
+    Now reconciler-config.service follows the config, then starts the sync under the new
+    unit: the file is written with no manual step (the fixture starts nothing)."""
+    greeting = host_path(host, GREETING)
+    host.journal_sync()
+    journal = since(host.journal("_SYSTEMD_UNIT=gitops-sync.service"), installed.roots_at_us)
+    journal += since(host.journal("_SYSTEMD_UNIT=reconciler-config.service"), installed.roots_at_us)
+    messages = [str(e.get("MESSAGE")) for e in journal]
+    assert greeting.exists(), (installed.roots_sec, messages)
+    assert greeting.read_text().splitlines()[-1] == "hello"
+    assert "-/etc/greeter" in (host.unit_dir / "gitops-sync.service").read_text()
+    assert not [m for m in messages if "Read-only file system" in m], messages
+    for unit in ("reconciler-config.service", "gitops-sync.service"):
+        props = show(host, unit, "Result", "InvocationID")
+        assert props["Result"] == "success" and props["InvocationID"], (unit, props, messages)
+    assert installed.roots_sec < 90, messages
+
+
+def test_a_sync_whose_own_unit_changes_hands_over_to_a_new_run(
+    host: sandbox.Host, installed: Installed
+) -> None:
+    """A timer's sync that finds the host config widened its own sandbox (the path unit did
+    not run: stopped here) cannot use it: it says so in one line, writes nothing, and
+    reconciler-config.service (ordered after it) starts the sync again under the new unit."""
+    extra = f"{BASE}/extra-root"
+    config = host_path(host, CONFIG)
+    host.systemctl("stop", "reconciler-config.path")
+    try:
+        config.write_text(
+            config.read_text().replace(
+                'files_roots = ["/etc/greeter"]', f'files_roots = ["/etc/greeter", "{extra}"]'
+            )
+        )
+        before = show(host, "gitops-sync.service", "InvocationID")["InvocationID"]
+        start_us = int(time.time() * 1e6)
+        proc = host.systemctl("start", "gitops-sync.service", check=False)
+        first = show(host, "gitops-sync.service", "InvocationID", "Result", "ExecMainPID")
+        assert proc.returncode == 0 and first["Result"] == "success", (proc.stderr, first)
+        deadline = time.monotonic() + 60
+        while True:
+            now = show(host, "gitops-sync.service", "InvocationID", "Result")
+            if now["InvocationID"] not in (before, first["InvocationID"]) and idle(host):
+                break
+            assert time.monotonic() < deadline, (first, now)
+            time.sleep(0.5)
+        assert now["Result"] == "success", now
+        assert f"-{extra}" in (host.unit_dir / "gitops-sync.service").read_text()
+        assert host_path(host, extra).is_dir()  # made by the new unit's ExecStartPre=+mkdir
+        pid = first["ExecMainPID"]
+        entries = wait_for_entries(host, "gitops-sync.service", pid, start_us)
+        ran = [e for e in entries if str(e.get("_PID")) == pid and "RECONCILER_EVENT" in e]
+        said = [str(e.get("MESSAGE")) for e in ran]
+        assert any("this run stops here" in m for m in said), said
+        assert {e["RECONCILER_EVENT"] for e in ran} == {"install"}, said  # no sync step
+    finally:
+        host.systemctl("start", "reconciler-config.path")
+
+
 def test_second_install_is_a_noop(host: sandbox.Host, installed: Installed) -> None:
     before = {u: show(host, u, "InvocationID")["InvocationID"] for u in UNITS}
     second = install_json(host)
@@ -340,7 +416,7 @@ def test_every_job_runs_and_logs(host: sandbox.Host, installed: Installed, etl: 
             host.systemctl("status", "gitops-sync.service", "-n", "30", check=False).stdout,
         )
         time.sleep(0.5)
-    while show(host, "gitops-sync.service", "ActiveState")["ActiveState"] != "inactive":
+    while not idle(host):
         assert time.monotonic() < deadline  # the config's sync goes on: the examples
         time.sleep(0.5)
     assert not host_path(host, f"{BASE}/backups").exists()  # made by the unit when it starts

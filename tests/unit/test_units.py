@@ -168,7 +168,7 @@ CASES = [
         "the path unit watches the config file install was given",
         "reconciler-config.path",
         Layout(PY, config="/srv/conf/reconciler.toml"),
-        {"PathChanged": ["/srv/conf/reconciler.toml"], "Unit": ["gitops-sync.service"]},
+        {"PathChanged": ["/srv/conf/reconciler.toml"], "Unit": ["reconciler-config.service"]},
     ),
     Case(
         "a config file elsewhere: every command reads it",
@@ -282,6 +282,7 @@ def test_outermost(paths: list[str], expected: tuple[str, ...]) -> None:
                     "gitops-sync.service",
                     "metrics-sample.service",
                     "reading-sync.service",
+                    "reconciler-config.service",  # follow_config opens the state database
                     "reconciler-monitor.service",
                     "reconciler-watch.service",
                     "reconciler-webhook.service",  # its replay file and the sync's mark
