@@ -46,6 +46,7 @@ EVENTS: dict[str, str] = {
     "sync.downgrade": "89c7aa5a1d774ed1a4405c46aeaf1f72",
     "sync.reconnect": "50084072ddc8430cb6a7e9e4c3fd20f1",
     "sync.backoff": "fd362aed0dc74ca59b66bc17b5cdd2dc",
+    "sync.interrupted": "87caf59954284d5b87be7d912ea0f439",
     "action": "0095b3b553c34345bd25048b5a81b24f",
     "rollback": "8652ea395aec4a8a82ce880b5129a943",
     "health.failed": "f5f69824089147caa92d327d452fc534",

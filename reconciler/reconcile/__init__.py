@@ -4,7 +4,9 @@
 record. Each step is a module of this package (``fetch``, ``render``, ``observe``,
 ``plan``, ``validate``, ``apply``, ``verify``; ``rollback`` when the gate fails; the sync
 lock, ``host.lock``, around it all) and returns a value or raises a ReconcilerError;
-``run`` records the outcome in one place, whatever happened.
+``run`` records the outcome in one place, whatever happened. Before the apply, the sync
+notes the revision and the units it must gate (``interrupted``): a sync killed before it
+is recorded is recorded by the next, which runs its gate.
 
 May import: ``core``, ``systemd``, ``store``, ``host``, ``config``, ``runtime``, ``model``,
 ``errors``. Never ``monitor``: the monitoring the sync needs (counting the health gate's
@@ -34,8 +36,8 @@ from reconciler.errors import (
     SystemdError,
 )
 from reconciler.host import journal, lock
-from reconciler.reconcile import fetch, poll, validate, verify
-from reconciler.reconcile.apply import apply_plan
+from reconciler.reconcile import fetch, interrupted, poll, validate, verify
+from reconciler.reconcile.apply import ApplyResult, apply_plan
 from reconciler.reconcile.hooks import Monitoring, NoMonitoring
 from reconciler.reconcile.host_files import observe_files, save_manifest
 from reconciler.reconcile.observe import observe
@@ -97,9 +99,12 @@ class _Sync:
     dry_run: bool
     systemd: Systemd | None = None  # open from the observe step on; closed by run()
     calls: Counter[str] = field(default_factory=Counter)  # D-Bus calls of every connection
+    id: str = field(default_factory=interrupted.new_id)  # whose note (interrupted.Note) is whose
+    started_at: float = 0.0  # unix time
 
     def run(self, revision: str | None, monitoring: Monitoring) -> Outcome:
         started_wall, started = time.time(), time.monotonic()
+        self.started_at = started_wall
         store = open_store(self.settings)
         suspended = store.suspended()
         if suspended and not self.force and not self.dry_run and revision is None:
@@ -136,6 +141,7 @@ class _Sync:
             try:
                 track_fleet(store, outcome, error)
                 record(store, outcome, started_wall, started, self.trigger)
+                interrupted.clear(store, self.settings.state_dir, self.id)  # recorded: done
                 if outcome.result is not Result.FAILED:  # a copy that outlives the database
                     Ledger.load(self.settings.state_dir / LEDGER_FILE).record(store)
             except ReconcilerError as record_exc:
@@ -260,23 +266,48 @@ class _Sync:
             outcome.merged = {unit: cat(*view) for unit, view in views.items()}
             outcome.result = Result.DRY_RUN
             return
+        # a sync killed before its gate finished: recorded now; its gate, if this revision's
+        carried = interrupted.take_over(store, settings.state_dir, self.id, snapshot.revision)
         if plan.empty:
             if store.owned() != plan.owned_after:  # e.g. a pruned name now a vendor unit's
                 store.set_owned(plan.owned_after)
             if plan.files_during:  # e.g. an adopted file that already had the content
                 save_manifest(settings, plan.files_after)
-            outcome.result = Result.NOOP
-            journal.event(
-                "sync.noop",
-                outcome.message or f"host matches revision {snapshot.revision[:12]}",
-                revision=snapshot.revision,
+            if not carried:
+                outcome.result = Result.NOOP
+                journal.event(
+                    "sync.noop",
+                    outcome.message or f"host matches revision {snapshot.revision[:12]}",
+                    revision=snapshot.revision,
+                )
+                return
+        else:
+            validate.check_units(desired, plan, settings)
+        checks = interrupted.merge(plan.health_checks, carried)
+        note = interrupted.Note(
+            self.id,
+            snapshot.revision,
+            checks,
+            self.started_at,
+            self.trigger,
+            tuple(outcome.actions),
+        )
+        interrupted.note(store, settings.state_dir, note)  # not good until the gate passed
+        applied = ApplyResult()
+        if not plan.empty:
+            applied = apply_plan(
+                plan, desired, systemd, store, settings, snapshot.revision, monitoring
             )
-            return
-        validate.check_units(desired, plan, settings)
-        applied = apply_plan(plan, desired, systemd, store, settings, snapshot.revision, monitoring)
-        failed = verify.gate(plan, applied, systemd, store, monitoring)
+        failed = verify.gate(plan, applied, systemd, store, monitoring, carried)
         if failed:
             roll_back(failed, outcome, settings, store, systemd, monitoring)  # always raises
+        if plan.empty:
+            outcome.message = (
+                f"revision {snapshot.revision[:12]}: the health gate an interrupted sync left "
+                f"passed ({len(carried)} units)"
+            )
+            journal.event("sync.applied", outcome.message, revision=snapshot.revision, actions=0)
+            return
         commit = snapshot.commit
         journal.event(
             "sync.applied",

@@ -125,18 +125,24 @@ def gate(
     systemd: UnitReader,
     store: Store,
     monitoring: Monitoring,
+    carried: Sequence[tuple[str, float]] = (),
 ) -> dict[str, Unhealthy]:
     """The sync's verify step: ``{unit: why}`` of the gated units that failed (empty: healthy).
+
+    ``carried``: the checks an interrupted sync of the same revision left unfinished
+    (``interrupted``), gated too.
 
     A gated unit whose start job failed fails at once; the others are waited on, each read
     folded into the monitor's counters. A failed job of a unit without a gate is logged,
     never rolled back.
     """
-    gated = {unit for unit, _ in plan.health_checks}
+    all_checks = [*plan.health_checks]
+    all_checks += [c for c in carried if c[0] not in {u for u, _ in all_checks}]
+    gated = {unit for unit, _ in all_checks}
     failed = {
         u: Unhealthy(Reason.START_JOB, r) for u, r in applied.failed_jobs.items() if u in gated
     }
-    checks = [(u, t) for u, t in plan.health_checks if u not in failed]
+    checks = [(u, t) for u, t in all_checks if u not in failed]
     if checks:
         with monitoring.recording(store) as on_read:
             failed.update(wait_healthy(systemd, checks, on_read=on_read))

@@ -3,9 +3,11 @@
 The database can be lost: deleted by hand, or moved aside as corrupt (which ``sync_store``
 does itself). Ownership of unit files survives through the marker line in each file; this
 ledger keeps the rest an operator relies on: the revision the host holds, the last good
-revision (where a rollback goes) and the bad-revision marks (which a host holding after a
-rollback must not re-apply). It is rewritten atomically (0600) only when one of them
-changes, and read back into a database that has lost them (``restore``).
+revision (where a rollback goes), the bad-revision marks (which a host holding after a
+rollback must not re-apply) and the note of a sync under way (``reconcile.interrupted``:
+a revision whose health gate has not passed must not pass for good after a kill). It is
+rewritten atomically (0600) only when one of them changes, and read back into a database
+that has lost them (``restore``).
 """
 
 from __future__ import annotations
@@ -17,13 +19,15 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from reconciler.store.sync_store import Store
 
 log = logging.getLogger("reconciler")
 FILE_NAME = "ledger.json"
+# the state database's kv key of the same note (reconcile.interrupted), JSON
+UNVERIFIED_KEY = "unverified"
 MAX_BAD = 100  # newest bad marks kept: a bound on the file and on restore's queries
 
 
@@ -33,6 +37,7 @@ class Ledger:
     applied: str | None = None
     last_good: str | None = None
     bad: dict[str, str] = field(default_factory=dict)  # revision -> reason, oldest first
+    unverified: dict[str, Any] | None = None  # the note of a sync whose gate has not passed
 
     @classmethod
     def load(cls, path: Path) -> Ledger:
@@ -40,7 +45,14 @@ class Ledger:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
             bad = {str(k): str(v) for k, v in dict(data.get("bad", {})).items()}
-            return cls(path, _rev(data.get("applied")), _rev(data.get("last_good")), bad)
+            note = data.get("unverified")
+            return cls(
+                path,
+                _rev(data.get("applied")),
+                _rev(data.get("last_good")),
+                bad,
+                note if isinstance(note, dict) else None,
+            )
         except FileNotFoundError:
             return cls(path)
         except (OSError, ValueError, TypeError, AttributeError) as exc:
@@ -51,7 +63,12 @@ class Ledger:
         """Write atomically (temp file, fsync, rename), mode 0600; a failure is a warning."""
         import tempfile  # only when something changed: every command loads the ledger
 
-        data = {"applied": self.applied, "last_good": self.last_good, "bad": self.bad}
+        data = {
+            "applied": self.applied,
+            "last_good": self.last_good,
+            "bad": self.bad,
+            "unverified": self.unverified,
+        }
         tmp = ""
         try:
             fd, tmp = tempfile.mkstemp(prefix=f".{FILE_NAME}.", dir=self.path.parent)
@@ -91,6 +108,9 @@ def restore(store: Store, ledger: Ledger) -> list[str]:
         if not store.is_bad(revision):
             store.mark_bad(revision, reason)
             done.append(f"bad mark of {revision[:12]}")
+    if ledger.unverified is not None and store.kv_get(UNVERIFIED_KEY) is None:
+        store.kv_set(UNVERIFIED_KEY, json.dumps(ledger.unverified, sort_keys=True))
+        done.append("the note of a sync whose health gate had not finished")
     if store.applied_revision() is None:
         now = time.time()
         note = f"restored from {ledger.path.name}: the state database had lost it"

@@ -64,3 +64,28 @@ def test_restore_leaves_a_database_that_has_its_history(tmp_path: Path) -> None:
         store.record_sync("new", 1.0, 0.1, "applied", [], None, "timer")
         assert restore(store, ledger) == []
         assert store.applied_revision() == "new"
+
+
+def test_a_killed_syncs_note_is_taken_over_and_outlives_the_database(tmp_path: Path) -> None:
+    """The note of a sync killed before its gate passed: in the ledger too, restored into a
+    fresh database; the next sync records the killed one 'interrupted', gets its checks, and
+    the revision is not the last good one."""
+    from reconciler.reconcile import interrupted
+
+    with Store.open(tmp_path / "state.db") as store:
+        store.record_sync("good1", 1.0, 0.1, "applied", [], None, "timer")
+        Ledger.load(tmp_path / FILE_NAME).record(store)  # as every recorded sync does
+        note = interrupted.Note("killed", "bad1", (("pinger.service", 4.0),), 2.0, "timer", ("x",))
+        interrupted.note(store, tmp_path, note)
+    (tmp_path / "state.db").unlink()  # lost after the kill
+    with Store.open(tmp_path / "state.db") as store:
+        restore(store, Ledger.load(tmp_path / FILE_NAME))
+        checks = interrupted.take_over(store, tmp_path, "next", "bad1")
+        assert checks == (("pinger.service", 4.0),)
+        assert [(r.revision, r.result) for r in store.history()][0] == ("bad1", "interrupted")
+        assert store.last_good() == "good1"
+        assert interrupted.take_over(store, tmp_path, "next", "bad1") == checks  # its own now
+        assert len(store.history()) == 2  # recorded once
+        interrupted.clear(store, tmp_path, "next")
+        assert interrupted.load(store) is None
+    assert Ledger.load(tmp_path / FILE_NAME).unverified is None
