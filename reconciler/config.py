@@ -38,6 +38,7 @@ from reconciler.schema import Section as Section
 from reconciler.schema import keys as keys
 from reconciler.schema import opt as opt
 from reconciler.schema import read_section as read_section
+from reconciler.schema import unknown_key
 
 DEFAULT_CONFIG = Path("/etc/reconciler/config.toml")
 T = TypeVar("T")
@@ -472,8 +473,7 @@ def load(path: Path | None = None, overrides: dict[str, Any] | None = None) -> S
         elif key in names:
             values[key] = _top(source, key, value, text=False)
         else:
-            known = ", ".join(sorted(names | SECTIONS.keys()))
-            raise ConfigError(source, key, f"unknown key (known: {known})")
+            raise ConfigError(source, key, unknown_key(key, names | SECTIONS.keys()))
     for key in names:
         env = os.environ.get(f"RECONCILER_{key.upper()}")
         if env is not None:

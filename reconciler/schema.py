@@ -9,7 +9,7 @@ anything unknown, mistyped or out of range. ``config`` declares the sections.
 from __future__ import annotations
 
 import shlex
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -152,6 +152,16 @@ def _convert(kind: str, value: Any, meta: Mapping[str, Any], schemas: Mapping[st
     raise ValueError(f"expected {_describe(kind)}, got {value!r}")
 
 
+def unknown_key(key: str, known: Iterable[str]) -> str:
+    """"unknown key", the closest known one first (a typo is the usual cause), then all."""
+    import difflib  # only a refused key needs it
+
+    names = sorted(known)
+    close = difflib.get_close_matches(key, names, n=1)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    return f"unknown key ({hint}known: {', '.join(names)})"
+
+
 def read_section(schema: type[T], raw: object, where: str, source: str = "config.toml") -> T:
     """``raw`` (a TOML table) as an instance of the dataclass ``schema``; ``where`` is the
     key path of the table (``backup``), ``source`` the file it came from."""
@@ -160,8 +170,7 @@ def read_section(schema: type[T], raw: object, where: str, source: str = "config
     known = keys(schema)
     for key in raw:
         if key not in known:
-            names = ", ".join(sorted(known))
-            raise ConfigError(source, f"{where}.{key}", f"unknown key (known: {names})")
+            raise ConfigError(source, f"{where}.{key}", unknown_key(key, known))
     values: dict[str, Any] = {}
     for name, (kind, spec) in known.items():
         key = f"{where}.{name}"

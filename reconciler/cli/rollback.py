@@ -30,13 +30,23 @@ def run(args: argparse.Namespace) -> int:
     store = runtime.open_store(settings)
     applied = [r.revision for r in store.history(1000) if r.result in ("applied", "noop")]
     current = store.applied_revision()
-    if args.revision:
+    if args.revision is not None:
         matches = sorted({r for r in applied if r.startswith(args.revision)})
-        if len(matches) != 1:
+        if not args.revision.strip() or len(matches) != 1:
+            others = {r.revision for r in store.history(1000) if r.revision}
+            never = not matches and any(r.startswith(args.revision) for r in others)
+            why = (
+                "empty"
+                if not args.revision.strip()
+                else "ambiguous"
+                if matches
+                else "never applied healthy (it failed or was rolled back)"
+                if never
+                else "not an applied revision"
+            )
             raise UsageError(
-                f"cannot roll back to '{args.revision}': "
-                + ("ambiguous" if matches else "not an applied revision"),
-                "pick a revision from 'reconciler history'",
+                f"cannot roll back to '{args.revision}': {why}",
+                "pick a revision whose result is applied or noop in 'reconciler history'",
             )
         target = matches[0]
     else:

@@ -16,13 +16,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import getpass
+    import time
 
     from reconciler import runtime
     from reconciler.host import journal
 
     journal.setup()
     store = runtime.open_store(_options.settings(args))
-    store.suspend(args.reason, by=getpass.getuser())
-    journal.event("sync.suspended", f"automatic syncs suspended: {args.reason}", priority=5)
-    print(f"automatic syncs suspended: {args.reason}")
+    before = store.suspended()  # suspended already: the reason is replaced, the time kept
+    store.suspend(args.reason, by=getpass.getuser(), now=before.since if before else None)
+    msg = f"automatic syncs suspended: {args.reason}"
+    if before is not None:
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(before.since))
+        msg += f" (were already, since {since}: {before.reason})"
+    journal.event("sync.suspended", msg, priority=5, echo=False)
+    print(msg)
     return 0

@@ -513,6 +513,8 @@ def _message(error: ErrorDetails, known: Sequence[str]) -> str:
         known = _FILE_KEYS
     import difflib  # only a refused key needs it
 
+    if key in known:  # a key of another table: suggesting it back was no help
+        return "unknown key in this table"
     close = difflib.get_close_matches(key, known, n=1)
     return "unknown key" + (f" (did you mean '{close[0]}'?)" if close else "")
 

@@ -222,7 +222,9 @@ class Demo:
             self.out(f"\nhost {self.host.name} kept (systemd PID {self.host.pid})")
             self.out(f"  enter it:       {enter}")
             self.out(f"  the CLI on it:  {self.cli_line('status')}")
-            self.out(f"  stop it:        reconciler demo --stop {self.host.name}")
+            cli = Path(sys.executable).parent / "reconciler"  # a venv's is not on PATH
+            stop = f"{cli if cli.exists() else 'reconciler'} demo --stop {self.host.name}"
+            self.out(f"  stop it:        {stop}")
             self.out("                  (powers it off, removes its work dir, cgroups and repos)")
             return
         self.host.stop()

@@ -65,8 +65,8 @@ def test_demo_keep_leaves_a_live_host_and_stop_removes_everything(host: object) 
     assert found, proc.stdout[-2000:]
     name, pid = found[1], int(found[2])
     enter = re.search(r"enter it:\s+(nsenter .*)", proc.stdout)
-    stop = re.search(r"stop it:\s+reconciler demo --stop (\S+)", proc.stdout)
-    assert enter and stop and stop[1] == name
+    stop = re.search(r"stop it:\s+(\S+) demo --stop (\S+)", proc.stdout)
+    assert enter and stop and stop[2] == name and Path(stop[1]).is_file()  # runs as printed
     work = Path(re.search(r"RECONCILER_CONFIG=(\S+)/config.toml", proc.stdout)[1])  # type: ignore[index]
     cgroups = [Path("/sys/fs/cgroup", h, name) for h in ("systemd", "unified")]
     try:
@@ -93,8 +93,8 @@ def test_demo_keep_leaves_a_live_host_and_stop_removes_everything(host: object) 
         )  # fmt: skip
         assert "from-outside" in in_journal.stdout, in_journal
     finally:
-        stopped = subprocess.run(
-            [RECONCILER, "demo", "--stop", name], capture_output=True, text=True, timeout=60,
+        stopped = subprocess.run(  # the printed line, as printed
+            [stop[1], "demo", "--stop", name], capture_output=True, text=True, timeout=60,
             check=False,
         )  # fmt: skip
     assert stopped.returncode == 0, stopped.stderr

@@ -435,7 +435,9 @@ def test_suspend_resume_and_rollback(env: Env) -> None:
     first = env.repo.commit(base_files(env, service(a, greeting="one")))
     env.sync()
     env.repo.commit(base_files(env, service(a, greeting="two")))
-    env.reconciler("suspend", "--reason", "incident 42")
+    env.reconciler("suspend", "--reason", "incident 41")
+    again = env.reconciler("suspend", "--reason", "incident 42")  # says what it replaced
+    assert "(were already, since " in again.stdout and ": incident 41)" in again.stdout
     assert env.sync("--trigger", "timer")["result"] == "suspended"
     assert "one" in (env.host.unit_dir / f"{a}.service").read_text()
     assert env.sync("--force")["result"] == "applied"
@@ -450,6 +452,8 @@ def test_suspend_resume_and_rollback(env: Env) -> None:
     started = env.host.journal("RECONCILER_EVENT=sync.started")  # the suspended one: none
     assert started and all(e["RECONCILER_TRIGGER"] for e in started), started
     assert started[0]["MESSAGE_ID"] == journal.EVENTS["sync.started"]
+    empty = env.reconciler("rollback", "", check=False)  # not "the previous one"
+    assert empty.returncode == 2 and "cannot roll back to '': empty" in empty.stderr
     env.reconciler("rollback", first[:8])
     assert "one" in (env.host.unit_dir / f"{a}.service").read_text()
     assert env.sync()["result"] == "suspended"  # rollback suspends automatic syncs

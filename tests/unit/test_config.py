@@ -39,6 +39,7 @@ REFUSED = [
     ("[webhook]\nlisten = 'localhost'\n", "webhook.listen: 'localhost': expected HOST:PORT"),
     ("[webhook]\ndebounce_sec = 0\n", "webhook.debounce_sec: expected a number above 0"),
     ("[webhok]\nlisten = ':1'\n", "webhok: unknown key"),
+    ("files_root = ['/etc/x']\n", "files_root: unknown key (did you mean 'files_roots'? known:"),
     ("lock_timeout_sec = '60'\n", "lock_timeout_sec: expected a number above 0, got '60'"),
     ("max_units = 2.5\n", "max_units: expected a whole number above 0, got 2.5"),
     ("max_units = 0\n", "max_units: expected a whole number above 0, got 0"),

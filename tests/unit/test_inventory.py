@@ -97,6 +97,12 @@ BAD: list[tuple[str, dict[str, bytes], str, str]] = [
         "did you mean 'template'",
     ),
     (
+        "a key of another table",  # a drop-in's restart, not a service's: not suggested back
+        files(services=svc("restart = true\n")),
+        f"{S}: services.web.restart: unknown key in this table",
+        "",
+    ),
+    (
         "unknown timer key",
         files(services=svc("[services.web.timer]\non_calender = 'daily'\n")),
         f"{S}: services.web.timer.on_calender: unknown key",
