@@ -153,7 +153,7 @@ def _convert(kind: str, value: Any, meta: Mapping[str, Any], schemas: Mapping[st
 
 
 def unknown_key(key: str, known: Iterable[str]) -> str:
-    """"unknown key", the closest known one first (a typo is the usual cause), then all."""
+    """ "unknown key", the closest known one first (a typo is the usual cause), then all."""
     import difflib  # only a refused key needs it
 
     names = sorted(known)
