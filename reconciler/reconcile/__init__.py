@@ -48,7 +48,7 @@ from reconciler.reconcile.rollback import roll_back
 from reconciler.runtime import connect, open_store
 from reconciler.store.ledger import FILE_NAME as LEDGER_FILE
 from reconciler.store.ledger import Ledger
-from reconciler.store.sync_store import FLEET_KEY, GOOD_RESULTS
+from reconciler.store.sync_store import DESIRED_KEY, FLEET_KEY, GOOD_RESULTS, encode_desired
 
 if TYPE_CHECKING:
     from reconciler.model import DesiredUnit, Snapshot
@@ -273,6 +273,7 @@ class _Sync:
                 store.set_owned(plan.owned_after)
             if plan.files_during:  # e.g. an adopted file that already had the content
                 save_manifest(settings, plan.files_after)
+            record_matching(store, desired)
             if not carried:
                 outcome.result = Result.NOOP
                 journal.event(
@@ -321,6 +322,15 @@ class _Sync:
             ref=outcome.resolved or None,
             commits=" ".join(c.revision for c in outcome.commits) or None,
         )
+
+
+def record_matching(store: Store, desired: list[DesiredUnit]) -> None:
+    """The host matches ``desired``: record it as the applied units (status and the monitor
+    read them) if the store says otherwise: a database lost while the host held or matched
+    its revision would leave the units unmonitored until a new commit is applied."""
+    units = encode_desired(desired)
+    if store.kv_get(DESIRED_KEY) != units:
+        store.kv_set(DESIRED_KEY, units)
 
 
 KEPT_REVISIONS = 20  # the newest applied revisions kept in the git cache for a rollback

@@ -398,14 +398,25 @@ def test_state_database_lost_while_holding_after_rollback(
         and "crasher" not in (fenv.host.unit_dir / unit).read_text()
         and fenv.invocations(unit) == running
     )
+    # nothing the operator relied on is lost: the held revision's units are still managed
+    status = json.loads(fenv.run("status", "--json", repo=None, host=None).stdout)
+    monitor = json.loads(fenv.run("monitor", "--json", repo=None, host=None).stdout)
+    known = [u["unit"] for u in status["units"]] == [unit] and [
+        u["unit"] for u in monitor["units"]
+    ] == [unit]
+    quiet = not status["drift"] and not monitor["drift"] and not monitor["findings"]
     fault_report(
         f"state database {how} while holding at a good revision after a rollback",
         "still holds: the last good revision and the bad-revision marks are also kept in a "
-        "small ledger file next to the git cache, read when the database has lost them",
-        converge if held else None,
-        held,
+        "small ledger file next to the git cache, read when the database has lost them; the "
+        "sync that finds the host matching records the held revision's units, so status and "
+        "the monitor still know them",
+        converge if held and known else None,
+        held and known and quiet,
     )
     assert held, (proc.returncode, proc.stderr, out, bad)
+    assert known, (status["units"], monitor["units"])
+    assert quiet, (status["drift"], monitor["drift"], monitor["findings"])
 
 
 # ---- 7. a read-only unit directory ------------------------------------------------------------
