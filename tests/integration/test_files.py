@@ -18,6 +18,7 @@ import pytest
 
 from reconciler.devtools import sandbox
 from tests.faults.conftest import FaultEnv, clean_units, make_env
+from tests.faults.test_ownership_faults import lose_database
 from tests.integration.test_sync import HOSTS
 
 pytestmark = pytest.mark.host
@@ -170,3 +171,40 @@ def test_adopt_keeps_and_restores_the_original(files_env: tuple[FaultEnv, str]) 
     assert env.sync()["result"] == "applied"
     assert on_host.read_text() == "the operator's\n"
     assert stat.S_IMODE(on_host.stat().st_mode) == 0o600
+
+
+def test_lost_database_keeps_units_dropins_and_files_known(files_env: tuple[FaultEnv, str]) -> None:
+    """Issue 11.6: after the state database is lost, the first sync (a no-op: the host
+    matches) leaves status and the monitor knowing the units, drop-ins and config files."""
+    env, top = files_env
+    app = f"{env.name('app')}.service"
+    conf = f"{top}/app.conf"
+    dropin = f'[dropins."{app}".env]\ntemplate = "env.conf.j2"\nhosts = ["web"]\n'
+    files = file_entry(conf, 'template = "app.conf.j2"') + dropin
+    env.repo.commit(
+        {
+            "inventory/hosts.toml": HOSTS,
+            "inventory/services.toml": f"[services.{env.name('app')}]\n"
+            f'template = "app.service.j2"\nhosts = ["web"]\n\n'
+            + files.replace("GREETING", "hello"),
+            "templates/app.service.j2": APP,
+            "templates/app.conf.j2": CONF,
+            "templates/env.conf.j2": "[Service]\nEnvironment=GREETING=hello\n",
+        }
+    )
+    try:
+        assert env.sync()["result"] == "applied"
+        lose_database(env, "deleted")
+        assert env.sync()["result"] == "noop"
+        status = json.loads(env.run("status", "--json", repo=None, host=None).stdout)
+        assert [u["unit"] for u in status["units"]] == [app], status["units"]
+        assert [f["path"] for f in status["files"]] == [conf], status["files"]
+        monitor = json.loads(env.run("monitor", "--json", repo=None, host=None).stdout)
+        assert [u["unit"] for u in monitor["units"]] == [app], monitor["units"]
+        assert monitor["drift"] == [] and monitor["findings"] == [], monitor
+        # the drop-in is known too: edited by hand, it is drift
+        (env.host.unit_dir / f"{app}.d/env.conf").write_text("[Service]\nEnvironment=X=1\n")
+        monitor = json.loads(env.run("monitor", "--json", repo=None, host=None).stdout)
+        assert [d["unit"] for d in monitor["drift"]] == [app], monitor["drift"]
+    finally:  # clean_units removes files, not the drop-in directory
+        shutil.rmtree(env.host.unit_dir / f"{app}.d", ignore_errors=True)
