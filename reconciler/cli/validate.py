@@ -6,7 +6,10 @@ import argparse
 
 HELP = (
     "render and verify (systemd-analyze, offline) a config repository's units for one or "
-    "every host; no systemd, no root, nothing written. Exit 0 all valid, 1 refused, 2 usage"
+    "every host; no systemd, no root, nothing written. A drop-in is verified with the unit "
+    "it adjusts (the repository's, else this machine's; a note says when neither is here). "
+    "Config files: protected paths are refused; each host's files_roots live in its own "
+    "config and are not checked here. Exit 0 all valid, 1 refused, 2 usage"
 )
 
 

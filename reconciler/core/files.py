@@ -84,6 +84,19 @@ def path_problem(path: str, policy: Policy) -> str | None:
     return None
 
 
+def refuse_protected(desired: Sequence[DesiredFile]) -> None:
+    """Refuse a path every host refuses (``DENIED``, ``authorized_keys``), whatever its
+    files_roots: the part of the path rule a repository can be checked for offline."""
+    refused = _Refusals()
+    for f in desired:
+        if f.quadlet and is_quadlet_path(f.path):
+            continue
+        problem = path_problem(f.path, Policy(roots=("/",)))
+        if problem:
+            refused.add(f.path, None, problem)
+    refused.raise_first()
+
+
 @dataclass(frozen=True)
 class HostFile:
     """What is at a path on the host: ``kind`` absent, file, symlink, directory or other;

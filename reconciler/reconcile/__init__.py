@@ -262,6 +262,9 @@ class _Sync:
         if self.dry_run:
             from reconciler.core.unitkind import cat
 
+            if not plan.empty:  # plan refuses what the sync's validate step refuses
+                validate.check_units(desired, plan, settings)
+
             views = validate.merged_views(plan, desired, settings)
             outcome.merged = {unit: cat(*view) for unit, view in views.items()}
             outcome.result = Result.DRY_RUN

@@ -45,7 +45,10 @@ NOT_EXECUTABLE = re.compile(r": Command \S+ is not executable")
 
 
 def _attribute(line: str, units: dict[str, DesiredUnit]) -> str | None:
-    """The unit a line is about, if it is one of ours."""
+    """The unit (or drop-in) a line is about, if it is one of ours."""
+    head = line.partition(":")[0]
+    if head in units:  # a drop-in's own line: "UNIT.d/FILE.conf:3: ..."
+        return head
     for match in _UNIT_IN_LINE.finditer(line):
         candidate = match.group(0)
         if candidate in units:
@@ -53,12 +56,12 @@ def _attribute(line: str, units: dict[str, DesiredUnit]) -> str | None:
     return None
 
 
-def parse_output(
+def complaints_of(
     output: str, directory: str, units: Sequence[DesiredUnit], *, check_executables: bool = True
-) -> list[str]:
-    """Complaints about our units, ``'<service>: <message>'``, in output order, no repeats."""
+) -> list[tuple[str, str]]:
+    """``(file, line)`` for each line about one of our files, in output order, no repeats."""
     by_name = {u.name: u for u in units}
-    complaints: list[str] = []
+    found: list[tuple[str, str]] = []
     for raw in output.splitlines():
         line = raw.replace(directory.rstrip("/") + "/", "").strip()
         name = _attribute(line, by_name)
@@ -66,10 +69,18 @@ def parse_output(
             continue  # about a unit we do not write (a dependency, a system unit)
         if not check_executables and NOT_EXECUTABLE.search(line):
             continue
-        complaint = f"{by_name[name].service}: {line}"
-        if complaint not in complaints:
-            complaints.append(complaint)
-    return complaints
+        if (name, line) not in found:
+            found.append((name, line))
+    return found
+
+
+def parse_output(
+    output: str, directory: str, units: Sequence[DesiredUnit], *, check_executables: bool = True
+) -> list[str]:
+    """Complaints about our units, ``'<service>: <message>'``, in output order, no repeats."""
+    by_name = {u.name: u for u in units}
+    found = complaints_of(output, directory, units, check_executables=check_executables)
+    return list(dict.fromkeys(f"{by_name[name].service}: {line}" for name, line in found))
 
 
 VERIFY_CHUNK = 1000  # units per systemd-analyze process (10,000 in one took 14.7 s loaded)
@@ -82,7 +93,21 @@ def verify_units(
     check_executables: bool = True,
     chunk: int = VERIFY_CHUNK,
 ) -> list[str]:
-    """Run ``systemd-analyze verify`` on ``units``; [] when systemd has nothing to say.
+    """``verify``'s complaints as ``'<service>: <line>'``; [] when systemd has nothing to say."""
+    by_name = {u.name: u.service for u in units}
+    found = verify(units, timeout=timeout, check_executables=check_executables, chunk=chunk)
+    return list(dict.fromkeys(f"{by_name[n]}: {line}" if n else line for n, line in found))
+
+
+def verify(
+    units: Sequence[DesiredUnit],
+    *,
+    timeout: float = 30,
+    check_executables: bool = True,
+    chunk: int = VERIFY_CHUNK,
+) -> list[tuple[str, str]]:
+    """Run ``systemd-analyze verify`` on ``units``: ``(file, line)`` of each complaint about
+    one of them (file "": systemd-analyze itself failed); [] when it has nothing to say.
 
     ``check_executables=False`` drops "Command ... is not executable" complaints: use it
     only when verifying for another machine (e.g. linting a config repo in CI), since on
@@ -96,7 +121,7 @@ def verify_units(
     if not units:
         return []
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **ENV}
-    complaints: list[str] = []
+    complaints: list[tuple[str, str]] = []
     with tempfile.TemporaryDirectory(prefix="reconciler-verify-") as directory:
         paths = []
         for unit in units:
@@ -148,7 +173,7 @@ def _complaints(
     directory: str,
     units: Sequence[DesiredUnit],
     check_executables: bool,
-) -> list[str]:
+) -> list[tuple[str, str]]:
     """One process's complaints about its ``units`` (killed past ``timeout``)."""
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
@@ -157,13 +182,49 @@ def _complaints(
         proc.communicate()
         raise SystemdError(f"cannot verify units: {ANALYZE} took over {timeout:g}s") from None
     output = stderr + "\n" + stdout
-    everything = parse_output(output, directory, units)
-    complaints = parse_output(output, directory, units, check_executables=check_executables)
+    everything = complaints_of(output, directory, units)
+    complaints = complaints_of(output, directory, units, check_executables=check_executables)
     if proc.returncode != 0 and not everything:
         first = next((line for line in output.splitlines() if line.strip()), "no output")
         first = first.replace(directory, "<units>")
-        complaints.append(f"{ANALYZE}: exit status {proc.returncode}: {first.strip()}")
+        complaints.append(("", f"{ANALYZE}: exit status {proc.returncode}: {first.strip()}"))
     return complaints
+
+
+def source_of(name: str, units: Sequence[DesiredUnit]) -> str:
+    """Where a verified file comes from in the repository: ``services.NAME`` for a unit of
+    ours, ``dropins."UNIT".NAME`` for each of our drop-ins adjusting it (or for the drop-in
+    itself); "" when neither (systemd-analyze itself, an operator's drop-in)."""
+    from reconciler.core import unitkind
+    from reconciler.core.inventory import key_path
+
+    def dropin_key(file: str) -> str | None:
+        unit = unitkind.dropin_target(file)
+        if unit is None:
+            return None
+        own = file.partition(".d/")[2].removeprefix(unitkind.DROPIN_PREFIX).removesuffix(".conf")
+        return key_path(("dropins", unit, own))
+
+    if "/" in name:
+        return dropin_key(name) or ""
+    keys = [key_path(("services", u.service)) for u in units if name == u.name != u.service]
+    for u in units:
+        key = dropin_key(u.name) if unitkind.dropin_target(u.name) == name else None
+        keys += [key] if key else []
+    return " with ".join(dict.fromkeys(keys))
+
+
+def refusal(found: Sequence[tuple[str, str]], units: Sequence[DesiredUnit]) -> RenderError:
+    """One line for an operator: where the first complaint comes from (the inventory key),
+    what systemd-analyze said, and how many more it said."""
+    from reconciler.core.inventory import SERVICES_FILE
+
+    name, line = found[0]
+    more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+    what = line if not name or line.startswith(name + ":") else f"{name}: {line}"
+    source = source_of(name, units)
+    where = f"{SERVICES_FILE}: {source}: " if source else ""
+    return RenderError(f"{where}systemd-analyze refused {what}{more}")
 
 
 View = tuple[tuple[str, str] | None, list[tuple[str, str]]]  # (unit file, drop-ins), host paths
@@ -216,15 +277,15 @@ def check_units(
     for unit, (fragment, dropins) in views.items():
         if fragment is None or "@." in unit:  # nothing to verify yet; a template: no instance
             continue
+        service = next((u.service for u in desired if u.name == unit), unit)
         units = [u for u in units if u.name != unit]
-        units.append(DesiredUnit(unit, fragment[1], unit))
+        units.append(DesiredUnit(unit, fragment[1], service))
         units += [DesiredUnit(f"{unit}.d/{p.rpartition('/')[2]}", t, unit) for p, t in dropins]
     if not units:
         return
-    complaints = verify_units(units)
-    if complaints:
-        more = f" (and {len(complaints) - 1} more)" if len(complaints) > 1 else ""
-        raise RenderError(f"systemd-analyze refused a rendered unit: {complaints[0]}{more}")
+    found = verify(units)
+    if found:
+        raise refusal(found, units)
 
 
 @dataclass(frozen=True)
@@ -245,6 +306,7 @@ def check_tree(directory: Path, hosts: Sequence[str] | None = None) -> list[Host
     A problem shared by every host (the inventory, a read) raises; a host's render or
     verify problem is that host's ``error``.
     """
+    from reconciler.core import files as files_core
     from reconciler.core import inventory, rollout  # pydantic: only the commands that render
 
     snapshot = working_tree.read(directory)
@@ -264,22 +326,62 @@ def check_tree(directory: Path, hosts: Sequence[str] | None = None) -> list[Host
         try:
             # units and config files (their templates too), bounded like a sync's render
             units, files = render_bounded(snapshot, replace(defaults, host=name))
-            # drop-ins are not verified alone; a Quadlet unit is checked by Podman's generator
+            files_core.refuse_protected(files)  # the host-independent part of the path rule
+            # a Quadlet unit is checked by Podman's generator
             plain = [u for u in units if "/" not in u.name and not u.generated_from]
-            complaints = verify_units(plain, check_executables=False)
-            if complaints:
-                more = f" (and {len(complaints) - 1} more)" if len(complaints) > 1 else ""
-                raise RenderError(f"systemd-analyze refused a rendered unit: {complaints[0]}{more}")
+            with_dropins, unchecked = with_their_units(plain, units, Path("/"))
+            found = verify(with_dropins, check_executables=False)
+            if found:
+                raise refusal(found, with_dropins)
             note = quadlet.check(files, Path("/"), required=False)
         except ReconcilerError as exc:
             results.append(HostCheck(name, error=str(exc)))
             continue
-        results.append(
-            HostCheck(
-                name,
-                tuple(u.name for u in units),
-                files=tuple(f.path for f in files if not f.quadlet),  # Quadlet: its unit's
-                notes=(f"not checked here: {note}",) if note else (),
-            )
-        )
+        notes = [f"not checked here: {n}" for n in unchecked + ([note] if note else [])]
+        own = tuple(f.path for f in files if not f.quadlet)  # Quadlet: its unit's
+        if own:
+            notes.append(f"not checked here: {FILES_ROOTS_NOTE}")
+        results.append(HostCheck(name, tuple(u.name for u in units), files=own, notes=tuple(notes)))
     return results
+
+
+FILES_ROOTS_NOTE = (
+    "whether each host's files_roots (its own config) allow these paths; protected paths "
+    "were checked"
+)
+
+
+def with_their_units(
+    plain: Sequence[DesiredUnit], units: Sequence[DesiredUnit], root: Path
+) -> tuple[list[DesiredUnit], list[str]]:
+    """``plain`` units plus each drop-in with the unit it adjusts, to verify together (a
+    drop-in is only read with its unit): the repository's own, else the unit file found under
+    ``root`` (this machine's vendor unit). The drop-ins that cannot be verified here, said why."""
+    from reconciler.core import unitkind
+    from reconciler.systemd.unit_files import read_unit_view
+
+    out = list(plain)
+    ours = {u.name for u in plain}
+    unchecked: list[str] = []
+    for d in units:
+        unit = unitkind.dropin_target(d.name)
+        if unit is None:
+            continue
+        if unit in ours:
+            out.append(d)
+            continue
+        key = source_of(d.name, [d])
+        if "@." in unit:
+            unchecked.append(f"{key}: {unit} is a template (verified per instance on the host)")
+            continue
+        fragment, _ = read_unit_view(root, unit)
+        if fragment is None:
+            unchecked.append(
+                f"{key}: {unit} is not on this machine to verify the drop-in against "
+                "(the host's own unit is verified with it by the sync)"
+            )
+            continue
+        if unit not in {u.name for u in out}:
+            out.append(DesiredUnit(unit, fragment[1], unit))
+        out.append(d)
+    return out, unchecked

@@ -242,6 +242,55 @@ def test_bad_input_is_refused_and_the_host_untouched(
     assert nothing_lost
 
 
+def empty_exec_dropin(work: Path, name: str) -> None:
+    """A drop-in emptying the ExecStart= of a vendor unit (the machine's own)."""
+    (work / "templates/no-exec.conf.j2").write_text("[Service]\nExecStart=\n")
+    append('[dropins."systemd-tmpfiles-clean.service".noexec]\ntemplate = "no-exec.conf.j2"\n'
+           'hosts = ["web"]')(work, name)  # fmt: skip
+
+
+VERIFY_CASES: list[tuple[str, Mutation, str]] = [
+    ("drop-in empties a vendor unit's ExecStart", empty_exec_dropin,
+     'inventory/services.toml: dropins."systemd-tmpfiles-clean.service".noexec: systemd-analyze '
+     "refused systemd-tmpfiles-clean.service: Service has no ExecStart=, ExecStop=, or "
+     "SuccessAction=. Refusing. (and 1 more)"),
+    ("timer on_calendar systemd cannot parse",
+     append("[services.NAME-t]\ntemplate = 'app.service.j2'\nhosts = ['web']\nenable = false\n"
+            "[services.NAME-t.timer]\non_calendar = 'every tuesday'"),
+     "-t: systemd-analyze refused NAME-t.timer:"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("fault", "mutate", "expect"), VERIFY_CASES, ids=[c[0] for c in VERIFY_CASES]
+)
+def test_plan_refuses_what_the_sync_refuses(
+    applied: Applied, fault: str, mutate: Mutation, expect: str
+) -> None:
+    """plan is sync --dry-run: it runs the sync's validate step (systemd-analyze on the units
+    and drop-ins it would write) and refuses the same revision in the same line."""
+    env, units = applied.env, applied.units
+    name = units[0].removesuffix(".service")
+    expect = expect.replace("NAME", name)
+    before_files, before_ids = files_of(env, units), env.invocations(*units)
+    mutate(env.repo.work, name)
+    env.repo.commit(message=fault)
+    try:
+        plan, sync = env.run("plan"), env.run("sync")
+        for proc in (plan, sync):
+            lines = proc.stderr.strip().splitlines()
+            assert proc.returncode == 1 and len(lines) == 1, (fault, proc.stderr, proc.stdout)
+            assert expect in lines[0] and "Traceback" not in proc.stderr, (fault, proc.stderr)
+        assert plan.stderr.partition(": ")[2] == sync.stderr.partition(": ")[2], (plan, sync)
+        assert plan.stdout == "", plan.stdout  # no list of actions
+        assert files_of(env, units) == before_files and env.invocations(*units) == before_ids
+        assert not (env.host.unit_dir / "systemd-tmpfiles-clean.service.d").exists()
+    finally:
+        git(env.repo.work, "revert", "--no-edit", "HEAD")
+        git(env.repo.work, "push", "-q", "origin", "HEAD:main")
+        env.converge(time.monotonic())
+
+
 def test_ten_thousand_service_inventory(fenv: FaultEnv, fault_report: Report) -> None:
     """10,000 services (1.3 MB of TOML, over the old 1 MiB limit): 100 run on this host."""
     mine = 100

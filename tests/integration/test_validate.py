@@ -96,6 +96,18 @@ def edit(path: str, old: str, new: str) -> Breakage:
     return apply
 
 
+def both(*breakages: Breakage) -> Breakage:
+    def apply(root: Path) -> None:
+        for breakage in breakages:
+            breakage(root)
+
+    return apply
+
+
+def bad_dropin_template(root: Path) -> None:
+    (root / "templates/bad.conf.j2").write_text("[Service]\nFrobnicate=yes\n")
+
+
 def symlink(root: Path) -> None:
     (root / "templates/web.service.j2").unlink()
     os.symlink("/etc/passwd", root / "templates/web.service.j2")
@@ -107,7 +119,8 @@ BROKEN: list[tuple[str, Breakage, int, str, set[str]]] = [
      "'nosuch' is undefined", {"sandbox", "web1"}),
     ("systemd-analyze refuses", edit("templates/srv-backup.service.j2", "[Service]",
                                      "[Service]\nType=sometimes"), 1,
-     "systemd-analyze refused a rendered unit: srv-backup: srv-backup.service:",
+     "inventory/services.toml: services.srv-backup: systemd-analyze refused "
+     "srv-backup.service:7: Failed to parse service type",
      {"sandbox", "nas1"}),
     ("inventory unknown key", edit("inventory/services.toml", "[services.web]\n",
                                    "[services.web]\nbogus = 1\n"), 1,
@@ -121,6 +134,31 @@ BROKEN: list[tuple[str, Breakage, int, str, set[str]]] = [
      "'nosuch_greeting' is undefined (file '/etc/greeter/greeting.conf')", {"sandbox"}),
     ("symlinked template", symlink, 1,
      "cannot read 'templates/web.service.j2'", set()),
+    # a drop-in is verified with the vendor unit it adjusts (this machine's unit file)
+    ("drop-in unknown key", edit("templates/tmpfiles-clean-idle.conf.j2", "[Service]",
+                                 "[Service]\nFrobnicate=yes"), 1,
+     'inventory/services.toml: dropins."systemd-tmpfiles-clean.service".idle: systemd-analyze '
+     "refused systemd-tmpfiles-clean.service.d/50-reconciler-idle.conf:3: Unknown key "
+     "'Frobnicate' in section [Service], ignoring.", {"sandbox", "web1", "nas1", "apps1"}),
+    ("drop-in empties ExecStart", edit("templates/tmpfiles-clean-idle.conf.j2", "[Service]",
+                                       "[Service]\nExecStart="), 1,
+     'inventory/services.toml: dropins."systemd-tmpfiles-clean.service".idle: systemd-analyze '
+     "refused systemd-tmpfiles-clean.service: Service has no ExecStart=, ExecStop=, or "
+     "SuccessAction=. Refusing. (and 1 more) (and 3 more hosts)",
+     {"sandbox", "web1", "nas1", "apps1"}),
+    # ... and with the repository's own unit
+    ("drop-in on an own unit", both(bad_dropin_template, edit(
+        "inventory/services.toml", "[services.web]\n", '[dropins."web.service".x]\n'
+        'template = "bad.conf.j2"\nhosts = ["web1"]\n\n[services.web]\n')), 1,
+     'inventory/services.toml: dropins."web.service".x: systemd-analyze refused '
+     "web.service.d/50-reconciler-x.conf:3: Unknown key 'Frobnicate'", {"web1"}),
+    ("protected config file", edit("inventory/services.toml", '[files."/etc/greeter',
+                                   '[files."/etc/systemd/system/evil.service"]\n'
+                                   'template = "greeting.conf.j2"\nhosts = ["sandbox"]\n'
+                                   'vars = { greeting = "hi" }\n\n[files."/etc/greeter'), 1,
+     'inventory/services.toml: files."/etc/systemd/system/evil.service": '
+     "'/etc/systemd/system/evil.service' is a protected path (never written: /etc/systemd)",
+     {"sandbox"}),
 ]  # fmt: skip
 
 
@@ -173,3 +211,24 @@ def test_not_a_config_repository_exits_2(tmp_path: Path) -> None:
         f"reconciler validate: cannot validate '{tmp_path}': no inventory/ folder (hint: pass "
         "the root of a config repository (the folder holding inventory/ and templates/))"
     )
+
+
+def test_a_drop_in_for_a_unit_not_on_this_machine_is_a_note(tree: Path) -> None:
+    """validate has no host: a vendor unit missing here cannot be verified with its drop-in."""
+    edit("inventory/services.toml", "[services.web]\n",
+         '[dropins."nosuch-vendor.service".idle]\ntemplate = "tmpfiles-clean-idle.conf.j2"\n'
+         'hosts = ["web1"]\nvars = { nice = 19 }\n\n[services.web]\n')(tree)  # fmt: skip
+    proc = validate(tree, "--host", "web1")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[1:] == [
+        '      note: not checked here: dropins."nosuch-vendor.service".idle: '
+        "nosuch-vendor.service is not on this machine to verify the drop-in against (the "
+        "host's own unit is verified with it by the sync)"
+    ], proc.stdout
+
+
+def test_config_files_say_files_roots_are_not_checked(tree: Path) -> None:
+    proc = validate(tree, "--host", "sandbox")
+    assert proc.returncode == 0, proc.stderr
+    assert "note: not checked here: whether each host's files_roots" in proc.stdout
+    assert "files_roots" in validate(tree, "--help").stdout
