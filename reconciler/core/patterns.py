@@ -31,12 +31,12 @@ Every number comes from ``Thresholds`` (the ``[monitor]`` config section). The r
   ``missed_run_grace_sec``.
 
 One incident is one finding (``hold``): a crash loop or flapping that is no longer detected
-stays open until the condition has been absent for ``hold_down_sec`` (a unit crashing
-steadily near the threshold would otherwise open and resolve it again and again), unless
-the reconciler itself replaced the run since (a rollback, a sync): then it resolves as soon
-as the unit is healthy. ``detect``'s ``since`` (the reconciler's last start, restart or stop
-of the unit) cuts off what an earlier incarnation did: its crashes are not a crash loop now,
-and the reconciler's own restart is not flapping.
+stays open until the unit has been healthy (no crash, not failed) for ``hold_down_sec`` (a
+unit crashing steadily near the threshold would otherwise open and resolve it again and
+again), also when the reconciler itself replaced the run since (a sync's restart is no
+proof of health: the run it starts may crash-loop the same way). ``detect``'s ``since`` (the
+reconciler's last start, restart or stop of the unit) cuts off what an earlier incarnation
+did: its crashes are not a crash loop now, and the reconciler's own restart is not flapping.
 
 Times estimated from ``NRestarts`` count towards counts and rates, never towards intervals or
 hours. Periodic and clustering look back ``history_days``.
@@ -393,19 +393,22 @@ def hold(
     now: float,
     th: Thresholds,
     *,
-    acted_at: float | None = None,
+    unhealthy_at: float | None = None,
     healthy: bool = True,
 ) -> bool:
     """Whether an open finding no longer detected stays open (see the module docstring).
 
-    ``last_seen``: when it was last detected; ``acted_at``: the reconciler's last action on
-    the unit; ``healthy``: the unit's latest look is neither failed nor awaiting a restart.
+    ``last_seen``: when it was last detected; ``unhealthy_at``: when the unit last crashed
+    or was last seen failed; ``healthy``: the unit's latest look is neither failed nor
+    awaiting a restart. A restart by a sync or rollback is no proof of health: the new run
+    must stay healthy for ``hold_down_sec`` too (issue 12: one bad commit, one finding).
     """
     if finding.kind not in HELD_KINDS:
         return False
-    if acted_at is not None and acted_at > last_seen and healthy:
-        return False  # the run it was about was replaced, and the new one is fine
-    return now - last_seen < th.hold_down_sec
+    if not healthy:
+        return True
+    quiet_since = max(last_seen, unhealthy_at if unhealthy_at is not None else last_seen)
+    return now - quiet_since < th.hold_down_sec
 
 
 def detect_missed_run(

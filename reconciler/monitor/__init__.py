@@ -408,6 +408,12 @@ class Recorder:
             look = looks.get(unit)
             return look is None or look.running or not look.failed
 
+        def unhealthy_at(unit: str) -> float | None:
+            """The unit's last crash or failed look: healthy time counts from there."""
+            bad = [e.at for e in history.events.get(unit, []) if e.kind == "crash"]
+            bad += [o.at for o in history.observations.get(unit, []) if _unhealthy(o)]
+            return max(bad, default=None)
+
         resolved = [  # one incident, one finding: quiet for a while before it resolves
             f
             for f in resolved
@@ -416,7 +422,7 @@ class Recorder:
                 stored[f.key].last_seen,
                 now,
                 th,
-                acted_at=acted.get(f.unit),
+                unhealthy_at=unhealthy_at(f.unit),
                 healthy=healthy(f.unit),
             )
         ]
@@ -438,6 +444,10 @@ class Recorder:
             for stored in changes.resolved:
                 out.resolved.append(self.db.resolve(stored, now))
         return out
+
+
+def _unhealthy(obs: Observation) -> bool:
+    return not obs.running and obs.failed
 
 
 def _worth_keeping(obs: Observation, last: Counters | None) -> bool:

@@ -39,15 +39,34 @@ DRIFT = Finding("drift", UNIT, "warning", "drift", {}, T0)
 
 
 @pytest.mark.parametrize(
-    ("case", "finding", "last_seen", "now", "acted_at", "healthy", "held"),
+    ("case", "finding", "last_seen", "now", "unhealthy_at", "healthy", "held"),
     [
         ("quiet for less than the hold-down", LOOP, T0 + 100, T0 + 300, None, True, True),
         ("quiet for the hold-down", LOOP, T0 + 100, T0 + 700, None, True, False),
         ("flapping is held the same way", FLAP, T0 + 100, T0 + 300, None, True, True),
         ("drift resolves at once", DRIFT, T0 + 100, T0 + 101, None, True, False),
-        ("replaced by a rollback, healthy", LOOP, T0 + 100, T0 + 130, T0 + 120, True, False),
-        ("replaced, but failing again", LOOP, T0 + 100, T0 + 130, T0 + 120, False, True),
-        ("an action before it was last seen", LOOP, T0 + 100, T0 + 130, T0 + 90, True, True),
+        # issue 12: a sync's or rollback's restart is no proof of health
+        (
+            "replaced by a sync, running but not yet long",
+            LOOP,
+            T0 + 100,
+            T0 + 130,
+            None,
+            True,
+            True,
+        ),
+        ("replaced, but failing again", LOOP, T0 + 100, T0 + 130, T0 + 125, False, True),
+        ("failing, long after it was last seen", LOOP, T0 + 100, T0 + 900, T0 + 890, False, True),
+        ("crashed after it was last seen", LOOP, T0 + 100, T0 + 750, T0 + 300, True, True),
+        (
+            "healthy for the hold-down since its last crash",
+            LOOP,
+            T0 + 100,
+            T0 + 901,
+            T0 + 300,
+            True,
+            False,
+        ),
     ],
 )
 def test_hold(
@@ -55,11 +74,13 @@ def test_hold(
     finding: Finding,
     last_seen: float,
     now: float,
-    acted_at: float | None,
+    unhealthy_at: float | None,
     healthy: bool,
     held: bool,
 ) -> None:
-    assert hold(finding, last_seen, now, TH, acted_at=acted_at, healthy=healthy) is held, case
+    assert hold(finding, last_seen, now, TH, unhealthy_at=unhealthy_at, healthy=healthy) is held, (
+        case
+    )
 
 
 def test_crashes_before_the_reconcilers_action_are_not_a_crash_loop() -> None:
