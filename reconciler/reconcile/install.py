@@ -505,7 +505,7 @@ def _converge(
             )
             if plan.empty:
                 return plan, dict(systemd.calls)
-            validate.check_units(desired, plan)
+            validate.check_units(desired, plan, inventory=False)  # units/: no inventory key
             store.kv_set(MANIFEST_KEY, json.dumps(sorted(owned | plan.owned_after)))
             result = apply.apply(plan, settings.unit_dir, systemd)
             store.kv_set(

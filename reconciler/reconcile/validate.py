@@ -214,15 +214,18 @@ def source_of(name: str, units: Sequence[DesiredUnit]) -> str:
     return " with ".join(dict.fromkeys(keys))
 
 
-def refusal(found: Sequence[tuple[str, str]], units: Sequence[DesiredUnit]) -> RenderError:
-    """One line for an operator: where the first complaint comes from (the inventory key),
-    what systemd-analyze said, and how many more it said."""
+def refusal(
+    found: Sequence[tuple[str, str]], units: Sequence[DesiredUnit], *, inventory: bool = True
+) -> RenderError:
+    """One line for an operator: where the first complaint comes from (the inventory key;
+    ``inventory=False``: units not from a config repository), what systemd-analyze said, and
+    how many more it said."""
     from reconciler.core.inventory import SERVICES_FILE
 
     name, line = found[0]
     more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
     what = line if not name or line.startswith(name + ":") else f"{name}: {line}"
-    source = source_of(name, units)
+    source = source_of(name, units) if inventory else ""
     where = f"{SERVICES_FILE}: {source}: " if source else ""
     return RenderError(f"{where}systemd-analyze refused {what}{more}")
 
@@ -266,11 +269,16 @@ def merged_views(plan: Plan, desired: Sequence[DesiredUnit], settings: Settings)
 
 
 def check_units(
-    desired: Sequence[DesiredUnit], plan: Plan, settings: Settings | None = None
+    desired: Sequence[DesiredUnit],
+    plan: Plan,
+    settings: Settings | None = None,
+    *,
+    inventory: bool = True,
 ) -> None:
     """The sync's validate step: verify the units this plan writes, and each unit whose
     drop-ins it changes as merged (``settings``: where to read the rest of it); refuse before
-    touching the host."""
+    touching the host. ``inventory=False``: the units are not a config repository's (the
+    reconciler's own), so the refusal names no inventory key."""
     written = {a.name for a in plan.actions if isinstance(a, WriteUnitFile)}
     units = [u for u in desired if u.name in written and "/" not in u.name]
     views = merged_views(plan, desired, settings) if settings is not None else {}
@@ -285,7 +293,7 @@ def check_units(
         return
     found = verify(units)
     if found:
-        raise refusal(found, units)
+        raise refusal(found, units, inventory=inventory)
 
 
 @dataclass(frozen=True)

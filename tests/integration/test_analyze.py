@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from reconciler.core import inventory, render
-from reconciler.model import DesiredUnit
+from reconciler.errors import RenderError
+from reconciler.model import DesiredUnit, Plan, WriteUnitFile
 from reconciler.reconcile import validate
 
 REPO = Path(__file__).resolve().parents[2]
@@ -129,3 +130,22 @@ def test_verify_is_fast(count: int) -> None:
     median = sorted(times)[2]
     print(f"verify {count} units: median {median * 1000:.0f} ms")
     assert median < 5
+
+
+@pytest.mark.parametrize(
+    ("inventory_units", "start"),
+    [
+        (True, "inventory/services.toml: services.broken: systemd-analyze refused broken.service:"),
+        (False, "systemd-analyze refused broken.service:"),  # the reconciler's own (install)
+    ],
+)
+def test_a_refusal_is_one_line_naming_its_source(inventory_units: bool, start: str) -> None:
+    """The sync's (and install's) refusal: the source key only for a config repository's
+    units, the unit's name once (was 'broken: broken.service: ...'), the count of others."""
+    bad = GOOD.replace("Type=simple", "Type=sometimes\nFrobnicate=yes")
+    units = [DesiredUnit("broken.service", bad, "broken")]
+    plan = Plan(actions=(WriteUnitFile("broken.service", bad),))
+    with pytest.raises(RenderError) as caught:
+        validate.check_units(units, plan, inventory=inventory_units)
+    assert str(caught.value).startswith(start), caught.value
+    assert str(caught.value).endswith(" (and 1 more)") and "\n" not in str(caught.value)
