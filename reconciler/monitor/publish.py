@@ -26,6 +26,7 @@ from reconciler.host import journal
 from reconciler.monitor import live
 from reconciler.monitor import textfile as tf
 from reconciler.store.finding_store import FindingStore, StoredFinding
+from reconciler.store.ledger import UNVERIFIED_KEY
 from reconciler.store.sync_store import FLEET_KEY
 
 if TYPE_CHECKING:
@@ -36,6 +37,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("reconciler")
 PRIORITY = {"critical": 2, "warning": 4, "info": 6}
 _ELAPSE = re.compile(r"(?:Next elapse|Iter\. #\d+):\s+\w+ (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)")
+
+
+def revision_now(store: Store) -> str | None:
+    """The revision the host is at or being taken to: while a sync applies and gates a
+    revision (its note, ``reconcile.interrupted``), that one; a crash loop the watch sees
+    during the gate is the new revision's, not the last applied one's (issue 12)."""
+    noted = store.kv_json(UNVERIFIED_KEY).get("revision")
+    return str(noted) if noted else store.applied_revision()
 
 
 def journal_finding(f: StoredFinding, revision: str | None) -> None:

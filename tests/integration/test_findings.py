@@ -234,7 +234,7 @@ def test_a_crash_looping_revision_of_a_running_unit_is_one_finding_under_the_wat
         watch.start()
         before = time.time()
         crashing = service(web, template="crasher.service.j2", health=3)
-        env.repo.commit(base_files(env, crashing), message="crash")
+        bad = env.repo.commit(base_files(env, crashing), message="crash")
         for argv in (("sync",), ("sync", "--force")):  # a second sync while it is bad
             proc = env.reconciler(*argv, check=False)
             assert proc.returncode != 0 and "rolled back" in proc.stderr, proc.stderr
@@ -248,6 +248,7 @@ def test_a_crash_looping_revision_of_a_running_unit_is_one_finding_under_the_wat
     finally:
         watch.stop()
     assert len(opened) == 1, [e["MESSAGE"] for e in opened]
+    assert opened[0]["RECONCILER_REVISION"] == bad  # the revision being applied, not the last
     assert resolved == [], [e["MESSAGE"] for e in resolved]
     assert open_keys(monitor_json(env), unit) == {("crash_loop", unit)}  # first_seen kept
 

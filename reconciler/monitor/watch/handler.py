@@ -309,7 +309,7 @@ class Watcher:
             self.db,
             opened,
             resolved,
-            revision=self.store.applied_revision(),
+            revision=publish.revision_now(self.store),
             at=now,
         )
 
