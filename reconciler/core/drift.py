@@ -11,7 +11,8 @@ it with the ``DesiredUnit`` and says what differs, one ``DriftItem`` per aspect:
 - ``enablement``: enabled/disabled against ``enable`` (static, indirect and generated units
   cannot be enabled and are fine);
 - ``active``: should run (``start``) but is inactive, or is failed (any unit, also one run
-  by a timer). A oneshot that finished with success is not "inactive";
+  by a timer). A oneshot that finished with success is not "inactive". For the reconciler's
+  own units a failed run is not drift but :func:`failed_run`;
 - ``dropin``: a drop-in of ours missing or edited by hand, or a foreign one in ``UNIT.d/``;
 - ``timer``: an active timer with a repeating schedule but no next elapse, while the unit
   it triggers does not run (during a run systemd has no next elapse: a long job is not
@@ -234,6 +235,40 @@ def drift_finding(unit: str, items: Sequence[DriftItem], now: float) -> Finding 
     evidence: dict[str, float | int | str] = {i.aspect: i.have for i in items}
     summary = f"{unit} drifted from the applied revision: " + "; ".join(i.text() for i in items)
     return Finding("drift", unit, severity, summary, evidence, now)
+
+
+def is_failed_run(item: DriftItem) -> bool:
+    """The ``active`` item of a unit whose last run failed (own units: a failed run)."""
+    return item.aspect == "active" and item.have.startswith("failed")
+
+
+def failed_run(
+    unit: str,
+    state: UnitState,
+    failed_at: float | None,
+    now: float,
+    *,
+    sync: bool = False,
+    synced_at: float | None = None,
+) -> Finding | None:
+    """A failed run of one of the reconciler's own units: an event, not drift (install, not
+    the applied revision, decides them). ``sync``: the sync's own service, resolved by a
+    good sync (any trigger) that started after the failure (``synced_at``: the newest)."""
+    live = state.live
+    if live.active_state != "failed":
+        return None
+    if sync and synced_at is not None and (failed_at is None or synced_at > failed_at):
+        return None  # a later sync succeeded: the host is fine
+    result = live.result or "unknown"
+    summary = f"{unit}: its last run failed ({result})"
+    if sync:
+        summary += "; resolved by the next good sync ('reconciler history' says why it failed)"
+    else:
+        summary += f"; resolved by its next good run ('journalctl -u {unit}' says why)"
+    evidence: dict[str, float | int | str] = {"result": result}
+    if failed_at is not None:
+        evidence["failed_at"] = failed_at
+    return Finding("failed_run", unit, "warning", summary, evidence, now)
 
 
 def schedule_interval(timer: TimerInfo, calendar_intervals: Mapping[str, float]) -> float | None:

@@ -78,8 +78,9 @@ PATTERN_KINDS = frozenset(
         "memory_growth", "restart_anomaly",
     }
 )  # fmt: skip
-PASS_KINDS = PATTERN_KINDS | {"drift", "missed_run"}
+PASS_KINDS = PATTERN_KINDS | {"drift", "missed_run", "failed_run"}
 TROUBLE_KINDS = frozenset({"crash_loop", "start_limit_hit", "flapping"})
+SYNC_UNIT = "gitops-sync.service"  # the sync's own unit (install's; monitor may not import it)
 
 
 def load_config(settings: Settings) -> MonitorConfig:
@@ -218,7 +219,9 @@ def view_host(
         if on_disk or d.name in ours:
             drift[d.name] += drift_mod.dropin_items(d.name, ours.get(d.name, {}), on_disk)
     for d in mine:  # their runs are watched (missed, failed); their schedule is install's
-        drift[d.name] = [i for i in drift[d.name] if i.aspect != "timer"]
+        drift[d.name] = [
+            i for i in drift[d.name] if i.aspect != "timer" and not drift_mod.is_failed_run(i)
+        ]
     for unit in sorted(ours.keys() - drift.keys()):  # a vendor unit: only ours are checked
         on_disk = read_dropins(settings.unit_dir, unit)
         mine_now = {n: t for n, t in on_disk.items() if n in ours[unit]}
@@ -226,7 +229,8 @@ def view_host(
         if items:
             drift[unit] = items
     drift |= config_file_drift(settings)
-    return HostView(desired, states, drift, time.monotonic() - started)
+    own_names = frozenset(d.name for d in mine)
+    return HostView(desired, states, drift, time.monotonic() - started, own_names)
 
 
 def config_file_drift(settings: Settings) -> dict[str, list[drift_mod.DriftItem]]:
@@ -563,6 +567,7 @@ def run_pass(
             if state.timer is not None and starts[name]:
                 missed = drift_mod.missed_run(name, state.timer, at, config.thresholds, intervals)
                 extra += [missed] if missed else []
+        extra += failed_runs(systemd, store, view, recorder.counters, at)
         # config files and vendor units with our drop-ins: drift only, no patterns
         others = [n for n in view.drift if n not in view.states]
         changes = recorder.evaluate(
@@ -596,6 +601,32 @@ def run_pass(
             systemd.close()
         if own_store:
             store.close()
+
+
+def failed_runs(
+    systemd: Systemd, store: Store, view: HostView, counters: Mapping[str, Counters], at: float
+) -> list[Finding]:
+    """Failed runs of the reconciler's own units; the sync's is resolved by a later good sync
+    (``history``: any trigger, a manual one too), which does not touch its unit's state."""
+    failed = [n for n in sorted(view.own) if view.states[n].live.active_state == "failed"]
+    if not failed:
+        return []
+    services = [n for n in failed if n.endswith(".service")]
+    wanted = ("ExecMainExitTimestamp",)
+    exits = systemd.get_properties(services, unitstate.SERVICE_IFACE, wanted) if services else {}
+    synced = next(
+        (r.started_at for r in store.history(50) if r.result in sync_store.GOOD_RESULTS), None
+    )
+    out = []
+    for name in failed:
+        state = view.states[name]
+        failed_at = unitstate.usec(exits.get(name, {}).get("ExecMainExitTimestamp"))
+        c = counters.get(name)
+        failed_at = failed_at or state.exec_main_exit_at or (c.last_change_at if c else None)
+        mine = name == SYNC_UNIT
+        found = drift_mod.failed_run(name, state, failed_at, at, sync=mine, synced_at=synced)
+        out += [found] if found else []
+    return out
 
 
 def scheduled_units(desired: Sequence[DesiredUnit]) -> set[str]:

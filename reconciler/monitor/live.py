@@ -62,7 +62,7 @@ SPECIAL_TARGETS = frozenset(
 )  # fmt: skip
 
 
-def _usec(value: object) -> float | None:
+def usec(value: object) -> float | None:
     """A realtime usec property as unix seconds; 0 and UINT64_MAX mean unset."""
     if not isinstance(value, int) or value in (0, UINT64_MAX):
         return None
@@ -123,7 +123,7 @@ def _monotonic_to_wall(usec: object, wall: float, mono: float) -> float | None:
 def _timer_info(
     props: Mapping[str, object], wall: float, mono: float, running: Mapping[str, bool]
 ) -> TimerInfo:
-    next_at = _usec(props.get("NextElapseUSecRealtime"))
+    next_at = usec(props.get("NextElapseUSecRealtime"))
     mono_next = _monotonic_to_wall(props.get("NextElapseUSecMonotonic"), wall, mono)
     if mono_next is not None and (next_at is None or mono_next < next_at):
         next_at = mono_next
@@ -136,7 +136,7 @@ def _timer_info(
         for _base, spec, _next in props.get("TimersCalendar", ()) or ()  # type: ignore[attr-defined]
     )
     return TimerInfo(
-        last_trigger_at=_usec(props.get("LastTriggerUSec")),
+        last_trigger_at=usec(props.get("LastTriggerUSec")),
         next_elapse_at=next_at,
         monotonic=monotonic,
         calendar=calendar,
@@ -219,7 +219,7 @@ def read_state(
         states[name] = UnitState(
             live=unit,
             file=files.get(name),
-            exec_main_exit_at=_usec(props.get("ExecMainExitTimestamp")),
+            exec_main_exit_at=usec(props.get("ExecMainExitTimestamp")),
             memory=memory,
             memory_source=source,
             control_group=cgroup,

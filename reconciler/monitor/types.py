@@ -33,6 +33,7 @@ class HostView:
     states: dict[str, UnitState]
     drift: dict[str, list[DriftItem]]
     read_sec: float = 0.0
+    own: frozenset[str] = frozenset()  # the reconciler's own units (install's, not the repo's)
 
 
 @dataclass

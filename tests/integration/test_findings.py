@@ -401,5 +401,6 @@ def test_the_reconcilers_own_timers_are_monitored(mon: Mon, make_unit) -> None: 
     wait_for(lambda: mon.show(sync_timer, "ActiveState")["ActiveState"] == "failed", 10, "fail")
     time.sleep(2.5)
     result = mon.run()
-    assert finding(result, "drift", backup)["evidence"]["active"].startswith("failed")
+    assert finding(result, "failed_run", backup)["evidence"]["result"] == "exit-code"
+    assert not [f for f in result.open if f.key == ("drift", backup)]  # a run, not drift
     assert finding(result, "missed_run", sync_timer)["evidence"]["overdue_sec"] > 1

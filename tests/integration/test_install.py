@@ -488,6 +488,41 @@ def test_the_installed_sync_logs_each_message_once(
     assert applied and str(applied[0]["MESSAGE"]).endswith("; 1 new commit"), applied
 
 
+def own_findings(host: sandbox.Host, unit: str) -> set[tuple[str, str]]:
+    data = json.loads(cli(host, "monitor", "--json").stdout)
+    return {(f["kind"], f["severity"]) for f in data["findings"] if f["unit"] == unit}
+
+
+def test_a_failed_run_of_the_sync_is_resolved_by_a_later_good_sync(
+    host: sandbox.Host, installed: Installed
+) -> None:
+    """A user's trial (issue 12): one failed timer run of gitops-sync.service was "critical
+    drift ... drifted from the applied revision: active: failed (want not failed)", and
+    stayed so through later good manual syncs. It is a failed run, resolved by them."""
+    work, unit = f"{BASE}/work", "gitops-sync.service"
+    services = host_path(host, f"{work}/inventory/services.toml")
+    good = services.read_text()
+
+    def push(text: str, message: str) -> None:
+        services.write_text(text)
+        host.run([*GIT, "-C", work, "commit", "-q", "-am", message])
+        host.run([*GIT, "-C", work, "push", "-q", f"{BASE}/config.git", "HEAD:main"])
+
+    push(good + "\n[services.broken]\nnot_a_key = 1\n", "a bad key")
+    try:
+        assert host.systemctl("start", unit, check=False).returncode != 0
+        assert show(host, unit, "ActiveState")["ActiveState"] == "failed"
+        assert own_findings(host, unit) == {("failed_run", "warning")}
+        push(good, "the bad key removed")
+        cli(host, "sync")  # a manual sync: the unit itself stays failed
+        assert show(host, unit, "ActiveState")["ActiveState"] == "failed"
+        assert own_findings(host, unit) == set()
+    finally:
+        host.systemctl("reset-failed", unit, check=False)
+        if services.read_text() != good:
+            push(good, "restored")
+
+
 def test_install_over_an_existing_config_says_what_it_did_not_apply(
     host: sandbox.Host, installed: Installed
 ) -> None:
