@@ -159,3 +159,33 @@ def test_missed_run_uses_the_schedule() -> None:
 def test_dropin_drift(ours: dict[str, str], on_disk: dict[str, str], have: list[str]) -> None:
     items = drift.dropin_items("web.service", ours, on_disk)
     assert [(i.aspect, i.have) for i in items] == [("dropin", h) for h in have]
+
+
+SYNC_FAILED = LiveUnit("gitops-sync.service", "loaded", "failed", "failed", "static", "exit-code")
+
+
+@pytest.mark.parametrize(
+    ("case", "live", "sync", "failed_at", "synced_at", "kind"),
+    [
+        ("the sync's failed run", SYNC_FAILED, True, 100.0, 50.0, "failed_run"),
+        ("a later good sync resolves it", SYNC_FAILED, True, 100.0, 150.0, None),
+        ("failure time unknown: any good sync", SYNC_FAILED, True, None, 50.0, None),
+        ("never a good sync", SYNC_FAILED, True, 100.0, None, "failed_run"),
+        ("another own unit waits for its run", SYNC_FAILED, False, 100.0, 150.0, "failed_run"),
+        ("not failed", replace(SYNC_FAILED, active_state="inactive"), True, None, None, None),
+    ],
+)
+def test_failed_run_of_an_own_unit(
+    case: str,
+    live: LiveUnit,
+    sync: bool,
+    failed_at: float | None,
+    synced_at: float | None,
+    kind: str | None,
+) -> None:
+    found = drift.failed_run(
+        live.name, state(live), failed_at, 200.0, sync=sync, synced_at=synced_at
+    )
+    assert (found.kind if found else None) == kind, case
+    if found:
+        assert found.severity == "warning" and "drifted" not in found.summary, case
