@@ -106,29 +106,16 @@ STOPPED = [
 # run's id first shows (252: inactive/dead); the crash's instant of failed is named
 # failed-before-auto-restart; a running unit repeats its running state once.
 def run257(inv: str, n: int, job: int, after_crash: bool = True) -> list[Signal]:
-    first = unit("activating", "auto-restart-queued", job, inv)
-    if not after_crash:  # a start job (the first run): inactive/dead first, as 252
-        first = unit("inactive", "dead", job, inv)
-    return [
-        svc("success", n, 0),
-        first,
-        svc("success", n, 0),
-        unit("active", "running", job, inv),
-        unit("active", "running", 0, inv),
-        svc("success", n, 0),
-        unit("active", "running", 0, inv),
-    ]
+    signals = run(inv, n, job)
+    if after_crash:  # after a crash the new run's id shows in auto-restart-queued (252: dead)
+        signals[1] = unit("activating", "auto-restart-queued", job, inv)
+    return [*signals, svc("success", n, 0), unit("active", "running", 0, inv)]
 
 
 def crash257(inv: str, n: int, at: int) -> list[Signal]:
-    return [
-        svc("exit-code", n, 1, at),
-        unit("failed", "failed-before-auto-restart", 0, inv),
-        unit("activating", "auto-restart", 0, inv),
-        svc("exit-code", n + 1, 1, at),  # the restart job: NRestarts first
-        unit("activating", "auto-restart", 7, inv),
-        unit("activating", "auto-restart-queued", 7, inv),
-    ]
+    signals = crash(inv, n, at)
+    signals[1] = unit("failed", "failed-before-auto-restart", 0, inv)
+    return [*signals, unit("activating", "auto-restart-queued", 7, inv)]
 
 
 CRASH_LOOP_257 = [
