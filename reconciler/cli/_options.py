@@ -7,6 +7,8 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
+from reconciler.core.words import count as count
+
 if TYPE_CHECKING:
     from reconciler import config
 
@@ -56,9 +58,3 @@ def settings(args: argparse.Namespace) -> config.Settings:
 def print_json(data: Any) -> None:
     json.dump(data, sys.stdout, indent=2, sort_keys=True, default=str)
     sys.stdout.write("\n")
-
-
-def count(n: int, noun: str) -> str:
-    """``1 unit``, ``2 units``: a count with its noun in the right number (``finding``,
-    ``unit``, ``commit``, ``action``, ``archive`` all take an ``s``)."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

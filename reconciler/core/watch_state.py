@@ -27,6 +27,7 @@ from typing import Any
 from reconciler.config import Monitor, read_section
 from reconciler.core.counters import Observation
 from reconciler.core.drift import UnitState, effective_result
+from reconciler.core.words import count
 from reconciler.model import LiveUnit
 
 # D-Bus property -> LiveUnit field, for the properties a look is made of.
@@ -249,13 +250,9 @@ def without_watch_keys(section: Mapping[str, object]) -> dict[str, object]:
 def status_line(units: int, findings: int, events: int, dropped: int) -> str:
     """What ``systemctl status reconciler-watch`` shows (``STATUS=``), in plain English."""
     return (
-        f"watching {_count(units, 'unit')}, {_count(findings, 'finding')} open, "
-        f"{_count(events, 'event')}, {dropped} dropped"
+        f"watching {count(units, 'unit')}, {count(findings, 'finding')} open, "
+        f"{count(events, 'event')}, {dropped} dropped"
     )
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 @dataclass

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 from reconciler.config import Settings
 from reconciler.core.plan import describe
 from reconciler.core.unitkind import is_quadlet_path
+from reconciler.core.words import count
 from reconciler.errors import (
     ApplyError,
     InventoryError,
@@ -56,10 +57,6 @@ if TYPE_CHECKING:
     from reconciler.systemd.client import Systemd
 
 log = logging.getLogger("reconciler")
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def run(
@@ -315,9 +312,9 @@ class _Sync:
         commit = snapshot.commit
         journal.event(
             "sync.applied",
-            f"applied revision {snapshot.revision[:12]}: {_count(len(plan.actions), 'action')}"
+            f"applied revision {snapshot.revision[:12]}: {count(len(plan.actions), 'action')}"
             + (f" ({commit.subject!r} by {commit.author})" if commit else "")
-            + (f"; {_count(len(outcome.commits), 'new commit')}" if outcome.commits else ""),
+            + (f"; {count(len(outcome.commits), 'new commit')}" if outcome.commits else ""),
             revision=snapshot.revision,
             actions=len(plan.actions),
             author=commit.author if commit else None,
