@@ -74,29 +74,7 @@ def complaints_of(
     return found
 
 
-def parse_output(
-    output: str, directory: str, units: Sequence[DesiredUnit], *, check_executables: bool = True
-) -> list[str]:
-    """Complaints about our units, ``'<service>: <message>'``, in output order, no repeats."""
-    by_name = {u.name: u for u in units}
-    found = complaints_of(output, directory, units, check_executables=check_executables)
-    return list(dict.fromkeys(f"{by_name[name].service}: {line}" for name, line in found))
-
-
 VERIFY_CHUNK = 1000  # units per systemd-analyze process (10,000 in one took 14.7 s loaded)
-
-
-def verify_units(
-    units: Sequence[DesiredUnit],
-    *,
-    timeout: float = 30,
-    check_executables: bool = True,
-    chunk: int = VERIFY_CHUNK,
-) -> list[str]:
-    """``verify``'s complaints as ``'<service>: <line>'``; [] when systemd has nothing to say."""
-    by_name = {u.name: u.service for u in units}
-    found = verify(units, timeout=timeout, check_executables=check_executables, chunk=chunk)
-    return list(dict.fromkeys(f"{by_name[n]}: {line}" if n else line for n, line in found))
 
 
 def verify(

@@ -1,9 +1,10 @@
-"""validate.verify_units against the real ``systemd-analyze verify`` (offline, no host needed)."""
+"""validate.verify against the real ``systemd-analyze verify`` (offline, no host needed)."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,11 +33,18 @@ def example_units(host: str) -> list[DesiredUnit]:
     return render.render(inventory.load(files).select(host), render.decode_templates(files))
 
 
+def said(units: list[DesiredUnit], **kwargs: Any) -> list[str]:
+    """``validate.verify``'s complaints as ``'<service>: <line>'``, as an operator reads them."""
+    service = {u.name: u.service for u in units}
+    found = validate.verify(units, **kwargs)
+    return list(dict.fromkeys(f"{service[n]}: {line}" if n else line for n, line in found))
+
+
 @pytest.mark.parametrize("host", ["sandbox", "web1", "nas1"])
 def test_example_content_is_clean(host: str) -> None:
     units = example_units(host)
     assert units
-    assert validate.verify_units(units) == []
+    assert said(units) == []
 
 
 @pytest.mark.parametrize(
@@ -61,7 +69,7 @@ def test_broken_unit_is_named(content: str, expected: str) -> None:
         DesiredUnit("fine.service", GOOD, "fine"),
         DesiredUnit("broken.service", content, "broken"),
     ]
-    complaints = validate.verify_units(units)
+    complaints = said(units)
     assert len(complaints) == 1, complaints
     assert complaints[0].startswith(expected), complaints
     assert "/tmp" not in complaints[0] and "reconciler-verify-" not in complaints[0]
@@ -72,7 +80,7 @@ def test_timer_without_trigger_is_named() -> None:
         DesiredUnit("job.service", "[Service]\nType=oneshot\nExecStart=/bin/true\n", "job"),
         DesiredUnit("job.timer", "[Timer]\nOnCalendar=whenever\n", "job"),
     ]
-    complaints = validate.verify_units(units)
+    complaints = said(units)
     assert complaints[0] == (
         "job: job.timer:2: Failed to parse calendar specification, ignoring: whenever"
     )
@@ -90,17 +98,17 @@ def test_units_are_verified_in_chunks_that_see_each_other() -> None:
         DesiredUnit("job.service", "[Service]\nType=oneshot\nExecStart=/bin/true\n", "job"),
         DesiredUnit("bad.service", GOOD.replace("Type=simple", "Type=sometimes"), "bad"),
     ]
-    complaints = validate.verify_units(units, chunk=2)
+    complaints = said(units, chunk=2)
     assert len(complaints) == 1 and complaints[0].startswith("bad: bad.service:5:"), complaints
 
 
 def test_missing_binary_only_ignored_when_asked() -> None:
     missing = GOOD.replace("/bin/true", "/opt/elsewhere/bin/app")
     units = [DesiredUnit("app.service", missing, "app")]
-    assert validate.verify_units(units) != []
-    assert validate.verify_units(units, check_executables=False) == []
+    assert said(units) != []
+    assert said(units, check_executables=False) == []
     dash = GOOD.replace("ExecStart=/bin/true", "ExecStart=/bin/true\nExecStartPre=-/opt/nope")
-    assert validate.verify_units([DesiredUnit("app.service", dash, "app")]) == []
+    assert said([DesiredUnit("app.service", dash, "app")]) == []
 
 
 def test_noise_about_other_units_is_dropped() -> None:
@@ -110,13 +118,14 @@ def test_noise_about_other_units_is_dropped() -> None:
         "/tmp/reconciler-verify-abc/web.service:4: Unknown key 'Y' in section [Service]\n"
     )
     units = [DesiredUnit("web.service", GOOD, "web")]
-    assert validate.parse_output(output, "/tmp/reconciler-verify-abc", units) == [
+    found = validate.complaints_of(output, "/tmp/reconciler-verify-abc", units)
+    assert [f"web: {line}" for name, line in found] == [
         "web: web.service:4: Unknown key 'Y' in section [Service]"
     ]
 
 
 def test_no_units_no_process() -> None:
-    assert validate.verify_units([]) == []
+    assert said([]) == []
 
 
 @pytest.mark.parametrize("count", [1, 200])
@@ -125,7 +134,7 @@ def test_verify_is_fast(count: int) -> None:
     times = []
     for _ in range(5):
         started = time.perf_counter()
-        assert validate.verify_units(units) == []
+        assert said(units) == []
         times.append(time.perf_counter() - started)
     median = sorted(times)[2]
     print(f"verify {count} units: median {median * 1000:.0f} ms")

@@ -339,7 +339,7 @@ def built(layout_id: str) -> list[DesiredUnit]:
 
 @pytest.mark.parametrize("layout_id", sorted(LAYOUTS))
 def test_verify_is_clean(layout_id: str) -> None:
-    assert validate.verify_units(built(layout_id)) == []
+    assert validate.verify(built(layout_id)) == []
 
 
 def exposure(tmp_path: Path, unit: DesiredUnit) -> float:
