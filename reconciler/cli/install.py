@@ -72,18 +72,15 @@ def follow(settings: Settings) -> int:
     from reconciler.cli.sync import follow_config
     from reconciler.errors import SystemdError
     from reconciler.host import journal
-    from reconciler.push.service import Starter
+    from reconciler.push.service import start_unit
     from reconciler.reconcile.install import SYNC
 
     followed = follow_config(settings) is not False
-    starter = Starter(settings.bus, SYNC)
     try:
-        starter.start()  # no wait: this unit is After= the sync, never the other way
+        start_unit(settings.bus, SYNC)  # no wait: this unit is After= the sync, never the other way
     except SystemdError as exc:
         journal.event(
             "install", f"cannot start {SYNC} after following the config: {exc}", priority=4
         )
         return 1
-    finally:
-        starter.close()
     return 0 if followed else 1

@@ -145,16 +145,13 @@ def follow_config(settings: Settings) -> bool | None:
     if not (install.changes_sync_unit(plan) and _running_in(install.SYNC)):
         return True
     from reconciler.errors import SystemdError
-    from reconciler.push.service import Starter
+    from reconciler.push.service import start_unit
 
-    starter = Starter(settings.bus, install.CONFIG_UNIT)
     try:
-        starter.start()
+        start_unit(settings.bus, install.CONFIG_UNIT)
         then = f"{install.CONFIG_UNIT} starts a sync under the new unit once this run ends"
     except SystemdError as exc:
         then = f"the next run applies it (cannot start {install.CONFIG_UNIT}: {exc})"
-    finally:
-        starter.close()
     journal.event(
         "install", f"{install.SYNC} changed with the host config: this run stops here; {then}"
     )

@@ -109,6 +109,15 @@ class Starter:
             self._conn = None
 
 
+def start_unit(address: str | None, unit: str) -> None:
+    """StartUnit ``unit`` once, without waiting for its job, on a connection of its own."""
+    starter = Starter(address, unit)
+    try:
+        starter.start()
+    finally:
+        starter.close()
+
+
 class Replays:
     """The replay window, saved to a file after every new delivery (memory only if it cannot)."""
 
