@@ -80,7 +80,6 @@ PATTERN_KINDS = frozenset(
 )  # fmt: skip
 PASS_KINDS = PATTERN_KINDS | {"drift", "missed_run", "failed_run"}
 TROUBLE_KINDS = frozenset({"crash_loop", "start_limit_hit", "flapping"})
-SYNC_UNIT = "gitops-sync.service"  # the sync's own unit (install's; monitor may not import it)
 
 
 def load_config(settings: Settings) -> MonitorConfig:
@@ -623,7 +622,7 @@ def failed_runs(
         failed_at = unitstate.usec(exits.get(name, {}).get("ExecMainExitTimestamp"))
         c = counters.get(name)
         failed_at = failed_at or state.exec_main_exit_at or (c.last_change_at if c else None)
-        mine = name == SYNC_UNIT
+        mine = name == sync_store.SYNC_UNIT
         found = drift_mod.failed_run(name, state, failed_at, at, sync=mine, synced_at=synced)
         out += [found] if found else []
     return out

@@ -50,7 +50,7 @@ from reconciler.systemd.wire import MANAGER, MANAGER_PATH, PROPERTIES, UNIT, uni
 
 log = logging.getLogger("reconciler")
 
-SYNC_UNIT = "gitops-sync.service"
+SYNC_UNIT = "gitops-sync.service"  # store.sync_store's too: not imported here (sqlite3)
 REPLAY_FILE = "webhook-deliveries.json"
 BUSY = frozenset({"activating", "deactivating", "reloading"})
 POLL_SEC = 0.5  # how often a pending follow-up checks whether the running sync is over

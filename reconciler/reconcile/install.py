@@ -56,7 +56,7 @@ from reconciler.host import lock
 from reconciler.model import DesiredUnit, Plan, WriteUnitFile
 from reconciler.reconcile import apply, validate
 from reconciler.reconcile.observe import read_host
-from reconciler.store.sync_store import INSTALLED_KEY, OPT_IN_UNITS
+from reconciler.store.sync_store import INSTALLED_KEY, OPT_IN_UNITS, SYNC_UNIT
 
 MANIFEST_KEY = INSTALLED_KEY  # the monitor reads it too: the own timers are monitored
 USERNS_KEY = "install_user_namespaces"  # what install probed; a sync cannot probe it
@@ -74,7 +74,7 @@ TMP_DIRS = ("/tmp", "/var/tmp")  # what PrivateTmp= replaces
 # Units that run a monitoring pass (and so write the textfile and diagnostics bundles).
 MONITORS = ("gitops-sync.service", "reconciler-monitor.service", "reconciler-watch.service")
 BACKUP = "volume-backup.service"
-SYNC = "gitops-sync.service"
+SYNC = SYNC_UNIT
 CONFIG_UNIT = "reconciler-config.service"  # follows the host config, then starts SYNC
 WEBHOOK = "reconciler-webhook.service"
 # Paths written into unit files unquoted: anything else would need systemd escaping.

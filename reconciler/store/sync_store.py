@@ -410,6 +410,8 @@ INSTALLED_KEY = "install_owned"  # kv key: the own units 'reconciler install' wr
 # Own units install writes but never enables: the promoter's timer runs on ONE machine of a
 # fleet, where an operator enables it (systemctl enable --now reconciler-promote.timer).
 OPT_IN_UNITS = frozenset({"reconciler-promote.timer"})
+SYNC_UNIT = "gitops-sync.service"  # the sync's own unit (install writes it; the monitor
+# resolves its failed runs by the history)
 # kv key, a JSON object: the host's place in a rollout and its record there, for the fleet's
 # metrics (wave and the applied revision it was found for, wave_at; target, polled_at,
 # joined_at, failed_target, healthy_revision, healthy_since, rollbacks, health_gate_failures)
