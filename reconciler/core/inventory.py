@@ -428,9 +428,8 @@ class Inventory:
         return self.services_file.services
 
     def group_names(self) -> frozenset[str]:
-        """Every group name: declared in ``[groups]`` or used by a host."""
-        used = {g for h in self.hosts_file.hosts.values() for g in h.groups}
-        return frozenset(used | set(self.hosts_file.groups))
+        """Every group some host is in (one only declared in ``[groups]`` selects no host)."""
+        return frozenset(g for h in self.hosts_file.hosts.values() for g in h.groups)
 
     def select_dropins(self, host: str) -> list[DropinInstance]:
         """The drop-ins ``host`` has, in services.toml order (vars merged as for services)."""
@@ -634,13 +633,30 @@ def _kind_problem(name: str, svc: Service) -> tuple[str, str] | None:
     return ("kind", f"invalid {svc.kind} name '{quote(name)}': {problem}") if problem else None
 
 
+def _target_problem(target: str, hosts: HostsFile, known: set[str], full: bool = True) -> str:
+    """Why a ``hosts`` entry selects no host, with the nearest group some host is in: a group
+    declared in ``[groups]`` that no host lists (a typo on either side) would run nowhere."""
+    if target not in hosts.groups:
+        why = f"'{quote(target)}' is neither a host nor a group"
+        return f"{why} (known: {listing(known)})" if full else why
+    why = f"group '{quote(target)}' has no host (no [hosts.NAME] of {HOSTS_FILE} lists it)"
+    if not full:
+        return why
+    import difflib  # only a refused target needs it
+
+    used = sorted(known - {ALL} - set(hosts.hosts))
+    near = difflib.get_close_matches(target, used, n=1)
+    hint = f"; did you mean '{quote(near[0])}'?" if near else ""
+    return f"{why}{hint} (groups with hosts: {listing(used)})"
+
+
 def _check_services(
     services: ServicesFile, hosts: HostsFile, groups: frozenset[str], files: Mapping[str, bytes]
 ) -> tuple[list[tuple[str, str]], int]:
     """The problems (where, why) in order and how many there are."""
     first: list[tuple[str, str]] = []
     count = 0
-    known = {ALL, *hosts.hosts, *groups}
+    known = {ALL, *hosts.hosts, *groups}  # groups: those some host is in
     for name, svc in services.services.items():
         if name in OWN_UNIT_STEMS:
             count += 1
@@ -663,8 +679,7 @@ def _check_services(
                 count += 1
                 if len(first) < 4:  # only four are named: a listing per problem is not free
                     where = key_path(("services", name, "hosts", i))
-                    why = f"'{quote(target)}' is neither a host nor a group"
-                    first += [(where, f"{why} (known: {listing(known)})")]
+                    first += [(where, _target_problem(target, hosts, known))]
     for unit, table in services.dropins.items():
         for name, dropin in table.items():
             problem = _template_problem(dropin.template, files)
@@ -674,7 +689,7 @@ def _check_services(
             for i, target in enumerate(dropin.hosts):
                 if target not in known:
                     count += 1
-                    why = f"'{quote(target)}' is neither a host nor a group"
+                    why = _target_problem(target, hosts, known, full=len(first) < 4)
                     first += [(key_path(("dropins", unit, name, "hosts", i)), why)]
     for path, entry in services.files.items():
         if entry.source is not None:
@@ -692,7 +707,7 @@ def _check_services(
         for i, target in enumerate(entry.hosts):
             if target not in known:
                 count += 1
-                why = f"'{quote(target)}' is neither a host nor a group"
+                why = _target_problem(target, hosts, known, full=len(first) < 4)
                 first += [(key_path(("files", path, "hosts", i)), why)]
     return first, count
 

@@ -249,6 +249,15 @@ def empty_exec_dropin(work: Path, name: str) -> None:
            'hosts = ["web"]')(work, name)  # fmt: skip
 
 
+def group_without_hosts(work: Path, name: str) -> None:
+    """A group declared for its vars that no host lists, and a service for it: it ran
+    nowhere, silently."""
+    edit("inventory/hosts.toml", "[groups.web]", "[groups.wbe.vars]\nx = 1\n\n[groups.web]")(
+        work, name
+    )
+    append(SVC.format(f"{name}-g").replace('["web"]', '["wbe"]'))(work, name)
+
+
 VERIFY_CASES: list[tuple[str, Mutation, str]] = [
     ("drop-in empties a vendor unit's ExecStart", empty_exec_dropin,
      'inventory/services.toml: dropins."systemd-tmpfiles-clean.service".noexec: systemd-analyze '
@@ -258,6 +267,8 @@ VERIFY_CASES: list[tuple[str, Mutation, str]] = [
      append("[services.NAME-t]\ntemplate = 'app.service.j2'\nhosts = ['web']\nenable = false\n"
             "[services.NAME-t.timer]\non_calendar = 'every tuesday'"),
      "-t: systemd-analyze refused NAME-t.timer:"),
+    ("service for a group no host has (a README-only user's trial)", group_without_hosts,
+     "-g.hosts[0]: group 'wbe' has no host (no [hosts."),
 ]  # fmt: skip
 
 

@@ -129,6 +129,17 @@ BROKEN: list[tuple[str, Breakage, int, str, set[str]]] = [
                            '[services.reading-sync]\ntemplate = "web.service.j2"\n'
                            'hosts = ["web1"]\n\n[services.web]'),
      1, "belong to its install", set()),
+    ("service for a group no host has", edit("inventory/services.toml", 'hosts = ["web"]',
+                                             'hosts = ["webs"]'), 1,
+     "inventory/services.toml: services.web.hosts[0]: 'webs' is neither a host nor a group",
+     set()),
+    ("service for a group declared but no host's", both(
+        edit("inventory/hosts.toml", "[groups.web.vars]", "[groups.db.vars]\npool = 1\n\n"
+             "[groups.web.vars]"),
+        edit("inventory/services.toml", 'hosts = ["web"]', 'hosts = ["db"]')), 1,
+     "inventory/services.toml: services.web.hosts[0]: group 'db' has no host (no [hosts.NAME] "
+     "of inventory/hosts.toml lists it) (groups with hosts: backup, base, containers, web)",
+     set()),
     ("config file template", edit("templates/greeting.conf.j2", "{{ greeting }}",
                                   "{{ nosuch_greeting }}"), 1,
      "'nosuch_greeting' is undefined (file '/etc/greeter/greeting.conf')", {"sandbox"}),

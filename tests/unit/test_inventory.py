@@ -210,6 +210,34 @@ BAD: list[tuple[str, dict[str, bytes], str, str]] = [
         f"{S}: services.web.hosts[1]: 'dbs' is neither a host nor a group",
         "known: all, base, h1",
     ),
+    (  # a group declared for its vars that no host lists: the service would run nowhere
+        "group no host has",
+        files(
+            hosts=HOSTS + b'[groups.dbs.vars]\npool = 1\n[hosts.d1]\ngroups = ["db"]\n',
+            services=b'[services.web]\ntemplate = "web.service.j2"\nhosts = ["h1", "dbs"]\n',
+        ),
+        f"{S}: services.web.hosts[1]: group 'dbs' has no host (no [hosts.NAME] of {H} lists it); "
+        "did you mean 'db'? (groups with hosts: base, db, web)",
+        "",
+    ),
+    (
+        "drop-in for a group no host has",
+        files(
+            hosts=HOSTS + b"[groups.db.vars]\n",
+            services=b'[dropins."nginx.service".x]\ntemplate = "web.service.j2"\nhosts = ["db"]\n',
+        ),
+        f"{S}: dropins.\"nginx.service\".x.hosts[0]: group 'db' has no host",
+        "(groups with hosts: base, web)",
+    ),
+    (
+        "file for a group no host has",
+        files(
+            hosts=HOSTS + b"[groups.wbe]\n",
+            services=b'[files."/etc/a"]\ntemplate = "web.service.j2"\nhosts = ["wbe"]\n',
+        ),
+        f"{S}: files.\"/etc/a\".hosts[0]: group 'wbe' has no host",
+        "did you mean 'web'?",
+    ),
     (
         "missing template",
         files(services=b'[services.web]\ntemplate = "nope.j2"\nhosts = ["h1"]\n'),
