@@ -12,7 +12,8 @@
     ├── StateError                          the SQLite store                    (generic)
     ├── JobError                            a scheduled job (metrics, backup, etl)
     ├── RolloutError                        the promoter: refs, Prometheus, a halt (waiting)
-    │   └── LeaseError                      another promoter moved a ref first  (exit 75)
+    │   ├── LeaseError                      another promoter moved a ref first  (exit 75)
+    │   └── NoRolloutError                  the repository has no rollout.toml  (exit 2)
     └── SandboxError                        the disposable systemd host could not boot
 
 Whether to retry follows Flux's split: *stalling* errors need a new commit or an
@@ -115,6 +116,11 @@ class LeaseError(RolloutError):
     """A compare-and-swap push lost: the ref moved since it was read (another promoter)."""
 
     exit_code = 75  # EX_TEMPFAIL: the next step reads the new refs
+
+
+class NoRolloutError(RolloutError, UsageError):
+    """``promote`` / ``fleet status`` on a config repository without ``inventory/rollout.toml``:
+    no rollout is configured (a configuration matter, exit 2), not a failed step."""
 
 
 class SandboxError(ReconcilerError):

@@ -9,9 +9,10 @@ silence there is an operator's decision; ``startsAt``). The answers are turned i
 core's plain types (``promotion.Report``, ``promotion.Alert``).
 
 Anything but a well-formed answer (unreachable, a timeout, an HTTP error, a body over
-``max_bytes``, JSON that is not a Prometheus vector) is a :class:`RolloutError`: the step
-stops before it moves or halts anything. A host that Prometheus does not report (its
-exporter down: the series go stale) is simply absent, which the core counts as unknown.
+``max_bytes``, JSON that is not a Prometheus vector or alert list) is a :class:`RolloutError`
+naming the URL asked and what was wrong: the step stops before it moves or halts anything.
+A host that Prometheus does not report (its exporter down: the series go stale) is simply
+absent, which the core counts as unknown.
 """
 
 from __future__ import annotations
@@ -50,20 +51,20 @@ class Client:
 
     def fleet(self) -> tuple[dict[str, Report], list[Alert]]:
         """Every reporting host's report, and the firing paging alerts."""
-        data = self._get(f"{self.url}/api/v1/query", {"query": QUERY}, "Prometheus")
-        series = vector(data, self.url)
+        where = f"{self.url}/api/v1/query"
+        series = vector(self._get(where, {"query": QUERY}, "Prometheus"), where)
         if self.alertmanager:
-            answer = self._get(f"{self.alertmanager}/api/v2/alerts", {}, "Alertmanager")
-            alerts = alertmanager_alerts(answer)
+            where = f"{self.alertmanager}/api/v2/alerts"
+            alerts = alertmanager_alerts(self._get(where, {}, "Alertmanager"), where)
         else:
-            alerts = prometheus_alerts(self._get(f"{self.url}/api/v1/alerts", {}, "Prometheus"))
+            where = f"{self.url}/api/v1/alerts"
+            alerts = prometheus_alerts(self._get(where, {}, "Prometheus"), where)
         return reports(series), alerts
 
     def query(self, promql: str) -> list[tuple[dict[str, str], float]]:
         """One instant query (the dashboard check uses it too)."""
-        return vector(
-            self._get(f"{self.url}/api/v1/query", {"query": promql}, "Prometheus"), self.url
-        )
+        where = f"{self.url}/api/v1/query"
+        return vector(self._get(where, {"query": promql}, "Prometheus"), where)
 
     def _get(self, url: str, params: Mapping[str, str], what: str) -> Any:
         from reconciler.host import http  # requests (~50 ms): only when a step asks
@@ -97,7 +98,8 @@ class Client:
         try:
             return json.loads(body)
         except ValueError:
-            raise _unreachable(what, where, "the answer is not JSON") from None
+            start = body[:40].decode("utf-8", "replace")
+            raise _unexpected(what, where, f"not JSON (it starts {start!r})") from None
 
 
 def _quote(text: str) -> str:
@@ -113,21 +115,54 @@ def _unreachable(what: str, where: str, cause: str) -> RolloutError:
     )
 
 
+def _unexpected(what: str, where: str, why: str) -> RolloutError:
+    """An answer (HTTP 200) that is not what ``what`` answers at ``where``: a proxy, another
+    service at that URL, another API version. Named with the URL asked and what was wrong."""
+    return RolloutError(
+        f"cannot use the answer of {what} '{redact(where)}' (HTTP 200): {why}",
+        hint="is that URL the server's API (no proxy or other service in between)? nothing "
+        "was moved or halted; the hosts keep their revisions",
+    )
+
+
+def _shape(data: Any) -> str:
+    """What a JSON answer is, in a few words: ``an object with keys data, status``."""
+    if isinstance(data, dict):
+        keys = ", ".join(sorted(str(k) for k in data)[:6])
+        return f"an object with keys {keys}"[:120] if keys else "an empty object"
+    return {list: "a list", str: "a string", type(None): "null"}.get(type(data), "a number")
+
+
+def _status_problem(data: Any, expected: str) -> str | None:
+    """Why ``data`` is no successful Prometheus API answer holding ``expected``, or None."""
+    if not isinstance(data, dict):
+        return f"{_shape(data)}, not an object with {expected}"
+    if data.get("status") != "success":
+        error = data.get("error")
+        if error:
+            return f"status {str(data.get('status'))[:20]!r}: {str(error)[:200]}"
+        return f"no status 'success' ({_shape(data)})"
+    if not isinstance(data.get("data"), dict):
+        return f"no 'data' object ({_shape(data)})"
+    return None
+
+
 def vector(data: Any, where: str) -> list[tuple[dict[str, str], float]]:
-    """An instant-vector answer as (labels, value) pairs, or a RolloutError."""
+    """An instant-vector answer as (labels, value) pairs, or a RolloutError naming ``where``
+    (the URL asked)."""
 
     def bad(why: str) -> RolloutError:
-        return _unreachable("Prometheus", redact(where), f"not a Prometheus answer ({why})")
+        return _unexpected("Prometheus", where, f"not a Prometheus answer ({why})")
 
-    if not isinstance(data, dict) or data.get("status") != "success":
-        error = data.get("error") if isinstance(data, dict) else None
-        raise bad(f"error: {str(error)[:200]}" if error else "no status success")
-    inner = data.get("data")
-    if not isinstance(inner, dict) or inner.get("resultType") != "vector":
-        raise bad("not a vector")
+    problem = _status_problem(data, "data.result")
+    if problem:
+        raise bad(problem)
+    inner = data["data"]
+    if inner.get("resultType") != "vector":
+        raise bad(f"resultType {str(inner.get('resultType'))[:20]!r}, not 'vector'")
     result = inner.get("result")
     if not isinstance(result, list):
-        raise bad("no result list")
+        raise bad(f"no data.result list (data is {_shape(inner)})")
     found = []
     for item in result:
         if not isinstance(item, dict):
@@ -194,16 +229,23 @@ def timestamp(text: Any) -> float:
     return max(value, 0.0)  # Go's zero time (0001-01-01) means unknown
 
 
-def prometheus_alerts(data: Any) -> list[Alert]:
-    """Prometheus's ``/api/v1/alerts``: the firing paging alerts, with ``activeAt``."""
-    inner = data.get("data") if isinstance(data, dict) else None
-    items = inner.get("alerts") if isinstance(inner, dict) else None
-    if not isinstance(data, dict) or data.get("status") != "success" or not isinstance(items, list):
-        raise _unreachable("Prometheus", "", "not a Prometheus answer (no alert list)")
+def prometheus_alerts(data: Any, where: str) -> list[Alert]:
+    """Prometheus's ``/api/v1/alerts`` (asked at ``where``): the firing paging alerts, with
+    ``activeAt``."""
+
+    def bad(why: str) -> RolloutError:
+        return _unexpected("Prometheus", where, f"no alert list ({why})")
+
+    problem = _status_problem(data, "data.alerts")
+    if problem:
+        raise bad(problem)
+    items = data["data"].get("alerts")
+    if not isinstance(items, list):
+        raise bad(f"no data.alerts list: data is {_shape(data['data'])}")
     found = []
-    for item in items:
+    for index, item in enumerate(items):
         if not isinstance(item, dict) or not isinstance(item.get("labels"), dict):
-            raise _unreachable("Prometheus", "", "not a Prometheus answer (an alert)")
+            raise bad(f"data.alerts[{index}] has no labels object")
         labels = {str(k): str(v) for k, v in item["labels"].items()}
         if item.get("state") == "firing" and labels.get("severity") == "page":
             found.append(
@@ -212,14 +254,19 @@ def prometheus_alerts(data: Any) -> list[Alert]:
     return found
 
 
-def alertmanager_alerts(data: Any) -> list[Alert]:
-    """Alertmanager's ``/api/v2/alerts``: the active, unsilenced paging alerts."""
+def alertmanager_alerts(data: Any, where: str) -> list[Alert]:
+    """Alertmanager's ``/api/v2/alerts`` (asked at ``where``): the active, unsilenced paging
+    alerts."""
+
+    def bad(why: str) -> RolloutError:
+        return _unexpected("Alertmanager", where, f"no alert list ({why})")
+
     if not isinstance(data, list):
-        raise _unreachable("Alertmanager", "", "not an Alertmanager answer (no alert list)")
+        raise bad(f"{_shape(data)}, not a list of alerts")
     found = []
-    for item in data:
+    for index, item in enumerate(data):
         if not isinstance(item, dict) or not isinstance(item.get("labels"), dict):
-            raise _unreachable("Alertmanager", "", "not an Alertmanager answer (an alert)")
+            raise bad(f"alert [{index}] has no labels object")
         status = item.get("status")
         state = status.get("state") if isinstance(status, dict) else None
         labels = {str(k): str(v) for k, v in item["labels"].items()}

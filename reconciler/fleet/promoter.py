@@ -27,7 +27,7 @@ from reconciler.core import promotion
 from reconciler.core.inventory import HOSTS_FILE
 from reconciler.core.promotion import Facts, Refs, Step, Verdict, WavePolicy
 from reconciler.core.rollout import CONTROL_PREFIX, HALT_REF, PAUSE_REF, ROLLOUT_FILE, WAVE_PREFIX
-from reconciler.errors import RolloutError, UsageError
+from reconciler.errors import NoRolloutError, RolloutError, UsageError
 from reconciler.fleet.remote import Remote, Update
 
 
@@ -167,7 +167,7 @@ class Promoter:
         ref = f"refs/heads/{source}"
         if ref not in refs:
             raise RolloutError(
-                f"cannot promote from '{self.remote.plain}': no branch '{source}'",
+                f"cannot read the rollout of '{self.remote.plain}': no branch '{source}'",
                 hint="set source in [promote] or in inventory/rollout.toml",
             )
         commits = [refs[ref], *(refs[r] for r in control)]
@@ -180,9 +180,11 @@ class Promoter:
                 files[path] = data
         found = rollout.parse(files)
         if found is None:
-            raise RolloutError(
-                f"cannot promote from '{source}' ({refs[ref][:12]}): no {ROLLOUT_FILE}",
-                hint="add inventory/rollout.toml with [[rollout.waves]] (see the README)",
+            raise NoRolloutError(
+                f"no rollout configured: branch '{source}' ({refs[ref][:12]}) of "
+                f"'{self.remote.plain}' has no {ROLLOUT_FILE}",
+                hint=f"without it hosts follow their ref; to roll out by waves, add {ROLLOUT_FILE}"
+                " with [[rollout.waves]] (README: Fleets)",
             )
         return found
 

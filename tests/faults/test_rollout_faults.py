@@ -12,10 +12,14 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import requests
 
 from tests.faults.conftest import Report
 from tests.integration.fleetworld import (
@@ -84,7 +88,13 @@ def test_prometheus_fault_moves_nothing(world: World, fault: str, fault_report: 
         proc = world.promote()
     assert proc.returncode == 1, proc.stdout
     line = one_line(proc)
-    assert line.startswith(f"reconciler promote: cannot reach Prometheus '{url}/api/v1/query'")
+    if fault == "unreachable":
+        assert line.startswith(f"reconciler promote: cannot reach Prometheus '{url}/api/v1/query'")
+    else:
+        assert line.startswith(
+            f"reconciler promote: cannot use the answer of Prometheus '{url}/api/v1/query' "
+            "(HTTP 200): not JSON (it starts 'not json!')"
+        )
     assert "nothing was moved" in line
     assert world.refs() == before
     fault_report(
@@ -93,6 +103,81 @@ def test_prometheus_fault_moves_nothing(world: World, fault: str, fault_report: 
         None,
         True,
     )
+
+
+@contextlib.contextmanager
+def proxy(upstream: str, wrong_path: str, body: bytes) -> Iterator[str]:
+    """A reverse proxy to the real Prometheus that answers ``wrong_path`` itself with HTTP 200
+    and ``body`` (a proxy that lets only queries through, another service at that path)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            if self.path.partition("?")[0] == wrong_path:
+                status, data = 200, body
+            else:
+                answer = requests.get(upstream + self.path, timeout=5)
+                status, data = answer.status_code, answer.content
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_an_answer_without_an_alert_list_names_the_url(world: World, fault_report: Report) -> None:
+    """A README-only user's trial: Prometheus answered the query, then a 200 without an alert
+    list, and the line named an empty URL (``cannot reach Prometheus ''``)."""
+    world.repo.commit({"templates/x": "1"}, "B")
+    world.report({CANARY: world.a, EARLY: world.a, REST: world.a})
+    before = world.refs()
+    with proxy(world.prom, "/api/v1/alerts", b'{"status":"success","data":{}}') as url:
+        world.write_config(url)
+        proc = world.promote()
+    assert proc.returncode == 1, proc.stdout
+    line = one_line(proc)
+    assert line.startswith(
+        f"reconciler promote: cannot use the answer of Prometheus '{url}/api/v1/alerts' "
+        "(HTTP 200): no alert list (no data.alerts list: data is an empty object)"
+    ), line
+    assert "nothing was moved" in line and world.refs() == before
+    fault_report(
+        "Prometheus answers 200 without an alert list",
+        "exit 1, one line naming the alerts URL and what was missing; no ref moved",
+        None,
+        True,
+    )
+
+
+def test_no_rollout_toml_says_no_rollout_is_configured(world: World) -> None:
+    """A README-only user's trial: ``fleet status`` on a repository without rollout.toml said
+    "cannot promote from 'main'". No rollout is configured: a configuration matter, exit 2."""
+    world.repo.remove("inventory/rollout.toml")
+    tip = world.repo.commit(message="no rollout")
+    before = world.refs()
+    for args in (("fleet", "status"), ("fleet", "status", "--json"), ("promote",)):
+        proc = world.run(*args)
+        assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
+        line = one_line(proc)
+        command = " ".join(args[:1])
+        assert line.startswith(
+            f"reconciler {command}: no rollout configured: branch 'main' ({tip[:12]}) of "
+            f"'{world.url}' has no inventory/rollout.toml (hint: without it hosts follow their "
+            "ref"
+        ), line
+        assert proc.stdout == "", proc.stdout
+    assert world.refs() == before
 
 
 def test_wave_ref_force_pushed_backwards_is_refused(world: World, fault_report: Report) -> None:

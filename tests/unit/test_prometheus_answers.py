@@ -61,7 +61,9 @@ def test_reports_join_the_series_by_host() -> None:
 def test_garbage_is_refused_in_one_line(data: Any) -> None:
     with pytest.raises(RolloutError) as info:
         vector(data, "http://user:secret@prom:9090")
-    assert "cannot reach Prometheus 'http://***@prom:9090'" in str(info.value)
+    assert "cannot use the answer of Prometheus 'http://***@prom:9090' (HTTP 200): not a " in (
+        str(info.value)
+    )
     assert "\n" not in str(info.value) and "secret" not in str(info.value)
 
 
@@ -77,18 +79,47 @@ def test_alerts_firing_pages_only_with_their_start() -> None:
             ]
         },
     }  # fmt: skip
-    (alert,) = prometheus_alerts(data)
+    (alert,) = prometheus_alerts(data, "http://prom/api/v1/alerts")
     assert (alert.name, alert.labels["host"], alert.since) == ("A", "c1", 1796418000.5)
     am = [
         {"labels": {"alertname": "D", "severity": "page"}, "status": {"state": "active"},
          "startsAt": "2026-12-04T21:00:00.123456789+00:00"},
         {"labels": {"alertname": "E", "severity": "page"}, "status": {"state": "suppressed"}},
     ]  # fmt: skip
-    (found,) = alertmanager_alerts(am)
+    (found,) = alertmanager_alerts(am, "http://am/api/v2/alerts")
     assert found.name == "D" and abs(found.since - 1796418000.123) < 0.001
-    for bad in ({"alerts": []}, [1], {"status": "success", "data": {}}):
-        with pytest.raises(RolloutError):
-            (alertmanager_alerts if isinstance(bad, list) else prometheus_alerts)(bad)
+
+
+P, AM = "http://user:secret@prom:9090/api/v1/alerts", "http://am:9093/api/v2/alerts"
+
+
+@pytest.mark.parametrize(
+    ("data", "where", "expected"),
+    [  # a README-only user's trial: a 200 without an alert list named an empty URL ('')
+        ({"status": "success", "data": {}}, P,
+         "cannot use the answer of Prometheus 'http://***@prom:9090/api/v1/alerts' (HTTP 200): "
+         "no alert list (no data.alerts list: data is an empty object)"),
+        ({"status": "success", "data": {"resultType": "vector", "result": []}}, P,
+         "no alert list (no data.alerts list: data is an object with keys result, resultType)"),
+        ({"alerts": []}, P, "no alert list (no status 'success' (an object with keys alerts))"),
+        ({"status": "error", "error": "not found"}, P, "no alert list (status 'error': not found)"),
+        ({"status": "success", "data": {"alerts": [1]}}, P,
+         "no alert list (data.alerts[0] has no labels object)"),
+        ([], P, "no alert list (a list, not an object with data.alerts)"),
+        ({"status": "success", "data": {"alerts": []}}, AM,
+         "cannot use the answer of Alertmanager 'http://am:9093/api/v2/alerts' (HTTP 200): "
+         "no alert list (an object with keys data, status, not a list of alerts)"),
+        ([1], AM, "no alert list (alert [0] has no labels object)"),
+    ],
+)  # fmt: skip
+def test_an_answer_without_an_alert_list_names_the_url_and_what_was_wrong(
+    data: Any, where: str, expected: str
+) -> None:
+    read = alertmanager_alerts if where == AM else prometheus_alerts
+    with pytest.raises(RolloutError) as info:
+        read(data, where)
+    assert expected in str(info.value), str(info.value)
+    assert "\n" not in str(info.value) and "secret" not in str(info.value)
 
 
 @pytest.mark.parametrize(
