@@ -75,19 +75,29 @@ def run(args: argparse.Namespace) -> int:
 
 
 def config_files(settings: Any, drift: dict[str, Any]) -> list[dict[str, Any]]:
-    """The managed config files (``[files."PATH"]``, from the file manifest) and their drift."""
+    """The managed config files (``[files."PATH"]``, from the file manifest) and their drift.
+
+    ``mode`` and ``owner`` are the live file's (what an operator checks with ``ls -l``; a
+    first user read the desired mode there while the file was 0666), ``want_mode`` and
+    ``want_owner`` the manifest's; ``drift`` says how they differ. "-": no such file."""
+    from reconciler.host.config_files import read_path
     from reconciler.store import file_manifest
 
-    return [
-        {
-            "path": m.path,
-            "mode": f"{m.mode:04o}",
-            "owner": f"{m.uid}:{m.gid}",
-            "adopted": m.original is not None,
-            "drift": [i.text() for i in drift.get(m.path, [])],
-        }
-        for m in file_manifest.load(settings.state_dir).values()
-    ]
+    out = []
+    for m in file_manifest.load(settings.state_dir).values():
+        live = read_path(settings.host_root, m.path).meta
+        out.append(
+            {
+                "path": m.path,
+                "mode": f"{live.mode:04o}" if live else "-",
+                "owner": f"{live.uid}:{live.gid}" if live else "-",
+                "want_mode": f"{m.mode:04o}",
+                "want_owner": f"{m.uid}:{m.gid}",
+                "adopted": m.original is not None,
+                "drift": [i.text() for i in drift.get(m.path, [])],
+            }
+        )
+    return out
 
 
 def automatic(timer: LiveUnit, suspended: bool) -> dict[str, Any]:

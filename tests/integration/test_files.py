@@ -133,9 +133,14 @@ def test_config_files_lifecycle(files_env: tuple[FaultEnv, str]) -> None:
         "config: mode 0666 (want mode 0640)",
     ], listed
     assert listed[blob]["mode"] == "0644" and listed[blob]["owner"] == "0:0"
+    # a first user's trial: MODE showed the desired 0640 of a file that was 0666; it is the
+    # live file's mode (the desired one in want_mode and in the DRIFT column)
+    assert (listed[conf]["mode"], listed[conf]["want_mode"]) == ("0666", "0640"), listed
+    assert (listed[conf]["owner"], listed[conf]["want_owner"]) == ("0:1", "0:1"), listed
     text = env.run("status", repo=None, host=None).stdout
     row = next(line.split() for line in text.splitlines() if line.startswith(conf))
-    assert row[:4] == [conf, "0640", "0:1", "config:"], text
+    assert row[:4] == [conf, "0666", "0:1", "config:"], text
+    assert "mode 0666 (want mode 0640)" in text, text
     bundles = list((env.state / "diagnostics").glob("*-drift-_etc_app-*.tar.gz"))
     with tarfile.open(bundles[0]) as tar:  # the finding's bundle: no unit, not the file's content
         assert not [m for m in tar.getnames() if m.startswith("unit/")], tar.getnames()
