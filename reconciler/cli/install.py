@@ -76,6 +76,7 @@ def follow(settings: Settings) -> int:
     from reconciler.reconcile.install import SYNC
 
     followed = follow_config(settings) is not False
+    _mark_path(settings)
     try:
         start_unit(settings.bus, SYNC)  # no wait: this unit is After= the sync, never the other way
     except SystemdError as exc:
@@ -84,3 +85,22 @@ def follow(settings: Settings) -> int:
         )
         return 1
     return 0 if followed else 1
+
+
+def _mark_path(settings: Settings) -> None:
+    """Started by ``reconciler-config.path`` for a config change (not a stale detail of an
+    earlier one, not by hand): the sync this starts is recorded as ``path``."""
+    import contextlib
+    import os
+
+    from reconciler.cli.sync import last_sync_at
+    from reconciler.push import trigger as marks
+
+    watched = os.environ.get("TRIGGER_PATH", "")
+    try:
+        changed_at = os.stat(watched).st_mtime if watched else None
+    except OSError:
+        changed_at = None
+    if marks.of_unit(os.environ, None, last_sync_at(settings), changed_at) == "path":
+        with contextlib.suppress(OSError):  # the sync still runs, recorded as manual
+            marks.mark(settings.state_dir, "path")

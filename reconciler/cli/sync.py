@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 
 from reconciler.cli import _options
@@ -37,7 +38,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--trigger",
         default="manual",
-        choices=["manual", "timer", "webhook"],
+        choices=["manual", "timer", "webhook", "unit"],  # unit: ask systemd and the mark
         help=argparse.SUPPRESS,
     )
     _options.add_json(parser)
@@ -61,15 +62,19 @@ def run(args: argparse.Namespace) -> int:
     monitor = not (args.dry_run or args.no_monitor)
     monitoring = SyncMonitoring(settings)
     trigger = args.trigger
-    if trigger == "timer" and not args.dry_run:
+    if trigger in ("timer", "unit") and not args.dry_run:
         from reconciler.push import trigger as marks
 
-        trigger = marks.take(settings.state_dir) or trigger  # started by the webhook?
+        mark = marks.take(settings.state_dir)  # started by the webhook, the config follow?
+        if trigger == "unit":  # gitops-sync.service's runs: systemd says what started it
+            trigger = marks.of_unit(os.environ, mark, last_sync_at(settings))
+        else:  # "timer": what the unit ran before it said "unit" (until install follows)
+            trigger = mark or trigger
     if args.dry_run:
         from reconciler.cli import plan
 
         plan.check_systemd(settings)
-    elif follow_config(settings) is None:
+    elif follow_config(settings, trigger) is None:
         return 0  # this run's own unit changed: the run under the new one follows
     try:
         outcome = reconcile.run(
@@ -118,7 +123,26 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def follow_config(settings: Settings) -> bool | None:
+def last_sync_at(settings: Settings) -> float | None:
+    """When the newest recorded sync started (None: none, or no readable state database):
+    systemd's trigger details older than that were another run's."""
+    from reconciler import runtime
+    from reconciler.errors import ReconcilerError
+
+    try:
+        store = runtime.open_store(settings)
+    except (ReconcilerError, OSError):
+        return None
+    try:
+        newest = store.history(1)
+    except (ReconcilerError, OSError):
+        return None
+    finally:
+        store.close()
+    return newest[0].started_at if newest else None
+
+
+def follow_config(settings: Settings, trigger: str | None = None) -> bool | None:
     """The installed own units follow the host config first (``[backup] dest``, ``[webhook]
     listen``, ...); a failure there is logged and never stops the sync (False).
 
@@ -147,6 +171,11 @@ def follow_config(settings: Settings) -> bool | None:
     from reconciler.errors import SystemdError
     from reconciler.push.service import start_unit
 
+    if trigger:  # the run under the new unit is this one's: same trigger in the history
+        from reconciler.push import trigger as marks
+
+        with contextlib.suppress(OSError):
+            marks.mark(settings.state_dir, trigger)
     try:
         start_unit(settings.bus, install.CONFIG_UNIT)
         then = f"{install.CONFIG_UNIT} starts a sync under the new unit once this run ends"

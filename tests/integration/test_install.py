@@ -549,3 +549,50 @@ def test_uninstall_removes_units_and_keeps_state(host: sandbox.Host, installed: 
     status = cli(host, "status").stdout
     assert "automatic syncs: off (gitops-sync.timer is not installed" in status, status
     assert json.loads(cli(host, "status", "--json").stdout)["automatic"]["on"] is False
+
+
+def triggers_since(host: sandbox.Host, at: float) -> list[str]:
+    rows = json.loads(cli(host, "history", "--json").stdout)
+    return [r["trigger"] for r in reversed(rows) if r["started_at"] >= at]
+
+
+def wait_idle(host: sandbox.Host, sec: float = 60) -> None:
+    deadline = time.monotonic() + sec
+    while not idle(host):
+        assert time.monotonic() < deadline, "the sync did not end"
+        time.sleep(0.3)
+
+
+def test_each_sync_is_recorded_with_what_started_it(
+    host: sandbox.Host, installed: Installed
+) -> None:
+    """A README-only trial: a sync started by the config's path unit, or by hand with
+    ``systemctl start``, was recorded as ``timer``. systemd keeps a unit's first activation
+    details while it stays loaded (252 and 257): a later manual start still sees the old
+    ``TRIGGER_UNIT``; only a detail newer than the last sync is believed."""
+    rows = json.loads(cli(host, "history", "--json").stdout)
+    after_edit = [r["trigger"] for r in rows if r["started_at"] * 1e6 >= installed.roots_at_us]
+    assert "path" in after_edit, rows[:4]  # the fixture's config edit (path -> follow -> sync)
+    wait_idle(host)
+    start = time.time()
+    assert host.systemctl("start", "gitops-sync.service", check=False).returncode == 0
+    assert triggers_since(host, start) == ["manual"]
+    # a timer of its own (the installed one fires in minutes): what gitops-sync.timer does
+    start = time.time()
+    timer = host_path(host, "/run/systemd/system/sync-now.timer")
+    timer.write_text("[Timer]\nOnActiveSec=1\nAccuracySec=10ms\nUnit=gitops-sync.service\n")
+    try:
+        host.systemctl("daemon-reload")
+        host.systemctl("start", "sync-now.timer")
+        deadline = time.monotonic() + 60
+        while not triggers_since(host, start) and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert triggers_since(host, start) == ["timer"]
+        wait_idle(host)
+        start = time.time()
+        assert host.systemctl("start", "gitops-sync.service", check=False).returncode == 0
+        assert triggers_since(host, start) == ["manual"]  # the timer's details are stale now
+    finally:
+        host.systemctl("stop", "sync-now.timer", check=False)
+        timer.unlink(missing_ok=True)
+        host.systemctl("daemon-reload", check=False)
