@@ -633,6 +633,24 @@ def _kind_problem(name: str, svc: Service) -> tuple[str, str] | None:
     return ("kind", f"invalid {svc.kind} name '{quote(name)}': {problem}") if problem else None
 
 
+def _health_problem(name: str, svc: Service) -> str | None:
+    """Why ``[health]`` cannot gate this service: the gate waits, after a sync, on a unit the
+    sync started, and the sync never starts a timer's service nor one with ``start = false``
+    (a README-only trial: accepted, and silently never gated)."""
+    if svc.health is None:
+        return None
+    if svc.timer is not None:
+        why = f"its [timer] runs {quote(name)}.service, never the sync"
+    elif not svc.start:
+        why = "start = false: the sync never starts it"
+    else:
+        return None
+    return (
+        f"nothing to gate: {why}; remove [health] (the monitor watches the runs: a timer's "
+        "missed runs, every unit's crashes)"
+    )
+
+
 def _target_problem(target: str, hosts: HostsFile, known: set[str], full: bool = True) -> str:
     """Why a ``hosts`` entry selects no host, with the nearest group some host is in: a group
     declared in ``[groups]`` that no host lists (a typo on either side) would run nowhere."""
@@ -674,6 +692,10 @@ def _check_services(
         if problem:
             count += 1
             first += [(key_path(("services", name, "template")), problem)]
+        health_problem = _health_problem(name, svc)
+        if health_problem:
+            count += 1
+            first += [(key_path(("services", name, "health")), health_problem)]
         for i, target in enumerate(svc.hosts):
             if target not in known:
                 count += 1

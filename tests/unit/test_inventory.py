@@ -198,6 +198,23 @@ BAD: list[tuple[str, dict[str, bytes], str, str]] = [
         f"{S}: services.web.health.timeout_sec: Input should be greater than 0",
         "",
     ),
+    (  # a README-only trial: accepted, and never gated (the sync never starts it)
+        "health on a timer's service",
+        files(
+            services=svc(
+                "[services.web.timer]\non_calendar = 'daily'\n"
+                "[services.web.health]\ntimeout_sec = 10\n"
+            )
+        ),
+        f"{S}: services.web.health: nothing to gate: its [timer] runs web.service, never the sync",
+        "remove [health]",
+    ),
+    (
+        "health with start = false",
+        files(services=svc("start = false\n[services.web.health]\ntimeout_sec = 10\n")),
+        f"{S}: services.web.health: nothing to gate: start = false",
+        "remove [health]",
+    ),
     (
         "timeout str",
         files(services=svc("[services.web.health]\ntimeout_sec = '10'\n")),
