@@ -58,7 +58,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'UNIT':<32} {'STARTS':>7} {'STOPS':>7} {'CRASHES':>7}  LAST EXIT")
     for c in rows:
         last = c["last_signal"] or ("" if c["last_exit_code"] is None else c["last_exit_code"])
-        if c.get("last_result") not in (None, "", "exit-code", "signal", "core-dump"):
+        if not last and c["crashes"]:
+            last = "unknown"  # the crash's exit was not seen (nor in the journal): no guess
+        if c.get("last_result") not in (None, "", "success", "exit-code", "signal", "core-dump"):
             last = f"{last} ({c['last_result']})"  # watchdog, timeout: more than the signal
         print(f"{c['unit']:<32} {c['starts']:>7} {c['stops']:>7} {c['crashes']:>7}  {last}")
     return 0

@@ -217,7 +217,10 @@ def update_counters(prev: Counters | None, obs: Observation) -> tuple[Counters, 
     new_run = bool(obs.invocation_id) and obs.invocation_id != prev.last_invocation_id
     events = _infer_events(prev, obs, new_run)
     crashes = [e for e in events if e.kind == "crash"]
+    # A crash's Result is never "success" (nor ""): such a look shows the next run's reset
+    # properties (the watch merged its Service signal before the Unit's left auto-restart).
     seen_end = bool(crashes) and crashes[-1].at == _end_at(prev, obs) and not obs.running
+    seen_end = seen_end and obs.result not in ("", "success")
     moved = events or (obs.active_state, obs.sub_state) != (prev.last_state, prev.last_sub_state)
     keep_n = not new_run and obs.n_restarts >= prev.last_n_restarts  # see _infer_events
     return replace(

@@ -165,3 +165,33 @@ def test_counters_reset_of_an_unknown_unit_is_one_line_and_exit_2(mon: Mon) -> N
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1
     assert "cannot reset counters of 'never-seen.service'" in proc.stderr
+
+
+LOOPER = """\
+[Unit]
+StartLimitIntervalSec=0
+[Service]
+ExecStart=/bin/sh -c 'echo v={{ version }}; sleep 0.5; exit 3'
+Restart=always
+RestartSec=1
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def test_last_exit_is_the_last_runs_never_a_success(app: Setup) -> None:
+    """A README-only trial: ``counters`` said ``(success)`` under LAST EXIT for a unit whose
+    runs all exited 3, read while it was between runs. Looks at every phase of the loop."""
+    mon, unit = app.mon, app.unit
+    app.repo.commit({"templates/app.service.j2": LOOPER}, "a crash loop")
+    app.sync()
+    seen = []
+    for sub in ("auto-restart", "running", "auto-restart", "running"):
+        wait_for(lambda s=sub: bool(mon.show(unit, "SubState")["SubState"] == s), 15, sub)
+        mon.cli("monitor")
+        rows = {c["unit"]: c for c in json.loads(mon.cli("counters", "--json").stdout)}
+        table = mon.cli("counters").stdout
+        line = next(x for x in table.splitlines() if x.startswith(unit))
+        seen.append((sub, rows[unit]["last_exit_code"], rows[unit]["last_result"], line))
+    assert all("success" not in line for *_, line in seen), seen
+    assert [code for _, code, _, _ in seen[1:]] == [3, 3, 3], seen

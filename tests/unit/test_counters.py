@@ -335,3 +335,22 @@ def test_a_late_look_at_the_run_before_is_ignored() -> None:
     assert [(e.kind, e.at - T0) for e in events] == [("crash", 1.0), ("start", 4.0)]
     assert (counters.starts, counters.stops, counters.crashes) == (1, 0, 1)
     assert counters.last_invocation_id == "b" and counters.last_seen_at == T0 + 4.5
+
+
+def test_a_crash_never_keeps_the_next_runs_success() -> None:
+    """A README-only trial: ``counters`` said ``(success)`` for a unit whose runs all exited
+    3. The watch merges systemd's signals per interface: the restart's ``Service`` properties
+    (Result reset to ``success``, ExecMain* reset) can land before the ``Unit`` ones leave
+    ``activating/auto-restart``; that look is a crash whose exit is not known from it (the
+    journal's exit fills it), never a success. The crash before keeps its exit."""
+    torn = look(10, "a", "activating", "auto-restart", 0, "success", 0, 0)
+    counters, events = fold([run(0, "a"), torn])
+    assert counters is not None
+    assert [e.kind for e in events] == ["crash"]
+    assert (counters.last_exit_code, counters.last_result) == (None, None)
+    counters, _ = fold([run(0, "a"), waiting(10, "a", 0, status=3), run(12, "b", 1), torn])
+    assert counters is not None  # the same torn look of run b: b's crash, exit unknown
+    assert counters.last_result != "success"
+    for result in ("success", ""):
+        after, _ = update_counters(counters, look(30, "c", "activating", "auto-restart", 2, result))
+        assert after.last_result is None, result
