@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 
 from reconciler.devtools import sandbox
+from reconciler.host import journal
 from tests.conftest import ENV_INSIDE, PYTHON_INSIDE, REPO
 
 pytestmark = pytest.mark.host
@@ -509,10 +510,20 @@ def test_a_failed_run_of_the_sync_is_resolved_by_a_later_good_sync(
         host.run([*GIT, "-C", work, "push", "-q", f"{BASE}/config.git", "HEAD:main"])
 
     push(good + "\n[services.broken]\nnot_a_key = 1\n", "a bad key")
+    start_us = int(time.time() * 1e6)
     try:
         assert host.systemctl("start", unit, check=False).returncode != 0
         assert show(host, unit, "ActiveState")["ActiveState"] == "failed"
         assert own_findings(host, unit) == {("failed_run", "warning")}
+        # its own MESSAGE_ID (a README-only trial: it was finding.opened's, shared by none)
+        host.journal_sync()
+        found = since(host.journal(f"MESSAGE_ID={journal.message_id('failed_run')}"), start_us)
+        assert [e.get("UNIT") for e in found] == [unit], found
+        assert found[0].get("RECONCILER_EVENT") == "failed_run", found
+        generic = since(
+            host.journal(f"MESSAGE_ID={journal.message_id('finding.opened')}"), start_us
+        )
+        assert not [e for e in generic if e.get("UNIT") == unit], generic
         push(good, "the bad key removed")
         cli(host, "sync")  # a manual sync: the unit itself stays failed
         assert show(host, unit, "ActiveState")["ActiveState"] == "failed"

@@ -118,7 +118,8 @@ def test_event_ids_are_unique_128_bit_ids() -> None:
 def test_required_event_kinds_exist() -> None:
     kinds = """sync.started sync.applied sync.noop sync.failed sync.suspended action rollback
     health.failed drift finding.opened finding.resolved crash_loop start_limit_hit flapping
-    periodic_crash failure_clustering memory_growth restart_anomaly missed_run job.metrics
+    periodic_crash failure_clustering memory_growth restart_anomaly missed_run failed_run
+    job.metrics
     job.backup job.etl webhook.accepted webhook.rejected watch.started watch.stopped install"""
     assert set(kinds.split()) <= set(journal.EVENTS)
 
