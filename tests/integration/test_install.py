@@ -545,23 +545,6 @@ def test_install_over_an_existing_config_says_what_it_did_not_apply(
     assert f'repo = "{BASE}/config.git"' in host_path(host, CONFIG).read_text()
 
 
-def test_uninstall_removes_units_and_keeps_state(host: sandbox.Host, installed: Installed) -> None:
-    assert "automatic syncs: on" in cli(host, "status").stdout
-    proc = cli(host, "uninstall", "--json")
-    data = json.loads(proc.stdout)
-    assert any(line.startswith("remove ") for line in data["actions"]), data
-    for unit in UNITS:
-        assert not (host.unit_dir / unit).exists(), unit
-        assert show(host, unit, "LoadState")["LoadState"] == "not-found", unit
-    for kept in (CONFIG, SECRET, f"{STATE}/state.db", f"{BASE}/backups"):
-        assert host_path(host, kept).exists(), kept
-    again = json.loads(cli(host, "uninstall", "--json").stdout)
-    assert again["actions"] == [] and again["mutating_dbus_calls"] == 0, again
-    status = cli(host, "status").stdout
-    assert "automatic syncs: off (gitops-sync.timer is not installed" in status, status
-    assert json.loads(cli(host, "status", "--json").stdout)["automatic"]["on"] is False
-
-
 def triggers_since(host: sandbox.Host, at: float) -> list[str]:
     rows = json.loads(cli(host, "history", "--json").stdout)
     return [r["trigger"] for r in reversed(rows) if r["started_at"] >= at]
@@ -607,3 +590,20 @@ def test_each_sync_is_recorded_with_what_started_it(
         host.systemctl("stop", "sync-now.timer", check=False)
         timer.unlink(missing_ok=True)
         host.systemctl("daemon-reload", check=False)
+
+
+def test_uninstall_removes_units_and_keeps_state(host: sandbox.Host, installed: Installed) -> None:
+    assert "automatic syncs: on" in cli(host, "status").stdout
+    proc = cli(host, "uninstall", "--json")
+    data = json.loads(proc.stdout)
+    assert any(line.startswith("remove ") for line in data["actions"]), data
+    for unit in UNITS:
+        assert not (host.unit_dir / unit).exists(), unit
+        assert show(host, unit, "LoadState")["LoadState"] == "not-found", unit
+    for kept in (CONFIG, SECRET, f"{STATE}/state.db", f"{BASE}/backups"):
+        assert host_path(host, kept).exists(), kept
+    again = json.loads(cli(host, "uninstall", "--json").stdout)
+    assert again["actions"] == [] and again["mutating_dbus_calls"] == 0, again
+    status = cli(host, "status").stdout
+    assert "automatic syncs: off (gitops-sync.timer is not installed" in status, status
+    assert json.loads(cli(host, "status", "--json").stdout)["automatic"]["on"] is False
