@@ -228,7 +228,15 @@ class FindingStore(db.Database):
         with self.transaction():
             current = self.counters(units)
             reset = [
-                replace(c, starts=0, stops=0, crashes=0, last_exit_code=None, last_signal=None)
+                replace(
+                    c,
+                    starts=0,
+                    stops=0,
+                    crashes=0,
+                    last_exit_code=None,
+                    last_signal=None,
+                    last_result=None,  # all three: LAST EXIT showed the old crash's Result
+                )
                 for c in current.values()
             ]
             self.save_counters(reset, 0.0)

@@ -148,6 +148,7 @@ def test_events_say_what_happened_and_who_did_it(app: Setup) -> None:
     after = mon.counters(unit)
     assert (after["starts"], after["stops"], after["crashes"]) == (0, 0, 0)
     assert after["last_signal"] is None and after["last_exit_code"] is None
+    assert after["last_result"] is None
     assert len(app.events(unit)) == len(got)  # the event log is history: kept
     mon.host.systemctl("restart", unit)
     mon.cli("monitor")
