@@ -163,8 +163,53 @@ def plan(
             f"{n} is masked on this host: not written, enabled or started "
             f"(run 'systemctl unmask {n}' to let reconciler manage it again)"
             for n in sorted(masked)
-        ),
+        )
+        + _dropin_notes(files, units, changed, live_units, set(restarted)),
     )
+
+
+def _dropin_notes(
+    files: Sequence[DesiredUnit],
+    units: Mapping[str, DesiredUnit],
+    changed: set[str],
+    live_units: Mapping[str, LiveUnit],
+    restarted: set[str],
+) -> tuple[str, ...]:
+    """What a drop-in written here does not do by itself (README-only users' trials): one for
+    a unit this host has nowhere (no managed, vendor or loaded unit: a typo, or a package not
+    installed yet; written all the same, as it is legitimate before the package), and one for
+    a running unit whose drop-in changed with ``restart = false`` (the Reload alone leaves the
+    running process on its old settings)."""
+    notes: list[str] = []
+    for d in files:
+        target = unitkind.dropin_target(d.name)
+        if target is None or target in units:
+            continue
+        if "@." in target:  # a template's: its instances are the units
+            running = sorted(unitkind.instances(target, live_units))
+        else:
+            unit = live_units.get(target) or LiveUnit(target)
+            if unit.load_state == "not-found":
+                notes.append(
+                    f"{d.name}: {target} is not on this host (not managed, no unit file "
+                    "systemd knows): the drop-in is written and takes effect only once "
+                    f'{target} is installed; check the name in [dropins."{target}"]'
+                )
+                continue
+            running = [target]
+        if d.name in changed and not d.restart:
+            pending = [
+                n
+                for n in running
+                if n not in restarted and (live_units.get(n) or LiveUnit(n)).active_state in RUNNING
+            ]
+            notes += [
+                f"{n} needs a restart to take its changed drop-in {d.name} (restart = false: "
+                f"the Reload alone leaves it running on its old settings; run 'systemctl "
+                f"restart {n}' when convenient)"
+                for n in pending
+            ]
+    return tuple(notes)
 
 
 def describe(plan: Plan) -> list[str]:

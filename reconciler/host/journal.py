@@ -47,6 +47,7 @@ EVENTS: dict[str, str] = {
     "sync.reconnect": "50084072ddc8430cb6a7e9e4c3fd20f1",
     "sync.backoff": "fd362aed0dc74ca59b66bc17b5cdd2dc",
     "sync.interrupted": "87caf59954284d5b87be7d912ea0f439",
+    "sync.note": "df2ba743a50a4f3b9df2db09d471d865",
     "action": "0095b3b553c34345bd25048b5a81b24f",
     "rollback": "8652ea395aec4a8a82ce880b5129a943",
     "health.failed": "f5f69824089147caa92d327d452fc534",

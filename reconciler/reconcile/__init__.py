@@ -322,6 +322,8 @@ class _Sync:
             ref=outcome.resolved or None,
             commits=" ".join(c.revision for c in outcome.commits) or None,
         )
+        for text in plan.notes:  # what the apply left undone or cannot tell (the CLI prints it)
+            journal.event("sync.note", text, priority=4, revision=snapshot.revision, echo=False)
 
 
 def record_matching(store: Store, desired: list[DesiredUnit]) -> None:

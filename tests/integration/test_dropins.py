@@ -5,12 +5,14 @@ reconciler's own removed when the inventory drops it."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from reconciler.devtools import sandbox
+from reconciler.host import journal
 from tests.faults.conftest import FaultEnv, clean_units, make_env
 from tests.integration.test_sync import APP, HOSTS, MUTATING
 
@@ -184,3 +186,46 @@ def test_plan_shows_the_merged_unit_and_drift_covers_vendor_dropins(
     refused = env.run("sync")
     assert refused.returncode == 1 and "systemd-analyze refused" in refused.stderr, refused
     assert "by hand" in ours.read_text(), "nothing written"
+
+
+def test_plan_and_sync_say_what_a_dropin_does_not_do(
+    dropin_env: tuple[FaultEnv, str, str],
+) -> None:
+    """README-only users' trials, both silent before: a drop-in for a unit this host has
+    nowhere (a typo, or a package not installed yet: written all the same), and a drop-in
+    changed with ``restart = false`` under a running unit, which keeps its old settings while
+    systemd's properties already show the new ones."""
+    env, vendor, _ = dropin_env
+    ghost = f"ghost-{env.tag}.service"
+    note_id = journal.message_id("sync.note")
+    nowhere = f"{ghost}.d/50-reconciler-env.conf: {ghost} is not on this host"
+    commit(env, dropin(vendor, "env", "hello"), dropin(ghost, "env", "boo"))
+    plan = env.run("plan")
+    assert plan.returncode == 0 and f"note: {nowhere}" in plan.stdout, plan.stdout + plan.stderr
+    started = time.time()
+    first = env.sync()
+    assert first["result"] == "applied", first
+    assert any(n.startswith(nowhere) for n in first["notes"]), first  # type: ignore[union-attr]
+    assert (env.host.unit_dir / f"{ghost}.d/50-reconciler-env.conf").is_file(), "written"
+
+    running = env.show(vendor, "InvocationID")["InvocationID"]
+    commit(env, dropin(vendor, "env", "changed", restart=False), dropin(ghost, "env", "boo"))
+    pending = f"{vendor} needs a restart to take its changed drop-in {vendor}.d/"
+    plan = env.run("plan")
+    assert f"note: {pending}" in plan.stdout, plan.stdout
+    second = env.sync()
+    assert second["result"] == "applied", second
+    assert any(n.startswith(pending) for n in second["notes"]), second  # type: ignore[union-attr]
+    assert env.show(vendor, "InvocationID")["InvocationID"] == running, "not restarted"
+    env.host.journal_sync()
+    said = [
+        str(e["MESSAGE"])
+        for e in env.host.journal(f"MESSAGE_ID={note_id}")
+        if int(str(e["__REALTIME_TIMESTAMP"])) >= started * 1e6
+    ]
+    assert [m for m in said if m.startswith(nowhere)] and [m for m in said if m.startswith(pending)]
+
+    commit(env, dropin(vendor, "env", "changed", restart=False))  # the ghost's is pruned
+    assert env.sync()["result"] == "applied"
+    assert not (env.host.unit_dir / f"{ghost}.d/50-reconciler-env.conf").exists()
+    (env.host.unit_dir / f"{ghost}.d").rmdir()  # the directory stays, as for any unit

@@ -374,6 +374,7 @@ CASES = [
         {"nginx.service": live("nginx.service")},
         owned(DROPIN),
         [f"write {DROPIN} (changed)", "reload systemd"],
+        notes=("nginx.service",),  # needs a restart to take it: said once, by this plan
     ),
     Case(
         "drop-in unchanged: nothing (no reload for a file systemd does not name)",
@@ -675,7 +676,8 @@ def test_plan_is_idempotent(case: Case) -> None:
         allow_empty=case.allow_empty,
         foreign=case.foreign,
     )
-    assert describe(again) == [f"note: {n}" for n in p.notes]
+    assert describe(again) == [f"note: {n}" for n in again.notes]
+    assert set(again.notes) <= set(p.notes)  # a change's note (restart = false) is said once
     assert again.empty
 
 
@@ -1031,3 +1033,40 @@ def test_diff_of_a_large_unit_is_linear() -> None:
     lines = text.splitlines(keepends=True)[3:]
     assert "".join(ln[1:] for ln in lines if ln[0] == "-") == old
     assert "".join(ln[1:] for ln in lines if ln[0] == "+") == new
+
+
+NICE5 = DesiredUnit(DROPIN, "[Service]\nNice=5\n", "nginx.service", False, False, restart=False)
+
+
+@pytest.mark.parametrize(
+    ("what", "dropin", "previous", "nginx", "expected"),
+    [  # README-only users' trials: both were written silently
+        ("unit nowhere", NICE5, None, None,
+         f"{DROPIN}: nginx.service is not on this host (not managed, no unit file systemd "
+         "knows): the drop-in is written and takes effect only once nginx.service is "
+         'installed; check the name in [dropins."nginx.service"]'),
+        ("unit nowhere, unchanged drop-in", NICE5, NICE5.content, None, "is not on this host"),
+        ("restart = false, running", NICE5, "[Service]\nNice=1\n", live("nginx.service"),
+         f"nginx.service needs a restart to take its changed drop-in {DROPIN} (restart = false: "
+         "the Reload alone leaves it running on its old settings; run 'systemctl restart "
+         "nginx.service' when convenient)"),
+        ("restart = false, stopped", NICE5, "[Service]\nNice=1\n",
+         live("nginx.service", "inactive"), None),
+        ("restart = false, unchanged", NICE5, NICE5.content, live("nginx.service"), None),
+        ("restart = true, running", replace(NICE5, restart=True), "[Service]\nNice=1\n",
+         live("nginx.service"), None),
+    ],
+)  # fmt: skip
+def test_dropin_notes(
+    what: str,
+    dropin: DesiredUnit,
+    previous: str | None,
+    nginx: LiveUnit | None,
+    expected: str | None,
+) -> None:
+    units = {"nginx.service": nginx} if nginx else {}
+    p = plan((dropin,), {DROPIN: previous}, units, owned(DROPIN) if previous else owned())
+    if expected is None:
+        assert p.notes == (), what
+    else:
+        assert len(p.notes) == 1 and expected in p.notes[0], (what, p.notes)
