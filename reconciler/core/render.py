@@ -557,4 +557,23 @@ def render(instances: Sequence[ServiceInstance], templates: Mapping[str, str]) -
         units.extend(render_one(env, inst, names))
     # A unit that a socket, path or timer of this host starts is started by it, not the sync.
     by = unitkind.activated((u.name, u.content) for u in units)
+    _refuse_ungated_health(units, by)
     return [replace(u, start=False) if u.start and u.name in by else u for u in units]
+
+
+def _refuse_ungated_health(units: Sequence[DesiredUnit], by: Mapping[str, str]) -> None:
+    """``[health]`` on a service a timer or path unit of another inventory entry starts: the
+    gate judges what the sync started, and the sync never starts it (a README-only trial:
+    accepted, never gated; the inventory refuses a ``[timer]`` table's the same way)."""
+    scheduled = unitkind.scheduled(by)
+    owner = {u.name: u.service for u in units}
+    for u in units:
+        if u.health_timeout_sec is None or u.name not in scheduled:
+            continue
+        if owner.get(by[u.name]) == u.service:
+            continue  # its own [timer] table: the inventory's check
+        raise RenderError(
+            f"{SERVICES_FILE}: {key_path(('services', u.service, 'health'))}: nothing to gate: "
+            f"{by[u.name]} starts {u.name}, never the sync",
+            hint="remove [health] (the monitor watches the runs: a timer's missed runs, crashes)",
+        )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections import ChainMap
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -601,3 +602,26 @@ def test_activated_units_are_not_started_by_the_sync() -> None:
         "spool.path": True,
         "spool-run.service": False,
     }
+
+
+def test_health_on_a_service_another_entrys_timer_starts_is_refused() -> None:
+    """A README-only trial: ``[health]`` on a oneshot run by a timer was accepted and never
+    gated. A ``kind = "timer"`` entry starting it (``Unit=`` or its own stem) is refused."""
+    job = ServiceInstance("job", "job.service.j2", {}, False, True, None, 10.0, "h1", ())
+    timer = ServiceInstance(
+        "nightly", "nightly.timer.j2", {}, True, True, None, None, "h1", (), "timer"
+    )
+    templates = {
+        "job.service.j2": "[Service]\nType=oneshot\nExecStart=/bin/true\n",
+        "nightly.timer.j2": "[Timer]\nOnCalendar=daily\nUnit=job.service\n"
+        "[Install]\nWantedBy=timers.target\n",
+    }
+    with pytest.raises(RenderError) as info:
+        render.render([job, timer], templates)
+    assert str(info.value).startswith(
+        "inventory/services.toml: services.job.health: nothing to gate: "
+        "nightly.timer starts job.service, never the sync"
+    ), info.value
+    # without [health] it renders, and the sync does not start it (its timer does)
+    units = render.render([replace(job, health_timeout_sec=None), timer], templates)
+    assert [(u.name, u.start) for u in units] == [("job.service", False), ("nightly.timer", True)]
