@@ -40,6 +40,7 @@ from typing import Any
 
 from bench.bench_monitor import SRC_INSIDE, VENV_INSIDE, prepare, unit_names
 from bench.machine import describe_machine
+from reconciler.monitor.watch.daemon import EXITS_EVERY_SEC
 
 TARGET_RATE, TARGET_RSS_MB = 20_000.0, 25.0  # issue 13 (issue 4: 10,000 and 40)
 REPO = Path(__file__).resolve().parent.parent
@@ -225,7 +226,7 @@ def _replay(
         w = handler.Watcher(settings, store, None, announce=count)
         w.units = names
         if not exits:  # the handling alone: no unseen run's exit read from the journal
-            w.recorder.exits = None
+            w.recorder.exits = w.recorder.pending = None
         w.take(names, data["lives"], data["policies"], 0.0)
         frames = data["frames"][:limit]
         conn = ReplayConnection(frames)
@@ -233,9 +234,15 @@ def _replay(
         sleeps = _count_sleeps()
         started = time.perf_counter()
         batches = 0
+        next_exits = time.monotonic() + EXITS_EVERY_SEC
         while w.step(0) or conn.chunks:
             batches += 1
+            if time.monotonic() >= next_exits:  # as the daemon's loop does
+                next_exits += EXITS_EVERY_SEC
+                w.settle_exits()
+        w.settle_exits(wait=True)  # what is still unread: as the daemon's next tick
         elapsed = time.perf_counter() - started
+        reads = w.recorder.pending.reads if w.recorder.pending is not None else 0
         waited = sleeps()
         assert w.db is not None
         rows = {
@@ -243,6 +250,15 @@ def _replay(
             for t in ("monitor_observation", "monitor_event")
         }
         crashes = sum(c.crashes for c in w.db.counters().values())
+        unknown = w.db._rows(
+            "SELECT count(*) FROM monitor_event WHERE kind = 'crash' AND exit_code IS NULL"
+            " AND signal IS NULL"
+        )[0][0]
+        last_known = sum(
+            c.last_exit_code is not None or c.last_signal is not None
+            for c in w.db.counters().values()
+            if c.crashes
+        )
         w.close()
         store.close()
     handler.BATCH_MAX = 2048
@@ -256,9 +272,12 @@ def _replay(
         "observations": rows["monitor_observation"],
         "events": rows["monitor_event"],
         "crashes": crashes,
+        "crashes_without_exit": unknown,
+        "last_exit_known": last_known,
         "opened": opened[0],
         "resolved": opened[1],
         "journal_waits": waited,
+        "journal_reads": reads,
     }
 
 

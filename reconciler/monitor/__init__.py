@@ -24,7 +24,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -55,6 +55,7 @@ from reconciler.core.patterns import (
 from reconciler.model import DesiredUnit, LiveUnit
 from reconciler.monitor import live as unitstate
 from reconciler.monitor import publish
+from reconciler.monitor.exits import EXITS_RETRY_SEC, PENDING_MAX, ExitReader, PendingExits
 from reconciler.monitor.types import (
     Applied,
     Changes,
@@ -262,11 +263,6 @@ def observations(view: HostView, now: float) -> list[Observation]:
 # -- recording (shared with the watch daemon) -------------------------------------------
 
 
-EXITS_RETRY_SEC = 0.3
-# (units, since, until) -> {unit: its exits, oldest first}
-ExitReader = Callable[[Collection[str], float, float], Mapping[str, Sequence[Exit]]]
-
-
 def exit_reader(settings: Settings) -> ExitReader:
     """Reads systemd's exit entries with the journal command of ``[diagnostics]``."""
     command = settings.diagnostics.journal_command  # not diagnostics: tarfile, a thread pool
@@ -285,11 +281,18 @@ class Recorder:
     """Counters, history and findings in the store; one per process (and thread)."""
 
     def __init__(
-        self, db: FindingStore, config: MonitorConfig, exits: ExitReader | None = None
+        self,
+        db: FindingStore,
+        config: MonitorConfig,
+        exits: ExitReader | None = None,
+        *,
+        defer: bool = False,
     ) -> None:
         self.db = db
         self.config = config
         self.exits = exits  # how unseen runs ended (systemd's journal); None: unknown
+        # defer (the watch): crashes recorded at once, their exits read later (``settle``)
+        self.pending = PendingExits(exits) if defer and exits is not None else None
         self.counters: dict[str, Counters] = {}
         self.latest: dict[str, Observation] = {}  # the last look recorded, kept or not
 
@@ -303,11 +306,13 @@ class Recorder:
             current = self.db.counters({o.unit for o in looks})
             changed: dict[str, Counters] = {}
             since: dict[str, float | None] = {}
-            exits = self._exits(looks, current)
+            exits = {} if self.pending is not None else self._exits(looks, current)
             for obs in sorted(looks, key=lambda o: o.at):
                 prev = changed.get(obs.unit) or current.get(obs.unit)
                 new, evs = update_counters(prev, obs)
-                if self.exits is not None and unknown_exits(evs):
+                if self.pending is not None and unknown_exits(evs):
+                    self.pending.add(obs.unit, _gap_start(prev, obs), obs.at, evs, new.crashes)
+                elif self.exits is not None and unknown_exits(evs):
                     lo = _gap_start(prev, obs)
                     found = [e for e in exits.get(obs.unit, ()) if lo <= e.at <= obs.at + 1.0]
                     new, evs = apply_exits(new, evs, found)
@@ -329,7 +334,22 @@ class Recorder:
         self.counters.update(changed)
         for obs in looks:
             self.latest[obs.unit] = obs
+        if self.pending is not None and len(self.pending.gaps) > PENDING_MAX:
+            self.settle()
         return events
+
+    def pending_units(self) -> set[str]:
+        """Units with crashes whose exits are still to be read (``defer``)."""
+        return self.pending.units() if self.pending is not None else set()
+
+    def settle(self, units: Collection[str] | None = None, *, wait: bool = False) -> set[str]:
+        """Deferred exits (``defer``) of ``units`` (all by default) read and stored; the
+        units settled (some may wait for journald until the next call)."""
+        if self.pending is None:
+            return set()
+        before = self.pending.units()
+        self.counters.update(self.pending.settle(self.db, units, wait=wait))
+        return before - self.pending.units()
 
     def _exits(
         self, looks: Sequence[Observation], current: Mapping[str, Counters]

@@ -298,6 +298,9 @@ UNIT_FAILURE = "d9b373ed55a64feb8242e02dbe79a49c"  # systemd: "Failed with resul
 EXITS_TIMEOUT_SEC = 5.0
 
 
+Run = dict[str, object]  # one run's end: at, exit_code or signal, result
+
+
 def read_exits(
     command: Sequence[str], units: Collection[str], since: float, until: float
 ) -> dict[str, list[Exit]]:
@@ -307,11 +310,28 @@ def read_exits(
     ``ExecMain*`` describe the new run: this is where an unseen crash's exit code, signal
     and ``watchdog`` result are still kept. One ``journalctl`` for all of them (a batch of
     the watch daemon in a crash storm asked once per unit: ~40 processes a batch)."""
+    runs, _ = read_exit_runs(command, units, since=since)
+    return exits_of(runs, units, since, until)
+
+
+def read_exit_runs(
+    command: Sequence[str],
+    units: Collection[str] | None,
+    *,
+    since: float | None = None,
+    cursor: str | None = None,
+) -> tuple[dict[tuple[str, str], Run], str | None]:
+    """systemd's exit entries (of ``units``; of every unit with None) since a time or after
+    a journal cursor, by (unit, invocation); and the cursor of the last entry read (None
+    when none was). Only PID 1's two exit messages are asked for (``MESSAGE_ID`` matches):
+    journalctl reads them from its field index, not every line of the journal."""
     import json
     import subprocess
 
-    argv = [*command, "--no-pager", "-o", "json", "--since", f"@{int(since)}"]
-    argv += [*(f"UNIT={unit}" for unit in sorted(units)), "_PID=1"]  # UNIT=a UNIT=b: a or b
+    argv = [*command, "--no-pager", "-o", "json"]
+    argv += ["--after-cursor", cursor] if cursor else ["--since", f"@{int(since or 0)}"]
+    argv += [f"UNIT={unit}" for unit in sorted(units or ())]  # UNIT=a UNIT=b: a or b
+    argv += ["_PID=1", f"MESSAGE_ID={PROCESS_EXIT}", f"MESSAGE_ID={UNIT_FAILURE}"]
     try:
         proc = subprocess.run(
             argv,
@@ -322,20 +342,20 @@ def read_exits(
             stdin=subprocess.DEVNULL,
         )
     except (OSError, subprocess.TimeoutExpired):
-        return {}
-    runs: dict[tuple[str, str], dict[str, object]] = {}
+        return {}, None
+    runs: dict[tuple[str, str], Run] = {}
+    last = None
     for line in proc.stdout.splitlines():
         try:
             entry = json.loads(line)
         except ValueError:
             continue
+        last = entry.get("__CURSOR") or last
         kind = entry.get("MESSAGE_ID")
         unit = entry.get("UNIT")
-        if kind not in (PROCESS_EXIT, UNIT_FAILURE) or unit not in units:
+        if kind not in (PROCESS_EXIT, UNIT_FAILURE) or not isinstance(unit, str):
             continue
         at = int(entry.get("__REALTIME_TIMESTAMP", 0)) / 1e6
-        if not since <= at <= until + 1.0:
-            continue
         run = runs.setdefault((unit, str(entry.get("INVOCATION_ID") or at)), {"at": at})
         if kind == PROCESS_EXIT:
             run["at"] = at
@@ -347,10 +367,18 @@ def read_exits(
                 run["signal"] = signal_name(int(status))
         else:
             run["result"] = str(entry.get("UNIT_RESULT", ""))
+    return runs, last
+
+
+def exits_of(
+    runs: Mapping[tuple[str, str], Run], units: Collection[str], since: float, until: float
+) -> dict[str, list[Exit]]:
+    """The exits among ``runs`` of ``units`` between ``since`` and ``until`` (+1 s)."""
     out: dict[str, list[Exit]] = {}
     for (unit, _), r in runs.items():
-        if "exit_code" in r or "signal" in r:
+        at = float(r["at"])  # type: ignore[arg-type]
+        if unit in units and since <= at <= until + 1.0 and ("exit_code" in r or "signal" in r):
             out.setdefault(unit, []).append(
-                Exit(float(r["at"]), r.get("exit_code"), r.get("signal"), str(r.get("result", "")))  # type: ignore[arg-type]
+                Exit(at, r.get("exit_code"), r.get("signal"), str(r.get("result", "")))  # type: ignore[arg-type]
             )
     return {unit: sorted(exits, key=lambda e: e.at) for unit, exits in out.items()}

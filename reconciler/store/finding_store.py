@@ -180,6 +180,15 @@ class FindingStore(db.Database):
                     (unit, unit, self.retention.events_per_unit),
                 )
 
+    def set_exits(self, crashes: Sequence[Event]) -> None:
+        """Crashes stored without an exit get it (the watch reads unseen runs' exits later)."""
+        with self.transaction(), self._errors("record exits in"):
+            self._conn.executemany(
+                "UPDATE monitor_event SET exit_code = ?, signal = ? WHERE unit = ? AND at = ?"
+                " AND kind = 'crash' AND exit_code IS NULL AND signal IS NULL",
+                ((e.exit_code, e.signal, e.unit, e.at) for e in crashes),
+            )
+
     def events(self, since: float, unit: str | None = None) -> list[Event]:
         """The kept starts, stops and crashes since ``since`` (of ``unit``), oldest first."""
         params: tuple[object, ...] = (since,) if unit is None else (since, unit)

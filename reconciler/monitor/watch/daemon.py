@@ -6,8 +6,9 @@ The process around ``watcher.Watcher``, as systemd's ``Type=notify`` expects it:
 - run: handle signals as they come (the loop wakes at least every ``TICK_SEC`` to look at
   its flags, never to poll state); every ``reread_sec`` read what signals never carry
   (``MemoryCurrent`` every ``memory_sec``), every ``pass_sec`` a whole monitoring pass;
-  ``STATUS=`` ("watching N units, M findings open, K events, D dropped") at most once a
-  second; ``WATCHDOG=1`` from ``sd_notify.Watchdog`` only
+  unseen runs' exits (crashes the signals showed without one) read from the journal every
+  ``EXITS_EVERY_SEC``, in one read; ``STATUS=`` ("watching N units, M findings open, K
+  events, D dropped") at most once a second; ``WATCHDOG=1`` from ``sd_notify.Watchdog`` only
   while this loop is alive (a hung loop gets killed and restarted by systemd);
 - SIGHUP: ``RELOADING=1``, config and desired units read again, ``READY=1``; a bad config
   is logged and the old one kept;
@@ -45,6 +46,7 @@ T = TypeVar("T")
 TICK_SEC = 0.5
 STATUS_EVERY_SEC = 1.0
 FIGURES_EVERY_SEC = 10.0  # the collector's figures stored for the textfile
+EXITS_EVERY_SEC = 1.0  # unseen runs' exits read from the journal (never per batch)
 RECONNECT_SEC = 60.0
 DISCONNECTED = "org.freedesktop.DBus.Error.Disconnected"
 
@@ -131,6 +133,7 @@ def _loop(watcher: Watcher, state: Flags, load_settings: Callable[[], Settings])
     next_memory = now  # the first re-read takes a memory sample
     next_pass = now + watcher.config.pass_sec
     next_figures = now
+    next_exits = now + EXITS_EVERY_SEC
     shown, shown_at = watcher.status(), now
     while not state.stop:
         state.beat = time.monotonic()
@@ -153,6 +156,9 @@ def _loop(watcher: Watcher, state: Flags, load_settings: Callable[[], Settings])
                     next_memory = now + watcher.config.memory_sec
                 if safely("read memory and reload state", partial(watcher.reread, memory)):
                     next_pass = now  # a unit needs a daemon-reload: drift, now
+            if now >= next_exits:
+                next_exits = now + EXITS_EVERY_SEC
+                safely("read unseen runs' exits from the journal", watcher.settle_exits)
             if now >= next_figures:
                 next_figures = now + FIGURES_EVERY_SEC
                 safely("store the collector's figures", watcher.store_figures)
@@ -210,3 +216,4 @@ def _flush(watcher: Watcher) -> None:
             if not watcher.step(0):
                 break
     watcher.resync(watcher.units)
+    watcher.settle_exits(wait=True)

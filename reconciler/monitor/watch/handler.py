@@ -40,6 +40,7 @@ from reconciler.host import journal
 from reconciler.model import DesiredUnit, LiveUnit
 from reconciler.monitor import live as unitstate
 from reconciler.monitor import publish
+from reconciler.monitor.exits import JournalExits
 from reconciler.store.finding_store import FindingStore, StoredFinding
 from reconciler.store.sync_store import Store
 from reconciler.systemd.client import PropertyChange, Systemd
@@ -122,9 +123,13 @@ class Watcher:
         if self.db is not None:
             self.db.close()
         self.db = FindingStore(self.store.path, retention=self.monitor_config.retention)
+        old = getattr(self, "recorder", None)
+        command = self.pass_settings.diagnostics.journal_command
         self.recorder = monitor.Recorder(
-            self.db, self.monitor_config, monitor.exit_reader(self.pass_settings)
+            self.db, self.monitor_config, JournalExits(command), defer=True
         )
+        if old is not None and old.pending is not None and self.recorder.pending is not None:
+            self.recorder.pending.gaps = old.pending.gaps  # still to be read
         self.set_desired(monitor.desired_units(self.store))
 
     def set_desired(self, desired: list[DesiredUnit]) -> None:
@@ -285,6 +290,13 @@ class Watcher:
         changes = self.recorder.evaluate(
             units, now, kinds=monitor.PATTERN_KINDS, scheduled=self.scheduled
         )
+        late = {f.unit for f in changes.opened} & self.recorder.pending_units()
+        if late:  # a finding opens: its crashes' exits first, as far as journald has them
+            # (no wait for it: what it stores later is filled in by settle_exits, in <= 1 s)
+            self.recorder.settle(late)
+            changes = self.recorder.evaluate(
+                units, now, kinds=monitor.PATTERN_KINDS, scheduled=self.scheduled
+            )
         trouble = monitor.troubled(changes)
         impacts = (
             monitor.impacts_of(self.systemd, trouble, self.monitor_config.impact_depth)
@@ -318,6 +330,17 @@ class Watcher:
         self.open_findings = len(self.db.open_findings())
 
     # -- reading what signals do not say ---------------------------------------------
+
+    def settle_exits(self, wait: bool = False) -> int:
+        """Unseen runs' exits (crashes recorded without one) read from the journal in one
+        go and stored; their units evaluated again (a finding's last exit). The daemon's
+        loop calls it every ``EXITS_EVERY_SEC``, never per batch; the units evaluated."""
+        if not self.recorder.pending_units():
+            return 0
+        units = self.recorder.settle(wait=wait)
+        if units:
+            self.evaluate(sorted(units), time.time())
+        return len(units)
 
     def resync(self, units: Sequence[str]) -> None:
         """Read ``units`` whole (start, after drops, at the end) and record a look at each."""
