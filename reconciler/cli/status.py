@@ -61,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
             "units": [u.__dict__ for u in monitor.unit_reports(view, counters)],
             "drift": [i.to_dict() for items in view.drift.values() for i in items],
             "files": config_files(settings, view.drift),
+            "pending_restart": pending_restarts(settings, systemd, store.owned()),
             "findings": [f.to_dict() for f in open_findings],
         }
     finally:
@@ -97,6 +98,50 @@ def config_files(settings: Any, drift: dict[str, Any]) -> list[dict[str, Any]]:
                 "drift": [i.text() for i in drift.get(m.path, [])],
             }
         )
+    return out
+
+
+def pending_restarts(settings: Any, systemd: Any, owned: frozenset[str]) -> list[dict[str, Any]]:
+    """Running units one of our drop-ins changed under since they started (written with
+    ``restart = false``, or by a sync whose restart failed): they still run on their old
+    settings while ``systemctl show`` already shows the new ones (a README-only user was
+    fooled). A drop-in file newer than the unit's ``ActiveEnterTimestamp`` says so."""
+    from reconciler.core import unitkind
+
+    written: dict[str, list[tuple[str, float]]] = {}
+    for name in sorted(owned):
+        target = unitkind.dropin_target(name)
+        if target is None or "@." in target:  # a template's instances: not looked at here
+            continue
+        try:
+            mtime = (settings.unit_dir / name).stat().st_mtime
+        except OSError:
+            continue
+        written.setdefault(target, []).append((name.rpartition("/")[2], mtime))
+    if not written:
+        return []
+    live = systemd.read_units(sorted(written), runtime=False)
+    running = [
+        n for n in sorted(written) if n in live and live[n].active_state in ("active", "reloading")
+    ]
+    if not running:
+        return []
+    entered = systemd.get_properties(
+        running, "org.freedesktop.systemd1.Unit", ["ActiveEnterTimestamp"]
+    )
+    out = []
+    for unit in running:
+        started = int(entered[unit].get("ActiveEnterTimestamp") or 0) / 1e6
+        newer = [(f, t) for f, t in written[unit] if t > started]
+        if started and newer:
+            out.append(
+                {
+                    "unit": unit,
+                    "dropins": [f for f, _ in newer],
+                    "changed_at": max(t for _, t in newer),
+                    "started_at": started,
+                }
+            )
     return out
 
 
@@ -168,6 +213,12 @@ def render_table(data: dict[str, Any]) -> str:
         wide = [max(len(c[i]) for c in cells) for i in range(4)]
         for cell in cells:
             lines.append("  ".join(c.ljust(w) for c, w in zip(cell, wide, strict=True)).rstrip())
+    for p in data.get("pending_restart") or []:
+        lines.append(
+            f"restart pending: {p['unit']} runs on its old settings: its drop-in "
+            f"{', '.join(p['dropins'])} changed at {_when(p['changed_at'])}, after it started "
+            f"({_when(p['started_at'])}); run 'systemctl restart {p['unit']}'"
+        )
     lines.append("")
     if not data["findings"]:
         lines.append("open findings: none")

@@ -224,6 +224,13 @@ def test_plan_and_sync_say_what_a_dropin_does_not_do(
         if int(str(e["__REALTIME_TIMESTAMP"])) >= started * 1e6
     ]
     assert [m for m in said if m.startswith(nowhere)] and [m for m in said if m.startswith(pending)]
+    status = env.run("status", repo=None, host=None)  # said after the sync too, until a restart
+    assert f"restart pending: {vendor} runs on its old settings" in status.stdout, status.stdout
+    data = json.loads(env.run("status", "--json", repo=None, host=None).stdout)
+    assert [p["unit"] for p in data["pending_restart"]] == [vendor], data["pending_restart"]
+    env.host.systemctl("restart", vendor)
+    data = json.loads(env.run("status", "--json", repo=None, host=None).stdout)
+    assert data["pending_restart"] == [], data["pending_restart"]
 
     commit(env, dropin(vendor, "env", "changed", restart=False))  # the ghost's is pruned
     assert env.sync()["result"] == "applied"
