@@ -13,6 +13,11 @@
    Fresh state database per repeat; median of the repeats. Also, once, the first
    ``SINGLE_LIMIT`` signals with ``BATCH_MAX = 1`` (no coalescing: a record/evaluate per
    signal), for comparison.
+   Unseen runs' exits are read as the daemon reads them: once every ``EXITS_EVERY_SEC`` of the
+   replay and once at its end (timed), from the capture's journal; the replay's clock is
+   the capture's. Then paced: the first signals fed at the pace of 2,000 crashes/min (and 10x
+   that) through a queue of 1,000 (``--paced-*``), with the daemon's 0.5 s tick: the drops,
+   the queue's peak, and how long a read waited for the daemon (live: in the socket).
 3. Memory: a host with 1,000 loaded, desired units (as in bench_monitor); ``reconciler watch``
    runs there as a ``Type=notify`` unit (fresh state; re-read every 2 s, memory samples every
    5 s, a whole pass every 10 s: every periodic path runs within the window), the
@@ -20,9 +25,10 @@
    several re-reads included) its ``VmHWM`` is read from ``/proc/PID/status``.
 
 Targets (issue 13; issue 4 asked 10,000 and 40 MB): >= 20,000 PropertiesChanged per second
-replayed, VmHWM < 25 MB with 1,000 units.
+replayed, no drop with a queue of 1,000 at 2,000 crashes/min, VmHWM < 25 MB with 1,000 units.
 
     .venv/bin/python -m bench.bench_watch [--repeats 5] [--units 1000] [--rss-runs 3]
+        [--only replay|memory]
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ from typing import Any
 
 from bench.bench_monitor import SRC_INSIDE, VENV_INSIDE, prepare, unit_names
 from bench.machine import describe_machine
-from reconciler.monitor.watch.daemon import EXITS_EVERY_SEC
+from reconciler.monitor.watch.daemon import EXITS_EVERY_SEC, TICK_SEC
 
 TARGET_RATE, TARGET_RSS_MB = 20_000.0, 25.0  # issue 13 (issue 4: 10,000 and 40)
 REPO = Path(__file__).resolve().parent.parent
@@ -54,6 +60,7 @@ SLEEPER = "[Service]\nExecStart=/bin/sleep infinity\n"
 SINGLE_LIMIT = 5000  # a record/evaluate per signal is slow: a prefix is enough to show it
 STATE_INSIDE = "/var/lib/reconciler-bench-watch"
 CONFIG_INSIDE = "/etc/reconciler-bench-watch.toml"
+_sleep = time.sleep  # the pacing's own: _count_sleeps counts the daemon's
 
 
 # -- 1. capture ------------------------------------------------------------------------
@@ -139,16 +146,23 @@ class ReplayConnection:
         from reconciler.systemd.connection import RECV_SIZE
 
         self.chunks: deque[bytes] = deque()
+        self.due: deque[int] = deque()  # signals before each chunk (for pacing)
         chunk: list[bytes] = []
-        size = 0
+        size = count = 0
         for frame in frames:
             chunk.append(frame)
             size += len(frame)
             if size >= RECV_SIZE:
                 self.chunks.append(b"".join(chunk))
+                self.due.append(count)
+                count += len(chunk)
                 chunk, size = [], 0
         if chunk:
             self.chunks.append(b"".join(chunk))
+            self.due.append(count)
+        self.pace: float | None = None  # signals/s; None: as fast as they are handled
+        self.started = time.monotonic()
+        self.late = 0.0  # the most a chunk waited (in the socket, live) for the daemon
         self.buf = bytearray()
         self.listeners: dict[int, tuple[Any, Callable[[Any], None]]] = {}
 
@@ -164,6 +178,16 @@ class ReplayConnection:
 
         if not self.chunks:
             return False
+        if self.pace is not None:
+            due = self.started + self.due[0] / self.pace
+            now = time.monotonic()
+            if due > now:
+                if deadline is not None and deadline < due:
+                    _sleep(max(0.0, deadline - now))
+                    return False
+                _sleep(due - now)
+            self.late = max(self.late, time.monotonic() - due)
+        self.due.popleft()
         self.buf += self.chunks.popleft()
         for msg in split_frames(self.buf):
             for rule, sink in list(self.listeners.values()):
@@ -178,6 +202,8 @@ def replay(
     limit: int | None = None,
     *,
     exits: bool = True,
+    pace: float | None = None,
+    queue: int | None = None,
 ) -> dict[str, float]:
     # Replayed in the capture's wall time, so the captured journal answers the daemon's
     # questions about unseen runs' exits as it would have (fresh looks otherwise find
@@ -186,13 +212,18 @@ def replay(
     shift = data.get("wall_start", real_time()) - real_time()
     time.time = lambda: real_time() + shift  # type: ignore[method-assign]
     try:
-        return _replay(data, batch_max, limit, exits)
+        return _replay(data, batch_max, limit, exits, pace, queue)
     finally:
         time.time = real_time  # type: ignore[method-assign]
 
 
 def _replay(
-    data: dict[str, Any], batch_max: int | None, limit: int | None, exits: bool
+    data: dict[str, Any],
+    batch_max: int | None,
+    limit: int | None,
+    exits: bool,
+    pace: float | None,
+    queue: int | None,
 ) -> dict[str, float]:
     from reconciler import config
     from reconciler.core.watch_state import WANTED
@@ -211,6 +242,9 @@ def _replay(
             (journal / Path(name).name).write_bytes(blob)
         conf = Path(tmp) / "config.toml"
         conf.write_text(f'[diagnostics]\njournal_command = "journalctl --directory={journal}"\n')
+        if queue is not None:
+            with conf.open("a") as f:
+                f.write(f"[monitor]\nwatch_queue_size = {queue}\n")
         settings = config.load(conf, {"state_dir": tmp})
         from reconciler.store import sync_store
 
@@ -230,13 +264,17 @@ def _replay(
         w.take(names, data["lives"], data["policies"], 0.0)
         frames = data["frames"][:limit]
         conn = ReplayConnection(frames)
+        conn.pace = pace
         w.stream = LookStream(conn, names, w.config.queue_size, WANTED)  # type: ignore[arg-type]
         sleeps = _count_sleeps()
         started = time.perf_counter()
         batches = 0
         next_exits = time.monotonic() + EXITS_EVERY_SEC
-        while w.step(0) or conn.chunks:
+        conn.started = time.monotonic()
+        peak = 0
+        while w.step(0 if pace is None else TICK_SEC) or conn.chunks:
             batches += 1
+            peak = max(peak, w.queue_peak)
             if time.monotonic() >= next_exits:  # as the daemon's loop does
                 next_exits += EXITS_EVERY_SEC
                 w.settle_exits()
@@ -278,6 +316,9 @@ def _replay(
         "resolved": opened[1],
         "journal_waits": waited,
         "journal_reads": reads,
+        "queue_size": w.config.queue_size,
+        "queue_peak": peak,
+        "late_sec": conn.late,
     }
 
 
@@ -388,6 +429,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--units", type=int, default=1000)
     parser.add_argument("--rss-runs", type=int, default=3)
     parser.add_argument("--only", choices=("replay", "memory"), help="one half of the bench")
+    parser.add_argument(
+        "--capture-file", type=Path, help="replay this capture (made and kept if absent)"
+    )
+    parser.add_argument("--paced-crashes-per-min", type=float, default=2000.0)
+    parser.add_argument("--paced-sec", type=float, default=20.0)
+    parser.add_argument("--paced-queue", type=int, default=1000)
     opts = parser.parse_args(argv)
     if opts.only == "memory":
         mem = memory(opts.units, opts.rss_runs)
@@ -402,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(mem), file=sys.stderr)
         return 0 if hwm < TARGET_RSS_MB else 1
 
-    data = capture(opts.capture_sec)
+    data = _capture_once(opts.capture_sec, opts.capture_file)
     frames: list[bytes] = data["frames"]
     size = sum(map(len, frames))
     runs = [replay(data) for _ in range(opts.repeats)]
@@ -411,13 +458,16 @@ def main(argv: list[str] | None = None) -> int:
     single = [replay(data, batch_max=1, limit=SINGLE_LIMIT)]
     rate = statistics.median(r["rate"] for r in runs)
     rate_single = statistics.median(r["rate"] for r in single)
-    mem = memory(opts.units, opts.rss_runs)
-    hwm = statistics.median(m["hwm_mb"] for m in mem)
-    ok = rate >= TARGET_RATE and hwm < TARGET_RSS_MB
+    per_crash = len(frames) / max(runs[-1]["crashes"], 1)
+    paced = [
+        _paced(data, per_min, per_crash, opts.paced_sec, opts.paced_queue)
+        for per_min in (opts.paced_crashes_per_min, 10 * opts.paced_crashes_per_min)
+    ]
+    mem = [] if opts.only == "replay" else memory(opts.units, opts.rss_runs)
+    hwm = statistics.median(m["hwm_mb"] for m in mem) if mem else 0.0
+    no_drop = all(p["dropped"] == 0 for p in paced)
+    ok = rate >= TARGET_RATE and (not mem or hwm < TARGET_RSS_MB) and no_drop
     last = runs[-1]
-    hwms = ", ".join(f"{m['hwm_mb']:.1f}" for m in mem)
-    rsss = ", ".join(f"{m['rss_mb']:.1f}" for m in mem)
-    readies = ", ".join(f"{m['ready_sec']:.2f}" for m in mem)
     lines = [
         f"bench_watch: {opts.repeats} replays of {len(frames)} captured PropertiesChanged "
         f"({size / 1e6:.1f} MB, {len(frames) / data['seconds']:.0f}/s captured over "
@@ -426,23 +476,70 @@ def main(argv: list[str] | None = None) -> int:
         f"  replay (batches of up to 2048, coalesced): median {rate:,.0f} signals/s "
         f"(min {min(r['rate'] for r in runs):,.0f}, max {max(r['rate'] for r in runs):,.0f}); "
         f"{last['batches']:.0f} batches, {last['observations']:.0f} looks stored, "
-        f"{last['events']:.0f} start/stop/crash events, {last['crashes']:.0f} crashes counted, "
+        f"{last['events']:.0f} start/stop/crash events, {last['crashes']:.0f} crashes counted "
+        f"({last['crashes_without_exit']:.0f} stored without an exit code or signal), "
         f"{last['opened']:.0f} findings opened, {last['dropped']:.0f} dropped, "
-        f"{last['journal_waits']:.0f} waits for journald (unseen runs' exits)",
+        f"{last['journal_reads']:.0f} journal reads and {last['journal_waits']:.0f} waits for "
+        "journald (unseen runs' exits)",
         f"  the same without reading unseen runs' exits from the journal: median "
-        f"{rate_bare:,.0f} signals/s",
+        f"{rate_bare:,.0f} signals/s ({bare[-1]['crashes_without_exit']:.0f} crashes stored "
+        "without an exit)",
         f"  replay of the first {single[0]['signals']:.0f} signals, one per batch (no coalescing):"
         f" {rate_single:,.0f} signals/s",
-        "  memory with "
-        f"{opts.units} units watched: VmHWM median {hwm:.1f} MB "
-        f"({hwms}), VmRSS {rsss} MB; READY after {readies} s; {mem[-1]['status']!r}; "
-        f"stop: {', '.join(m['result'] for m in mem)}",
-        f"  {rate:,.0f} signals/s (target >= {TARGET_RATE:,.0f}), VmHWM {hwm:.1f} MB "
-        f"(target < {TARGET_RSS_MB:.0f}): " + ("OK" if ok else "MISSED"),
     ]
+    for p in paced:
+        lines.append(
+            f"  paced at {p['crashes_per_min']:,.0f} crashes/min ({p['pace']:,.0f} signals/s, "
+            f"{p['signals']:.0f} signals over {p['seconds']:.1f}s, queue of {p['queue_size']:.0f}):"
+            f" {p['dropped']:.0f} dropped, queue peak {p['queue_peak']:.0f}, a read waited at "
+            f"most {p['late_sec'] * 1000:.0f} ms for the daemon, {p['crashes']:.0f} crashes "
+            f"counted, {p['opened']:.0f} findings opened"
+        )
+    if mem:
+        hwms = ", ".join(f"{m['hwm_mb']:.1f}" for m in mem)
+        rsss = ", ".join(f"{m['rss_mb']:.1f}" for m in mem)
+        readies = ", ".join(f"{m['ready_sec']:.2f}" for m in mem)
+        lines.append(
+            f"  memory with {opts.units} units watched: VmHWM median {hwm:.1f} MB ({hwms}), "
+            f"VmRSS {rsss} MB; READY after {readies} s; {mem[-1]['status']!r}; "
+            f"stop: {', '.join(m['result'] for m in mem)}"
+        )
+    lines.append(
+        f"  {rate:,.0f} signals/s (target >= {TARGET_RATE:,.0f}), "
+        + ("no drop when paced" if no_drop else "DROPS when paced")
+        + (f", VmHWM {hwm:.1f} MB (target < {TARGET_RSS_MB:.0f})" if mem else "")
+        + (": OK" if ok else ": MISSED")
+    )
     print("\n".join(lines))
-    print(json.dumps({"replay": runs, "single": single, "memory": mem}), file=sys.stderr)
+    out = {"replay": runs, "bare": bare, "single": single, "paced": paced, "memory": mem}
+    print(json.dumps(out), file=sys.stderr)
     return 0 if ok else 1
+
+
+def _capture_once(seconds: float, path: Path | None) -> dict[str, Any]:
+    """A capture, kept in ``path`` (pickle) to replay the same signals with another tree."""
+    import pickle
+
+    if path is not None and path.exists():
+        with path.open("rb") as f:
+            data: dict[str, Any] = pickle.load(f)  # noqa: S301 (this bench's own file)
+            return data
+    data = capture(seconds)
+    if path is not None:
+        with path.open("wb") as f:
+            pickle.dump(data, f)
+    return data
+
+
+def _paced(
+    data: dict[str, Any], per_min: float, per_crash: float, seconds: float, queue: int
+) -> dict[str, float]:
+    """The capture's first signals fed at the pace of ``per_min`` crashes a minute (at the
+    capture's signals per crash) for ``seconds``, through a queue of ``queue``."""
+    pace = per_min / 60 * per_crash
+    limit = min(len(data["frames"]), int(pace * seconds))
+    out = replay(data, limit=limit, pace=pace, queue=queue)
+    return {**out, "pace": pace, "crashes_per_min": out["crashes"] / out["seconds"] * 60}
 
 
 if __name__ == "__main__":

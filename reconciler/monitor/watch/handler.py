@@ -10,6 +10,9 @@ for state. What signals never carry is read (``reread``): ``Restart=`` and
 ``NeedDaemonReload`` (a unit newly needing a reload triggers a pass: drift), and a
 ``MemoryCurrent`` sample of running services; a whole monitoring pass runs every
 ``pass_sec`` as a safety net (and resolves findings whose condition cleared with time).
+Crashes of runs no signal showed are counted at once; their exit codes are read from
+systemd's journal once a second for all of them (``settle_exits``, ``monitor.exits``),
+never per batch.
 
 Bounded whatever the event rate: the signal queue has ``queue_size`` places (beyond, drops
 are counted, shown in ``STATUS=`` and logged once per interval, and the units' state is read
