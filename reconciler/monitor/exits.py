@@ -59,12 +59,13 @@ class PendingExits:
         units: Collection[str] | None = None,
         *,
         wait: bool = False,
-        now: Callable[[], float] = time.time,
+        now: Callable[[], float] | None = None,
     ) -> dict[str, Counters]:
         """Read the exits of the gaps (of ``units``; all by default) once and store them.
         A gap the journal cannot explain yet is kept for the next call (``wait``: the
         journal is given ``EXITS_RETRY_SEC`` after the newest look instead), until
         ``GIVE_UP_SEC``. Returns the counters that changed (their last crash's exit)."""
+        now = now or (lambda: time.time())  # looked up at each call (a test's clock)
         todo = [g for g in self.gaps if units is None or g.unit in units]
         if not todo:
             return {}
@@ -113,8 +114,8 @@ class JournalExits:
     """An ``ExitReader`` over systemd's journal that reads each entry once: the first call
     reads from the oldest gap's start, later calls only what came after the last entry read
     (``--after-cursor``), for every unit (a unit asked about later finds its exits too).
-    Runs are kept ``KEEP_SEC`` (and ``PER_UNIT`` a unit); a gap older than what is kept is
-    read from the journal in full again."""
+    Runs are kept ``KEEP_SEC`` (and ``PER_UNIT`` a unit); a gap older than what is kept
+    has that older stretch read (``--until``)."""
 
     KEEP_SEC = 3600.0
     PER_UNIT = 1024
@@ -130,19 +131,27 @@ class JournalExits:
     ) -> Mapping[str, Sequence[Exit]]:
         from reconciler.monitor.live import read_exit_runs
 
-        if self.since is None or since < self.since or self.cursor is None:
-            runs, cursor = read_exit_runs(self.command, None, since=since)
-            self.since = since if self.since is None else min(since, self.since)
+        if self.since is None or self.cursor is None:
+            runs, self.cursor = read_exit_runs(self.command, None, since=since)
+            self.since = since
         else:
-            runs, cursor = read_exit_runs(self.command, None, cursor=self.cursor)
-        self.cursor = cursor or self.cursor
+            runs = {}
+            if since < self.since:  # older than what is kept: that stretch only
+                runs, _ = read_exit_runs(self.command, None, since=since, until=self.since)
+                self.since = since
+            new, cursor = read_exit_runs(self.command, None, cursor=self.cursor)
+            self.cursor = cursor or self.cursor
+            runs.update(new)
+        self._keep(runs)
+        self._prune(time.time() - self.KEEP_SEC)
+        return _exits_of(self.runs, units, since, until)
+
+    def _keep(self, runs: Mapping[tuple[str, str], Run]) -> None:
         for (unit, inv), run in runs.items():
             kept = self.runs.setdefault(unit, {})
             kept[inv] = {**kept.get(inv, {}), **run}
             if len(kept) > self.PER_UNIT:
                 del kept[next(iter(kept))]
-        self._prune(time.time() - self.KEEP_SEC)
-        return _exits_of(self.runs, units, since, until)
 
     def _prune(self, before: float) -> None:
         if self.since is None or self.since >= before:

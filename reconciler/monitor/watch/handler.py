@@ -37,7 +37,7 @@ from dataclasses import dataclass, replace
 from reconciler import monitor
 from reconciler.config import Settings
 from reconciler.core import watch_state
-from reconciler.core.counters import Observation
+from reconciler.core.counters import Finding, Observation
 from reconciler.core.watch_state import UnitView, WatchConfig
 from reconciler.host import journal
 from reconciler.model import DesiredUnit, LiveUnit
@@ -80,6 +80,13 @@ def check_settings(settings: Settings) -> None:
     """Refuse a bad ``[monitor]`` before anything is connected (UsageError, exit 2)."""
     watch_state.from_section(settings.monitor)
     monitor.load_config(pass_settings(settings))
+
+
+def _no_exit(finding: Finding) -> bool:
+    """A crash loop that names no crash's exit code or signal (all its crashes unseen)."""
+    return finding.kind == "crash_loop" and not (
+        {"last_exit_code", "last_signal"} & finding.evidence.keys()
+    )
 
 
 class Watcher:
@@ -293,9 +300,9 @@ class Watcher:
         changes = self.recorder.evaluate(
             units, now, kinds=monitor.PATTERN_KINDS, scheduled=self.scheduled
         )
-        late = {f.unit for f in changes.opened} & self.recorder.pending_units()
-        if late:  # a finding opens: its crashes' exits first, as far as journald has them
-            # (no wait for it: what it stores later is filled in by settle_exits, in <= 1 s)
+        late = {f.unit for f in changes.opened if _no_exit(f)} & self.recorder.pending_units()
+        if late:  # a crash loop opens with no crash's exit: those first, as journald has
+            # them (no wait for it: what it stores later is filled in by settle_exits)
             self.recorder.settle(late)
             changes = self.recorder.evaluate(
                 units, now, kinds=monitor.PATTERN_KINDS, scheduled=self.scheduled
@@ -336,13 +343,16 @@ class Watcher:
 
     def settle_exits(self, wait: bool = False) -> int:
         """Unseen runs' exits (crashes recorded without one) read from the journal in one
-        go and stored; their units evaluated again (a finding's last exit). The daemon's
-        loop calls it every ``EXITS_EVERY_SEC``, never per batch; the units evaluated."""
+        go and stored; those of units with an open finding evaluated again (its last exit).
+        The daemon's loop calls it every ``EXITS_EVERY_SEC``, never per batch; the units
+        settled."""
         if not self.recorder.pending_units():
             return 0
+        assert self.db is not None
         units = self.recorder.settle(wait=wait)
-        if units:
-            self.evaluate(sorted(units), time.time())
+        found = units & {unit for _, unit in self.db.open_findings()}  # their last exit
+        if found:
+            self.evaluate(sorted(found), time.time())
         return len(units)
 
     def resync(self, units: Sequence[str]) -> None:
