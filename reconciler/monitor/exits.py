@@ -97,6 +97,9 @@ class PendingExits:
             if changed:
                 db.save_counters(changed.values(), at)
         self.gaps = rest
+        forget = getattr(self.reader, "forget", None)  # JournalExits: keep what gaps need
+        if callable(forget):
+            forget(min((g.lo for g in rest), default=at) - GIVE_UP_SEC)
         return changed
 
     def _read(self, todo: Sequence[Gap], lo: float, hi: float) -> Mapping[str, Sequence[Exit]]:
@@ -114,10 +117,9 @@ class JournalExits:
     """An ``ExitReader`` over systemd's journal that reads each entry once: the first call
     reads from the oldest gap's start, later calls only what came after the last entry read
     (``--after-cursor``), for every unit (a unit asked about later finds its exits too).
-    Runs are kept ``KEEP_SEC`` (and ``PER_UNIT`` a unit); a gap older than what is kept
-    has that older stretch read (``--until``)."""
+    Runs are kept only while a gap may need them (``forget``; ``PER_UNIT`` at most a unit):
+    a gap older than what is kept has that older stretch read (``--until``)."""
 
-    KEEP_SEC = 3600.0
     PER_UNIT = 1024
 
     def __init__(self, command: Sequence[str]) -> None:
@@ -135,15 +137,13 @@ class JournalExits:
             runs, self.cursor = read_exit_runs(self.command, None, since=since)
             self.since = since
         else:
-            runs = {}
             if since < self.since:  # older than what is kept: that stretch only
-                runs, _ = read_exit_runs(self.command, None, since=since, until=self.since)
+                old, _ = read_exit_runs(self.command, None, since=since, until=self.since)
+                self._keep(old)
                 self.since = since
-            new, cursor = read_exit_runs(self.command, None, cursor=self.cursor)
+            runs, cursor = read_exit_runs(self.command, None, cursor=self.cursor)
             self.cursor = cursor or self.cursor
-            runs.update(new)
         self._keep(runs)
-        self._prune(time.time() - self.KEEP_SEC)
         return _exits_of(self.runs, units, since, until)
 
     def _keep(self, runs: Mapping[tuple[str, str], Run]) -> None:
@@ -153,7 +153,8 @@ class JournalExits:
             if len(kept) > self.PER_UNIT:
                 del kept[next(iter(kept))]
 
-    def _prune(self, before: float) -> None:
+    def forget(self, before: float) -> None:
+        """Runs that ended before ``before`` are no longer kept (no gap waits for them)."""
         if self.since is None or self.since >= before:
             return
         self.since = before
