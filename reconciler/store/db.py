@@ -123,6 +123,13 @@ class Database:
     def close(self) -> None:
         self._conn.close()
 
+    def limit_cache(self, kib: int) -> None:
+        """Cap this connection's page cache at ``kib`` KiB (SQLite's default: 2,000 each).
+        For a long-running process (the watch daemon): the OS page cache keeps the file's
+        hot pages anyway, and each connection's own copy would stay resident."""
+        with self._errors("configure"):
+            self._conn.execute(f"PRAGMA cache_size = -{int(kib)}")
+
     def _what(self) -> str:
         """The file as messages name it (``state database '/var/lib/...'``)."""
         return f"database '{self.path}'"

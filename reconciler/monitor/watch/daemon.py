@@ -36,7 +36,7 @@ from reconciler import runtime
 from reconciler.config import Settings
 from reconciler.errors import ReconcilerError, SystemdError
 from reconciler.host import journal, sd_notify
-from reconciler.monitor.watch.handler import Selection, Watcher, check_settings
+from reconciler.monitor.watch.handler import DB_CACHE_KIB, Selection, Watcher, check_settings
 from reconciler.systemd.client import Systemd
 
 __all__ = ["Selection", "Watcher", "serve"]
@@ -94,6 +94,7 @@ def serve(load_settings: Callable[[], Settings], flags: Selection | None = None)
     stall = 2 * interval if interval else 60.0  # WATCHDOG_USEC: the loop must beat within it
     dog = sd_notify.Watchdog(alive=lambda: time.monotonic() - state.beat < stall)
     store = runtime.open_store(settings)
+    store.limit_cache(DB_CACHE_KIB)
     systemd: Systemd | None = None
     watcher: Watcher | None = None
     with dog:
