@@ -15,6 +15,7 @@ only the wanted properties.
 from __future__ import annotations
 
 import struct
+import sys
 from collections.abc import Collection, Sequence
 from functools import lru_cache
 
@@ -64,7 +65,10 @@ def skip(buf: bytes, pos: int, sig: str, endian: str) -> int:
 
 def read_changed(msg: Message, wanted: Collection[bytes]) -> tuple[str, dict[str, object]]:
     """(interface, {property: value}) of a ``PropertiesChanged`` (``sa{sv}as``), keeping only
-    the properties named in ``wanted`` (as bytes: keys are compared before decoding)."""
+    the properties named in ``wanted`` (as bytes: keys are compared before decoding).
+
+    Names, the interface and string values are interned: thousands of queued changes share
+    one ``"ActiveState"``, one ``"active"`` (a queued change ~0.9 -> ~0.45 KB)."""
     if msg.signature != "sa{sv}as":
         interface, changed, _invalidated = msg.body()
         return str(interface), {
@@ -81,6 +85,7 @@ def read_changed(msg: Message, wanted: Collection[bytes]) -> tuple[str, dict[str
     end = pos + size
     out: dict[str, object] = {}
     unpack = u32.unpack_from
+    intern = sys.intern
     sizes = _SIZE_OF
     while pos < end:
         pos += -pos % 8
@@ -92,7 +97,7 @@ def read_changed(msg: Message, wanted: Collection[bytes]) -> tuple[str, dict[str
             code = data[pos + 1]
             pos += 3
             if data[key_at : key_at + n] in wanted:
-                name = data[key_at : key_at + n].decode()
+                name = intern(data[key_at : key_at + n].decode())
                 if code in sizes and code != 0x62:  # numbers (not b: a bool)
                     pos += -pos % sizes[code]
                     fixed = _FIXED[endian, code]
@@ -101,7 +106,7 @@ def read_changed(msg: Message, wanted: Collection[bytes]) -> tuple[str, dict[str
                 elif code == 0x73 or code == 0x6F:
                     pos += -pos % 4
                     length = unpack(data, pos)[0]
-                    out[name] = data[pos + 4 : pos + 4 + length].decode()
+                    out[name] = intern(data[pos + 4 : pos + 4 + length].decode())
                     pos += 5 + length
                 else:
                     out[name], pos = unmarshal(data, pos, chr(code), endian)
@@ -117,10 +122,10 @@ def read_changed(msg: Message, wanted: Collection[bytes]) -> tuple[str, dict[str
         sig = data[pos + 1 : pos + 1 + sig_len].decode()
         pos += 2 + sig_len
         if data[key_at : key_at + n] in wanted:
-            out[data[key_at : key_at + n].decode()], pos = unmarshal(data, pos, sig, endian)
+            out[intern(data[key_at : key_at + n].decode())], pos = unmarshal(data, pos, sig, endian)
         else:
             pos = skip(data, pos, sig, endian)
-    return str(interface), out
+    return intern(str(interface)), out
 
 
 @lru_cache(maxsize=8192)

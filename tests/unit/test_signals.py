@@ -84,3 +84,14 @@ def test_skip_lands_where_the_parser_does(sig: str, value: object) -> None:
     parsed, end = unmarshal(msg.data, after_sig, sig, "<")
     assert parsed == (value[1] if sig == "v" else value)  # type: ignore[index]
     assert skip(msg.data, after_sig, sig, "<") == end
+
+
+def test_names_and_string_values_are_shared_between_signals() -> None:
+    first = read_changed(signal(CASES["unit"], []), WANTED)
+    second = read_changed(signal(CASES["unit"], []), WANTED)
+    assert first == second
+    assert first[0] is second[0]
+    for (k1, v1), (k2, v2) in zip(first[1].items(), second[1].items(), strict=True):
+        assert k1 is k2
+        if isinstance(v1, str):
+            assert v1 is v2
