@@ -295,12 +295,43 @@ def announce(
     at: float,
 ) -> tuple[dict[int, str], list[str]]:
     """Journal entries, diagnostics bundles and the webhook for findings that opened or
-    resolved: the pass calls it once, the watch daemon per event. Returns the bundles
-    written (finding id -> path) and warnings; an output that fails is a warning."""
+    resolved: the pass calls it once (the watch daemon calls its two halves, the second in
+    a child). Returns the bundles written (finding id -> path) and warnings; an output that
+    fails is a warning."""
+    journal_findings(opened, resolved, revision)
+    return outputs(settings, systemd, db, opened, resolved, at)
+
+
+def journal_findings(
+    opened: Sequence[StoredFinding], resolved: Sequence[StoredFinding], revision: str | None
+) -> None:
+    """One journal entry per finding that opened or resolved."""
     for f in opened:
         journal_finding(f, revision)
     for f in resolved:
         journal_resolved(f, revision)
+
+
+def has_outputs(
+    settings: Settings, opened: Sequence[StoredFinding], resolved: Sequence[StoredFinding]
+) -> bool:
+    """Whether :func:`outputs` may write anything: a bundle (a non-info finding opened) or
+    the webhook (a URL, an event)."""
+    return any(f.finding.severity != "info" for f in opened) or bool(
+        settings.notify.url and (opened or resolved)
+    )
+
+
+def outputs(
+    settings: Settings,
+    systemd: Systemd,
+    db: FindingStore,
+    opened: Sequence[StoredFinding],
+    resolved: Sequence[StoredFinding],
+    at: float,
+) -> tuple[dict[int, str], list[str]]:
+    """Diagnostics bundles and the webhook (what :func:`announce` sends besides the
+    journal): ({finding id: bundle path}, warnings), each warning logged."""
     written: dict[int, str] = {}
     warnings: list[str] = []
     try:

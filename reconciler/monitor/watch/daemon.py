@@ -167,6 +167,7 @@ def _loop(watcher: Watcher, state: Flags, load_settings: Callable[[], Settings])
                 next_pass = now + watcher.config.pass_sec
                 safely("run the monitoring pass", watcher.full_pass)
             safely("take the monitoring pass's outcome", watcher.pass_done)
+            watcher.outputs_done()
         except SystemdError as exc:
             if exc.dbus_name != DISCONNECTED:
                 raise

@@ -4,8 +4,10 @@ Event-driven: one subscription to ``PropertiesChanged`` of the watched units, re
 batches. A batch is coalesced per unit (``watch_state.merge``), then every unit that moved
 gives one ``Observation`` per run seen (``watch_state.due``); the batch is recorded, only
 those units are evaluated, and new or resolved findings are announced at once (journald
-with the ``MESSAGE_ID`` of their kind, diagnostics bundle, webhook): a crash loop is
-reported within milliseconds of the crash that crosses the threshold. Nothing is polled
+with the ``MESSAGE_ID`` of their kind; the diagnostics bundle and the webhook from a forked
+child, one announcement at a time, so that what they load stays out of the daemon's
+memory): a crash loop is reported within milliseconds of the crash that crosses the
+threshold. Nothing is polled
 for state. What signals never carry is read (``reread``): ``Restart=`` and
 ``NeedDaemonReload`` (a unit newly needing a reload triggers a pass: drift), and a
 ``MemoryCurrent`` sample of running services; a whole monitoring pass runs every
@@ -34,7 +36,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from reconciler import monitor
+from reconciler import monitor, runtime
 from reconciler.config import Settings
 from reconciler.core import watch_state
 from reconciler.core.counters import Finding, Observation
@@ -54,6 +56,7 @@ log = logging.getLogger("reconciler")
 BATCH_MAX = 2048  # signals coalesced into one round of record/evaluate
 RESYNC_MIN_SEC = 5.0  # after drops: read everything again, at most this often
 PASS_TIMEOUT_SEC = 300.0  # a pass's child running longer is killed (a hung read)
+OUTPUTS_TIMEOUT_SEC = 120.0  # bundles and webhook of one announcement, in their child
 DROP_REPORT_SEC = 60.0
 EVALUATE_SLICE = 200  # units whose history one evaluation loads at once
 DB_CACHE_KIB = 256  # SQLite page cache per connection (default 2,000 KiB: ~1.1 MB resident more)
@@ -121,6 +124,7 @@ class Watcher:
         self._data_version: int | None = None
         self.db: FindingStore | None = None
         self._pass: tuple[int, float] | None = None  # the pass's child: pid, started
+        self._outputs: tuple[int, float] | None = None  # bundles and webhook: pid, started
         self.configure(settings)
 
     # -- configuration ---------------------------------------------------------------
@@ -347,16 +351,50 @@ class Watcher:
         if self._announce is not None:
             self._announce(opened, resolved, now)
             return
-        assert self.systemd is not None and self.db is not None
-        publish.announce(
-            self.pass_settings,
-            self.systemd,
-            self.db,
-            opened,
-            resolved,
-            revision=publish.revision_now(self.store),
-            at=now,
-        )
+        publish.journal_findings(opened, resolved, publish.revision_now(self.store))
+        if not publish.has_outputs(self.pass_settings, opened, resolved):
+            return
+        self.outputs_done(wait=True)  # one announcement's outputs at a time, in order
+        pid = os.fork()
+        if pid == 0:  # the child: its own connections, never the parent's
+            code = 1
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_IGN)  # as in the daemon: a stop waits for it
+            try:
+                db = FindingStore(self.store.path, retention=self.monitor_config.retention)
+                systemd = runtime.connect(self.settings)
+                publish.outputs(self.pass_settings, systemd, db, opened, resolved, now)
+                code = 0
+            except BaseException as exc:  # the child's one line, then exit
+                log.warning("watch: cannot write the findings' bundles or webhook: %s", exc)
+            finally:
+                os._exit(code)  # no atexit, no finalizers of the parent's connections
+        self._outputs = (pid, time.monotonic())
+
+    def outputs_done(self, wait: bool = False) -> bool:
+        """Whether the last announcement's bundles and webhook (written by a forked child:
+        tarfile, gzip, a thread pool and journalctl's output stay out of the daemon's
+        memory) are done; a child past ``OUTPUTS_TIMEOUT_SEC`` is killed."""
+        if self._outputs is None:
+            return True
+        pid, started = self._outputs
+        while True:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() - started >= OUTPUTS_TIMEOUT_SEC:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                log.warning(
+                    "watch: a finding's bundle or webhook took over %gs: stopped",
+                    OUTPUTS_TIMEOUT_SEC,
+                )
+                break
+            if not wait:
+                return False
+            time.sleep(0.01)
+        self._outputs = None
+        return True
 
     def count_findings(self) -> None:
         assert self.db is not None
@@ -572,6 +610,7 @@ class Watcher:
         )
 
     def close(self) -> None:
+        self.outputs_done(wait=True)
         if self._pass is not None:
             os.kill(self._pass[0], signal.SIGTERM)
             self.pass_done(wait=True)
