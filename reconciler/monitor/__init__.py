@@ -116,10 +116,11 @@ def load_config(settings: Settings) -> MonitorConfig:
 def desired_units(store: Store) -> list[DesiredUnit]:
     """The desired units of the applied revision (what the last sync wrote; its drop-in files
     are not units: they are read with the unit they adjust)."""
-    return _units_of(sync_store.decode_desired(store.kv_get(sync_store.DESIRED_KEY)))
+    return units_of(sync_store.decode_desired(store.kv_get(sync_store.DESIRED_KEY)))
 
 
-def _units_of(applied: Sequence[DesiredUnit]) -> list[DesiredUnit]:
+def units_of(applied: Sequence[DesiredUnit]) -> list[DesiredUnit]:
+    """The units among an applied revision's files (not its drop-ins)."""
     return [d for d in applied if unitkind.is_unit(d.name)]
 
 
@@ -189,7 +190,7 @@ def view_host(
     reconciler's own units too (the monitoring pass)."""
     started = time.monotonic()
     applied = sync_store.decode_desired(store.kv_get(sync_store.DESIRED_KEY))  # read once
-    desired = _units_of(applied)
+    desired = units_of(applied)
     mine = own_units(store, settings.unit_dir, desired) if own else []
     desired = [*desired, *mine]
     names = [d.name for d in desired]

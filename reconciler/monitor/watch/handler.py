@@ -47,6 +47,7 @@ from reconciler.monitor import live as unitstate
 from reconciler.monitor import publish
 from reconciler.monitor.exits import JournalExits
 from reconciler.monitor.types import Changes
+from reconciler.store import sync_store
 from reconciler.store.finding_store import FindingStore, StoredFinding
 from reconciler.store.sync_store import Store
 from reconciler.systemd.client import PropertyChange, Systemd
@@ -122,6 +123,7 @@ class Watcher:
         self.queue_peak = 0  # the fullest the queue was since the last figures
         self._figures_at, self._figures_events = time.monotonic(), 0
         self._data_version: int | None = None
+        self._desired_hash: int | None = None  # of the stored desired set's text, last read
         self.db: FindingStore | None = None
         self._pass: tuple[int, float] | None = None  # the pass's child: pid, started
         self._outputs: tuple[int, float] | None = None  # bundles and webhook: pid, started
@@ -148,7 +150,20 @@ class Watcher:
         )
         if old is not None and old.pending is not None and self.recorder.pending is not None:
             self.recorder.pending.gaps = old.pending.gaps  # still to be read
-        self.set_desired(monitor.desired_units(self.store))
+        self._desired_hash = None
+        self.set_desired(self._desired_if_changed() or [])
+
+    def _desired_if_changed(self) -> list[DesiredUnit] | None:
+        """The desired units when their stored text changed since the last read, else None:
+        every write to the state database (a pass's findings, a bundle's path) moves its
+        ``data_version``, and decoding every unit's content each time (~1 MB at 1,000 units,
+        for a moment) was most of the daemon's transient then."""
+        text = self.store.kv_get(sync_store.DESIRED_KEY)
+        fingerprint = hash(text)
+        if fingerprint == self._desired_hash:
+            return None
+        self._desired_hash = fingerprint
+        return monitor.units_of(sync_store.decode_desired(text))
 
     def set_desired(self, desired: list[DesiredUnit]) -> None:
         self.scheduled = monitor.scheduled_units(desired)
@@ -189,7 +204,9 @@ class Watcher:
         if version == self._data_version:
             return 0, 0
         self._data_version = version
-        desired = monitor.desired_units(self.store)
+        desired = self._desired_if_changed()
+        if desired is None:  # another write (a bundle, a pass's findings): not the units
+            return 0, 0
         if [d.name for d in desired] == [d.name for d in self.desired]:
             self.set_desired(desired)  # same units, new content: timers may differ
             return 0, 0
@@ -579,11 +596,15 @@ class Watcher:
         others = [u for u in self.units if u not in managed]  # by include patterns
         if others:
             self.evaluate(others, time.time())  # a crash loop that calmed down resolves
-        desired = monitor.desired_units(self.store)
+        desired = self._desired_if_changed()
+        if desired is None:
+            return True
         if [d.name for d in desired] != [d.name for d in self.desired]:
             self.set_desired(desired)
             added, removed = self.rewatch()
             log.info("watch: the desired units changed: %d added, %d removed", added, removed)
+        else:
+            self.set_desired(desired)  # same units, new content: timers may differ
         return True
 
     def store_figures(self, running: bool = True) -> None:
