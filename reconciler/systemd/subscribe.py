@@ -52,7 +52,9 @@ class PropertyStream:
         else:
             rules = [MatchRule(PROPERTIES, "PropertiesChanged", path=p) for p in sorted(paths)]
         accept = None if paths is None else (lambda msg: msg.path in paths)
-        self._queue = SignalQueue(conn, rules, queue_size, self._decode, accept)
+        self._queue: SignalQueue[object] = SignalQueue(
+            conn, rules, queue_size, self._decode, accept
+        )
 
     @property
     def dropped(self) -> int:
@@ -69,10 +71,17 @@ class PropertyStream:
 
     def next_change(self, timeout: float | None = None) -> PropertyChange | None:
         """The next change, waiting up to ``timeout`` seconds (None: forever); None on timeout."""
-        return self._queue.next(timeout, "watch unit properties")
+        queued = self._queue.next(timeout, "watch unit properties")
+        return None if queued is None else self._change(queued)
 
-    def _decode(self, msg: Message, at: float) -> PropertyChange:
-        """One signal as a change, as it is queued (subclasses may read less of it)."""
+    def _change(self, queued: object) -> PropertyChange:
+        """What :meth:`_decode` queued, as the change it stands for."""
+        assert isinstance(queued, PropertyChange)
+        return queued
+
+    def _decode(self, msg: Message, at: float) -> object:
+        """One signal as it is queued (subclasses may read less of it, or keep it in a
+        smaller shape that :meth:`_change` turns back into a ``PropertyChange``)."""
         interface, changed, invalidated = msg.body()
         return PropertyChange(
             unit=unit_name_from_path(msg.path),
