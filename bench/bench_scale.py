@@ -10,7 +10,12 @@ process against one ``systemctl show`` of the same units, each beside a bare
 Targets (issue 13): N = 200: no-op < 250 ms; N = 10,000: no-op < 1.5 s and RSS < 120 MB,
 first apply < 60 s, one change < 2 s, monitor < 2 s and >= 4x faster than systemctl show.
 
+``--start-baseline``: systemd's own floor for the first apply, in a second host: the same
+unit files written and enabled by hand, one ``daemon-reload``, then ``systemctl start`` in
+batches of 500 (the sync's job window); the first apply is reported as a ratio of it.
+
 Run (as root): .venv/bin/python -m bench.bench_scale [--services 10000] [--repeat 5]
+[--start-baseline]
 """
 
 from __future__ import annotations
@@ -21,9 +26,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
-from bench.bench_sync import inventory
+from bench.bench_sync import TEMPLATE, inventory
 from bench.machine import describe_machine, run_measured
 from reconciler.devtools import sandbox
 from tests.integration.gitrepo import ConfigRepo
@@ -46,10 +52,36 @@ def timed(argv: list[str]) -> tuple[float, float, dict[str, object]]:
     return elapsed, rss, json.loads(out) if out.startswith("{") else {}
 
 
+def start_baseline(n: int) -> tuple[float, float]:
+    """(seconds, units/s): systemctl starting the bench's N units in a fresh host, no
+    reconciler: what systemd itself needs (the files are written and enabled by hand)."""
+    import jinja2
+
+    template = jinja2.Template(TEMPLATE)
+    host = sandbox.boot(hostname="raw")
+    try:
+        names = [f"bench{i:04d}" for i in range(n)]
+        wants = host.unit_dir / "multi-user.target.wants"
+        wants.mkdir(exist_ok=True)
+        for name in names:
+            (host.unit_dir / f"{name}.service").write_text(template.render(service=name, version=0))
+            (wants / f"{name}.service").symlink_to(f"/etc/systemd/system/{name}.service")
+        host.systemctl("daemon-reload")
+        started = time.monotonic()
+        for i in range(0, n, 500):
+            batch = [f"{name}.service" for name in names[i : i + 500]]
+            host.run(["systemctl", "start", *batch], timeout=3600)
+        elapsed = time.monotonic() - started
+        return elapsed, n / elapsed
+    finally:
+        host.stop(timeout=900)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--services", type=int, default=10_000)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--start-baseline", action="store_true")
     opts = parser.parse_args()
     n = opts.services
     work = Path(tempfile.mkdtemp(prefix="bench-scale-", dir="/var/tmp"))
@@ -134,6 +166,13 @@ def main() -> int:
             f"  reconciler monitor                median {m * 1000:8.1f} ms  "
             f"systemctl show median {s * 1000:8.1f} ms  ({s / m:.1f}x faster)"
         )
+        if opts.start_baseline:
+            host.stop(timeout=900)  # one host at a time: systemd's start rate is CPU-bound
+            raw, rate = start_baseline(n)
+            print(
+                f"  systemctl start alone (baseline) {raw:8.2f} s   ({rate:.0f} units/s; the "
+                f"first apply is x{first / raw:.2f} of it)"
+            )
         if n >= 10_000:
             ok = statistics.median(noop) < 1.5 and max(noop_rss) < 120 and first < 60
             ok = ok and statistics.median(change) < 2 and m < 2 and s / m >= 4
