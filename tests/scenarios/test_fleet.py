@@ -171,6 +171,9 @@ def test_a_paging_commit_halts_at_the_canaries_and_its_revert_rolls_through(
     assert line.startswith(f"reconciler promote: rollout halted at {bad[:12]}: paging alert"), line
     assert "AppAnswersWrong" in line, line
     fleet.figures["halt_sec"] = round(time.time() - started, 1)
+    # the first canaries to page halt it: the others may still be a poll away from it
+    assert fleet.on(bad) and fleet.on(bad) <= canaries, fleet.on(bad)
+    wait_for(lambda: fleet.on(bad) >= canaries, WAVE_DEADLINE, "every canary on it", every=2)
     assert fleet.on(bad) == canaries
     assert {w: fleet.wave(w) for w in ("early", "rest")} == {
         w: before[w] for w in ("early", "rest")
