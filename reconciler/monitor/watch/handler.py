@@ -89,6 +89,25 @@ def check_settings(settings: Settings) -> None:
     monitor.load_config(pass_settings(settings))
 
 
+def _forked(work: Callable[[], object], what: str, on_stop: signal.Handlers) -> int:
+    """Run ``work`` in a forked child and return its PID. The child keeps what it loads out
+    of the daemon's memory and never touches the parent's sockets or databases; ``on_stop``
+    is its disposition for SIGTERM/SIGINT/SIGHUP; a failure is its one log line."""
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, on_stop)
+    try:
+        work()
+        code = 0
+    except BaseException as exc:  # the child's one line, then exit
+        log.warning("watch: cannot %s: %s", what, exc)
+    finally:
+        os._exit(code)  # no atexit, no finalizers of the parent's connections
+
+
 def _no_exit(finding: Finding) -> bool:
     """A crash loop that names no crash's exit code or signal (all its crashes unseen)."""
     return finding.kind == "crash_loop" and not (
@@ -372,20 +391,14 @@ class Watcher:
         if not publish.has_outputs(self.pass_settings, opened, resolved):
             return
         self.outputs_done(wait=True)  # one announcement's outputs at a time, in order
-        pid = os.fork()
-        if pid == 0:  # the child: its own connections, never the parent's
-            code = 1
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                signal.signal(sig, signal.SIG_IGN)  # as in the daemon: a stop waits for it
-            try:
-                db = FindingStore(self.store.path, retention=self.monitor_config.retention)
-                systemd = runtime.connect(self.settings)
-                publish.outputs(self.pass_settings, systemd, db, opened, resolved, now)
-                code = 0
-            except BaseException as exc:  # the child's one line, then exit
-                log.warning("watch: cannot write the findings' bundles or webhook: %s", exc)
-            finally:
-                os._exit(code)  # no atexit, no finalizers of the parent's connections
+
+        def write() -> None:  # in the child: its own connections, never the parent's
+            db = FindingStore(self.store.path, retention=self.monitor_config.retention)
+            systemd = runtime.connect(self.settings)
+            publish.outputs(self.pass_settings, systemd, db, opened, resolved, now)
+
+        # a stop waits for the outputs, as it waits for the daemon
+        pid = _forked(write, "write the findings' bundles or webhook", signal.SIG_IGN)
         self._outputs = (pid, time.monotonic())
 
     def outputs_done(self, wait: bool = False) -> bool:
@@ -560,18 +573,13 @@ class Watcher:
         :meth:`pass_done` takes its outcome. One at a time."""
         if self._pass is not None:
             return
-        pid = os.fork()
-        if pid == 0:  # the child: never touches the parent's sockets or databases
-            code = 1
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                signal.signal(sig, signal.SIG_DFL)  # the daemon's handlers only set its flags
-            try:
-                monitor.run_pass(self.pass_settings, keep=set(self.units))
-                code = 0
-            except BaseException as exc:  # the child's one line, then exit
-                log.warning("watch: cannot run the monitoring pass: %s", exc)
-            finally:
-                os._exit(code)  # no atexit, no finalizers of the parent's connections
+        keep = set(self.units)
+        # a stop ends a pass (the daemon's own handlers would only set its flags)
+        pid = _forked(
+            lambda: monitor.run_pass(self.pass_settings, keep=keep),
+            "run the monitoring pass",
+            signal.SIG_DFL,
+        )
         self._pass = (pid, time.monotonic())
 
     def pass_done(self, wait: bool = False) -> bool:
