@@ -177,6 +177,13 @@ class Counters(Record):
     # When the reconciler last started, restarted or stopped the unit (a sync, a rollback):
     # what the unit did before is the old incarnation's, not an incident now (patterns).
     acted_at: float | None = None
+    # The last look's per-run properties as read (seen_result None: none recorded). systemd
+    # changes them only with the unit's state or run, so a pass that finds the same run in
+    # the same settled state reuses them instead of asking again (``LiveUnit`` ``last``).
+    seen_result: str | None = None
+    seen_n_restarts: int = 0
+    seen_exec_main_code: int = 0
+    seen_exec_main_status: int = 0
 
 
 def never_ran(unit: str, at: float) -> Counters:
@@ -207,6 +214,7 @@ def update_counters(prev: Counters | None, obs: Observation) -> tuple[Counters, 
             last_n_restarts=obs.n_restarts,
             last_sub_state=obs.sub_state,
             last_seen_at=obs.at,
+            **_seen(obs),
         ), []
     if prev.unit != obs.unit:
         raise ValueError(f"counters of '{prev.unit}' fed an observation of '{obs.unit}'")
@@ -239,7 +247,35 @@ def update_counters(prev: Counters | None, obs: Observation) -> tuple[Counters, 
         prev_invocation_id=prev.last_invocation_id if new_run else prev.prev_invocation_id,
         last_n_restarts=prev.last_n_restarts if keep_n else obs.n_restarts,
         last_seen_at=obs.at,
+        **_seen(obs),
     ), events
+
+
+def _seen(obs: Observation) -> dict[str, Any]:
+    return {
+        "seen_result": obs.result,
+        "seen_n_restarts": obs.n_restarts,
+        "seen_exec_main_code": obs.exec_main_code,
+        "seen_exec_main_status": obs.exec_main_status,
+    }
+
+
+def last_look(counters: Counters) -> LiveUnit | None:
+    """The unit as the last look saw it (states, run and per-run properties), for
+    ``Systemd.read_units``' ``last``; None when that look's properties were not recorded."""
+    if counters.seen_result is None:
+        return None
+    return LiveUnit(
+        counters.unit,
+        "loaded",
+        counters.last_state,
+        counters.last_sub_state,
+        result=counters.seen_result,
+        n_restarts=counters.seen_n_restarts,
+        invocation_id=counters.last_invocation_id,
+        exec_main_code=counters.seen_exec_main_code,
+        exec_main_status=counters.seen_exec_main_status,
+    )
 
 
 def _end_at(prev: Counters, obs: Observation) -> float:

@@ -163,23 +163,28 @@ def read_state(
     changed: Callable[[LiveUnit], bool] | None = None,
     cgroup_roots: Sequence[Path] = CGROUP_ROOTS,
     reloads: Reloads | None = None,
+    last: Mapping[str, LiveUnit] | None = None,
 ) -> dict[str, UnitState]:
     """Every unit in ``names`` (not loaded ones too: their LiveUnit says not-found).
 
     ``changed``: whether a unit moved since the caller's last look; only those that did
     (and are not running) get ``ExecMainExitTimestamp`` read, and ``Restart=`` only failed
     ones: in a steady state the second round is nearly empty. None: read them for all.
+    ``last``: the units as last seen (``Systemd.read_units``).
     """
     files = read_unit_files(unit_dir, names)
     root = host_root(unit_dir)
     if root is None:
-        live = systemd.read_units(list(names))
+        live = systemd.read_units(list(names), last=last)
     else:  # enablement from the directories, NeedDaemonReload only of changed files
         reloads = reloads or Reloads(None, systemd.units_loaded_at())
         touched = _changed(unit_dir, names)
         suspects = changed_since(touched, names, reloads.loaded_at, reloads.clean)
         live = systemd.read_units(
-            list(names), file_states=file_states(root, names, files), suspects=suspects
+            list(names),
+            file_states=file_states(root, names, files),
+            suspects=suspects,
+            last=last,
         )
         loaded = {n: u.need_daemon_reload for n, u in live.items() if u.load_state == "loaded"}
         reloads.learn(suspects, touched, loaded)

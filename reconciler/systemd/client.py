@@ -23,6 +23,8 @@ from reconciler.systemd.connection import PRIVATE_SOCKET, SYSTEM_BUS, Connection
 from reconciler.systemd.properties import (
     MISSING,
     NEVER_RAN,
+    PER_RUN,
+    SETTLED,
     Prop,
     live_value,
     monitor_properties,
@@ -117,6 +119,11 @@ def _check_files(files: Sequence[str]) -> list[str]:
     return list(files)
 
 
+def _moving(props: tuple[Prop, ...]) -> tuple[Prop, ...]:
+    """The runtime properties that change within one run (MemoryCurrent)."""
+    return tuple(p for p in props if p[2] not in PER_RUN)
+
+
 class Systemd:
     """A client of systemd's Manager and units: one blocking connection, not thread-safe."""
 
@@ -195,6 +202,7 @@ class Systemd:
         runtime: bool = True,
         file_states: Mapping[str, str] | None = None,
         suspects: Collection[str] | None = None,
+        last: Mapping[str, LiveUnit] | None = None,
     ) -> dict[str, LiveUnit]:
         """What the monitor needs of ``names``: states in one call, then pipelined Gets.
 
@@ -210,6 +218,11 @@ class Systemd:
         it again from disk, which is what makes reading them slow). States and properties
         are separate reads: a unit that changes meanwhile may show, say, a restart's
         ``Result=success`` next to the crash's ``auto-restart`` state.
+
+        ``last``: each unit as the caller last saw it. A unit in the same settled state
+        (running, exited, dead) of the same run (``InvocationID``) keeps that look's
+        ``PER_RUN`` properties: systemd changes them only with the state or a new run, and
+        not asking saves four Gets a running service (half of a steady pass's reads).
         """
         units = self.list_units(names)
         skip = set()
@@ -234,13 +247,41 @@ class Systemd:
         def fetch(name: str, props: tuple[Prop, ...]) -> None:
             more.extend(gets(name, props))
 
+        def reusable(name: str) -> LiveUnit | None:
+            seen = last.get(name) if last is not None else None
+            now = units[name].active_state, units[name].sub_state
+            if seen is None or not seen.invocation_id or now not in SETTLED:
+                return None
+            return seen if now == (seen.active_state, seen.sub_state) else None
+
         def first() -> Iterator[Request]:  # built as the window frees (Connection.pipeline)
             for name in order:
                 file_props, runtime_props = monitor_properties(name)
-                idle = units[name].active_state == "inactive"
-                yield from gets(
-                    name, file_props if idle or not runtime else file_props + runtime_props
-                )
+                if units[name].active_state == "inactive" or not runtime:
+                    yield from gets(name, file_props)
+                elif reusable(name) is not None:  # the per-run ones once its run is known
+                    yield from gets(name, file_props + _moving(runtime_props))
+                else:
+                    yield from gets(name, file_props + runtime_props)
+
+        def ran(name: str, invocation: object) -> None:
+            """Its InvocationID read: the runtime properties still to ask, or known."""
+            runtime_props = monitor_properties(name)[1]
+            idle = units[name].active_state == "inactive"
+            if not idle and not runtime:
+                return
+            seen = reusable(name)
+            if seen is not None and invocation == seen.invocation_id:
+                fields = {f for _, _, f in runtime_props} & PER_RUN
+                values[name].update((f, getattr(seen, f)) for f in fields)
+                if idle:
+                    fetch(name, _moving(runtime_props))
+            elif idle and invocation:
+                fetch(name, runtime_props)
+            elif idle:
+                values[name].update((f, NEVER_RAN[f]) for _, _, f in runtime_props)
+            elif seen is not None:  # asked only the moving ones: a new run
+                fetch(name, tuple(p for p in runtime_props if p[2] in PER_RUN))
 
         values: dict[str, dict[str, object]] = {name: {} for name in units}
         if file_states is not None:
@@ -253,12 +294,8 @@ class Systemd:
                     continue
                 raise dbus_error(f"read unit '{name}'", reply.error_name, reply.error_text())
             value = values[name][field] = live_value(field, reply.value())
-            if field == "invocation_id" and units[name].active_state == "inactive":
-                idle_runtime = monitor_properties(name)[1]
-                if value:
-                    fetch(name, idle_runtime)
-                else:
-                    values[name].update((f, NEVER_RAN[f]) for _, _, f in idle_runtime)
+            if field == "invocation_id":
+                ran(name, value)
         return {
             name: LiveUnit(name, unit.load_state, unit.active_state, unit.sub_state, **values[name])  # type: ignore[arg-type]
             for name, unit in units.items()

@@ -45,6 +45,9 @@ NEVER_RAN = {
     "exec_main_status": 0,
     "memory_current": None,
 }
+# Runtime properties fixed for one run in a settled state (the others, MemoryCurrent, move).
+PER_RUN = frozenset({"result", "n_restarts", "exec_main_code", "exec_main_status"})
+SETTLED = frozenset({("active", "running"), ("active", "exited"), ("inactive", "dead")})
 _WITH_RESULT = ("socket", "mount", "swap", "timer", "path", "automount", "scope")
 
 

@@ -9,6 +9,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from itertools import count
 from pathlib import Path
 
@@ -210,6 +211,48 @@ def test_monitor_read_takes_enablement_from_the_directories(
         sd.read_units(names, **kwargs)  # type: ignore[arg-type]
         gets.append(sd.calls["Get"] - before)
     assert gets[0] - gets[1] == 2 * len(names) - 1  # no UnitFileState, one NeedDaemonReload
+
+
+def test_a_run_seen_in_the_same_settled_state_keeps_its_per_run_properties(
+    sd: Systemd, make_unit: UnitWriter
+) -> None:
+    """``last``: a unit in the same settled state of the same run is not asked its Result,
+    NRestarts and ExecMain* again (four Gets a service); a new run, or another state, is."""
+    names = [
+        make_unit("exited.service", ONESHOT),  # active/exited
+        make_unit("running.service", "[Service]\nExecStart=/bin/sleep 600\n"),
+        make_unit("dead.service", "[Service]\nType=oneshot\nExecStart=/bin/true\n"),
+    ]
+    exited, running, dead = names
+    timer = make_unit("dead.timer", "[Timer]\nOnActiveSec=1h\n")  # keeps it loaded
+    sd.reload()
+    sd.run_jobs([("start", n) for n in [timer, *names]])
+    full = sd.read_units(names)
+    assert [full[n].sub_state for n in names] == ["exited", "running", "dead"]
+    assert full[exited].exec_main_code == 1  # CLD_EXITED: read, then kept
+
+    before = sd.calls["Get"]
+    again = sd.read_units(names)
+    asked_all = sd.calls["Get"] - before
+    before = sd.calls["Get"]
+    kept = sd.read_units(names, last=full)
+    assert sd.calls["Get"] - before == asked_all - 4 * len(names)
+
+    def steady(units: dict[str, LiveUnit]) -> dict[str, LiveUnit]:  # memory moves
+        return {n: replace(u, memory_current=None) for n, u in units.items()}
+
+    assert steady(kept) == steady(again)
+
+    # what is kept is the last look's, not systemd's: a stand-in shows which are asked
+    stand_in = {n: replace(u, result="stand-in", n_restarts=7) for n, u in full.items()}
+    sd.restart(running)  # a new run: its InvocationID moved
+    moved = {exited: replace(full[exited], sub_state="running")}
+    read = sd.read_units(names, last={**stand_in, **moved})
+    assert (read[dead].result, read[dead].n_restarts) == ("stand-in", 7)
+    for name in (running, exited):  # a new run; another state
+        assert (read[name].result, read[name].n_restarts) == ("success", 0), name
+    assert read[running].invocation_id != full[running].invocation_id
+    sd.stop(running)
 
 
 def test_missing_unit_is_a_clear_error_keeping_the_dbus_name(sd: Systemd) -> None:
