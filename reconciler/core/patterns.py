@@ -64,9 +64,9 @@ from reconciler.core.counters import (
 from reconciler.errors import UsageError
 
 __all__ = [
-    "HELD_KINDS", "Counters", "Event", "Finding", "Observation", "ThresholdError", "Thresholds",
-    "detect", "detect_missed_run", "hold", "impact", "reconcile_findings", "signal_name",
-    "update_counters",
+    "HELD_KINDS", "Counters", "Event", "Finding", "MemoryRun", "Observation", "ThresholdError",
+    "Thresholds", "detect", "detect_missed_run", "hold", "impact", "memory_run",
+    "reconcile_findings", "signal_name", "update_counters",
 ]  # fmt: skip
 
 DAY = 86400.0
@@ -143,10 +143,12 @@ def detect(
     *,
     scheduled: bool = False,
     since: float | None = None,
+    memory: MemoryRun | None = None,
 ) -> list[Finding]:
     """The findings that hold for ``unit`` at ``now`` (``scheduled``: run by a timer;
     ``since``: the reconciler's last action on it, before which crash loops and flapping
-    do not look)."""
+    do not look; ``memory``: its current run's memory samples, summed; None: those in
+    ``observations``)."""
     evs = sorted((e for e in events if e.unit == unit), key=_AT)
     obs = sorted((o for o in observations if o.unit == unit), key=_AT)
     crashes = [e for e in evs if e.kind == "crash"]
@@ -160,7 +162,7 @@ def detect(
         None if loop else _flapping(unit, [o for o in obs if o.at > cut], now, th, scheduled),
         _periodic(unit, exact, now, th),
         _clustering(unit, exact, now, th),
-        _memory(unit, obs, now, th),
+        _memory(unit, memory or memory_run(obs), obs[-1].memory_current if obs else None, now, th),
         _anomaly(unit, crashes, evs, obs, now, th),
     ]
     return [f for f in found if f is not None]
@@ -312,17 +314,62 @@ def _clustering(unit: str, times: list[float], now: float, th: Thresholds) -> Fi
     return Finding("failure_clustering", unit, "info", summary, evidence, now)
 
 
-def _memory(unit: str, obs: list[Observation], now: float, th: Thresholds) -> Finding | None:
+@dataclass(frozen=True)
+class MemoryRun:
+    """The memory samples of a unit's current run as least-squares sums (x: seconds after
+    ``x0``, y: bytes): all the trend needs, so a pass over 10,000 units with hours of
+    samples each gets them summed by SQLite (``FindingStore.memory_runs``) instead of
+    loading every sample."""
+
+    samples: int
+    first_at: float
+    last_at: float
+    x0: float
+    sx: float
+    sy: float
+    sxx: float
+    syy: float
+    sxy: float
+
+    @classmethod
+    def of(cls, points: Sequence[tuple[float, float]], x0: float) -> MemoryRun | None:
+        if not points:
+            return None
+        xs = [x - x0 for x, _ in points]
+        ys = [float(y) for _, y in points]
+        sx, sy = sum(xs), sum(ys)
+        sxx, syy, sxy = sum(map(mul, xs, xs)), sum(map(mul, ys, ys)), sum(map(mul, xs, ys))
+        return cls(len(points), points[0][0], points[-1][0], x0, sx, sy, sxx, syy, sxy)
+
+    def fit(self) -> tuple[float, float] | None:
+        """Least-squares slope and r² (None when every x is the same)."""
+        n = self.samples
+        sxx = self.sxx - self.sx * self.sx / n
+        syy = self.syy - self.sy * self.sy / n
+        sxy = self.sxy - self.sx * self.sy / n
+        if sxx <= 1e-9 * max(self.sxx, 1.0):  # the same x throughout, up to rounding
+            return None
+        return sxy / sxx, (min(sxy * sxy / (sxx * syy), 1.0) if syy > 0 else 0.0)
+
+
+def memory_run(obs: Sequence[Observation]) -> MemoryRun | None:
+    """The current run's memory samples in ``obs`` (oldest first): a restart resets a leak."""
     if not obs or obs[-1].memory_current is None:
         return None
     run, start = obs[-1].invocation_id, len(obs) - 1
     while start > 0 and (not run or obs[start - 1].invocation_id == run):
-        start -= 1  # the current run only: a restart resets a leak
-    samples = [(o.at, o.memory_current) for o in obs[start:] if o.memory_current is not None]
-    if len(samples) < th.memory_min_samples:
+        start -= 1
+    points = [(o.at, o.memory_current) for o in obs[start:] if o.memory_current is not None]
+    return MemoryRun.of(points, points[0][0])
+
+
+def _memory(
+    unit: str, run: MemoryRun | None, current: int | None, now: float, th: Thresholds
+) -> Finding | None:
+    if run is None or current is None or run.samples < th.memory_min_samples:
         return None
-    span = samples[-1][0] - samples[0][0]
-    fit = _fit(samples) if span >= th.memory_min_span_sec else None
+    span = run.last_at - run.first_at
+    fit = run.fit() if span >= th.memory_min_span_sec else None
     if fit is None:
         return None
     per_hour, r2 = fit[0] * 3600, fit[1]
@@ -330,26 +377,11 @@ def _memory(unit: str, obs: list[Observation], now: float, th: Thresholds) -> Fi
         return None
     summary = (
         f"{unit} memory grows {_mib(per_hour)}/h over {_span(span)} "
-        f"(r² {r2:.2f}, {len(samples)} samples); now {_mib(samples[-1][1])}"
+        f"(r² {r2:.2f}, {run.samples} samples); now {_mib(current)}"
     )
     evidence: Evidence = dict(slope_bytes_per_hour=round(per_hour, 1), r2=round(r2, 4))
-    evidence.update(samples=len(samples), span_sec=round(span, 3), memory_current=samples[-1][1])
+    evidence.update(samples=run.samples, span_sec=round(span, 3), memory_current=current)
     return Finding("memory_growth", unit, "warning", summary, evidence, now)
-
-
-def _fit(points: Sequence[tuple[float, float]]) -> tuple[float, float] | None:
-    """Least-squares slope and r² (None when every x is the same); one pass, in C loops."""
-    n = len(points)
-    x0, y0 = points[0]
-    xs = [x - x0 for x, _ in points]  # shifted for precision with epoch seconds and bytes
-    ys = [float(y - y0) for _, y in points]
-    sx, sy = sum(xs), sum(ys)
-    sxx = sum(map(mul, xs, xs)) - sx * sx / n
-    syy = sum(map(mul, ys, ys)) - sy * sy / n
-    sxy = sum(map(mul, xs, ys)) - sx * sy / n
-    if sxx <= 0:
-        return None
-    return sxy / sxx, (min(sxy * sxy / (sxx * syy), 1.0) if syy > 0 else 0.0)
 
 
 def _anomaly(

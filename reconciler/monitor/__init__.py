@@ -41,6 +41,7 @@ from reconciler.core.counters import (
     Observation,
     apply_exits,
     attribute,
+    last_look,
     unknown_exits,
     update_counters,
 )
@@ -96,7 +97,9 @@ def load_config(settings: Settings) -> MonitorConfig:
             if getattr(section, f.name) is not None
             else getattr(base, f.name)
             for f in fields(Retention)
-        }
+            if f.name != "memory_sample_sec"
+        },
+        memory_sample_sec=section.detect_window_sec,
     )
     text = section.textfile
     if text is None:
@@ -204,12 +207,16 @@ def view_host(
             != (c.last_invocation_id, c.last_state, c.last_sub_state, c.last_n_restarts)
         )
 
+    last = {u: seen for u, c in known.items() if (seen := last_look(c)) is not None}
     reloads = Reloads(store.kv_get(sync_store.RELOADS_KEY), systemd.units_loaded_at())
     states = (
-        unitstate.read_state(systemd, names, settings.unit_dir, changed=changed, reloads=reloads)
+        unitstate.read_state(
+            systemd, names, settings.unit_dir, changed=changed, reloads=reloads, last=last
+        )
         if names
         else {}
     )
+    del last
     if (text := reloads.dump()) is not None:
         store.kv_set(sync_store.RELOADS_KEY, text)
     drift = {d.name: drift_mod.check(d, states[d.name]) for d in desired}
@@ -329,8 +336,14 @@ class Recorder:
                 for unit, evs in events.items():
                     events[unit] = attribute(evs, actions, since, scheduled)
             self.db.save_counters(changed.values(), looks[0].at if looks else 0.0)
-            kept = [o for o in looks if _worth_keeping(o, current.get(o.unit))]
-            self.db.add(kept, [e for evs in events.values() for e in evs])
+            kept: list[Observation] = []
+            samples: list[Observation] = []  # the same state: kept for the memory trend
+            for o in looks:
+                if _news(o, current.get(o.unit)):
+                    kept.append(o)
+                elif o.memory_current is not None:
+                    samples.append(o)
+            self.db.add(kept, [e for evs in events.values() for e in evs], samples)
         self.counters.update(current)
         self.counters.update(changed)
         for obs in looks:
@@ -400,7 +413,7 @@ class Recorder:
             memory_since=now - self.config.detect_window_sec,
             events_since=now - th.history_days * 86400,
         )
-        acted = {u: c.acted_at for u, c in self.db.counters(units).items()}
+        acted = self.db.acted(units)
         current = list(extra)
         looks: dict[str, Observation] = {}
         for unit in units:
@@ -422,6 +435,7 @@ class Recorder:
                 th,
                 scheduled=unit in scheduled,
                 since=acted.get(unit),
+                memory=history.memory.get((unit, obs[-1].invocation_id)) if obs else None,
             )
         stored = {k: f for k, f in self.db.open_findings().items() if k[0] in kinds}
         opened, still, resolved = reconcile_findings(
@@ -474,11 +488,11 @@ def _unhealthy(obs: Observation) -> bool:
     return not obs.running and obs.failed
 
 
-def _worth_keeping(obs: Observation, last: Counters | None) -> bool:
-    """Store a look only when it says something new: another state, run or restart count,
-    or a memory sample. A unit steady for days costs no rows; ``evaluate`` adds the
-    current look itself, so patterns still see "now"."""
-    if last is None or obs.memory_current is not None:
+def _news(obs: Observation, last: Counters | None) -> bool:
+    """Whether a look says something new: another state, run or restart count. Only those
+    are kept for long (and memory samples for the trend's window): a unit steady for days
+    costs no rows; ``evaluate`` adds the current look itself, so patterns still see "now"."""
+    if last is None:
         return True
     return (obs.active_state, obs.sub_state, obs.invocation_id, obs.n_restarts) != (
         last.last_state,

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.core.counters import Action, Counters, Event, Observation, never_ran
-from reconciler.core.patterns import Finding
+from reconciler.core.patterns import Finding, MemoryRun
 from reconciler.errors import StateError
 from reconciler.store import db
 
@@ -53,6 +53,7 @@ class Retention:
     event_days: float = 35.0
     events_per_unit: int = 5000
     resolved_days: float = 90.0
+    memory_sample_sec: float = 6 * 3600.0  # looks kept only for memory: the trend's window
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,7 @@ class Loaded:
     observations: dict[str, list[Observation]] = field(default_factory=dict)
     events: dict[str, list[Event]] = field(default_factory=dict)
     first_seen: dict[str, float] = field(default_factory=dict)
+    memory: dict[tuple[str, str], MemoryRun] = field(default_factory=dict)  # (unit, run)
 
 
 class FindingStore(db.Database):
@@ -118,6 +120,9 @@ class FindingStore(db.Database):
         except sqlite3.Error as exc:
             raise StateError(f"cannot open state database '{path}': {exc}") from None
         super().__init__(path, conn)
+        # the last read's rows (unit -> JSON text, Counters): a pass reads them up to three
+        # times (view, record, evaluate); the rows unchanged since are not parsed again
+        self._counters_read: dict[str, tuple[str, Counters]] = {}
 
     def _what(self) -> str:
         return f"monitor tables in '{self.path}'"
@@ -127,9 +132,19 @@ class FindingStore(db.Database):
     def counters(self, units: Iterable[str] | None = None) -> dict[str, Counters]:
         rows = self._rows("SELECT unit, data FROM monitor_counters")
         wanted = None if units is None else set(units)
-        return {
-            u: Counters.from_dict(json.loads(d)) for u, d in rows if wanted is None or u in wanted
-        }
+        before, read = self._counters_read, {}
+        for u, d in rows:
+            if wanted is None or u in wanted:
+                hit = before.get(u)
+                read[u] = hit if hit and hit[0] == d else (d, Counters.from_dict(json.loads(d)))
+        self._counters_read = read
+        return {u: c for u, (_, c) in read.items()}
+
+    def acted(self, units: Iterable[str]) -> dict[str, float | None]:
+        """``Counters.acted_at`` of ``units``: the field alone, read by SQLite."""
+        rows = self._rows("SELECT unit, json_extract(data, '$.acted_at') FROM monitor_counters")
+        wanted = set(units)
+        return {u: at for u, at in rows if u in wanted}
 
     def save_counters(self, counters: Iterable[Counters], now: float) -> None:
         with self.transaction(), self._errors("write counters to"):
@@ -154,15 +169,24 @@ class FindingStore(db.Database):
 
     # -- observations and events ---------------------------------------------------------
 
-    def add(self, observations: Sequence[Observation], events: Sequence[Event]) -> None:
+    def add(
+        self,
+        observations: Sequence[Observation],
+        events: Sequence[Event],
+        samples: Sequence[Observation] = (),
+    ) -> None:
+        """Store looks, events and ``samples`` (looks kept only for their memory sample,
+        pruned once older than ``Retention.memory_sample_sec``)."""
         with self.transaction(), self._errors("record observations in"):
             self._conn.executemany(
-                f"INSERT INTO monitor_observation ({_OBS_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT INTO monitor_observation ({_OBS_COLUMNS}, memory_only)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     (o.unit, o.at, o.active_state, o.sub_state, o.result, o.n_restarts)
                     + (o.invocation_id, o.exec_main_code, o.exec_main_status)
-                    + (o.memory_current, o.exec_main_exit_at)
-                    for o in observations
+                    + (o.memory_current, o.exec_main_exit_at, int(only))
+                    for group, only in ((observations, False), (samples, True))
+                    for o in group
                 ),
             )
             self._conn.executemany(
@@ -261,18 +285,27 @@ class FindingStore(db.Database):
     ) -> Loaded:
         """Observations and events of ``units`` in their windows, oldest first.
 
-        Looks since ``observations_since`` (flapping, start limit), and the ones with a memory
-        sample since ``memory_since`` (a longer window, for the memory trend).
+        Looks since ``observations_since`` (flapping, start limit), and the memory samples
+        since ``memory_since`` (a longer window, for the memory trend) summed by run.
         """
         wanted = set(units)
         out = Loaded()
         for row in self._rows(
-            f"SELECT {_OBS_COLUMNS} FROM monitor_observation WHERE at > ?"
-            " OR (at > ? AND memory_current IS NOT NULL) ORDER BY at, id",
-            (observations_since, min(memory_since, observations_since)),
+            f"SELECT {_OBS_COLUMNS} FROM monitor_observation WHERE at > ? ORDER BY at, id",
+            (observations_since,),
         ):
             if row[0] in wanted:
                 out.observations.setdefault(row[0], []).append(Observation(*row))
+        for unit, run, *sums in self._rows(
+            # x: seconds after memory_since; REAL: bytes squared overflow SQLite's integers
+            "SELECT unit, invocation_id, count(*), min(at), max(at), ?, sum(x), sum(y),"
+            " sum(x * x), sum(y * y), sum(x * y) FROM (SELECT unit, invocation_id, at,"
+            " at - ? AS x, CAST(memory_current AS REAL) AS y FROM monitor_observation"
+            " WHERE at > ? AND memory_current IS NOT NULL) GROUP BY unit, invocation_id",
+            (memory_since, memory_since, memory_since),
+        ):
+            if unit in wanted:
+                out.memory[unit, run] = MemoryRun(*sums)
         for unit, at, kind, code, sig, est, by in self._rows(
             "SELECT unit, at, kind, exit_code, signal, estimated, actor FROM monitor_event"
             " WHERE at > ? ORDER BY at, id",
@@ -297,6 +330,10 @@ class FindingStore(db.Database):
         with self.transaction(), self._errors("prune"):
             self._conn.execute(
                 "DELETE FROM monitor_observation WHERE at < ?", (now - r.observation_days * 86400,)
+            )
+            self._conn.execute(
+                "DELETE FROM monitor_observation WHERE at < ? AND memory_only",
+                (now - r.memory_sample_sec,),
             )
             for table in ("monitor_event", "monitor_action"):
                 self._conn.execute(

@@ -122,6 +122,16 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE monitor_action ADD COLUMN done_at REAL;
     """,
+    # 5: the memory trend at 10,000 units. Looks kept only for their memory sample (the
+    # state unchanged) are marked, so they go once older than the trend's window (one a
+    # unit a pass would otherwise fill the table for a week); each run's samples indexed in
+    # the order the trend sums them, so SQLite sums them from the index alone
+    """
+    ALTER TABLE monitor_observation ADD COLUMN memory_only INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX monitor_observation_memory
+        ON monitor_observation (unit, invocation_id, at, memory_current)
+        WHERE memory_current IS NOT NULL;
+    """,
 ]
 
 

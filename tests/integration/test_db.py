@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import sqlite3
 import stat
 from collections.abc import Iterator
@@ -10,9 +11,11 @@ from pathlib import Path
 import pytest
 
 from reconciler.config import Settings
+from reconciler.core.counters import Observation
+from reconciler.core.patterns import Thresholds, detect, memory_run
 from reconciler.errors import JobError, StateError
 from reconciler.store import db, metric_store
-from reconciler.store.finding_store import FindingStore
+from reconciler.store.finding_store import FindingStore, Retention
 from reconciler.store.sync_store import Store
 
 
@@ -87,3 +90,85 @@ def test_migrate_runs_each_script_once_and_refuses_newer_with_the_callers_error(
             db.migrate(conn, scripts[:1], "test file", error=JobError)
     finally:
         conn.close()
+
+
+def test_memory_runs_summed_by_sqlite_find_what_the_looks_themselves_would(state: Path) -> None:
+    """A pass sums each run's memory samples in SQLite (``FindingStore.load``) instead of
+    loading hours of looks per unit: the trend, its evidence and the current run's cut (a
+    restart resets a leak) are the same as from the looks, at 20 GB as at 300 MB."""
+    mb, now = 2**20, 1_800_000_000.0
+    rnd = random.Random(7)
+
+    def noise(sigma: float) -> float:
+        return rnd.gauss(0, sigma)
+
+    series = {  # unit -> (run of each look, memory of each look), one look a minute
+        "leak.service": (["a"] * 40, [300 * mb + 10 * mb * i + noise(3 * mb) for i in range(40)]),
+        "big.service": (["b"] * 90, [20 * 2**30 + mb * i // 4 for i in range(90)]),
+        "flat.service": (["c"] * 60, [300 * mb + noise(3 * mb) for _ in range(60)]),
+        "restarted.service": (
+            ["d"] * 50 + ["e"] * 40,
+            [300 * mb + 10 * mb * i for i in range(50)] + [200 * mb + noise(mb) for _ in range(40)],
+        ),
+    }
+    looks = {
+        unit: [
+            Observation(unit, now - (len(runs) - i) * 60, "active", "running", "success", 0, run,
+                        memory_current=int(m))
+            for i, (run, m) in enumerate(zip(runs, mems, strict=True))
+        ]
+        for unit, (runs, mems) in series.items()
+    }  # fmt: skip
+    store = FindingStore(state)
+    try:
+        store.add([o for obs in looks.values() for o in obs], [])
+        th = Thresholds()
+        loaded = store.load(
+            list(looks), observations_since=now - 600, memory_since=now - 6 * 3600, events_since=0
+        )
+    finally:
+        store.close()
+    found = {}
+    for unit, obs in looks.items():
+        summed = loaded.memory[unit, obs[-1].invocation_id]
+        assert summed.samples == memory_run(obs).samples  # type: ignore[union-attr]
+        recent = [o for o in obs if o.at > now - 600]
+        by_sqlite = detect(unit, [], recent, now, th, memory=summed)
+        by_looks = detect(unit, [], obs, now, th)
+        assert [f.kind for f in by_sqlite] == [f.kind for f in by_looks], unit
+        for a, b in zip(by_sqlite, by_looks, strict=True):
+            assert a.evidence.keys() == b.evidence.keys()
+            for key, value in a.evidence.items():
+                assert value == pytest.approx(b.evidence[key], rel=1e-6, abs=1e-4), (unit, key)
+        found[unit] = {f.kind for f in by_sqlite}
+    assert found == {
+        "leak.service": {"memory_growth"},
+        "big.service": {"memory_growth"},  # 15 MiB/h on 20 GiB
+        "flat.service": set(),
+        "restarted.service": set(),  # it leaked, and its new run does not
+    }
+
+
+def test_looks_kept_only_for_memory_go_once_older_than_the_trend_window(state: Path) -> None:
+    """One look a unit a pass, each with a memory sample, would fill the table for a week
+    (10,000 units: millions of rows, and every open's integrity check reads them): those
+    that said nothing new but memory are pruned past the trend's window; changes stay."""
+    now, hour = 1_800_000_000.0, 3600.0
+
+    def look(at: float, state_: str = "active") -> Observation:
+        return Observation("a.service", at, state_, "running", "success", 0, "r1", 0, 0, 1000)
+
+    store = FindingStore(state, retention=Retention(memory_sample_sec=6 * hour))
+    try:
+        store.add([look(now - 9 * hour, "activating")], [], [look(now - 8 * hour)])
+        store.add([], [], [look(now - 5 * hour), look(now - hour)])
+        assert store.prune(now, force=True)
+        left = store.load(["a.service"], observations_since=0, memory_since=0, events_since=0)
+    finally:
+        store.close()
+    assert [o.at for o in left.observations["a.service"]] == [
+        now - 9 * hour,  # a change: kept for observation_days
+        now - 5 * hour,
+        now - hour,
+    ]
+    assert left.memory["a.service", "r1"].samples == 3
