@@ -317,14 +317,13 @@ def _clustering(unit: str, times: list[float], now: float, th: Thresholds) -> Fi
 @dataclass(frozen=True)
 class MemoryRun:
     """The memory samples of a unit's current run as least-squares sums (x: seconds after
-    ``x0``, y: bytes): all the trend needs, so a pass over 10,000 units with hours of
-    samples each gets them summed by SQLite (``FindingStore.memory_runs``) instead of
-    loading every sample."""
+    a fixed time, y: bytes): all the trend needs, so a pass over 10,000 units with hours of
+    samples each gets them summed by SQLite (``FindingStore.load``) instead of loading
+    every sample."""
 
     samples: int
     first_at: float
     last_at: float
-    x0: float
     sx: float
     sy: float
     sxx: float
@@ -339,7 +338,7 @@ class MemoryRun:
         ys = [float(y) for _, y in points]
         sx, sy = sum(xs), sum(ys)
         sxx, syy, sxy = sum(map(mul, xs, xs)), sum(map(mul, ys, ys)), sum(map(mul, xs, ys))
-        return cls(len(points), points[0][0], points[-1][0], x0, sx, sy, sxx, syy, sxy)
+        return cls(len(points), points[0][0], points[-1][0], sx, sy, sxx, syy, sxy)
 
     def fit(self) -> tuple[float, float] | None:
         """Least-squares slope and r² (None when every x is the same)."""

@@ -298,11 +298,11 @@ class FindingStore(db.Database):
                 out.observations.setdefault(row[0], []).append(Observation(*row))
         for unit, run, *sums in self._rows(
             # x: seconds after memory_since; REAL: bytes squared overflow SQLite's integers
-            "SELECT unit, invocation_id, count(*), min(at), max(at), ?, sum(x), sum(y),"
+            "SELECT unit, invocation_id, count(*), min(at), max(at), sum(x), sum(y),"
             " sum(x * x), sum(y * y), sum(x * y) FROM (SELECT unit, invocation_id, at,"
             " at - ? AS x, CAST(memory_current AS REAL) AS y FROM monitor_observation"
             " WHERE at > ? AND memory_current IS NOT NULL) GROUP BY unit, invocation_id",
-            (memory_since, memory_since, memory_since),
+            (memory_since, memory_since),
         ):
             if unit in wanted:
                 out.memory[unit, run] = MemoryRun(*sums)

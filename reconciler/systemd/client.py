@@ -119,9 +119,10 @@ def _check_files(files: Sequence[str]) -> list[str]:
     return list(files)
 
 
-def _moving(props: tuple[Prop, ...]) -> tuple[Prop, ...]:
-    """The runtime properties that change within one run (MemoryCurrent)."""
-    return tuple(p for p in props if p[2] not in PER_RUN)
+def _runtime(props: tuple[Prop, ...], *, per_run: bool) -> tuple[Prop, ...]:
+    """The runtime properties fixed for one run (``PER_RUN``), or those that move within
+    it (MemoryCurrent)."""
+    return tuple(p for p in props if (p[2] in PER_RUN) == per_run)
 
 
 class Systemd:
@@ -260,7 +261,7 @@ class Systemd:
                 if units[name].active_state == "inactive" or not runtime:
                     yield from gets(name, file_props)
                 elif reusable(name) is not None:  # the per-run ones once its run is known
-                    yield from gets(name, file_props + _moving(runtime_props))
+                    yield from gets(name, file_props + _runtime(runtime_props, per_run=False))
                 else:
                     yield from gets(name, file_props + runtime_props)
 
@@ -275,13 +276,13 @@ class Systemd:
                 fields = {f for _, _, f in runtime_props} & PER_RUN
                 values[name].update((f, getattr(seen, f)) for f in fields)
                 if idle:
-                    fetch(name, _moving(runtime_props))
+                    fetch(name, _runtime(runtime_props, per_run=False))
             elif idle and invocation:
                 fetch(name, runtime_props)
             elif idle:
                 values[name].update((f, NEVER_RAN[f]) for _, _, f in runtime_props)
             elif seen is not None:  # asked only the moving ones: a new run
-                fetch(name, tuple(p for p in runtime_props if p[2] in PER_RUN))
+                fetch(name, _runtime(runtime_props, per_run=True))
 
         values: dict[str, dict[str, object]] = {name: {} for name in units}
         if file_states is not None:
