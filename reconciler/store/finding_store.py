@@ -286,12 +286,15 @@ class FindingStore(db.Database):
         """Observations and events of ``units`` in their windows, oldest first.
 
         Looks since ``observations_since`` (flapping, start limit), and the memory samples
-        since ``memory_since`` (a longer window, for the memory trend) summed by run.
+        since ``memory_since`` (a longer window, for the memory trend) summed by run: looks
+        kept only for their sample are not loaded as looks (the same state as the one
+        before; 10,000 steady units' hour of them: 170,000 rows, 0.5 s to read).
         """
         wanted = set(units)
         out = Loaded()
         for row in self._rows(
-            f"SELECT {_OBS_COLUMNS} FROM monitor_observation WHERE at > ? ORDER BY at, id",
+            f"SELECT {_OBS_COLUMNS} FROM monitor_observation WHERE at > ? AND NOT memory_only"
+            " ORDER BY at, id",
             (observations_since,),
         ):
             if row[0] in wanted:
