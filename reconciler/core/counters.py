@@ -35,6 +35,7 @@ JSON object or an SQLite row.
 from __future__ import annotations
 
 import dataclasses
+import operator
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Self
@@ -184,6 +185,17 @@ class Counters(Record):
     seen_n_restarts: int = 0
     seen_exec_main_code: int = 0
     seen_exec_main_status: int = 0
+
+
+_BUT_SEEN_AT = operator.attrgetter(
+    *(f.name for f in dataclasses.fields(Counters) if f.name != "last_seen_at")
+)
+
+
+def only_seen_moved(before: Counters, after: Counters) -> bool:
+    """Whether ``after`` is ``before`` looked at again: nothing but ``last_seen_at`` moved
+    (what a steady unit's look does; the store then rewrites that field alone)."""
+    return before.last_seen_at != after.last_seen_at and _BUT_SEEN_AT(before) == _BUT_SEEN_AT(after)
 
 
 def never_ran(unit: str, at: float) -> Counters:

@@ -42,6 +42,7 @@ from reconciler.core.counters import (
     apply_exits,
     attribute,
     last_look,
+    only_seen_moved,
     unknown_exits,
     update_counters,
 )
@@ -141,6 +142,15 @@ def _dropins_of(applied: Sequence[DesiredUnit]) -> dict[str, dict[str, str]]:
     return out
 
 
+def dropin_dirs(unit_dir: Path) -> set[str]:
+    """The units with a ``UNIT.d/`` directory in ``unit_dir``."""
+    try:
+        with os.scandir(unit_dir) as entries:
+            return {e.name[:-2] for e in entries if e.name.endswith(".d") and e.is_dir()}
+    except OSError:
+        return set()
+
+
 def read_dropins(unit_dir: Path, unit: str) -> dict[str, str]:
     """The ``*.conf`` files in ``unit_dir/UNIT.d/`` (one listing; most units have none)."""
     out: dict[str, str] = {}
@@ -222,8 +232,9 @@ def view_host(
     drift = {d.name: drift_mod.check(d, states[d.name]) for d in desired}
     ours = _dropins_of(applied)
     del applied
+    with_dirs = dropin_dirs(settings.unit_dir)  # one listing, not one a unit (10,000: 0.1 s)
     for d in desired:
-        on_disk = read_dropins(settings.unit_dir, d.name)
+        on_disk = read_dropins(settings.unit_dir, d.name) if d.name in with_dirs else {}
         if on_disk or d.name in ours:
             drift[d.name] += drift_mod.dropin_items(d.name, ours.get(d.name, {}), on_disk)
     for d in mine:  # their runs are watched (missed, failed); their schedule is install's
@@ -243,11 +254,15 @@ def view_host(
 
 def config_file_drift(settings: Settings) -> dict[str, list[drift_mod.DriftItem]]:
     """Managed config files changed by hand (the file manifest against the host), by path."""
-    from reconciler.host.config_files import read_path
     from reconciler.store import file_manifest
 
+    manifest = file_manifest.load(settings.state_dir)
+    if not manifest:
+        return {}  # no managed files: not even the reader's imports (pydantic: ~0.15 s)
+    from reconciler.host.config_files import read_path
+
     out = {}
-    for path, entry in file_manifest.load(settings.state_dir).items():
+    for path, entry in manifest.items():
         items = drift_mod.config_file_items(entry, read_path(settings.host_root, path))
         if items:
             out[path] = items
@@ -335,7 +350,17 @@ class Recorder:
                 actions = self.db.actions(events, min(lo, looks[0].at) - STALE_SEC)
                 for unit, evs in events.items():
                     events[unit] = attribute(evs, actions, since, scheduled)
-            self.db.save_counters(changed.values(), looks[0].at if looks else 0.0)
+            # a steady unit's look moves its last_seen_at alone: that field is written in
+            # place (10,000 units: no JSON encoded, 0.3 s -> 0.05 s)
+            seen = {
+                u: c.last_seen_at
+                for u, c in changed.items()
+                if c.last_seen_at is not None
+                and (p := current.get(u)) is not None
+                and only_seen_moved(p, c)
+            }
+            rest = [c for u, c in changed.items() if u not in seen]
+            self.db.save_counters(rest, looks[0].at if looks else 0.0, seen=seen)
             kept: list[Observation] = []
             samples: list[Observation] = []  # the same state: kept for the memory trend
             for o in looks:
@@ -378,6 +403,8 @@ class Recorder:
         state = dict(current)
         for obs in sorted(looks, key=lambda o: o.at):  # as ``record`` will see them
             prev = state.get(obs.unit)
+            if prev is not None and _same_run_and_state(prev, obs):
+                continue  # nothing ended (no events); a later look's gap only grows: harmless
             state[obs.unit], evs = update_counters(prev, obs)
             if unknown_exits(evs):
                 lo, hi, n = gaps.get(obs.unit, (_gap_start(prev, obs), obs.at, 0))
@@ -486,6 +513,14 @@ class Recorder:
 
 def _unhealthy(obs: Observation) -> bool:
     return not obs.running and obs.failed
+
+
+def _same_run_and_state(last: Counters, obs: Observation) -> bool:
+    return bool(obs.invocation_id) and (
+        obs.invocation_id,
+        obs.active_state,
+        obs.sub_state,
+    ) == (last.last_invocation_id, last.last_state, last.last_sub_state)
 
 
 def _news(obs: Observation, last: Counters | None) -> bool:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -146,12 +146,22 @@ class FindingStore(db.Database):
         wanted = set(units)
         return {u: at for u, at in rows if u in wanted}
 
-    def save_counters(self, counters: Iterable[Counters], now: float) -> None:
+    def save_counters(
+        self, counters: Iterable[Counters], now: float, *, seen: Mapping[str, float] | None = None
+    ) -> None:
+        """Write ``counters`` whole, and ``seen`` units' ``last_seen_at`` alone (stored
+        units: only that field moved). The time goes in as its repr, parsed by ``json()``:
+        a bound REAL would be rendered with 15 digits."""
         with self.transaction(), self._errors("write counters to"):
             self._conn.executemany(
                 "INSERT INTO monitor_counters (unit, first_seen, data) VALUES (?, ?, ?)"
                 " ON CONFLICT (unit) DO UPDATE SET data = excluded.data",
                 ((c.unit, now, json.dumps(c.flat())) for c in counters),  # flat: no asdict
+            )
+            self._conn.executemany(
+                "UPDATE monitor_counters SET data = json_set(data, '$.last_seen_at', json(?))"
+                " WHERE unit = ?",
+                ((repr(float(at)), unit) for unit, at in (seen or {}).items()),
             )
 
     def mark_acted(self, units: Iterable[str], at: float) -> None:

@@ -6,12 +6,13 @@ import random
 import sqlite3
 import stat
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from reconciler.config import Settings
-from reconciler.core.counters import Observation
+from reconciler.core.counters import Counters, Observation
 from reconciler.core.patterns import Thresholds, detect, memory_run
 from reconciler.errors import JobError, StateError
 from reconciler.store import db, metric_store
@@ -171,3 +172,24 @@ def test_looks_kept_only_for_memory_go_once_older_than_the_trend_window(state: P
     assert [o.at for o in left.observations["a.service"]] == [now - 9 * hour]
     memory = left.memory["a.service", "r1"]
     assert (memory.samples, memory.first_at, memory.last_at) == (3, now - 9 * hour, now - hour)
+
+
+def test_a_steady_units_look_rewrites_its_last_seen_at_alone_and_exactly(state: Path) -> None:
+    """10,000 steady units' pass moves only their last_seen_at: written in place by SQLite,
+    to the last digit (a bound REAL would be rendered with 15), every other field kept."""
+    at = 1_765_000_000.1234567
+    c = Counters(
+        "a.service", starts=2, crashes=1, last_exit_code=3, last_state="active",
+        last_sub_state="running", last_invocation_id="r1", last_seen_at=at - 300,
+        seen_result="success",
+    )  # fmt: skip
+    store = FindingStore(state)
+    try:
+        store.save_counters([c, Counters("b.service", last_seen_at=1.0)], at - 300)
+        store.save_counters([], at, seen={"a.service": at})
+        assert store.counters() == {
+            "a.service": replace(c, last_seen_at=at),
+            "b.service": Counters("b.service", last_seen_at=1.0),
+        }
+    finally:
+        store.close()

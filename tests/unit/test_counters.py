@@ -6,6 +6,7 @@ pass or a duplicated watch event never double-counts).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 
@@ -18,6 +19,7 @@ from reconciler.core.counters import (
     Event,
     Observation,
     attribute,
+    only_seen_moved,
     signal_name,
     update_counters,
 )
@@ -354,3 +356,22 @@ def test_a_crash_never_keeps_the_next_runs_success() -> None:
     for result in ("success", ""):
         after, _ = update_counters(counters, look(30, "c", "activating", "auto-restart", 2, result))
         assert after.last_result is None, result
+
+
+def test_only_seen_moved_is_a_steady_look_and_nothing_else() -> None:
+    steady = Counters(
+        "a.service", last_state="active", last_sub_state="running", last_invocation_id="r1",
+        last_seen_at=10.0, seen_result="success",
+    )  # fmt: skip
+    look = Observation("a.service", 20.0, "active", "running", "success", 0, "r1")
+    again, events = update_counters(steady, look)
+    assert not events and only_seen_moved(steady, again)
+    assert not only_seen_moved(steady, steady)  # nothing moved at all
+    for moved in (
+        dataclasses.replace(again, starts=1),
+        dataclasses.replace(again, seen_result="exit-code"),
+        dataclasses.replace(again, acted_at=15.0),
+    ):
+        assert not only_seen_moved(steady, moved)
+    crashed, _ = update_counters(steady, dataclasses.replace(look, active_state="failed"))
+    assert not only_seen_moved(steady, crashed)
