@@ -379,3 +379,35 @@ def test_the_monitor_wants_an_opt_in_own_unit_as_the_operator_left_it(
     (wants / "reconciler-promote.timer").symlink_to(unit_dir / "reconciler-promote.timer")
     wanted = {u.name: (u.enable, u.start) for u in own_units(store, unit_dir, [])}
     assert wanted["reconciler-promote.timer"] == (True, True)  # enabled here: monitored
+
+
+def test_the_bulky_looks_are_checked_whole_once_an_hour(db: Path) -> None:
+    """Every open checks the sync's tables; the monitor's looks (most of a big host's file:
+    0.32 s of 0.49 s at 10,000 units) only with the whole file, once an hour. Damage in
+    them is found by that check and moved aside like any other."""
+    from reconciler.core.counters import Observation
+    from reconciler.store.finding_store import FindingStore
+
+    Store.open(db).close()  # new: checked whole, the time noted
+    looks = FindingStore(db)
+    looks.add([Observation(f"u{i}.service", float(i), "active", "running", "", 0, "r") for i in
+               range(2000)], [])  # fmt: skip
+    looks.close()
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    (root,) = conn.execute(
+        "SELECT rootpage FROM sqlite_master WHERE name = 'monitor_observation'"
+    ).fetchone()
+    conn.close()
+    raw = bytearray(db.read_bytes())
+    raw[4096 * (root - 1) : 4096 * root] = b"\xff" * 4096
+    db.write_bytes(bytes(raw))
+    Path(f"{db}-shm").unlink(missing_ok=True)
+    with Store.open(db) as s:  # within the hour: the sync's tables only, and they are fine
+        s.record_sync("r", 1.0, 1.0, "applied", [], None, "timer")
+        s.kv_set(sync_store.CHECKED_KEY, repr(time.time() - sync_store.CHECK_ALL_EVERY_SEC))
+    assert not list(db.parent.glob("state.db.corrupt-*"))
+    with Store.open(db) as s:  # an hour on: the whole file, the damage found, moved aside
+        assert s.history() == []
+        assert float(s.kv_get(sync_store.CHECKED_KEY) or 0) > time.time() - 60
+    assert len([p for p in db.parent.glob("state.db.corrupt-*") if "-wal" not in p.name]) == 1
