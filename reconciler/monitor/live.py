@@ -175,7 +175,7 @@ def read_state(
     files = read_unit_files(unit_dir, names)
     root = host_root(unit_dir)
     if root is None:
-        live = systemd.read_units(list(names), last=last)
+        live = systemd.read_units(list(names), last=last, every_type=False)
     else:  # enablement from the directories, NeedDaemonReload only of changed files
         reloads = reloads or Reloads(None, systemd.units_loaded_at())
         touched = _changed(unit_dir, names)
@@ -185,6 +185,7 @@ def read_state(
             file_states=file_states(root, names, files),
             suspects=suspects,
             last=last,
+            every_type=False,  # drift asks it of inactive services only
         )
         loaded = {n: u.need_daemon_reload for n, u in live.items() if u.load_state == "loaded"}
         reloads.learn(suspects, touched, loaded)

@@ -204,6 +204,7 @@ class Systemd:
         file_states: Mapping[str, str] | None = None,
         suspects: Collection[str] | None = None,
         last: Mapping[str, LiveUnit] | None = None,
+        every_type: bool = True,
     ) -> dict[str, LiveUnit]:
         """What the monitor needs of ``names``: states in one call, then pipelined Gets.
 
@@ -224,6 +225,8 @@ class Systemd:
         (running, exited, dead) of the same run (``InvocationID``) keeps that look's
         ``PER_RUN`` properties: systemd changes them only with the state or a new run, and
         not asking saves four Gets a running service (half of a steady pass's reads).
+        ``every_type=False``: a service's ``Type`` is asked only while it is inactive, the
+        one state where it matters (a finished oneshot is not down); "" for the others.
         """
         units = self.list_units(names)
         skip = set()
@@ -240,8 +243,11 @@ class Systemd:
 
         def gets(name: str, props: tuple[Prop, ...]) -> Iterator[Request]:
             path = unit_path(name)
+            idle = units[name].active_state == "inactive"
             for i, p, field in props:
                 if field in skip and (field != "need_daemon_reload" or name not in suspects_):
+                    continue
+                if field == "service_type" and not (idle or every_type):
                     continue
                 yield (name, field), "Get", partial(build_get, path=path, interface=i, prop=p)
 

@@ -227,9 +227,17 @@ def test_a_run_seen_in_the_same_settled_state_keeps_its_per_run_properties(
     timer = make_unit("dead.timer", "[Timer]\nOnActiveSec=1h\n")  # keeps it loaded
     sd.reload()
     sd.run_jobs([("start", n) for n in [timer, *names]])
+    before = sd.calls["Get"]
     full = sd.read_units(names)
+    asked_types = sd.calls["Get"] - before
     assert [full[n].sub_state for n in names] == ["exited", "running", "dead"]
     assert full[exited].exec_main_code == 1  # CLD_EXITED: read, then kept
+    # the monitor's read asks Type only where it tells something: an inactive service
+    before = sd.calls["Get"]
+    typed = sd.read_units(names, every_type=False)
+    assert [typed[n].service_type for n in names] == ["", "", "oneshot"]
+    assert [full[n].service_type for n in names] == ["oneshot", "simple", "oneshot"]
+    assert sd.calls["Get"] - before == asked_types - 2
 
     before = sd.calls["Get"]
     again = sd.read_units(names)
