@@ -18,8 +18,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 
+from reconciler.core.enablement import template_of
 from reconciler.core.inventory import SERVICES_FILE, key_path, quote
-from reconciler.core.unitkind import is_quadlet_path
+from reconciler.core.unitkind import is_quadlet_path, is_unit
 from reconciler.errors import InventoryError
 from reconciler.model import (
     Action,
@@ -296,8 +297,17 @@ def merge(
     pending = set(interrupted)
     asked = files.restart | (pending & {u for m in files.after for u in m.restart})
     reloads = files.reload | (pending & {u for m in files.after for u in m.reload})
-    restart = {u for u in expand(asked, active) if active.get(u) in RUNNING} - jobs
-    reload = {u for u in expand(reloads, active) if active.get(u) in RUNNING}
+    # a unit this plan stops for good or removes is neither restarted nor reloaded for a
+    # file (a commit removing a service and its config file failed half-way on "reload")
+    gone = {
+        a.name
+        for a in actions
+        if isinstance(a, StopUnit) or (isinstance(a, RemoveUnitFile) and is_unit(a.name))
+    }
+    kept = {u for u in active if u not in gone and template_of(u) not in gone}
+    restart = {u for u in expand(asked, active) if active.get(u) in RUNNING and u in kept}
+    reload = {u for u in expand(reloads, active) if active.get(u) in RUNNING and u in kept}
+    restart -= jobs
     reload -= jobs | restart
     refused = _Refusals()
     for unit in sorted(reload & set(cannot_reload)):

@@ -17,8 +17,10 @@ from reconciler.model import (
     Plan,
     ReloadUnit,
     RemoveFile,
+    RemoveUnitFile,
     RestartUnit,
     StartUnit,
+    StopUnit,
     WriteFile,
     WriteUnitFile,
 )
@@ -187,3 +189,29 @@ def test_reload_of_a_unit_that_cannot_reload_is_refused() -> None:
     assert ".reload: 'oneshot.service' cannot reload" in str(exc.value)
     stopped = files.merge(Plan(), fp, {"oneshot.service": "inactive"}, cannot_reload=())
     assert not [a for a in stopped.actions if isinstance(a, ReloadUnit)]
+
+
+def test_a_unit_removed_with_its_config_file_is_not_reloaded_or_restarted() -> None:
+    """A user's trial: one commit removing a service and the config file that reloads it
+    planned "remove greet.service ... reload greet.service": the sync failed half-way on the
+    reload of a unit it had just removed. A unit the plan stops for good or removes (and a
+    removed template's instances) gets no restart or reload for a file; the others do."""
+    manifest = {
+        "/etc/app/a.conf": ManagedFile(
+            "/etc/app/a.conf", "x", 0o644, 0, 0, None,
+            restart=("worker@.service", "web.service"), reload=("greet.service",),
+        ),
+    }  # fmt: skip
+    fp = plan([], {"/etc/app/a.conf": HostFile("/etc/app/a.conf", "file", meta())}, manifest)
+    units = Plan(
+        actions=(
+            StopUnit("greet.service"),
+            RemoveUnitFile("greet.service", "old"),
+            RemoveUnitFile("worker@.service", "old"),
+            RemoveUnitFile("web.service.d/env.conf", "old"),  # a drop-in: web stays
+        )
+    )
+    active = dict.fromkeys(["greet.service", "worker@1.service", "web.service"], "active")
+    merged = files.merge(units, fp, active)
+    jobs = [a for a in merged.actions if isinstance(a, RestartUnit | ReloadUnit)]
+    assert jobs == [RestartUnit("web.service")]
