@@ -290,9 +290,10 @@ def referenced_names(
         seen.add(name)
         try:
             ast = env.parse(templates[name], name)
+            # compiles it: an unknown filter or test fails here first (TemplateAssertionError)
+            names |= meta.find_undeclared_variables(ast)
         except (jinja2.TemplateSyntaxError, RecursionError):
             return None  # reported with its line when that template is rendered
-        names |= meta.find_undeclared_variables(ast)
         for found in meta.find_referenced_templates(ast):
             if found is None:
                 return None

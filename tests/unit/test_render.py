@@ -275,6 +275,18 @@ BAD: list[tuple[str, str, dict[str, Any], str]] = [
         {"v": "execstart=/bin/evil"},
         f"{T}: web.service line 2: a value starts the line",
     ),
+    (  # a user's trial: found first by the variables' scan, two lines and no template name
+        "unknown filter",
+        "[Unit]\nDescription={{ description | nosuchfilter }}\n",
+        VARS,
+        f"{T}:2: No filter named 'nosuchfilter'.",
+    ),
+    (
+        "unknown test",
+        "[Unit]\nDescription={{ port is nosuchtest }}\n",
+        VARS,
+        f"{T}:2: No test named 'nosuchtest'.",
+    ),
     (
         "runtime error",
         "[Unit]\nDescription={{ 1 // 0 }}\n",
