@@ -63,6 +63,7 @@ EVENTS: dict[str, str] = {
     "restart_anomaly": "5ad86882981647c1a13e465f320af95c",
     "missed_run": "66f4a3337cf24a7a99ff5d72fbce15fa",
     "failed_run": "2856bca5186d4cecb1dc65d99e4a90c7",
+    "monitor.warning": "845bb83d92214c3c8dc8163518f17a77",
     "job.metrics": "089af8ac054444abbb086aedad7958fd",
     "job.backup": "eab3ca8d7dc34e8a9585ac8d22af2ac8",
     "job.etl": "0210fd3ab71c4c0f83eaf5800c5e160b",

@@ -11,7 +11,6 @@ sync calls this at its end and must not fail because a webhook is down.
 from __future__ import annotations
 
 import json
-import logging
 import re
 import subprocess
 import time
@@ -34,7 +33,6 @@ if TYPE_CHECKING:
     from reconciler.store.sync_store import Store
     from reconciler.systemd.client import Systemd
 
-log = logging.getLogger("reconciler")
 PRIORITY = {"critical": 2, "warning": 4, "info": 6}
 _ELAPSE = re.compile(r"(?:Next elapse|Iter\. #\d+):\s+\w+ (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)")
 
@@ -131,6 +129,7 @@ def bundles(
     rank = {"critical": 0, "warning": 1}
     wanted.sort(key=lambda f: rank.get(f.finding.severity, 2))
     skipped = len(wanted) - config.max_per_pass
+    late = [f"{f.finding.kind} on {f.finding.unit}" for f in wanted[config.max_per_pass :]]
     wanted = wanted[: config.max_per_pass]
     collector = diagnostics.Collector(config)
     futures = []
@@ -167,8 +166,17 @@ def bundles(
         if result is not None:
             db.set_bundle(f.id, str(result))
             written[f.id] = str(result)
-    dropped = collector.dropped + max(skipped, 0)
-    warnings = [f"{dropped} diagnostics bundles not written (limits)"] if dropped else []
+    warnings = []
+    if skipped > 0:
+        warnings.append(
+            f"{skipped} diagnostics bundle{'s' * (skipped > 1)} not written ([diagnostics] "
+            f"max_per_pass = {config.max_per_pass}): {', '.join(late)}"
+        )
+    if collector.dropped:
+        warnings.append(
+            f"{collector.dropped} diagnostics bundle{'s' * (collector.dropped > 1)} not "
+            f"written ([diagnostics] max_pending = {config.max_pending} in the backlog)"
+        )
     return written, warnings
 
 
@@ -345,7 +353,7 @@ def outputs(
     except Exception as exc:
         warnings.append(f"webhook: {exc}")
     for text in warnings:
-        log.warning("monitor output: %s", text)
+        journal.event("monitor.warning", f"monitor output: {text}", priority=4)
     return written, warnings
 
 
@@ -377,5 +385,9 @@ def publish(
     try:
         textfile(config, store, view, result, db, fleet_sample(settings, store, result))
     except Exception as exc:
-        log.warning("cannot write the monitor textfile '%s': %s", config.textfile, exc)
+        journal.event(
+            "monitor.warning",
+            f"cannot write the monitor textfile '{config.textfile}': {exc}",
+            priority=4,
+        )
         result.warnings.append(f"textfile: {exc}")
