@@ -164,12 +164,16 @@ class Demo:
             "inbox (path)"
         )
         state = self.work / "state"
-        (self.work / "config.toml").write_text(
+        config = self.work / "config.toml"
+        config.touch(mode=0o600)  # as a host's config: it may name credentials
+        config.write_text(
             f'repo = "{bare}"\nref = "main"\nhost = "sandbox"\n'
             f'state_dir = "{state}"\nunit_dir = "{self.host.unit_dir}"\n'
             f'run_dir = "{self.work / "run"}"\nbus = "{self.host.bus_address}"\n'
             'files_roots = ["/etc/greeter"]\n'  # the example's config file (this host only)
             f"\n[monitor]\nrestart_threshold = 3\nrestart_window_sec = 60\n"
+            # bundles read the host's journal, not this machine's (the CLI runs out here)
+            f'\n[diagnostics]\njournal_command = ["journalctl", "--root={self.host.root}"]\n'
         )
         self.out(f"  bare repo {bare}; host config {self.work / 'config.toml'}")
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
+import stat
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -78,6 +80,14 @@ def test_demo_keep_leaves_a_live_host_and_stop_removes_everything(host: object) 
         assert inside.stdout.strip() in ("running", "degraded"), inside
         assert Path(f"/proc/{pid}").exists() and work.is_dir()
         assert all(c.is_dir() for c in cgroups)
+        assert stat.S_IMODE((work / "config.toml").stat().st_mode) == 0o600
+        # a user's trial: the demo's bundles held this machine's (empty) journal, not the host's
+        bundles = sorted(work.rglob("*crash_loop*.tar.gz"))
+        assert bundles, sorted(str(p) for p in work.rglob("*"))[:50]
+        with tarfile.open(bundles[0]) as tar:
+            member = next(m for m in tar.getmembers() if m.name.endswith("journal.json"))
+            journal = tar.extractfile(member).read()  # type: ignore[union-attr]
+        assert b"flaky" in journal, journal[:500]
         # the printed CLI line reaches the host's journal: an event of it is found by MESSAGE_ID
         cli = re.search(r"the CLI on it:\s+(.*) status$", proc.stdout, re.MULTILINE)
         assert cli and "RECONCILER_JOURNAL_SOCKET=" in cli[1], proc.stdout[-2000:]
