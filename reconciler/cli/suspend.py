@@ -23,8 +23,11 @@ def run(args: argparse.Namespace) -> int:
 
     journal.setup()
     store = runtime.open_store(_options.settings(args))
-    before = store.suspended()  # suspended already: the reason is replaced, the time kept
-    store.suspend(args.reason, by=getpass.getuser(), now=before.since if before else None)
+    before = store.suspended()  # suspended already: the time is kept, the reasons both
+    reason = args.reason
+    if before is not None and before.reason not in (reason, ""):
+        reason = f"{reason}; before: {before.reason}"  # an incident id is never lost
+    store.suspend(reason, by=getpass.getuser(), now=before.since if before else None)
     msg = f"automatic syncs suspended: {args.reason}"
     if before is not None:
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(before.since))

@@ -17,6 +17,7 @@ import pytest
 
 from reconciler.devtools import sandbox
 from reconciler.host import journal
+from reconciler.store.sync_store import Store
 from tests.integration.gitrepo import ConfigRepo
 
 pytestmark = pytest.mark.host
@@ -438,6 +439,8 @@ def test_suspend_resume_and_rollback(env: Env) -> None:
     env.reconciler("suspend", "--reason", "incident 41")
     again = env.reconciler("suspend", "--reason", "incident 42")  # says what it replaced
     assert "(were already, since " in again.stdout and ": incident 41)" in again.stdout
+    with Store.open(env.state / "state.db") as store:  # a user's trial: 41 was lost
+        assert store.suspended().reason == "incident 42; before: incident 41"  # type: ignore[union-attr]
     assert env.sync("--trigger", "timer")["result"] == "suspended"
     assert "one" in (env.host.unit_dir / f"{a}.service").read_text()
     assert env.sync("--force")["result"] == "applied"
