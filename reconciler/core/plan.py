@@ -183,13 +183,13 @@ def _dropin_notes(
     notes: list[str] = []
     for d in files:
         target = unitkind.dropin_target(d.name)
-        if target is None or target in units:
+        if target is None:
             continue
         if "@." in target:  # a template's: its instances are the units
             running = sorted(unitkind.instances(target, live_units))
         else:
             unit = live_units.get(target) or LiveUnit(target)
-            if unit.load_state == "not-found":
+            if unit.load_state == "not-found" and target not in units:  # ours: written now
                 notes.append(
                     f"{d.name}: {target} is not on this host (not managed, no unit file "
                     "systemd knows): the drop-in is written and takes effect only once "

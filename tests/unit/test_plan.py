@@ -1070,3 +1070,25 @@ def test_dropin_notes(
         assert p.notes == (), what
     else:
         assert len(p.notes) == 1 and expected in p.notes[0], (what, p.notes)
+
+
+def test_a_managed_units_changed_dropin_without_restart_is_noted() -> None:
+    """A user's trial: ``restart = false`` on a drop-in of the inventory's own service got
+    no note (only vendor units' drop-ins did): the running unit stays on its old settings."""
+    worker = svc("worker")
+    dropin = DesiredUnit(
+        "worker.service.d/50-reconciler-env.conf", "[Service]\nEnvironment=LEVEL=trace\n",
+        "worker.service", False, False, restart=False,
+    )  # fmt: skip
+    before = {worker.name: worker.content, dropin.name: "[Service]\nEnvironment=LEVEL=info\n"}
+    running = {worker.name: live(worker.name)}
+    p = plan((worker, dropin), before, running, owned(worker.name, dropin.name))
+    assert [n for n in p.notes if "needs a restart" in n] == [
+        "worker.service needs a restart to take its changed drop-in "
+        "worker.service.d/50-reconciler-env.conf (restart = false: the Reload alone leaves "
+        "it running on its old settings; run 'systemctl restart worker.service' when "
+        "convenient)"
+    ]
+    changed = svc("worker", "sleep 999")  # restarted for its own file: nothing to note
+    p = plan((changed, dropin), before, running, owned(worker.name, dropin.name))
+    assert p.notes == ()
