@@ -506,6 +506,10 @@ def key_path(loc: tuple[str | int, ...]) -> str:
 
 def _message(error: ErrorDetails, known: Sequence[str]) -> str:
     if error["type"] != "extra_forbidden":
+        given = error.get("input")  # a user's trial: "a valid number" said not what it got
+        if isinstance(given, str | int | float) and not isinstance(given, bool):
+            shown = f"'{quote(given[:60])}'" if isinstance(given, str) else repr(given)
+            return f"{error['msg']} (got {shown})"
         return error["msg"]
     key = str(error["loc"][-1])
     if error["loc"][:1] == ("files",) and known is _KNOWN_KEYS:

@@ -130,7 +130,7 @@ BAD: list[tuple[str, dict[str, bytes], str, str]] = [
         "enable not bool",
         files(services=svc('enable = "yes"\n')),
         f"{S}: services.web.enable: Input should be a valid boolean",
-        "",
+        "(got 'yes')",
     ),
     (
         "hosts not list",
@@ -494,7 +494,7 @@ BAD: list[tuple[str, dict[str, bytes], str, str]] = [
     (
         "several problems",
         files(services=svc("foo = 1\nbar = 2\nenable = 3\n")),
-        f"{S}: services.web.enable: Input should be a valid boolean "
+        f"{S}: services.web.enable: Input should be a valid boolean (got 3) "
         "(also at services.web.foo, services.web.bar)",
         "",
     ),
