@@ -70,7 +70,9 @@ class Demo:
         assert self.host is not None
         shown = " ".join(args)
         self.out(f"$ reconciler {shown}")
-        argv = [sys.executable, "-m", "reconciler", *args]
+        # -P: the directory it was started in is not put first on the path (a user's trial
+        # ran it in the checkout: every step ran the checkout's code, not the installed one)
+        argv = [sys.executable, "-P", "-m", "reconciler", *args]
         env = {
             **os.environ,
             "RECONCILER_CONFIG": str(self.work / "config.toml"),

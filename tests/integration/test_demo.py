@@ -26,12 +26,17 @@ def section(out: str, title: str) -> str:
     return out[start : end if end != -1 else None]
 
 
-def test_demo_narrates_every_step(host: object) -> None:
+def test_demo_narrates_every_step(host: object, tmp_path: Path) -> None:
     del host  # the demo boots its own host; this fixture only proves hosts can boot here
+    # run where a 'reconciler' directory is (a checkout): its steps run the installed code
+    (tmp_path / "reconciler").mkdir()
+    (tmp_path / "reconciler" / "__init__.py").write_text("")
+    (tmp_path / "reconciler" / "__main__.py").write_text("raise SystemExit('the wrong one')\n")
     started = time.monotonic()
     proc = subprocess.run(
-        [RECONCILER, "demo"], capture_output=True, text=True, timeout=180, check=False
-    )
+        [RECONCILER, "demo"], capture_output=True, text=True, timeout=180, check=False,
+        cwd=tmp_path,
+    )  # fmt: skip
     elapsed = time.monotonic() - started
     out = proc.stdout
     assert proc.returncode == 0, proc.stdout + proc.stderr
