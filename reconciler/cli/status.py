@@ -40,6 +40,8 @@ def run(args: argparse.Namespace) -> int:
         open_findings = sorted(db.open_findings().values(), key=lambda f: (f.finding.unit, f.key))
         history = store.history(1)
         suspended = store.suspended()
+        unfinished = unfinished_sync(settings, store)
+        bad = store.bad_revisions()
         timer = systemd.read_units([SYNC_TIMER], runtime=False)[SYNC_TIMER]
         data: dict[str, Any] = {
             "host": settings.host_name,
@@ -56,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
                 if history
                 else None
             ),
+            "unfinished_sync": unfinished,
+            "bad_revisions": bad,
             "suspended": suspended.__dict__ if suspended else None,
             "automatic": automatic(timer, suspended is not None),
             "units": [u.__dict__ for u in monitor.unit_reports(view, counters)],
@@ -73,6 +77,18 @@ def run(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(render_table(data))
     return 0
+
+
+def unfinished_sync(settings: Any, store: Any) -> dict[str, Any] | None:
+    """A sync's note of the revision it applies and gates, still there: that sync runs now
+    (it holds the lock) or was killed before its gate passed (the next sync gates it)."""
+    from reconciler.host import lock
+    from reconciler.store.ledger import UNVERIFIED_KEY
+
+    revision = store.kv_json(UNVERIFIED_KEY).get("revision")
+    if not revision:
+        return None
+    return {"revision": revision, "running": lock.busy(settings.run_dir / "sync.lock")}
 
 
 def config_files(settings: Any, drift: dict[str, Any]) -> list[dict[str, Any]]:
@@ -175,6 +191,16 @@ def render_table(data: dict[str, Any]) -> str:
         )
     else:
         lines.append("last sync: never")
+    unfinished = data.get("unfinished_sync")
+    if unfinished and unfinished["running"]:
+        lines.append(f"sync of {unfinished['revision'][:12]}: under way")
+    elif unfinished:
+        lines.append(
+            f"sync of {unfinished['revision'][:12]}: interrupted before its health gate "
+            "passed; the next sync gates it (and rolls back if it is unhealthy)"
+        )
+    for b in data.get("bad_revisions") or []:
+        lines.append(f"marked bad: {b['revision'][:12]} at {_when(b['marked_at'])}: {b['reason']}")
     sus = data["suspended"]
     auto = data.get("automatic") or {"on": True, "why": ""}
     lines.append(

@@ -275,6 +275,14 @@ class Store(db.Database):
     def is_bad(self, revision: str) -> bool:
         return bool(self._rows("SELECT 1 FROM bad_revision WHERE revision = ?", (revision,)))
 
+    def bad_revisions(self, limit: int = 3) -> list[dict[str, Any]]:
+        """The latest revisions marked bad, newest first: revision, reason, marked_at."""
+        rows = self._rows(
+            "SELECT revision, reason, marked_at FROM bad_revision ORDER BY marked_at DESC LIMIT ?",
+            (limit,),
+        )
+        return [{"revision": r, "reason": why, "marked_at": at} for r, why, at in rows]
+
     def bad_reason(self, revision: str) -> str | None:
         return self._one("SELECT reason FROM bad_revision WHERE revision = ?", (revision,))
 

@@ -411,3 +411,12 @@ def test_the_bulky_looks_are_checked_whole_once_an_hour(db: Path) -> None:
         assert s.history() == []
         assert float(s.kv_get(sync_store.CHECKED_KEY) or 0) > time.time() - 60
     assert len([p for p in db.parent.glob("state.db.corrupt-*") if "-wal" not in p.name]) == 1
+
+
+def test_bad_revisions_newest_first(db: Path) -> None:
+    with Store.open(db) as s:
+        for i, rev in enumerate(("r1", "r2", "r3", "r4")):
+            s.mark_bad(rev, f"gate {i}", now=float(i))
+        s.clear_bad("r4")
+        assert [b["revision"] for b in s.bad_revisions()] == ["r3", "r2", "r1"]
+        assert s.bad_revisions(1) == [{"revision": "r3", "reason": "gate 2", "marked_at": 2.0}]
