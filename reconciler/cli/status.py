@@ -85,10 +85,14 @@ def unfinished_sync(settings: Any, store: Any) -> dict[str, Any] | None:
     from reconciler.host import lock
     from reconciler.store.ledger import UNVERIFIED_KEY
 
-    revision = store.kv_json(UNVERIFIED_KEY).get("revision")
-    if not revision:
+    note = store.kv_json(UNVERIFIED_KEY)
+    if not note.get("revision"):
         return None
-    return {"revision": revision, "running": lock.busy(settings.run_dir / "sync.lock")}
+    return {
+        "revision": note["revision"],
+        "gated": len(note.get("checks") or ()),
+        "running": lock.busy(settings.run_dir / "sync.lock"),
+    }
 
 
 def config_files(settings: Any, drift: dict[str, Any]) -> list[dict[str, Any]]:
@@ -195,9 +199,11 @@ def render_table(data: dict[str, Any]) -> str:
     if unfinished and unfinished["running"]:
         lines.append(f"sync of {unfinished['revision'][:12]}: under way")
     elif unfinished:
+        gate = unfinished.get("gated")
         lines.append(
-            f"sync of {unfinished['revision'][:12]}: interrupted before its health gate "
-            "passed; the next sync gates it (and rolls back if it is unhealthy)"
+            f"sync of {unfinished['revision'][:12]}: interrupted (killed before it was "
+            "recorded); the next sync takes it over"
+            + (f" and runs its health gate ({gate} units; a rollback if unhealthy)" if gate else "")
         )
     for b in data.get("bad_revisions") or []:
         lines.append(f"marked bad: {b['revision'][:12]} at {_when(b['marked_at'])}: {b['reason']}")

@@ -63,6 +63,9 @@ def test_kill_9_during_the_health_gate(fenv: FaultEnv, fault_report: Report, dat
     if database != "kept":
         for suffix in ("", "-wal", "-shm"):
             Path(f"{fenv.state / 'state.db'}{suffix}").unlink(missing_ok=True)
+    else:  # a user's trial: status showed the killed sync's host like any other
+        status = fenv.run("status", repo=None, host=None).stdout
+        assert f"sync of {bad[:12]}: interrupted (killed before it was recorded)" in status
 
     after = fenv.run("sync")  # gates the killed sync's units, rolls back
     converge = fenv.converge(killed_at)

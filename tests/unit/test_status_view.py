@@ -19,11 +19,15 @@ BASE = {
 
 def test_an_interrupted_sync_and_a_bad_revision_are_said() -> None:
     bad = {"revision": "b" * 40, "reason": "health gate failed: web.service", "marked_at": 0.0}
-    data = {**BASE, "unfinished_sync": {"revision": "b" * 40, "running": False}}
+    data = {**BASE, "unfinished_sync": {"revision": "b" * 40, "running": False, "gated": 2}}
     text = render_table({**data, "bad_revisions": [bad]})
-    assert f"sync of {'b' * 12}: interrupted before its health gate passed" in text
+    assert (
+        f"sync of {'b' * 12}: interrupted (killed before it was recorded); the next sync "
+        "takes it over and runs its health gate (2 units; a rollback if unhealthy)" in text
+    )
     assert f"marked bad: {'b' * 12} at " in text and "health gate failed: web.service" in text
-    running = render_table({**BASE, "unfinished_sync": {"revision": "b" * 40, "running": True}})
+    unfinished = {"revision": "b" * 40, "running": True, "gated": 0}
+    running = render_table({**BASE, "unfinished_sync": unfinished})
     assert f"sync of {'b' * 12}: under way" in running
     assert "sync of" not in render_table(BASE) and "marked bad" not in render_table(BASE)
 
