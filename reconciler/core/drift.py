@@ -251,9 +251,10 @@ def failed_run(
     sync: bool = False,
     synced_at: float | None = None,
 ) -> Finding | None:
-    """A failed run of one of the reconciler's own units: an event, not drift (install, not
-    the applied revision, decides them). ``sync``: the sync's own service, resolved by a
-    good sync (any trigger) that started after the failure (``synced_at``: the newest)."""
+    """A failed run of one of the reconciler's own units or of a job a timer runs: an event,
+    not drift (install decides the former, their timers start both, never a sync).
+    ``sync``: the sync's own service, resolved by a good sync (any trigger) that started
+    after the failure (``synced_at``: the newest)."""
     live = state.live
     if live.active_state != "failed":
         return None

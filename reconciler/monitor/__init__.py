@@ -241,6 +241,8 @@ def view_host(
         drift[d.name] = [
             i for i in drift[d.name] if i.aspect != "timer" and not drift_mod.is_failed_run(i)
         ]
+    for name in scheduled_units(desired) & drift.keys():  # a failed run, not drift: no sync
+        drift[name] = [i for i in drift[name] if not drift_mod.is_failed_run(i)]
     for unit in sorted(ours.keys() - drift.keys()):  # a vendor unit: only ours are checked
         on_disk = read_dropins(settings.unit_dir, unit)
         mine_now = {n: t for n, t in on_disk.items() if n in ours[unit]}
@@ -636,7 +638,7 @@ def run_pass(
             if state.timer is not None and starts[name]:
                 missed = drift_mod.missed_run(name, state.timer, at, config.thresholds, intervals)
                 extra += [missed] if missed else []
-        extra += failed_runs(systemd, store, view, recorder.counters, at)
+        extra += failed_runs(systemd, store, view, recorder.counters, at, scheduled)
         # config files and vendor units with our drop-ins: drift only, no patterns
         others = [n for n in view.drift if n not in view.states]
         changes = recorder.evaluate(
@@ -673,11 +675,19 @@ def run_pass(
 
 
 def failed_runs(
-    systemd: Systemd, store: Store, view: HostView, counters: Mapping[str, Counters], at: float
+    systemd: Systemd,
+    store: Store,
+    view: HostView,
+    counters: Mapping[str, Counters],
+    at: float,
+    scheduled: Collection[str] = (),
 ) -> list[Finding]:
-    """Failed runs of the reconciler's own units; the sync's is resolved by a later good sync
-    (``history``: any trigger, a manual one too), which does not touch its unit's state."""
-    failed = [n for n in sorted(view.own) if view.states[n].live.active_state == "failed"]
+    """Failed runs of the reconciler's own units and of the ``scheduled`` services (a timer
+    or path unit runs them: a sync does not start them, so their failure is no drift); the
+    sync's is resolved by a later good sync (``history``: any trigger, a manual one too),
+    which does not touch its unit's state."""
+    runs = view.own | {n for n in scheduled if n.endswith(".service") and n in view.states}
+    failed = [n for n in sorted(runs) if view.states[n].live.active_state == "failed"]
     if not failed:
         return []
     services = [n for n in failed if n.endswith(".service")]

@@ -84,6 +84,34 @@ def test_a_long_timer_job_running_is_not_drift(mon: Mon, make_unit) -> None:  # 
         mon.host.systemctl("daemon-reload", check=False)
 
 
+def test_a_failed_run_of_a_timer_job_is_a_failed_run_not_drift(mon: Mon, make_unit) -> None:  # type: ignore[no-untyped-def]
+    """A user's trial: an inventory job its timer runs exited 4 and the monitor said
+    "critical drift ... active: failed (want not failed)" while plan said nothing to do (a
+    sync does not start a timer's job). It is a failed run, resolved by its next good run."""
+    job = "[Service]\nType=oneshot\nExecStart=/bin/sh -c 'test -e /run/tick-ok || exit 4'\n"
+    svc = make_unit("tick.service", job)
+    timer = svc.removesuffix(".service") + ".timer"
+    (mon.host.unit_dir / timer).write_text("[Timer]\nOnCalendar=daily\n")
+    try:
+        mon.host.systemctl("daemon-reload")
+        mon.desire(mon.unit(svc, start=False), mon.unit(timer))
+        mon.host.systemctl("start", timer)
+        mon.host.systemctl("start", svc, check=False)
+        settle(mon, svc, {"ActiveState": "failed"}, 10)
+        result = mon.run()
+        found = [(f.finding.kind, f.finding.severity) for f in result.open if f.finding.unit == svc]
+        assert found == [("failed_run", "warning")], found
+        assert not [d for d in result.drift if d.unit == svc]
+        (mon.host.root / "run/tick-ok").touch()
+        mon.host.systemctl("start", svc)  # its next run is good
+        assert [f for f in mon.run().open if f.finding.unit == svc] == []
+    finally:
+        mon.host.systemctl("stop", timer, svc, check=False)
+        (mon.host.unit_dir / timer).unlink(missing_ok=True)
+        (mon.host.root / "run/tick-ok").unlink(missing_ok=True)
+        mon.host.systemctl("daemon-reload", check=False)
+
+
 def monitor_json(env: Env, *config: str) -> dict[str, Any]:
     """``reconciler monitor --json``; ``config``: lines of a config file for this run."""
     argv = [test_sync.RECONCILER, "monitor", "--json", "--state-dir", str(env.state)]
