@@ -46,7 +46,9 @@ def build_parser(commands: dict[str, str], only: str | None = None) -> argparse.
     """The parser; with ``only``, just that command (the others are not even imported)."""
     import argparse
 
-    parser = argparse.ArgumentParser(
+    from reconciler.cli._parser import Parser
+
+    parser = Parser(
         prog="reconciler",
         description="GitOps for systemd hosts: git push changes what runs on this host.",
     )

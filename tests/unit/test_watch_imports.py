@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 # What the daemon's code path imports when it starts (its command, the daemon, the pass).
 DAEMON = (
     "reconciler.cli",
@@ -39,7 +41,10 @@ HEAVY = {
     "hashlib": "signatures and webhooks only",
     "tempfile": "the textfile is written through a name of its own (tempfile, shutil, random, "
     "bz2 and lzma were 1.3 MB)",
-    "shutil": "see tempfile",
+    "shutil": "see tempfile; argparse's help formatter imported it for the terminal's width "
+    "(cli/_parser.py)",
+    "bz2": "see shutil",
+    "lzma": "see shutil",
 }
 
 
@@ -47,6 +52,9 @@ def test_the_watch_daemon_imports_nothing_heavy() -> None:
     code = (
         "import importlib, json, sys\n"
         f"for m in {DAEMON!r}: importlib.import_module(m)\n"
+        "from reconciler import cli\n"  # the command line parsed as the unit's ExecStart is
+        "commands = cli._commands()\n"
+        "cli.build_parser(commands, only='watch').parse_args(['watch', '--include', 'a*'])\n"
         "print(json.dumps(sorted(sys.modules)))"
     )
     out = subprocess.run(
@@ -71,3 +79,16 @@ def test_a_host_without_managed_files_checks_them_without_pydantic(tmp_path: Pat
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_help_is_as_wide_as_shutil_would_make_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    from reconciler.cli import _parser
+
+    for columns in ("100", "0", "x", None):
+        if columns is None:
+            monkeypatch.delenv("COLUMNS", raising=False)
+        else:
+            monkeypatch.setenv("COLUMNS", columns)
+        assert _parser.columns() == shutil.get_terminal_size().columns
