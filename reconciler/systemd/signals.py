@@ -132,6 +132,7 @@ def read_changed(msg: Message, wanted: Collection[bytes]) -> tuple[str, dict[str
 
 @lru_cache(maxsize=8192)
 def _unit_of(path: str) -> str:
+    """Units watched by include patterns (any unit): their names cached by path."""
     return unit_name_from_path(path)
 
 
@@ -154,7 +155,9 @@ class LookStream(PropertyStream):
         ~150 bytes less a change than a ``PropertyChange`` holding a dict (a full queue of
         4,096: ~0.6 MB); the dict is made as the change is taken."""
         interface, changed = read_changed(msg, self._wanted)
-        return (_unit_of(msg.path), interface, at, *chain.from_iterable(changed.items()))
+        names = self.names_by_path
+        unit = names[msg.path] if names is not None else _unit_of(msg.path)
+        return (unit, interface, at, *chain.from_iterable(changed.items()))
 
     def _change(self, queued: object) -> PropertyChange:
         item = cast(tuple[Any, ...], queued)

@@ -44,7 +44,10 @@ class PropertyStream:
     """
 
     def __init__(self, conn: Connection, names: Sequence[str] | None, queue_size: int) -> None:
-        paths = None if names is None else frozenset(unit_path(n) for n in names)
+        # object path -> unit name of the units watched: the filter, and each signal's unit
+        # (the caller's name strings, not one decoded per signal or cached apart)
+        self.names_by_path = None if names is None else {unit_path(n): n for n in names}
+        paths = self.names_by_path
         if paths is None or len(paths) > MAX_PATH_RULES:
             rules = [
                 MatchRule(PROPERTIES, "PropertiesChanged", path_namespace=UNIT_PATH_PREFIX[:-1])
@@ -84,12 +87,17 @@ class PropertyStream:
         smaller shape that :meth:`_change` turns back into a ``PropertyChange``)."""
         interface, changed, invalidated = msg.body()
         return PropertyChange(
-            unit=unit_name_from_path(msg.path),
+            unit=self.unit_of(msg.path),
             interface=str(interface),
             changed=dict(changed),  # type: ignore[call-overload]
             at=at,
             invalidated=tuple(invalidated),  # type: ignore[arg-type]
         )
+
+    def unit_of(self, path: str) -> str:
+        """The unit name of an accepted signal's object path."""
+        names = self.names_by_path
+        return names[path] if names is not None else unit_name_from_path(path)
 
     def __iter__(self) -> Iterator[PropertyChange]:
         while not self.closed:

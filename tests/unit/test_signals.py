@@ -2,19 +2,32 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import cast
+
 import pytest
 
-from reconciler.systemd.signals import read_changed, skip
-from reconciler.systemd.wire import Message, build_call, split_frames, unmarshal
+from reconciler.systemd.connection import Connection
+from reconciler.systemd.signals import LookStream, read_changed, skip
+from reconciler.systemd.wire import (
+    MatchRule,
+    Message,
+    build_call,
+    split_frames,
+    unit_path,
+    unmarshal,
+)
 
 WANTED = frozenset({b"ActiveState", b"SubState", b"InvocationID", b"NRestarts", b"Job"})
 SPOOF = "\x0b\x00\x00\x00ActiveState\x00\x01s\x00\x06\x00\x00\x00active\x00"
 
 
-def signal(props: dict[str, tuple[str, object]], invalidated: list[str]) -> Message:
+def signal(
+    props: dict[str, tuple[str, object]], invalidated: list[str], unit: str = "x.service"
+) -> Message:
     data = build_call(
         7,
-        "/org/freedesktop/systemd1/unit/x_2eservice",
+        unit_path(unit),
         "org.freedesktop.DBus.Properties",
         "PropertiesChanged",
         "sa{sv}as",
@@ -95,3 +108,34 @@ def test_names_and_string_values_are_shared_between_signals() -> None:
         assert k1 is k2
         if isinstance(v1, str):
             assert v1 is v2
+
+
+class _Listened:
+    """A connection as a stream uses it: the test hands it signals, routed by path."""
+
+    def __init__(self) -> None:
+        self.listeners: list[tuple[MatchRule, Callable[[Message], None]]] = []
+
+    def listen(self, rule: MatchRule, sink: Callable[[Message], None]) -> int:
+        self.listeners.append((rule, sink))
+        return len(self.listeners)
+
+    def unlisten(self, _rule: MatchRule, _key: int) -> None:
+        pass
+
+    def offer(self, msg: Message) -> None:
+        for rule, sink in self.listeners:
+            if rule.path in (None, "", msg.path):
+                sink(msg)
+
+
+@pytest.mark.parametrize("count", [3, 30])  # a match rule per unit; one for all, filtered
+def test_a_stream_names_the_watched_units_with_the_callers_strings(count: int) -> None:
+    names = [f"web-{i}@x-y.service" for i in range(count)]  # escaped in their paths
+    conn = _Listened()
+    stream = LookStream(cast(Connection, conn), names, 16, ["ActiveState"])
+    for unit in (names[1], "other.service", names[-1]):
+        conn.offer(signal(CASES["unit"], [], unit))
+    taken = [stream.next_change(0) for _ in range(stream.depth)]
+    assert [c.unit if c else None for c in taken] == [names[1], names[-1]]
+    assert taken[0] is not None and taken[0].unit is names[1]  # not a string of its own

@@ -91,8 +91,10 @@ def _split(sig: str) -> list[str]:
     return out
 
 
-def test_build_get_matches_build_call() -> None:
-    path = unit_path("avahi-daemon.service")
+@pytest.mark.parametrize("stem", ["a", "ab", "abc", "abcd", "abcde", "abcdef", "abcdefg", "x-y"])
+def test_build_get_matches_build_call(stem: str) -> None:
+    # every padding of the path field (built per call, not cached)
+    path = unit_path(f"avahi-daemon{stem}.service")
     expected = wire.build_call(7, path, wire.PROPERTIES, "Get", "ss", (wire.SERVICE, "NRestarts"))
     assert wire.build_get(7, path, wire.SERVICE, "NRestarts") == expected
 
