@@ -6,6 +6,8 @@ unit that never ran since it was loaded holds systemd's defaults for the runtime
 
 from __future__ import annotations
 
+import sys
+
 from reconciler.model import LiveUnit
 from reconciler.systemd.wire import SERVICE, UNIT
 
@@ -62,16 +64,23 @@ def monitor_properties(name: str) -> tuple[tuple[Prop, ...], tuple[Prop, ...]]:
 
 
 def live_value(field_name: str, value: object) -> object:
+    """A property's value as a ``LiveUnit`` field holds it. Strings (states, results, unit
+    file states, service types) are interned: a unit held ~7 of its own, decoded from its
+    reply (~0.35 MB at 1,000 units in the watch daemon), where a few dozen distinct words
+    are shared by all."""
     if field_name == "invocation_id":
         return bytes(value).hex() if isinstance(value, bytes | bytearray) else str(value)
     if field_name == "memory_current":
         return None if value == UINT64_MAX else value
-    return value
+    return sys.intern(value) if isinstance(value, str) else value
 
 
 def parse_unit_infos(rows: object) -> list[LiveUnit]:
-    """``a(ssssssouso)`` rows of ListUnits* -> LiveUnit (states only)."""
+    """``a(ssssssouso)`` rows of ListUnits* -> LiveUnit (states only, interned)."""
+    intern = sys.intern
     return [
-        LiveUnit(name=r[0], load_state=r[2], active_state=r[3], sub_state=r[4])
+        LiveUnit(
+            name=r[0], load_state=intern(r[2]), active_state=intern(r[3]), sub_state=intern(r[4])
+        )
         for r in rows  # type: ignore[attr-defined]
     ]

@@ -142,3 +142,27 @@ def test_variant_value_fast_path_agrees_with_the_parser(sig: str, value: object)
     raw = wire.build_call(3, "/p", "a.b", "M", "v", ((sig, value),))
     (msg,) = wire.split_frames(bytearray(raw))
     assert msg.value() == value == msg.body()[0]
+
+
+def test_read_units_states_are_shared_strings_with_the_same_values() -> None:
+    from reconciler.systemd.properties import live_value, parse_unit_infos
+
+    def fresh(word: str) -> str:  # a string of its own, as a decoded reply holds it
+        return "".join(list(word))
+
+    rows = [
+        (f"u{i}.service", "", fresh("loaded"), fresh("active"), fresh("running"), "", "/", 0)
+        for i in range(2)
+    ]
+    first, second = parse_unit_infos(rows)
+    assert (first.load_state, first.active_state, first.sub_state) == (
+        "loaded",
+        "active",
+        "running",
+    )
+    assert first.active_state is second.active_state and first.sub_state is second.sub_state
+    assert live_value("result", fresh("exit-code")) is live_value("result", fresh("exit-code"))
+    assert live_value("result", fresh("success")) == "success"
+    assert live_value("n_restarts", 3) == 3
+    assert live_value("invocation_id", bytes(range(16))) == bytes(range(16)).hex()
+    assert live_value("memory_current", 2**64 - 1) is None

@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -482,7 +483,7 @@ class Watcher:
         assert self.systemd is not None
         services = [n for n in names if n.endswith(".service")]
         got = self.systemd.get_properties(services, SERVICE, ["Restart"]) if services else {}
-        return {n: str(p.get("Restart", "")) for n, p in got.items()}
+        return {n: sys.intern(str(p.get("Restart", ""))) for n, p in got.items()}
 
     def resync_if_due(self) -> None:
         if self._resync_due and time.monotonic() - self._last_resync >= RESYNC_MIN_SEC:
@@ -522,7 +523,7 @@ class Watcher:
         for view in loaded:
             name = view.live.name
             got = props.get(name, {})
-            view.restart_policy = str(got.get("Restart", "")) if name in props else None
+            view.restart_policy = sys.intern(str(got.get("Restart", ""))) if name in props else None
             need = bool(reloads.get(name, {}).get("NeedDaemonReload"))
             newly |= need and not view.live.need_daemon_reload
             view.live = replace(view.live, need_daemon_reload=need)
