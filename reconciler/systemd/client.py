@@ -375,20 +375,29 @@ class Systemd:
         self, names: Sequence[str], interface: str, props: Sequence[str]
     ) -> dict[str, dict[str, object]]:
         """``props`` of ``interface`` for every unit, pipelined Gets; any error raises."""
+        out: dict[str, dict[str, object]] = {n: {} for n in dict.fromkeys(names)}
+        for name, prop, value in self.each_property(names, interface, props):
+            out[name][prop] = value
+        return out
+
+    def each_property(
+        self, names: Sequence[str], interface: str, props: Sequence[str]
+    ) -> Iterator[tuple[str, str, object]]:
+        """:meth:`get_properties` as (unit, property, value), in the order the replies
+        come: for a caller that keeps less than all of them (the watch daemon's re-read,
+        which held a dict a unit for a moment)."""
         unique = _check_names(names)
         requests = (  # built as the window frees (Connection.pipeline)
             ((n, p), "Get", partial(build_get, path=unit_path(n), interface=interface, prop=p))
             for n in unique
             for p in props
         )
-        out: dict[str, dict[str, object]] = {n: {} for n in unique}
         for (name, prop), reply in self._conn.pipeline(_units_what(unique), requests):
             if reply.type == ERROR:
                 raise dbus_error(
                     f"read property {prop} of unit '{name}'", reply.error_name, reply.error_text()
                 )
-            out[name][prop] = reply.value()
-        return out
+            yield name, prop, reply.value()
 
     def get_all(self, names: Sequence[str], interface: str = "") -> dict[str, dict[str, object]]:
         """Every property of ``interface`` ("" = all interfaces) per unit, pipelined GetAll."""

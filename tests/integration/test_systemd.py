@@ -74,6 +74,16 @@ def test_reads_properties_of_real_units(sd: Systemd) -> None:
     )
     assert props["dbus.service"]["Type"] == "notify"
     assert int(props["dbus.service"]["MainPID"]) > 1  # type: ignore[call-overload]
+    both = ["dbus.service", "systemd-journald.service"]
+    each = list(sd.each_property(both, "org.freedesktop.systemd1.Service", ["Type", "Restart"]))
+    assert sorted(each) == sorted(  # the same values, one tuple a reply
+        (n, p, v)
+        for n, values in sd.get_properties(
+            both, "org.freedesktop.systemd1.Service", ["Type", "Restart"]
+        ).items()
+        for p, v in values.items()
+    )
+    assert len(each) == 4
     everything = sd.get_all(["systemd-journald.service"])["systemd-journald.service"]
     assert everything["Id"] == "systemd-journald.service"  # Unit interface
     assert everything["Type"] == "notify"  # Service interface, same GetAll

@@ -31,6 +31,8 @@ from reconciler.store import sync_store
 from reconciler.store.finding_store import FindingStore
 from reconciler.store.sync_store import Store
 from tests.conftest import ENV_INSIDE, PYTHON_INSIDE, UnitWriter
+from tests.integration import test_monitor
+from tests.integration.test_monitor import mon as mon
 
 pytestmark = pytest.mark.host
 
@@ -370,3 +372,41 @@ def test_watch_include_and_exclude_patterns(
         assert starts(state, [skipped, managed]) == [-1, -1]
     finally:
         stop(proc)
+
+
+def test_watch_reread_takes_policies_reloads_and_samples_as_they_come(
+    mon: test_monitor.Mon, make_unit: UnitWriter
+) -> None:
+    """``Watcher.reread`` (replies taken one by one, no dict a unit): Restart= of each
+    service, NeedDaemonReload newly set (a pass is due) then unchanged, a memory sample of
+    the running service (MemoryCurrent is unset in the host: its cgroup's processes)."""
+    from reconciler.monitor.watch.handler import Watcher
+    from reconciler.systemd.client import Systemd
+
+    steady = make_unit("steady.service", STEADY + "Restart=on-failure\n")
+    idle = make_unit("idle.service", "[Service]\nType=oneshot\nExecStart=/bin/true\n")
+    mon.host.systemctl("daemon-reload")
+    mon.host.systemctl("start", steady)
+    mon.desire(mon.unit(steady), mon.unit(idle, start=False))
+    store = Store.open(mon.state / "state.db")
+    systemd = Systemd(mon.host.bus_address)
+    watcher = Watcher(mon.settings(), store, systemd)
+    try:
+        watcher.start()
+        assert watcher.recorder.latest[steady].memory_current is None  # a read: no sample
+        assert watcher.reread(memory=True) is False
+        assert watcher.views[steady].restart_policy == "on-failure"
+        assert watcher.views[idle].restart_policy == "no"
+        sample = watcher.recorder.latest[steady].memory_current
+        assert sample is not None and sample > 0
+        assert watcher.recorder.latest[idle].memory_current is None  # not running
+        (mon.host.unit_dir / steady).write_text(STEADY + "Restart=always\n")  # no reload
+        assert watcher.reread(memory=False) is True  # newly: drift, a pass is due
+        assert watcher.views[steady].live.need_daemon_reload
+        assert not watcher.views[idle].live.need_daemon_reload
+        assert watcher.reread(memory=False) is False  # still, not newly
+    finally:
+        watcher.close()
+        systemd.close()
+        store.close()
+        mon.host.systemctl("stop", steady)

@@ -514,25 +514,35 @@ class Watcher:
         ]
         services = [v.live.name for v in loaded if v.live.name.endswith(".service")]
         wanted = REREAD if memory else REREAD[:1]
-        props = self.systemd.get_properties(services, SERVICE, wanted) if services else {}
+        # the replies taken as they come (each_property), not a dict a unit held at once
+        policies: dict[str, str] = {}
+        samples: dict[str, int] = {}  # MemoryCurrent, when systemd accounts it
+        groups: dict[str, str] = {}  # ControlGroup of running services, for the others
+        for name, prop, value in self.systemd.each_property(services, SERVICE, wanted):
+            if prop == "Restart":
+                policies[name] = sys.intern(str(value))
+            elif not memory or self.views[name].live.active_state not in RUNNING:
+                continue
+            elif prop == "MemoryCurrent" and isinstance(value, int) and value < 2**64 - 1:
+                samples[name] = value
+            elif prop == "ControlGroup":
+                groups[name] = str(value or "")
+        newly = False
         units = [v.live.name for v in loaded]
-        reloads = self.systemd.get_properties(units, UNIT, ["NeedDaemonReload"]) if units else {}
+        for name, _, value in self.systemd.each_property(units, UNIT, ["NeedDaemonReload"]):
+            view = self.views[name]
+            need = bool(value)
+            if need != view.live.need_daemon_reload:
+                newly |= need
+                view.live = replace(view.live, need_daemon_reload=need)
         now = time.time()
         looks = []
-        newly = False
         for view in loaded:
             name = view.live.name
-            got = props.get(name, {})
-            view.restart_policy = sys.intern(str(got.get("Restart", ""))) if name in props else None
-            need = bool(reloads.get(name, {}).get("NeedDaemonReload"))
-            newly |= need and not view.live.need_daemon_reload
-            view.live = replace(view.live, need_daemon_reload=need)
-            mem = None
-            if memory and view.live.active_state in RUNNING and name in props:
-                value = got.get("MemoryCurrent")
-                mem = value if isinstance(value, int) and value < 2**64 - 1 else None
-                if mem is None:
-                    mem = unitstate.read_cgroup_memory(str(got.get("ControlGroup") or ""))
+            view.restart_policy = policies.get(name)
+            mem = samples.get(name)
+            if mem is None and name in groups:
+                mem = unitstate.read_cgroup_memory(groups[name])
             if mem is not None or view.dirty:  # a look left waiting that long is taken now
                 looks.append(
                     watch_state.look(view, now if mem is not None else view.changed_at, mem)
