@@ -120,9 +120,10 @@ class FindingStore(db.Database):
         except sqlite3.Error as exc:
             raise StateError(f"cannot open state database '{path}': {exc}") from None
         super().__init__(path, conn)
-        # the last read's rows (unit -> JSON text, Counters): a pass reads them up to three
-        # times (view, record, evaluate); the rows unchanged since are not parsed again
-        self._counters_read: dict[str, tuple[str, Counters]] = {}
+        # the last read's rows (unit -> hash of the JSON text, Counters): a pass reads them up
+        # to three times (view, record, evaluate); the rows unchanged since are not parsed
+        # again. The hash, not the text (~0.45 KB a unit, held between a watch's batches).
+        self._counters_read: dict[str, tuple[int, Counters]] = {}
 
     def _what(self) -> str:
         return f"monitor tables in '{self.path}'"
@@ -130,13 +131,25 @@ class FindingStore(db.Database):
     # -- counters ------------------------------------------------------------------------
 
     def counters(self, units: Iterable[str] | None = None) -> dict[str, Counters]:
-        rows = self._rows("SELECT unit, data FROM monitor_counters")
-        wanted = None if units is None else set(units)
+        """The counters of ``units`` (None: all). Only their rows are read: the watch asks
+        for a batch's few units, and every unit's row fetched for them was ~0.5 MB at 1,000
+        units, for a moment, at each batch."""
+        if units is None:
+            rows = self._rows("SELECT unit, data FROM monitor_counters")
+        else:
+            rows = self._rows(
+                "SELECT unit, data FROM monitor_counters"
+                " WHERE unit IN (SELECT value FROM json_each(?))",
+                (json.dumps(sorted(set(units))),),
+            )
         before, read = self._counters_read, {}
         for u, d in rows:
-            if wanted is None or u in wanted:
-                hit = before.get(u)
-                read[u] = hit if hit and hit[0] == d else (d, Counters.from_dict(json.loads(d)))
+            hit = before.get(u)
+            fingerprint = hash(d)
+            if hit is not None and hit[0] == fingerprint:
+                read[u] = hit
+            else:
+                read[u] = (fingerprint, Counters.from_dict(json.loads(d)))
         self._counters_read = read
         return {u: c for u, (_, c) in read.items()}
 
