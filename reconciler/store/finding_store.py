@@ -98,6 +98,19 @@ class StoredFinding:
         }
 
 
+SQL_FILTER_MAX = 500  # units asked for: up to this many filtered by SQLite, more in Python
+
+
+def _only(units: set[str]) -> tuple[str, tuple[str, ...]]:
+    """`` AND unit IN (...)`` and its parameter for a few units (a watch batch's, a slice of
+    a re-read's): their rows only, not every unit's history fetched to be dropped here
+    (~1 MB for a moment at 1,000 units, at each batch). Nothing for more (a pass asks for
+    all its units: one scan, kept as it was)."""
+    if len(units) > SQL_FILTER_MAX:
+        return "", ()
+    return " AND unit IN (SELECT value FROM json_each(?))", (json.dumps(sorted(units)),)
+
+
 @dataclass
 class Loaded:
     """The history ``detect`` needs, grouped by unit."""
@@ -155,8 +168,12 @@ class FindingStore(db.Database):
 
     def acted(self, units: Iterable[str]) -> dict[str, float | None]:
         """``Counters.acted_at`` of ``units``: the field alone, read by SQLite."""
-        rows = self._rows("SELECT unit, json_extract(data, '$.acted_at') FROM monitor_counters")
         wanted = set(units)
+        only, names = _only(wanted)
+        rows = self._rows(
+            f"SELECT unit, json_extract(data, '$.acted_at') FROM monitor_counters WHERE 1{only}",
+            names,
+        )
         return {u: at for u, at in rows if u in wanted}
 
     def save_counters(
@@ -314,11 +331,12 @@ class FindingStore(db.Database):
         before; 10,000 steady units' hour of them: 170,000 rows, 0.5 s to read).
         """
         wanted = set(units)
+        only, names = _only(wanted)
         out = Loaded()
         for row in self._rows(
             f"SELECT {_OBS_COLUMNS} FROM monitor_observation WHERE at > ? AND NOT memory_only"
-            " ORDER BY at, id",
-            (observations_since,),
+            f"{only} ORDER BY at, id",
+            (observations_since, *names),
         ):
             if row[0] in wanted:
                 out.observations.setdefault(row[0], []).append(Observation(*row))
@@ -327,22 +345,24 @@ class FindingStore(db.Database):
             "SELECT unit, invocation_id, count(*), min(at), max(at), sum(x), sum(y),"
             " sum(x * x), sum(y * y), sum(x * y) FROM (SELECT unit, invocation_id, at,"
             " at - ? AS x, CAST(memory_current AS REAL) AS y FROM monitor_observation"
-            " WHERE at > ? AND memory_current IS NOT NULL) GROUP BY unit, invocation_id",
-            (memory_since, memory_since),
+            f" WHERE at > ? AND memory_current IS NOT NULL{only}) GROUP BY unit, invocation_id",
+            (memory_since, memory_since, *names),
         ):
             if unit in wanted:
                 out.memory[unit, run] = MemoryRun(*sums)
         for unit, at, kind, code, sig, est, by in self._rows(
             "SELECT unit, at, kind, exit_code, signal, estimated, actor FROM monitor_event"
-            " WHERE at > ? ORDER BY at, id",
-            (events_since,),
+            f" WHERE at > ?{only} ORDER BY at, id",
+            (events_since, *names),
         ):
             if unit in wanted:
                 event = Event(unit, at, kind, code, sig, bool(est), by)
                 out.events.setdefault(unit, []).append(event)
         out.first_seen = {
             u: float(t)
-            for u, t in self._rows("SELECT unit, first_seen FROM monitor_counters")
+            for u, t in self._rows(
+                f"SELECT unit, first_seen FROM monitor_counters WHERE 1{only}", names
+            )
             if u in wanted
         }
         return out

@@ -1,14 +1,18 @@
-"""``FindingStore.counters``: only the rows of the units asked for are read, and a row
-unchanged since the last read is not parsed again (real SQLite)."""
+"""``FindingStore``'s reads for a few units: only their rows are read (counters, history,
+acted), and a counters row unchanged since the last read is not parsed again (real SQLite)."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
 
-from reconciler.core.counters import Counters
+from reconciler import config, monitor
+from reconciler.core.counters import Counters, Observation
+from reconciler.store import finding_store
 from reconciler.store.finding_store import FindingStore
 from reconciler.store.sync_store import Store
+
+T0 = 1_700_000_000.0
 
 
 def test_counters_of_the_units_asked_for_parsed_once_while_unchanged(tmp_path: Path) -> None:
@@ -24,5 +28,29 @@ def test_counters_of_the_units_asked_for_parsed_once_while_unchanged(tmp_path: P
         assert again["a"].starts == 5  # changed: parsed again
         assert again["b"] is first["b"]  # unchanged: the same object, not parsed again
         assert db.counters([]) == {}
+    finally:
+        db.close()
+
+
+def test_history_of_a_few_units_filtered_by_sqlite_is_what_a_scan_gives(tmp_path: Path) -> None:
+    conf = tmp_path / "config.toml"
+    conf.write_text("")
+    settings = config.load(conf, {"state_dir": str(tmp_path)})
+    Store.open(tmp_path / "state.db").close()
+    db = FindingStore(tmp_path / "state.db")
+    rec = monitor.Recorder(db, monitor.load_config(settings))
+    try:
+        for i, unit in enumerate(("a.service", "b.service", "c.service")):
+            rec.record([Observation(unit, T0, "active", "running", "success", 0, f"{unit}1")])
+            for k in range(1, 4):  # crashes (events), and memory samples of the running run
+                rec.record([Observation(unit, T0 + k, "active", "running", "success", k, f"r{k}")])
+                rec.record([replace(rec.latest[unit], at=T0 + k + 0.5, memory_current=k * i)])
+        few = ["a.service", "c.service"]
+        many = few + [f"x{n}.service" for n in range(finding_store.SQL_FILTER_MAX)]
+        windows = {"observations_since": T0 - 1, "memory_since": T0 - 1, "events_since": T0 - 1}
+        filtered, scanned = db.load(few, **windows), db.load(many, **windows)
+        assert filtered == scanned and set(filtered.observations) == set(few)
+        assert len(filtered.events["a.service"]) >= 3 and filtered.memory
+        assert db.acted(few) == db.acted(many) == {u: None for u in few}
     finally:
         db.close()
