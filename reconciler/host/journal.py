@@ -63,6 +63,7 @@ EVENTS: dict[str, str] = {
     "restart_anomaly": "5ad86882981647c1a13e465f320af95c",
     "missed_run": "66f4a3337cf24a7a99ff5d72fbce15fa",
     "failed_run": "2856bca5186d4cecb1dc65d99e4a90c7",
+    "log": "27962002c44c4eaa800af039edff0fa3",
     "monitor.warning": "845bb83d92214c3c8dc8163518f17a77",
     "job.metrics": "089af8ac054444abbb086aedad7958fd",
     "job.backup": "eab3ca8d7dc34e8a9585ac8d22af2ac8",
@@ -269,6 +270,11 @@ class JournalHandler(logging.Handler):
             "RECONCILER_LOGGER": record.name,
         }
         entry.update((normalise_key(k), v) for k, v in _record_fields(record).items())
+        if "RECONCILER_EVENT" not in entry:  # a plain log line: a kind too, as every entry
+            given = entry.get("MESSAGE_ID")
+            kinds = [k for k, v in EVENTS.items() if v == given] if given else []
+            entry["RECONCILER_EVENT"] = kinds[0] if kinds else "log"
+            entry.setdefault("MESSAGE_ID", EVENTS["log"])
         if record.exc_info and record.exc_info[1] is not None:
             exc = record.exc_info[1]
             entry["RECONCILER_EXCEPTION"] = f"{type(exc).__name__}: {exc}"

@@ -97,6 +97,9 @@ def test_handler_fields_and_exception(journald: FakeJournald) -> None:
         assert entry["CODE_FUNC"] == b"test_handler_fields_and_exception"
         assert entry["CODE_FILE"] == __file__.encode()
         assert int(entry["CODE_LINE"]) > 0
+        # a plain line has a kind too (a user's trial found one without): "every entry"
+        assert entry["RECONCILER_EVENT"] == b"log"
+        assert entry["MESSAGE_ID"] == journal.message_id("log").encode()
         try:
             raise RuntimeError("boom")
         except RuntimeError:
