@@ -241,7 +241,8 @@ def view_host(
         drift[d.name] = [
             i for i in drift[d.name] if i.aspect != "timer" and not drift_mod.is_failed_run(i)
         ]
-    for name in scheduled_units(desired) & drift.keys():  # a failed run, not drift: no sync
+    scheduled = frozenset(scheduled_units(desired))
+    for name in scheduled & drift.keys():  # a failed run, not drift: no sync
         drift[name] = [i for i in drift[name] if not drift_mod.is_failed_run(i)]
     for unit in sorted(ours.keys() - drift.keys()):  # a vendor unit: only ours are checked
         on_disk = read_dropins(settings.unit_dir, unit)
@@ -251,7 +252,7 @@ def view_host(
             drift[unit] = items
     drift |= config_file_drift(settings)
     own_names = frozenset(d.name for d in mine)
-    return HostView(desired, states, drift, time.monotonic() - started, own_names)
+    return HostView(desired, states, drift, time.monotonic() - started, own_names, scheduled)
 
 
 def config_file_drift(settings: Settings) -> dict[str, list[drift_mod.DriftItem]]:
@@ -405,7 +406,7 @@ class Recorder:
         state = dict(current)
         for obs in sorted(looks, key=lambda o: o.at):  # as ``record`` will see them
             prev = state.get(obs.unit)
-            if prev is not None and _same_run_and_state(prev, obs):
+            if prev is not None and not _news(obs, prev):
                 continue  # nothing ended (no events); a later look's gap only grows: harmless
             state[obs.unit], evs = update_counters(prev, obs)
             if unknown_exits(evs):
@@ -517,14 +518,6 @@ def _unhealthy(obs: Observation) -> bool:
     return not obs.running and obs.failed
 
 
-def _same_run_and_state(last: Counters, obs: Observation) -> bool:
-    return bool(obs.invocation_id) and (
-        obs.invocation_id,
-        obs.active_state,
-        obs.sub_state,
-    ) == (last.last_invocation_id, last.last_state, last.last_sub_state)
-
-
 def _news(obs: Observation, last: Counters | None) -> bool:
     """Whether a look says something new: another state, run or restart count. Only those
     are kept for long (and memory samples for the trend's window): a unit steady for days
@@ -625,7 +618,7 @@ def run_pass(
         at = time.time() if now is None else now
         view = view_host(settings, systemd, store, db.counters(), own=True)
         recorder = Recorder(db, config, exit_reader(settings))
-        scheduled = scheduled_units(view.desired)
+        scheduled = view.scheduled
         recorder.record(observations(view, at), scheduled)
         extra = [
             f

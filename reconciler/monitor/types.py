@@ -34,6 +34,7 @@ class HostView:
     drift: dict[str, list[DriftItem]]
     read_sec: float = 0.0
     own: frozenset[str] = frozenset()  # the reconciler's own units (install's, not the repo's)
+    scheduled: frozenset[str] = frozenset()  # the services a timer or path unit runs
 
 
 @dataclass
