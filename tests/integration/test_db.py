@@ -150,28 +150,83 @@ def test_memory_runs_summed_by_sqlite_find_what_the_looks_themselves_would(state
     }
 
 
-def test_looks_kept_only_for_memory_go_once_older_than_the_trend_window(state: Path) -> None:
+def test_memory_samples_go_a_bucket_at_a_time_once_older_than_the_trend_window(
+    state: Path,
+) -> None:
     """One look a unit a pass, each with a memory sample, would fill the table for a week
-    (10,000 units: millions of rows, and every open's integrity check reads them): those
-    that said nothing new but memory are pruned past the trend's window; changes stay."""
-    now, hour = 1_800_000_000.0, 3600.0
+    (10,000 units: millions of rows, and every open's integrity check reads them): looks
+    that said nothing new but memory are not stored as looks, and every sample is summed
+    into its run's bucket, pruned once the whole bucket is older than the trend's window;
+    changes stay looks."""
+    now, hour = 1_800_000_000.0, 3600.0  # a multiple of the 1 h buckets of a 6 h window
 
     def look(at: float, state_: str = "active") -> Observation:
         return Observation("a.service", at, state_, "running", "success", 0, "r1", 0, 0, 1000)
 
     store = FindingStore(state, retention=Retention(memory_sample_sec=6 * hour))
     try:
+        assert store.retention.memory_bucket_sec == hour
         store.add([look(now - 9 * hour, "activating")], [], [look(now - 8 * hour)])
-        store.add([], [], [look(now - 5 * hour), look(now - hour)])
+        store.add([], [], [look(now - 6.5 * hour), look(now - 5.8 * hour), look(now - hour)])
+        store.add([], [], [look(now - hour + 60)])  # the same bucket: one row
+        rows = store._rows("SELECT count(*) FROM monitor_memory")[0][0]
         assert store.prune(now, force=True)
         left = store.load(["a.service"], observations_since=0, memory_since=0, events_since=0)
+        since = now - 5.5 * hour  # the bucket of -5.8 h reaches into this window
+        window = store.load(["a.service"], observations_since=0, memory_since=since, events_since=0)
     finally:
         store.close()
-    # a change: kept for observation_days; the samples are no looks for the patterns (a
-    # steady unit's are nothing new, and reading them cost 0.5 s of 10,000 units' pass)
+    assert rows == 5  # the buckets of -9 h, -8 h, -6.5 h, -5.8 h, -1 h (and -59 min)
     assert [o.at for o in left.observations["a.service"]] == [now - 9 * hour]
     memory = left.memory["a.service", "r1"]
-    assert (memory.samples, memory.first_at, memory.last_at) == (3, now - 9 * hour, now - hour)
+    assert (memory.samples, memory.first_at, memory.last_at) == (3, now - 5.8 * hour, now - 3540)
+    got = window.memory["a.service", "r1"]
+    assert (got.samples, got.first_at, got.last_at) == (3, now - 5.8 * hour, now - 3540)
+    xs = [-0.3 * hour, 4.5 * hour, 4.5 * hour + 60]  # seconds after since
+    assert (got.sx, got.sy, got.sxx, got.syy, got.sxy) == _sums(xs)
+
+
+def _sums(xs: list[float], y: float = 1000.0) -> tuple[float, ...]:
+    return (sum(xs), y * len(xs), sum(x * x for x in xs), y * y * len(xs), sum(x * y for x in xs))
+
+
+def test_an_older_file_moves_its_memory_samples_into_buckets(state: Path) -> None:
+    """Migration 6: the samples stored as looks (marked or not) are summed into hourly
+    buckets, the marked looks go, and the trend reads the same sums."""
+    import sqlite3
+
+    from reconciler.store import sync_store
+
+    now = 1_800_000_000.0
+    path = state.parent / "old.db"
+    conn = sqlite3.connect(path)
+    conn.executescript("".join(sync_store.MIGRATIONS[:5]) + "PRAGMA user_version = 5;")
+    rows = [("a.service", now - 4000 + 300 * i, "r1", 1000 + 10 * i, int(i > 0)) for i in range(8)]
+    conn.executemany(
+        "INSERT INTO monitor_observation (unit, at, active_state, sub_state, result,"
+        " n_restarts, invocation_id, exec_main_code, exec_main_status, memory_current,"
+        " memory_only) VALUES (?, ?, 'active', 'running', 'success', 0, ?, 0, 0, ?, ?)",
+        rows,
+    )
+    conn.commit()
+    conn.close()
+    Store.open(path).close()
+    store = FindingStore(path)
+    try:
+        loaded = store.load(
+            ["a.service"], observations_since=0, memory_since=now - 5000, events_since=0
+        )
+        left = store._rows("SELECT count(*) FROM monitor_observation")[0][0]
+    finally:
+        store.close()
+    assert left == 1
+    xs = [r[1] - (now - 5000) for r in rows]
+    ys = [float(r[3]) for r in rows]
+    got = loaded.memory["a.service", "r1"]
+    assert (got.samples, got.first_at, got.last_at) == (8, rows[0][1], rows[-1][1])
+    want = (sum(xs), sum(ys), sum(x * x for x in xs), sum(y * y for y in ys),
+            sum(x * y for x, y in zip(xs, ys, strict=True)))  # fmt: skip
+    assert (got.sx, got.sy, got.sxx, got.syy, got.sxy) == pytest.approx(want, rel=1e-12)
 
 
 def test_a_steady_units_look_rewrites_its_last_seen_at_alone_and_exactly(state: Path) -> None:

@@ -54,3 +54,25 @@ def test_history_of_a_few_units_filtered_by_sqlite_is_what_a_scan_gives(tmp_path
         assert db.acted(few) == db.acted(many) == {u: None for u in few}
     finally:
         db.close()
+
+
+def test_a_whole_read_is_served_again_until_the_file_changes(tmp_path: Path) -> None:
+    """A pass reads every unit's counters up to three times: the rows are fetched again
+    only once another connection committed, or this one wrote counters."""
+    Store.open(tmp_path / "state.db").close()
+    db, other = FindingStore(tmp_path / "state.db"), FindingStore(tmp_path / "state.db")
+    try:
+        db.save_counters([Counters(u, starts=i) for i, u in enumerate("abc")], 1.0)
+        whole = db.counters()
+        fetched = []
+        db._conn.set_trace_callback(fetched.append)
+        assert db.counters() == whole and db.counters(["c", "x"]) == {"c": whole["c"]}
+        assert not [q for q in fetched if "monitor_counters" in q]
+        other.save_counters([Counters("b", starts=7)], 2.0)  # another connection commits
+        assert db.counters()["b"].starts == 7
+        db.save_counters([Counters("a", starts=9)], 3.0)  # this one writes
+        assert db.counters(["a"])["a"].starts == 9 and db.counters()["a"].starts == 9
+        db._conn.set_trace_callback(None)
+    finally:
+        db.close()
+        other.close()
