@@ -107,19 +107,28 @@ class Observation(Record):
 
     @classmethod
     def from_live(
-        cls, live: LiveUnit, at: float, exec_main_exit_at: float | None = None
+        cls,
+        live: LiveUnit,
+        at: float,
+        exec_main_exit_at: float | None = None,
+        *,
+        result: str | None = None,
+        memory: int | None = None,
     ) -> Observation:
+        """A look at ``live``; ``result`` and ``memory`` in place of systemd's (the pass's
+        effective result, memory measured by the cgroup): one construction, not a
+        ``replace`` after it (10,000 units: ~0.1 s)."""
         return cls(
             unit=live.name,
             at=at,
             active_state=live.active_state,
             sub_state=live.sub_state,
-            result=live.result,
+            result=live.result if result is None else result,
             n_restarts=live.n_restarts,
             invocation_id=live.invocation_id,
             exec_main_code=live.exec_main_code,
             exec_main_status=live.exec_main_status,
-            memory_current=live.memory_current,
+            memory_current=live.memory_current if memory is None else memory,
             exec_main_exit_at=exec_main_exit_at or None,
         )
 
@@ -234,6 +243,29 @@ def update_counters(prev: Counters | None, obs: Observation) -> tuple[Counters, 
         return prev, []
     if obs.invocation_id and obs.invocation_id == prev.prev_invocation_id:
         return prev, []  # the run before the last one seen: a late look
+    if _steady(prev, obs):  # what _fold answers then, without inferring (10,000 a pass)
+        return replace(prev, last_seen_at=obs.at), []
+    return _fold(prev, obs)
+
+
+def _steady(prev: Counters, obs: Observation) -> bool:
+    """The look shows what the last one did: the same run in the same state, with the same
+    per-run properties (``NRestarts`` not below the counted one). Nothing happened, and
+    nothing but ``last_seen_at`` moves."""
+    return (
+        (not obs.invocation_id or obs.invocation_id == prev.last_invocation_id)
+        and obs.active_state == prev.last_state
+        and obs.sub_state == prev.last_sub_state
+        and obs.result == prev.seen_result
+        and obs.n_restarts == prev.seen_n_restarts
+        and obs.n_restarts >= prev.last_n_restarts
+        and obs.exec_main_code == prev.seen_exec_main_code
+        and obs.exec_main_status == prev.seen_exec_main_status
+    )
+
+
+def _fold(prev: Counters, obs: Observation) -> tuple[Counters, list[Event]]:
+    """``update_counters`` past its early answers: the events inferred and folded in."""
     new_run = bool(obs.invocation_id) and obs.invocation_id != prev.last_invocation_id
     events = _infer_events(prev, obs, new_run)
     crashes = [e for e in events if e.kind == "crash"]

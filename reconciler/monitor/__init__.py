@@ -25,7 +25,7 @@ import logging
 import os
 import time
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import fields, replace
+from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -68,7 +68,7 @@ from reconciler.monitor.types import (
 )
 from reconciler.store import sync_store
 from reconciler.store.finding_store import FindingStore, Impacted, Retention
-from reconciler.systemd.unit_files import Reloads
+from reconciler.systemd.unit_files import Reloads, read_unit_texts
 
 if TYPE_CHECKING:
     from reconciler.store.sync_store import Store
@@ -185,7 +185,7 @@ def own_units(store: Store, unit_dir: Path, desired: Sequence[DesiredUnit]) -> l
         if name in sync_store.OPT_IN_UNITS and not any(unit_dir.glob(f"*.wants/{name}")):
             continue
         active = not name.endswith(".service") or name.removesuffix(".service") not in stems
-        content = unitstate.read_unit_files(unit_dir, [name]).get(name) or ""
+        content = read_unit_texts(unit_dir, [name])[0].get(name) or ""
         own.append(DesiredUnit(name, content, name.rsplit(".", 1)[0], enable=active, start=active))
     return own
 
@@ -219,9 +219,17 @@ def view_host(
 
     last = {u: seen for u, c in known.items() if (seen := last_look(c)) is not None}
     reloads = Reloads(store.kv_get(sync_store.RELOADS_KEY), systemd.units_loaded_at())
+    cgroups = _control_groups(store.kv_get(sync_store.CGROUPS_KEY))
+    before = dict(cgroups)
     states = (
         unitstate.read_state(
-            systemd, names, settings.unit_dir, changed=changed, reloads=reloads, last=last
+            systemd,
+            names,
+            settings.unit_dir,
+            changed=changed,
+            reloads=reloads,
+            last=last,
+            cgroups=cgroups,
         )
         if names
         else {}
@@ -229,6 +237,8 @@ def view_host(
     del last
     if (text := reloads.dump()) is not None:
         store.kv_set(sync_store.RELOADS_KEY, text)
+    if cgroups != before:
+        store.kv_set(sync_store.CGROUPS_KEY, json.dumps(cgroups, separators=(",", ":")))
     drift = {d.name: drift_mod.check(d, states[d.name]) for d in desired}
     ours = _dropins_of(applied)
     del applied
@@ -255,6 +265,16 @@ def view_host(
     return HostView(desired, states, drift, time.monotonic() - started, own_names, scheduled)
 
 
+def _control_groups(text: str | None) -> dict[str, tuple[str, str]]:
+    """The stored unit -> (run, ControlGroup) of services measured by their cgroup; {} if
+    none or unreadable (then each is asked once more)."""
+    try:
+        data = json.loads(text) if text else {}
+        return {str(n): (str(run), str(path)) for n, (run, path) in data.items()}
+    except (ValueError, TypeError, AttributeError):
+        return {}
+
+
 def config_file_drift(settings: Settings) -> dict[str, list[drift_mod.DriftItem]]:
     """Managed config files changed by hand (the file manifest against the host), by path."""
     from reconciler.store import file_manifest
@@ -279,9 +299,14 @@ def observations(view: HostView, now: float) -> list[Observation]:
         live = state.live
         if live.load_state not in ("loaded", "masked") or not name.endswith((".service", ".timer")):
             continue
-        obs = Observation.from_live(live, now, state.exec_main_exit_at)
         out.append(
-            replace(obs, result=drift_mod.effective_result(state), memory_current=state.memory)
+            Observation.from_live(
+                live,
+                now,
+                state.exec_main_exit_at,
+                result=drift_mod.effective_result(state),
+                memory=state.memory,
+            )
         )
     return out
 

@@ -24,7 +24,13 @@ from reconciler.model import DesiredUnit, LiveUnit
 from reconciler.reconcile.apply import PENDING_KEY
 from reconciler.reconcile.render import MARKER
 from reconciler.store import sync_store
-from reconciler.systemd.unit_files import Reloads, changed_since, file_states, host_root
+from reconciler.systemd.unit_files import (
+    Reloads,
+    changed_since,
+    file_states,
+    host_root,
+    read_unit_texts,
+)
 
 if TYPE_CHECKING:
     from reconciler.store.sync_store import Store
@@ -59,22 +65,9 @@ def read_host(
     for, ``Reloads`` in ``store``): a host of unchanged running units answers in a handful
     of calls. Elsewhere systemd is asked per unit.
     """
-    files: dict[str, str | None] = {}
-    changed: dict[str, float] = {}
     targets = {t for n in names if (t := unitkind.dropin_target(n)) and "@." not in t}
     units = sorted({n for n in names if unitkind.is_unit(n)} | targets)  # drop-ins: their unit
-    for name in names:
-        path = unit_dir / name
-        try:
-            files[name] = path.read_text(encoding="utf-8")
-            st = path.stat()
-            changed[name] = max(st.st_mtime, st.st_ctime)
-        except FileNotFoundError:
-            files[name] = None
-        except UnicodeDecodeError:
-            files[name] = ""  # unreadable as text: differs from anything we render
-        except IsADirectoryError:
-            files[name] = ""  # a directory made by hand: foreign (see observe)
+    files, changed = read_unit_texts(unit_dir, names)
     root = host_root(unit_dir)
     if root is None:
         return files, systemd.read_units(units, runtime=False)

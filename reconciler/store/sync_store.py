@@ -493,6 +493,7 @@ def _move_aside(path: Path, exc: Exception) -> Path:
 
 DESIRED_KEY = "applied_units"  # kv key: the units of the applied revision, as JSON
 RELOADS_KEY = "reloads"  # systemd.unit_files.Reloads: files systemd loaded as they are
+CGROUPS_KEY = "control_groups"  # monitor: unit -> [run, ControlGroup] of unaccounted services
 INSTALLED_KEY = "install_owned"  # kv key: the own units 'reconciler install' wrote (names)
 # Own units install writes but never enables: the promoter's timer runs on ONE machine of a
 # fleet, where an operator enables it (systemctl enable --now reconciler-promote.timer).

@@ -10,6 +10,7 @@ socket and the error mapping in ``reconciler.systemd.connection``.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
@@ -177,13 +178,13 @@ class Systemd:
         ]
         found: dict[str, LiveUnit] = {}
         for i, reply in self._conn.pipeline(what, requests):
-            infos = parse_unit_infos(_unwrap(what, reply)[0])
-            if len(infos) != len(batches[i]):  # systemd answers one row per name, in order
-                found.update((u.name, u) for u in infos)
-                continue
+            rows = _unwrap_rows(what, reply)
+            intern = sys.intern
+            # systemd answers one row per name, in order (an alias: under the name asked)
+            asked = batches[i] if len(rows) == len(batches[i]) else [r[0] for r in rows]
             found.update(
-                (n, LiveUnit(n, u.load_state, u.active_state, u.sub_state))
-                for n, u in zip(batches[i], infos, strict=True)
+                (n, LiveUnit(n, intern(load), intern(active), intern(sub)))
+                for n, (_, load, active, sub) in zip(asked, rows, strict=True)
             )
         return {n: found[n] for n in unique if n in found} | found
 
@@ -205,6 +206,7 @@ class Systemd:
         suspects: Collection[str] | None = None,
         last: Mapping[str, LiveUnit] | None = None,
         every_type: bool = True,
+        unaccounted: Mapping[str, str] | None = None,
     ) -> dict[str, LiveUnit]:
         """What the monitor needs of ``names``: states in one call, then pipelined Gets.
 
@@ -227,6 +229,8 @@ class Systemd:
         not asking saves four Gets a running service (half of a steady pass's reads).
         ``every_type=False``: a service's ``Type`` is asked only while it is inactive, the
         one state where it matters (a finished oneshot is not down); "" for the others.
+        ``unaccounted``: unit -> the run (``InvocationID``) whose ``MemoryCurrent`` systemd
+        left unset (no memory accounting): not asked again in that run.
         """
         units = self.list_units(names)
         skip = set()
@@ -235,6 +239,7 @@ class Systemd:
         if suspects is not None:
             skip.add("need_daemon_reload")
         suspects_ = suspects or ()
+        unaccounted_ = unaccounted or {}
         order = sorted(
             (n for n, u in units.items() if u.load_state != "not-found"),
             key=lambda n: units[n].active_state != "inactive",
@@ -247,6 +252,8 @@ class Systemd:
             for i, p, field in props:
                 if field in skip and (field != "need_daemon_reload" or name not in suspects_):
                     continue
+                if field == "memory_current" and name in unaccounted_ and not idle:
+                    continue  # asked in ran() if this is another run
                 if field == "service_type" and not (idle or every_type):
                     continue
                 yield (name, field), "Get", partial(build_get, path=path, interface=i, prop=p)
@@ -277,6 +284,13 @@ class Systemd:
             idle = units[name].active_state == "inactive"
             if not idle and not runtime:
                 return
+            if not idle and name in unaccounted_ and invocation != unaccounted_[name]:
+                path = unit_path(name)  # another run than the one without accounting: ask
+                more.extend(
+                    ((name, f), "Get", partial(build_get, path=path, interface=i, prop=p))
+                    for i, p, f in runtime_props
+                    if f == "memory_current"
+                )
             seen = reusable(name)
             if seen is not None and invocation == seen.invocation_id:
                 fields = {f for _, _, f in runtime_props} & PER_RUN
@@ -649,6 +663,12 @@ def _unwrap(what: str, reply: Message) -> tuple[object, ...]:
     if reply.type == ERROR:
         raise dbus_error(what, reply.error_name, reply.error_text())
     return reply.body()
+
+
+def _unwrap_rows(what: str, reply: Message) -> list[tuple[str, str, str, str]]:
+    if reply.type == ERROR:
+        raise dbus_error(what, reply.error_name, reply.error_text())
+    return reply.unit_states()
 
 
 _manager_call = partial(build_call, path=MANAGER_PATH, interface=MANAGER)

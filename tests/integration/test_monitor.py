@@ -323,6 +323,43 @@ def test_cgroup_memory_reads_the_units_processes(mon: Mon, make_unit) -> None:  
     assert live.read_cgroup_memory("/no/such/cgroup") is None
 
 
+def test_a_runs_cgroup_is_asked_once_for_its_memory(
+    mon: Mon, make_unit, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """Without memory accounting a service is measured by its cgroup: its ControlGroup and
+    the unset MemoryCurrent are asked once a run, not at every pass."""
+    from collections import Counter
+
+    from reconciler.systemd import client
+
+    asked: Counter[str] = Counter()
+    real = client.build_get
+
+    def counting(serial: int, path: str, interface: str, prop: str) -> bytes:
+        asked[prop] += 1
+        return real(serial, path, interface, prop)
+
+    monkeypatch.setattr(client, "build_get", counting)
+    name = make_unit("measured.service", "[Service]\nExecStart=/bin/sleep infinity\n")
+    mon.host.systemctl("daemon-reload")
+    mon.host.systemctl("start", name)
+    mon.desire(mon.unit(name))
+    unaccounted = mon.show(name, "MemoryCurrent")["MemoryCurrent"] == "[not set]"
+    seen = []
+    for restart in (False, False, True, False):
+        if restart:
+            mon.host.systemctl("restart", name)
+        asked.clear()
+        result = mon.run()
+        seen.append((asked["ControlGroup"], asked["MemoryCurrent"]))
+        memory = next(u.memory for u in result.units if u.unit == name)
+        assert memory is not None and memory > 0
+    if unaccounted:  # a new run (the restart) is asked again
+        assert seen == [(1, 1), (0, 0), (1, 1), (0, 0)], seen
+    else:  # accounted: MemoryCurrent at every pass, never the cgroup
+        assert seen == [(0, 1)] * 4, seen
+
+
 TIMER = """\
 [Timer]
 OnActiveSec=1s

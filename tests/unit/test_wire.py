@@ -166,3 +166,17 @@ def test_read_units_states_are_shared_strings_with_the_same_values() -> None:
     assert live_value("n_restarts", 3) == 3
     assert live_value("invocation_id", bytes(range(16))) == bytes(range(16)).hex()
     assert live_value("memory_current", 2**64 - 1) is None
+
+
+def test_unit_rows_read_in_place_equal_the_parser() -> None:
+    rows = [
+        (f"u{i}.service", "desc ü" * i, "loaded", "active", "running", "", f"/o/u{i}", i,
+         "start" if i % 2 else "", "/" if i % 2 else "/j")
+        for i in range(5)
+    ]  # fmt: skip
+    raw = wire.build_call(3, "/p", "a.b", "M", wire.UNIT_ROWS, (rows,))
+    (msg,) = wire.split_frames(bytearray(raw))
+    assert msg.unit_states() == [(r[0], r[2], r[3], r[4]) for r in msg.body()[0]]  # type: ignore[attr-defined]
+    assert len(msg.unit_states()) == 5
+    empty = wire.build_call(4, "/p", "a.b", "M", wire.UNIT_ROWS, ([],))
+    assert wire.split_frames(bytearray(empty))[0].unit_states() == []
