@@ -397,6 +397,9 @@ class Message:
         if kind in _FAST_FIXED:
             (v,) = _FIXED_STRUCTS[self.endian, chr(kind)].unpack_from(data, pos + _FAST_FIXED[kind])
             return bool(v) if kind == 0x62 else v
+        if data[pos : pos + 4] == b"\x02ay\0":  # bytes (an InvocationID: one a unit a pass)
+            (n,) = _U32[self.endian].unpack_from(data, pos + 4)
+            return data[pos + 8 : pos + 8 + n]
         return self.body()[0]
 
     def unit_states(self) -> list[tuple[str, str, str, str]]:

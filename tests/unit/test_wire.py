@@ -132,6 +132,7 @@ VARIANTS = [
     ("y", 7),
     ("n", -2),
     ("ay", bytes(range(16))),
+    ("ay", b""),
     ("as", ["a", "b"]),
     ("a(sb)", [("x", True)]),
 ]
