@@ -12,8 +12,8 @@ first apply < 60 s, one change < 2 s, monitor < 2 s and >= 4x faster than system
 
 ``--history-hours H`` (default 6): ``reconciler monitor`` (and the no-op sync: it opens the
 same state database) again once it holds what H hours of a 5-minute monitor timer leave (a
-memory sample a unit a pass: 720,000 looks at 10,000 units over 6 hours), which is what a
-host's pass reads in steady state.
+memory sample a unit a pass: 720,000 samples at 10,000 units over 6 hours, summed into
+70,000 hourly bucket rows), which is what a host's pass reads in steady state.
 
 ``--start-baseline``: systemd's own floor for the first apply, in a second host: the same
 unit files written and enabled by hand, one ``daemon-reload``, then ``systemctl start`` in
