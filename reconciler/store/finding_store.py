@@ -257,12 +257,10 @@ class FindingStore(db.Database):
                 " sy = sy + excluded.sy, sxx = sxx + excluded.sxx, syy = syy + excluded.syy,"
                 " sxy = sxy + excluded.sxy",
                 (
-                    (o.unit, o.invocation_id, bucket, o.at, o.at, x, y, x * x, y * y, x * y)
+                    _memory_row(o, o.memory_current, width)
                     for group in (observations, samples)
                     for o in group
                     if o.memory_current is not None
-                    for bucket in ((o.at // width) * width,)
-                    for x, y in ((o.at - bucket, float(o.memory_current)),)
                 ),
             )
             self._conn.executemany(
@@ -513,6 +511,14 @@ class FindingStore(db.Database):
             self._conn.execute(
                 "INSERT OR REPLACE INTO monitor_kv (key, value) VALUES (?, ?)", (key, value)
             )
+
+
+def _memory_row(o: Observation, memory: int, width: float) -> tuple[object, ...]:
+    """One sample as ``monitor_memory``'s row of its run and bucket: x after the bucket's
+    start, y in bytes (REAL: bytes squared overflow SQLite's integers)."""
+    bucket = (o.at // width) * width
+    x, y = o.at - bucket, float(memory)
+    return (o.unit, o.invocation_id, bucket, o.at, o.at, x, y, x * x, y * y, x * y)
 
 
 def _impact_json(impact: Iterable[Impacted]) -> str:

@@ -252,8 +252,6 @@ class Systemd:
             for i, p, field in props:
                 if field in skip and (field != "need_daemon_reload" or name not in suspects_):
                     continue
-                if field == "memory_current" and name in unaccounted_ and not idle:
-                    continue  # asked in ran() if this is another run
                 if field == "service_type" and not (idle or every_type):
                     continue
                 yield (name, field), "Get", partial(build_get, path=path, interface=i, prop=p)
@@ -271,6 +269,8 @@ class Systemd:
         def first() -> Iterator[Request]:  # built as the window frees (Connection.pipeline)
             for name in order:
                 file_props, runtime_props = monitor_properties(name)
+                if name in unaccounted_:  # MemoryCurrent: in ran(), if this is another run
+                    runtime_props = _runtime(runtime_props, per_run=True)
                 if units[name].active_state == "inactive" or not runtime:
                     yield from gets(name, file_props)
                 elif reusable(name) is not None:  # the per-run ones once its run is known
@@ -285,12 +285,7 @@ class Systemd:
             if not idle and not runtime:
                 return
             if not idle and name in unaccounted_ and invocation != unaccounted_[name]:
-                path = unit_path(name)  # another run than the one without accounting: ask
-                more.extend(
-                    ((name, f), "Get", partial(build_get, path=path, interface=i, prop=p))
-                    for i, p, f in runtime_props
-                    if f == "memory_current"
-                )
+                fetch(name, _runtime(runtime_props, per_run=False))  # another run than that
             seen = reusable(name)
             if seen is not None and invocation == seen.invocation_id:
                 fields = {f for _, _, f in runtime_props} & PER_RUN
@@ -660,15 +655,18 @@ _NO_FILE = frozenset(
 
 
 def _unwrap(what: str, reply: Message) -> tuple[object, ...]:
-    if reply.type == ERROR:
-        raise dbus_error(what, reply.error_name, reply.error_text())
-    return reply.body()
+    return _checked(what, reply).body()
 
 
 def _unwrap_rows(what: str, reply: Message) -> list[tuple[str, str, str, str]]:
+    return _checked(what, reply).unit_states()
+
+
+def _checked(what: str, reply: Message) -> Message:
+    """``reply``, unless it is an error: then the error, as ``dbus_error`` maps it."""
     if reply.type == ERROR:
         raise dbus_error(what, reply.error_name, reply.error_text())
-    return reply.unit_states()
+    return reply
 
 
 _manager_call = partial(build_call, path=MANAGER_PATH, interface=MANAGER)
