@@ -15,7 +15,8 @@ stays here and ``sync_store.Store`` stays the sync's; both stand on ``db.Databas
   ``event_days`` (patterns look back up to 28 days) and at most ``events_per_unit`` rows.
 - ``monitor_action``: the start/restart/stop jobs the reconciler itself ran (written before
   them), so that an event can say it was the sync's and not an operator's; kept as events.
-- ``monitor_counters``: one row per unit (``Counters`` as JSON) plus when it was first seen.
+- ``monitor_counters``: one row per unit (``Counters``, a column a field) plus when it was
+  first seen.
 - ``monitor_finding``: open findings (``resolved_at IS NULL``; one per kind and unit, by a
   partial unique index) and resolved ones, with evidence and impact as JSON.
 
@@ -27,9 +28,10 @@ Counting is safe against two monitors at once (the sync's pass and the watch dae
 from __future__ import annotations
 
 import json
+import operator
 import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +112,13 @@ class StoredFinding:
 SQL_FILTER_MAX = 500  # units asked for: up to this many filtered by SQLite, more in Python
 
 
+_COUNTER_FIELDS = tuple(f.name for f in fields(Counters))  # the columns: Counters(*row)
+_COUNTER_COLUMNS = ", ".join(_COUNTER_FIELDS)
+_COUNTER_MARKS = ", ".join("?" * len(_COUNTER_FIELDS))
+_COUNTER_SET = ", ".join(f"{n} = excluded.{n}" for n in _COUNTER_FIELDS[1:])
+_COUNTER_VALUES = operator.attrgetter(*_COUNTER_FIELDS)
+
+
 def _only(units: set[str]) -> tuple[str, tuple[str, ...]]:
     """`` AND unit IN (...)`` and its parameter for a few units (a watch batch's, a slice of
     a re-read's): their rows only, not every unit's history fetched to be dropped here
@@ -142,12 +151,10 @@ class FindingStore(db.Database):
         except sqlite3.Error as exc:
             raise StateError(f"cannot open state database '{path}': {exc}") from None
         super().__init__(path, conn)
-        # the last read's rows (unit -> hash of the JSON text, Counters): a pass reads them up
-        # to three times (view, record, evaluate); the rows unchanged since are not parsed
-        # again. The hash, not the text (~0.45 KB a unit, held between a watch's batches).
-        self._counters_read: dict[str, tuple[int, Counters]] = {}
-        # the data_version at which _counters_read held every unit's row: while no other
-        # connection committed and this one wrote no counters, they are served as they are
+        # the last read (unit -> Counters), and the data_version at which it held every
+        # unit's row: while no other connection committed and this one wrote no counters,
+        # it is served as it is
+        self._counters_read: dict[str, Counters] = {}
         self._counters_whole: int | None = None
 
     def _what(self) -> str:
@@ -157,41 +164,33 @@ class FindingStore(db.Database):
 
     def counters(self, units: Iterable[str] | None = None) -> dict[str, Counters]:
         """The counters of ``units`` (None: all). Only their rows are read: the watch asks
-        for a batch's few units, and every unit's row fetched for them was ~0.5 MB at 1,000
-        units, for a moment, at each batch. Served from the last whole read while the
-        file is unchanged (10,000 units: ~60 ms of rows fetched and hashed, twice a pass)."""
+        for a batch's few units, not every unit's row at each batch. A whole read is served
+        again while the file is unchanged (a pass reads the counters twice: view, record)."""
         version = self.data_version()
         if self._counters_whole == version:
             read = self._counters_read
             if units is None:
-                return {u: c for u, (_, c) in read.items()}
-            return {u: read[u][1] for u in dict.fromkeys(units) if u in read}
+                return dict(read)
+            return {u: read[u] for u in dict.fromkeys(units) if u in read}
         if units is None:
-            rows = self._rows("SELECT unit, data FROM monitor_counters")
+            rows = self._rows(f"SELECT {_COUNTER_COLUMNS} FROM monitor_counters")
         else:
             rows = self._rows(
-                "SELECT unit, data FROM monitor_counters"
+                f"SELECT {_COUNTER_COLUMNS} FROM monitor_counters"
                 " WHERE unit IN (SELECT value FROM json_each(?))",
                 (json.dumps(sorted(set(units))),),
             )
-        before, read = self._counters_read, {}
-        for u, d in rows:
-            hit = before.get(u)
-            fingerprint = hash(d)
-            if hit is not None and hit[0] == fingerprint:
-                read[u] = hit
-            else:
-                read[u] = (fingerprint, Counters.from_dict(json.loads(d)))
+        read = {row[0]: Counters(*row) for row in rows}
         self._counters_read = read
         self._counters_whole = version if units is None else None
-        return {u: c for u, (_, c) in read.items()}
+        return dict(read)
 
     def acted(self, units: Iterable[str]) -> dict[str, float | None]:
         """``Counters.acted_at`` of ``units``: the field alone, read by SQLite."""
         wanted = set(units)
         only, names = _only(wanted)
         rows = self._rows(
-            f"SELECT unit, json_extract(data, '$.acted_at') FROM monitor_counters WHERE 1{only}",
+            f"SELECT unit, acted_at FROM monitor_counters WHERE 1{only}",
             names,
         )
         return {u: at for u, at in rows if u in wanted}
@@ -200,19 +199,17 @@ class FindingStore(db.Database):
         self, counters: Iterable[Counters], now: float, *, seen: Mapping[str, float] | None = None
     ) -> None:
         """Write ``counters`` whole, and ``seen`` units' ``last_seen_at`` alone (stored
-        units: only that field moved). The time goes in as its repr, parsed by ``json()``:
-        a bound REAL would be rendered with 15 digits."""
+        units: only that field moved)."""
         self._counters_whole = None  # this connection's own writes leave data_version as is
         with self.transaction(), self._errors("write counters to"):
             self._conn.executemany(
-                "INSERT INTO monitor_counters (unit, first_seen, data) VALUES (?, ?, ?)"
-                " ON CONFLICT (unit) DO UPDATE SET data = excluded.data",
-                ((c.unit, now, json.dumps(c.flat())) for c in counters),  # flat: no asdict
+                f"INSERT INTO monitor_counters (first_seen, {_COUNTER_COLUMNS})"
+                f" VALUES (?, {_COUNTER_MARKS}) ON CONFLICT (unit) DO UPDATE SET {_COUNTER_SET}",
+                ((now, *_COUNTER_VALUES(c)) for c in counters),
             )
             self._conn.executemany(
-                "UPDATE monitor_counters SET data = json_set(data, '$.last_seen_at', json(?))"
-                " WHERE unit = ?",
-                ((repr(float(at)), unit) for unit, at in (seen or {}).items()),
+                "UPDATE monitor_counters SET last_seen_at = ? WHERE unit = ?",
+                ((at, unit) for unit, at in (seen or {}).items()),
             )
 
     def mark_acted(self, units: Iterable[str], at: float) -> None:

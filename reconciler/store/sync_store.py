@@ -165,6 +165,56 @@ MIGRATIONS: list[str] = [
     DELETE FROM monitor_observation WHERE memory_only;
     DROP INDEX monitor_observation_memory;
     """,
+    # 7: the counters as columns, not one JSON text a unit: a pass reads and writes every
+    # unit's row (10,000 units: 0.18 s of JSON parsed, and each steady unit's
+    # last_seen_at rewritten inside its text)
+    """
+    CREATE TABLE monitor_counters_7 (
+        unit TEXT PRIMARY KEY,
+        first_seen REAL NOT NULL,
+        starts INTEGER NOT NULL DEFAULT 0,
+        stops INTEGER NOT NULL DEFAULT 0,
+        crashes INTEGER NOT NULL DEFAULT 0,
+        last_exit_code INTEGER,
+        last_signal TEXT,
+        last_result TEXT,
+        last_state TEXT NOT NULL DEFAULT '',
+        last_change_at REAL,
+        last_invocation_id TEXT NOT NULL DEFAULT '',
+        last_n_restarts INTEGER NOT NULL DEFAULT 0,
+        last_sub_state TEXT NOT NULL DEFAULT '',
+        last_seen_at REAL,
+        prev_invocation_id TEXT NOT NULL DEFAULT '',
+        acted_at REAL,
+        seen_result TEXT,
+        seen_n_restarts INTEGER NOT NULL DEFAULT 0,
+        seen_exec_main_code INTEGER NOT NULL DEFAULT 0,
+        seen_exec_main_status INTEGER NOT NULL DEFAULT 0
+    ) WITHOUT ROWID;
+    INSERT INTO monitor_counters_7
+        SELECT unit, first_seen,
+               coalesce(json_extract(data, '$.starts'), 0),
+               coalesce(json_extract(data, '$.stops'), 0),
+               coalesce(json_extract(data, '$.crashes'), 0),
+               json_extract(data, '$.last_exit_code'),
+               json_extract(data, '$.last_signal'),
+               json_extract(data, '$.last_result'),
+               coalesce(json_extract(data, '$.last_state'), ''),
+               json_extract(data, '$.last_change_at'),
+               coalesce(json_extract(data, '$.last_invocation_id'), ''),
+               coalesce(json_extract(data, '$.last_n_restarts'), 0),
+               coalesce(json_extract(data, '$.last_sub_state'), ''),
+               json_extract(data, '$.last_seen_at'),
+               coalesce(json_extract(data, '$.prev_invocation_id'), ''),
+               json_extract(data, '$.acted_at'),
+               json_extract(data, '$.seen_result'),
+               coalesce(json_extract(data, '$.seen_n_restarts'), 0),
+               coalesce(json_extract(data, '$.seen_exec_main_code'), 0),
+               coalesce(json_extract(data, '$.seen_exec_main_status'), 0)
+        FROM monitor_counters;
+    DROP TABLE monitor_counters;
+    ALTER TABLE monitor_counters_7 RENAME TO monitor_counters;
+    """,
 ]
 
 

@@ -230,8 +230,8 @@ def test_an_older_file_moves_its_memory_samples_into_buckets(state: Path) -> Non
 
 
 def test_a_steady_units_look_rewrites_its_last_seen_at_alone_and_exactly(state: Path) -> None:
-    """10,000 steady units' pass moves only their last_seen_at: written in place by SQLite,
-    to the last digit (a bound REAL would be rendered with 15), every other field kept."""
+    """10,000 steady units' pass moves only their last_seen_at: that column alone, to the
+    last digit, every other field kept."""
     at = 1_765_000_000.1234567
     c = Counters(
         "a.service", starts=2, crashes=1, last_exit_code=3, last_state="active",
@@ -248,3 +248,44 @@ def test_a_steady_units_look_rewrites_its_last_seen_at_alone_and_exactly(state: 
         }
     finally:
         store.close()
+
+
+def test_an_older_file_moves_its_counters_from_json_into_columns(state: Path) -> None:
+    """Migration 7: each unit's counters, stored as one JSON text, become columns; a key an
+    older version did not write takes its default, one it wrote and no longer knows goes."""
+    import json
+    import sqlite3
+
+    from reconciler.store import sync_store
+
+    path = state.parent / "old.db"
+    full = Counters(
+        "a.service", starts=3, stops=1, crashes=2, last_exit_code=None, last_signal="SIGKILL",
+        last_result="signal", last_state="active", last_change_at=1_765_000_000.1234567,
+        last_invocation_id="r2", last_n_restarts=2, last_sub_state="running",
+        last_seen_at=1_765_000_300.7654321, prev_invocation_id="r1", acted_at=1.5,
+        seen_result="success", seen_n_restarts=2, seen_exec_main_code=2,
+        seen_exec_main_status=9,
+    )  # fmt: skip
+    old = {"unit": "b.service", "starts": 1, "last_state": "failed", "gone_key": 7}
+    conn = sqlite3.connect(path)
+    conn.executescript("".join(sync_store.MIGRATIONS[:6]) + "PRAGMA user_version = 6;")
+    conn.executemany(
+        "INSERT INTO monitor_counters (unit, first_seen, data) VALUES (?, ?, ?)",
+        [("a.service", 10.0, json.dumps(full.flat())), ("b.service", 20.0, json.dumps(old))],
+    )
+    conn.commit()
+    conn.close()
+    Store.open(path).close()
+    store = FindingStore(path)
+    try:
+        got = store.counters()
+        first = store.load(
+            ["a.service", "b.service"], observations_since=0, memory_since=0, events_since=0
+        ).first_seen
+        acted = store.acted(["a.service", "b.service"])
+    finally:
+        store.close()
+    assert got == {"a.service": full, "b.service": Counters("b.service", 1, last_state="failed")}
+    assert first == {"a.service": 10.0, "b.service": 20.0}
+    assert acted == {"a.service": 1.5, "b.service": None}
