@@ -35,7 +35,6 @@ JSON object or an SQLite row.
 from __future__ import annotations
 
 import dataclasses
-import operator
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Self
@@ -198,17 +197,6 @@ class Counters(Record):
     seen_exec_main_status: int = 0
 
 
-_BUT_SEEN_AT = operator.attrgetter(
-    *(f.name for f in dataclasses.fields(Counters) if f.name != "last_seen_at")
-)
-
-
-def only_seen_moved(before: Counters, after: Counters) -> bool:
-    """Whether ``after`` is ``before`` looked at again: nothing but ``last_seen_at`` moved
-    (what a steady unit's look does; the store then rewrites that field alone)."""
-    return before.last_seen_at != after.last_seen_at and _BUT_SEEN_AT(before) == _BUT_SEEN_AT(after)
-
-
 def never_ran(unit: str, at: float) -> Counters:
     """Counters of a unit the reconciler is about to start for the first time: a look at it
     "inactive, never ran" at ``at``, so the first real look counts every run since (its
@@ -248,6 +236,20 @@ def update_counters(prev: Counters | None, obs: Observation) -> tuple[Counters, 
     if _steady(prev, obs):  # what _fold answers then, without inferring (10,000 a pass)
         return replace(prev, last_seen_at=obs.at), []
     return _fold(prev, obs)
+
+
+def steady_look(prev: Counters | None, obs: Observation) -> bool:
+    """Whether ``update_counters(prev, obs)`` moves ``last_seen_at`` alone: what a steady
+    unit's look does (10,000 a pass). The caller then writes that field alone, without
+    building new counters."""
+    return (
+        prev is not None
+        and prev.unit == obs.unit
+        and prev.last_seen_at != obs.at
+        and not (prev.last_seen_at is not None and 0 < prev.last_seen_at - obs.at <= STALE_SEC)
+        and not (obs.invocation_id and obs.invocation_id == prev.prev_invocation_id)
+        and _steady(prev, obs)
+    )
 
 
 def _steady(prev: Counters, obs: Observation) -> bool:

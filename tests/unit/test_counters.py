@@ -19,8 +19,8 @@ from reconciler.core.counters import (
     Event,
     Observation,
     attribute,
-    only_seen_moved,
     signal_name,
+    steady_look,
     update_counters,
 )
 from reconciler.model import LiveUnit
@@ -358,20 +358,22 @@ def test_a_crash_never_keeps_the_next_runs_success() -> None:
         assert after.last_result is None, result
 
 
-def test_only_seen_moved_is_a_steady_look_and_nothing_else() -> None:
+def test_a_steady_look_is_one_that_moves_last_seen_at_alone() -> None:
     steady = Counters(
         "a.service", last_state="active", last_sub_state="running", last_invocation_id="r1",
         last_seen_at=10.0, seen_result="success",
     )  # fmt: skip
     look = Observation("a.service", 20.0, "active", "running", "success", 0, "r1")
     again, events = update_counters(steady, look)
-    assert not events and only_seen_moved(steady, again)
-    assert not only_seen_moved(steady, steady)  # nothing moved at all
+    assert not events and again == dataclasses.replace(steady, last_seen_at=20.0)
+    assert steady_look(steady, look)
+    assert not steady_look(None, look)  # a first look
+    assert not steady_look(steady, dataclasses.replace(look, at=10.0))  # nothing moved at all
+    assert not steady_look(steady, dataclasses.replace(look, at=5.0))  # an older look
     for moved in (
-        dataclasses.replace(again, starts=1),
-        dataclasses.replace(again, seen_result="exit-code"),
-        dataclasses.replace(again, acted_at=15.0),
+        dataclasses.replace(look, active_state="failed"),
+        dataclasses.replace(look, invocation_id="r2"),
+        dataclasses.replace(look, n_restarts=1),
+        dataclasses.replace(look, result="exit-code"),
     ):
-        assert not only_seen_moved(steady, moved)
-    crashed, _ = update_counters(steady, dataclasses.replace(look, active_state="failed"))
-    assert not only_seen_moved(steady, crashed)
+        assert not steady_look(steady, moved)
