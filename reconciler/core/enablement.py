@@ -156,12 +156,17 @@ def index_links(dirs: UnitDirs) -> LinkIndex:
     return index
 
 
-def _links_of(dirs: UnitDirs, index: LinkIndex | None, name: str, path: str) -> list[Link]:
+def _links_of(
+    dirs: UnitDirs, index: LinkIndex | None, name: str, template: str | None, path: str
+) -> list[Link]:
     """The links that may enable ``name`` (a superset, in the order of ``dirs.links``)."""
     if index is None:
         return list(dirs.links)
-    keys = dict.fromkeys(k for k in (name, template_of(name), path) if k)
-    return [dirs.links[i] for i in sorted({i for k in keys for i in index.get(k, ())})]
+    found = set(index.get(name, ()))
+    found.update(index.get(path, ()))
+    if template is not None:
+        found.update(index.get(template, ()))
+    return [dirs.links[i] for i in sorted(found)]
 
 
 def _enabling_links(
@@ -173,20 +178,21 @@ def _enabling_links(
     ``DefaultInstance=``, and links of other instances make it ``indirect``.
     """
     found, instances = [], False
-    default = _install_value(content, "DefaultInstance") if _is_template(name) else None
+    template, is_template = template_of(name), _is_template(name)
+    default = _install_value(content, "DefaultInstance") if is_template else None
     stem, _, suffix = name.partition("@.")
-    for directory, link, target in _links_of(dirs, index, name, path):
+    for directory, link, target in _links_of(dirs, index, name, template, path):
         base = _basename(target)
-        if link == name and base in (name, template_of(name)):
+        if link == name and base in (name, template):
             found.append(directory)
-        elif link != name and base == name and not _is_template(name):
+        elif link != name and base == name and not is_template:
             found.append(directory)  # an Alias= link, or a dependency link of another name
-        elif _is_template(name) and base == name and link.startswith(stem + "@"):
+        elif is_template and base == name and link.startswith(stem + "@"):
             if default is not None and link == f"{stem}@{default}.{suffix}":
                 found.append(directory)
             else:
                 instances = True
-        elif not _is_template(name) and template_of(name) is None and target == path:
+        elif not is_template and template is None and target == path:
             found.append(directory)
     return found, instances
 
