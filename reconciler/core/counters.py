@@ -229,10 +229,8 @@ def update_counters(prev: Counters | None, obs: Observation) -> tuple[Counters, 
         ), []
     if prev.unit != obs.unit:
         raise ValueError(f"counters of '{prev.unit}' fed an observation of '{obs.unit}'")
-    if prev.last_seen_at is not None and 0 < prev.last_seen_at - obs.at <= STALE_SEC:
+    if _late(prev, obs):
         return prev, []
-    if obs.invocation_id and obs.invocation_id == prev.prev_invocation_id:
-        return prev, []  # the run before the last one seen: a late look
     if _steady(prev, obs):  # what _fold answers then, without inferring (10,000 a pass)
         return replace(prev, last_seen_at=obs.at), []
     return _fold(prev, obs)
@@ -246,10 +244,17 @@ def steady_look(prev: Counters | None, obs: Observation) -> bool:
         prev is not None
         and prev.unit == obs.unit
         and prev.last_seen_at != obs.at
-        and not (prev.last_seen_at is not None and 0 < prev.last_seen_at - obs.at <= STALE_SEC)
-        and not (obs.invocation_id and obs.invocation_id == prev.prev_invocation_id)
+        and not _late(prev, obs)
         and _steady(prev, obs)
     )
+
+
+def _late(prev: Counters, obs: Observation) -> bool:
+    """A look older than the last one (a stale read, up to ``STALE_SEC``), or at the run
+    before the last one seen: ``update_counters`` leaves the counters as they are."""
+    if prev.last_seen_at is not None and 0 < prev.last_seen_at - obs.at <= STALE_SEC:
+        return True
+    return bool(obs.invocation_id) and obs.invocation_id == prev.prev_invocation_id
 
 
 def _steady(prev: Counters, obs: Observation) -> bool:
