@@ -19,7 +19,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 
 from reconciler.core.enablement import template_of
-from reconciler.core.inventory import SERVICES_FILE, key_path, quote
+from reconciler.core.keys import SERVICES_FILE, key_path, quote
 from reconciler.core.unitkind import is_quadlet_path, is_unit
 from reconciler.errors import InventoryError
 from reconciler.model import (

@@ -9,7 +9,6 @@ path, because an operator reads it in a journal entry, not in a debugger.
 
 from __future__ import annotations
 
-import json
 import re
 import tomllib
 from collections import ChainMap, Counter
@@ -29,10 +28,12 @@ from pydantic import (
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from reconciler.core import unitkind
+from reconciler.core.keys import HOSTS_FILE as HOSTS_FILE  # the names stay importable from here
+from reconciler.core.keys import SERVICES_FILE as SERVICES_FILE
+from reconciler.core.keys import key_path as key_path
+from reconciler.core.keys import quote as quote
 from reconciler.errors import InventoryError, UnknownHostError
 
-HOSTS_FILE = "inventory/hosts.toml"
-SERVICES_FILE = "inventory/services.toml"
 TEMPLATE_DIR = "templates/"
 FILES_DIR = "files/"  # [files."PATH"] source = "..." is copied verbatim from here
 MAX_PATH = 4095  # PATH_MAX less the terminating NUL
@@ -82,7 +83,6 @@ _HOST_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}")
 _DROPIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 _USER = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?")
 _VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _TIMESPAN = re.compile(
     r"\s*(infinity|(\d+(\.\d+)?\s*(usec|us|µs|msec|ms|seconds?|sec|s|minutes?|min|m|hours?|hr|h"
     r"|days?|d|weeks?|w|months?|M|years?|y)?\s*)+)\s*"
@@ -91,11 +91,6 @@ _BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\
 _TOML_POSITION = re.compile(
     r"^(?P<msg>.*) \(at (line (?P<line>\d+), column (?P<col>\d+)|end of document)\)$"
 )
-
-
-def quote(text: str) -> str:
-    """A name as it may appear in a one-line message: ASCII only, look-alikes escaped."""
-    return json.dumps(text, ensure_ascii=True)[1:-1]
 
 
 def listing(names: Iterable[str], limit: int = 12) -> str:
@@ -488,20 +483,6 @@ class Inventory:
             for name, svc in self.services_file.services.items()
             if targets.intersection(svc.hosts)
         ]
-
-
-def key_path(loc: tuple[str | int, ...]) -> str:
-    """``('services', 'web', 'hosts', 1)`` -> ``services.web.hosts[1]``; odd keys quoted."""
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif part == "[key]":
-            continue
-        else:
-            text = part if _BARE_KEY.fullmatch(part) else f'"{quote(part)}"'
-            out += f".{text}" if out else text
-    return out
 
 
 def _message(error: ErrorDetails, known: Sequence[str]) -> str:

@@ -35,13 +35,9 @@ from reconciler.core.inventory import (
     parse_file,
     quote,
 )
+from reconciler.core.rollout_refs import ROLLOUT_FILE, wave_ref
 from reconciler.errors import InventoryError, UnknownHostError
 
-ROLLOUT_FILE = "inventory/rollout.toml"
-WAVE_PREFIX = "refs/heads/rollout/"  # the hosts poll this prefix only
-CONTROL_PREFIX = "refs/heads/rollout-control/"  # outside the hosts' prefix: never polled
-PAUSE_REF = CONTROL_PREFIX + "pause"  # exists: every wave holds
-HALT_REF = CONTROL_PREFIX + "halt"  # its commit message names the halted target and why
 BUCKETS = 10_000  # percent = 1 is 100 buckets: shares down to 0.01 %
 _WAVE_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 _BRANCH = re.compile(r"[A-Za-z0-9._][A-Za-z0-9._/-]{0,199}")
@@ -50,11 +46,6 @@ _BRANCH = re.compile(r"[A-Za-z0-9._][A-Za-z0-9._/-]{0,199}")
 def bucket(host: str) -> int:
     """The stable hash bucket (0..9999) of a host name: the same on every machine."""
     return int(hashlib.sha256(host.encode("utf-8")).hexdigest()[:8], 16) % BUCKETS
-
-
-def wave_ref(wave: str) -> str:
-    """The ref a wave follows: ``refs/heads/rollout/<wave>``."""
-    return WAVE_PREFIX + wave
 
 
 def _wave_name(value: str) -> str:

@@ -26,7 +26,13 @@ from reconciler.core import promotion
 # ~170 ms: every command of this package reads or writes the rollout's refs)
 from reconciler.core.inventory import HOSTS_FILE
 from reconciler.core.promotion import Facts, Refs, Step, Verdict, WavePolicy
-from reconciler.core.rollout import CONTROL_PREFIX, HALT_REF, PAUSE_REF, ROLLOUT_FILE, WAVE_PREFIX
+from reconciler.core.rollout_refs import (
+    CONTROL_PREFIX,
+    HALT_REF,
+    PAUSE_REF,
+    ROLLOUT_FILE,
+    WAVE_PREFIX,
+)
 from reconciler.errors import NoRolloutError, RolloutError, UsageError
 from reconciler.fleet.remote import Remote, Update
 

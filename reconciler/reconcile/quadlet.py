@@ -19,7 +19,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from reconciler.core.inventory import SERVICES_FILE, key_path
+from reconciler.core.keys import SERVICES_FILE, key_path
 from reconciler.core.unitkind import QUADLET_GENERATOR
 from reconciler.errors import InventoryError, RenderError
 from reconciler.model import DesiredFile

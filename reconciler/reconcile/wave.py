@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from reconciler.core import rollout
+from reconciler.core.rollout_refs import ROLLOUT_FILE, WAVE_PREFIX, wave_ref
 from reconciler.errors import InventoryError, SourceError
 from reconciler.reconcile import cache, fetch, refs, remote
 from reconciler.reconcile.revision import read_paths
@@ -24,7 +24,9 @@ from reconciler.reconcile.revision import read_paths
 if TYPE_CHECKING:
     import git
 
-_FILES = [rollout.ROLLOUT_FILE, "inventory/hosts.toml"]
+    from reconciler.core import rollout
+
+_FILES = [ROLLOUT_FILE, "inventory/hosts.toml"]
 
 
 @dataclass(frozen=True)
@@ -47,18 +49,18 @@ def find(
 ) -> Place:
     """The host's wave and its ref's tip, for one request to the git server.
 
-    ``known``: the wave found for ``applied`` before (a no-op poll then parses nothing:
-    pydantic and a 10,000-host hosts.toml cost more than the poll itself).
+    ``known``: the wave found for ``applied`` before (a no-op poll then parses nothing and
+    imports no pydantic: it and a 10,000-host hosts.toml cost more than the poll itself).
     """
     deadline = time.monotonic() + timeout
-    advertised = remote.list_refs(url, [rollout.WAVE_PREFIX], timeout=timeout)
+    advertised = remote.list_refs(url, [WAVE_PREFIX], timeout=timeout)
     tips = {
-        name.removeprefix(rollout.WAVE_PREFIX): sha
+        name.removeprefix(WAVE_PREFIX): sha
         for name, sha in advertised.items()
-        if name.startswith(rollout.WAVE_PREFIX) and "/" not in name[len(rollout.WAVE_PREFIX) :]
+        if name.startswith(WAVE_PREFIX) and "/" not in name[len(WAVE_PREFIX) :]
     }
     if applied and known:
-        return Place(known, rollout.wave_ref(known), tips.get(known), advertised)
+        return Place(known, wave_ref(known), tips.get(known), advertised)
     cache.ensure(cache_dir)
     with cache.open_repo(cache_dir) as repo:
         definition = _definition(repo, applied) if applied else None
@@ -70,6 +72,8 @@ def find(
 
 def _definition(repo: git.Repo, revision: str) -> rollout.Rollout | None:
     """The rollout of a commit in the cache (None: not in the cache, or no rollout.toml)."""
+    from reconciler.core import rollout  # pydantic: only when the wave is not known yet
+
     commit = refs.commit_by_id(repo, revision) if refs.HEX.fullmatch(revision) else None
     if commit is None:
         return None
@@ -86,12 +90,12 @@ def _first_definition(
     first wave is named by the rollout at any wave's tip: the definitions agree on it)."""
     if not tips:
         raise SourceError(
-            f"cannot find this host's wave in '{url}': no wave refs ({rollout.WAVE_PREFIX}*) yet",
+            f"cannot find this host's wave in '{url}': no wave refs ({WAVE_PREFIX}*) yet",
             hint="the promoter creates them (reconciler promote); or set rollout = false "
             "to follow 'ref'",
         )
-    names = [rollout.wave_ref(w) for w in tips]
-    fetch.follow(repo, url, cache_dir, {rollout.wave_ref(w): s for w, s in tips.items()},
+    names = [wave_ref(w) for w in tips]
+    fetch.follow(repo, url, cache_dir, {wave_ref(w): s for w, s in tips.items()},
                  names, deadline)  # fmt: skip
     found: rollout.Rollout | None = None
     for wave in sorted(tips):
@@ -100,7 +104,7 @@ def _first_definition(
             break
     if found is None:
         raise InventoryError(
-            f"{rollout.ROLLOUT_FILE}: missing at the tips of the wave refs "
+            f"{ROLLOUT_FILE}: missing at the tips of the wave refs "
             f"({', '.join(sorted(tips))}), and rollout = true in this host's config",
             hint="commit inventory/rollout.toml, or set rollout = false to follow 'ref'",
         )
