@@ -69,6 +69,12 @@ BENCHMARKS = {
         "50 real hosts on a LAN, good commit, 3 waves with 60 s soak: every host on it < 5 min, "
         "1 git request per no-change poll, `reconciler promote` < 1 s per step (issue 15)",
     ),
+    "fleet_poll": (
+        "bench_fleet_poll",
+        [],
+        "6 real fleet hosts polling every 20 s: a host's CPU per poll period, a no-change sync "
+        "beside a bare python; a no-change poll imports neither pydantic nor Jinja2 (issue 13)",
+    ),
     "fleet_sim": (
         "bench_fleet_sim",
         [],
