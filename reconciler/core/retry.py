@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 
 RETRY_STATUSES = frozenset({429, *range(500, 600)})
 
@@ -39,6 +38,8 @@ def parse_retry_after(value: str | None, now: datetime) -> float | None:
     value = value.strip()
     if value.isdigit():
         return float(value)
+    from email.utils import parsedate_to_datetime  # 4-6 ms: only an HTTP date needs it
+
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):
