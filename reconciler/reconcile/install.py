@@ -13,7 +13,11 @@ host config, because hardening that hides the code makes a unit fail with 203/EX
   use of ``tmpfs``), which scores the same as ``yes`` in ``systemd-analyze security``;
 * code under /tmp or /var/tmp: bound read-only through ``PrivateTmp=`` (systemd 252 resolves
   bind sources before it mounts the private /tmp; measured). It works until the next boot
-  empties /tmp, so install says so;
+  empties /tmp (or systemd-tmpfiles ages /var/tmp out), so install says so;
+* a config repository given as a local path (``repo``, ``[promote] repo``) under those
+  directories: bound read-only in the unit that fetches it (the sync, the promoter) the same
+  way; else every timer's sync failed with "does not appear to be a git repository" while
+  ``reconciler sync`` by hand worked (found by a first operator trial);
 * ``LoadCredential=etl-token:/etc/reconciler/etl-token`` only when that file exists: with a
   missing source systemd 252 fails the unit with 243/CREDENTIALS (measured; the bare
   ``LoadCredential=ID`` form does not search /etc/credstore before systemd 254). Without
@@ -76,6 +80,7 @@ MONITORS = ("gitops-sync.service", "reconciler-monitor.service", "reconciler-wat
 BACKUP = "volume-backup.service"
 SYNC = SYNC_UNIT
 CONFIG_UNIT = "reconciler-config.service"  # follows the host config, then starts SYNC
+PROMOTE = "reconciler-promote.service"
 WEBHOOK = "reconciler-webhook.service"
 # Paths written into unit files unquoted: anything else would need systemd escaping.
 _PLAIN_PATH = re.compile(r"^/[A-Za-z0-9._+@:,=~/-]*$")
@@ -99,6 +104,7 @@ class Layout:
     listen: str = DEFAULT_LISTEN  # the webhook socket's ListenStream= ([webhook] listen)
     config: str = str(DEFAULT_CONFIG)  # the host config the path unit watches
     files_roots: tuple[str, ...] = ()  # where the sync writes config files (files_roots)
+    reads: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # unit -> local repos
 
 
 @dataclass(frozen=True)
@@ -153,6 +159,7 @@ def adapt(name: str, text: str, layout: Layout) -> str:
     # run reads that one (RECONCILER_CONFIG), and it is bound back in where hidden.
     own_config = layout.config != str(DEFAULT_CONFIG)
     needed = (*layout.code_paths, layout.config) if own_config else layout.code_paths
+    needed = (*needed, *layout.reads.get(name, ()))
     hidden_home = [p for p in needed if home in ("yes", "tmpfs") and _under(p, HOME_DIRS)]
     hidden_tmp = [p for p in needed if service.get("PrivateTmp") == "yes" and _under(p, TMP_DIRS)]
     extra: list[str] = []
@@ -326,7 +333,20 @@ def read_layout(settings: Settings, user_namespaces: bool | None = None) -> Layo
         listen=settings.webhook.listen,
         config=_plain(str(settings.path or DEFAULT_CONFIG)),
         files_roots=tuple(_plain(r) for r in settings.files_roots),
+        reads=local_repos(settings),
     )
+
+
+def local_repos(settings: Settings) -> dict[str, tuple[str, ...]]:
+    """Per own unit, the config repository it fetches when that is a local path the unit's
+    sandbox hides (under ``HOME_DIRS`` or ``TMP_DIRS``): to be bound back read-only."""
+    wanted = {SYNC: settings.repo, PROMOTE: settings.promote.repo or settings.repo}
+    found: dict[str, tuple[str, ...]] = {}
+    for unit, url in wanted.items():
+        path = url.removeprefix("file://") if url else ""
+        if path.startswith("/") and _under(path, (*HOME_DIRS, *TMP_DIRS)):
+            found[unit] = (_plain(str(PurePosixPath(path))),)
+    return found
 
 
 def user_namespaces_work() -> bool:
@@ -350,10 +370,17 @@ def _plain(path: str) -> str:
 
 
 def notes_for(layout: Layout, settings: Settings) -> tuple[str, ...]:
+    repos = {p for paths in layout.reads.values() for p in paths}
     notes = [
-        f"{p} is under a temporary directory: the units bind it read-only, but it may be "
-        "emptied at the next boot; install from a path outside /tmp to keep them working"
-        for p in layout.code_paths
+        f"{p} is under a temporary directory: the units bind it read-only, but "
+        + (
+            "systemd-tmpfiles removes what is left unused in /var/tmp (30 days by default)"
+            if _under(p, ("/var/tmp",))
+            else "it may be emptied at the next boot"
+        )
+        + f"; {'keep the config repository' if p in repos else 'install from a path'} "
+        "outside /tmp and /var/tmp to keep them working"
+        for p in sorted({*layout.code_paths, *repos})
         if _under(p, TMP_DIRS)
     ]
     if not layout.user_namespaces:

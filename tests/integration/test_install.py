@@ -367,6 +367,48 @@ def test_a_sync_whose_own_unit_changes_hands_over_to_a_new_run(
         host.systemctl("start", "reconciler-config.path")
 
 
+def test_a_config_repository_under_var_tmp_is_fetched_by_the_units_sync(
+    host: sandbox.Host, installed: Installed
+) -> None:
+    """A first operator's report: with ``repo`` a path under /var/tmp (or /tmp, /home,
+    /root), every sync the units ran failed ("does not appear to be a git repository": the
+    unit's PrivateTmp= and ProtectHome= hide it) while ``reconciler sync`` by hand worked.
+    The sync's unit now binds a local repository there back read-only."""
+    moved = "/var/tmp/reconciler-install-test/config.git"
+    config = host_path(host, CONFIG)
+    before = config.read_text()
+    unit = host.unit_dir / "gitops-sync.service"
+
+    def followed(present: bool) -> None:
+        deadline = time.monotonic() + 90
+        while (moved in unit.read_text()) != present or not idle(host):
+            assert time.monotonic() < deadline, unit.read_text()
+            time.sleep(0.5)
+
+    host.run(["mkdir", "-p", str(Path(moved).parent)])
+    host.run(["cp", "-a", f"{BASE}/config.git", moved])
+    try:
+        after = before.replace(f'"{BASE}/config.git"', f'"{moved}"')
+        assert after != before, before
+        config.write_text(after)  # reconciler-config.path: the units follow the config
+        followed(True)
+        binds = [line for line in unit.read_text().splitlines() if moved in line]
+        assert binds and binds[0].startswith("BindReadOnlyPaths="), binds
+        start_us = int(time.time() * 1e6)
+        proc = host.systemctl("start", "gitops-sync.service", check=False)
+        ran = show(host, "gitops-sync.service", "Result", "ExecMainPID")
+        entries = wait_for_entries(host, "gitops-sync.service", ran["ExecMainPID"], start_us)
+        said = [str(e.get("MESSAGE")) for e in entries]
+        assert proc.returncode == 0 and ran["Result"] == "success", (proc.stderr, ran, said)
+        assert not [m for m in said if "not appear to be a git repository" in m], said
+        events = {e.get("RECONCILER_EVENT") for e in entries}
+        assert events & {"sync.noop", "sync.applied"}, said
+    finally:
+        config.write_text(before)
+        followed(False)
+        host.run(["rm", "-rf", str(Path(moved).parent)], check=False)
+
+
 def test_second_install_is_a_noop(host: sandbox.Host, installed: Installed) -> None:
     before = {u: show(host, u, "InvocationID")["InvocationID"] for u in UNITS}
     second = install_json(host)

@@ -24,6 +24,8 @@ from reconciler.reconcile.install import (
     Layout,
     adapt,
     build_units,
+    local_repos,
+    notes_for,
     outermost,
     read_layout,
     writable_paths,
@@ -204,6 +206,24 @@ CASES = [
         {"PrivateUsers": ["yes"]},
     ),
     Case(
+        "config repository under /var/tmp: bound into the sync that fetches it",
+        "gitops-sync.service",
+        Layout(PY, code_paths=("/usr",), reads={"gitops-sync.service": ("/var/tmp/cfg.git",)}),
+        {"PrivateTmp": ["yes"], "BindReadOnlyPaths": ["/var/tmp/cfg.git"]},
+    ),
+    Case(
+        "config repository under /home: the sync's homes tmpfs, the repository bound back",
+        "gitops-sync.service",
+        Layout(PY, code_paths=("/usr",), reads={"gitops-sync.service": ("/home/ops/cfg",)}),
+        {"ProtectHome": ["tmpfs"], "BindReadOnlyPaths": ["/home/ops/cfg"]},
+    ),
+    Case(
+        "a unit that does not fetch gets no bind of the repository",
+        "reconciler-monitor.service",
+        Layout(PY, code_paths=("/usr",), reads={"gitops-sync.service": ("/var/tmp/cfg.git",)}),
+        {"BindReadOnlyPaths": []},
+    ),
+    Case(
         "timers are copied as they are",
         "metrics-sample.timer",
         Layout(PY, "/opt/src", code_paths=("/root/py",)),
@@ -294,6 +314,50 @@ def test_outermost(paths: list[str], expected: tuple[str, ...]) -> None:
 )
 def test_writable_paths(settings: Settings, expected: dict[str, tuple[str, ...]]) -> None:
     assert writable_paths(settings) == expected
+
+
+@pytest.mark.parametrize(
+    ("repo", "promote", "expected"),
+    [
+        ("https://git.example/cfg.git", None, {}),
+        ("/srv/cfg.git", None, {}),  # visible to every unit: nothing to bind
+        (
+            "/var/tmp/ops/cfg.git",
+            None,
+            {
+                "gitops-sync.service": ("/var/tmp/ops/cfg.git",),
+                "reconciler-promote.service": ("/var/tmp/ops/cfg.git",),
+            },
+        ),
+        (
+            "file:///root/cfg.git/",
+            "/home/ops/fleet.git",
+            {
+                "gitops-sync.service": ("/root/cfg.git",),
+                "reconciler-promote.service": ("/home/ops/fleet.git",),
+            },
+        ),
+        ("ops@git.example:/home/ops/cfg.git", None, {}),  # ssh: the server's path
+    ],
+)
+def test_local_repos(repo: str, promote: str | None, expected: dict[str, tuple[str, ...]]) -> None:
+    sections = {"promote": {"repo": promote}} if promote else {}
+    assert local_repos(Settings(repo=repo, sections=sections)) == expected
+
+
+def test_notes_name_what_a_temporary_directory_does_to_code_and_repository() -> None:
+    layout = Layout(
+        PY,
+        code_paths=("/tmp/ci/venv", "/usr"),
+        reads={"gitops-sync.service": ("/var/tmp/cfg.git",)},
+    )
+    notes = notes_for(layout, Settings())
+    assert len(notes) == 2, notes
+    repo = next(n for n in notes if n.startswith("/var/tmp/cfg.git"))
+    assert "systemd-tmpfiles" in repo and "keep the config repository outside" in repo, repo
+    assert "next boot" not in repo, repo
+    code = next(n for n in notes if n.startswith("/tmp/ci/venv"))
+    assert "emptied at the next boot" in code and "install from a path outside" in code, code
 
 
 def test_paths_needing_escapes_are_refused() -> None:
