@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reconciler.config import Settings
+from reconciler.config import DEFAULT_CONFIG, Settings
 from reconciler.core import promotion
 
 # the names of the contract, from the one module that defines them (pydantic comes with it,
@@ -91,7 +91,7 @@ class Promoter:
         if not url:
             raise UsageError(
                 "cannot promote: no config repository configured",
-                "set repo in [promote] (or at the top) of /etc/reconciler/config.toml",
+                f"set repo in [promote] (or at the top) of {settings.path or DEFAULT_CONFIG}",
             )
         self.settings = settings
         self.section = section
@@ -105,7 +105,7 @@ class Promoter:
         if not self.section.prometheus_url:
             raise UsageError(
                 "cannot promote: no Prometheus configured",
-                "set prometheus_url in [promote] of /etc/reconciler/config.toml",
+                f"set prometheus_url in [promote] of {self.settings.path or DEFAULT_CONFIG}",
             )
         return prometheus.Client(
             self.section.prometheus_url,

@@ -343,3 +343,22 @@ def test_approve_wave_needs_a_signed_tag(world: World, tmp_path: Path) -> None:
                 subprocess.run(
                     ["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"], check=False
                 )
+
+
+def test_a_promoter_hint_names_the_config_file_it_read(tmp_path: Path) -> None:
+    """A first operator's report: with ``--config promote.toml`` the hint said to set
+    ``prometheus_url`` in /etc/reconciler/config.toml, a file the promoter never read."""
+    from reconciler.config import Settings
+    from reconciler.errors import UsageError
+    from reconciler.fleet.promoter import Promoter
+
+    read = tmp_path / "promote.toml"
+    settings = Settings(state_dir=tmp_path, path=read)
+    with pytest.raises(UsageError) as no_repo:
+        Promoter(settings)
+    assert no_repo.value.hint is not None and str(read) in no_repo.value.hint
+    promoter = Promoter(settings, repo=str(tmp_path / "remote.git"))
+    with pytest.raises(UsageError) as no_prometheus:
+        promoter._prometheus()
+    hint = no_prometheus.value.hint
+    assert hint is not None and f"set prometheus_url in [promote] of {read}" == hint, hint
