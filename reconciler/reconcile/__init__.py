@@ -121,8 +121,9 @@ class _Sync:
             self.steps(outcome, store, revision, monitoring)
         except Exception as exc:
             error = exc
-            if not self.dry_run and not outcome.settled:  # a failed fetch is a failed sync
-                outcome.result, outcome.message = Result.FAILED, str(exc)
+            if not self.dry_run:  # every sync.started gets its end, a rolled-back one too
+                if not outcome.settled:  # a failed fetch is a failed sync
+                    outcome.result, outcome.message = Result.FAILED, str(exc)
                 journal.event(  # echo=False: the CLI prints the error as its one line
                     "sync.failed",
                     f"sync failed: {exc}",

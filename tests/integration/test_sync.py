@@ -392,9 +392,21 @@ def test_failing_health_gate_rolls_back(env: Env) -> None:
     assert env.show(f"{a}.service", "ActiveState")["ActiveState"] == "active"
     bad_files = base_files(env, service(a, template="crasher.service.j2", health=3))
     bad = env.repo.commit(bad_files, message="crash")
+    before_us = int(time.time() * 1e6)
     proc = env.reconciler("sync", check=False)
+    after_us = int(time.time() * 1e6)
     assert proc.returncode != 0
     assert "rolled back" in proc.stderr and bad[:12] in proc.stderr, proc.stderr
+    # its journal: a start and an end (a start with no end reads as a killed sync)
+    env.host.journal_sync()
+    kinds = [
+        e["RECONCILER_EVENT"]
+        for e in env.host.journal("SYSLOG_IDENTIFIER=reconciler")
+        if before_us <= int(e["__REALTIME_TIMESTAMP"]) <= after_us
+        and str(e.get("RECONCILER_EVENT", "")).startswith(("sync.", "rollback", "health."))
+    ]
+    assert kinds[0] == "sync.started" and kinds[-1] == "sync.failed", kinds
+    assert kinds.count("sync.failed") == 1 and "rollback" in kinds, kinds
     assert "sleep infinity" in (env.host.unit_dir / f"{a}.service").read_text()
     assert env.show(f"{a}.service", "ActiveState")["ActiveState"] == "active"
     # the bad revision is not retried by the next (timer) sync
