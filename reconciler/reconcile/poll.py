@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from reconciler.config import Settings
+from reconciler.core.rollout_refs import WAVE_PREFIX
 from reconciler.host import journal
 from reconciler.model import Snapshot
 from reconciler.reconcile import backoff, fetch, wave
@@ -105,6 +106,14 @@ def _ask(
             settings.fetch_timeout_sec,
             known=str(before) if before and fleet.get("wave_at") == applied else None,
         )
+        if place is None:
+            msg = (
+                f"no wave refs ({WAVE_PREFIX}*) on the git server yet: the host keeps its "
+                "revision until the promoter creates them (reconciler promote)"
+            )
+            journal.event("sync.noop", msg, priority=5)
+            outcome.result, outcome.message = Result.HELD, msg
+            return None, settings
         if not dry_run:
             joined = {"joined_at": applied} if before and before != place.wave else {}
             store.kv_update(

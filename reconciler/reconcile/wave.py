@@ -46,8 +46,10 @@ def find(
     applied: str | None,
     timeout: float,
     known: str | None = None,
-) -> Place:
-    """The host's wave and its ref's tip, for one request to the git server.
+) -> Place | None:
+    """The host's wave and its ref's tip, for one request to the git server; None: no wave
+    ref exists yet and the host has applied a revision (it holds it: rollout turned on
+    before the promoter's first move).
 
     ``known``: the wave found for ``applied`` before (a no-op poll then parses nothing and
     imports no pydantic: it and a 10,000-host hosts.toml cost more than the poll itself).
@@ -61,6 +63,8 @@ def find(
     }
     if applied and known:
         return Place(known, wave_ref(known), tips.get(known), advertised)
+    if applied and not tips:
+        return None
     cache.ensure(cache_dir)
     with cache.open_repo(cache_dir) as repo:
         definition = _definition(repo, applied) if applied else None

@@ -177,6 +177,38 @@ def test_host_left_in_no_wave_is_refused(fenv: FaultEnv, fault_report: Report) -
     assert metrics["reconciler_last_success_timestamp_seconds"][1] > 0
 
 
+def test_rollout_turned_on_before_any_wave_ref_holds(fenv: FaultEnv, fault_report: Report) -> None:
+    """A first operator's report: ``rollout = true`` on a host that had applied a revision
+    (without rollout.toml), before the promoter created any wave ref: every sync failed
+    (exit 1, "no wave refs yet"), so every timer run was a failed run. As the README says
+    of a wave ref that does not exist yet, the host holds its revision, then follows."""
+    a = fenv.name("early")
+    unit = f"{a}.service"
+    configure(fenv, "")
+    first = fenv.repo.commit(base_files(fenv, service(a)))
+    assert fenv.sync()["result"] == "applied"
+    before = fenv.invocations(unit)
+    configure(fenv, "rollout = true\n")
+    waves = fenv.repo.commit({"inventory/rollout.toml": ONE_WAVE}, "waves")
+    held = fenv.run("sync", "--json")
+    started = time.monotonic()
+    push_wave(fenv, waves)  # the promoter's first move
+    followed = fenv.sync()
+    fault_report(
+        "rollout turned on before the promoter created any wave ref",
+        "held (exit 0, one line: no wave refs yet, the host keeps its revision); follows "
+        "its wave once the promoter created it",
+        time.monotonic() - started,
+        fenv.invocations(unit) == before,
+    )
+    assert held.returncode == 0, held.stderr
+    result = json.loads(held.stdout)
+    assert result["result"] == "held" and "no wave refs" in result["message"], result
+    assert result["revision"] in (first, None), result
+    assert followed["revision"] == waves and followed["result"] in ("applied", "noop"), followed
+    assert fenv.invocations(unit) == before
+
+
 def test_host_moved_to_a_wave_behind_it_holds(fenv: FaultEnv, fault_report: Report) -> None:
     """An operator moves the host from wave a to wave b: the commit doing it reaches the
     host through a, and b's ref is still behind it. Not a force-push: the host holds."""

@@ -75,10 +75,14 @@ def test_the_host_follows_its_wave(served: tuple[ConfigRepo, GitServer], tmp_pat
     push_wave(repo, "rest", old)
     url, cache = server.url("remote.git"), tmp_path / "cache"
     canary = wave.find(url, "c1", cache, None, 10)
-    assert (canary.wave, canary.ref, canary.target) == ("canary", "refs/heads/rollout/canary", new)
+    assert canary is not None and (canary.wave, canary.ref, canary.target) == (
+        "canary",
+        "refs/heads/rollout/canary",
+        new,
+    )
     server.take()
     rest = wave.find(url, "web2", cache, new, 10)  # the applied revision names the wave
-    assert (rest.wave, rest.target) == ("rest", old)
+    assert rest is not None and (rest.wave, rest.target) == ("rest", old)
     snap = fetch.fetch(url, rest.ref, cache, timeout=10, advertised=rest.advertised)
     assert snap.revision == old
     assert server.take() == [LS_REFS], "the poll's one listing serves the fetch step too"
@@ -86,14 +90,21 @@ def test_the_host_follows_its_wave(served: tuple[ConfigRepo, GitServer], tmp_pat
         wave.find(url, "nobody", cache, new, 10)
     # the wave already found for the applied revision: nothing read, nothing parsed
     known = wave.find(url, "web2", tmp_path / "no-cache", new, 10, known="rest")
-    assert (known.wave, known.target) == ("rest", old) and not (tmp_path / "no-cache").exists()
+    assert (
+        known is not None
+        and (known.wave, known.target) == ("rest", old)
+        and not (tmp_path / "no-cache").exists()
+    )
 
 
 def test_no_wave_refs_yet_is_one_line(served: tuple[ConfigRepo, GitServer], tmp_path: Path) -> None:
     repo, server = served
-    repo.commit(FILES, "first")
+    first = repo.commit(FILES, "first")
     with pytest.raises(remote.SourceError, match=r"no wave refs \(refs/heads/rollout/\*\) yet"):
         wave.find(server.url("remote.git"), "c1", tmp_path / "cache", None, 10)
+    # a host that applied a revision (rollout turned on before the promoter's first move)
+    # holds it: no wave to find, nothing to follow yet
+    assert wave.find(server.url("remote.git"), "c1", tmp_path / "cache", first, 10) is None
 
 
 @pytest.mark.parametrize(("status", "retry_after"), [(429, "7"), (503, None)])
@@ -128,4 +139,7 @@ def test_a_wave_whose_ref_does_not_exist_yet_has_no_target(
     first = repo.commit(FILES, "first")
     push_wave(repo, "canary", first)  # the promoter has not created rest's ref yet
     place = wave.find(server.url("remote.git"), "web1", tmp_path / "cache", None, 10)
-    assert (place.wave, place.target) == ("rest", None)  # the sync holds: result "held"
+    assert place is not None and (place.wave, place.target) == (
+        "rest",
+        None,
+    )  # the sync holds: result "held"
