@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from reconciler.config import Webhook, read_section
+from reconciler.core.rollout_refs import WAVE_PREFIX
 from reconciler.errors import UsageError
 
 PUSH_PATH, HEALTH_PATH = "/hooks/push", "/healthz"
@@ -180,9 +181,24 @@ def parse_event(body: bytes, headers: Mapping[str, str]) -> Event | Rejection:
     )
 
 
-def wanted_ref(ref: str) -> str:
-    """The push ref that means "the configured branch": ``main`` -> ``refs/heads/main``."""
+def wanted_ref(ref: str, rollout: bool = False) -> str:
+    """The push ref that means "the configured branch": ``main`` -> ``refs/heads/main``;
+    in a rollout the wave refs, ``refs/heads/rollout/*`` (the host follows its wave's)."""
+    if rollout:
+        return WAVE_PREFIX + "*"
     return ref if ref.startswith("refs/") else f"refs/heads/{ref}"
+
+
+def follows(pushed: str | None, wanted: str) -> bool:
+    """Whether a push to ``pushed`` moves what the host syncs (``wanted``, from
+    ``wanted_ref``): one ref, or any wave ref (a wave's move the host is not in makes a
+    no-op sync; its own wave is not known here without the state database)."""
+    if pushed is None:
+        return False
+    if wanted.endswith("/*"):
+        prefix = wanted[:-1]
+        return pushed.startswith(prefix) and "/" not in pushed[len(prefix) :]
+    return pushed == wanted
 
 
 def replay_keys(event: Event) -> list[str]:

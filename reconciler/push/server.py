@@ -323,7 +323,13 @@ def serve(
     replays = Replays(settings.state_dir / REPLAY_FILE, config)
     starter = Starter(settings.bus, state_dir=settings.state_dir)
     hook = Webhook(
-        config, secret, settings.ref, starter, replays, socket_activated=sock is not None
+        config,
+        secret,
+        settings.ref,
+        starter,
+        replays,
+        socket_activated=sock is not None,
+        rollout=settings.rollout,
     )
     try:
         server = _Server(hook, config, sock, listen or config.listen)

@@ -36,6 +36,7 @@ from reconciler.core.push_policy import (
     authenticate,
     check_length,
     delivery_id,
+    follows,
     parse_event,
     replay_keys,
     route,
@@ -182,9 +183,10 @@ class Webhook:
         replays: Replays,
         *,
         socket_activated: bool = False,
+        rollout: bool = False,
     ) -> None:
         self.config = config
-        self.ref = wanted_ref(ref)
+        self.ref = wanted_ref(ref, rollout)
         self.starter = starter
         self.replays = replays
         self.socket_activated = socket_activated
@@ -250,7 +252,7 @@ class Webhook:
             return self.reject(remote, why, delivery=event.delivery)
         if event.kind == "ping":
             return Reply(200, {"status": "pong", "delivery": event.delivery})
-        if event.kind != "push" or event.ref != self.ref:
+        if event.kind != "push" or not follows(event.ref, self.ref):
             with self._lock:
                 self.counts["ignored"] += 1
             what = "other branch" if event.kind == "push" else f"event {event.kind}"

@@ -280,6 +280,30 @@ def oversized(port: int, length: int) -> tuple[bytes, float]:
     return data, time.monotonic() - started
 
 
+def test_in_a_rollout_a_wave_refs_push_starts_the_sync(
+    host: sandbox.Host, sync_unit: SyncUnit, tmp_path: Path
+) -> None:
+    """A first operator's report: with ``rollout = true`` the webhook answered the
+    promoter's wave ref moves "ignored: other branch" and started a sync for pushes to
+    ``main``, a branch the host does not follow."""
+    secret = tmp_path / "secret"
+    secret.write_text(SECRET + "\n")
+    secret.chmod(0o600)
+    (tmp_path / "config.toml").write_text("rollout = true\n" + CONFIG)
+    srv = Server(host, tmp_path)
+    try:
+        sync_unit.wait_idle()
+        runs = len(sync_unit.runs())
+        main, wave = push_body(), push_body("refs/heads/rollout/canary")
+        assert post(srv.port, main, signed(main))[1]["status"] == "ignored: other branch"
+        status, answer = post(srv.port, wave, signed(wave))
+        assert (status, answer["status"]) == (202, "sync started"), answer
+        wait_for(lambda: len(sync_unit.runs()) == runs + 1, 10, "gitops-sync to run")
+        sync_unit.wait_idle()
+    finally:
+        assert srv.stop() == 0
+
+
 def test_refusals_start_nothing_and_log_no_secret(server: Server, sync_unit: SyncUnit) -> None:
     sync_unit.wait_idle()
     runs = len(sync_unit.runs())

@@ -16,6 +16,7 @@ from reconciler.core.push_policy import (
     SyncGate,
     WebhookConfig,
     check_length,
+    follows,
     parse_config,
     parse_event,
     parse_listen,
@@ -115,6 +116,27 @@ def test_replay_keys_cover_the_unsigned_delivery_id_and_the_signed_body() -> Non
 )
 def test_wanted_ref(ref: str, expected: str) -> None:
     assert wanted_ref(ref) == expected
+
+
+@pytest.mark.parametrize(
+    ("rollout", "pushed", "expected"),
+    [
+        (False, "refs/heads/main", True),
+        (False, "refs/heads/rollout/canary", False),
+        (False, None, False),
+        # a rollout host follows its wave's ref, never the configured branch (a first
+        # operator's report: the webhook ignored the promoter's moves, synced on main)
+        (True, "refs/heads/rollout/canary", True),
+        (True, "refs/heads/rollout/rest", True),
+        (True, "refs/heads/main", False),
+        (True, "refs/heads/rollout-control/pause", False),
+        (True, "refs/heads/rollout/a/b", False),  # not a wave ref: a wave name has no '/'
+    ],
+)
+def test_a_push_moves_what_the_host_follows(
+    rollout: bool, pushed: str | None, expected: bool
+) -> None:
+    assert follows(pushed, wanted_ref("main", rollout)) is expected
 
 
 def test_replay_window_expires_by_age_and_count_and_survives_a_dump() -> None:
