@@ -111,8 +111,8 @@ def _ask(
                 f"no wave refs ({WAVE_PREFIX}*) on the git server yet: the host keeps its "
                 "revision until the promoter creates them (reconciler promote)"
             )
-            journal.event("sync.noop", msg, priority=5)
-            outcome.result, outcome.message = Result.HELD, msg
+            journal.event("sync.noop", msg, priority=5, revision=applied)
+            outcome.result, outcome.message, outcome.revision = Result.HELD, msg, applied
             return None, settings
         if not dry_run:
             joined = {"joined_at": applied} if before and before != place.wave else {}
@@ -129,8 +129,8 @@ def _ask(
                 f"wave '{place.wave}': its ref {place.ref} does not exist on the git "
                 "server yet; the host keeps its revision until the promoter moves it"
             )
-            journal.event("sync.noop", msg, priority=5)
-            outcome.result, outcome.message = Result.HELD, msg
+            journal.event("sync.noop", msg, priority=5, revision=applied)
+            outcome.result, outcome.message, outcome.revision = Result.HELD, msg, applied
             return None, settings
         settings = replace(settings, ref=place.ref)
         advertised = place.advertised
