@@ -43,6 +43,10 @@ from reconciler.model import LiveUnit
 
 CLD_EXITED, CLD_KILLED, CLD_DUMPED = 1, 2, 3
 STALE_SEC = 300.0
+# A look of an ended run "running" this soon after its end is a late signal or a read torn by
+# the restart (a run never runs again under its own InvocationID); after it, such a look is
+# believed (a torn read that ended a run which in fact kept running is then mended).
+REVIVE_SEC = 5.0
 _RUNNING = frozenset({"active", "activating", "deactivating", "reloading", "refreshing"})
 _SIGNALS = (  # Linux numbering (x86, arm, most others); index = signal number
     "", "SIGHUP", "SIGINT", "SIGQUIT", "SIGILL", "SIGTRAP", "SIGABRT", "SIGBUS", "SIGFPE",
@@ -250,11 +254,22 @@ def steady_look(prev: Counters | None, obs: Observation) -> bool:
 
 
 def _late(prev: Counters, obs: Observation) -> bool:
-    """A look older than the last one (a stale read, up to ``STALE_SEC``), or at the run
-    before the last one seen: ``update_counters`` leaves the counters as they are."""
+    """A look older than the last one (a stale read, up to ``STALE_SEC``), at the run
+    before the last one seen, or at the last run running again just after it was seen
+    ending (``REVIVE_SEC``): ``update_counters`` leaves the counters as they are."""
     if prev.last_seen_at is not None and 0 < prev.last_seen_at - obs.at <= STALE_SEC:
         return True
-    return bool(obs.invocation_id) and obs.invocation_id == prev.prev_invocation_id
+    if not obs.invocation_id:
+        return False
+    if obs.invocation_id == prev.prev_invocation_id:
+        return True
+    return (  # the last run, seen ended, running again just after: see REVIVE_SEC
+        obs.invocation_id == prev.last_invocation_id
+        and obs.running
+        and not is_running(prev.last_state, prev.last_sub_state)
+        and prev.last_change_at is not None
+        and obs.at - prev.last_change_at <= REVIVE_SEC
+    )
 
 
 def _steady(prev: Counters, obs: Observation) -> bool:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import pytest
 
 from reconciler.core.counters import (
+    REVIVE_SEC,
     STALE_SEC,
     Action,
     Counters,
@@ -377,3 +378,29 @@ def test_a_steady_look_is_one_that_moves_last_seen_at_alone() -> None:
         dataclasses.replace(look, result="exit-code"),
     ):
         assert not steady_look(steady, moved)
+
+
+def test_an_ended_run_seen_running_just_after_is_not_counted_again() -> None:
+    """Reproduced 15 times in 43 crash loops (the watch daemon beside a sync's health gate):
+    the gate saw run b crashed (its read spanned the restart), the watch's late signal then
+    showed b running, and b's end was counted a second time. A run never runs again under
+    its own InvocationID: that look is late. One crash, as systemd's journal says."""
+    gate = look(1.0, "b", "activating", "auto-restart", 1, "exit-code", 1, 1, exit_at=T0 + 0.99)
+    late_signal = run(1.0002, "b", n=1)  # stamped on receipt, after the gate's look
+    ended = look(1.5, "b", "activating", "auto-restart", 1, "exit-code", 1, 1, exit_at=T0 + 0.99)
+    counters, events = fold([run(0, "a"), gate, late_signal, ended])
+    assert [e.kind for e in events] == ["crash", "start", "crash"], events  # a's, b's
+    assert counters is not None and counters.crashes == 2, counters
+
+
+def test_a_run_ended_by_a_torn_read_is_believed_running_after_revive_sec() -> None:
+    """A read torn by a restart can end a run that in fact keeps running: a look of it
+    running later than ``REVIVE_SEC`` after is believed, and counts nothing new."""
+    torn = look(1.0, "b", "activating", "auto-restart", 1, "success", 0, 0)
+    soon, later = run(1.0 + REVIVE_SEC / 2, "b", n=1), run(2.0 + REVIVE_SEC, "b", n=1)
+    counters, events = fold([run(0, "a"), torn, soon])
+    assert counters is not None and counters.last_sub_state == "auto-restart"
+    crashes = counters.crashes
+    counters, more = update_counters(counters, later)
+    assert more == [] and counters.crashes == crashes
+    assert (counters.last_state, counters.last_sub_state) == ("active", "running")
