@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from reconciler.config import Webhook, read_section
-from reconciler.core.rollout_refs import WAVE_PREFIX
+from reconciler.core.rollout_refs import ANY_WAVE, wave_of
 from reconciler.errors import UsageError
 
 PUSH_PATH, HEALTH_PATH = "/hooks/push", "/healthz"
@@ -185,7 +185,7 @@ def wanted_ref(ref: str, rollout: bool = False) -> str:
     """The push ref that means "the configured branch": ``main`` -> ``refs/heads/main``;
     in a rollout the wave refs, ``refs/heads/rollout/*`` (the host follows its wave's)."""
     if rollout:
-        return WAVE_PREFIX + "*"
+        return ANY_WAVE
     return ref if ref.startswith("refs/") else f"refs/heads/{ref}"
 
 
@@ -195,9 +195,8 @@ def follows(pushed: str | None, wanted: str) -> bool:
     no-op sync; its own wave is not known here without the state database)."""
     if pushed is None:
         return False
-    if wanted.endswith("/*"):
-        prefix = wanted[:-1]
-        return pushed.startswith(prefix) and "/" not in pushed[len(prefix) :]
+    if wanted == ANY_WAVE:
+        return wave_of(pushed) is not None
     return pushed == wanted
 
 

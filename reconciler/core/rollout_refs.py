@@ -13,6 +13,15 @@ PAUSE_REF = CONTROL_PREFIX + "pause"  # exists: every wave holds
 HALT_REF = CONTROL_PREFIX + "halt"  # its commit message names the halted target and why
 
 
+ANY_WAVE = WAVE_PREFIX + "*"  # every wave's ref, as a push filter shows it
+
+
 def wave_ref(wave: str) -> str:
     """The ref a wave follows: ``refs/heads/rollout/<wave>``."""
     return WAVE_PREFIX + wave
+
+
+def wave_of(ref: str) -> str | None:
+    """The wave whose ref ``ref`` is (``refs/heads/rollout/<wave>``); None: not a wave ref."""
+    name = ref.removeprefix(WAVE_PREFIX)
+    return name if name != ref and "/" not in name else None

@@ -107,12 +107,12 @@ def _ask(
             known=str(before) if before and fleet.get("wave_at") == applied else None,
         )
         if place is None:
-            msg = (
+            _hold(
+                outcome,
                 f"no wave refs ({WAVE_PREFIX}*) on the git server yet: the host keeps its "
-                "revision until the promoter creates them (reconciler promote)"
+                "revision until the promoter creates them (reconciler promote)",
+                applied,
             )
-            journal.event("sync.noop", msg, priority=5, revision=applied)
-            outcome.result, outcome.message, outcome.revision = Result.HELD, msg, applied
             return None, settings
         if not dry_run:
             joined = {"joined_at": applied} if before and before != place.wave else {}
@@ -125,13 +125,19 @@ def _ask(
                 **joined,
             )
         if place.target is None:
-            msg = (
+            _hold(
+                outcome,
                 f"wave '{place.wave}': its ref {place.ref} does not exist on the git "
-                "server yet; the host keeps its revision until the promoter moves it"
+                "server yet; the host keeps its revision until the promoter moves it",
+                applied,
             )
-            journal.event("sync.noop", msg, priority=5, revision=applied)
-            outcome.result, outcome.message, outcome.revision = Result.HELD, msg, applied
             return None, settings
         settings = replace(settings, ref=place.ref)
         advertised = place.advertised
     return fetch.snapshot(settings, None, rendered, advertised=advertised), settings
+
+
+def _hold(outcome: Outcome, msg: str, applied: str | None) -> None:
+    """The sync holds the host at ``applied``: no wave ref to follow yet."""
+    journal.event("sync.noop", msg, priority=5, revision=applied)
+    outcome.result, outcome.message, outcome.revision = Result.HELD, msg, applied

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from reconciler.core.rollout_refs import ROLLOUT_FILE, WAVE_PREFIX, wave_ref
+from reconciler.core.rollout_refs import ROLLOUT_FILE, WAVE_PREFIX, wave_of, wave_ref
 from reconciler.errors import InventoryError, SourceError
 from reconciler.reconcile import cache, fetch, refs, remote
 from reconciler.reconcile.revision import read_paths
@@ -56,11 +56,7 @@ def find(
     """
     deadline = time.monotonic() + timeout
     advertised = remote.list_refs(url, [WAVE_PREFIX], timeout=timeout)
-    tips = {
-        name.removeprefix(WAVE_PREFIX): sha
-        for name, sha in advertised.items()
-        if name.startswith(WAVE_PREFIX) and "/" not in name[len(WAVE_PREFIX) :]
-    }
+    tips = {w: sha for name, sha in advertised.items() if (w := wave_of(name)) is not None}
     if applied and known:
         return Place(known, wave_ref(known), tips.get(known), advertised)
     if applied and not tips:
